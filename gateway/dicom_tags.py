@@ -1,0 +1,166 @@
+"""The attributes the index keeps, read once from a received dataset and validated.
+
+Routing, inference and reports later read these columns instead of re-parsing objects.
+Only identifiers the later stages need are kept; names and birth dates stay in the object.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+
+from gateway.dimse_status import Status
+from gateway.errors import InvalidInstance
+from gateway.uids import is_valid_uid
+
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+
+
+class StudyTags(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study_uid: str
+    patient_id: str | None = None
+    patient_sex: str | None = None
+    patient_age_years: int | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+
+
+class InstanceTags(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study: StudyTags
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+    body_part: str | None = None
+    series_description: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    image_type: str | None = None
+    slice_thickness: float | None = None
+    image_position: str | None = None
+    image_orientation: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
+    photometric_interpretation: str | None = None
+
+
+def read_tags(dataset: Dataset) -> InstanceTags:
+    """Validated index attributes; raises :class:`InvalidInstance` with the status to answer."""
+    try:
+        return _read(dataset)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # a damaged element can raise nearly anything from pydicom
+        raise InvalidInstance(
+            f"cannot read attributes: {exc.__class__.__name__}: {exc}", Status.CANNOT_UNDERSTAND
+        ) from exc
+
+
+def _read(dataset: Dataset) -> InstanceTags:
+    uids = {
+        "StudyInstanceUID": _text(dataset, "StudyInstanceUID"),
+        "SeriesInstanceUID": _text(dataset, "SeriesInstanceUID"),
+        "SOPInstanceUID": _text(dataset, "SOPInstanceUID"),
+        "SOPClassUID": _text(dataset, "SOPClassUID"),
+    }
+    missing = [name for name, value in uids.items() if not value]
+    if missing:
+        raise InvalidInstance(f"missing {', '.join(missing)}", Status.MISSING_ATTRIBUTE)
+    invalid = [name for name, value in uids.items() if not is_valid_uid(value)]
+    if invalid:
+        raise InvalidInstance(f"not a valid DICOM UID: {', '.join(invalid)}", Status.INVALID_UID)
+    meta = getattr(dataset, "file_meta", None)
+    transfer_syntax = str(meta.TransferSyntaxUID) if meta and "TransferSyntaxUID" in meta else ""
+    study = StudyTags(
+        study_uid=uids["StudyInstanceUID"] or "",
+        patient_id=_text(dataset, "PatientID"),
+        patient_sex=_text(dataset, "PatientSex", 16),
+        patient_age_years=patient_age_years(dataset),
+        study_date=_text(dataset, "StudyDate", 8),
+        study_time=_text(dataset, "StudyTime", 16),
+        accession_number=_text(dataset, "AccessionNumber"),
+        study_description=_text(dataset, "StudyDescription", 200),
+    )
+    return InstanceTags(
+        study=study,
+        series_uid=uids["SeriesInstanceUID"] or "",
+        sop_instance_uid=uids["SOPInstanceUID"] or "",
+        sop_class_uid=uids["SOPClassUID"] or "",
+        transfer_syntax_uid=transfer_syntax,
+        modality=_text(dataset, "Modality", 16),
+        body_part=_text(dataset, "BodyPartExamined"),
+        series_description=_text(dataset, "SeriesDescription", 200),
+        series_number=_integer(dataset, "SeriesNumber"),
+        instance_number=_integer(dataset, "InstanceNumber"),
+        image_type=_text(dataset, "ImageType", 200),
+        slice_thickness=_number(dataset, "SliceThickness"),
+        image_position=_text(dataset, "ImagePositionPatient", 200),
+        image_orientation=_text(dataset, "ImageOrientationPatient", 200),
+        rows=_integer(dataset, "Rows"),
+        columns=_integer(dataset, "Columns"),
+        number_of_frames=_integer(dataset, "NumberOfFrames"),
+        photometric_interpretation=_text(dataset, "PhotometricInterpretation", 32),
+    )
+
+
+def patient_age_years(dataset: Dataset) -> int | None:
+    """From PatientAge ("057Y", "006M") or else from PatientBirthDate and StudyDate."""
+    age = _text(dataset, "PatientAge")
+    match = _AGE.fullmatch(age or "")
+    if match:
+        number, unit = int(match.group(1)), match.group(2)
+        return number if unit == "Y" else 0
+    born, studied = _date(dataset, "PatientBirthDate"), _date(dataset, "StudyDate")
+    if born and studied and born <= studied:
+        return studied.year - born.year - ((studied.month, studied.day) < (born.month, born.day))
+    return None
+
+
+def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        text = "\\".join(str(part) for part in value)
+    else:
+        text = str(value)
+    text = text.strip().strip("\x00").strip()
+    return text[:limit] or None
+
+
+def _integer(dataset: Dataset, keyword: str) -> int | None:
+    try:
+        value = dataset.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(dataset: Dataset, keyword: str) -> float | None:
+    try:
+        value = dataset.get(keyword)
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _date(dataset: Dataset, keyword: str) -> date | None:
+    text = _text(dataset, keyword)
+    if not text or len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None

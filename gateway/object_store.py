@@ -1,0 +1,285 @@
+"""Object store: where received instances and results are kept, byte for byte.
+
+Two backends behind one interface: a local folder (temp file, fsync, rename — a reader never
+sees half an object) and S3/MinIO through the ``minio`` SDK. Keys are built by the gateway
+from validated UIDs only; the store refuses any key that could leave its root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from gateway.errors import StorageError
+from gateway.settings import Settings
+from gateway.uids import is_valid_uid
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+_TEMP_SUFFIX = ".partial"
+
+
+def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: int = 1) -> str:
+    """``studies/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``; later versions get ``.v<N>`` before it."""
+    for uid in (study_uid, series_uid, sop_uid):
+        if not is_valid_uid(uid):
+            raise ValueError(f"not a valid DICOM UID: {uid!r}")
+    suffix = ".dcm" if version == 1 else f".v{version}.dcm"
+    return f"studies/{study_uid}/{series_uid}/{sop_uid}{suffix}"
+
+
+def check_key(key: str) -> str:
+    if ".." in key.split("/") or not _SAFE_KEY.fullmatch(key) or key.endswith(_TEMP_SUFFIX):
+        raise ValueError(f"unsafe object key: {key!r}")
+    return key
+
+
+class ObjectStore(Protocol):
+    """What the gateway needs of an object store."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` durably under ``key``; when this returns, the object survives a crash."""
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    def keys(self, prefix: str = "") -> Iterator[str]: ...
+
+    def has_room(self) -> bool:
+        """False when accepting more data would cross the free-space floor."""
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` when the store cannot be written now."""
+
+    def describe(self) -> str: ...
+
+
+class FolderStore:
+    """Objects as files under ``root``; writes are atomic and fsynced."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = root.resolve()
+        self.min_free_bytes = min_free_bytes
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create object store folder {self.root}: {exc}") from exc
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key}: {exc.strerror or exc}") from exc
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return
+        for directory, _subdirs, files in os.walk(base):
+            for name in files:
+                if name.endswith(_TEMP_SUFFIX):
+                    continue
+                yield Path(directory, name).relative_to(self.root).as_posix()
+
+    def remove_partial_writes(self) -> int:
+        """Delete temp files left by a crash mid-write; returns how many."""
+        removed = 0
+        for directory, _subdirs, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(_TEMP_SUFFIX):
+                    Path(directory, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room(self) -> bool:
+        try:
+            return self.free_bytes() >= self.min_free_bytes
+        except OSError:
+            return False
+
+    def check(self) -> None:
+        probe = f"health/probe-{uuid.uuid4().hex}"
+        try:
+            self.put(probe, b"")
+        finally:
+            with contextlib.suppress(OSError):
+                (self.root / probe).unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class S3Store:
+    """Objects in an S3 bucket (MinIO or any S3-compatible server); bucket created if missing."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        region: str | None = None,
+        pool_size: int = 32,
+    ) -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint
+        # Few, quick retries: a C-STORE waits on this, and the sender retries anyway.
+        http = urllib3.PoolManager(
+            maxsize=pool_size,
+            timeout=urllib3.Timeout(connect=3.0, read=30.0),
+            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
+        )
+        self.client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        self._bucket_ready = False
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StorageError(f"S3 bucket {self.bucket}: {exc.code}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"S3 server {self.endpoint} unreachable: {exc}") from exc
+        self._bucket_ready = True
+
+    def put(self, key: str, data: bytes) -> None:
+        check_key(key)
+        self._ensure_bucket()
+        try:
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type="application/dicom"
+            )
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise StorageError(f"cannot write {key} to S3: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        check_key(key)
+        try:
+            response = self.client.get_object(self.bucket, key)
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+                return False
+            raise StorageError(f"cannot stat {key} in S3: {exc.code}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot stat {key} in S3: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        try:
+            self.client.remove_object(self.bucket, key)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot delete {key} from S3: {exc}") from exc
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        self._ensure_bucket()
+        try:
+            for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if item.object_name:
+                    yield item.object_name
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot list S3 bucket {self.bucket}: {exc}") from exc
+
+    def has_room(self) -> bool:
+        return True  # capacity is the S3 server's business; it answers errors when full
+
+    def check(self) -> None:
+        self._ensure_bucket()
+        try:
+            self.client.bucket_exists(self.bucket)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"S3 server {self.endpoint} unreachable: {exc}") from exc
+
+    def describe(self) -> str:
+        return f"s3 {self.endpoint}/{self.bucket}"
+
+
+def create_store(settings: Settings) -> ObjectStore:
+    if settings.object_store == "s3":
+        return S3Store(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_bucket,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            pool_size=settings.max_associations + 4,
+        )
+    return FolderStore(settings.resolved_store_dir, settings.min_free_bytes)

@@ -1,0 +1,159 @@
+"""The one settings object: ``configs/gateway.yaml`` overlaid by ``AIGW_*`` environment variables.
+
+Built once by the entry point (``aigw serve``, a test, a worker) and passed down; nothing
+reads configuration at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
+
+
+class Settings(BaseSettings):
+    """Gateway settings. Every field is documented in the README's configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIGW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    config_file: Path | None = Field(
+        default=None,
+        description="YAML file read for the other settings (env AIGW_CONFIG_FILE chooses it).",
+    )
+    data_dir: Path = Field(
+        default=Path("./var"),
+        description="Root for the embedded default: SQLite file and object-store folder.",
+    )
+
+    # --- DICOM SCP ---------------------------------------------------------------
+    ae_title: str = Field(default="AIGW", min_length=1, max_length=16)
+    dicom_host: str = Field(default="0.0.0.0", description="Address the DICOM SCP binds.")
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    http_host: str = Field(default="127.0.0.1")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables HTTP.")
+    open_mode: bool = Field(
+        default=False,
+        description="Accept any calling AE as source 'open', region '00' (demos and tests only).",
+    )
+    max_pdu_bytes: int = Field(default=131072, ge=0, description="0 means unlimited.")
+    max_associations: int = Field(default=32, ge=1)
+    scp_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="SCP processes sharing the port (SO_REUSEPORT); >1 gets past the GIL.",
+    )
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    extra_storage_sop_classes: list[str] = Field(
+        default_factory=list, description="More Storage SOP Class UIDs to accept."
+    )
+
+    # --- sources and regions ---------------------------------------------------------
+    sources_file: Path = Field(default=Path("configs/sources.yaml"))
+    regions_file: Path = Field(default=Path("configs/regions.yaml"))
+
+    # --- storage ---------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/aigw.db.",
+    )
+    object_store: Literal["folder", "s3"] = "folder"
+    store_dir: Path | None = Field(default=None, description="Default <data_dir>/objects.")
+    s3_endpoint: str = Field(default="127.0.0.1:9000", description="host:port of the S3 server.")
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "aigw"
+    s3_secure: bool = False
+    s3_region: str | None = None
+    min_free_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="Folder backend: below this much free space, refuse new data.",
+    )
+
+    # --- study assembly --------------------------------------------------------------
+    quiet_period_s: float = Field(
+        default=10.0, gt=0, description="Default quiet period; a source may override it."
+    )
+    assembly_poll_s: float = Field(default=0.5, gt=0)
+
+    # --- logging ---------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = Field(default=True, description="One JSON object per log line.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_is_printable(cls, value: str) -> str:
+        if value != value.strip() or not value.isascii() or "\\" in value:
+            raise ValueError("AE title must be ASCII without backslashes or edge spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_needs_credentials(self) -> Settings:
+        if self.object_store == "s3" and not (self.s3_access_key and self.s3_secret_key):
+            raise ValueError("object_store 's3' needs s3_access_key and s3_secret_key")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'aigw.db').resolve()}"
+
+    @property
+    def resolved_store_dir(self) -> Path:
+        return self.store_dir or self.data_dir / "objects"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments (CLI flags) > environment > YAML file > defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config_file``, else ``$AIGW_CONFIG_FILE``, else
+    ``configs/gateway.yaml`` when it exists, with ``AIGW_*`` variables on top.
+
+    ``overrides`` are explicit values, e.g. from command-line flags; ``None`` values are
+    ignored so an absent flag does not mask the file or the environment.
+    """
+    chosen = config_file or _default_config_file()
+    explicit = {key: value for key, value in overrides.items() if value is not None}
+    if chosen is None:
+        return Settings(**explicit)
+    if not chosen.is_file():
+        raise FileNotFoundError(f"configuration file not found: {chosen}")
+    from_file = type(
+        "Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": chosen}}
+    )
+    return from_file(config_file=chosen, **explicit)
+
+
+def _default_config_file() -> Path | None:
+    env_file = os.environ.get("AIGW_CONFIG_FILE")
+    if env_file:
+        return Path(env_file)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
