@@ -89,7 +89,7 @@ class Assembler:
             ).one_or_none()
             if row is None:
                 raise UnknownStudy(f"no study {study_uid}")
-            study, source_name = row.tuple()
+            study, source_name = row
             now = self.clock()
             if study.state not in OPEN_STATES:
                 return False

@@ -162,3 +162,7 @@ def studies_timeline(obj: dict[str, Any], study_uid: str) -> None:
                        f"{json.dumps(entry.detail, ensure_ascii=False)}")
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    main()

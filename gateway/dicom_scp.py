@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,13 @@ STORAGE_SOP_CLASSES: dict[str, str] = {
     "Multi-frame Grayscale Word Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7.3",
     # Fluorography sometimes arrives as RF from fluoroscopic units.
     "X-Ray Radiofluoroscopic Image Storage": "1.2.840.10008.5.1.4.1.1.12.2",
+    # Archives push whole studies: reports and dose reports come along; routing skips them.
+    "Basic Text SR Storage": "1.2.840.10008.5.1.4.1.1.88.11",
+    "Enhanced SR Storage": "1.2.840.10008.5.1.4.1.1.88.22",
+    "Comprehensive SR Storage": "1.2.840.10008.5.1.4.1.1.88.33",
+    "Comprehensive 3D SR Storage": "1.2.840.10008.5.1.4.1.1.88.34",
+    "X-Ray Radiation Dose SR Storage": "1.2.840.10008.5.1.4.1.1.88.67",
+    "Key Object Selection Document Storage": "1.2.840.10008.5.1.4.1.1.88.59",
 }
 
 # A-ASSOCIATE-RJ (PS3.8 §9.3.4): result, source, reason.
@@ -88,6 +96,10 @@ def _on_requested(event: Event, gatekeeper: Gatekeeper) -> None:
     log.warning("association rejected", extra={"calling_ae": calling, "called_ae": called,
                                                "peer": address, "reason": reason})
     assoc.acse.send_reject(result, source, diagnostic)
+    # As pynetdicom does for its own rejections: stopping the DUL flushes the A-ASSOCIATE-RJ
+    # before the socket closes (otherwise the peer sees an abort, not the reason).
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
 
 
 def _on_store(event: Event, ingest: Ingest, directory: SourceDirectory,
@@ -137,6 +149,11 @@ class _NoDelayServer(ThreadedAssociationServer):  # type: ignore[misc]
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def shutdown(self) -> None:
+        # pynetdicom's own shutdown expects servers started through AE.start_server.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -183,7 +200,6 @@ class DicomServer:
 
     def stop(self) -> None:
         self.server.shutdown()
-        self.server.server_close()
         if self._thread:
             self._thread.join(timeout=10)
 
