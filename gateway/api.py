@@ -17,8 +17,12 @@ class Health(BaseModel):
 
 
 def create_app(db: Database, store: ObjectStore) -> FastAPI:
-    app = FastAPI(title="AI imaging gateway", version="0.1.0", docs_url="/api/docs",
-                  openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="AI imaging gateway",
+        version="0.1.0",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+    )
 
     @app.get("/healthz")
     def healthz() -> Health:

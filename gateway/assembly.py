@@ -42,8 +42,14 @@ CompletionHook = Callable[[StudyCompleted], None]
 
 def log_completion(completed: StudyCompleted) -> None:
     """The hook used until a routing stage is plugged in."""
-    log.info("study complete", extra={"study_uid": completed.study_uid,
-                                      "source": completed.source, "reason": completed.reason})
+    log.info(
+        "study complete",
+        extra={
+            "study_uid": completed.study_uid,
+            "source": completed.source,
+            "reason": completed.reason,
+        },
+    )
 
 
 class Assembler:
@@ -75,9 +81,7 @@ class Assembler:
             self.complete(study_uid, reason="quiet_period", only_if_quiet=True)
         return self._offer_completed()
 
-    def complete(
-        self, study_uid: str, reason: str = "manual", only_if_quiet: bool = False
-    ) -> bool:
+    def complete(self, study_uid: str, reason: str = "manual", only_if_quiet: bool = False) -> bool:
         """Mark the study complete now; False when it was not open (or, with
         ``only_if_quiet``, when an instance arrived since it was found due)."""
         with self.db.session() as session:
@@ -112,22 +116,30 @@ class Assembler:
     def _offer_completed(self) -> list[StudyCompleted]:
         with self.db.session() as session:
             rows = session.execute(
-                select(StudyRow.study_uid, StudyRow.completed_at, StudyRow.region_code,
-                       SourceRow.name)
+                select(
+                    StudyRow.study_uid, StudyRow.completed_at, StudyRow.region_code, SourceRow.name
+                )
                 .join(SourceRow)
                 .where(StudyRow.state == StudyState.COMPLETE.value)
             ).all()
         offered = []
         for study_uid, completed_at, region, source in rows:
-            if (study_uid, completed_at) in self._offered:
+            if completed_at is None or (study_uid, completed_at) in self._offered:
                 continue
-            completed = StudyCompleted(study_uid=study_uid, source=source, region=region,
-                                       completed_at=completed_at, reason="complete")
+            completed = StudyCompleted(
+                study_uid=study_uid,
+                source=source,
+                region=region,
+                completed_at=completed_at,
+                reason="complete",
+            )
             try:
                 self.on_complete(completed)
             except Exception:
-                log.exception("completion hook failed; will retry after restart",
-                              extra={"study_uid": study_uid})
+                log.exception(
+                    "completion hook failed; will retry after restart",
+                    extra={"study_uid": study_uid},
+                )
             self._offered.add((study_uid, completed_at))
             offered.append(completed)
         return offered

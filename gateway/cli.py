@@ -13,10 +13,17 @@ from gateway.errors import GatewayError
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
 
-CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path),
-                      help="Settings YAML (default configs/gateway.yaml or $AIGW_CONFIG_FILE).")
-DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path),
-                        help="Data directory of the embedded default (default ./var).")
+CONFIG = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Settings YAML (default configs/gateway.yaml or $AIGW_CONFIG_FILE).",
+)
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Data directory of the embedded default (default ./var).",
+)
 
 
 def _settings(config_file: Path | None, **overrides: Any) -> Settings:
@@ -39,8 +46,13 @@ def main() -> None:
 @click.option("--dicom-port", type=int, help="DICOM port (default 11112).")
 @click.option("--http-port", type=int, help="HTTP port (default 8080, 0 disables).")
 @click.option("--ae-title", help="Our AE title (default AIGW).")
-@click.option("--open", "open_mode", is_flag=True, default=None,
-              help="Accept any calling AE (demos and tests only).")
+@click.option(
+    "--open",
+    "open_mode",
+    is_flag=True,
+    default=None,
+    help="Accept any calling AE (demos and tests only).",
+)
 @click.option("--scp-processes", type=int, help="SCP processes sharing the port.")
 def serve(config_file: Path | None, **overrides: Any) -> None:
     """Receive studies over DICOM and assemble them until interrupted."""
@@ -102,8 +114,13 @@ def send(paths: tuple[Path, ...], host: str, port: int, called_ae: str, calling_
 @click.option("--state", help="Only studies in this state.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
-def studies(ctx: click.Context, config_file: Path | None, data_dir: Path | None,
-            state: str | None, as_json: bool) -> None:
+def studies(
+    ctx: click.Context,
+    config_file: Path | None,
+    data_dir: Path | None,
+    state: str | None,
+    as_json: bool,
+) -> None:
     """List received studies with state, source, region, modality and counts."""
     ctx.obj = {"config_file": config_file, "data_dir": data_dir}
     if ctx.invoked_subcommand is not None:
@@ -121,8 +138,10 @@ def studies(ctx: click.Context, config_file: Path | None, data_dir: Path | None,
         return
     click.echo(f"{'STUDY UID':<64} {'STATE':<14} {'SOURCE':<16} RG {'MOD':<8} SER  INST")
     for s in found:
-        click.echo(f"{s.study_uid:<64} {s.state:<14} {s.source:<16} {s.region} "
-                   f"{','.join(s.modalities):<8} {s.series_count:>3} {s.instance_count:>5}")
+        click.echo(
+            f"{s.study_uid:<64} {s.state:<14} {s.source:<16} {s.region} "
+            f"{','.join(s.modalities):<8} {s.series_count:>3} {s.instance_count:>5}"
+        )
     click.echo(f"{len(found)} studies")
 
 
@@ -158,9 +177,41 @@ def studies_timeline(obj: dict[str, Any], study_uid: str) -> None:
     db = Database(settings.resolved_database_url)
     try:
         for entry in timeline(db, study_uid):
-            click.echo(f"{entry.at.isoformat()} {entry.kind:<16} {entry.state or '':<14} "
-                       f"{json.dumps(entry.detail, ensure_ascii=False)}")
+            click.echo(
+                f"{entry.at.isoformat()} {entry.kind:<16} {entry.state or '':<14} "
+                f"{json.dumps(entry.detail, ensure_ascii=False)}"
+            )
     except GatewayError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@CONFIG
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("./var/demo"),
+    show_default=True,
+    help="Where the demo keeps its database and objects.",
+)
+@click.option("--dicom-port", type=int, help="DICOM port (default 11112).")
+@click.option(
+    "--quiet-period",
+    "quiet_period_s",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds without new instances before a study is complete.",
+)
+@click.option("--keep-serving", is_flag=True, help="Go on serving after the demo.")
+def demo(config_file: Path | None, keep_serving: bool, **overrides: Any) -> None:
+    """Receive synthetic CT, chest X-ray and mammography studies end to end (no services)."""
+    from gateway.demo import run_demo
+
+    settings = _settings(config_file, http_port=0, log_level="WARNING", **overrides)
+    try:
+        run_demo(settings, say=click.echo, keep_serving=keep_serving)
+    except (GatewayError, OSError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -13,13 +13,13 @@ import socket
 import socketserver
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.dimse_status import Status
@@ -55,6 +55,8 @@ STORAGE_SOP_CLASSES: dict[str, str] = {
 }
 
 # A-ASSOCIATE-RJ (PS3.8 §9.3.4): result, source, reason.
+VERIFICATION = "1.2.840.10008.1.1"
+
 _REJECT_PERMANENT, _REJECT_TRANSIENT = 0x01, 0x02
 _BY_SERVICE_USER, _BY_PRESENTATION_PROVIDER = 0x01, 0x03
 _CALLING_AE_NOT_RECOGNISED, _CALLED_AE_NOT_RECOGNISED = 0x03, 0x07
@@ -69,32 +71,45 @@ class Gatekeeper:
     directory: SourceDirectory
     store: ObjectStore
 
-    def refusal(self, calling_ae: str, called_ae: str, address: str) -> tuple[str, tuple[int, int, int]] | None:
+    def refusal(
+        self, calling_ae: str, called_ae: str, address: str
+    ) -> tuple[str, tuple[int, int, int]] | None:
         """None to accept; else the reason and the A-ASSOCIATE-RJ (result, source, reason)."""
         if called_ae != self.called_ae and not self.directory.open_mode:
-            return (f"called AE {called_ae!r} is not ours ({self.called_ae!r})",
-                    (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLED_AE_NOT_RECOGNISED))
+            return (
+                f"called AE {called_ae!r} is not ours ({self.called_ae!r})",
+                (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLED_AE_NOT_RECOGNISED),
+            )
         if self.directory.match(calling_ae, address) is None:
-            return (f"calling AE {calling_ae!r} from {address} is not a configured source",
-                    (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED))
+            return (
+                f"calling AE {calling_ae!r} from {address} is not a configured source",
+                (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED),
+            )
         if not self.store.has_room():
-            return ("object store below its free-space floor",
-                    (_REJECT_TRANSIENT, _BY_PRESENTATION_PROVIDER, _LOCAL_LIMIT_EXCEEDED))
+            return (
+                "object store below its free-space floor",
+                (_REJECT_TRANSIENT, _BY_PRESENTATION_PROVIDER, _LOCAL_LIMIT_EXCEEDED),
+            )
         return None
 
 
 def _on_requested(event: Event, gatekeeper: Gatekeeper) -> None:
     assoc = event.assoc
-    calling = _ae(assoc.requestor.primitive.calling_ae_title)
-    called = _ae(assoc.requestor.primitive.called_ae_title)
+    request = assoc.requestor.primitive
+    if request is None:
+        return
+    calling = _ae(request.calling_ae_title)
+    called = _ae(request.called_ae_title)
     address = str(assoc.requestor.address)
     refusal = gatekeeper.refusal(calling, called, address)
     if refusal is None:
         log.info("association accepted", extra={"calling_ae": calling, "peer": address})
         return
     reason, (result, source, diagnostic) = refusal
-    log.warning("association rejected", extra={"calling_ae": calling, "called_ae": called,
-                                               "peer": address, "reason": reason})
+    log.warning(
+        "association rejected",
+        extra={"calling_ae": calling, "called_ae": called, "peer": address, "reason": reason},
+    )
     assoc.acse.send_reject(result, source, diagnostic)
     # As pynetdicom does for its own rejections: stopping the DUL flushes the A-ASSOCIATE-RJ
     # before the socket closes (otherwise the peer sees an abort, not the reason).
@@ -102,21 +117,24 @@ def _on_requested(event: Event, gatekeeper: Gatekeeper) -> None:
     assoc.kill()
 
 
-def _on_store(event: Event, ingest: Ingest, directory: SourceDirectory,
-              source_ids: dict[str, int]) -> Dataset:
+def _on_store(
+    event: Event, ingest: Ingest, directory: SourceDirectory, source_ids: dict[str, int]
+) -> Dataset:
     assoc = event.assoc
     calling, address = _ae(assoc.requestor.ae_title), str(assoc.requestor.address)
     try:
         source = directory.match(calling, address)
         if source is None:  # the association was accepted, so configuration changed since
             return _response(Status.OUT_OF_RESOURCES, "source no longer configured")
-        sender = Sender(source=source, source_id=source_ids[source.name], calling_ae=calling,
-                        address=address)
+        sender = Sender(
+            source=source, source_id=source_ids[source.name], calling_ae=calling, address=address
+        )
+        request = cast(C_STORE, event.request)
         outcome = ingest.receive(
             event.encoded_dataset(include_meta=True),
             sender,
-            expected_sop_class=str(event.request.AffectedSOPClassUID),
-            expected_sop_instance=str(event.request.AffectedSOPInstanceUID),
+            expected_sop_class=str(request.AffectedSOPClassUID),
+            expected_sop_instance=str(request.AffectedSOPInstanceUID),
         )
         return _response(outcome.status, outcome.reason)
     except Exception:
@@ -138,7 +156,7 @@ def _ae(value: Any) -> str:
     return text.strip()
 
 
-class _NoDelayServer(ThreadedAssociationServer):  # type: ignore[misc]
+class _NoDelayServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on every accepted socket: without it a C-STORE response waits on
     Nagle's algorithm and loopback throughput falls to ~20 instances/s."""
 
@@ -146,7 +164,7 @@ class _NoDelayServer(ThreadedAssociationServer):  # type: ignore[misc]
 
     def server_bind(self) -> None:
         if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def shutdown(self) -> None:
@@ -167,11 +185,19 @@ class _SharedPortServer(_NoDelayServer):
 class DicomServer:
     """A running SCP bound to ``settings.dicom_host:dicom_port``."""
 
-    def __init__(self, settings: Settings, ingest: Ingest, directory: SourceDirectory,
-                 source_ids: dict[str, int], store: ObjectStore, *, shared_port: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: Ingest,
+        directory: SourceDirectory,
+        source_ids: dict[str, int],
+        store: ObjectStore,
+        *,
+        shared_port: bool = False,
+    ) -> None:
         self.settings = settings
         self.ae = _build_ae(settings)
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, _on_requested, [Gatekeeper(settings.ae_title, directory, store)]),
             (evt.EVT_C_STORE, _on_store, [ingest, directory, source_ids]),
         ]
@@ -189,11 +215,13 @@ class DicomServer:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.server.serve_forever, name="dicom-scp",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="dicom-scp", daemon=True
+        )
         self._thread.start()
-        log.info("DICOM SCP listening", extra={"ae_title": self.settings.ae_title,
-                                               "port": self.port})
+        log.info(
+            "DICOM SCP listening", extra={"ae_title": self.settings.ae_title, "port": self.port}
+        )
 
     def serve_forever(self) -> None:
         self.server.serve_forever()
@@ -212,7 +240,7 @@ def _build_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.network_timeout_s
     ae.dimse_timeout = settings.network_timeout_s
     ae.require_called_aet = False  # the gatekeeper checks it and logs why
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     for sop_class in storage_sop_classes(settings):
         ae.add_supported_context(sop_class, AllTransferSyntaxes)
     return ae

@@ -75,20 +75,28 @@ class Ingest:
         except InvalidInstance as exc:
             return self._refuse(exc.status, exc.reason, sender)
         if not self.store.has_room():
-            return self._refuse(Status.OUT_OF_RESOURCES, "object store below free-space floor",
-                                sender, tags.study.study_uid)
+            return self._refuse(
+                Status.OUT_OF_RESOURCES,
+                "object store below free-space floor",
+                sender,
+                tags.study.study_uid,
+            )
         digest = hashlib.sha256(encoded).hexdigest()
         try:
             return self._store_and_index(encoded, digest, tags, sender)
         except InvalidInstance as exc:
             return self._refuse(exc.status, exc.reason, sender, tags.study.study_uid)
         except StorageError as exc:
-            return self._refuse(Status.OUT_OF_RESOURCES, f"object store: {exc}", sender,
-                                tags.study.study_uid)
+            return self._refuse(
+                Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, tags.study.study_uid
+            )
         except SQLAlchemyError as exc:
-            return self._refuse(Status.OUT_OF_RESOURCES,
-                                f"database: {exc.__class__.__name__}: {_first_line(exc)}",
-                                sender, tags.study.study_uid)
+            return self._refuse(
+                Status.OUT_OF_RESOURCES,
+                f"database: {exc.__class__.__name__}: {_first_line(exc)}",
+                sender,
+                tags.study.study_uid,
+            )
 
     def _store_and_index(
         self, encoded: bytes, digest: str, tags: InstanceTags, sender: Sender
@@ -113,24 +121,43 @@ class Ingest:
                     select(InstanceRow).where(InstanceRow.sop_instance_uid == tags.sop_instance_uid)
                 ).all()
                 if any(row.sha256 == digest for row in existing):
-                    return Outcome(Status.SUCCESS, "duplicate of a stored instance",
-                                   tags.study.study_uid, duplicate=True)
+                    return Outcome(
+                        Status.SUCCESS,
+                        "duplicate of a stored instance",
+                        tags.study.study_uid,
+                        duplicate=True,
+                    )
                 study = _study_for(session, tags.study, sender, now)
                 series = _series_for(session, study, tags, now)
                 version = max((row.version for row in existing), default=0) + 1
-                key = instance_key(tags.study.study_uid, tags.series_uid,
-                                   tags.sop_instance_uid, version)
+                key = instance_key(
+                    tags.study.study_uid, tags.series_uid, tags.sop_instance_uid, version
+                )
                 session.add(_instance_row(series, tags, sender, key, version, encoded, digest, now))
                 if version > 1:
-                    record_event(session, study, "instance_version", now,
-                                 detail={"sop_instance_uid": tags.sop_instance_uid,
-                                         "version": version, "object_key": key})
+                    record_event(
+                        session,
+                        study,
+                        "instance_version",
+                        now,
+                        detail={
+                            "sop_instance_uid": tags.sop_instance_uid,
+                            "version": version,
+                            "object_key": key,
+                        },
+                    )
                 session.flush()
                 self.store.put(key, encoded)
                 written_key = key
-            log.info("instance stored", extra={"study_uid": tags.study.study_uid,
-                                               "sop_instance_uid": tags.sop_instance_uid,
-                                               "version": version, "source": sender.source.name})
+            log.info(
+                "instance stored",
+                extra={
+                    "study_uid": tags.study.study_uid,
+                    "sop_instance_uid": tags.sop_instance_uid,
+                    "version": version,
+                    "source": sender.source.name,
+                },
+            )
             return Outcome(Status.SUCCESS, "", tags.study.study_uid, version=version)
         except BaseException:
             if written_key is not None:
@@ -148,10 +175,16 @@ class Ingest:
     def _refuse(
         self, status: Status, reason: str, sender: Sender, study_uid: str | None = None
     ) -> Outcome:
-        log.warning("instance refused", extra={"status": f"0x{status:04X}", "reason": reason,
-                                               "calling_ae": sender.calling_ae,
-                                               "source": sender.source.name,
-                                               "study_uid": study_uid})
+        log.warning(
+            "instance refused",
+            extra={
+                "status": f"0x{status:04X}",
+                "reason": reason,
+                "calling_ae": sender.calling_ae,
+                "source": sender.source.name,
+                "study_uid": study_uid,
+            },
+        )
         return Outcome(status, reason, study_uid)
 
 
@@ -160,19 +193,34 @@ def _parse(encoded: bytes) -> Dataset:
         dataset = dcmread(BytesIO(encoded), stop_before_pixels=True)
         dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
         return dataset
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError,
-            NotImplementedError) as exc:
-        raise InvalidInstance(f"cannot parse dataset: {exc.__class__.__name__}: "
-                              f"{_first_line(exc)}", Status.CANNOT_UNDERSTAND) from exc
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OSError,
+        NotImplementedError,
+    ) as exc:
+        raise InvalidInstance(
+            f"cannot parse dataset: {exc.__class__.__name__}: {_first_line(exc)}",
+            Status.CANNOT_UNDERSTAND,
+        ) from exc
 
 
-def _check_matches_request(tags: InstanceTags, sop_class: str | None, sop_instance: str | None) -> None:
+def _check_matches_request(
+    tags: InstanceTags, sop_class: str | None, sop_instance: str | None
+) -> None:
     if sop_class is not None and sop_class != tags.sop_class_uid:
-        raise InvalidInstance(f"dataset SOP Class {tags.sop_class_uid} differs from the "
-                              f"request's {sop_class}", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+        raise InvalidInstance(
+            f"dataset SOP Class {tags.sop_class_uid} differs from the request's {sop_class}",
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
     if sop_instance is not None and sop_instance != tags.sop_instance_uid:
-        raise InvalidInstance("dataset SOP Instance UID differs from the request's",
-                              Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+        raise InvalidInstance(
+            "dataset SOP Instance UID differs from the request's",
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
 
 
 def _study_for(session: Session, study_tags: StudyTags, sender: Sender, now: datetime) -> StudyRow:
@@ -181,23 +229,40 @@ def _study_for(session: Session, study_tags: StudyTags, sender: Sender, now: dat
     ).one_or_none()
     if study is None:
         study = StudyRow(
-            study_uid=study_tags.study_uid, source_id=sender.source_id,
-            region_code=sender.source.region, state=StudyState.RECEIVING.value,
-            patient_id=study_tags.patient_id, patient_sex=study_tags.patient_sex,
-            patient_age_years=study_tags.patient_age_years, study_date=study_tags.study_date,
-            study_time=study_tags.study_time, accession_number=study_tags.accession_number,
+            study_uid=study_tags.study_uid,
+            source_id=sender.source_id,
+            region_code=sender.source.region,
+            state=StudyState.RECEIVING.value,
+            patient_id=study_tags.patient_id,
+            patient_sex=study_tags.patient_sex,
+            patient_age_years=study_tags.patient_age_years,
+            study_date=study_tags.study_date,
+            study_time=study_tags.study_time,
+            accession_number=study_tags.accession_number,
             study_description=study_tags.study_description,
-            first_received_at=now, last_received_at=now, state_changed_at=now,
+            first_received_at=now,
+            last_received_at=now,
+            state_changed_at=now,
         )
         session.add(study)
         session.flush()
-        record_event(session, study, "state", now, state=StudyState.RECEIVING,
-                     detail={"source": sender.source.name, "calling_ae": sender.calling_ae})
+        record_event(
+            session,
+            study,
+            "state",
+            now,
+            state=StudyState.RECEIVING,
+            detail={"source": sender.source.name, "calling_ae": sender.calling_ae},
+        )
         return study
     if study.state not in OPEN_STATES:
-        set_state(session, study, StudyState.SUPERSEDED, now,
-                  detail={"reason": "instances arrived after completion",
-                          "previous_state": study.state})
+        set_state(
+            session,
+            study,
+            StudyState.SUPERSEDED,
+            now,
+            detail={"reason": "instances arrived after completion", "previous_state": study.state},
+        )
     study.last_received_at = now
     return study
 
@@ -208,31 +273,56 @@ def _series_for(session: Session, study: StudyRow, tags: InstanceTags, now: date
     ).one_or_none()
     if series is None:
         series = SeriesRow(
-            study_id=study.id, series_uid=tags.series_uid, modality=tags.modality,
-            body_part=tags.body_part, series_description=tags.series_description,
-            series_number=tags.series_number, first_received_at=now, last_received_at=now,
+            study_id=study.id,
+            series_uid=tags.series_uid,
+            modality=tags.modality,
+            body_part=tags.body_part,
+            series_description=tags.series_description,
+            series_number=tags.series_number,
+            first_received_at=now,
+            last_received_at=now,
         )
         session.add(series)
         session.flush()
     elif series.study_id != study.id:
-        raise InvalidInstance("series already belongs to another study",
-                              Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+        raise InvalidInstance(
+            "series already belongs to another study", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        )
     series.last_received_at = now
     return series
 
 
-def _instance_row(series: SeriesRow, tags: InstanceTags, sender: Sender, key: str, version: int,
-                  encoded: bytes, digest: str, now: datetime) -> InstanceRow:
+def _instance_row(
+    series: SeriesRow,
+    tags: InstanceTags,
+    sender: Sender,
+    key: str,
+    version: int,
+    encoded: bytes,
+    digest: str,
+    now: datetime,
+) -> InstanceRow:
     return InstanceRow(
-        series_id=series.id, sop_instance_uid=tags.sop_instance_uid, version=version,
-        object_key=key, sop_class_uid=tags.sop_class_uid,
-        transfer_syntax_uid=tags.transfer_syntax_uid, size_bytes=len(encoded), sha256=digest,
-        instance_number=tags.instance_number, image_type=tags.image_type,
-        slice_thickness=tags.slice_thickness, image_position=tags.image_position,
-        image_orientation=tags.image_orientation, rows=tags.rows, columns=tags.columns,
+        series_id=series.id,
+        sop_instance_uid=tags.sop_instance_uid,
+        version=version,
+        object_key=key,
+        sop_class_uid=tags.sop_class_uid,
+        transfer_syntax_uid=tags.transfer_syntax_uid,
+        size_bytes=len(encoded),
+        sha256=digest,
+        instance_number=tags.instance_number,
+        image_type=tags.image_type,
+        slice_thickness=tags.slice_thickness,
+        image_position=tags.image_position,
+        image_orientation=tags.image_orientation,
+        rows=tags.rows,
+        columns=tags.columns,
         number_of_frames=tags.number_of_frames,
         photometric_interpretation=tags.photometric_interpretation,
-        calling_ae=sender.calling_ae, peer_address=sender.address, received_at=now,
+        calling_ae=sender.calling_ae,
+        peer_address=sender.address,
+        received_at=now,
     )
 
 

@@ -43,8 +43,7 @@ class Parts:
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Parts:
-        directory = load_directory(settings.sources_file, settings.regions_file,
-                                   settings.open_mode)
+        directory = load_directory(settings.sources_file, settings.regions_file, settings.open_mode)
         db = Database(settings.resolved_database_url, pool_size=settings.max_associations + 4)
         if migrate:
             db.migrate()
@@ -58,8 +57,9 @@ class Gateway:
     def __init__(self, parts: Parts, on_complete: CompletionHook = log_completion) -> None:
         self.parts = parts
         self.stop_event = threading.Event()
-        self.assembler = Assembler(parts.db, parts.directory, parts.settings.quiet_period_s,
-                                   on_complete)
+        self.assembler = Assembler(
+            parts.db, parts.directory, parts.settings.quiet_period_s, on_complete
+        )
         self.scp: DicomServer | None = None
         self._children: list[multiprocessing.process.BaseProcess] = []
         self._threads: list[threading.Thread] = []
@@ -70,29 +70,40 @@ class Gateway:
         report = recover(self.parts.db, self.parts.store)
         log.info("recovery done", extra=report.__dict__)
         shared = settings.scp_processes > 1
-        self.scp = DicomServer(settings, Ingest(self.parts.db, self.parts.store),
-                               self.parts.directory, self.parts.source_ids, self.parts.store,
-                               shared_port=shared)
+        self.scp = DicomServer(
+            settings,
+            Ingest(self.parts.db, self.parts.store),
+            self.parts.directory,
+            self.parts.source_ids,
+            self.parts.store,
+            shared_port=shared,
+        )
         if shared:
             self._start_children(settings)
         self.scp.start()
-        self._thread(lambda: self.assembler.run(self.stop_event, settings.assembly_poll_s),
-                     "assembler")
+        self._thread(
+            lambda: self.assembler.run(self.stop_event, settings.assembly_poll_s), "assembler"
+        )
         if settings.http_port:
             self._start_http(settings)
 
     def _start_children(self, settings: Settings) -> None:
         context = multiprocessing.get_context("spawn")
         for number in range(1, settings.scp_processes):
-            child = context.Process(target=run_scp_child, name=f"aigw-scp-{number}",
-                                    args=(settings.model_dump(mode="json"),), daemon=True)
+            child = context.Process(
+                target=run_scp_child,
+                name=f"aigw-scp-{number}",
+                args=(settings.model_dump(mode="json"),),
+                daemon=True,
+            )
             child.start()
             self._children.append(child)
 
     def _start_http(self, settings: Settings) -> None:
         app = create_app(self.parts.db, self.parts.store)
-        config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                log_config=None, access_log=False)
+        config = uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+        )
         self._http = uvicorn.Server(config)
         self._thread(self._http.run, "http")
 
@@ -129,8 +140,14 @@ def run_scp_child(settings_data: dict[str, Any]) -> None:
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.log_level, settings.log_json)
     parts = Parts.build(settings, migrate=False)
-    server = DicomServer(settings, Ingest(parts.db, parts.store), parts.directory,
-                         parts.source_ids, parts.store, shared_port=True)
+    server = DicomServer(
+        settings,
+        Ingest(parts.db, parts.store),
+        parts.directory,
+        parts.source_ids,
+        parts.store,
+        shared_port=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
     server.serve_forever()
 

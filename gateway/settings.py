@@ -149,7 +149,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     from_file = type(
         "Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": chosen}}
     )
-    return from_file(config_file=chosen, **explicit)
+    settings: Settings = from_file(config_file=chosen, **explicit)
+    return settings
 
 
 def _default_config_file() -> Path | None:

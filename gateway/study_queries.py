@@ -41,13 +41,16 @@ class TimelineEntry(BaseModel):
 def list_studies(db: Database, state: str | None = None, limit: int = 1000) -> list[StudySummary]:
     series_counts = (
         select(SeriesRow.study_id, func.count(SeriesRow.id).label("n"))
-        .group_by(SeriesRow.study_id).subquery()
+        .group_by(SeriesRow.study_id)
+        .subquery()
     )
     instance_counts = (
-        select(SeriesRow.study_id,
-               func.count(func.distinct(InstanceRow.sop_instance_uid)).label("n"))
+        select(
+            SeriesRow.study_id, func.count(func.distinct(InstanceRow.sop_instance_uid)).label("n")
+        )
         .join(InstanceRow, InstanceRow.series_id == SeriesRow.id)
-        .group_by(SeriesRow.study_id).subquery()
+        .group_by(SeriesRow.study_id)
+        .subquery()
     )
     query = (
         select(StudyRow, SourceRow.name, series_counts.c.n, instance_counts.c.n)
@@ -64,10 +67,15 @@ def list_studies(db: Database, state: str | None = None, limit: int = 1000) -> l
         modalities = _modalities(session, [row[0].id for row in rows])
     return [
         StudySummary(
-            study_uid=study.study_uid, state=study.state, source=source,
-            region=study.region_code, modalities=modalities.get(study.id, []),
-            series_count=n_series or 0, instance_count=n_instances or 0,
-            first_received_at=study.first_received_at, last_received_at=study.last_received_at,
+            study_uid=study.study_uid,
+            state=study.state,
+            source=source,
+            region=study.region_code,
+            modalities=modalities.get(study.id, []),
+            series_count=n_series or 0,
+            instance_count=n_instances or 0,
+            first_received_at=study.first_received_at,
+            last_received_at=study.last_received_at,
             completed_at=study.completed_at,
         )
         for study, source, n_series, n_instances in rows
@@ -79,7 +87,8 @@ def _modalities(session: Any, study_ids: list[int]) -> dict[int, list[str]]:
         return {}
     found: dict[int, list[str]] = {}
     rows = session.execute(
-        select(SeriesRow.study_id, SeriesRow.modality).where(SeriesRow.study_id.in_(study_ids))
+        select(SeriesRow.study_id, SeriesRow.modality)
+        .where(SeriesRow.study_id.in_(study_ids))
         .distinct()
     ).all()
     for study_id, modality in rows:
@@ -94,8 +103,11 @@ def timeline(db: Database, study_uid: str) -> list[TimelineEntry]:
         if study_id is None:
             raise UnknownStudy(f"no study {study_uid}")
         events = session.scalars(
-            select(StudyEventRow).where(StudyEventRow.study_id == study_id)
+            select(StudyEventRow)
+            .where(StudyEventRow.study_id == study_id)
             .order_by(StudyEventRow.id)
         ).all()
-        return [TimelineEntry(at=e.at, kind=e.kind, state=e.state, detail=e.detail, note=e.note)
-                for e in events]
+        return [
+            TimelineEntry(at=e.at, kind=e.kind, state=e.state, detail=e.detail, note=e.note)
+            for e in events
+        ]

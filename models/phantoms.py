@@ -127,15 +127,13 @@ class Phantom:
 # --------------------------------------------------------------------------- helpers
 
 
-def _smooth_noise(
-    rng: np.random.Generator, shape: Sequence[int], cell: Sequence[float]
-) -> Array:
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cell: Sequence[float]) -> Array:
     """Smooth random field, roughly unit variance, with features ``cell`` pixels apart.
 
     Gaussian noise on a coarse grid, upsampled one axis at a time with smoothstep
     interpolation, so only the last step touches a full-size array.
     """
-    coarse = tuple(int(math.ceil(n / max(c, 1e-3))) + 2 for n, c in zip(shape, cell, strict=True))
+    coarse = tuple(math.ceil(n / max(c, 1e-3)) + 2 for n, c in zip(shape, cell, strict=True))
     field = rng.standard_normal(coarse, dtype=np.float32) * np.float32(1.35)
     for axis, (n, c) in enumerate(zip(shape, cell, strict=True)):
         pos = np.arange(n, dtype=np.float32) / np.float32(max(c, 1e-3))
@@ -519,7 +517,7 @@ def ct_chest(
 
     # Nodules: solid spheres of soft-tissue density with a partial-volume rim.
     spacing = (t, s, s)
-    cap = min(nodule_diameter_mm[1], (n_slices - 2) * t, 40.0)
+    cap = min(nodule_diameter_mm[1], (n_slices - 2) * t / 1.4)  # fits the placement window
     drawn: list[tuple[Lesion, tuple[slice, ...], BoolArray]] = []
     occupied = np.zeros(hu.shape, dtype=bool)
     for _ in range(n_nodules):
@@ -618,7 +616,7 @@ def ct_head(
         spacing = (t, s, s)
         if kind == "intraparenchymal":
             radius = rng.uniform(6, 18)
-            z_cap = (n_slices - 1) * t / 2 / 1.4 - 0.5 * t
+            z_cap = (n_slices - 2) * t / 2 / 1.4
             if z_cap < 2:
                 raise ValueError(f"a slab of {n_slices} x {t} mm is too thin for a haematoma")
             z_semi = min(radius * rng.uniform(0.75, 1), z_cap)
@@ -831,9 +829,7 @@ def _draw_calcifications(
         local |= speck
         points.append((pr, pc, size_px))
     signal[window] += np.float32(1500) * local
-    extent = max(
-        math.dist(p[:2], q[:2]) + p[2] + q[2] for p in points for q in points
-    ) * s
+    extent = max(math.dist(p[:2], q[:2]) + p[2] + q[2] for p in points for q in points) * s
     return _lesion("calcification", "cluster", center, extent, window, local), window, local
 
 

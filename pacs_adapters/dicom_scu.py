@@ -17,10 +17,10 @@ from typing import Any
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 log = logging.getLogger(__name__)
 
+VERIFICATION = "1.2.840.10008.1.1"
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
 
@@ -55,7 +55,7 @@ class _File:
 def echo(peer: Peer) -> int:
     """C-ECHO; returns the DIMSE status (0 is success)."""
     ae = _ae(peer)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae)
     if not assoc.is_established:
         raise ScuError(_why_not_established(assoc, peer))
@@ -75,8 +75,9 @@ def send(paths: Iterable[Path], peer: Peer) -> SendReport:
     for path in _walk(paths):
         try:
             meta = read_file_meta_info(path)
-            files.append(_File(path, str(meta.MediaStorageSOPClassUID),
-                               str(meta.TransferSyntaxUID)))
+            files.append(
+                _File(path, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+            )
         except (InvalidDicomError, OSError, AttributeError, KeyError) as exc:
             report.skipped[str(path)] = f"not a DICOM Part-10 file: {exc.__class__.__name__}"
     for batch in _batches(files):

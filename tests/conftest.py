@@ -61,7 +61,8 @@ def start_gateway() -> Iterator[Callable[[Settings], Gateway]]:
 
 
 @pytest.fixture
-def gateway(make_settings: Callable[..., Settings],
-            start_gateway: Callable[[Settings], Gateway]) -> Gateway:
+def gateway(
+    make_settings: Callable[..., Settings], start_gateway: Callable[[Settings], Gateway]
+) -> Gateway:
     """A gateway on the embedded default with the project's sources.yaml."""
     return start_gateway(make_settings())

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout_s: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -51,12 +54,15 @@ def require_tool(name: str) -> str:
 
 def require_shared_data() -> Path:
     if not SHARED_DICOM.is_dir():
-        pytest.skip(f"real DICOM files not available: {SHARED_DICOM} is absent (outside the team's "
-                    "workspace); the synthetic studies cover these flows")
+        pytest.skip(
+            f"real DICOM files not available: {SHARED_DICOM} is absent (outside the team's "
+            "workspace); the synthetic studies cover these flows"
+        )
     return SHARED_DICOM
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
+
 
 def _pg_bin() -> Path | None:
     base = Path("/usr/lib/postgresql")
@@ -78,12 +84,32 @@ class Postgres:
         self._ctl("-m", "immediate", "-w", "stop")
 
     def start(self) -> None:
-        self._ctl("-o", f"-p {self.port} -k {self.data_dir.parent} -c listen_addresses=127.0.0.1",
-                  "-l", str(self.data_dir.parent / "log"), "-w", "start")
+        self._ctl(
+            "-o",
+            f"-p {self.port} -k {self.data_dir.parent} -c listen_addresses=127.0.0.1",
+            "-l",
+            str(self.data_dir.parent / "log"),
+            "-w",
+            "start",
+        )
 
     def create_database(self, name: str) -> str:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
-                        "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-q",
+                "-c",
+                f"CREATE DATABASE {name}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
 
@@ -101,8 +127,20 @@ def postgres_server() -> Iterator[Postgres]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
     data = base / "data"
-    _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8"])
+    _as_postgres(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]
+    )
     server = Postgres(url="", port=free_port(), data_dir=data, bin_dir=bin_dir)
     server.start()
     server.url = server.create_database("aigw")
@@ -116,6 +154,7 @@ def postgres_server() -> Iterator[Postgres]:
 
 # --- S3 (moto in server mode, a separate process speaking HTTP) ---------------------------
 
+
 @dataclass
 class S3Server:
     endpoint: str
@@ -125,7 +164,8 @@ class S3Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, process=self.process)
 
@@ -151,6 +191,7 @@ S3_CREDENTIALS = {"s3_access_key": "testing", "s3_secret_key": "testing-secret"}
 
 # --- aigw serve as a real process ---------------------------------------------------------
 
+
 @dataclass
 class GatewayProcess:
     data_dir: Path
@@ -162,9 +203,23 @@ class GatewayProcess:
     def start(self) -> None:
         log = open(self.data_dir / "serve.log", "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(self.data_dir),
-             "--dicom-port", str(self.dicom_port), "--http-port", "0", *self.args],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--dicom-port",
+                str(self.dicom_port),
+                "--http-port",
+                "0",
+                *self.args,
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(self.dicom_port, process=self.process)
 
@@ -201,12 +256,121 @@ def gateway_env(**settings: str) -> dict[str, str]:
 
 # --- DCMTK ----------------------------------------------------------------------------------
 
-def storescu(port: int, files: list[Path], *, calling_ae: str = "IRK_CAMI", called_ae: str = "AIGW",
-             extra: list[str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+
+def storescu(
+    port: int,
+    files: list[Path],
+    *,
+    calling_ae: str = "IRK_CAMI",
+    called_ae: str = "AIGW",
+    extra: list[str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
     tool = require_tool("storescu")
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run(
-        [tool, "-R", "-aet", calling_ae, "-aec", called_ae, *(extra or []), "127.0.0.1", str(port),
-         *map(str, files)],
-        capture_output=True, text=True, env=env, check=check, timeout=300,
+        [
+            tool,
+            "-R",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            *(extra or []),
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=check,
+        timeout=300,
     )
+
+
+# --- small synthetic CT instances (for tests that need many quick instances) -----------------
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def make_uid(*parts: object) -> str:
+    """A valid, deterministic UID under the pydicom test root for ``parts``."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=[str(part) for part in parts]))
+
+
+def ct_instance(
+    study_uid: str, series_uid: str, sop_uid: str, number: int = 1, *, size: int = 8, fill: int = 0
+) -> pydicom.Dataset:
+    """A small but complete CT Image Storage instance, Explicit VR Little Endian."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = make_uid(study_uid, "frame")
+    ds.PatientName = "Test^Phantom"
+    ds.PatientID = "PHANTOM-1"
+    ds.PatientSex = "O"
+    ds.PatientAge = "045Y"
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = "ACC1"
+    ds.StudyID = "1"
+    ds.Modality = "CT"
+    ds.BodyPartExamined = "CHEST"
+    ds.SeriesDescription = "test series"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SliceThickness = 1.5
+    ds.ImagePositionPatient = [0.0, 0.0, float(number) * 1.5]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = size
+    ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = (((number + fill) % 65536).to_bytes(2, "little")) * (size * size)
+    return ds
+
+
+def write_ct_series(
+    folder: Path,
+    n: int,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    seed: object = 0,
+    size: int = 8,
+) -> list[Path]:
+    """``n`` small CT slices of one series written as Part-10 files; returns their paths."""
+    study_uid = study_uid or make_uid("study", seed)
+    series_uid = series_uid or make_uid("series", study_uid, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(1, n + 1):
+        ds = ct_instance(
+            study_uid, series_uid, make_uid("sop", series_uid, number), number, size=size
+        )
+        path = folder / f"ct{number:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
