@@ -86,9 +86,19 @@ class SourcesFile(BaseModel):
 
 
 class RegionsFile(BaseModel):
-    model_config = ConfigDict(extra="allow")  # later stages add per-region sections
+    model_config = ConfigDict(extra="forbid")
 
     regions: dict[RegionCode, str] = Field(default_factory=dict)
+    devices: dict[RegionCode, list[str]] = Field(
+        default_factory=dict, description="AI device ids enabled in each region"
+    )
+
+    @model_validator(mode="after")
+    def _device_regions_known(self) -> RegionsFile:
+        unknown = sorted(set(self.devices) - set(self.regions) - {OPEN_REGION})
+        if unknown:
+            raise ValueError(f"devices enabled in regions not listed under regions: {unknown}")
+        return self
 
 
 OPEN_SOURCE = Source(
@@ -99,8 +109,15 @@ OPEN_SOURCE = Source(
 class SourceDirectory:
     """Looks up the source of an association; knows the regions by code."""
 
-    def __init__(self, sources: list[Source], regions: dict[str, str], open_mode: bool) -> None:
+    def __init__(
+        self,
+        sources: list[Source],
+        regions: dict[str, str],
+        open_mode: bool,
+        devices: dict[str, list[str]] | None = None,
+    ) -> None:
         self.sources = sources
+        self.devices = devices or {}
         self.regions = {OPEN_REGION: "Открытый режим (без региона)", **regions}
         self.open_mode = open_mode
         unknown = sorted({s.region for s in sources} - set(self.regions))
@@ -125,10 +142,10 @@ class SourceDirectory:
 
 def load_directory(sources_file: Path, regions_file: Path, open_mode: bool) -> SourceDirectory:
     sources = _load_yaml(sources_file, SourcesFile).sources if sources_file.is_file() else []
-    regions = _load_yaml(regions_file, RegionsFile).regions if regions_file.is_file() else {}
+    regions = _load_yaml(regions_file, RegionsFile) if regions_file.is_file() else RegionsFile()
     if not sources_file.is_file() and not open_mode:
         raise ConfigError(f"sources file not found: {sources_file} (and open mode is off)")
-    return SourceDirectory(sources, regions, open_mode)
+    return SourceDirectory(sources, regions.regions, open_mode, regions.devices)
 
 
 def _load_yaml(path: Path, model: type[M]) -> M:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,8 @@ class InstanceTruth:
         The instance this describes.
     phantom
         The phantom the instance shows (a CT series shares one); ``None`` for a localizer.
+        Stored pixels are its values as they are, except CT (stored ``HU + 1024``,
+        RescaleIntercept -1024) and Secondary Capture (8-bit, ``pixels >> 4``).
     slice_index
         Which slice of a 3D phantom this instance is; ``None`` for 2D images.
     lesions
@@ -145,10 +147,10 @@ class _Study:
             days=int(meta.integers(0, 700)), minutes=int(meta.integers(0, 600))
         )
         age = int(meta.integers(40, 76))
-        birthday = date(self.when.year - age, 1, 1) + timedelta(days=int(meta.integers(0, 365)))
-        if (birthday.month, birthday.day) > (self.when.month, self.when.day):
-            birthday = birthday.replace(year=birthday.year - 1)
-        self.birth_date = birthday.strftime("%Y%m%d")
+        anniversary = self.when.date() - timedelta(days=int(meta.integers(1, 364)))
+        if (anniversary.month, anniversary.day) == (2, 29):
+            anniversary -= timedelta(days=1)
+        self.birth_date = anniversary.replace(year=anniversary.year - age).strftime("%Y%m%d")
         self.age = f"{age:03d}Y"
         self.sex = "F" if female or meta.uniform() < 0.5 else "M"
         self.number = int(meta.integers(10**7, 10**8))
@@ -228,12 +230,15 @@ def _pixels(
     ds.PixelData = np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-def _encode(ds: Dataset, transfer_syntax: str) -> Dataset:
-    """Add the file meta information and encode the pixel data in ``transfer_syntax``."""
+def _check_syntax(transfer_syntax: str) -> None:
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(
             f"transfer syntax must be one of {TRANSFER_SYNTAXES}; got {transfer_syntax}"
         )
+
+
+def _encode(ds: Dataset, transfer_syntax: str) -> Dataset:
+    """Add the file meta information and encode the pixel data in ``transfer_syntax``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -383,6 +388,7 @@ def ct_chest_study(
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> SyntheticStudy:
     """CT chest: an axial series (series 2) and, optionally, a localizer (series 1)."""
+    _check_syntax(transfer_syntax)
     variant = (n_slices, size, with_nodule, slice_thickness_mm)
     study = _Study("ct_chest", seed, "CT", variant)
     phantom = phantoms.ct_chest(
@@ -413,6 +419,7 @@ def ct_head_study(
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> SyntheticStudy:
     """CT brain: an axial series (series 2) and, optionally, a localizer (series 1)."""
+    _check_syntax(transfer_syntax)
     variant = (n_slices, size, with_haemorrhage, slice_thickness_mm)
     study = _Study("ct_head", seed, "CT", variant)
     phantom = phantoms.ct_head(
@@ -472,6 +479,7 @@ def chest_xray_study(
         raise ValueError(
             f"kind must be fluorography/radiography and modality DX/CR; got {kind}, {modality}"
         )
+    _check_syntax(transfer_syntax)
     sop = sop or ("dx" if modality == "DX" else "cr")
     if (sop, modality) in (("dx", "CR"), ("cr", "DX")) or sop not in ("dx", "cr", "sc"):
         raise ValueError(f"sop {sop!r} does not fit modality {modality!r}")
@@ -543,6 +551,7 @@ def mammography_study(
     With ``with_mass`` one breast (chosen by the seed) shows the same-sized mass in both
     its views; ``calcifications`` adds a cluster to that breast's CC view.
     """
+    _check_syntax(transfer_syntax)
     study = _Study("mammography", seed, "MG", (with_mass, size, calcifications), female=True)
     rng = study.rng()
     side = "L" if rng.uniform() < 0.5 else "R"

@@ -164,3 +164,82 @@ class StudyEventRow(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[StudyRow] = relationship(back_populates="events")
+
+
+class DeviceRow(Base):
+    """A registered AI device version: its validated manifest and where its ONNX file is."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("device_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(128))
+    vendor: Mapped[str] = mapped_column(String(128))
+    group: Mapped[str] = mapped_column(String(32))
+    registration_number: Mapped[str | None] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    onnx_key: Mapped[str] = mapped_column(String(250))
+    sha256: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeviceRegionRow(Base):
+    """A device enabled in a region (seeded from regions.yaml)."""
+
+    __tablename__ = "device_regions"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"), primary_key=True)
+
+
+class JobRow(Base):
+    """One (series, device) analysis. ``study_completed_at`` ties it to one completion of the
+    study, so re-offering the same completion after a restart creates nothing twice."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("study_id", "series_uid", "device_key", "study_completed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_completed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    series_uid: Mapped[str] = mapped_column(String(64))
+    device_key: Mapped[str] = mapped_column(String(100))
+    study_type: Mapped[str] = mapped_column(String(32))
+    service_code: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    findings: Mapped[list[FindingRow]] = relationship(back_populates="job", order_by="FindingRow.id")
+
+
+class FindingRow(Base):
+    """What a device said about one label: probability, decision, where, how big."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    label_code: Mapped[str] = mapped_column(String(16))
+    label_scheme: Mapped[str] = mapped_column(String(16))
+    label_ru: Mapped[str] = mapped_column(String(200))
+    label_en: Mapped[str] = mapped_column(String(200))
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    positive: Mapped[bool]
+    location: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    measurements: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+
+    job: Mapped[JobRow] = relationship(back_populates="findings")

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "HaemorrhageKind",
     "Lesion",
     "Phantom",
     "chest_radiograph",
@@ -46,7 +47,7 @@ class Lesion:
     Attributes
     ----------
     kind
-        ``"nodule"``, ``"opacity"``, ``"haemorrhage"``, ``"mass"`` or ``"calcification"``.
+        ``"nodule"``, ``"haemorrhage"``, ``"mass"`` or ``"calcification"``.
     subtype
         ``"solid"``; ``"intraparenchymal"`` / ``"subdural"``; ``"round"`` / ``"spiculated"``;
         ``"cluster"``.
@@ -230,7 +231,9 @@ def _place_ellipsoid(
                 continue
             window, rho = found
             inside = rho <= 1.0
-            if allowed[window][inside].all() and not occupied[window][rho <= 1.4].any():
+            if not inside.any() or not allowed[window][inside].all():
+                continue
+            if not occupied[window][rho <= 1.4].any():
                 return center, window, rho
     raise ValueError(f"no room for a {what} of {semi_px} px semi-axes in this image")
 
@@ -274,6 +277,8 @@ def _phantom(
     regions: Mapping[str, BoolArray],
     **extra: Any,
 ) -> Phantom:
+    if len(drawn) > 255:
+        raise ValueError(f"at most 255 lesions fit a uint8 label map; got {len(drawn)}")
     labels = np.zeros(pixels.shape, dtype=np.uint8)
     for number, (_, window, local_mask) in enumerate(drawn, start=1):
         labels[window][local_mask] = number
@@ -593,10 +598,8 @@ def ct_head(
     hu[brain] = tissue[brain]
 
     def blob(cx: float, cy: float, cz: float, ra: float, rb: float, rc: float) -> BoolArray:
-        r2 = (((x - cx) / ra) ** 2 + ((y - cy) / rb) ** 2)[None] + (((z - cz) / rc) ** 2)[
-            :, None, None
-        ]
-        result: BoolArray = r2 < 1
+        in_plane = ((x - cx) / ra) ** 2 + ((y - cy) / rb) ** 2
+        result: BoolArray = in_plane[None] + (((z - cz) / rc) ** 2)[:, None, None] < 1
         return result
 
     for side in (-1, 1):  # basal ganglia and thalami
@@ -696,7 +699,8 @@ def mammogram(
     s = 0.1 * math.sqrt(2048 * 1664) / math.sqrt(h * w)
     rows = np.arange(h, dtype=np.float32)[:, None]
     y = (rows - np.float32(h / 2)) * np.float32(s)  # mm from the image's middle row
-    x = np.arange(w, dtype=np.float32)[None, :] * np.float32(s)  # mm from the chest wall
+    cols = np.arange(w, dtype=np.float32)[None, :]
+    x = (cols if laterality == "L" else np.float32(w - 1) - cols) * np.float32(s)  # from chest wall
     depth = rng.uniform(0.55, 0.78) * w * s  # chest wall to nipple
     half_height = rng.uniform(0.36, 0.44) * h * s
     y0 = rng.uniform(-0.03, 0.03) * h * s
@@ -759,24 +763,11 @@ def mammogram(
         drawn.append(_draw_calcifications(rng, signal, allowed & ~occupied, s))
 
     signal += rng.normal(0, 18, (h, w)).astype(np.float32) * (0.3 + 0.7 * breast)
-    top = 2**bits_stored - 1
-    pixels = np.clip(np.rint(signal * np.float32(top / 4095) + 20), 0, top).astype(np.uint16)
+    full = 2**bits_stored - 1
+    pixels = np.clip(np.rint(signal * np.float32(full / 4095) + 20), 0, full).astype(np.uint16)
     regions = {"breast": breast, "pectoral": pectoral & breast}
-    if laterality == "R":
-        pixels = pixels[:, ::-1].copy()
-        regions = {name: m[:, ::-1].copy() for name, m in regions.items()}
-        drawn = [_mirror(w, lesion, window, local) for lesion, window, local in drawn]
-    return _phantom(
-        "mammogram",
-        pixels,
-        (s, s),
-        None,
-        drawn,
-        regions,
-        laterality=laterality,
-        view=view,
-        bits_stored=bits_stored,
-    )
+    extra = {"laterality": laterality, "view": view, "bits_stored": bits_stored}
+    return _phantom("mammogram", pixels, (s, s), None, drawn, regions, **extra)
 
 
 def _draw_spicules(
@@ -831,22 +822,3 @@ def _draw_calcifications(
     signal[window] += np.float32(1500) * local
     extent = max(math.dist(p[:2], q[:2]) + p[2] + q[2] for p in points for q in points) * s
     return _lesion("calcification", "cluster", center, extent, window, local), window, local
-
-
-def _mirror(
-    width: int, lesion: Lesion, window: tuple[slice, ...], local: BoolArray
-) -> tuple[Lesion, tuple[slice, ...], BoolArray]:
-    """The same lesion after flipping the image left-right."""
-    cols = window[1]
-    start, stop = cols.start or 0, cols.stop
-    flipped = (window[0], slice(width - stop, width - start))
-    (r0, r1), (c0, c1) = lesion.bbox
-    moved = Lesion(
-        kind=lesion.kind,
-        subtype=lesion.subtype,
-        center=(lesion.center[0], round(width - 1 - lesion.center[1], 3)),
-        diameter_mm=lesion.diameter_mm,
-        bbox=((r0, r1), (width - c1, width - c0)),
-        voxel_count=lesion.voxel_count,
-    )
-    return moved, flipped, local[:, ::-1]

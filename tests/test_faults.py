@@ -100,6 +100,11 @@ def own_s3() -> Iterator[S3Server]:
         yield server
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: S3Store caches _bucket_ready, so after the S3 server loses the "
+    "bucket every put fails with NoSuchBucket until the gateway restarts",
+)
 def test_s3_stopped_then_restarted(
     own_s3: S3Server,
     make_settings: Callable[..., Settings],

@@ -9,7 +9,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.phantoms import Lesion, Phantom, chest_radiograph, ct_chest, ct_head, mammogram
+from models.phantoms import (
+    HaemorrhageKind,
+    Lesion,
+    Phantom,
+    chest_radiograph,
+    ct_chest,
+    ct_head,
+    mammogram,
+)
 
 Maker = Callable[[int], Phantom]
 
@@ -27,17 +35,23 @@ SMALL: dict[str, Maker] = {
 }
 
 
-def ring(phantom: Phantom, lesion: Lesion, inner_mm: float, width_mm: float) -> npt.NDArray[np.bool_]:
+def ring(
+    phantom: Phantom, lesion: Lesion, inner_mm: float, width_mm: float
+) -> npt.NDArray[np.bool_]:
     """Pixels between ``inner_mm`` and ``inner_mm + width_mm`` from the lesion's centre."""
     axes = np.ogrid[tuple(slice(0, n) for n in phantom.pixels.shape)]
     d2 = sum(
         ((g - c) * s) ** 2 for g, c, s in zip(axes, lesion.center, phantom.spacing_mm, strict=True)
     )
-    return (d2 >= inner_mm**2) & (d2 < (inner_mm + width_mm) ** 2) & ~phantom.mask
+    result: npt.NDArray[np.bool_] = (
+        (d2 >= inner_mm**2) & (d2 < (inner_mm + width_mm) ** 2) & ~phantom.mask
+    )
+    return result
 
 
 def lesion_mask(phantom: Phantom, index: int) -> npt.NDArray[np.bool_]:
-    return phantom.labels == index + 1
+    result: npt.NDArray[np.bool_] = phantom.labels == index + 1
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +87,14 @@ def test_ground_truth_is_consistent(phantoms_by_name: dict[str, Phantom]) -> Non
             inside_box[lesion.slices()] = True
             assert not (mine & ~inside_box).any(), "bbox must hold the whole mask"
             for axis, (start, stop) in enumerate(lesion.bbox):
-                hits = np.flatnonzero(mine.any(axis=tuple(a for a in range(mine.ndim) if a != axis)))
+                hits = np.flatnonzero(
+                    mine.any(axis=tuple(a for a in range(mine.ndim) if a != axis))
+                )
                 assert (start, stop) == (hits[0], hits[-1] + 1), "bbox must be tight"
             assert len(lesion.center) == phantom.pixels.ndim
-            assert all(lo - 1 <= c <= hi for c, (lo, hi) in zip(lesion.center, lesion.bbox, strict=True))
+            assert all(
+                lo - 1 <= c <= hi for c, (lo, hi) in zip(lesion.center, lesion.bbox, strict=True)
+            )
 
 
 def test_arrays_are_read_only(phantoms_by_name: dict[str, Phantom]) -> None:
@@ -116,7 +134,9 @@ def test_chest_radiograph_nodules_are_opacities_inside_the_lungs(
         assert area == pytest.approx(math.pi * lesion.diameter_mm**2 / 4, rel=0.15)
 
 
-def test_ct_chest_is_hounsfield_with_plausible_tissues(phantoms_by_name: dict[str, Phantom]) -> None:
+def test_ct_chest_is_hounsfield_with_plausible_tissues(
+    phantoms_by_name: dict[str, Phantom],
+) -> None:
     ct = phantoms_by_name["ct_chest"]
     hu = ct.pixels
     assert hu.dtype == np.int16 and hu.shape == (24, 256, 256)
@@ -155,11 +175,15 @@ def test_ct_chest_too_thin_for_a_nodule_is_refused() -> None:
 
 
 @pytest.mark.parametrize("kind", ["intraparenchymal", "subdural"])
-def test_ct_head_haemorrhage_is_hyperdense_and_intracranial(kind: str) -> None:
+def test_ct_head_haemorrhage_is_hyperdense_and_intracranial(kind: HaemorrhageKind) -> None:
     head = ct_head(np.random.default_rng(11), n_slices=10, size=(256, 256), haemorrhage_kind=kind)
     (lesion,) = head.lesions
     assert (lesion.kind, lesion.subtype) == ("haemorrhage", kind)
-    brain, skull, ventricles = head.regions["brain"], head.regions["skull"], head.regions["ventricles"]
+    brain, skull, ventricles = (
+        head.regions["brain"],
+        head.regions["skull"],
+        head.regions["ventricles"],
+    )
     assert not (head.mask & ~brain).any()
     blood = head.pixels[head.mask].mean()
     parenchyma = head.pixels[brain & ~ventricles & ~head.mask].mean()
@@ -235,7 +259,9 @@ def test_spacing_scales_with_size() -> None:
     assert chest_radiograph(rng, size=(512, 512), n_lesions=0).pixel_spacing_mm == pytest.approx(
         (0.7, 0.7)
     )
-    assert mammogram(rng, size=(1024, 832), n_masses=0).pixel_spacing_mm == pytest.approx((0.2, 0.2))
+    assert mammogram(rng, size=(1024, 832), n_masses=0).pixel_spacing_mm == pytest.approx(
+        (0.2, 0.2)
+    )
     head = ct_head(rng, n_slices=4, size=(128, 128), haemorrhage=False)
     assert head.spacing_mm == pytest.approx((5.0, 1.8, 1.8))
 
@@ -245,10 +271,10 @@ def test_spacing_scales_with_size() -> None:
     [
         lambda rng: chest_radiograph(rng, size=(16, 16)),
         lambda rng: chest_radiograph(rng, nodule_diameter_mm=(30.0, 8.0)),
-        lambda rng: mammogram(rng, laterality="B"),
-        lambda rng: mammogram(rng, view="ML"),
+        lambda rng: mammogram(rng, laterality="B"),  # type: ignore[arg-type]
+        lambda rng: mammogram(rng, view="ML"),  # type: ignore[arg-type]
         lambda rng: mammogram(rng, bits_stored=16),
-        lambda rng: ct_head(rng, haemorrhage_kind="epidural"),
+        lambda rng: ct_head(rng, haemorrhage_kind="epidural"),  # type: ignore[arg-type]
         lambda rng: ct_chest(rng, n_slices=0),
     ],
 )

@@ -1,0 +1,138 @@
+"""Decoding stored instances into pixels a device can read.
+
+Every transfer syntax pydicom can decode with the installed plugins (pylibjpeg: JPEG,
+JPEG-lossless, JPEG 2000, RLE; pyjpegls: JPEG-LS; deflate natively). The modality LUT is
+applied (CT values in HU). A volume is sorted along the slice normal from
+ImagePositionPatient / ImageOrientationPatient, not by InstanceNumber, which scanners number
+inconsistently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.pixels.processing import apply_modality_lut
+
+from gateway.errors import GatewayError
+
+
+class DecodeError(GatewayError):
+    """Pixel data cannot be decoded or the series is not usable; says which instance and why."""
+
+
+@dataclass(frozen=True)
+class Image2D:
+    sop_instance_uid: str
+    pixels: np.ndarray  # float32 rows × columns, modality LUT applied
+    photometric: str
+    spacing_mm: tuple[float, float] | None  # (row, column)
+
+
+@dataclass(frozen=True)
+class Volume:
+    sop_instance_uids: tuple[str, ...]  # one per slice, in volume order
+    voxels: np.ndarray  # float32 slices × rows × columns (HU for CT)
+    spacing_mm: tuple[float, float, float]  # (slice, row, column)
+
+
+def read_dataset(data: bytes) -> Dataset:
+    try:
+        return dcmread(BytesIO(data))
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise DecodeError(f"cannot parse stored instance: {exc.__class__.__name__}: {exc}") from exc
+
+
+def decode_image(dataset: Dataset) -> Image2D:
+    """A projection image; of a multi-frame object, the first frame."""
+    pixels = _pixels(dataset)
+    if pixels.ndim == 3 and int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    spacing = _pixel_spacing(dataset)
+    return Image2D(
+        str(dataset.SOPInstanceUID),
+        pixels,
+        str(dataset.get("PhotometricInterpretation", "")),
+        spacing,
+    )
+
+
+def decode_volume(datasets: list[Dataset]) -> Volume:
+    """Single-frame slices of one series → a volume sorted along the slice normal."""
+    if not datasets:
+        raise DecodeError("no instances in the series")
+    ordered = _sorted_slices(datasets)
+    shapes = {(int(d.Rows), int(d.Columns)) for d in ordered}
+    if len(shapes) != 1:
+        raise DecodeError(f"slices differ in size: {sorted(shapes)}")
+    voxels = np.stack([_pixels(d) for d in ordered]).astype(np.float32, copy=False)
+    row_mm, col_mm = _pixel_spacing(ordered[0]) or (1.0, 1.0)
+    return Volume(
+        tuple(str(d.SOPInstanceUID) for d in ordered),
+        voxels,
+        (_slice_spacing(ordered), row_mm, col_mm),
+    )
+
+
+def _pixels(dataset: Dataset) -> np.ndarray:
+    try:
+        raw = dataset.pixel_array
+        return np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
+    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
+        uid = dataset.get("SOPInstanceUID", "?")
+        raise DecodeError(
+            f"cannot decode pixel data of {uid}: {exc.__class__.__name__}: {exc}"
+        ) from exc
+
+
+def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                row, col = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if row > 0 and col > 0:
+                return row, col
+    return None
+
+
+def _normal(dataset: Dataset) -> np.ndarray | None:
+    orientation = dataset.get("ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        return None
+    values = np.asarray([float(v) for v in orientation])
+    return np.cross(values[:3], values[3:])
+
+
+def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
+    normal = _normal(datasets[0])
+    positioned = [d for d in datasets if d.get("ImagePositionPatient") is not None]
+    if normal is None or len(positioned) != len(datasets):
+        return sorted(datasets, key=lambda d: int(d.get("InstanceNumber", 0) or 0))
+    return sorted(
+        datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient]))
+    )
+
+
+def _slice_spacing(ordered: list[Dataset]) -> float:
+    normal = _normal(ordered[0])
+    if (
+        normal is not None
+        and len(ordered) > 1
+        and all("ImagePositionPatient" in d for d in ordered)
+    ):
+        positions = [
+            float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])) for d in ordered
+        ]
+        gaps = np.diff(positions)
+        if len(gaps) and float(np.median(gaps)) > 0:
+            return float(np.median(gaps))
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = ordered[0].get(keyword)
+        if value:
+            return float(value)
+    return 1.0

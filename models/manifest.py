@@ -1,0 +1,224 @@
+"""The device manifest: what a registered AI medical device is, accepts, expects and answers.
+
+One YAML file per device version, validated by this schema before anything is registered.
+A manifest is untrusted input: every field is checked, unknown fields are refused, and
+cross-field rules (service codes match study types, thresholds in [0, 1], ONNX names unique)
+are enforced here so later stages can rely on them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from models.study_types import SERVICE_CODES, StudyType
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")]
+Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+([.-][A-Za-z0-9]+)*$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+OnnxName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")]
+
+
+Photometric = Literal["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"]
+
+
+class ManifestError(Exception):
+    """The manifest is invalid; the message names the field and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceGroup(StrEnum):
+    IMAGE_ANALYSIS = "image_analysis"
+    EMK_DATA_ANALYSIS = "emk_data_analysis"
+
+
+class Registration(_Strict):
+    """Roszdravnadzor registration certificate (РУ)."""
+
+    number: str = Field(min_length=3, max_length=64, description="e.g. РЗН 2022/17xxx")
+    date: date
+
+
+class StudyTypeEntry(_Strict):
+    type: StudyType
+    service_code: str = Field(pattern=r"^\d{7}$", description="НСИ 1471 service code")
+
+    @model_validator(mode="after")
+    def _code_matches_type(self) -> StudyTypeEntry:
+        expected = SERVICE_CODES[self.type][0]
+        if self.service_code != expected:
+            raise ValueError(f"service code for {self.type} is {expected}, not {self.service_code}")
+        return self
+
+
+class Range(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class Acceptance(_Strict):
+    """What the device can read; the router never sends it anything else."""
+
+    modalities: list[Annotated[str, StringConstraints(pattern=r"^[A-Z]{2,4}$")]] = Field(
+        min_length=1
+    )
+    body_parts: list[str] = Field(default_factory=list, description="Empty: any BodyPartExamined")
+    slice_thickness_mm: Range | None = None
+    min_instances: int = Field(default=1, ge=1)
+    adult_only: bool = True
+    photometric: tuple[Photometric, ...] = ("MONOCHROME1", "MONOCHROME2")
+
+
+class Window(_Strict):
+    center: float
+    width: float = Field(gt=0)
+
+
+class InputSpec(_Strict):
+    """The tensor the ONNX graph takes: batch first, then channels, then space."""
+
+    name: OnnxName
+    dims: Literal[2, 3]
+    channels: int = Field(default=1, ge=1, le=4)
+    size: list[int] = Field(description="[H, W] for 2D, [D, H, W] for 3D; resized to exactly this")
+    keep_aspect: bool = Field(default=True, description="2D: letterbox instead of stretching")
+    window: Window | None = Field(
+        default=None, description="Intensity window (HU for CT); None: 0.5–99.5 percentiles"
+    )
+    normalisation: Literal["unit", "zscore"] = "unit"
+
+    @model_validator(mode="after")
+    def _size_matches_dims(self) -> InputSpec:
+        if len(self.size) != self.dims or any(s < 8 or s > 2048 for s in self.size):
+            raise ValueError(f"size {self.size} must have {self.dims} values in 8..2048")
+        return self
+
+
+class Label(_Strict):
+    code: str = Field(min_length=1, max_length=16)
+    scheme: str = Field(default="SCT", max_length=16, description="Coding scheme designator")
+    ru: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+    threshold: float = Field(ge=0, le=1, description="Operating point: positive when p ≥ this")
+
+
+class OutputKind(StrEnum):
+    CLASSIFICATION = "classification"  # [N, L] probabilities
+    HEATMAP = "heatmap"  # [N, L, h, w] localisation map for the classification labels
+    SEGMENTATION = "segmentation"  # [N, L, (d,) h, w] per-voxel probabilities
+    DETECTION = "detection"  # [N, L, h, w] centre heatmap + [N, 2, h, w] box size (CenterNet)
+
+
+class OutputSpec(_Strict):
+    name: OnnxName
+    kind: OutputKind
+    labels: list[Label] = Field(default_factory=list)
+    size_output: OnnxName | None = Field(default=None, description="detection: box-size map")
+
+
+class Provenance(_Strict):
+    training_data: str = Field(min_length=3)
+    clinical_use: bool
+    notice_ru: str = Field(min_length=3)
+    notice_en: str = Field(min_length=3)
+    build: str | None = Field(default=None, description="How the ONNX file was produced")
+
+
+class OnnxFile(_Strict):
+    file: str = Field(description="Path relative to the manifest")
+    sha256: Sha256
+
+    @model_validator(mode="after")
+    def _no_escape(self) -> OnnxFile:
+        if Path(self.file).is_absolute() or ".." in Path(self.file).parts:
+            raise ValueError("onnx file must be a relative path inside the manifest's folder")
+        return self
+
+
+class DeviceManifest(_Strict):
+    id: Identifier
+    version: Version
+    name: str = Field(min_length=1, max_length=128)
+    name_ru: str = Field(min_length=1, max_length=128)
+    vendor: str = Field(min_length=1, max_length=128)
+    registration: Registration | None = Field(
+        default=None, description="РУ; absent only for research devices not for clinical use"
+    )
+    group: DeviceGroup = DeviceGroup.IMAGE_ANALYSIS
+    study_types: list[StudyTypeEntry] = Field(min_length=1)
+    accepts: Acceptance
+    input: InputSpec
+    outputs: list[OutputSpec] = Field(min_length=1)
+    onnx: OnnxFile
+    provenance: Provenance
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeviceManifest:
+        if self.registration is None and self.provenance.clinical_use:
+            raise ValueError("a device for clinical use needs its registration (РУ)")
+        names = [self.input.name, *(o.name for o in self.outputs)]
+        names += [o.size_output for o in self.outputs if o.size_output]
+        if len(names) != len(set(names)):
+            raise ValueError(f"ONNX input/output names must be unique: {names}")
+        primary = [o for o in self.outputs if o.kind != OutputKind.HEATMAP]
+        if not primary or not any(o.labels for o in primary):
+            raise ValueError(
+                "at least one classification/segmentation/detection output with labels"
+            )
+        for output in self.outputs:
+            if output.kind == OutputKind.DETECTION and not output.size_output:
+                raise ValueError(f"detection output {output.name} needs size_output")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+def load_manifest(path: Path) -> DeviceManifest:
+    """Read and validate a manifest file; raises :class:`ManifestError` naming the problem."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: a manifest is a mapping of fields")
+    try:
+        return DeviceManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "manifest"
+        parts.append(f"{where}: {re.sub(r'^Value error, ', '', error['msg'])}")
+    return "; ".join(parts)

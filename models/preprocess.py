@@ -1,0 +1,110 @@
+"""Pre-processing from decoded pixels to the tensor a device's ONNX graph takes.
+
+The same functions build the training inputs of the reference models and the inputs of the
+worker pipeline, so a model sees at inference exactly what it saw in training. Each returns
+the tensor and a :class:`Geometry` that maps model coordinates back to source pixels, so a
+finding points at the right place in the original image.
+
+Resizing comes before windowing: percentiles on a 256² image cost nothing, on a 2500×2000
+radiograph ~0.7 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms.intensity.array import ScaleIntensityRange, ScaleIntensityRangePercentiles
+from monai.transforms.spatial.array import Resize
+
+from models.manifest import InputSpec
+
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Model index space → source index space: ``source = (model - offset) / scale``."""
+
+    source_shape: tuple[int, ...]
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    def to_source(self, point: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple((p - o) / s for p, o, s in zip(point, self.offset, self.scale, strict=True))
+
+    def to_model(self, point: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(p * s + o for p, o, s in zip(point, self.offset, self.scale, strict=True))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tensor: np.ndarray  # float32, [C, *spatial]
+    geometry: Geometry
+
+
+def prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepared:
+    """A projection image (rows × columns, modality LUT applied) → [C, H, W] in [0, 1]."""
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        pixels = pixels[..., :3].mean(axis=-1)  # colour secondary captures: luminance
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2D image, got shape {pixels.shape}")
+    image = torch.as_tensor(np.ascontiguousarray(pixels, dtype=np.float32))[None]
+    if photometric == "MONOCHROME1":  # bright means air: invert so that bone is bright
+        image = image.max() + image.min() - image
+    height, width = spec.size
+    rows, cols = pixels.shape
+    if spec.keep_aspect:
+        scale = min(height / rows, width / cols)
+        new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    else:
+        new_rows, new_cols = height, width
+    resized = Resize((new_rows, new_cols), mode="area")(image)
+    windowed = _window(torch.as_tensor(resized), spec)
+    canvas = torch.zeros((1, height, width), dtype=torch.float32)
+    top, left = (height - new_rows) // 2, (width - new_cols) // 2
+    canvas[:, top : top + new_rows, left : left + new_cols] = windowed
+    tensor = _normalise(canvas, spec).repeat(spec.channels, 1, 1)
+    geometry = Geometry(
+        source_shape=(rows, cols),
+        scale=(new_rows / rows, new_cols / cols),
+        offset=(float(top), float(left)),
+    )
+    return Prepared(tensor.numpy(), geometry)
+
+
+def prepare_3d(volume: np.ndarray, spec: InputSpec) -> Prepared:
+    """A volume (slices × rows × columns, in HU for CT, sorted along the patient axis) →
+    [C, D, H, W] in [0, 1], resized to exactly ``spec.size``."""
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    image = torch.as_tensor(np.ascontiguousarray(volume, dtype=np.float32))[None]
+    resized = Resize(tuple(spec.size), mode="trilinear")(image)
+    tensor = _normalise(_window(torch.as_tensor(resized), spec), spec)
+    tensor = tensor.repeat(spec.channels, 1, 1, 1)
+    geometry = Geometry(
+        source_shape=tuple(volume.shape),
+        scale=tuple(m / s for m, s in zip(spec.size, volume.shape, strict=True)),
+        offset=(0.0, 0.0, 0.0),
+    )
+    return Prepared(tensor.numpy(), geometry)
+
+
+def _window(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    if spec.window is not None:
+        low = spec.window.center - spec.window.width / 2
+        high = spec.window.center + spec.window.width / 2
+        result = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(image)
+    else:
+        result = ScaleIntensityRangePercentiles(
+            LOW_PERCENTILE, HIGH_PERCENTILE, 0.0, 1.0, clip=True
+        )(image)
+    return torch.as_tensor(result, dtype=torch.float32)
+
+
+def _normalise(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    if spec.normalisation == "zscore":
+        std = float(image.std())
+        return (image - image.mean()) / (std if std > 1e-6 else 1.0)
+    return image
