@@ -313,6 +313,14 @@ def tree_cpu_seconds(roots: Sequence[int]) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (not idle, iowait or steal)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -706,6 +714,7 @@ class PhaseResult:
     receiver_cpu_s: float
     helper_cpu_s: float
     sender_cpu_s: float
+    other_cpu_s: float  # everything else busy meanwhile: kernel threads, other processes
 
     @property
     def instances_per_s(self) -> float:
@@ -717,7 +726,10 @@ class PhaseResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            **asdict(self),
+            **{
+                key: round(value, 3) if isinstance(value, float) else value
+                for key, value in asdict(self).items()
+            },
             "instances_per_s": round(self.instances_per_s, 2),
             "mb_per_s": round(self.mb_per_s, 2),
             "receiver_cpu_ms_per_instance": round(1000 * self.receiver_cpu_s / self.instances, 3),
@@ -726,18 +738,31 @@ class PhaseResult:
 
 @dataclass
 class ReceiverResult:
+    """Every round of one receiver; the figures reported are the median round's."""
+
     name: str
     description: dict[str, Any]
-    phases: dict[str, PhaseResult] = field(default_factory=dict)
-    verified_instances: int = 0
+    rounds: list[dict[str, PhaseResult]] = field(default_factory=list)
+    verified_instances: list[int] = field(default_factory=list)
+
+    def median(self, kind: str) -> PhaseResult:
+        samples = sorted((phases[kind] for phases in self.rounds), key=lambda p: p.seconds)
+        return samples[(len(samples) - 1) // 2]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "verified_instances": self.verified_instances,
-            **{kind.lower(): phase.as_dict() for kind, phase in self.phases.items()},
         }
+        for kind in ("CT", "DX"):
+            out[kind.lower()] = {
+                **self.median(kind).as_dict(),
+                "rounds_instances_per_s": [
+                    round(phases[kind].instances_per_s, 2) for phases in self.rounds
+                ],
+            }
+        return out
 
 
 def _shares(paths: Sequence[Path], senders: int) -> list[list[Path]]:
@@ -745,19 +770,9 @@ def _shares(paths: Sequence[Path], senders: int) -> list[list[Path]]:
 
 
 def storescu_command(receiver: Receiver, files: Sequence[Path]) -> list[str]:
-    return [
-        "storescu",
-        "-R",
-        "-aet",
-        CALLING_AE,
-        "-aec",
-        receiver.ae_title,
-        "-pdu",
-        str(MAX_PDU),
-        "127.0.0.1",
-        str(receiver.port),
-        *map(str, files),
-    ]
+    host = ["127.0.0.1", str(receiver.port)]
+    return ["storescu", "-R", "-aet", CALLING_AE, "-aec", receiver.ae_title,
+            "-pdu", str(MAX_PDU), *host, *map(str, files)]  # fmt: skip
 
 
 def send(receiver: Receiver, files: Sequence[Path], senders: int) -> float:
@@ -789,16 +804,22 @@ def measure(receiver: Receiver, files: FileSet, senders: int) -> PhaseResult:
     receiver_before = tree_cpu_seconds(receiver.pids())
     helper_before = tree_cpu_seconds(receiver.helper_pids())
     senders_before = children_cpu_seconds()
+    busy_before = machine_busy_seconds()
     seconds = send(receiver, files.paths, senders)
+    busy = machine_busy_seconds() - busy_before
+    receiver_cpu = tree_cpu_seconds(receiver.pids()) - receiver_before
+    helper_cpu = tree_cpu_seconds(receiver.helper_pids()) - helper_before
+    sender_cpu = children_cpu_seconds() - senders_before
     return PhaseResult(
         kind=files.kind,
         instances=files.count,
         bytes=files.total_bytes,
         seconds=seconds,
         senders=senders,
-        receiver_cpu_s=tree_cpu_seconds(receiver.pids()) - receiver_before,
-        helper_cpu_s=tree_cpu_seconds(receiver.helper_pids()) - helper_before,
-        sender_cpu_s=children_cpu_seconds() - senders_before,
+        receiver_cpu_s=receiver_cpu,
+        helper_cpu_s=helper_cpu,
+        sender_cpu_s=sender_cpu,
+        other_cpu_s=max(0.0, busy - receiver_cpu - helper_cpu - sender_cpu),
     )
 
 
@@ -818,35 +839,38 @@ def verify(receiver: Receiver, expected: int) -> int:
     return stored
 
 
-def run_receiver(receiver: Receiver, corpus: Corpus, senders: int) -> ReceiverResult:
-    print(f"\n== {receiver.name}", flush=True)
-    result = ReceiverResult(receiver.name, receiver.description())
+def run_round(
+    receiver: Receiver, corpus: Corpus, senders: int
+) -> tuple[dict[str, PhaseResult], int]:
+    """Start the receiver on empty storage, send the warm-up, CT and DX files, check that
+    it holds every instance, stop it."""
+    phases: dict[str, PhaseResult] = {}
     try:
         receiver.start()
         send(receiver, corpus.warmup.paths, 1)
-        expected = corpus.warmup.count
         for files in (corpus.ct, corpus.dx):
-            phase = measure(receiver, files, senders)
-            expected += files.count
-            result.verified_instances = verify(receiver, expected)
-            result.phases[files.kind] = phase
+            phases[files.kind] = phase = measure(receiver, files, senders)
             print(
-                f"   {files.kind}: {phase.instances} in {phase.seconds:.2f} s = "
-                f"{phase.instances_per_s:.1f} inst/s, {phase.mb_per_s:.1f} MB/s "
-                f"(receiver CPU {phase.receiver_cpu_s:.1f} s, helpers "
-                f"{phase.helper_cpu_s:.1f} s, senders {phase.sender_cpu_s:.1f} s)",
+                f"  {receiver.name:<15} {files.kind}: {phase.instances} in {phase.seconds:6.2f} s"
+                f" = {phase.instances_per_s:6.1f} inst/s {phase.mb_per_s:6.1f} MB/s   CPU s:"
+                f" receiver {phase.receiver_cpu_s:.1f}, helpers {phase.helper_cpu_s:.1f},"
+                f" senders {phase.sender_cpu_s:.1f}, other {phase.other_cpu_s:.1f}",
                 flush=True,
             )
+        verified = verify(receiver, corpus.instance_count)
     finally:
         receiver.stop()
-    return result
+    return phases, verified
 
 
 # --- report -----------------------------------------------------------------------------------
 
 
+KINDS = ("CT", "DX")
+
+
 def ratios(results: Sequence[ReceiverResult]) -> dict[str, dict[str, dict[str, float]]]:
-    """For each aigw receiver: instances/s relative to storescp and to Orthanc, per kind."""
+    """For each aigw receiver: median instances/s relative to storescp and to Orthanc."""
     by_name = {result.name: result for result in results}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for result in results:
@@ -857,38 +881,41 @@ def ratios(results: Sequence[ReceiverResult]) -> dict[str, dict[str, dict[str, f
                 continue
             out.setdefault(result.name, {})[f"vs_{reference}"] = {
                 kind.lower(): round(
-                    phase.instances_per_s / by_name[reference].phases[kind].instances_per_s, 3
+                    result.median(kind).instances_per_s
+                    / by_name[reference].median(kind).instances_per_s,
+                    3,
                 )
-                for kind, phase in result.phases.items()
+                for kind in KINDS
             }
     return out
 
 
 def format_table(results: Sequence[ReceiverResult]) -> str:
+    """A markdown table of the median rounds, with the ratios of each aigw receiver."""
     table = ratios(results)
-    header = (
-        "| receiver | CT inst/s | CT MB/s | DX inst/s | DX MB/s | CT ×storescp | "
-        "DX ×storescp | CT ×Orthanc | DX ×Orthanc | CPU ms/inst CT, DX |"
-    )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    header = [
+        "receiver", "CT inst/s", "CT MB/s", "DX inst/s", "DX MB/s", "CT ×storescp",
+        "DX ×storescp", "CT ×Orthanc", "DX ×Orthanc", "receiver CPU ms/inst CT, DX",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
-        ct, dx = result.phases["CT"], result.phases["DX"]
+        ct, dx = result.median("CT"), result.median("DX")
         rel = table.get(result.name, {})
-
-        def cell(reference: str, kind: str, rel: dict[str, dict[str, float]] = rel) -> str:
-            value = rel.get(f"vs_{reference}", {}).get(kind)
-            return "" if value is None else f"{value:.2f}"
-
-        cpu = (
+        cells = [
+            result.name,
+            f"{ct.instances_per_s:.0f}",
+            f"{ct.mb_per_s:.0f}",
+            f"{dx.instances_per_s:.1f}",
+            f"{dx.mb_per_s:.0f}",
+            *(
+                f"{rel[f'vs_{ref}'][kind]:.2f}" if f"vs_{ref}" in rel else ""
+                for ref in ("storescp", "orthanc")
+                for kind in ("ct", "dx")
+            ),
             f"{1000 * ct.receiver_cpu_s / ct.instances:.1f}, "
-            f"{1000 * dx.receiver_cpu_s / dx.instances:.1f}"
-        )
-        lines.append(
-            f"| {result.name} | {ct.instances_per_s:.0f} | {ct.mb_per_s:.0f} | "
-            f"{dx.instances_per_s:.1f} | {dx.mb_per_s:.0f} | {cell('storescp', 'ct')} | "
-            f"{cell('storescp', 'dx')} | {cell('orthanc', 'ct')} | {cell('orthanc', 'dx')} | "
-            f"{cpu} |"
-        )
+            f"{1000 * dx.receiver_cpu_s / dx.instances:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -988,7 +1015,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--senders", type=int, default=4, help="concurrent storescu processes per phase (default 4)"
     )
-    parser.add_argument("--quick", action="store_true", help="60 CT + 6 DX, under 2 minutes")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds over all receivers; the median counts (default 3)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="60 CT + 6 DX, one round: under 2 minutes"
+    )
     parser.add_argument(
         "--receivers",
         default=",".join(ALL_RECEIVERS),
@@ -1005,11 +1040,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.ct = args.ct if args.ct is not None else (60 if args.quick else 400)
     args.dx = args.dx if args.dx is not None else (6 if args.quick else 40)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     unknown = set(args.receivers.split(",")) - set(ALL_RECEIVERS)
     if unknown:
         parser.error(f"unknown receivers: {', '.join(sorted(unknown))}")
-    if args.ct < 1 or args.dx < 1 or args.senders < 1:
-        parser.error("--ct, --dx and --senders must be at least 1")
+    if min(args.ct, args.dx, args.senders, args.rounds) < 1:
+        parser.error("--ct, --dx, --senders and --rounds must be at least 1")
     return args
 
 
@@ -1028,14 +1064,15 @@ def work_folder(chosen: Path | None) -> Iterator[Path]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     names = check_tools(args.receivers.split(","))
-    results: list[ReceiverResult] = []
+    results = {name: ReceiverResult(name, {}) for name in names}
+    load_at_start = os.getloadavg()
     with work_folder(args.work_dir) as work, contextlib.ExitStack() as cleanup:
         started = time.perf_counter()
         corpus = make_corpus(work / "files", args.ct, args.dx, args.seed)
         print(
             f"generated {corpus.ct.count} CT ({corpus.ct.total_bytes / 1e6:.0f} MB) and "
             f"{corpus.dx.count} DX ({corpus.dx.total_bytes / 1e6:.0f} MB) in "
-            f"{time.perf_counter() - started:.1f} s",
+            f"{time.perf_counter() - started:.1f} s; load average {load_at_start[0]:.2f}",
             flush=True,
         )
         cluster: list[PostgresCluster] = []
@@ -1047,10 +1084,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cluster[0].start()
             return cluster[0]
 
-        for name in names:
-            receiver = build_receiver(name, work, postgres)
-            results.append(run_receiver(receiver, corpus, args.senders))
-            shutil.rmtree(work / receiver.name, ignore_errors=True)  # its received data
+        # Round-robin: a slow spell on a shared machine hits every receiver alike.
+        for number in range(1, args.rounds + 1):
+            print(f"\nround {number} of {args.rounds}", flush=True)
+            for name in names:
+                receiver = build_receiver(name, work, postgres)
+                results[name].description = receiver.description()
+                phases, verified = run_round(receiver, corpus, args.senders)
+                results[name].rounds.append(phases)
+                results[name].verified_instances.append(verified)
+                shutil.rmtree(work / receiver.name, ignore_errors=True)  # what it received
         pg_version = cluster[0].version() if cluster else None
         report = {
             "benchmark": "ingest",
@@ -1065,18 +1108,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "dx_bytes": corpus.dx.total_bytes,
                 "transfer_syntax": "explicit VR little endian (uncompressed)",
                 "senders": args.senders,
-                "sender": "DCMTK storescu -R, TCP_NODELAY=1",
+                "sender": "DCMTK storescu -R -pdu 131072, TCP_NODELAY=1",
                 "max_pdu": MAX_PDU,
                 "warmup_instances": corpus.warmup.count,
-                "timing": "wall clock, start of the first storescu to end of the last, per phase",
+                "rounds": args.rounds,
+                "timing": "wall clock from the start of the first storescu to the end of the "
+                "last, per phase; figures are the median round's",
                 "mb": "10^6 bytes of Part-10 files",
+                "wall_s": round(time.perf_counter() - started, 1),
             },
-            "receivers": [result.as_dict() for result in results],
-            "ratios": ratios(results),
+            "receivers": [result.as_dict() for result in results.values()],
+            "ratios": ratios(list(results.values())),
             "target": {"aigw_vs_orthanc_min": TARGET_VS_ORTHANC},
-            "environment": environment(pg_version),
+            "environment": {
+                **environment(pg_version),
+                "load_average_at_start": [round(value, 2) for value in load_at_start],
+            },
         }
-    print("\n" + format_table(results))
+    print("\n" + format_table(list(results.values())))
     return report
 
 

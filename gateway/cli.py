@@ -1,4 +1,8 @@
-"""``aigw``: the command line. Each command builds the settings once and passes them down."""
+"""``aigw``: the command line. Each command builds the settings once and passes them down.
+
+The CLI is the composition root: the commands that run the whole gateway or a worker import
+``workers`` lazily; the rest of ``gateway`` never does.
+"""
 
 from __future__ import annotations
 
@@ -55,12 +59,12 @@ def main() -> None:
 )
 @click.option("--scp-processes", type=int, help="SCP processes sharing the port.")
 def serve(config_file: Path | None, **overrides: Any) -> None:
-    """Receive studies over DICOM and assemble them until interrupted."""
-    from gateway.serve import Gateway, Parts
+    """Receive studies over DICOM, assemble, route and analyse them until interrupted."""
+    from workers.app import build_gateway  # the CLI is the composition root
 
     settings = _settings(config_file, **overrides)
     try:
-        gateway = Gateway(Parts.build(settings))
+        gateway = build_gateway(settings)
         gateway.start()
     except (GatewayError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -207,12 +211,157 @@ def studies_timeline(obj: dict[str, Any], study_uid: str) -> None:
 def demo(config_file: Path | None, keep_serving: bool, **overrides: Any) -> None:
     """Receive synthetic CT, chest X-ray and mammography studies end to end (no services)."""
     from gateway.demo import run_demo
+    from workers.app import build_gateway
 
     settings = _settings(config_file, http_port=0, log_level="WARNING", **overrides)
     try:
-        run_demo(settings, say=click.echo, keep_serving=keep_serving)
+        run_demo(settings, build_gateway, say=click.echo, keep_serving=keep_serving)
     except (GatewayError, OSError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@CONFIG
+@DATA_DIR
+@click.option("--study", "study_uid", help="Only this study's jobs.")
+@click.option("--state", help="Only jobs in this state.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines with findings.")
+def jobs(
+    config_file: Path | None,
+    data_dir: Path | None,
+    study_uid: str | None,
+    state: str | None,
+    as_json: bool,
+) -> None:
+    """Analysis jobs with their state, timings and findings."""
+    from gateway.database import Database
+    from gateway.study_queries import list_jobs
+
+    settings = _settings(config_file, data_dir=data_dir)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    for job in list_jobs(db, study_uid, state):
+        if as_json:
+            click.echo(job.model_dump_json())
+            continue
+        click.echo(
+            f"job {job.job_id} {job.device} {job.study_type}({job.service_code}) "
+            f"{job.state} attempts={job.attempts} study={job.study_uid}"
+        )
+        if job.reason:
+            click.echo(f"    reason: {job.reason}")
+        for f in job.findings:
+            verdict = "POSITIVE" if f.positive else "negative"
+            click.echo(
+                f"    {f.label_ru} / {f.label_en}: p={f.probability:.3f} "
+                f"(threshold {f.threshold}) {verdict} {f.location or ''} {f.measurements}"
+            )
+
+
+@main.command()
+@CONFIG
+@click.option("--queues", "-Q", help="Comma-separated queues (default: all known queues).")
+@click.option(
+    "--concurrency", "-c", type=int, help="Tasks run at once (default worker_concurrency)."
+)
+def worker(config_file: Path | None, queues: str | None, concurrency: int | None) -> None:
+    """Run a Celery worker (distributed mode: set broker_url to Redis)."""
+    from workers.worker import run_worker
+
+    settings = _settings(config_file)
+    if settings.broker_url.startswith("memory"):
+        raise click.ClickException("a separate worker needs a real broker: set AIGW_BROKER_URL")
+    run_worker(settings, queues.split(",") if queues else None, concurrency)
+
+
+@main.group()
+def models() -> None:
+    """The AI device registry."""
+
+
+def _registry(config_file: Path | None, data_dir: Path | None) -> Any:
+    from gateway.database import Database
+    from gateway.object_store import create_store
+    from gateway.registry import DeviceRegistry
+
+    settings = _settings(config_file, data_dir=data_dir)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    return DeviceRegistry(db, create_store(settings))
+
+
+@models.command("register")
+@CONFIG
+@DATA_DIR
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def models_register(config_file: Path | None, data_dir: Path | None, manifest: Path) -> None:
+    """Validate a device manifest and its ONNX file, then register them."""
+    from gateway.registry import RegistryError
+
+    try:
+        device, new = _registry(config_file, data_dir).register(manifest)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{device.key}: {'registered' if new else 'already registered (identical)'}")
+
+
+@models.command("list")
+@CONFIG
+@DATA_DIR
+def models_list(config_file: Path | None, data_dir: Path | None) -> None:
+    """Registered devices with version, state, regions and study types."""
+    devices = _registry(config_file, data_dir).devices()
+    click.echo(f"{'DEVICE':<32} {'STATE':<8} {'REGIONS':<12} STUDY TYPES")
+    for device in devices:
+        types = ",".join(f"{t.type}({t.service_code})" for t in device.manifest.study_types)
+        state = "enabled" if device.enabled else "disabled"
+        click.echo(f"{device.key:<32} {state:<8} {','.join(device.regions) or '-':<12} {types}")
+    click.echo(f"{len(devices)} device versions")
+
+
+@models.command("show")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+def models_show(config_file: Path | None, data_dir: Path | None, device: str) -> None:
+    """A device's manifest (DEVICE is ID or ID@VERSION), as JSON."""
+    from gateway.registry import RegistryError
+
+    try:
+        found = _registry(config_file, data_dir).get(device)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(found.model_dump_json(indent=2))
+
+
+@models.command("enable")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+def models_enable(config_file: Path | None, data_dir: Path | None, device: str) -> None:
+    """Enable a device version (ID@VERSION)."""
+    _set_enabled(config_file, data_dir, device, True)
+
+
+@models.command("disable")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+def models_disable(config_file: Path | None, data_dir: Path | None, device: str) -> None:
+    """Disable a device version (ID@VERSION): no new jobs are routed to it."""
+    _set_enabled(config_file, data_dir, device, False)
+
+
+def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, on: bool) -> None:
+    from gateway.registry import RegistryError
+
+    if "@" not in device:
+        raise click.ClickException("name the version: ID@VERSION")
+    try:
+        _registry(config_file, data_dir).set_enabled(device, on)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{device}: {'enabled' if on else 'disabled'}")
 
 
 if __name__ == "__main__":

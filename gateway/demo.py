@@ -1,9 +1,10 @@
 """``make demo``: the main job on the embedded default, end to end, with no services.
 
-Starts the gateway in this process (SQLite + folder store under the data dir), generates
-synthetic studies (CT chest, CT head, fluorography, chest X-ray, mammography), sends them
-over DICOM as the first configured source, waits until each study is assembled, and prints
-what arrived. Later stages extend it (routing, inference, results).
+Starts the gateway in this process (SQLite + folder store under the data dir, the in-process
+worker), generates synthetic studies (CT chest, CT head, fluorography, chest X-ray,
+mammography — phantoms with known lesions), sends them over DICOM as the first configured
+source, waits until each study is assembled, routed and analysed by the reference devices,
+and prints the findings beside the truth.
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ import time
 from collections.abc import Callable
 
 from gateway.errors import ConfigError
-from gateway.serve import Gateway, Parts
+from gateway.jobs import DONE_STATES
+from gateway.serve import Gateway
 from gateway.settings import Settings
-from gateway.study_queries import StudySummary, list_studies
+from gateway.study_queries import JobSummary, StudySummary, list_jobs, list_studies
+from gateway.study_state import StudyState
 from gateway.synthetic import demo_studies, write_study
 from pacs_adapters.dicom_scu import Peer, send
 
 
 def run_demo(
     settings: Settings,
+    build: Callable[[Settings], Gateway],
     say: Callable[[str], None] = print,
     keep_serving: bool = False,
-    timeout_s: float = 120.0,
+    timeout_s: float = 300.0,
 ) -> list[StudySummary]:
-    parts = Parts.build(settings)
-    sender = next(iter(parts.directory.sources), None)
+    gateway = build(settings)
+    sender = next(iter(gateway.parts.directory.sources), None)
     if sender is None:
         raise ConfigError("the demo sends as the first source of the sources file; it has none")
-    gateway = Gateway(parts)
     gateway.start()
     try:
         say(
@@ -50,6 +53,8 @@ def run_demo(
         summaries = _wait_complete(gateway, uids, timeout_s)
         kinds = {study.study_instance_uid: study.kind for study in studies}
         _print_table(summaries, kinds, say)
+        truth = {study.study_instance_uid: study.positive for study in studies}
+        _print_findings(gateway, summaries, kinds, truth, say)
         if keep_serving:
             say("serving until interrupted (Ctrl-C)")
             gateway.wait()
@@ -62,12 +67,56 @@ def _wait_complete(gateway: Gateway, uids: set[str], timeout_s: float) -> list[S
     deadline = time.monotonic() + timeout_s
     while True:
         found = [s for s in list_studies(gateway.parts.db) if s.study_uid in uids]
-        if len(found) == len(uids) and all(s.state == "complete" for s in found):
+        if len(found) == len(uids) and all(_finished(gateway, s) for s in found):
             return found
         if time.monotonic() > deadline:
             states = {s.study_uid: s.state for s in found}
-            raise TimeoutError(f"studies not complete after {timeout_s} s: {states}")
+            raise TimeoutError(f"studies not finished after {timeout_s} s: {states}")
         time.sleep(0.2)
+
+
+def _finished(gateway: Gateway, study: StudySummary) -> bool:
+    if study.state == StudyState.NOT_APPLICABLE:
+        return True
+    if study.state != StudyState.ROUTED:
+        return False
+    jobs = list_jobs(gateway.parts.db, study.study_uid)
+    return bool(jobs) and all(job.state in DONE_STATES for job in jobs)
+
+
+def _print_findings(
+    gateway: Gateway,
+    summaries: list[StudySummary],
+    kinds: dict[str, str],
+    truth: dict[str, bool],
+    say: Callable[[str], None],
+) -> None:
+    say("\nAI findings (reference devices trained on synthetic phantoms — not for clinical use):")
+    for summary in summaries:
+        jobs = list_jobs(gateway.parts.db, summary.study_uid)
+        expected = "lesion" if truth[summary.study_uid] else "no lesion"
+        say(f"  {kinds[summary.study_uid]} (phantom has {expected}):")
+        if not jobs:
+            say(f"    {summary.state}")
+        for job in jobs:
+            say(f"    {_job_line(job)}")
+
+
+def _job_line(job: JobSummary) -> str:
+    if job.state != "inferred":
+        return f"{job.device}: {job.state} {job.reason or ''}"
+    best = max(job.findings, key=lambda f: f.probability, default=None)
+    if best is None:
+        return f"{job.device}: no findings"
+    verdict = "ПОЛОЖИТЕЛЬНО" if best.positive else "отрицательно"
+    where = ""
+    if best.positive and best.location and "centre" in best.location:
+        where = f" at {best.location['centre']}"
+    size = ", ".join(f"{k}={v}" for k, v in best.measurements.items())
+    return (
+        f"{job.device}: {best.label_ru} p={best.probability:.2f} "
+        f"(порог {best.threshold}) {verdict}{where} {size}".rstrip()
+    )
 
 
 def _print_table(
@@ -79,4 +128,4 @@ def _print_table(
             f"{kinds[s.study_uid]:<14} {s.state:<9} {s.source:<10} {s.region} "
             f"{','.join(s.modalities):<4} {s.series_count:>3} {s.instance_count:>4}  {s.study_uid}"
         )
-    say(f"{len(summaries)} studies received and assembled")
+    say(f"{len(summaries)} studies received, assembled and routed")

@@ -13,7 +13,8 @@ import multiprocessing
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -51,11 +52,31 @@ class Parts:
         return cls(settings, db, create_store(settings), directory, source_ids)
 
 
-class Gateway:
-    """A running gateway: SCP(s), the assembler and the HTTP endpoints."""
+class Service(Protocol):
+    """Something that runs beside the SCP (the embedded worker, a delivery loop)."""
 
-    def __init__(self, parts: Parts, on_complete: CompletionHook = log_completion) -> None:
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Gateway:
+    """A running gateway: SCP(s), the assembler, HTTP, and any services given to it.
+
+    ``before_accepting`` callables run after recovery and before the SCP accepts anything
+    (e.g. queueing jobs that a crash left unqueued).
+    """
+
+    def __init__(
+        self,
+        parts: Parts,
+        on_complete: CompletionHook = log_completion,
+        services: Sequence[Service] = (),
+        before_accepting: Sequence[Callable[[], object]] = (),
+    ) -> None:
         self.parts = parts
+        self.services = list(services)
+        self.before_accepting = list(before_accepting)
         self.stop_event = threading.Event()
         self.assembler = Assembler(
             parts.db, parts.directory, parts.settings.quiet_period_s, on_complete
@@ -69,6 +90,10 @@ class Gateway:
         settings = self.parts.settings
         report = recover(self.parts.db, self.parts.store)
         log.info("recovery done", extra=report.__dict__)
+        for service in self.services:
+            service.start()
+        for step in self.before_accepting:
+            step()
         shared = settings.scp_processes > 1
         self.scp = DicomServer(
             settings,
@@ -130,6 +155,8 @@ class Gateway:
             child.join(timeout=10)
         for thread in self._threads:
             thread.join(timeout=10)
+        for service in reversed(self.services):
+            service.stop()
         self.parts.db.dispose()
         log.info("gateway stopped")
 

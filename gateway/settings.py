@@ -92,6 +92,33 @@ class Settings(BaseSettings):
     )
     assembly_poll_s: float = Field(default=0.5, gt=0)
 
+    # --- routing, queue and inference --------------------------------------------------
+    routing_file: Path = Field(default=Path("configs/routing.yaml"))
+    devices_dir: Path | None = Field(
+        default=Path("models/zoo"),
+        description="Device folders (*/manifest.yaml) registered at start-up; None: none.",
+    )
+    broker_url: str = Field(
+        default="memory://", description="Celery broker; memory:// runs an in-process worker."
+    )
+    embedded_worker: bool = Field(
+        default=True, description="aigw serve also runs a worker thread (the embedded default)."
+    )
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    device_queues: dict[str, str] = Field(
+        default_factory=dict, description="Device id → Celery queue (GPU pool); default 'infer'."
+    )
+    inference_providers: list[str] = Field(
+        default_factory=lambda: [
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ],
+        description="onnxruntime providers in order of preference; missing ones are skipped.",
+    )
+    inference_max_batch: int = Field(default=16, ge=1, le=1024)
+    job_max_retries: int = Field(default=5, ge=0, le=100)
+
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(default=True, description="One JSON object per log line.")

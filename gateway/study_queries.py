@@ -10,7 +10,15 @@ from sqlalchemy import func, select
 
 from gateway.database import Database
 from gateway.errors import UnknownStudy
-from gateway.tables import InstanceRow, SeriesRow, SourceRow, StudyEventRow, StudyRow
+from gateway.tables import (
+    FindingRow,
+    InstanceRow,
+    JobRow,
+    SeriesRow,
+    SourceRow,
+    StudyEventRow,
+    StudyRow,
+)
 
 
 class StudySummary(BaseModel):
@@ -110,4 +118,87 @@ def timeline(db: Database, study_uid: str) -> list[TimelineEntry]:
         return [
             TimelineEntry(at=e.at, kind=e.kind, state=e.state, detail=e.detail, note=e.note)
             for e in events
+        ]
+
+
+class FindingSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label_code: str
+    label_ru: str
+    label_en: str
+    probability: float
+    threshold: float
+    positive: bool
+    location: dict[str, Any] | None
+    measurements: dict[str, float]
+
+
+class JobSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    study_uid: str
+    series_uid: str
+    device: str
+    study_type: str
+    service_code: str
+    priority: int
+    state: str
+    attempts: int
+    reason: str | None
+    timings_ms: dict[str, float]
+    findings: list[FindingSummary]
+
+
+def list_jobs(
+    db: Database, study_uid: str | None = None, state: str | None = None, limit: int = 1000
+) -> list[JobSummary]:
+    query = (
+        select(JobRow, StudyRow.study_uid)
+        .join(StudyRow, JobRow.study_id == StudyRow.id)
+        .order_by(JobRow.id.desc())
+        .limit(limit)
+    )
+    if study_uid:
+        query = query.where(StudyRow.study_uid == study_uid)
+    if state:
+        query = query.where(JobRow.state == state)
+    with db.session() as session:
+        rows = session.execute(query).all()
+        findings: dict[int, list[FindingRow]] = {}
+        job_ids = [job.id for job, _uid in rows]
+        if job_ids:
+            for finding in session.scalars(
+                select(FindingRow).where(FindingRow.job_id.in_(job_ids)).order_by(FindingRow.id)
+            ):
+                findings.setdefault(finding.job_id, []).append(finding)
+        return [
+            JobSummary(
+                job_id=job.id,
+                study_uid=uid,
+                series_uid=job.series_uid,
+                device=job.device_key,
+                study_type=job.study_type,
+                service_code=job.service_code,
+                priority=job.priority,
+                state=job.state,
+                attempts=job.attempts,
+                reason=job.reason,
+                timings_ms=job.timings_ms or {},
+                findings=[
+                    FindingSummary(
+                        label_code=f.label_code,
+                        label_ru=f.label_ru,
+                        label_en=f.label_en,
+                        probability=f.probability,
+                        threshold=f.threshold,
+                        positive=f.positive,
+                        location=f.location,
+                        measurements=f.measurements or {},
+                    )
+                    for f in findings.get(job.id, [])
+                ],
+            )
+            for job, uid in rows
         ]

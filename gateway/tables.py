@@ -208,6 +208,7 @@ class JobRow(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     study_completed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     series_uid: Mapped[str] = mapped_column(String(64))
+    series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
     device_key: Mapped[str] = mapped_column(String(100))
     study_type: Mapped[str] = mapped_column(String(32))
     service_code: Mapped[str] = mapped_column(String(16))
@@ -222,7 +223,9 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    findings: Mapped[list[FindingRow]] = relationship(back_populates="job", order_by="FindingRow.id")
+    findings: Mapped[list[FindingRow]] = relationship(
+        back_populates="job", order_by="FindingRow.id"
+    )
 
 
 class FindingRow(Base):

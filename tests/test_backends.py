@@ -53,9 +53,7 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-def _backend_settings(
-    request: pytest.FixtureRequest, store: str, database: str
-) -> dict[str, Any]:
+def _backend_settings(request: pytest.FixtureRequest, store: str, database: str) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if store == "s3":
         server: S3Server = request.getfixturevalue("s3")
@@ -102,8 +100,10 @@ def test_ingest_flow_on_every_backend(
             .join(SourceRow, StudyRow.source_id == SourceRow.id)
         ).all()
     assert len(rows) == len(files)
-    by_sop = {instance.sop_instance_uid: (instance, series_uid, study, source)
-              for instance, series_uid, study, source in rows}
+    by_sop = {
+        instance.sop_instance_uid: (instance, series_uid, study, source)
+        for instance, series_uid, study, source in rows
+    }
     for path in files:
         sent = pydicom.dcmread(path)
         instance, series_uid, study, source = by_sop[sent.SOPInstanceUID]
@@ -127,11 +127,16 @@ def test_ingest_flow_on_every_backend(
     assert set(gateway.parts.store.keys("studies/")) == expected_keys
     if store == "s3":
         # ask the S3 server itself, not the gateway's client
-        client = Minio(settings.s3_endpoint, access_key=settings.s3_access_key,
-                       secret_key=settings.s3_secret_key, secure=False)
-        listed = {o.object_name for o in client.list_objects(settings.s3_bucket,
-                                                               prefix="studies/",
-                                                               recursive=True)}
+        client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=False,
+        )
+        listed = {
+            o.object_name
+            for o in client.list_objects(settings.s3_bucket, prefix="studies/", recursive=True)
+        }
         assert listed == expected_keys
         key = next(iter(expected_keys))
         response = client.get_object(settings.s3_bucket, key)

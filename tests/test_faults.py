@@ -17,15 +17,15 @@ from pathlib import Path
 import pydicom
 import pytest
 from minio import Minio
-from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
 from sqlalchemy import select
 
 from gateway.database import Database
 from gateway.object_store import FolderStore
 from gateway.serve import Gateway
 from gateway.settings import Settings
-from gateway.tables import InstanceRow, SeriesRow, StudyEventRow, StudyRow
+from gateway.tables import InstanceRow, StudyEventRow, StudyRow
 from pacs_adapters.dicom_scu import Peer, SendReport, send
 from tests.services import (
     CT_IMAGE_STORAGE,
@@ -63,7 +63,9 @@ def _indexed(db: Database, sop_uids: list[str]) -> list[InstanceRow]:
 
 def _study_exists(db: Database, study_uid: str) -> bool:
     with db.session() as session:
-        return session.scalar(select(StudyRow.id).where(StudyRow.study_uid == study_uid)) is not None
+        return (
+            session.scalar(select(StudyRow.id).where(StudyRow.study_uid == study_uid)) is not None
+        )
 
 
 def _assert_all_refused(report: SendReport, files: list[Path], why: str) -> None:
@@ -84,9 +86,17 @@ def _assert_stored(gateway: Gateway, files: list[Path]) -> None:
 
 def _echo_ok(settings: Settings) -> None:
     echo = subprocess.run(
-        [require_tool("echoscu"), "-aet", "IRK_CAMI", "-aec", "AIGW", "127.0.0.1",
-         str(settings.dicom_port)],
-        capture_output=True, text=True,
+        [
+            require_tool("echoscu"),
+            "-aet",
+            "IRK_CAMI",
+            "-aec",
+            "AIGW",
+            "127.0.0.1",
+            str(settings.dicom_port),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert echo.returncode == 0, echo.stderr
 
@@ -128,8 +138,12 @@ def test_s3_stopped_then_restarted(
     _echo_ok(settings)  # the SCP itself is fine
 
     own_s3.start()  # same port; moto starts empty, so the bucket is gone
-    client = Minio(own_s3.endpoint, access_key=settings.s3_access_key,
-                   secret_key=settings.s3_secret_key, secure=False)
+    client = Minio(
+        own_s3.endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=False,
+    )
     assert not client.bucket_exists(settings.s3_bucket)
     report = _send(settings, during)
     assert report.failed == {} and report.sent == 3, report
@@ -269,9 +283,20 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
         log_path = tmp_path / "storescu.log"
         with open(log_path, "w") as log:
             sender = subprocess.Popen(
-                [tool, "-v", "-aet", "IRK_CAMI", "-aec", "AIGW", "127.0.0.1", str(port),
-                 *map(str, files)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"},
+                [
+                    tool,
+                    "-v",
+                    "-aet",
+                    "IRK_CAMI",
+                    "-aec",
+                    "AIGW",
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, files),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TCP_NODELAY": "1"},
             )
             while _count_rows(db_file) < 30 and sender.poll() is None:
                 time.sleep(0.01)
@@ -303,8 +328,9 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert {p.relative_to(store).as_posix() for p in store.rglob("*.dcm")} == {
             row.object_key for row in rows
         }
-        recovered = [e for e in second.log_lines() if e.get("event") == "recovered after an "
-                     "unclean stop"]
+        recovered = [
+            e for e in second.log_lines() if e.get("event") == "recovered after an unclean stop"
+        ]
         assert recovered and recovered[-1]["orphans_removed"] >= 1
         assert recovered[-1]["partial_writes_removed"] >= 1
 
@@ -360,8 +386,10 @@ def test_orphans_and_temp_files_removed_at_start(
     recovered = [r for r in caplog.records if r.msg == "recovered after an unclean stop"]
     assert len(recovered) == 1
     assert recovered[0].orphans_removed == 2 and recovered[0].partial_writes_removed == 1
-    assert any(r.msg == "indexed instances whose objects are missing" and r.count == 1
-               for r in caplog.records)
+    assert any(
+        r.msg == "indexed instances whose objects are missing" and r.count == 1
+        for r in caplog.records
+    )
     assert len(_indexed(restarted.parts.db, _sop_uids(files))) == 3
 
 
@@ -379,7 +407,8 @@ def test_free_space_floor_refuses_associations(
     port = str(settings.dicom_port)
     echo = subprocess.run(
         [require_tool("echoscu"), "-aet", "IRK_CAMI", "-aec", "AIGW", "127.0.0.1", port],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert echo.returncode != 0
     assert "Association Rejected" in echo.stderr and "Local Limit Exceeded" in echo.stderr
@@ -390,9 +419,7 @@ def test_free_space_floor_refuses_associations(
     assert _indexed(gateway.parts.db, _sop_uids(files)) == []
 
 
-def test_free_space_floor_crossed_during_an_association(
-    gateway: Gateway, tmp_path: Path
-) -> None:
+def test_free_space_floor_crossed_during_an_association(gateway: Gateway, tmp_path: Path) -> None:
     settings = gateway.parts.settings
     files = write_ct_series(tmp_path / "s", 2, seed="floor-during")
     ae = AE("IRK_CAMI")

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 23:31:15.061518
+Create Date: 2026-11-22 23:36:20.333178
 """
 
 from alembic import op
@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("study_id", sa.Integer(), nullable=False),
         sa.Column("study_completed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("series_uid", sa.String(length=64), nullable=False),
+        sa.Column("series_uids", sa.JSON(), nullable=False),
         sa.Column("device_key", sa.String(length=100), nullable=False),
         sa.Column("study_type", sa.String(length=32), nullable=False),
         sa.Column("service_code", sa.String(length=16), nullable=False),

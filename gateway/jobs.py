@@ -1,0 +1,82 @@
+"""Jobs: one (series, device) analysis each, with states and timeline entries.
+
+``queued → running → inferred`` (results and delivery add ``reported`` and ``delivered``),
+or ``failed`` with the reason and the attempt count. Every transition is also written on the
+study's timeline, so a study's whole life reads in one place.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.database import Database
+from gateway.study_state import record_event
+from gateway.tables import JobRow, StudyRow, utcnow
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    INFERRED = "inferred"
+    FAILED = "failed"
+
+
+DONE_STATES = frozenset({JobState.INFERRED.value, JobState.FAILED.value})
+
+
+def set_job_state(
+    session: Session,
+    job: JobRow,
+    state: JobState,
+    detail: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> None:
+    now = utcnow()
+    job.state = state.value
+    if state == JobState.RUNNING:
+        job.started_at = now
+        job.attempts += 1
+    if state in (JobState.INFERRED, JobState.FAILED):
+        job.finished_at = now
+    if reason is not None:
+        job.reason = reason
+    study = session.get(StudyRow, job.study_id)
+    assert study is not None  # foreign key
+    record_event(
+        session,
+        study,
+        "job",
+        now,
+        detail={
+            "job_id": job.id,
+            "device": job.device_key,
+            "series_uid": job.series_uid,
+            "state": state.value,
+            **(detail or {}),
+        },
+        note=reason,
+    )
+
+
+def fail_job(db: Database, job_id: int, reason: str) -> None:
+    with db.session() as session:
+        job = session.get(JobRow, job_id)
+        if job is not None and job.state not in DONE_STATES:
+            set_job_state(session, job, JobState.FAILED, {"attempts": job.attempts}, reason=reason)
+
+
+def pending_jobs(db: Database) -> list[JobRow]:
+    """Jobs queued but not finished: after a restart their tasks may be gone with the
+    in-memory broker, so they are sent again (the task is idempotent)."""
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(JobRow).where(
+                    JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
+                )
+            )
+        )

@@ -1,0 +1,80 @@
+"""The Celery app as the gateway sees it: a way to send tasks by name to named queues.
+
+The gateway never imports task code (``workers`` registers the tasks on the same app). The
+embedded default uses the in-memory broker with a worker thread in the same process; the
+distributed mode points ``broker_url`` at Redis and runs ``aigw worker`` on GPU nodes.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict
+
+from gateway.settings import Settings
+
+INFER_TASK = "aigw.infer"
+DEFAULT_INFER_QUEUE = "infer"
+CPU_QUEUE = "cpu"
+
+
+class Priority(IntEnum):
+    """Our priorities; higher is more urgent (CT brain is urgent)."""
+
+    ROUTINE = 3
+    HIGH = 6
+    URGENT = 9
+
+
+class InferPayload(BaseModel):
+    """The infer task's only argument: ids, never pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: int
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("aigw", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=CPU_QUEUE,
+        task_queue_max_priority=10,
+        task_default_priority=Priority.ROUTINE,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        # Redis emulates priorities with one list per level; visibility_timeout is how long
+        # an unacknowledged task waits before another worker gets it after a crash.
+        broker_transport_options={
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "visibility_timeout": 600,
+        },
+    )
+    return app
+
+
+def transport_priority(settings: Settings, priority: int) -> int:
+    # kombu's Redis transport serves 0 first; AMQP and memory serve the highest first.
+    return 9 - priority if settings.broker_url.startswith(("redis", "rediss")) else priority
+
+
+def queue_for(settings: Settings, device_id: str) -> str:
+    return settings.device_queues.get(device_id, DEFAULT_INFER_QUEUE)
+
+
+def send_infer(app: Celery, settings: Settings, job_id: int, queue: str, priority: int) -> None:
+    app.send_task(
+        INFER_TASK,
+        args=[InferPayload(job_id=job_id).model_dump()],
+        queue=queue,
+        priority=transport_priority(settings, priority),
+    )

@@ -1,0 +1,47 @@
+"""The whole gateway as ``aigw serve`` runs it: ingest, assembly, dispatch to the registered
+devices, and — in the embedded default — the worker in the same process.
+
+This is the composition root: the only place where the gateway's parts and the workers'
+tasks meet (imports run models, pacs_adapters → gateway → workers).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.dispatch import Dispatcher
+from gateway.registry import DeviceRegistry
+from gateway.serve import Gateway, Parts, Service
+from gateway.settings import Settings
+from gateway.task_queue import create_celery
+from workers.worker import EmbeddedWorker
+
+log = logging.getLogger(__name__)
+
+
+def prepare_registry(parts: Parts) -> DeviceRegistry:
+    """Register the seed devices (the reference zoo) and apply regions.yaml's enablement."""
+    registry = DeviceRegistry(parts.db, parts.store)
+    devices_dir = parts.settings.devices_dir
+    if devices_dir is not None and devices_dir.is_dir():
+        added = registry.register_folder(devices_dir)
+        if added:
+            log.info("devices registered from the seed folder", extra={"devices": added})
+    registry.set_regions(parts.directory.devices)
+    return registry
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    parts = Parts.build(settings)
+    registry = prepare_registry(parts)
+    app = create_celery(settings)
+    services: list[Service] = []
+    if settings.embedded_worker:
+        services.append(EmbeddedWorker(app, parts))
+    dispatcher = Dispatcher(settings, parts.db, registry, app)
+    return Gateway(
+        parts,
+        on_complete=dispatcher,
+        services=services,
+        before_accepting=[dispatcher.requeue_pending],
+    )

@@ -1,0 +1,45 @@
+"""Celery tasks. ``infer`` runs one job through the inference pipeline.
+
+``acks_late`` with ``reject_on_worker_lost``: a task whose worker dies is delivered again,
+and the pipeline is idempotent, so it completes once. Transient errors retry with
+exponential backoff; when retries run out the job is failed with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from gateway.inference import InferenceContext, TransientError, run_job
+from gateway.jobs import fail_job
+from gateway.task_queue import INFER_TASK, InferPayload
+
+log = logging.getLogger(__name__)
+
+
+def register_tasks(app: Celery, context: Callable[[], InferenceContext], max_retries: int) -> None:
+    @app.task(  # type: ignore[untyped-decorator]
+        name=INFER_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=max_retries,
+    )
+    def infer(task: Task, payload: dict[str, Any]) -> str:
+        job_id = InferPayload.model_validate(payload).job_id
+        ctx = context()
+        try:
+            return run_job(ctx, job_id)
+        except TransientError as exc:
+            retries = int(task.request.retries or 0)
+            if retries >= max_retries:
+                fail_job(ctx.db, job_id, f"gave up after {retries} retries: {exc}")
+                return "failed"
+            log.warning(
+                "job will be retried",
+                extra={"job_id": job_id, "reason": str(exc), "retry": retries + 1},
+            )
+            raise task.retry(exc=exc, countdown=min(300, 2**retries)) from exc

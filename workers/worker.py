@@ -1,0 +1,80 @@
+"""Worker start-up: the in-process worker of the embedded default, and ``aigw worker``.
+
+A worker process builds its own inference context from the settings (database, object
+store, registry, onnxruntime sessions); a GPU node runs one worker per GPU, each pinned with
+``CUDA_VISIBLE_DEVICES`` and listening on its pool's queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from celery import Celery
+
+from gateway.inference import InferenceContext
+from gateway.registry import DeviceRegistry
+from gateway.serve import Parts
+from gateway.settings import Settings
+from gateway.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, create_celery
+from models.runtime import SessionCache
+from workers.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+
+def inference_context(parts: Parts) -> InferenceContext:
+    settings = parts.settings
+    return InferenceContext(
+        db=parts.db,
+        store=parts.store,
+        registry=DeviceRegistry(parts.db, parts.store),
+        sessions=SessionCache(settings.inference_providers),
+        max_batch=settings.inference_max_batch,
+    )
+
+
+def all_queues(settings: Settings) -> list[str]:
+    return list(dict.fromkeys([DEFAULT_INFER_QUEUE, *settings.device_queues.values(), CPU_QUEUE]))
+
+
+class EmbeddedWorker:
+    """A Celery worker in a thread of ``aigw serve``, on the in-memory broker."""
+
+    def __init__(self, app: Celery, parts: Parts) -> None:
+        context = inference_context(parts)
+        register_tasks(app, lambda: context, parts.settings.job_max_retries)
+        self.worker = app.Worker(
+            pool="threads",
+            concurrency=parts.settings.worker_concurrency,
+            queues=all_queues(parts.settings),
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            loglevel=parts.settings.log_level,
+        )
+        self._thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop(in_sighandler=False)
+        self._thread.join(timeout=15)
+
+
+def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: int | None) -> None:
+    """``aigw worker``: a separate worker process (distributed mode)."""
+    parts = Parts.build(settings, migrate=False)
+    app = create_celery(settings)
+    context = inference_context(parts)
+    register_tasks(app, lambda: context, settings.job_max_retries)
+    worker = app.Worker(
+        pool="threads",
+        concurrency=concurrency or settings.worker_concurrency,
+        queues=list(queues or all_queues(settings)),
+        loglevel=settings.log_level,
+    )
+    log.info("worker starting", extra={"queues": list(queues or all_queues(settings))})
+    worker.start()
