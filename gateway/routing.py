@@ -31,6 +31,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -47,6 +48,7 @@ from sqlalchemy.orm import Session
 from gateway.dicom_tags import patient_age_years, read_tags
 from gateway.errors import ConfigError, GatewayError, InvalidInstance, UnknownStudy
 from gateway.tables import InstanceRow, SeriesRow, StudyRow
+from gateway.task_queue import Priority
 from models.manifest import DeviceManifest, ManifestError, load_manifest
 from models.study_types import StudyType, service_code
 
@@ -87,10 +89,25 @@ NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.9.",
     "1.2.840.10008.5.1.4.1.1.67",
 )
-NON_IMAGE_MODALITIES = frozenset(
-    {"SR", "KO", "PR", "DOC", "SEG", "REG", "RWV", "FID", "PLAN", "AU", "ECG", "HD"}
-    | {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD"}
-)
+NON_IMAGE_MODALITIES = {
+    "SR": "a structured report",
+    "KO": "a key object selection",
+    "PR": "a presentation state",
+    "DOC": "a document",
+    "SEG": "a segmentation",
+    "REG": "a registration",
+    "RWV": "a real-world value map",
+    "FID": "fiducials",
+    "PLAN": "a plan",
+    "AU": "audio",
+    "ECG": "a waveform",
+    "HD": "a waveform",
+    "RTSTRUCT": "an RT object",
+    "RTPLAN": "an RT object",
+    "RTDOSE": "an RT object",
+    "RTRECORD": "an RT object",
+}
+SCREEN_TOKENS = frozenset({"SCREEN", "SCREEN SAVE", "SCREENSAVE", "SCREENSHOT", "SCREEN CAPTURE"})
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
 _FRONTAL = re.compile(r"\b(PA|AP)\b|прям|фронт|frontal", re.IGNORECASE)
@@ -140,16 +157,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Priority(StrEnum):
-    """Queue priority of a job; ``rank`` 0 is the most urgent."""
+def _priority(value: object) -> object:
+    """Priorities are written by name in the YAML (urgent, high, routine)."""
+    if isinstance(value, str):
+        try:
+            return Priority[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(p.name.lower() for p in Priority)
+            raise ValueError(f"{value!r} is not a priority ({names})") from None
+    return value
 
-    URGENT = "urgent"
-    HIGH = "high"
-    ROUTINE = "routine"
 
-    @property
-    def rank(self) -> int:
-        return list(Priority).index(self)
+PriorityName = Annotated[Priority, BeforeValidator(_priority)]
 
 
 class Selection(StrEnum):
@@ -214,7 +233,7 @@ class Conditions(_Strict):
     series_description: Regex | None = None
     study_description: Regex | None = None
     exclude_description: Regex | None = Field(
-        default=None, description="Must not match the series' description (see _anatomy_texts)"
+        default=None, description="Must not match the series' own description (else the study's)"
     )
     image_type: ImageTypeCondition | None = None
     slice_thickness_mm: NumberRange | None = None
@@ -226,7 +245,7 @@ class Rule(_Strict):
     name: Name
     title: str = Field(default="", max_length=200)
     study_type: StudyType
-    priority: Priority = Priority.ROUTINE
+    priority: PriorityName = Priority.ROUTINE
     selection: Selection
     match: Conditions
     devices: list[Name] | None = Field(
@@ -303,12 +322,12 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
     parts = []
     for error in exc.errors():
         loc = list(error["loc"])
-        where = ".".join(str(p) for p in loc) or "file"
+        where = ".".join(str(p) for p in loc) or "rules"
         if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
             item = rules[loc[1]] if isinstance(rules, list) and loc[1] < len(rules) else None
             name = item.get("name") if isinstance(item, dict) else None
             field_path = ".".join(str(p) for p in loc[2:]) or "rule"
-            where = f"rule #{loc[1] + 1} {name!r}: {field_path}" if name else where
+            where = f"rule #{loc[1] + 1}{f' {name!r}' if name else ''}: {field_path}"
         message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
         if error["type"] == "extra_forbidden":
             message = "unknown field"
@@ -701,7 +720,7 @@ def _skip_reason(series: SeriesFacts, rules: RoutingRules) -> str | None:
     """Why a series is never a candidate: non-image objects, localizers, dose screens."""
     modality = (series.modality or "").upper()
     if modality in NON_IMAGE_MODALITIES:
-        return f"not an image (Modality {modality}: report / key objects / presentation state)"
+        return f"not an image (Modality {modality}, {NON_IMAGE_MODALITIES[modality]})"
     if series.sop_classes and all(
         uid.startswith(NON_IMAGE_SOP_PREFIXES) for uid in series.sop_classes
     ):
@@ -717,8 +736,9 @@ def _skip_reason(series: SeriesFacts, rules: RoutingRules) -> str | None:
     ):
         shown = list(series.orientation)
         return f"localizer ({series.images} non-axial image(s), orientation {shown})"
-    if any("SCREEN" in token for token in tokens):
-        return "screen capture (ImageType has SCREEN)"
+    screen = sorted(tokens & SCREEN_TOKENS)
+    if screen:
+        return f"screen capture (ImageType has {screen[0]})"
     secondary = {"DERIVED", "SECONDARY"} <= tokens or any(
         uid.startswith(SECONDARY_CAPTURE_PREFIX) for uid in series.sop_classes
     )
@@ -753,7 +773,7 @@ def _unmatched(texts: list[str], pattern: str) -> str:
 
 
 def _short(pattern: str) -> str:
-    return repr(pattern if len(pattern) <= 48 else pattern[:45] + "…")
+    return f"'{pattern if len(pattern) <= 48 else pattern[:45] + '…'}'"
 
 
 def _age(facts: StudyFacts, rule: Rule, notes: list[str]) -> int | None:
@@ -986,7 +1006,7 @@ def _plan(
         else:
             batches = [accepted[:1]]
         for batch in batches:
-            lead = min(batch, key=lambda c: c.rule.priority.rank)
+            lead = max(batch, key=lambda c: c.rule.priority)
             uids = tuple(c.series.series_uid for c in batch)
             jobs.append(
                 PlannedJob(
@@ -1096,15 +1116,17 @@ def explain_files(
             f"study {study_uid or '(no StudyInstanceUID)'} — {len(files)} file(s), "
             f"patient age {age}, region {region or '—'}, source {source or '—'}"
         )
+        by_series: dict[str, list[str]] = {}
         for path, ds in files:
+            by_series.setdefault(_text(ds, "SeriesInstanceUID") or "", []).append(str(path))
             try:
                 read_tags(ds)
-                refused = ""
             except InvalidInstance as exc:
-                refused = f"  [the gateway refuses this file at ingest: {exc.reason}]"
-            lines.append(f"  file {path} → series {_text(ds, 'SeriesInstanceUID') or '—'}{refused}")
+                lines.append(f"  ! {path}: the gateway refuses this file at ingest: {exc.reason}")
         for note in decision.series:
-            lines.append(f"  {note.summary}")
+            names = by_series.get(note.series_uid, [])
+            shown = names[0] if len(names) == 1 else f"{len(names)} files: {names[0]} … {names[-1]}"
+            lines.append(f"  {note.summary} ← {shown}")
             if note.skipped:
                 lines.append(f"    skipped: {note.skipped}")
                 continue
@@ -1113,7 +1135,7 @@ def explain_files(
                 extra = f" ({'; '.join(e.notes)})" if e.notes else ""
                 if e.matched:
                     lines.append(
-                        f"    ✓ rule {e.rule}: matched → {rule.study_type}, {rule.priority}{extra}"
+                        f"    ✓ rule {e.rule}: matched → {rule.study_type}, {rule.priority.name.lower()}{extra}"
                     )
                 else:
                     lines.append(f"    ✗ rule {e.rule}: {', '.join(e.failures)}")
@@ -1124,7 +1146,7 @@ def explain_files(
         for job in decision.jobs:
             lines.append(
                 f"  → job: {job.device_id}@{job.device_version} reads {', '.join(job.series_uids)} "
-                f"as {job.study_type} ({job.service_code}), {job.priority}, rule {job.rule}"
+                f"as {job.study_type} ({job.service_code}), {job.priority.name.lower()}, rule {job.rule}"
             )
         if decision.not_applicable_reason:
             lines.append(f"  → not applicable: {decision.not_applicable_reason}")
@@ -1177,7 +1199,9 @@ def rules_check_command(rules_file: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     for number, rule in enumerate(rules.rules, start=1):
-        click.echo(f"{number}. {rule.name}: {rule.study_type} ({rule.priority}, {rule.selection})")
+        click.echo(
+            f"{number}. {rule.name}: {rule.study_type} ({rule.priority.name.lower()}, {rule.selection})"
+        )
 
 
 rules_group = click.Group(

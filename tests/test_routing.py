@@ -208,7 +208,8 @@ def test_chest_x_rays_split_into_fluorography_and_radiography(
 def test_fluorography_is_claimed_before_chest_radiography_can_match(
     rules: RoutingRules, devices: list[DeviceManifest]
 ) -> None:
-    decision = route(facts_from_datasets(chest_xray_study(6).datasets), rules, devices)
+    study = chest_xray_study(6, size=(128, 128))
+    decision = route(facts_from_datasets(study.datasets), rules, devices)
     later = next(e for e in decision.explanations if e.rule == "chest-xray")
     assert not later.matched
     assert later.reason == "matches, but rule fluorography (earlier) already claimed it"
@@ -299,7 +300,7 @@ def test_the_thinnest_axial_series_is_chosen_and_dose_objects_are_skipped(
     skipped = {n.skipped for n in decision.series if n.skipped}
     assert skipped == {
         "localizer (ImageType has LOCALIZER)",
-        "not an image (Modality SR: report / key objects / presentation state)",
+        "not an image (Modality SR, a structured report)",
         "dose page capture (secondary capture described 'Dose Report')",
     }
     checks = [c for c in decision.device_checks if c.device.startswith(CT_CHEST)]
@@ -317,7 +318,7 @@ def _ct_series(
         image_types=["ORIGINAL\\PRIMARY\\AXIAL"],
         sop_classes=["1.2.840.10008.5.1.4.1.1.2"],
         slice_thicknesses=[thickness],
-        orientation=orientation,  # type: ignore[arg-type]
+        orientation=orientation,
         instance_count=images,
         photometrics=["MONOCHROME2"],
     )
@@ -339,6 +340,9 @@ def test_selection_skips_coronal_reformats_and_too_short_series(
             _ct_series("1.2.3.3", 0.6, 300, CORONAL),  # a coronal MPR: thinnest, not axial
             _ct_series("1.2.3.4", 0.6, 10, AXIAL),  # thin, but a partial series
             _ct_series("1.2.3.5", 1.0, 2, CORONAL),  # a localizer without the LOCALIZER token
+            _ct_series("1.2.3.6", 1.0, 1, AXIAL).model_copy(
+                update={"image_types": ["DERIVED\\SECONDARY\\SCREEN SAVE"]}
+            ),
         ],
     )
     decision = route(facts, rules, devices)
@@ -349,6 +353,8 @@ def test_selection_skips_coronal_reformats_and_too_short_series(
     assert reasons["1.2.3.4"] is not None and "10 images, fewer than" in reasons["1.2.3.4"]
     localizer = next(n for n in decision.series if n.series_uid == "1.2.3.5")
     assert localizer.skipped is not None and localizer.skipped.startswith("localizer (2 non-axial")
+    screen = next(n for n in decision.series if n.series_uid == "1.2.3.6")
+    assert screen.skipped == "screen capture (ImageType has SCREEN SAVE)"
 
 
 def test_the_frontal_chest_image_is_chosen_over_the_lateral(
@@ -540,6 +546,11 @@ def test_unknown_age_is_adult_or_refused_as_configured(devices: list[DeviceManif
             "rule #1 'ct-brain': match.body_part.if_missing: invalid regular expression '*'",
         ),
         ({"name": "ct-chest"}, "duplicate rule names: ct-chest"),
+        ({"name": "CT Brain"}, "rule #1 'CT Brain': name: String should match pattern"),
+        (
+            {"selection": "frontal", "study_type": "ct_chest"},
+            "rules: rules ct-brain and ct-chest both identify ct_chest",
+        ),
     ],
 )
 def test_an_invalid_rules_file_is_refused_naming_the_rule_and_field(
