@@ -364,5 +364,14 @@ def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, o
     click.echo(f"{device}: {'enabled' if on else 'disabled'}")
 
 
+def _add_rules_commands() -> None:
+    from gateway.routing import rules_group
+
+    main.add_command(rules_group)
+
+
+_add_rules_commands()
+
+
 if __name__ == "__main__":
     main()

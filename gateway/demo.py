@@ -97,7 +97,7 @@ def _print_findings(
         expected = "lesion" if truth[summary.study_uid] else "no lesion"
         say(f"  {kinds[summary.study_uid]} (phantom has {expected}):")
         if not jobs:
-            say(f"    {summary.state}")
+            say(f"    {summary.state}: {summary.state_reason or ''}")
         for job in jobs:
             say(f"    {_job_line(job)}")
 
@@ -122,10 +122,10 @@ def _job_line(job: JobSummary) -> str:
 def _print_table(
     summaries: list[StudySummary], kinds: dict[str, str], say: Callable[[str], None]
 ) -> None:
-    say(f"\n{'STUDY':<14} {'STATE':<9} {'SOURCE':<10} RG {'MOD':<4} SER INST  STUDY UID")
+    say(f"\n{'STUDY':<14} {'STATE':<14} {'SOURCE':<10} RG {'MOD':<4} SER INST  STUDY UID")
     for s in summaries:
         say(
-            f"{kinds[s.study_uid]:<14} {s.state:<9} {s.source:<10} {s.region} "
+            f"{kinds[s.study_uid]:<14} {s.state:<14} {s.source:<10} {s.region} "
             f"{','.join(s.modalities):<4} {s.series_count:>3} {s.instance_count:>4}  {s.study_uid}"
         )
     say(f"{len(summaries)} studies received, assembled and routed")

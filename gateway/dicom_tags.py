@@ -54,6 +54,8 @@ class InstanceTags(BaseModel):
     columns: int | None = None
     number_of_frames: int | None = None
     photometric_interpretation: str | None = None
+    view_position: str | None = None
+    protocol_name: str | None = None
 
 
 def read_tags(dataset: Dataset) -> InstanceTags:
@@ -112,6 +114,8 @@ def _read(dataset: Dataset) -> InstanceTags:
         columns=_integer(dataset, "Columns"),
         number_of_frames=_integer(dataset, "NumberOfFrames"),
         photometric_interpretation=_text(dataset, "PhotometricInterpretation", 32),
+        view_position=_text(dataset, "ViewPosition", 16),
+        protocol_name=_text(dataset, "ProtocolName"),
     )
 
 

@@ -21,7 +21,7 @@ from gateway.routing import RoutingDecision, facts_from_index, load_rules, route
 from gateway.settings import Settings
 from gateway.study_state import StudyState, set_state
 from gateway.tables import JobRow, StudyRow, utcnow
-from gateway.task_queue import Priority, queue_for, send_infer
+from gateway.task_queue import queue_for, send_infer
 
 log = logging.getLogger(__name__)
 

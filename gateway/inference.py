@@ -192,7 +192,7 @@ def _locate(finding: RawFinding, decoded: JobInput) -> dict[str, Any]:
         }
         if decoded.volume is not None:
             uids = decoded.volume.sop_instance_uids
-            index = min(max(int(round(finding.centre[0])), 0), len(uids) - 1)
+            index = min(max(round(finding.centre[0]), 0), len(uids) - 1)
             location.update(slice_index=index, sop_instance_uid=uids[index])
         else:
             location["sop_instance_uid"] = decoded.images[finding.input_index].sop_instance_uid

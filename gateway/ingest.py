@@ -279,6 +279,7 @@ def _series_for(session: Session, study: StudyRow, tags: InstanceTags, now: date
             body_part=tags.body_part,
             series_description=tags.series_description,
             series_number=tags.series_number,
+            protocol_name=tags.protocol_name,
             first_received_at=now,
             last_received_at=now,
         )
@@ -320,6 +321,7 @@ def _instance_row(
         columns=tags.columns,
         number_of_frames=tags.number_of_frames,
         photometric_interpretation=tags.photometric_interpretation,
+        view_position=tags.view_position,
         calling_ae=sender.calling_ae,
         peer_address=sender.address,
         received_at=now,

@@ -171,6 +171,10 @@ def _priority(value: object) -> object:
 PriorityName = Annotated[Priority, BeforeValidator(_priority)]
 
 
+def _word(priority: Priority) -> str:
+    return priority.name.lower()
+
+
 class Selection(StrEnum):
     """How the series for a device are chosen among those a rule claimed in one study."""
 
@@ -196,11 +200,15 @@ class NumberRange(_Strict):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
     def describe(self, unit: str = "") -> str:
-        if self.min is not None and self.max is not None:
-            return f"{self.min:g}–{self.max:g}{unit}"
-        if self.min is not None:
-            return f"≥ {self.min:g}{unit}"
-        return f"≤ {self.max:g}{unit}"
+        return _range_text(self.min, self.max, unit)
+
+
+def _range_text(low: float | None, high: float | None, unit: str = "") -> str:
+    if low is not None and high is not None:
+        return f"{low:g}–{high:g}{unit}"
+    if low is not None:
+        return f"≥ {low:g}{unit}"
+    return f"≤ {high:g}{unit}" if high is not None else "any"
 
 
 class BodyPartCondition(_Strict):
@@ -901,7 +909,7 @@ def _refusals(
         if v.body_part not in parts:
             refused.append(f"body part {v.body_part or 'unknown'} not in the device's {parts}")
     if a.slice_thickness_mm is not None:
-        want = f"{a.slice_thickness_mm.min or 0:g}–{a.slice_thickness_mm.max or float('inf'):g} mm"
+        want = _range_text(a.slice_thickness_mm.min, a.slice_thickness_mm.max, " mm")
         outside = [t for t in s.slice_thicknesses if not a.slice_thickness_mm.contains(t)]
         if not s.slice_thicknesses:
             refused.append(f"SliceThickness missing (the device reads {want})")
@@ -965,11 +973,10 @@ def _plan(
     serving = [d for d in devices if _serves(d, study_type)]
     where = f" for region {facts.region}" if facts.region else ""
     if not serving:
-        return (
-            [],
-            [],
-            (f"rule {names} matched {claimed}, but no device enabled{where} serves {study_type}"),
+        problem = (
+            f"rule {names} matched {claimed}, but no device enabled{where} serves {study_type}"
         )
+        return [], [], problem
     jobs: list[PlannedJob] = []
     checks: list[DeviceCheck] = []
     refusals: list[str] = []
@@ -1134,9 +1141,8 @@ def explain_files(
                 rule = next(r for r in rules.rules if r.name == e.rule)
                 extra = f" ({'; '.join(e.notes)})" if e.notes else ""
                 if e.matched:
-                    lines.append(
-                        f"    ✓ rule {e.rule}: matched → {rule.study_type}, {rule.priority.name.lower()}{extra}"
-                    )
+                    what = f"{rule.study_type}, {_word(rule.priority)}"
+                    lines.append(f"    ✓ rule {e.rule}: matched → {what}{extra}")
                 else:
                     lines.append(f"    ✗ rule {e.rule}: {', '.join(e.failures)}")
             for check in (c for c in decision.device_checks if c.series_uid == note.series_uid):
@@ -1146,7 +1152,7 @@ def explain_files(
         for job in decision.jobs:
             lines.append(
                 f"  → job: {job.device_id}@{job.device_version} reads {', '.join(job.series_uids)} "
-                f"as {job.study_type} ({job.service_code}), {job.priority.name.lower()}, rule {job.rule}"
+                f"as {job.study_type} ({job.service_code}), {_word(job.priority)}, rule {job.rule}"
             )
         if decision.not_applicable_reason:
             lines.append(f"  → not applicable: {decision.not_applicable_reason}")
@@ -1200,7 +1206,7 @@ def rules_check_command(rules_file: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     for number, rule in enumerate(rules.rules, start=1):
         click.echo(
-            f"{number}. {rule.name}: {rule.study_type} ({rule.priority.name.lower()}, {rule.selection})"
+            f"{number}. {rule.name}: {rule.study_type} ({_word(rule.priority)}, {rule.selection})"
         )
 
 

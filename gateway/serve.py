@@ -12,8 +12,8 @@ import logging
 import multiprocessing
 import signal
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import uvicorn

@@ -34,6 +34,7 @@ class StudySummary(BaseModel):
     first_received_at: datetime
     last_received_at: datetime
     completed_at: datetime | None
+    state_reason: str | None = None
 
 
 class TimelineEntry(BaseModel):
@@ -73,6 +74,7 @@ def list_studies(db: Database, state: str | None = None, limit: int = 1000) -> l
     with db.session() as session:
         rows = session.execute(query).all()
         modalities = _modalities(session, [row[0].id for row in rows])
+        reasons = _state_reasons(session, [row[0] for row in rows])
     return [
         StudySummary(
             study_uid=study.study_uid,
@@ -85,6 +87,7 @@ def list_studies(db: Database, state: str | None = None, limit: int = 1000) -> l
             first_received_at=study.first_received_at,
             last_received_at=study.last_received_at,
             completed_at=study.completed_at,
+            state_reason=reasons.get(study.id),
         )
         for study, source, n_series, n_instances in rows
     ]
@@ -103,6 +106,23 @@ def _modalities(session: Any, study_ids: list[int]) -> dict[int, list[str]]:
         if modality:
             found.setdefault(study_id, []).append(modality)
     return {key: sorted(values) for key, values in found.items()}
+
+
+def _state_reasons(session: Any, studies: list[StudyRow]) -> dict[int, str]:
+    """The reason recorded with each study's current state, where there is one."""
+    wanted = {s.id: s.state for s in studies if s.state in ("not_applicable", "failed")}
+    if not wanted:
+        return {}
+    events = session.scalars(
+        select(StudyEventRow)
+        .where(StudyEventRow.study_id.in_(wanted), StudyEventRow.kind == "state")
+        .order_by(StudyEventRow.id)
+    )
+    reasons: dict[int, str] = {}
+    for event in events:
+        if event.state == wanted[event.study_id] and event.detail.get("reason"):
+            reasons[event.study_id] = str(event.detail["reason"])
+    return reasons
 
 
 def timeline(db: Database, study_uid: str) -> list[TimelineEntry]:

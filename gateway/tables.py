@@ -108,6 +108,7 @@ class SeriesRow(Base):
     body_part: Mapped[str | None] = mapped_column(String(64))
     series_description: Mapped[str | None] = mapped_column(String(200))
     series_number: Mapped[int | None] = mapped_column(Integer)
+    protocol_name: Mapped[str | None] = mapped_column(String(64))
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -142,6 +143,7 @@ class InstanceRow(Base):
     columns: Mapped[int | None] = mapped_column(Integer)
     number_of_frames: Mapped[int | None] = mapped_column(Integer)
     photometric_interpretation: Mapped[str | None] = mapped_column(String(32))
+    view_position: Mapped[str | None] = mapped_column(String(16))
     calling_ae: Mapped[str] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -176,6 +176,7 @@ def test_ct_head_is_urgent_and_goes_to_the_brain_device(
     )
     assert (job.device_id, job.study_type, job.service_code) == (CT_BRAIN, "ct_brain", "7001472")
     assert job.priority == Priority.URGENT and job.rule == "ct-brain"
+    assert int(job.priority) > int(Priority.ROUTINE)  # the queue serves higher first
 
 
 @pytest.mark.parametrize(
@@ -536,7 +537,10 @@ def test_unknown_age_is_adult_or_refused_as_configured(devices: list[DeviceManif
         ),
         ({"match": {"colour": "red"}}, "rule #1 'ct-brain': match.colour: unknown field"),
         ({"study_type": "ct_knee"}, "rule #1 'ct-brain': study_type: Input should be"),
-        ({"priority": "asap"}, "rule #1 'ct-brain': priority: Input should be"),
+        (
+            {"priority": "asap"},
+            "rule #1 'ct-brain': priority: 'asap' is not a priority (routine, high, urgent)",
+        ),
         (
             {"match": {"slice_thickness_mm": {"min": 5, "max": 1}}},
             "rule #1 'ct-brain': match.slice_thickness_mm: min 5 > max 1",

@@ -98,6 +98,10 @@ class Device:
             },
         }
 
+    @property
+    def training_notice(self) -> str:
+        return f"{NOTICE_EN} / {NOTICE_RU}"
+
     def phantom_summary(self) -> str:
         return str(self.extra.get("phantoms", self.id))
 

@@ -104,7 +104,7 @@ def ct_chest_unet(channels: tuple[int, ...] = (8, 16, 32, 64)) -> SegmentationNe
     )
 
 
-def ct_brain_segresnet(init_filters: int = 8) -> SegmentationNet:
+def ct_brain_segresnet(init_filters: int = 4) -> SegmentationNet:
     """3D SegResNet (Myronenko 2018, MONAI ``SegResNet``) without the VAE branch."""
     return SegmentationNet(
         SegResNet(
@@ -112,7 +112,7 @@ def ct_brain_segresnet(init_filters: int = 8) -> SegmentationNet:
             init_filters=init_filters,
             in_channels=1,
             out_channels=1,
-            blocks_down=(1, 2, 2, 2),
+            blocks_down=(1, 1, 1, 1),
             blocks_up=(1, 1, 1),
             norm="batch",
         )

@@ -1,13 +1,12 @@
-"""devices, region enablement, jobs, findings
+"""devices, region enablement, jobs, findings; view position, protocol
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 23:36:20.333178
+Create Date: 2026-11-22 23:44:24.327087
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"
@@ -100,8 +99,20 @@ def upgrade() -> None:
     with op.batch_alter_table("findings", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_findings_job_id"), ["job_id"], unique=False)
 
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("view_position", sa.String(length=16), nullable=True))
+
+    with op.batch_alter_table("series", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("protocol_name", sa.String(length=64), nullable=True))
+
 
 def downgrade() -> None:
+
+    with op.batch_alter_table("series", schema=None) as batch_op:
+        batch_op.drop_column("protocol_name")
+
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_column("view_position")
 
     with op.batch_alter_table("findings", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_findings_job_id"))

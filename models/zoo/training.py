@@ -1,0 +1,243 @@
+"""Training loops for the three kinds of reference device, deterministic on CPU.
+
+Batches are drawn with a seeded ``torch.Generator``; augmentation (left-right flips, 3D
+crops) uses the same generator, so one seed and one thread count give the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.zoo.datasets import Sample
+from models.zoo.devices import Device, Training
+from models.zoo.networks import CamDenseNet, CenterNetResNet, SegmentationNet
+
+__all__ = ["TrainLog", "deterministic", "train"]
+
+SEED = 20240917
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    steps: int
+    seconds: float
+    first_loss: float
+    last_loss: float  # mean over the last 10 % of steps
+
+
+def deterministic(seed: int = SEED, threads: int = 2) -> torch.Generator:
+    """Fix every source of randomness and the thread count; returns the batch generator."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def train(
+    device: Device,
+    model: nn.Module,
+    samples: Sequence[Sample],
+    training: Training,
+    generator: torch.Generator,
+    log: Callable[[str], None] = print,
+) -> TrainLog:
+    """Train ``model`` in place on ``samples`` for ``training.steps`` steps."""
+    step_fn: Callable[[Sequence[Sample], torch.Tensor], torch.Tensor]
+    if device.task == "cam":
+        assert isinstance(model, CamDenseNet)
+        step_fn = _CamLoss(model, generator)
+    elif device.task == "segmentation":
+        assert isinstance(model, SegmentationNet) and training.crop is not None
+        step_fn = _SegmentationLoss(model, generator, training)
+    else:
+        assert isinstance(model, CenterNetResNet)
+        step_fn = _DetectionLoss(model, generator)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=training.lr, total_steps=max(training.steps, 2), pct_start=0.15
+    )
+    model.train()
+    losses: list[float] = []
+    started = time.perf_counter()
+    for step in range(training.steps):
+        picks = torch.randint(len(samples), (training.batch,), generator=generator)
+        flips = torch.rand(training.batch, generator=generator) < 0.5
+        loss = step_fn([samples[int(i)] for i in picks], flips)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(1, training.steps // 10) == 0 or step + 1 == training.steps:
+            recent = losses[-max(1, training.steps // 10) :]
+            log(
+                f"  step {step + 1}/{training.steps} loss {sum(recent) / len(recent):.4f} "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return TrainLog(
+        steps=training.steps,
+        seconds=time.perf_counter() - started,
+        first_loss=losses[0] if losses else math.nan,
+        last_loss=sum(tail) / len(tail) if tail else math.nan,
+    )
+
+
+def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.as_tensor(np.stack(arrays)).float()
+
+
+def _gaussian_map(
+    shape: tuple[int, int],
+    stride: float,
+    centres: Sequence[tuple[float, float]],
+    sigmas: Sequence[float],
+    flip: bool,
+    width: int,
+) -> torch.Tensor:
+    """Gaussian blobs on a grid whose cell ``(i, j)`` is the model point
+    ``((i + 0.5)·stride − 0.5, (j + 0.5)·stride − 0.5)``."""
+    rows = (torch.arange(shape[0], dtype=torch.float32) + 0.5) * stride - 0.5
+    cols = (torch.arange(shape[1], dtype=torch.float32) + 0.5) * stride - 0.5
+    target = torch.zeros(shape)
+    for (r, c), sigma in zip(centres, sigmas, strict=True):
+        if flip:
+            c = width - 1 - c
+        d2 = (rows[:, None] - r) ** 2 + (cols[None, :] - c) ** 2
+        target = torch.maximum(target, torch.exp(-d2 / (2 * sigma * sigma)))
+    return target
+
+
+class _CamLoss:
+    """Image-level BCE on the pooled logit plus a dense BCE that teaches the CAM where
+    the nodule is (a Gaussian at its centre): weak labels made strong by the phantom."""
+
+    map_weight = 10.0
+
+    def __init__(self, model: CamDenseNet, generator: torch.Generator) -> None:
+        self.model = model
+
+    def __call__(self, batch: Sequence[Sample], flips: torch.Tensor) -> torch.Tensor:
+        images = _stack([s.image for s in batch])
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+        cam = self.model.cam(images)
+        height, width = images.shape[-2:]
+        stride = height / cam.shape[-2]
+        targets = torch.stack(
+            [
+                _gaussian_map(
+                    (cam.shape[-2], cam.shape[-1]),
+                    stride,
+                    [(t.centre_model[0], t.centre_model[1]) for t in s.lesions],
+                    [max(4.0, 0.3 * max(t.extent_model)) for t in s.lesions],
+                    bool(flip),
+                    width,
+                )
+                for s, flip in zip(batch, flips, strict=True)
+            ]
+        )[:, None]
+        labels = torch.tensor([[float(s.positive)] for s in batch])
+        image_loss = F.binary_cross_entropy_with_logits(self.model.pooled(cam), labels)
+        map_loss = F.binary_cross_entropy_with_logits(cam, targets)
+        return image_loss + self.map_weight * map_loss
+
+
+class _SegmentationLoss:
+    """BCE + soft Dice over the batch, on 3D crops: half centred near a lesion."""
+
+    def __init__(
+        self, model: SegmentationNet, generator: torch.Generator, training: Training
+    ) -> None:
+        self.model = model
+        self.generator = generator
+        assert training.crop is not None
+        self.crop = training.crop
+        self.positive_share = training.positive_crop_share
+
+    def _origin(self, sample: Sample) -> list[int]:
+        shape = sample.image.shape[1:]
+        uniform = torch.rand(len(shape) + 1, generator=self.generator).tolist()
+        origin = []
+        around = sample.lesions and uniform[-1] < self.positive_share
+        for axis, (n, c) in enumerate(zip(shape, self.crop, strict=True)):
+            if around:
+                centre = sample.lesions[0].centre_model[axis]
+                low = max(0, math.ceil(centre - c + c / 8))
+                high = min(n - c, math.floor(centre - c / 8))
+                if high < low:
+                    low = high = min(max(0, round(centre - c / 2)), n - c)
+            else:
+                low, high = 0, n - c
+            origin.append(low + int(uniform[axis] * (high - low + 1)) if high > low else low)
+        return origin
+
+    def __call__(self, batch: Sequence[Sample], flips: torch.Tensor) -> torch.Tensor:
+        images, masks = [], []
+        for sample in batch:
+            assert sample.mask is not None
+            window = tuple(
+                slice(o, o + c) for o, c in zip(self._origin(sample), self.crop, strict=True)
+            )
+            images.append(sample.image[(slice(None), *window)])
+            masks.append(sample.mask[window][None])
+        x, y = _stack(images), _stack(masks)
+        x = torch.where(flips[:, None, None, None, None], x.flip(-1), x)
+        y = torch.where(flips[:, None, None, None, None], y.flip(-1), y)
+        logits = self.model.logits(x)
+        bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(3.0))
+        p = torch.sigmoid(logits)
+        dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
+        return bce + dice
+
+
+class _DetectionLoss:
+    """CenterNet: penalty-reduced focal loss on the centre heatmap, L1 on log box size at
+    the centre cells."""
+
+    def __init__(self, model: CenterNetResNet, generator: torch.Generator) -> None:
+        self.model = model
+
+    def __call__(self, batch: Sequence[Sample], flips: torch.Tensor) -> torch.Tensor:
+        images = _stack([s.image for s in batch])
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+        heat_logits, log_size = self.model.raw(images)
+        b, _, h, w = heat_logits.shape
+        width = images.shape[-1]
+        stride = float(self.model.stride)
+        targets = torch.zeros((b, 1, h, w))
+        size_mask = torch.zeros((b, 1, h, w))
+        size_target = torch.zeros((b, 2, h, w))
+        for k, (sample, flip) in enumerate(zip(batch, flips, strict=True)):
+            for truth in sample.lesions:
+                r, c = truth.centre_model
+                if flip:
+                    c = width - 1 - c
+                i = min(h - 1, max(0, math.floor((r + 0.5) / stride)))
+                j = min(w - 1, max(0, math.floor((c + 0.5) / stride)))
+                sigma = max(0.8, sum(truth.extent_model) / 2 / stride / 6)
+                blob = _gaussian_map((h, w), 1.0, [(i, j)], [sigma], False, w)
+                # The grid above puts cell (i, j) at (i, j) exactly, so the peak is 1.
+                targets[k, 0] = torch.maximum(targets[k, 0], blob)
+                size_mask[k, 0, i, j] = 1.0
+                extent = torch.tensor(truth.extent_model, dtype=torch.float32)
+                size_target[k, :, i, j] = torch.log(extent / self.model.size_scale)
+        p = torch.sigmoid(heat_logits).clamp(1e-4, 1 - 1e-4)
+        positive = targets >= 1.0
+        pos_loss = -(torch.log(p) * (1 - p) ** 2)[positive].sum()
+        neg_loss = -(torch.log(1 - p) * p**2 * (1 - targets) ** 4)[~positive].sum()
+        n_pos = max(1.0, float(positive.sum()))
+        size_loss = (torch.abs(log_size - size_target) * size_mask).sum() / max(
+            1.0, float(size_mask.sum())
+        )
+        return (pos_loss + neg_loss) / n_pos + size_loss
