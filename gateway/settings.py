@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     )
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
     job_max_retries: int = Field(default=5, ge=0, le=100)
+    broker_visibility_timeout_s: int = Field(
+        default=600,
+        ge=1,
+        description="Redis: a task unacknowledged this long (its worker died) is delivered again.",
+    )
 
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

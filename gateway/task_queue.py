@@ -56,7 +56,7 @@ def create_celery(settings: Settings) -> Celery:
             "priority_steps": list(range(10)),
             "sep": ":",
             "queue_order_strategy": "priority",
-            "visibility_timeout": 600,
+            "visibility_timeout": settings.broker_visibility_timeout_s,
         },
     )
     return app

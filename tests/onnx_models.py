@@ -87,3 +87,62 @@ def write_device(folder: Path, onnx_bytes: bytes, **overrides: Any) -> Path:
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(manifest_dict(onnx_bytes, **overrides), allow_unicode=True))
     return path
+
+
+def slow_classifier(size: int = 32, matmuls: int = 25, width: int = 768) -> bytes:
+    """Like :func:`classifier_with_heatmap` but slow on purpose (a chain of input-dependent
+    matrix products, ~1–3 s on a CPU) so a test can kill a worker in the middle of a task."""
+    fast = onnx.load_model_from_string(classifier_with_heatmap(size))
+    graph = fast.graph
+    nodes = list(graph.node)
+    # A scalar from the whole batch, expanded to a square: any batch size works.
+    nodes.append(
+        helper.make_node("ReduceMean", ["image"], ["level"], axes=[0, 1, 2, 3], keepdims=0)
+    )
+    nodes.append(helper.make_node("Expand", ["level", "square"], ["m0"]))
+    previous = "m0"
+    for index in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [previous, "weights"], [f"m{index + 1}"]))
+        previous = f"m{index + 1}"
+    nodes.append(helper.make_node("ReduceMean", [previous], ["slow_scalar"], keepdims=0))
+    nodes.append(helper.make_node("Mul", ["slow_scalar", "nothing"], ["slow_zero"]))
+    # probability = sigmoid(logit + 0·slow): the chain must run but changes nothing
+    for node in nodes:
+        if node.op_type == "Sigmoid":
+            node.input[0] = "logit_slow"
+    nodes.append(helper.make_node("Add", ["logit", "slow_zero"], ["logit_slow"]))
+    ordered = _topological(
+        nodes,
+        {"image", *[i.name for i in graph.initializer], "axis1", "square", "weights", "nothing"},
+    )
+    rng = np.random.default_rng(0)
+    initializers = [
+        *graph.initializer,
+        numpy_helper.from_array(np.array([width, width], dtype=np.int64), "square"),
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "weights"
+        ),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "nothing"),
+    ]
+    slow_graph = helper.make_graph(
+        ordered, "slow-classifier", list(graph.input), list(graph.output), initializer=initializers
+    )
+    model = helper.make_model(slow_graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    ordered: list[onnx.NodeProto] = []
+    pending = list(nodes)
+    known = set(available)
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or a missing input")
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+            pending.remove(node)
+    return ordered

@@ -275,16 +275,14 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data_dir.mkdir()
     env = gateway_env(quiet_period_s="1", assembly_poll_s="0.2", min_free_bytes="0")
     port = free_port()
-    files = write_ct_series(tmp_path / "study", 200, seed="kill9")
+    files = write_ct_series(tmp_path / "study", 120, seed="kill9")
     study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
     db_file = data_dir / "aigw.db"
     store = data_dir / "objects"
 
-    T=time.monotonic()
     first = GatewayProcess(data_dir, port, env, [])
     first.start()
-    print('T', 'first.start()', time.monotonic()-T, flush=True)
     try:
         log_path = tmp_path / "storescu.log"
         with open(log_path, "w") as log:
@@ -304,12 +302,10 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "TCP_NODELAY": "1"},
             )
-            while _count_rows(db_file) < 30 and sender.poll() is None:
+            while _count_rows(db_file) < 20 and sender.poll() is None:
                 time.sleep(0.01)
             first.kill()
-            print('T', 'first.kill()', time.monotonic()-T, flush=True)
             sender.wait(timeout=60)
-            print('T', 'sender.wait(timeout=60)', time.monotonic()-T, flush=True)
     finally:
         first.stop()
     acked = _acknowledged(log_path.read_text())
@@ -325,7 +321,6 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
 
     second = GatewayProcess(data_dir, port, env, [])
     second.start()  # recovery runs before the port opens
-    print('T', 'second.start()  # recovery run', time.monotonic()-T, flush=True)
     db = Database(f"sqlite:///{db_file}")
     try:
         assert not orphan.exists() and not partial.exists()
@@ -344,14 +339,11 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert recovered[-1]["partial_writes_removed"] >= 1
 
         # the quiet-period timer resumes from the database after the restart
-        print('T', 'assert _wait_for_completions(d', time.monotonic()-T, flush=True)
         assert _wait_for_completions(db, study_uid, 1)[:2] == ["receiving", "complete"]
 
         result = storescu(port, files)  # the sender retries everything it was not told
-        print('T', 'result = storescu(port, files)', time.monotonic()-T, flush=True)
         assert result.returncode == 0, result.stderr
         states = _wait_for_completions(db, study_uid, 2)
-        print('T', 'states = _wait_for_completions', time.monotonic()-T, flush=True)
         rows = _indexed(db, _sop_uids(files))
         assert len(rows) == len(files) and {row.version for row in rows} == {1}
         for row in rows:

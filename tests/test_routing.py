@@ -676,9 +676,9 @@ def test_the_three_slice_ct_would_be_too_short_even_as_a_chest(
 # --------------------------------------------------------------------------- index, CLI
 
 
-def test_facts_from_the_index_route_like_the_files(
-    tmp_path: Path, rules: RoutingRules, devices: list[DeviceManifest]
-) -> None:
+def _indexed(tmp_path: Path, datasets: list[Dataset]) -> StudyFacts:
+    """Ingest the datasets from irk-cami (region 38) into a fresh SQLite index and read the
+    study's facts back from it."""
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     db.migrate()
     directory = load_directory(
@@ -689,19 +689,57 @@ def test_facts_from_the_index_route_like_the_files(
     assert source is not None
     ingest = Ingest(db, FolderStore(tmp_path / "store"))
     sender = Sender(source=source, source_id=ids["irk-cami"], calling_ae="IRK_CAMI")
-    study = ct_chest_study(15, size=(64, 64))
-    for ds in study.datasets:
+    for ds in datasets:
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         assert ingest.receive(buffer.getvalue(), sender).status == 0
-    with db.session() as session:
-        indexed = facts_from_index(session, study.study_instance_uid)
-    db.dispose()
+    try:
+        with db.session() as session:
+            return facts_from_index(session, datasets[0].StudyInstanceUID)
+    finally:
+        db.dispose()
+
+
+def test_facts_from_the_index_route_like_the_files(
+    tmp_path: Path, rules: RoutingRules, devices: list[DeviceManifest]
+) -> None:
+    study = ct_chest_study(15, size=(64, 64))
+    indexed = _indexed(tmp_path, list(study.datasets))
     assert (indexed.source, indexed.region) == ("irk-cami", "38")
     from_files = facts_from_datasets(study.datasets, source="irk-cami", region="38")
     assert route(indexed, rules, devices).jobs == route(from_files, rules, devices).jobs
     axial = next(s for s in indexed.series if s.instance_count > 1)
     assert axial.orientation == AXIAL and axial.slice_thicknesses == [1.25]
+
+
+def test_the_index_keeps_view_position_and_protocol_name_for_routing(
+    tmp_path: Path, rules: RoutingRules, devices: list[DeviceManifest]
+) -> None:
+    # Only ProtocolName says fluorography, only ViewPosition says which image is lateral;
+    # the lateral series has the lower SeriesNumber, so it would be chosen were it unknown.
+    pa = chest_xray_study(17, "fluorography", "CR", size=(128, 128)).datasets[0]
+    pa.SeriesDescription = "Грудная клетка"
+    pa.StudyDescription = "Грудная клетка"
+    pa.ProtocolName = "Флюорография"
+    lateral = copy.deepcopy(pa)
+    lateral.SeriesInstanceUID = generate_uid()
+    lateral.SOPInstanceUID = generate_uid()
+    lateral.SeriesNumber = 0
+    lateral.ViewPosition = "LL"
+    indexed = _indexed(tmp_path, [lateral, pa])
+    from_files = facts_from_datasets([lateral, pa], source="irk-cami", region="38")
+    by_uid = {s.series_uid: s for s in indexed.series}
+    assert by_uid[lateral.SeriesInstanceUID].view_positions == ["LL"]
+    assert by_uid[pa.SeriesInstanceUID].protocol_name == "Флюорография"
+    assert sorted(indexed.series, key=lambda s: s.series_uid) == sorted(
+        from_files.series, key=lambda s: s.series_uid
+    )
+    decision = route(indexed, rules, devices)
+    job = only_job(decision)
+    assert (job.series_uid, job.study_type) == (pa.SeriesInstanceUID, StudyType.FLUOROGRAPHY)
+    assert decision.jobs == route(from_files, rules, devices).jobs
+    refused = next(c for c in decision.device_checks if c.series_uid == lateral.SeriesInstanceUID)
+    assert refused.reason == "lateral view (LL)"
 
 
 def test_explain_files_and_the_cli(
