@@ -17,6 +17,8 @@ from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance
 from gateway.uids import is_valid_uid
 
+# Read UIDs whole so that an over-long one is refused, not silently cut to 64 characters.
+_UID_READ_LIMIT = 1024
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 
 
@@ -72,10 +74,10 @@ def read_tags(dataset: Dataset) -> InstanceTags:
 
 def _read(dataset: Dataset) -> InstanceTags:
     uids = {
-        "StudyInstanceUID": _text(dataset, "StudyInstanceUID"),
-        "SeriesInstanceUID": _text(dataset, "SeriesInstanceUID"),
-        "SOPInstanceUID": _text(dataset, "SOPInstanceUID"),
-        "SOPClassUID": _text(dataset, "SOPClassUID"),
+        "StudyInstanceUID": _text(dataset, "StudyInstanceUID", _UID_READ_LIMIT),
+        "SeriesInstanceUID": _text(dataset, "SeriesInstanceUID", _UID_READ_LIMIT),
+        "SOPInstanceUID": _text(dataset, "SOPInstanceUID", _UID_READ_LIMIT),
+        "SOPClassUID": _text(dataset, "SOPClassUID", _UID_READ_LIMIT),
     }
     missing = [name for name, value in uids.items() if not value]
     if missing:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 
 from pydantic import BaseModel, ConfigDict
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -190,22 +195,42 @@ class Ingest:
 
 def _parse(encoded: bytes) -> Dataset:
     try:
-        dataset = dcmread(BytesIO(encoded), stop_before_pixels=True)
+        buffer = BytesIO(encoded)
+        dataset = dcmread(buffer, stop_before_pixels=True)
         dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
+        _check_pixel_data_whole(encoded, buffer.tell(), dataset)
         return dataset
-    except (
-        InvalidDicomError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        OSError,
-        NotImplementedError,
-    ) as exc:
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # damaged input can raise nearly anything (zlib, struct, …)
         raise InvalidInstance(
             f"cannot parse dataset: {exc.__class__.__name__}: {_first_line(exc)}",
             Status.CANNOT_UNDERSTAND,
         ) from exc
+
+
+def _check_pixel_data_whole(encoded: bytes, position: int, dataset: Dataset) -> None:
+    """``stop_before_pixels`` leaves the reader at the Pixel Data element, unread: make sure
+    its value arrived whole (a truncated file otherwise parses fine)."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if position >= len(encoded) or syntax == DeflatedExplicitVRLittleEndian:
+        return
+    order = ">" if syntax == ExplicitVRBigEndian else "<"
+    header = 8 if syntax == ImplicitVRLittleEndian else 12
+    (length,) = struct.unpack_from(order + "I", encoded, position + header - 4)
+    if length == 0xFFFFFFFF:  # encapsulated: fragments end with a Sequence Delimitation Item
+        delimiter = struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0)
+        if encoded.find(delimiter, position + header) < 0:
+            raise InvalidInstance(
+                "truncated: encapsulated Pixel Data has no end", Status.CANNOT_UNDERSTAND
+            )
+    elif position + header + length > len(encoded):
+        arrived = len(encoded) - position - header
+        raise InvalidInstance(
+            f"truncated: Pixel Data declares {length} bytes, {arrived} arrived",
+            Status.CANNOT_UNDERSTAND,
+        )
 
 
 def _check_matches_request(

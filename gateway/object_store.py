@@ -209,13 +209,21 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         check_key(key)
-        self._ensure_bucket()
-        try:
-            self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type="application/dicom"
-            )
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            raise StorageError(f"cannot write {key} to S3: {exc}") from exc
+        for attempt in range(2):
+            self._ensure_bucket()
+            try:
+                self.client.put_object(
+                    self.bucket, key, io.BytesIO(data), len(data), content_type="application/dicom"
+                )
+                return
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket" and attempt == 0:
+                    # The server lost the bucket (a fresh volume, a cleanup): create it again.
+                    self._bucket_ready = False
+                    continue
+                raise StorageError(f"cannot write {key} to S3: {exc}") from exc
+            except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                raise StorageError(f"cannot write {key} to S3: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         check_key(key)

@@ -7,20 +7,48 @@ finding points at the right place in the original image.
 
 Resizing comes before windowing: percentiles on a 256² image cost nothing, on a 2500×2000
 radiograph ~0.7 s.
+
+MONAI (and with it torch) is imported on first use, not at import time: it takes ~5–10 s,
+and ``aigw serve`` must accept associations without waiting for the inference stack.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from monai.transforms.intensity.array import ScaleIntensityRange, ScaleIntensityRangePercentiles
-from monai.transforms.spatial.array import Resize
 
 from models.manifest import InputSpec
 
+if TYPE_CHECKING:
+    import torch
+
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+
+@cache
+def _torch() -> ModuleType:
+    import torch
+
+    return torch
+
+
+@cache
+def _monai() -> dict[str, Any]:
+    from monai.transforms.intensity.array import (
+        ScaleIntensityRange,
+        ScaleIntensityRangePercentiles,
+    )
+    from monai.transforms.spatial.array import Resize
+
+    return {
+        "Resize": Resize,
+        "ScaleIntensityRange": ScaleIntensityRange,
+        "ScaleIntensityRangePercentiles": ScaleIntensityRangePercentiles,
+    }
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,7 @@ def prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepare
         pixels = pixels[..., :3].mean(axis=-1)  # colour secondary captures: luminance
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {pixels.shape}")
+    torch = _torch()
     image = torch.as_tensor(np.ascontiguousarray(pixels, dtype=np.float32))[None]
     if photometric == "MONOCHROME1":  # bright means air: invert so that bone is bright
         image = image.max() + image.min() - image
@@ -60,7 +89,7 @@ def prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepare
         new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
     else:
         new_rows, new_cols = height, width
-    resized = Resize((new_rows, new_cols), mode="area")(image)
+    resized = _monai()["Resize"]((new_rows, new_cols), mode="area")(image)
     windowed = _window(torch.as_tensor(resized), spec)
     canvas = torch.zeros((1, height, width), dtype=torch.float32)
     top, left = (height - new_rows) // 2, (width - new_cols) // 2
@@ -79,8 +108,9 @@ def prepare_3d(volume: np.ndarray, spec: InputSpec) -> Prepared:
     [C, D, H, W] in [0, 1], resized to exactly ``spec.size``."""
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    torch = _torch()
     image = torch.as_tensor(np.ascontiguousarray(volume, dtype=np.float32))[None]
-    resized = Resize(tuple(spec.size), mode="trilinear")(image)
+    resized = _monai()["Resize"](tuple(spec.size), mode="trilinear")(image)
     tensor = _normalise(_window(torch.as_tensor(resized), spec), spec)
     tensor = tensor.repeat(spec.channels, 1, 1, 1)
     geometry = Geometry(
@@ -92,15 +122,18 @@ def prepare_3d(volume: np.ndarray, spec: InputSpec) -> Prepared:
 
 
 def _window(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    transforms = _monai()
     if spec.window is not None:
         low = spec.window.center - spec.window.width / 2
         high = spec.window.center + spec.window.width / 2
-        result = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(image)
+        result = transforms["ScaleIntensityRange"](low, high, 0.0, 1.0, clip=True)(image)
     else:
-        result = ScaleIntensityRangePercentiles(
+        result = transforms["ScaleIntensityRangePercentiles"](
             LOW_PERCENTILE, HIGH_PERCENTILE, 0.0, 1.0, clip=True
         )(image)
-    return torch.as_tensor(result, dtype=torch.float32)
+    torch = _torch()
+    windowed: torch.Tensor = torch.as_tensor(result, dtype=torch.float32)
+    return windowed
 
 
 def _normalise(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:

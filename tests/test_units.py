@@ -132,11 +132,6 @@ def test_cli_reports_bad_settings_without_a_traceback(
     assert isinstance(result.exception, SystemExit)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: load_settings lets yaml.YAMLError (and a non-mapping file's "
-    "ValueError 'dictionary update sequence…') through, so `aigw` prints a traceback",
-)
 @pytest.mark.parametrize("text", ["dicom_port: [unclosed\n", "- a list\n- not a mapping\n"])
 def test_settings_file_that_is_not_a_yaml_mapping(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, text: str

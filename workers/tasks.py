@@ -24,6 +24,7 @@ def register_tasks(app: Celery, context: Callable[[], InferenceContext], max_ret
     @app.task(  # type: ignore[untyped-decorator]
         name=INFER_TASK,
         bind=True,
+        shared=False,  # each app (each gateway in a test process) keeps its own task
         acks_late=True,
         reject_on_worker_lost=True,
         max_retries=max_retries,

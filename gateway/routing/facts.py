@@ -238,6 +238,8 @@ def facts_from_datasets(
 
 
 def dataset_text(ds: Dataset, keyword: str) -> str | None:
+    """The element as text (multi-values joined by backslashes), None when absent, empty or
+    unreadable."""
     try:
         value = ds.get(keyword)
     except Exception:

@@ -13,6 +13,9 @@ from gateway.routing.rules import RoutingRules, Rule, compiled_regex
 
 @dataclass(frozen=True)
 class Verdict:
+    """One rule against one series: the failed conditions, notes, and the body part and age
+    as the rule saw them."""
+
     failures: list[str]
     notes: list[str]
     body_part: str | None
@@ -20,6 +23,7 @@ class Verdict:
 
 
 def sop_name(uid: str) -> str:
+    """The SOP class UID with its name, for explanations."""
     name = UID(uid).name
     return f"{uid} ({name})" if name and name != uid else uid
 
@@ -57,6 +61,8 @@ def _age(facts: StudyFacts, rule: Rule, notes: list[str]) -> int | None:
 def evaluate_rule(
     rule: Rule, series: SeriesFacts, facts: StudyFacts, rules: RoutingRules
 ) -> Verdict:
+    """Every condition of the rule that the series (in its study) fails, in the order of
+    :class:`Conditions`; an empty ``failures`` means the rule matches."""
     c = rule.match
     failed: list[str] = []
     notes: list[str] = []

@@ -37,6 +37,7 @@ class RoutingConfigError(ConfigError):
 
 @functools.lru_cache(maxsize=1024)
 def compiled_regex(pattern: str) -> re.Pattern[str]:
+    """A rule's regular expression, case-insensitive, compiled once."""
     return re.compile(pattern, re.IGNORECASE)
 
 
@@ -63,6 +64,8 @@ Tokens = Annotated[list[Token], AfterValidator(_upper_tokens)]
 
 
 class StrictModel(BaseModel):
+    """Base of every routing model: unknown fields refused, instances immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -81,6 +84,7 @@ PriorityName = Annotated[Priority, BeforeValidator(_priority)]
 
 
 def priority_word(priority: Priority) -> str:
+    """The priority as the rules file writes it (urgent, high, routine)."""
     return priority.name.lower()
 
 
@@ -113,6 +117,7 @@ class NumberRange(StrictModel):
 
 
 def range_text(low: float | None, high: float | None, unit: str = "") -> str:
+    """A range for explanations: "1–5 mm", "≥ 18 years", "any"."""
     if low is not None and high is not None:
         return f"{low:g}–{high:g}{unit}"
     if low is not None:
