@@ -78,8 +78,8 @@ def prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepare
         pixels = pixels[..., :3].mean(axis=-1)  # colour secondary captures: luminance
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {pixels.shape}")
-    torch = _torch()
-    image = torch.as_tensor(np.ascontiguousarray(pixels, dtype=np.float32))[None]
+    th = _torch()
+    image = th.as_tensor(np.ascontiguousarray(pixels, dtype=np.float32))[None]
     if photometric == "MONOCHROME1":  # bright means air: invert so that bone is bright
         image = image.max() + image.min() - image
     height, width = spec.size
@@ -90,8 +90,8 @@ def prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepare
     else:
         new_rows, new_cols = height, width
     resized = _monai()["Resize"]((new_rows, new_cols), mode="area")(image)
-    windowed = _window(torch.as_tensor(resized), spec)
-    canvas = torch.zeros((1, height, width), dtype=torch.float32)
+    windowed = _window(th.as_tensor(resized), spec)
+    canvas = th.zeros((1, height, width), dtype=th.float32)
     top, left = (height - new_rows) // 2, (width - new_cols) // 2
     canvas[:, top : top + new_rows, left : left + new_cols] = windowed
     tensor = _normalise(canvas, spec).repeat(spec.channels, 1, 1)
@@ -108,10 +108,10 @@ def prepare_3d(volume: np.ndarray, spec: InputSpec) -> Prepared:
     [C, D, H, W] in [0, 1], resized to exactly ``spec.size``."""
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-    torch = _torch()
-    image = torch.as_tensor(np.ascontiguousarray(volume, dtype=np.float32))[None]
+    th = _torch()
+    image = th.as_tensor(np.ascontiguousarray(volume, dtype=np.float32))[None]
     resized = _monai()["Resize"](tuple(spec.size), mode="trilinear")(image)
-    tensor = _normalise(_window(torch.as_tensor(resized), spec), spec)
+    tensor = _normalise(_window(th.as_tensor(resized), spec), spec)
     tensor = tensor.repeat(spec.channels, 1, 1, 1)
     geometry = Geometry(
         source_shape=tuple(volume.shape),
@@ -131,8 +131,8 @@ def _window(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         result = transforms["ScaleIntensityRangePercentiles"](
             LOW_PERCENTILE, HIGH_PERCENTILE, 0.0, 1.0, clip=True
         )(image)
-    torch = _torch()
-    windowed: torch.Tensor = torch.as_tensor(result, dtype=torch.float32)
+    th = _torch()
+    windowed: torch.Tensor = th.as_tensor(result, dtype=th.float32)
     return windowed
 
 
