@@ -43,7 +43,8 @@ def classifier_with_heatmap(size: int = 32, input_name: str = "image") -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    serialised: bytes = model.SerializeToString()
+    return serialised
 
 
 def manifest_dict(onnx_bytes: bytes, **overrides: Any) -> dict[str, Any]:
@@ -130,7 +131,8 @@ def slow_classifier(size: int = 32, matmuls: int = 25, width: int = 768) -> byte
     model = helper.make_model(slow_graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    serialised: bytes = model.SerializeToString()
+    return serialised
 
 
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:

@@ -19,6 +19,7 @@ from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -26,9 +27,9 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
-from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
+from gateway.dicom_scp import VERIFICATION
 from gateway.serve import Gateway
 from gateway.settings import Settings
 from gateway.tables import InstanceRow, SeriesRow, StudyEventRow, StudyRow
@@ -66,7 +67,7 @@ class Sender:
         ae = AE("IRK_CAMI")
         for syntax in SYNTAXES:
             ae.add_requested_context(CT_IMAGE_STORAGE, syntax)
-        ae.add_requested_context(Verification)
+        ae.add_requested_context(VERIFICATION)
         self.assoc: Association = ae.associate("127.0.0.1", port, ae_title="AIGW")
         assert self.assoc.is_established
 
@@ -75,9 +76,9 @@ class Sender:
     ) -> Dataset:
         """C-STORE ``body`` as the dataset of a request for ``request_sop_uid``."""
         meta = create_file_meta(
-            sop_class_uid=CT_IMAGE_STORAGE,
-            sop_instance_uid=request_sop_uid,
-            transfer_syntax=syntax,
+            sop_class_uid=UID(CT_IMAGE_STORAGE),
+            sop_instance_uid=UID(request_sop_uid),
+            transfer_syntax=UID(syntax),
         )
         self.count += 1
         path = self.folder / f"crafted{self.count}.dcm"
@@ -124,8 +125,8 @@ def _assert_refused(
     assert comment in str(response.get("ErrorComment", "")), response
     logged = _refusals(caplog)
     assert logged, "no log line for the refusal"
-    assert logged[-1].status == f"0x{status:04X}"
-    assert comment in logged[-1].reason
+    assert logged[-1].__dict__["status"] == f"0x{status:04X}"
+    assert comment in logged[-1].__dict__["reason"]
     assert sender.echo() == 0  # the same association still works
     assert sender.assoc.is_established
 

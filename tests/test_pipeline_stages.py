@@ -83,7 +83,7 @@ def test_rle_and_uncompressed_synthetic_volumes_decode_identically() -> None:
     assert np.array_equal(a.voxels, b.voxels)
     phantom = plain.truth[0].phantom
     assert phantom is not None
-    order = [plain.truth_for(uid).slice_index for uid in a.sop_instance_uids]
+    order = [int(plain.truth_for(uid).slice_index or 0) for uid in a.sop_instance_uids]
     assert np.array_equal(a.voxels, phantom.pixels[order].astype(np.float32))  # HU
 
 
