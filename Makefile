@@ -2,7 +2,7 @@
 # `make test` (installs what it needs, then runs lint, types and every test).
 PY := .venv/bin/python
 
-.PHONY: demo test lint typecheck pytest bench-ingest venv deps clean
+.PHONY: demo test lint typecheck pytest models bench-ingest bench-infer venv clean
 
 demo:
 	scripts/bootstrap.sh --venv
@@ -22,9 +22,19 @@ typecheck:
 pytest:
 	.venv/bin/pytest
 
+# Rebuild the reference devices (trained on synthetic phantoms, ~10 min on 2 CPU cores).
+# Their ONNX files are committed, so nobody needs this to run the gateway.
+models:
+	scripts/bootstrap.sh --venv
+	$(PY) -m models.zoo.build
+
 bench-ingest:
 	scripts/bootstrap.sh
 	$(PY) -m benchmarks.ingest
+
+bench-infer:
+	scripts/bootstrap.sh --venv
+	$(PY) -m benchmarks.inference
 
 venv:
 	scripts/bootstrap.sh --venv
