@@ -11,10 +11,13 @@ Every sender and every DCMTK-based receiver runs with ``TCP_NODELAY=1`` in its
 environment (Debian's DCMTK sets the socket option only then; without it every receiver
 stalls ~45 ms per instance). All ends use a 128 KiB maximum PDU.
 
-After each phase the receiver's store is counted; a run that lost an instance stops with an
-error instead of reporting a number.
+Each round starts every receiver on empty storage, sends a warm-up, then the CT and the DX
+files, and counts what the receiver holds; a run that lost an instance stops with an error
+instead of reporting a number. Rounds go round-robin over the receivers, and the figures are
+the median round's, so a slow spell on a shared machine hits every receiver alike.
 
-    .venv/bin/python -m benchmarks.ingest [--ct N] [--dx M] [--senders K] [--quick] [--out DIR]
+    .venv/bin/python -m benchmarks.ingest [--ct N] [--dx M] [--senders K] [--rounds R]
+                                          [--receivers A,B] [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -393,30 +396,12 @@ class PostgresCluster:
     def start(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.base, "postgres")
-        self._run(
-            str(self.bin_dir / "initdb"),
-            "-D",
-            str(self.data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        )
+        initdb_options = ["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), *initdb_options)
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.base / "log"),
-            "-w",
-            "start",
-        )
+        log = str(self.base / "log")
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", log,
+                  "-w", "start")  # fmt: skip
         self.started = True
 
     def stop(self) -> None:
@@ -509,17 +494,8 @@ class StorescpReceiver(Receiver):
     def start(self) -> None:
         self.out = self.work / "storescp"
         self.out.mkdir()
-        command = [
-            "storescp",
-            "-aet",
-            self.ae_title,
-            "-pdu",
-            str(MAX_PDU),
-            "-dhl",
-            "-od",
-            str(self.out),
-            str(self.port),
-        ]
+        options = ["-aet", self.ae_title, "-pdu", str(MAX_PDU), "-dhl", "-od", str(self.out)]
+        command = ["storescp", *options, str(self.port)]
         env = {**os.environ, **DCMTK_ENV}
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log(), stderr=subprocess.STDOUT
@@ -596,6 +572,7 @@ class AigwReceiver(Receiver):
         self.name = f"aigw-{'s3pg' if postgres else 'folder'}-{processes}p"
         self.data_dir = work / self.name
         self.s3: MotoS3 | None = None
+        self.database_url: str | None = None
 
     def _env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIGW_")}
@@ -608,7 +585,7 @@ class AigwReceiver(Receiver):
                 "AIGW_MAX_PDU_BYTES": str(MAX_PDU),
             }
         )
-        if self.postgres is not None and self.s3 is not None:
+        if self.database_url is not None and self.s3 is not None:
             env.update(
                 {
                     "AIGW_DATABASE_URL": self.database_url,
@@ -658,20 +635,17 @@ class AigwReceiver(Receiver):
         return min(indexed, self.object_count())
 
     def indexed_instances(self) -> int:
-        command = [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "studies",
-            "--data-dir",
-            str(self.data_dir),
-            "--json",
-        ]
-        done = subprocess.run(command, env=self._env(), cwd=ROOT, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise BenchmarkError(f"aigw studies failed: {done.stderr.strip()[-2000:]}")
-        studies = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-        return sum(int(study["instance_count"]) for study in studies)
+        """Distinct SOP Instance UIDs in the index, read straight from its database."""
+        from sqlalchemy import create_engine, text
+
+        url = self.database_url or f"sqlite:///{self.data_dir / 'aigw.db'}"
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                query = text("SELECT count(DISTINCT sop_instance_uid) FROM instances")
+                return int(connection.execute(query).scalar_one())
+        finally:
+            engine.dispose()
 
     def object_count(self) -> int:
         if self.s3 is not None:

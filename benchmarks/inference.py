@@ -1,0 +1,1154 @@
+"""Inference benchmark: per AI device, bare onnxruntime throughput against the whole worker
+pipeline, on the same model, the same session and the same execution provider.
+
+Per device, in one run:
+
+- **bare**: the device's onnxruntime session, made by the worker's own
+  :class:`models.runtime.SessionCache` (providers and options from settings), runs tensors
+  that were preprocessed beforehand, back to back from one thread: at batch 1, at the batch
+  the pipeline uses (the images of one job: one chest radiograph, four mammography views,
+  one CT volume) and, for 2D devices, at the pipeline's maximum micro-batch.
+- **pipeline**: synthetic studies are ingested into a real object store and SQLite index
+  (the embedded default, built by :class:`gateway.serve.Parts` on a temporary data folder)
+  through :meth:`gateway.ingest.Ingest.receive`, routed by the real rules
+  (``configs/routing.yaml``), one job row per study, and run by
+  :func:`gateway.inference.run_job` on the context :func:`workers.worker.inference_context`
+  builds: sequentially, and from a pool of ``worker_concurrency`` threads as the worker
+  runs them. The per-stage breakdown is the jobs' own ``timings_ms``; what a job costs
+  beyond its stages (database start and record, registry lookup) is ``bookkeeping``.
+- **ratio**: pipeline images/s ÷ bare images/s at the pipeline's batch. The target for the
+  2D devices on CPU is ≥ 0.7.
+
+Bare, sequential and concurrent phases alternate in rounds so that a slow spell on a shared
+machine hits all of them alike; the median round counts. Each phase also records the CPU
+this process used and the CPU the rest of the machine used meanwhile.
+
+    .venv/bin/python -m benchmarks.inference [--quick] [--device ID ...] [--devices-dir DIR]
+        [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from unittest import mock
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+import gateway.decode
+import gateway.inference
+from benchmarks.ingest import machine_busy_seconds, machine_name
+from gateway.database import Database
+from gateway.decode import DecodeError, read_dataset
+from gateway.inference import InferenceContext, run_job
+from gateway.ingest import Ingest, Sender
+from gateway.jobs import JobState
+from gateway.object_store import ObjectStore
+from gateway.registry import DeviceRegistry, RegisteredDevice, RegistryError
+from gateway.routing import facts_from_index, load_rules, route
+from gateway.routing.route import PlannedJob
+from gateway.serve import Parts
+from gateway.settings import Settings, load_settings
+from gateway.synthetic import (
+    SyntheticStudy,
+    chest_xray_study,
+    ct_chest_study,
+    ct_head_study,
+    mammography_study,
+)
+from gateway.tables import JobRow, StudyRow
+from gateway.task_queue import queue_for
+from models.manifest import DeviceManifest, InputSpec, ManifestError, load_manifest
+from models.preprocess import (
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
+    Geometry,
+    Prepared,
+)
+from models.runtime import SessionCache
+from workers.worker import inference_context
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEVICES_DIR = ROOT / "models" / "zoo"
+TARGET_2D_RATIO = 0.7
+BUSY_MACHINE_CORES = 0.3  # other load above this during a median phase makes it suspect
+SOURCE = "irk-cami"  # a configured source in region 38, where every reference device is on
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's prefix
+STAGES = ("load", "decode", "preprocess", "infer", "postprocess")
+
+
+Run = TypeVar("Run", "BareRun", "PipelineRun")
+
+
+class BenchmarkError(RuntimeError):
+    """The run cannot give a trustworthy figure (a job failed, a study was not routed…)."""
+
+
+# --- studies --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Which synthetic study feeds a device, and how large."""
+
+    kind: str  # chest_xray, mammography, ct_chest, ct_head
+    size: tuple[int, int]  # rows, columns of one image / slice
+    slices: int = 0  # CT only
+    modality: Literal["DX", "CR"] = "DX"  # chest X-ray only
+
+    def make(self, seed: int, positive: bool) -> SyntheticStudy:
+        if self.kind == "mammography":
+            return mammography_study(seed, with_mass=positive, size=self.size)
+        if self.kind == "ct_chest":
+            return ct_chest_study(seed, self.slices, self.size, with_nodule=positive)
+        if self.kind == "ct_head":
+            return ct_head_study(seed, self.slices, self.size, with_haemorrhage=positive)
+        return chest_xray_study(
+            seed, "fluorography", self.modality, with_lesion=positive, size=self.size
+        )
+
+    def describe(self) -> str:
+        rows, cols = self.size
+        if self.kind == "mammography":
+            return f"MG screening, 4 views of {rows}×{cols} (RCC, LCC, RMLO, LMLO)"
+        if self.kind in ("ct_chest", "ct_head"):
+            what = "chest" if self.kind == "ct_chest" else "head"
+            return f"CT {what}, {self.slices} axial slices of {rows}×{cols} + a localizer"
+        return f"{self.modality} PA chest (fluorography), one image of {rows}×{cols}"
+
+
+def study_spec(manifest: DeviceManifest, quick: bool) -> StudySpec:
+    """The synthetic study a device reads: by its input dimensions and what it accepts.
+    2D sizes are what detectors deliver: a flat-panel chest radiograph 2500×2048, a
+    full-field digital mammogram 2048×1664 (``--quick``: a quarter of the pixels or less)."""
+    accepts = manifest.accepts
+    body_parts = {part.upper() for part in accepts.body_parts}
+    modalities = set(accepts.modalities)
+    if manifest.input.dims == 3:
+        size = (256, 256) if quick else (512, 512)
+        if body_parts & {"HEAD", "BRAIN"}:
+            return StudySpec("ct_head", size, slices=12 if quick else 32)
+        return StudySpec("ct_chest", size, slices=24 if quick else 96)
+    if "MG" in modalities:
+        return StudySpec("mammography", (1024, 832) if quick else (2048, 1664))
+    if modalities & {"DX", "CR"} and (not body_parts or "CHEST" in body_parts):
+        modality: Literal["DX", "CR"] = "DX" if "DX" in modalities else "CR"
+        return StudySpec("chest_xray", (512, 512) if quick else (2500, 2048), modality=modality)
+    raise BenchmarkError(
+        f"{manifest.key}: no synthetic study for modalities {sorted(modalities)} and body "
+        f"parts {sorted(body_parts)}"
+    )
+
+
+def part10(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def clone(study: SyntheticStudy, number: int) -> list[bytes]:
+    """The study's instances as Part-10 bytes under new study, series and SOP instance UIDs
+    (derived from the originals and ``number``): same pixels, a separate study to the index
+    and separate objects in the store."""
+
+    def uid(original: str) -> str:
+        return str(generate_uid(UID_PREFIX, entropy_srcs=[original, str(number)]))
+
+    encoded = []
+    for dataset in study.datasets:
+        originals = (dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID)
+        dataset.StudyInstanceUID = uid(originals[0])
+        dataset.SeriesInstanceUID = uid(originals[1])
+        dataset.SOPInstanceUID = uid(originals[2])
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        try:
+            encoded.append(part10(dataset))
+        finally:
+            dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID = originals
+            dataset.file_meta.MediaStorageSOPInstanceUID = originals[2]
+    return encoded
+
+
+# --- the gateway side -----------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """One device's gateway: parts on a temporary data folder, the worker's context."""
+
+    settings: Settings
+    parts: Parts
+    context: InferenceContext
+    device: RegisteredDevice
+    ingest: Ingest
+    sender: Sender
+
+    @property
+    def manifest(self) -> DeviceManifest:
+        return self.device.manifest
+
+
+def build_bench(data_dir: Path, manifest_path: Path) -> Bench:
+    settings = load_settings(
+        None,
+        data_dir=data_dir,
+        min_free_bytes=0,
+        sources_file=ROOT / "configs" / "sources.yaml",
+        regions_file=ROOT / "configs" / "regions.yaml",
+        routing_file=ROOT / "configs" / "routing.yaml",
+    )
+    parts = Parts.build(settings)
+    context = inference_context(parts)
+    try:
+        device, _new = context.registry.register(manifest_path)
+    except RegistryError as exc:
+        raise BenchmarkError(str(exc)) from exc
+    source = parts.directory.by_name(SOURCE)
+    if source is None:
+        raise BenchmarkError(f"configs/sources.yaml has no source {SOURCE}")
+    sender = Sender(source=source, source_id=parts.source_ids[SOURCE], calling_ae=source.ae_title)
+    return Bench(settings, parts, context, device, Ingest(parts.db, parts.store), sender)
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    study_uid: str
+    job: PlannedJob
+    images: int  # instances the job reads (2D: images; 3D: slices of one volume)
+
+
+def ingest_and_route(bench: Bench, instances: list[bytes]) -> PlannedStudy:
+    """Store every instance as the SCP would, then route the study with the real rules."""
+    study_uid = ""
+    for data in instances:
+        outcome = bench.ingest.receive(data, bench.sender)
+        if outcome.status != 0:
+            raise BenchmarkError(f"ingest refused an instance: {outcome.reason}")
+        study_uid = outcome.study_uid or study_uid
+    with bench.parts.db.session() as session:
+        facts = facts_from_index(session, study_uid)
+    decision = route(facts, load_rules(bench.settings.routing_file), [bench.manifest])
+    jobs = [job for job in decision.jobs if job.device_id == bench.manifest.id]
+    if len(jobs) != 1:
+        raise BenchmarkError(
+            f"{bench.manifest.key}: the study was routed to {len(jobs)} jobs of this device "
+            f"({decision.not_applicable_reason or 'one expected'})"
+        )
+    counts = {series.series_uid: series.instance_count for series in facts.series}
+    images = sum(counts[uid] for uid in jobs[0].series_uids)
+    return PlannedStudy(study_uid, jobs[0], images)
+
+
+def create_jobs(bench: Bench, studies: Sequence[PlannedStudy], tag: int) -> list[int]:
+    """One queued job row per study, as the dispatcher records them; ``tag`` makes each
+    phase's rows distinct (it stands for another completion of the study)."""
+    completed_at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=tag)
+    now = dt.datetime.now(dt.UTC)
+    ids = []
+    with bench.parts.db.session() as session:
+        rows = []
+        for planned in studies:
+            study = session.scalars(
+                select(StudyRow).where(StudyRow.study_uid == planned.study_uid)
+            ).one()
+            job = planned.job
+            row = JobRow(
+                study_id=study.id,
+                study_completed_at=completed_at,
+                series_uid=job.series_uid,
+                series_uids=list(job.series_uids),
+                device_key=f"{job.device_id}@{job.device_version}",
+                study_type=str(job.study_type),
+                service_code=job.service_code,
+                rule=job.rule,
+                priority=int(job.priority),
+                queue=queue_for(bench.settings, job.device_id),
+                state=JobState.QUEUED.value,
+                attempts=0,
+                timings_ms={},
+                created_at=now,
+            )
+            session.add(row)
+            rows.append(row)
+        session.flush()
+        ids = [row.id for row in rows]
+    return ids
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+def sig(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits (small figures keep their precision)."""
+    return float(f"{value:.{digits}g}")
+
+
+def process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Phase:
+    """Wall clock and CPU of one timed phase."""
+
+    wall_s: float
+    cpu_s: float  # this process, all threads
+    other_load: float  # cores the rest of the machine kept busy meanwhile
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[Phase]]:
+    out: list[Phase] = []
+    busy, cpu, start = machine_busy_seconds(), process_cpu_seconds(), time.perf_counter()
+    yield out
+    wall = time.perf_counter() - start
+    used = process_cpu_seconds() - cpu
+    other = max(0.0, (machine_busy_seconds() - busy - used) / wall)
+    out.append(Phase(wall, used, other))
+
+
+@dataclass
+class BareRun:
+    batch: int
+    batches: int
+    latencies_s: list[float]
+    phase: Phase
+
+    @property
+    def images(self) -> int:
+        return self.batch * self.batches
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.phase.wall_s
+
+    def as_dict(self) -> dict[str, Any]:
+        latencies = sorted(self.latencies_s)
+        return {
+            "batch": self.batch,
+            "batches": self.batches,
+            "images_per_s": sig(self.images_per_s),
+            "batch_ms_median": sig(1000 * statistics.median(latencies)),
+            "batch_ms_p90": sig(1000 * latencies[int(0.9 * (len(latencies) - 1))]),
+            "ms_per_image": sig(1000 * self.phase.wall_s / (self.batch * self.batches)),
+            "cpu_ms_per_image": sig(1000 * self.phase.cpu_s / (self.batch * self.batches)),
+            "wall_s": sig(self.phase.wall_s),
+            "other_load_cores": sig(self.phase.other_load),
+        }
+
+
+def run_bare(
+    session: Any,
+    manifest: DeviceManifest,
+    tensors: Sequence[np.ndarray],
+    batch: int,
+    min_images: int,
+    min_seconds: float,
+) -> BareRun:
+    """``session.run`` on a ready batch, back to back, until both minimums are reached."""
+    stacked = np.ascontiguousarray(
+        np.stack([tensors[i % len(tensors)] for i in range(batch)]), dtype=np.float32
+    )
+    names = [output.name for output in session.get_outputs()]
+    feed = {manifest.input.name: stacked}
+    session.run(names, feed)  # the first run of a new shape allocates
+    latencies: list[float] = []
+    with timed() as phase:
+        start = time.perf_counter()
+        while (
+            len(latencies) < 3
+            or len(latencies) * batch < min_images
+            or time.perf_counter() - start < min_seconds
+        ):
+            began = time.perf_counter()
+            session.run(names, feed)
+            latencies.append(time.perf_counter() - began)
+    return BareRun(batch, len(latencies), latencies, phase[0])
+
+
+@dataclass
+class PipelineRun:
+    threads: int
+    jobs: int
+    images: int
+    job_latencies_s: list[float]
+    timings_ms: list[dict[str, float]]
+    phase: Phase
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.phase.wall_s
+
+    def stages_ms(self) -> dict[str, float]:
+        """Mean per job of each stage, and ``bookkeeping``: the rest of the job's time."""
+        means = {
+            stage: statistics.fmean(t.get(stage, 0.0) for t in self.timings_ms) for stage in STAGES
+        }
+        total = statistics.fmean(1000 * s for s in self.job_latencies_s)
+        means["bookkeeping"] = max(total - sum(means.values()), 0.01)
+        return {name: sig(value) for name, value in means.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        stages = self.stages_ms()
+        total = sum(stages.values())
+        return {
+            "threads": self.threads,
+            "jobs": self.jobs,
+            "images": self.images,
+            "images_per_s": sig(self.images_per_s),
+            "studies_per_s": sig(self.jobs / self.phase.wall_s),
+            "job_ms_median": sig(1000 * statistics.median(self.job_latencies_s)),
+            "ms_per_image": sig(1000 * self.phase.wall_s / self.images),
+            "cpu_ms_per_image": sig(1000 * self.phase.cpu_s / self.images),
+            "stages_ms_per_job": stages,
+            "stage_share": {name: sig(value / total) for name, value in stages.items()},
+            "wall_s": sig(self.phase.wall_s),
+            "other_load_cores": sig(self.phase.other_load),
+        }
+
+
+def run_pipeline(
+    bench: Bench,
+    job_ids: Sequence[int],
+    images: int,
+    threads: int,
+    context: InferenceContext | None = None,
+) -> PipelineRun:
+    """``run_job`` for every job, one after another or from a pool of ``threads``."""
+    chosen = context or bench.context
+
+    def one(job_id: int) -> tuple[str, float]:
+        began = time.perf_counter()
+        state = run_job(chosen, job_id)
+        return state, time.perf_counter() - began
+
+    with timed() as phase:
+        if threads == 1:
+            results = [one(job_id) for job_id in job_ids]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="bench-worker") as pool:
+                results = list(pool.map(one, job_ids))
+    with bench.parts.db.session() as session:
+        rows = session.scalars(select(JobRow).where(JobRow.id.in_(job_ids))).all()
+        failed = [f"job {r.id}: {r.state} {r.reason or ''}" for r in rows if r.state != "inferred"]
+        timings = [dict(r.timings_ms) for r in rows]
+    if failed:
+        raise BenchmarkError(f"{bench.manifest.key}: {'; '.join(failed)}")
+    return PipelineRun(
+        threads, len(job_ids), images, [latency for _, latency in results], timings, phase[0]
+    )
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    """The round with the median throughput (the lower middle of an even count)."""
+    ordered = sorted(runs, key=lambda run: run.images_per_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+# --- prototype: a faster pipeline, measured beside the shipped one ---------------------------
+#
+# Not the shipped code: candidate changes to gateway/decode.py, models/preprocess.py,
+# models/runtime.py and the registry lookup, swapped into the real run_job path (module
+# attributes patched for the duration of a phase) so that what they would gain is measured on
+# the same studies, model and machine. The proposed diff says the same in the project's code.
+
+PROTOTYPE_CHANGES = (
+    "decode: the modality LUT (rescale slope/intercept) in float32 where that is exact "
+    "(slope 1, whole intercept, ≤16-bit pixels) instead of pydicom's float64 pass and a cast back",
+    "preprocess 2D: the area resize by torch.nn.functional.interpolate (what MONAI's Resize "
+    "calls) and the percentile window, letterbox and normalisation in numpy: np.percentile "
+    "instead of torch.quantile, no MetaTensor round trips, no torch thread-pool hops for "
+    "small arrays; the same tensors within 1e-5",
+    "onnxruntime: intra-op thread spinning off (session.intra_op.allow_spinning = 0), so idle "
+    "pool threads stop taking CPU from the other job's decode and preprocess",
+    "registry: a device version's manifest cached per key (a registered id@version never "
+    "changes), not one database query and one pydantic validation per job",
+)
+
+
+shipped_pixels = gateway.decode._pixels
+
+
+def fast_pixels(dataset: Dataset) -> np.ndarray:
+    """:func:`gateway.decode._pixels` with the rescale in float32 where that is exact."""
+    try:
+        raw = dataset.pixel_array
+        slope = float(dataset.RescaleSlope) if "RescaleSlope" in dataset else None
+        intercept = float(dataset.RescaleIntercept) if "RescaleIntercept" in dataset else None
+    except Exception as exc:  # the same failure the shipped stage reports
+        raise DecodeError(f"cannot decode pixel data: {exc.__class__.__name__}: {exc}") from exc
+    exact = (
+        not dataset.get("ModalityLUTSequence")
+        and raw.dtype.kind in "iu"
+        and raw.dtype.itemsize <= 2
+        and (slope is None or intercept is None or (slope == 1.0 and intercept.is_integer()))
+    )
+    if not exact:
+        return shipped_pixels(dataset)
+    pixels = raw.astype(np.float32)
+    if slope is not None and intercept:
+        pixels += np.float32(intercept)
+    return pixels
+
+
+def fast_prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepared:
+    """:func:`models.preprocess.prepare_2d`, the same arithmetic in numpy around one torch
+    area resize."""
+    import torch
+
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        pixels = pixels[..., :3].mean(axis=-1)
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2D image, got shape {pixels.shape}")
+    source = np.ascontiguousarray(pixels, dtype=np.float32)
+    height, width = spec.size
+    rows, cols = source.shape
+    if spec.keep_aspect:
+        scale = min(height / rows, width / cols)
+        new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    else:
+        new_rows, new_cols = height, width
+    if (new_rows, new_cols) == (rows, cols):
+        resized = source.copy()
+    else:
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(source)[None, None], size=(new_rows, new_cols), mode="area"
+        )[0, 0].numpy()
+    if photometric == "MONOCHROME1":  # an affine map commutes with the area mean
+        resized = (source.max() + source.min()) - resized
+    if spec.window is not None:
+        low = spec.window.center - spec.window.width / 2
+        high = spec.window.center + spec.window.width / 2
+    else:
+        low, high = (float(v) for v in np.percentile(resized, [LOW_PERCENTILE, HIGH_PERCENTILE]))
+    if high - low == 0.0:  # MONAI's ScaleIntensityRange: shift only, no clip
+        windowed = resized - np.float32(low)
+    else:
+        windowed = np.clip((resized - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    top, left = (height - new_rows) // 2, (width - new_cols) // 2
+    canvas[top : top + new_rows, left : left + new_cols] = windowed
+    if spec.normalisation == "zscore":  # torch's std is the unbiased one
+        std = float(canvas.std(ddof=1))
+        canvas = (canvas - canvas.mean()) / np.float32(std if std > 1e-6 else 1.0)
+    tensor = np.repeat(canvas[None].astype(np.float32, copy=False), spec.channels, axis=0)
+    geometry = Geometry(
+        source_shape=(rows, cols),
+        scale=(new_rows / rows, new_cols / cols),
+        offset=(float(top), float(left)),
+    )
+    return Prepared(tensor, geometry)
+
+
+class QuietSessionCache(SessionCache):
+    """:class:`SessionCache` with onnxruntime's intra-op spinning off."""
+
+    def session(self, device_key: str, load: Callable[[], bytes]) -> Any:
+        import onnxruntime as ort
+
+        with self._lock:
+            cached = self._sessions.get(device_key)
+            if cached is not None:
+                return cached
+            options = ort.SessionOptions()
+            if self.intra_op_threads:
+                options.intra_op_num_threads = self.intra_op_threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(load(), sess_options=options, providers=self.providers)
+            self._sessions[device_key] = session
+            return session
+
+
+class CachedRegistry(DeviceRegistry):
+    """:class:`DeviceRegistry` whose ``get`` remembers each id@version."""
+
+    def __init__(self, db: Database, store: ObjectStore) -> None:
+        super().__init__(db, store)
+        self._cache: dict[str, RegisteredDevice] = {}
+        self._cache_lock = threading.Lock()
+
+    def get(self, device_key: str) -> RegisteredDevice:
+        if "@" not in device_key:  # "the newest version" can change
+            return super().get(device_key)
+        with self._cache_lock:
+            found = self._cache.get(device_key)
+        if found is None:
+            found = super().get(device_key)
+            with self._cache_lock:
+                self._cache[device_key] = found
+        return found
+
+
+@contextlib.contextmanager
+def prototype(bench: Bench) -> Iterator[InferenceContext]:
+    """The worker's context with the prototype's parts, and its stages patched in."""
+    context = dataclasses.replace(
+        bench.context,
+        registry=CachedRegistry(bench.parts.db, bench.parts.store),
+        sessions=QuietSessionCache(bench.settings.inference_providers),
+    )
+    with (
+        mock.patch.object(gateway.decode, "_pixels", fast_pixels),
+        mock.patch.object(gateway.inference, "prepare_2d", fast_prepare_2d),
+    ):
+        yield context
+
+
+def prototype_difference(instances: Sequence[bytes], planned: PlannedStudy, bench: Bench) -> float:
+    """The largest difference between the shipped and the prototype's model inputs."""
+    shipped = prepared_tensors(instances, planned, bench.manifest)
+    with prototype(bench):
+        fast = prepared_tensors(instances, planned, bench.manifest)
+    return max(float(np.abs(a - b).max()) for a, b in zip(shipped, fast, strict=True))
+
+
+# --- one device -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    studies: int  # jobs per phase
+    distinct: int  # distinctly generated studies (the rest are clones under new UIDs)
+    rounds: int
+    bare_min_seconds: float
+    quick: bool
+    seed: int
+    prototype: bool = True
+
+
+def prepared_tensors(
+    instances: Sequence[bytes], planned: PlannedStudy, manifest: DeviceManifest
+) -> list[np.ndarray]:
+    """The model inputs of one job, made by the pipeline's own decode and preprocess stages
+    (looked up when called, so the prototype's patches apply)."""
+    chosen = set(planned.job.series_uids)
+    blobs = [data for data in instances if read_dataset(data).SeriesInstanceUID in chosen]
+    decoded = gateway.inference._decode(blobs, manifest)
+    prepared, _metas = gateway.inference._preprocess(decoded, manifest)
+    return [item.tensor for item in prepared]
+
+
+def compare(
+    sequential: PipelineRun, concurrent: PipelineRun, reference: BareRun, concurrency: int
+) -> dict[str, Any]:
+    """Pipeline figures and their ratios to the bare reference."""
+    best = max(sequential, concurrent, key=lambda run: run.images_per_s)
+    return {
+        "pipeline": {"sequential": sequential.as_dict(), "concurrent": concurrent.as_dict()},
+        "ratio": {
+            "pipeline_vs_bare": sig(best.images_per_s / reference.images_per_s),
+            "sequential_vs_bare": sig(sequential.images_per_s / reference.images_per_s),
+            "concurrent_vs_bare": sig(concurrent.images_per_s / reference.images_per_s),
+            "cpu_bare_vs_pipeline": sig(
+                reference.phase.cpu_s
+                / reference.images
+                / (concurrent.phase.cpu_s / concurrent.images)
+            ),
+            "reference": f"bare at batch {reference.batch}; pipeline: the faster of ×1 and "
+            f"×{concurrency}",
+        },
+    }
+
+
+def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
+    manifest = load_manifest(manifest_path)
+    spec = study_spec(manifest, plan.quick)
+    started = time.perf_counter()
+    bench = build_bench(work / "var", manifest_path)
+    key = bench.device.key
+    print(f"\n{key}: {spec.describe()}", flush=True)
+
+    bases = [spec.make(plan.seed + n, positive=n % 2 == 0) for n in range(plan.distinct)]
+    generated_s = time.perf_counter() - started
+    planned: list[PlannedStudy] = []
+    stored_bytes = 0
+    pool: list[np.ndarray] = []  # bare inputs: the pipeline's decode and preprocess
+    difference = 0.0  # prototype vs shipped model inputs
+    for number in range(plan.studies):
+        instances = clone(bases[number % len(bases)], number)
+        stored_bytes += sum(len(data) for data in instances)
+        planned.append(ingest_and_route(bench, instances))
+        if number < len(bases):
+            pool += prepared_tensors(instances, planned[-1], manifest)
+            if plan.prototype:
+                difference = max(difference, prototype_difference(instances, planned[-1], bench))
+    images_per_job = planned[0].images
+    if any(p.images != images_per_job for p in planned):
+        raise BenchmarkError(f"{key}: jobs read different numbers of images")
+    images = images_per_job if manifest.input.dims == 2 else 1  # model inputs per job
+    print(
+        f"  {plan.distinct} studies generated in {generated_s:.1f} s, {plan.studies} ingested "
+        f"({stored_bytes / 1e6:.0f} MB) and routed: rule {planned[0].job.rule}, "
+        f"{images_per_job} instance(s) per job",
+        flush=True,
+    )
+
+    context = bench.context
+    session = context.sessions.session(key, lambda: context.registry.model_bytes(key))
+    pipeline_batch = min(images, context.max_batch)
+    batches = sorted(
+        {1, pipeline_batch} | ({context.max_batch} if manifest.input.dims == 2 else set())
+    )
+    concurrency = bench.settings.worker_concurrency
+    total_images = images * plan.studies
+    tags = iter(range(1_000_000))
+
+    def pipeline(threads: int, chosen: InferenceContext | None = None) -> PipelineRun:
+        ids = create_jobs(bench, planned, tag=next(tags))
+        return run_pipeline(bench, ids, total_images, threads, chosen)
+
+    # Warm-up: the session, torch and MONAI imports, first-run allocations.
+    run_pipeline(bench, create_jobs(bench, planned[:1], tag=next(tags)), images, threads=1)
+
+    bare_runs: dict[int, list[BareRun]] = {b: [] for b in batches}
+    sequential: list[PipelineRun] = []
+    concurrent: list[PipelineRun] = []
+    fast_bare: list[BareRun] = []
+    fast_sequential: list[PipelineRun] = []
+    fast_concurrent: list[PipelineRun] = []
+    for number in range(plan.rounds):
+        for batch in batches:
+            bare_runs[batch].append(
+                run_bare(session, manifest, pool, batch, total_images, plan.bare_min_seconds)
+            )
+        sequential.append(pipeline(1))
+        concurrent.append(pipeline(concurrency))
+        line = (
+            f"  round {number + 1}/{plan.rounds}: bare "
+            + ", ".join(f"b{b} {bare_runs[b][-1].images_per_s:.1f}" for b in batches)
+            + f" /s; pipeline ×1 {sequential[-1].images_per_s:.1f}, "
+            f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s"
+        )
+        if plan.prototype:
+            with prototype(bench) as fast:
+                fast_session = fast.sessions.session(key, lambda: context.registry.model_bytes(key))
+                if number == 0:
+                    run_pipeline(
+                        bench, create_jobs(bench, planned[:1], next(tags)), images, 1, fast
+                    )
+                fast_bare.append(
+                    run_bare(
+                        fast_session,
+                        manifest,
+                        pool,
+                        pipeline_batch,
+                        total_images,
+                        plan.bare_min_seconds,
+                    )
+                )
+                fast_sequential.append(pipeline(1, fast))
+                fast_concurrent.append(pipeline(concurrency, fast))
+            line += (
+                f"; prototype: bare b{pipeline_batch} {fast_bare[-1].images_per_s:.1f}, "
+                f"pipeline ×1 {fast_sequential[-1].images_per_s:.1f}, "
+                f"×{concurrency} {fast_concurrent[-1].images_per_s:.1f} /s"
+            )
+        print(line, flush=True)
+
+    bare = {b: median_run(runs) for b, runs in bare_runs.items()}
+    reference = bare[pipeline_batch]
+    is_2d = manifest.input.dims == 2
+    shipped = compare(median_run(sequential), median_run(concurrent), reference, concurrency)
+    result = {
+        "device": key,
+        "dims": manifest.input.dims,
+        "input": {
+            "name": manifest.input.name,
+            "shape": [manifest.input.channels, *manifest.input.size],
+        },
+        "unit": "images" if is_2d else "volumes",
+        "study": {
+            "kind": spec.kind,
+            "description": spec.describe(),
+            "image_size": list(spec.size),
+            "slices": spec.slices or None,
+            "instances_per_job": images_per_job,
+            "model_inputs_per_job": images,
+            "transfer_syntax": "explicit VR little endian",
+            "studies_per_phase": plan.studies,
+            "distinct_studies": plan.distinct,
+            "mb_stored": round(stored_bytes / 1e6, 1),
+        },
+        "providers": list(session.get_providers()),
+        "pipeline_batch": pipeline_batch,
+        "bare": {f"batch_{b}": bare[b].as_dict() for b in batches},
+        "pipeline": shipped["pipeline"],
+        "ratio": shipped["ratio"],
+        "target": TARGET_2D_RATIO if is_2d else None,
+        "meets_target": shipped["ratio"]["pipeline_vs_bare"] >= TARGET_2D_RATIO if is_2d else None,
+    }
+    if plan.prototype:
+        fast_reference = median_run(fast_bare)
+        faster = compare(
+            median_run(fast_sequential), median_run(fast_concurrent), fast_reference, concurrency
+        )
+        best = max(faster["pipeline"].values(), key=lambda run: float(run["images_per_s"]))
+        result["prototype"] = {
+            "changes": list(PROTOTYPE_CHANGES),
+            "max_abs_input_difference": sig(difference),
+            "bare": {f"batch_{pipeline_batch}": fast_reference.as_dict()},
+            "pipeline": faster["pipeline"],
+            "ratio": {
+                **faster["ratio"],
+                "pipeline_vs_shipped_bare": sig(
+                    float(best["images_per_s"]) / reference.images_per_s
+                ),
+                "speedup_vs_shipped_pipeline": sig(
+                    float(best["images_per_s"])
+                    / max(float(r["images_per_s"]) for r in shipped["pipeline"].values())
+                ),
+            },
+        }
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    bench.parts.db.dispose()
+    return result
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def _stages(run: dict[str, Any]) -> str:
+    stages = run["stages_ms_per_job"]
+    return " / ".join(f"{stages[name]:.0f}" for name in (*STAGES, "bookkeeping"))
+
+
+def format_table(devices: Sequence[dict[str, Any]]) -> str:
+    """Markdown: the shipped pipeline against bare onnxruntime, then the prototype."""
+    header = [
+        "device", "study (per job)", "bare b1 /s", "bare bP /s", "bare bMax /s",
+        "pipeline ×1 /s", "pipeline ×2 /s", "studies/s", "ratio",
+        "×1 stages, ms per job: load / decode / preprocess / infer / postprocess / bookkeeping",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for device in devices:
+        bare = device["bare"]
+        batch = device["pipeline_batch"]
+        largest = max(int(name.removeprefix("batch_")) for name in bare)
+        seq, conc = device["pipeline"]["sequential"], device["pipeline"]["concurrent"]
+        best = max(seq, conc, key=lambda run: float(run["images_per_s"]))
+        cells = [
+            device["device"],
+            device["study"]["description"],
+            f"{bare['batch_1']['images_per_s']:.1f}",
+            f"{bare[f'batch_{batch}']['images_per_s']:.1f} (b{batch})",
+            f"{bare[f'batch_{largest}']['images_per_s']:.1f} (b{largest})"
+            if largest > batch
+            else "",
+            f"{seq['images_per_s']:.2f}",
+            f"{conc['images_per_s']:.2f}",
+            f"{best['studies_per_s']:.2f}",
+            f"**{device['ratio']['pipeline_vs_bare']:.2f}**"
+            + (" ✗" if device["meets_target"] is False else ""),
+            _stages(seq),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    prototyped = [device for device in devices if "prototype" in device]
+    if not prototyped:
+        return "\n".join(lines)
+    header = [
+        "prototype", "bare bP /s (no spinning)", "pipeline ×1 /s", "pipeline ×2 /s",
+        "ratio", "ratio to shipped bare", "× shipped pipeline",
+        "×1 stages, ms per job: load / decode / preprocess / infer / postprocess / bookkeeping",
+    ]  # fmt: skip
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for device in prototyped:
+        fast = device["prototype"]
+        (reference,) = fast["bare"].values()
+        seq, conc = fast["pipeline"]["sequential"], fast["pipeline"]["concurrent"]
+        cells = [
+            device["device"],
+            f"{reference['images_per_s']:.1f}",
+            f"{seq['images_per_s']:.2f}",
+            f"{conc['images_per_s']:.2f}",
+            f"**{fast['ratio']['pipeline_vs_bare']:.2f}**",
+            f"{fast['ratio']['pipeline_vs_shipped_bare']:.2f}",
+            f"{fast['ratio']['speedup_vs_shipped_pipeline']:.2f}",
+            _stages(seq),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _version_line(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def environment(settings: Settings | None) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    packages = {}
+    for name in (
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "numpy",
+        "torch",
+        "monai",
+        "scipy",
+        "pydicom",
+        "pylibjpeg",
+        "sqlalchemy",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            packages[name] = metadata.version(name)
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "gpu": gpu_name(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": packages,
+        "onnxruntime_available_providers": ort.get_available_providers(),
+        "settings_inference_providers": list(settings.inference_providers) if settings else None,
+        "worker_concurrency": settings.worker_concurrency if settings else None,
+        "inference_max_batch": settings.inference_max_batch if settings else None,
+        "onnxruntime_intra_op_threads": "onnxruntime default (one per physical core)",
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": _version_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+    }
+
+
+def gpu_name() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    return _version_line(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+
+
+def results_machine(providers: Sequence[str]) -> str:
+    """The ingest benchmark's machine name, and the GPU where the sessions used one."""
+    name = machine_name()
+    gpu = gpu_name() if any(p != "CPUExecutionProvider" for p in providers) else None
+    if gpu:
+        name += "-" + "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")
+    return name
+
+
+def write_results(out_dir: Path, report: dict[str, Any]) -> Path:
+    folder = out_dir / str(report["machine"])
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"inference-{stamp}.json"
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    path.write_text(text)
+    (folder / "inference-latest.json").write_text(text)
+    return path
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def find_devices(devices_dir: Path, wanted: Sequence[str]) -> list[Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(devices_dir.glob("*/manifest.yaml")):
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            print(f"skipping {path}: {exc}", file=sys.stderr)
+            continue
+        found[manifest.id] = path
+    if wanted:
+        missing = [name for name in wanted if name not in found]
+        if missing:
+            raise BenchmarkError(
+                f"no device {', '.join(missing)} under {devices_dir} "
+                f"(found: {', '.join(found) or 'none'})"
+            )
+        return [found[name] for name in wanted]
+    if not found:
+        raise BenchmarkError(f"no */manifest.yaml under {devices_dir}")
+    return list(found.values())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference", description=doc.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="device id to benchmark (repeatable; default every device in --devices-dir)",
+    )
+    parser.add_argument(
+        "--devices-dir",
+        type=Path,
+        default=DEVICES_DIR,
+        help="folder of device folders (*/manifest.yaml); default models/zoo",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small images, few studies, one round: under 2 minutes on 2 cores",
+    )
+    parser.add_argument("--studies", type=int, default=None, help="jobs per phase (per device)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds; the median counts")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="data folders (default a temp folder)"
+    )
+    parser.add_argument(
+        "--no-prototype",
+        action="store_true",
+        help="skip the prototype phases (the proposed faster decode/preprocess/session)",
+    )
+    parser.add_argument("--seed", type=int, default=20240101)
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if args.rounds < 1 or (args.studies is not None and args.studies < 1):
+        parser.error("--studies and --rounds must be at least 1")
+    return args
+
+
+def device_plan(args: argparse.Namespace, manifest: DeviceManifest) -> Plan:
+    """How many jobs a phase runs: enough for a second or more of pipeline time."""
+    if args.studies is not None:
+        studies = args.studies
+    elif manifest.input.dims == 3:
+        studies = 2 if args.quick else 4
+    elif "MG" in manifest.accepts.modalities:
+        studies = 2 if args.quick else 6
+    else:
+        studies = 4 if args.quick else 16
+    return Plan(
+        studies=studies,
+        distinct=min(studies, 1 if args.quick else 2),
+        rounds=args.rounds,
+        bare_min_seconds=0.3 if args.quick else 1.0,
+        quick=args.quick,
+        seed=args.seed,
+        prototype=not args.no_prototype,
+    )
+
+
+@contextlib.contextmanager
+def work_folder(chosen: Path | None) -> Iterator[Path]:
+    if chosen is not None:
+        chosen.mkdir(parents=True, exist_ok=True)
+        yield chosen
+        return
+    folder = Path(tempfile.mkdtemp(prefix="aigw-bench-infer-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def phases(device: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every timed phase of a device's result, by name."""
+    for prefix, part in (("", device), ("prototype ", device.get("prototype"))):
+        if part is not None:
+            for group in ("bare", "pipeline"):
+                for name, figures in part[group].items():
+                    yield f"{prefix}{group} {name}", figures
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    paths = find_devices(args.devices_dir, args.device)
+    load_at_start = os.getloadavg()
+    started = time.perf_counter()
+    devices = []
+    with work_folder(args.work_dir) as work, warnings.catch_warnings():
+        # Blank borders make MONAI's percentile scaling warn about a zero range: harmless.
+        warnings.filterwarnings("ignore", message="Divide by zero", category=Warning)
+        for number, path in enumerate(paths):
+            manifest = load_manifest(path)
+            devices.append(
+                bench_device(path, work / f"{number}-{manifest.id}", device_plan(args, manifest))
+            )
+        settings = load_settings(None, data_dir=work / "settings")
+    providers = sorted({p for device in devices for p in device["providers"]})
+    report = {
+        "benchmark": "inference",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": results_machine(providers),
+        "parameters": {
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "seed": args.seed,
+            "devices_dir": str(args.devices_dir),
+            "source": SOURCE,
+            "store": "folder object store + SQLite index (the embedded default)",
+            "timing": "wall clock per phase; bare: session.run back to back from one thread; "
+            "pipeline: run_job per job, sequentially and from a thread pool of "
+            "worker_concurrency; figures are the median round's",
+            "ratio": "pipeline images/s (the faster of sequential and concurrent) ÷ bare "
+            "images/s at the batch the pipeline uses",
+            "wall_s": round(time.perf_counter() - started, 1),
+        },
+        "devices": devices,
+        "target": {"pipeline_vs_bare_2d_min": TARGET_2D_RATIO},
+        "environment": {
+            **environment(settings),
+            "load_average_at_start": [round(value, 2) for value in load_at_start],
+        },
+    }
+    busy = [
+        f"{device['device']} {phase}"
+        for device in devices
+        for phase, figures in phases(device)
+        if figures["other_load_cores"] > BUSY_MACHINE_CORES
+    ]
+    report["busy_machine_phases"] = busy
+    print("\n" + format_table(devices))
+    if busy:
+        print(
+            f"\nWARNING: other processes kept more than {BUSY_MACHINE_CORES} cores busy during "
+            f"{len(busy)} phase(s): the figures are noisy; rerun on a quiet machine"
+        )
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except BenchmarkError as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    path = write_results(args.out, report)
+    print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

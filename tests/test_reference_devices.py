@@ -1,0 +1,143 @@
+"""The reference devices, end to end on the embedded default: phantom studies with and
+without lesions, for each study type, sent over DICOM to the gateway; the lesion is found
+where the phantom put it and the clean study stays negative.
+
+Tolerance: the finding's centre lies within max(15 mm, the lesion's diameter) of the true
+centre in the image plane and, for CT, within 3 slices plus half the lesion's extent.
+These devices are trained on synthetic phantoms only; this checks the plumbing and the
+geometry end to end, not clinical performance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.serve import Gateway
+from gateway.settings import Settings
+from gateway.study_queries import FindingSummary, JobSummary, list_jobs, list_studies
+from gateway.synthetic import (
+    SyntheticStudy,
+    chest_xray_study,
+    ct_chest_study,
+    ct_head_study,
+    mammography_study,
+    write_study,
+)
+from pacs_adapters.dicom_scu import Peer, send
+from tests.services import ROOT
+
+pytestmark = pytest.mark.slow
+
+ZOO = ROOT / "models" / "zoo"
+
+
+@pytest.fixture(scope="module")
+def zoo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    from tests.services import free_port
+    from workers.app import build_gateway
+
+    if not list(ZOO.glob("*/manifest.yaml")):
+        pytest.fail("the reference devices are missing from models/zoo (run make models)")
+    settings = Settings.model_validate(
+        {
+            "data_dir": tmp_path_factory.mktemp("zoo") / "var",
+            "dicom_host": "127.0.0.1",
+            "dicom_port": free_port(),
+            "http_port": 0,
+            "sources_file": ROOT / "configs" / "sources.yaml",
+            "regions_file": ROOT / "configs" / "regions.yaml",
+            "routing_file": ROOT / "configs" / "routing.yaml",
+            "devices_dir": ZOO,
+            "min_free_bytes": 0,
+            "quiet_period_s": 0.5,
+            "assembly_poll_s": 0.1,
+        }
+    )
+    gateway = build_gateway(settings)
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+STUDIES: dict[str, Callable[[int, bool], SyntheticStudy]] = {
+    "fluorography": lambda seed, lesion: chest_xray_study(
+        seed, kind="fluorography", modality="DX", sop="dx", with_lesion=lesion, size=(1024, 1024)
+    ),
+    "chest_xray": lambda seed, lesion: chest_xray_study(
+        seed, kind="radiography", modality="CR", sop="cr", with_lesion=lesion, size=(1024, 1024)
+    ),
+    "ct_chest": lambda seed, lesion: ct_chest_study(
+        seed, n_slices=48, size=(256, 256), with_nodule=lesion
+    ),
+    "ct_brain": lambda seed, lesion: ct_head_study(
+        seed, n_slices=24, size=(256, 256), with_haemorrhage=lesion
+    ),
+    "mammography": lambda seed, lesion: mammography_study(seed, with_mass=lesion, size=(1024, 832)),
+}
+
+
+def _analyse(gateway: Gateway, study: SyntheticStudy, folder: Path) -> list[JobSummary]:
+    files = write_study(study, folder)
+    peer = Peer("127.0.0.1", gateway.parts.settings.dicom_port, "AIGW", "IRK_CAMI")
+    assert send(files, peer).sent == len(files)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        summary = next(
+            (s for s in list_studies(gateway.parts.db) if s.study_uid == study.study_instance_uid),
+            None,
+        )
+        if summary is not None and summary.state == "not_applicable":
+            pytest.fail(f"{study.kind}: not applicable: {summary.state_reason}")
+        jobs = list_jobs(gateway.parts.db, study.study_instance_uid)
+        if jobs and all(job.state in ("inferred", "failed") for job in jobs):
+            return jobs
+        time.sleep(0.2)
+    pytest.fail(f"{study.kind}: not analysed in time")
+
+
+def _best(jobs: list[JobSummary]) -> FindingSummary:
+    (job,) = jobs
+    assert job.state == "inferred", job.reason
+    return max(job.findings, key=lambda f: f.probability)
+
+
+@pytest.mark.parametrize("kind", list(STUDIES))
+def test_a_clean_phantom_stays_negative(zoo_gateway: Gateway, tmp_path: Path, kind: str) -> None:
+    study = STUDIES[kind](900, False)
+    assert not study.positive
+    best = _best(_analyse(zoo_gateway, study, tmp_path))
+    assert not best.positive, f"{kind}: p={best.probability} ≥ {best.threshold}"
+
+
+@pytest.mark.parametrize("kind", list(STUDIES))
+def test_the_lesion_is_found_where_it_is(zoo_gateway: Gateway, tmp_path: Path, kind: str) -> None:
+    study = STUDIES[kind](901, True)
+    assert study.positive
+    best = _best(_analyse(zoo_gateway, study, tmp_path))
+    assert best.positive, f"{kind}: p={best.probability} < {best.threshold}"
+    assert best.location is not None and "centre" in best.location
+    truth = study.truth_for(best.location["sop_instance_uid"])
+    phantom = truth.phantom
+    assert phantom is not None
+    lesion = phantom.lesions[0]
+    centre = best.location["centre"]
+    row_mm, col_mm = phantom.pixel_spacing_mm
+    if len(lesion.center) == 3:  # CT: compare the slice through the finding's SOP instance
+        assert truth.slice_index is not None
+        slices_off = abs(truth.slice_index - lesion.center[0])
+        extent = lesion.diameter_mm / 2 / (phantom.slice_spacing_mm or 1.0)
+        assert slices_off <= 3 + extent, f"{kind}: {slices_off} slices from the lesion"
+        true_row, true_col = lesion.center[1], lesion.center[2]
+        found_row, found_col = centre[1], centre[2]
+    else:
+        if truth.lesions:  # mammography: the view showing the mass
+            lesion = truth.lesions[0]
+        true_row, true_col = lesion.center
+        found_row, found_col = centre
+    distance = ((found_row - true_row) * row_mm) ** 2 + ((found_col - true_col) * col_mm) ** 2
+    tolerance = max(15.0, lesion.diameter_mm)
+    assert distance**0.5 <= tolerance, f"{kind}: {distance**0.5:.1f} mm from the lesion"
