@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict
 from pydicom import Dataset, dcmread
@@ -22,18 +23,21 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
-from sqlalchemy import select
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from gateway.database import Database
 from gateway.dicom_tags import InstanceTags, StudyTags, read_tags
 from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance, StorageError
-from gateway.object_store import ObjectStore, instance_key
+from gateway.object_store import ObjectStore, StagedObject, instance_key
 from gateway.sources import Source
-from gateway.study_state import OPEN_STATES, StudyState, record_event, set_state
+from gateway.study_state import OPEN_STATES, StudyState, record_event
 from gateway.tables import InstanceRow, SeriesRow, StudyRow, utcnow
+
+STUDIES = cast(Table, StudyRow.__table__)
+SERIES = cast(Table, SeriesRow.__table__)
+INSTANCES = cast(Table, InstanceRow.__table__)
 
 log = logging.getLogger(__name__)
 
@@ -106,43 +110,59 @@ class Ingest:
     def _store_and_index(
         self, encoded: bytes, digest: str, tags: InstanceTags, sender: Sender
     ) -> Outcome:
-        for _attempt in range(3):
-            try:
-                return self._transaction(encoded, digest, tags, sender)
-            except IntegrityError:
-                # A concurrent association stored the same study, series or SOP version
-                # first; the retry sees its row and takes the next step from there.
-                continue
-        raise StorageError("index kept conflicting with concurrent writers")
+        # The slow part of the write (data + fsync) happens before the index transaction, so
+        # no lock is held meanwhile; the transaction only gives the staged object its key.
+        staged = self.store.stage(encoded)
+        try:
+            for _attempt in range(3):
+                try:
+                    return self._transaction(staged, digest, tags, sender)
+                except IntegrityError:
+                    # A concurrent association stored the same study, series or SOP version
+                    # first; the retry sees its row and takes the next step from there.
+                    continue
+            raise StorageError("index kept conflicting with concurrent writers")
+        finally:
+            self.store.discard(staged)
 
     def _transaction(
-        self, encoded: bytes, digest: str, tags: InstanceTags, sender: Sender
+        self, staged: StagedObject, digest: str, tags: InstanceTags, sender: Sender
     ) -> Outcome:
+        # SQLAlchemy Core, not the ORM: this runs for every instance, and the ORM's unit of
+        # work cost more CPU than anything else in ingest but pynetdicom.
         now = utcnow()
         written_key: str | None = None
         try:
-            with self.db.session() as session:
-                existing = session.scalars(
-                    select(InstanceRow).where(InstanceRow.sop_instance_uid == tags.sop_instance_uid)
+            with self.db.write_lock, self.db.engine.begin() as connection:
+                existing = connection.execute(
+                    select(INSTANCES.c.version, INSTANCES.c.sha256).where(
+                        INSTANCES.c.sop_instance_uid == tags.sop_instance_uid
+                    )
                 ).all()
-                if any(row.sha256 == digest for row in existing):
+                if any(sha == digest for _version, sha in existing):
                     return Outcome(
                         Status.SUCCESS,
                         "duplicate of a stored instance",
                         tags.study.study_uid,
                         duplicate=True,
                     )
-                study = _study_for(session, tags.study, sender, now)
-                series = _series_for(session, study, tags, now)
-                version = max((row.version for row in existing), default=0) + 1
+                study_id = _study_for(connection, tags.study, sender, now)
+                series_id = _series_for(connection, study_id, tags, now)
+                version = max((v for v, _sha in existing), default=0) + 1
                 key = instance_key(
                     tags.study.study_uid, tags.series_uid, tags.sop_instance_uid, version
                 )
-                session.add(_instance_row(series, tags, sender, key, version, encoded, digest, now))
+                connection.execute(
+                    insert(INSTANCES).values(
+                        **_instance_values(
+                            series_id, tags, sender, key, version, staged, digest, now
+                        )
+                    )
+                )
                 if version > 1:
                     record_event(
-                        session,
-                        study,
+                        connection,
+                        study_id,
                         "instance_version",
                         now,
                         detail={
@@ -151,9 +171,16 @@ class Ingest:
                             "object_key": key,
                         },
                     )
-                session.flush()
-                self.store.put(key, encoded)
+                self.store.publish(staged, key)
                 written_key = key
+                # Only now: these UPDATEs lock the study and series rows (PostgreSQL) until
+                # the commit, and every instance of the study waits for those rows.
+                connection.execute(
+                    update(STUDIES).where(STUDIES.c.id == study_id).values(last_received_at=now)
+                )
+                connection.execute(
+                    update(SERIES).where(SERIES.c.id == series_id).values(last_received_at=now)
+                )
             log.info(
                 "instance stored",
                 extra={
@@ -248,109 +275,120 @@ def _check_matches_request(
         )
 
 
-def _study_for(session: Session, study_tags: StudyTags, sender: Sender, now: datetime) -> StudyRow:
-    study = session.scalars(
-        select(StudyRow).where(StudyRow.study_uid == study_tags.study_uid)
-    ).one_or_none()
-    if study is None:
-        study = StudyRow(
-            study_uid=study_tags.study_uid,
-            source_id=sender.source_id,
-            region_code=sender.source.region,
-            state=StudyState.RECEIVING.value,
-            patient_id=study_tags.patient_id,
-            patient_sex=study_tags.patient_sex,
-            patient_age_years=study_tags.patient_age_years,
-            study_date=study_tags.study_date,
-            study_time=study_tags.study_time,
-            accession_number=study_tags.accession_number,
-            study_description=study_tags.study_description,
-            first_received_at=now,
-            last_received_at=now,
-            state_changed_at=now,
-        )
-        session.add(study)
-        session.flush()
+def _study_for(connection: Connection, study_tags: StudyTags, sender: Sender, now: datetime) -> int:
+    """The study's id, created if new; a study already complete is reopened (superseded)."""
+    found = connection.execute(
+        select(STUDIES.c.id, STUDIES.c.state).where(STUDIES.c.study_uid == study_tags.study_uid)
+    ).first()
+    if found is None:
+        study_id = connection.execute(
+            insert(STUDIES)
+            .values(
+                study_uid=study_tags.study_uid,
+                source_id=sender.source_id,
+                region_code=sender.source.region,
+                state=StudyState.RECEIVING.value,
+                patient_id=study_tags.patient_id,
+                patient_sex=study_tags.patient_sex,
+                patient_age_years=study_tags.patient_age_years,
+                study_date=study_tags.study_date,
+                study_time=study_tags.study_time,
+                accession_number=study_tags.accession_number,
+                study_description=study_tags.study_description,
+                first_received_at=now,
+                last_received_at=now,
+                state_changed_at=now,
+            )
+            .returning(STUDIES.c.id)
+        ).scalar_one()
         record_event(
-            session,
-            study,
+            connection,
+            study_id,
             "state",
             now,
             state=StudyState.RECEIVING,
             detail={"source": sender.source.name, "calling_ae": sender.calling_ae},
         )
-        return study
-    if study.state not in OPEN_STATES:
-        set_state(
-            session,
-            study,
-            StudyState.SUPERSEDED,
+        return int(study_id)
+    study_id, state = found
+    if state not in OPEN_STATES:
+        connection.execute(
+            update(STUDIES)
+            .where(STUDIES.c.id == study_id)
+            .values(state=StudyState.SUPERSEDED.value, state_changed_at=now)
+        )
+        record_event(
+            connection,
+            study_id,
+            "state",
             now,
-            detail={"reason": "instances arrived after completion", "previous_state": study.state},
+            state=StudyState.SUPERSEDED,
+            detail={"reason": "instances arrived after completion", "previous_state": state},
         )
-    study.last_received_at = now
-    return study
+    return int(study_id)
 
 
-def _series_for(session: Session, study: StudyRow, tags: InstanceTags, now: datetime) -> SeriesRow:
-    series = session.scalars(
-        select(SeriesRow).where(SeriesRow.series_uid == tags.series_uid)
-    ).one_or_none()
-    if series is None:
-        series = SeriesRow(
-            study_id=study.id,
-            series_uid=tags.series_uid,
-            modality=tags.modality,
-            body_part=tags.body_part,
-            series_description=tags.series_description,
-            series_number=tags.series_number,
-            protocol_name=tags.protocol_name,
-            first_received_at=now,
-            last_received_at=now,
-        )
-        session.add(series)
-        session.flush()
-    elif series.study_id != study.id:
+def _series_for(connection: Connection, study_id: int, tags: InstanceTags, now: datetime) -> int:
+    found = connection.execute(
+        select(SERIES.c.id, SERIES.c.study_id).where(SERIES.c.series_uid == tags.series_uid)
+    ).first()
+    if found is None:
+        series_id = connection.execute(
+            insert(SERIES)
+            .values(
+                study_id=study_id,
+                series_uid=tags.series_uid,
+                modality=tags.modality,
+                body_part=tags.body_part,
+                series_description=tags.series_description,
+                series_number=tags.series_number,
+                protocol_name=tags.protocol_name,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            .returning(SERIES.c.id)
+        ).scalar_one()
+        return int(series_id)
+    if found.study_id != study_id:
         raise InvalidInstance(
             "series already belongs to another study", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         )
-    series.last_received_at = now
-    return series
+    return int(found.id)
 
 
-def _instance_row(
-    series: SeriesRow,
+def _instance_values(
+    series_id: int,
     tags: InstanceTags,
     sender: Sender,
     key: str,
     version: int,
-    encoded: bytes,
+    staged: StagedObject,
     digest: str,
     now: datetime,
-) -> InstanceRow:
-    return InstanceRow(
-        series_id=series.id,
-        sop_instance_uid=tags.sop_instance_uid,
-        version=version,
-        object_key=key,
-        sop_class_uid=tags.sop_class_uid,
-        transfer_syntax_uid=tags.transfer_syntax_uid,
-        size_bytes=len(encoded),
-        sha256=digest,
-        instance_number=tags.instance_number,
-        image_type=tags.image_type,
-        slice_thickness=tags.slice_thickness,
-        image_position=tags.image_position,
-        image_orientation=tags.image_orientation,
-        rows=tags.rows,
-        columns=tags.columns,
-        number_of_frames=tags.number_of_frames,
-        photometric_interpretation=tags.photometric_interpretation,
-        view_position=tags.view_position,
-        calling_ae=sender.calling_ae,
-        peer_address=sender.address,
-        received_at=now,
-    )
+) -> dict[str, object]:
+    return {
+        "series_id": series_id,
+        "sop_instance_uid": tags.sop_instance_uid,
+        "version": version,
+        "object_key": key,
+        "sop_class_uid": tags.sop_class_uid,
+        "transfer_syntax_uid": tags.transfer_syntax_uid,
+        "size_bytes": len(staged.data),
+        "sha256": digest,
+        "instance_number": tags.instance_number,
+        "image_type": tags.image_type,
+        "slice_thickness": tags.slice_thickness,
+        "image_position": tags.image_position,
+        "image_orientation": tags.image_orientation,
+        "rows": tags.rows,
+        "columns": tags.columns,
+        "number_of_frames": tags.number_of_frames,
+        "photometric_interpretation": tags.photometric_interpretation,
+        "view_position": tags.view_position,
+        "calling_ae": sender.calling_ae,
+        "peer_address": sender.address,
+        "received_at": now,
+    }
 
 
 def _first_line(exc: BaseException) -> str:

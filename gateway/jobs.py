@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from gateway.database import Database
 from gateway.study_state import record_event
-from gateway.tables import JobRow, StudyRow, utcnow
+from gateway.tables import JobRow, utcnow
 
 
 class JobState(StrEnum):
@@ -44,11 +44,9 @@ def set_job_state(
         job.finished_at = now
     if reason is not None:
         job.reason = reason
-    study = session.get(StudyRow, job.study_id)
-    assert study is not None  # foreign key
     record_event(
         session,
-        study,
+        job.study_id,
         "job",
         now,
         detail={

@@ -14,6 +14,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -44,11 +45,28 @@ def check_key(key: str) -> str:
     return key
 
 
+@dataclass
+class StagedObject:
+    """Bytes made durable before the index transaction, still waiting for their key."""
+
+    data: bytes
+    temp: Path | None = None  # folder store: the fsynced temp file, until published
+
+
 class ObjectStore(Protocol):
     """What the gateway needs of an object store."""
 
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` durably under ``key``; when this returns, the object survives a crash."""
+
+    def stage(self, data: bytes) -> StagedObject:
+        """Do the slow part of a write (data + fsync) before the key is known."""
+
+    def publish(self, staged: StagedObject, key: str) -> None:
+        """Give a staged object its key; when this returns, it survives a crash under it."""
+
+    def discard(self, staged: StagedObject) -> None:
+        """Drop what :meth:`stage` left if it was never published."""
 
     def get(self, key: str) -> bytes: ...
 
@@ -97,6 +115,40 @@ class FolderStore:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+
+    def stage(self, data: bytes) -> StagedObject:
+        staging = self.root / "staging"
+        temp = staging / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"  # recovery removes leftovers
+        try:
+            staging.mkdir(exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write staged object: {exc.strerror or exc}") from exc
+        return StagedObject(data, temp)
+
+    def publish(self, staged: StagedObject, key: str) -> None:
+        if staged.temp is None:  # already published once (a retried transaction)
+            self.put(key, staged.data)
+            return
+        final = self._path(key)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.temp, final)  # same file system: atomic
+            staged.temp = None
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+
+    def discard(self, staged: StagedObject) -> None:
+        if staged.temp is not None:
+            with contextlib.suppress(OSError):
+                staged.temp.unlink(missing_ok=True)
+            staged.temp = None
 
     def get(self, key: str) -> bytes:
         try:
@@ -224,6 +276,15 @@ class S3Store:
                 raise StorageError(f"cannot write {key} to S3: {exc}") from exc
             except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 raise StorageError(f"cannot write {key} to S3: {exc}") from exc
+
+    def stage(self, data: bytes) -> StagedObject:
+        return StagedObject(data)  # an S3 PUT is atomic: nothing to do ahead of it
+
+    def publish(self, staged: StagedObject, key: str) -> None:
+        self.put(key, staged.data)
+
+    def discard(self, staged: StagedObject) -> None:
+        pass
 
     def get(self, key: str) -> bytes:
         check_key(key)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Connection, Table, insert
 from sqlalchemy.orm import Session
 
 from gateway.tables import StudyEventRow, StudyRow
@@ -40,12 +41,12 @@ def set_state(
     """Move the study to ``state`` and put the transition on its timeline."""
     study.state = state.value
     study.state_changed_at = at
-    record_event(session, study, "state", at, state=state, detail=detail, note=note)
+    record_event(session, study.id, "state", at, state=state, detail=detail, note=note)
 
 
 def record_event(
-    session: Session,
-    study: StudyRow,
+    executor: Session | Connection,
+    study_id: int,
     kind: str,
     at: datetime,
     *,
@@ -53,9 +54,10 @@ def record_event(
     detail: dict[str, Any] | None = None,
     note: str | None = None,
 ) -> None:
-    session.add(
-        StudyEventRow(
-            study_id=study.id,
+    """Append to the study's timeline (from an ORM session or a Core connection)."""
+    executor.execute(
+        insert(cast(Table, StudyEventRow.__table__)).values(
+            study_id=study_id,
             at=at,
             kind=kind,
             state=state.value if state else None,
