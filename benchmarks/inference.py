@@ -142,10 +142,20 @@ class StudySpec:
         return f"{self.modality} PA chest (fluorography), one image of {rows}×{cols}"
 
 
-def study_spec(manifest: DeviceManifest, quick: bool) -> StudySpec:
+def study_spec(
+    manifest: DeviceManifest, quick: bool, sizes: dict[str, tuple[int, int]] | None = None
+) -> StudySpec:
     """The synthetic study a device reads: by its input dimensions and what it accepts.
     2D sizes are what detectors deliver: a flat-panel chest radiograph 2500×2048, a
-    full-field digital mammogram 2048×1664 (``--quick``: a quarter of the pixels or less)."""
+    full-field digital mammogram 2048×1664 (``--quick``: a quarter of the pixels or less);
+    ``sizes`` (kind → rows, columns) overrides them."""
+    spec = _default_spec(manifest, quick)
+    if sizes and spec.kind in sizes:
+        return dataclasses.replace(spec, size=sizes[spec.kind])
+    return spec
+
+
+def _default_spec(manifest: DeviceManifest, quick: bool) -> StudySpec:
     accepts = manifest.accepts
     body_parts = {part.upper() for part in accepts.body_parts}
     modalities = set(accepts.modalities)
@@ -640,6 +650,7 @@ class Plan:
     quick: bool
     seed: int
     prototype: bool = True
+    sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def prepared_tensors(
@@ -678,7 +689,7 @@ def compare(
 
 def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
     manifest = load_manifest(manifest_path)
-    spec = study_spec(manifest, plan.quick)
+    spec = study_spec(manifest, plan.quick, plan.sizes)
     started = time.perf_counter()
     bench = build_bench(work / "var", manifest_path)
     key = bench.device.key
@@ -782,6 +793,7 @@ def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
             "name": manifest.input.name,
             "shape": [manifest.input.channels, *manifest.input.size],
         },
+        "build": manifest.provenance.build,
         "unit": "images" if is_2d else "volumes",
         "study": {
             "kind": spec.kind,
@@ -997,6 +1009,21 @@ def find_devices(devices_dir: Path, wanted: Sequence[str]) -> list[Path]:
     return list(found.values())
 
 
+KINDS = ("chest_xray", "mammography", "ct_chest", "ct_head")
+
+
+def size_option(text: str) -> tuple[str, tuple[int, int]]:
+    kind, _, size = text.partition("=")
+    rows, _, cols = size.lower().partition("x")
+    if (
+        kind not in KINDS
+        or not (rows.isdigit() and cols.isdigit())
+        or min(int(rows), int(cols)) < 16
+    ):
+        raise argparse.ArgumentTypeError(f"expected KIND=ROWSxCOLS with KIND in {KINDS}: {text}")
+    return kind, (int(rows), int(cols))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(
@@ -1027,12 +1054,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--work-dir", type=Path, default=None, help="data folders (default a temp folder)"
     )
     parser.add_argument(
+        "--size",
+        action="append",
+        type=size_option,
+        default=[],
+        metavar="KIND=ROWSxCOLS",
+        help="image or slice size of a study kind (chest_xray, mammography, ct_chest, "
+        "ct_head), e.g. chest_xray=1024x1024 (repeatable)",
+    )
+    parser.add_argument(
         "--no-prototype",
         action="store_true",
         help="skip the prototype phases (the proposed faster decode/preprocess/session)",
     )
     parser.add_argument("--seed", type=int, default=20240101)
     args = parser.parse_args(argv)
+    args.size = dict(args.size)
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     if args.rounds < 1 or (args.studies is not None and args.studies < 1):
         parser.error("--studies and --rounds must be at least 1")
@@ -1057,6 +1094,7 @@ def device_plan(args: argparse.Namespace, manifest: DeviceManifest) -> Plan:
         quick=args.quick,
         seed=args.seed,
         prototype=not args.no_prototype,
+        sizes=args.size,
     )
 
 
@@ -1106,6 +1144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "seed": args.seed,
             "devices_dir": str(args.devices_dir),
+            "size_overrides": {kind: list(size) for kind, size in args.size.items()},
             "source": SOURCE,
             "store": "folder object store + SQLite index (the embedded default)",
             "timing": "wall clock per phase; bare: session.run back to back from one thread; "

@@ -4,8 +4,9 @@ where the phantom put it and the clean study stays negative.
 
 Tolerance: the finding's centre lies within max(15 mm, the lesion's diameter) of the true
 centre in the image plane and, for CT, within 3 slices plus half the lesion's extent.
-These devices are trained on synthetic phantoms only; this checks the plumbing and the
-geometry end to end, not clinical performance.
+These devices are trained on synthetic phantoms only, at the sizes used here (radiographs
+of a few hundred pixels, CT of 128–256 pixels a side); this checks the plumbing and the
+geometry end to end, not clinical performance or generalisation to full-size images.
 """
 
 from __future__ import annotations
@@ -65,16 +66,16 @@ def zoo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 STUDIES: dict[str, Callable[[int, bool], SyntheticStudy]] = {
     "fluorography": lambda seed, lesion: chest_xray_study(
-        seed, kind="fluorography", modality="DX", sop="dx", with_lesion=lesion, size=(1024, 1024)
+        seed, kind="fluorography", modality="DX", sop="dx", with_lesion=lesion, size=(448, 448)
     ),
     "chest_xray": lambda seed, lesion: chest_xray_study(
-        seed, kind="radiography", modality="CR", sop="cr", with_lesion=lesion, size=(1024, 1024)
+        seed, kind="radiography", modality="CR", sop="cr", with_lesion=lesion, size=(448, 448)
     ),
     "ct_chest": lambda seed, lesion: ct_chest_study(
-        seed, n_slices=48, size=(256, 256), with_nodule=lesion
+        seed, n_slices=40, size=(192, 192), with_nodule=lesion
     ),
     "ct_brain": lambda seed, lesion: ct_head_study(
-        seed, n_slices=24, size=(256, 256), with_haemorrhage=lesion
+        seed, n_slices=24, size=(192, 192), with_haemorrhage=lesion
     ),
     "mammography": lambda seed, lesion: mammography_study(seed, with_mass=lesion, size=(1024, 832)),
 }
