@@ -115,7 +115,7 @@ def _pipeline(
     context: InferenceContext, job: _Job
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     watch = Stopwatch()
-    manifest = context.registry.get(job.device_key).manifest
+    manifest = context.registry.manifest(job.device_key)
     with watch.stage("load"):
         blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
     with watch.stage("decode"):

@@ -8,6 +8,7 @@ row committed. A bad manifest or model leaves the registry as it was.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -45,6 +46,8 @@ class DeviceRegistry:
     def __init__(self, db: Database, store: ObjectStore) -> None:
         self.db = db
         self.store = store
+        self._manifests: dict[str, DeviceManifest] = {}
+        self._manifests_lock = threading.Lock()
 
     def register(self, manifest_path: Path) -> tuple[RegisteredDevice, bool]:
         """Validate and register; returns the device and whether it was new. Registering the
@@ -146,6 +149,19 @@ class DeviceRegistry:
             if row is None:
                 raise RegistryError(f"no device {device_key}")
             return self._public(row, session)
+
+    def manifest(self, device_key: str) -> DeviceManifest:
+        """The manifest of ``id@version``, remembered: a registered version never changes
+        (another file under the same id and version is refused). Workers ask once per job."""
+        if "@" not in device_key:  # "the newest version" can change
+            return self.get(device_key).manifest
+        with self._manifests_lock:
+            found = self._manifests.get(device_key)
+        if found is None:
+            found = self.get(device_key).manifest
+            with self._manifests_lock:
+                self._manifests[device_key] = found
+        return found
 
     def active_for_region(self, region: str) -> list[DeviceManifest]:
         """The newest enabled version of each device enabled in ``region``."""

@@ -28,10 +28,17 @@ class SessionCache:
     """Creates each device's session once; ``run`` splits a batch into micro-batches."""
 
     def __init__(
-        self, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 0
+        self,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 0,
+        allow_spinning: bool = False,
     ) -> None:
         self.providers = usable_providers(providers)
         self.intra_op_threads = intra_op_threads
+        # onnxruntime's intra-op threads spin after each run by default: on a worker whose
+        # other thread is decoding and preprocessing the next job, that spinning takes the
+        # very cores the pipeline needs (measured by benchmarks/inference.py).
+        self.allow_spinning = allow_spinning
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -43,6 +50,8 @@ class SessionCache:
             options = ort.SessionOptions()
             if self.intra_op_threads:
                 options.intra_op_num_threads = self.intra_op_threads
+            if not self.allow_spinning:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(load(), sess_options=options, providers=self.providers)
             self._sessions[device_key] = session
             log.info(
