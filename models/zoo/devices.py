@@ -81,7 +81,9 @@ class Device:
             "vendor": VENDOR,
             "registration": None,
             "group": "image_analysis",
-            "study_types": [{"type": t.value, "service_code": service_code(t)} for t in self.study_types],
+            "study_types": [
+                {"type": t.value, "service_code": service_code(t)} for t in self.study_types
+            ],
             "accepts": self.accepts,
             "input": self.input.model_dump(mode="json"),
             "outputs": outputs,
@@ -111,7 +113,7 @@ class Device:
 
 def _cxr_phantom(rng: np.random.Generator, positive: bool) -> phantoms.Phantom:
     rows = int(rng.integers(256, 481))
-    cols = int(round(rows * rng.uniform(0.8, 1.2)))
+    cols = round(rows * rng.uniform(0.8, 1.2))
     return phantoms.chest_radiograph(rng, size=(rows, cols), n_lesions=int(positive))
 
 
@@ -134,15 +136,19 @@ def _ct_head_phantom(rng: np.random.Generator, positive: bool) -> phantoms.Phant
     n_slices = int(rng.integers(12, int(150 / thickness) + 1))
     side = int(rng.choice([128, 160, 192, 256]))
     return phantoms.ct_head(
-        rng, n_slices=n_slices, size=(side, side), slice_thickness_mm=thickness, haemorrhage=positive
+        rng,
+        n_slices=n_slices,
+        size=(side, side),
+        slice_thickness_mm=thickness,
+        haemorrhage=positive,
     )
 
 
 def _mammo_phantom(rng: np.random.Generator, positive: bool) -> phantoms.Phantom:
     rows = int(rng.integers(288, 417))
-    cols = int(round(rows * 0.8125 * rng.uniform(0.95, 1.05)))
-    laterality = "L" if rng.uniform() < 0.5 else "R"
-    view = "CC" if rng.uniform() < 0.5 else "MLO"
+    cols = round(rows * 0.8125 * rng.uniform(0.95, 1.05))
+    laterality: Literal["L", "R"] = "L" if rng.uniform() < 0.5 else "R"
+    view: Literal["CC", "MLO"] = "CC" if rng.uniform() < 0.5 else "MLO"
     return phantoms.mammogram(
         rng,
         size=(rows, cols),
@@ -169,7 +175,9 @@ DEVICES: dict[str, Device] = {
             id="aigw-ref-cxr",
             task="cam",
             name="AIGW reference device: pulmonary nodules on chest X-ray and fluorography",
-            name_ru="Эталонное ИИ-устройство AIGW: очаговые образования лёгких (рентгенография, ФЛГ)",
+            name_ru=(
+                "Эталонное ИИ-устройство AIGW: очаговые образования лёгких (рентгенография, ФЛГ)"
+            ),
             study_types=(StudyType.FLUOROGRAPHY, StudyType.CHEST_XRAY),
             accepts={
                 "modalities": ["DX", "CR", "RF"],
@@ -233,7 +241,9 @@ DEVICES: dict[str, Device] = {
             id="aigw-ref-ct-brain",
             task="segmentation",
             name="AIGW reference device: intracranial haemorrhage on head CT",
-            name_ru="Эталонное ИИ-устройство AIGW: внутричерепное кровоизлияние (КТ головного мозга)",
+            name_ru=(
+                "Эталонное ИИ-устройство AIGW: внутричерепное кровоизлияние (КТ головного мозга)"
+            ),
             study_types=(StudyType.CT_BRAIN,),
             accepts={
                 "modalities": ["CT"],
@@ -285,7 +295,16 @@ DEVICES: dict[str, Device] = {
                 "adult_only": True,
                 "photometric": ["MONOCHROME1", "MONOCHROME2"],
             },
-            input=InputSpec(name="image", dims=2, size=[256, 224], keep_aspect=True, window=None),
+            # A fixed window over the 12-bit "for presentation" range, not percentiles: a mass
+            # is denser than the densest gland around it, and the 99.5th percentile clips
+            # exactly that difference away.
+            input=InputSpec(
+                name="image",
+                dims=2,
+                size=[256, 224],
+                keep_aspect=True,
+                window=Window(center=2000.0, width=3000.0),
+            ),
             output="mass_heatmap",
             size_output="mass_size",
             heatmap_output=None,

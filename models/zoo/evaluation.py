@@ -180,7 +180,10 @@ def _auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 
 
 def measure(
-    device: Device, samples: Sequence[Sample], outputs: Sequence[Sequence[FloatArray]], threshold: float
+    device: Device,
+    samples: Sequence[Sample],
+    outputs: Sequence[Sequence[FloatArray]],
+    threshold: float,
 ) -> Metrics:
     findings = [locate(device, o, threshold) for o in outputs]
     positive = [s.positive for s in samples]
@@ -201,7 +204,9 @@ def measure(
         specificity=tn / n_neg if n_neg else math.nan,
         localisation_median_mm=float(np.median(errors)) if errors else math.nan,
         localisation_p90_mm=float(np.percentile(errors, 90)) if errors else math.nan,
-        localised=sum(e <= device.tolerance_mm for e in errors) / len(errors) if errors else math.nan,
+        localised=sum(e <= device.tolerance_mm for e in errors) / len(errors)
+        if errors
+        else math.nan,
         auc=_auc(scores, positive),
     )
 

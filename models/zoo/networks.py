@@ -8,9 +8,14 @@ so the exported model answers probabilities the pipeline can compare with thresh
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DenseNet, ResNet, SegResNet, UNet
+from monai.networks.nets.densenet import DenseNet
+from monai.networks.nets.resnet import ResNet
+from monai.networks.nets.segresnet import SegResNet
+from monai.networks.nets.unet import UNet
 from torch import nn
 
 __all__ = ["CamDenseNet", "CenterNetResNet", "SegmentationNet", "parameter_count"]
@@ -53,7 +58,7 @@ class CamDenseNet(nn.Module):
     def cam(self, image: torch.Tensor) -> torch.Tensor:
         """Class activation logits ``[N, L, h, w]`` at the last dense block's resolution."""
         features = F.relu(self.densenet.features(image))
-        linear = self.densenet.class_layers.out
+        linear = cast(nn.Linear, self.densenet.class_layers.out)
         weight = linear.weight[:, :, None, None]
         return F.conv2d(features, weight, linear.bias)
 
