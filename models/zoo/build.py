@@ -31,7 +31,7 @@ from models.zoo import networks
 from models.zoo.datasets import generate
 from models.zoo.devices import DEVICES, Device, Training
 from models.zoo.evaluation import Metrics, evaluate, session
-from models.zoo.training import TrainLog, deterministic, train
+from models.zoo.training import TrainLog, deterministic, recalibrate_batch_norm, train
 
 __all__ = ["OPSET", "ZOO_DIR", "BuildResult", "build_device", "export_onnx", "main", "new_model"]
 
@@ -151,6 +151,8 @@ def build_device(
     parameters = networks.parameter_count(model)
     log(f"{device.id}: training {parameters:,} parameters for {training.steps} steps")
     train_log = train(device, model, samples, training, generator, log)
+    if training.recalibrate:
+        recalibrate_batch_norm(model, samples[: training.recalibrate], training.batch, log)
     del samples
     onnx_bytes = export_onnx(device, model)
     sha256 = hashlib.sha256(onnx_bytes).hexdigest()
@@ -198,7 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for device_id in args.device or list(DEVICES):
         device = DEVICES[device_id]
-        training = dataclasses.replace(SMOKE, crop=device.training.crop) if args.smoke else None
+        training = None
+        if args.smoke:
+            training = dataclasses.replace(
+                SMOKE, crop=device.training.crop, recalibrate=min(2, device.training.recalibrate)
+            )
         workers = 1 if args.smoke else args.workers
         results.append(build_device(device, out / device.id, training, workers))
     for r in results:

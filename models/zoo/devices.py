@@ -38,8 +38,9 @@ class Training:
     lr: float
     n_val: int  # phantoms for choosing the threshold, half positive
     n_test: int  # phantoms for the reported metrics, half positive
-    crop: tuple[int, ...] | None = None  # 3D: train on crops of this size
-    positive_crop_share: float = 0.5
+    crop: tuple[int, ...] | None = None  # train on crops of this size
+    positive_crop_share: float = 0.5  # share of crops placed around a lesion
+    recalibrate: int = 0  # after crop training: re-estimate batch norm on this many inputs
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ DEVICES: dict[str, Device] = {
                 "probability, sigmoid CAM bilinearly upsampled to the 256 × 256 input canvas"
             ),
             phantom=_cxr_phantom,
-            training=Training(n_train=480, steps=300, batch=16, lr=2e-3, n_val=60, n_test=60),
+            training=Training(n_train=320, steps=160, batch=12, lr=3e-3, n_val=60, n_test=60),
             tolerance_mm=20.0,
             extra={"phantoms": "chest_radiograph, 256–480 px, nodules 8–30 mm"},
         ),
@@ -228,11 +229,18 @@ DEVICES: dict[str, Device] = {
             label=_NODULE,
             architecture=(
                 "MONAI UNet (3D; channels (8, 16, 32, 64), strides (2, 2, 2), 1 residual unit "
-                "per level, batch norm), sigmoid in the graph; trained on 32 × 64 × 64 crops"
+                "per level, batch norm, 8 output features) + 1 × 1 × 1 convolution and sigmoid"
             ),
             phantom=_ct_chest_phantom,
             training=Training(
-                n_train=120, steps=300, batch=4, lr=2e-3, n_val=40, n_test=40, crop=(32, 64, 64)
+                n_train=120,
+                steps=600,
+                batch=4,
+                lr=3e-3,
+                n_val=40,
+                n_test=40,
+                crop=(24, 48, 48),
+                positive_crop_share=0.7,
             ),
             tolerance_mm=10.0,
             extra={"phantoms": "ct_chest, 24–48 slices of 1–2.5 mm, 128–256 px, nodules 5–25 mm"},
@@ -269,12 +277,19 @@ DEVICES: dict[str, Device] = {
                 "en": "Intracranial haemorrhage",
             },
             architecture=(
-                "MONAI SegResNet (3D; init_filters 4, blocks_down (1, 1, 1, 1), blocks_up "
-                "(1, 1, 1), batch norm), sigmoid in the graph; trained on 24 × 64 × 64 crops"
+                "MONAI SegResNet (3D; init_filters 8, blocks_down (0, 1, 1, 1), blocks_up "
+                "(1, 1, 0), batch norm), sigmoid in the graph"
             ),
             phantom=_ct_head_phantom,
             training=Training(
-                n_train=120, steps=250, batch=4, lr=2e-3, n_val=40, n_test=40, crop=(24, 64, 64)
+                n_train=100,
+                steps=250,
+                batch=4,
+                lr=3e-3,
+                n_val=40,
+                n_test=40,
+                crop=(16, 64, 64),
+                positive_crop_share=0.6,
             ),
             tolerance_mm=20.0,
             extra={
@@ -321,7 +336,16 @@ DEVICES: dict[str, Device] = {
                 "height/width in model-input pixels"
             ),
             phantom=_mammo_phantom,
-            training=Training(n_train=400, steps=300, batch=16, lr=2e-3, n_val=60, n_test=60),
+            training=Training(
+                n_train=320,
+                steps=300,
+                batch=24,
+                lr=2e-3,
+                n_val=60,
+                n_test=60,
+                crop=(128, 128),
+                recalibrate=48,
+            ),
             tolerance_mm=10.0,
             extra={
                 "phantoms": "mammogram, L/R × CC/MLO, 288–416 px, masses 8–30 mm, "

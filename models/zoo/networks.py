@@ -8,6 +8,7 @@ so the exported model answers probabilities the pipeline can compare with thresh
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -64,9 +65,9 @@ class CamDenseNet(nn.Module):
 
     def pooled(self, cam: torch.Tensor) -> torch.Tensor:
         """Image-level logits ``[N, L]``: log of the mean of exp(r·cam), divided by r."""
+        cells = int(cam.shape[-2]) * int(cam.shape[-1])  # fixed by the input size
         flat = cam.flatten(2) * self.sharpness
-        count = torch.log(torch.tensor(float(flat.shape[-1]), dtype=cam.dtype))
-        return (torch.logsumexp(flat, dim=-1) - count) / self.sharpness
+        return (torch.logsumexp(flat, dim=-1) - math.log(cells)) / self.sharpness
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.cam(image)
@@ -93,32 +94,42 @@ class SegmentationNet(nn.Module):
         return torch.sigmoid(self.logits(volume))
 
 
-def ct_chest_unet(channels: tuple[int, ...] = (8, 16, 32, 64)) -> SegmentationNet:
-    """3D residual UNet (MONAI ``UNet``); batch norm, so training crops and whole
-    volumes at inference see the same normalisation."""
+def ct_chest_unet(
+    channels: tuple[int, ...] = (8, 16, 32, 64), features: int = 8
+) -> SegmentationNet:
+    """3D residual UNet (MONAI ``UNet``) with batch norm, so training crops and whole
+    volumes at inference see the same normalisation. The UNet ends in ``features``
+    channels and a 1 × 1 × 1 convolution makes the logit: MONAI's top up-sampling layer
+    normalises its output channels, which on a single logit channel ties every voxel's
+    score to the batch's statistics."""
     return SegmentationNet(
-        UNet(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=1,
-            channels=channels,
-            strides=(2,) * (len(channels) - 1),
-            num_res_units=1,
-            norm="batch",
+        nn.Sequential(
+            UNet(
+                spatial_dims=3,
+                in_channels=1,
+                out_channels=features,
+                channels=channels,
+                strides=(2,) * (len(channels) - 1),
+                num_res_units=1,
+                norm="batch",
+            ),
+            nn.Conv3d(features, 1, kernel_size=1),
         )
     )
 
 
-def ct_brain_segresnet(init_filters: int = 4) -> SegmentationNet:
-    """3D SegResNet (Myronenko 2018, MONAI ``SegResNet``) without the VAE branch."""
+def ct_brain_segresnet(init_filters: int = 8) -> SegmentationNet:
+    """3D SegResNet (Myronenko 2018, MONAI ``SegResNet``) without the VAE branch, slimmed:
+    no residual blocks at full resolution (only the initial and final convolutions work
+    there), batch norm."""
     return SegmentationNet(
         SegResNet(
             spatial_dims=3,
             init_filters=init_filters,
             in_channels=1,
             out_channels=1,
-            blocks_down=(1, 1, 1, 1),
-            blocks_up=(1, 1, 1),
+            blocks_down=(0, 1, 1, 1),
+            blocks_up=(1, 1, 0),
             norm="batch",
         )
     )

@@ -203,7 +203,10 @@ class _CamLoss:
 
 
 class _SegmentationLoss:
-    """BCE + soft Dice over the batch, on 3D crops: half centred near a lesion."""
+    """Positive-weighted BCE + soft Dice over the batch, on 3D crops, a share of them
+    around a lesion."""
+
+    positive_weight = 10.0
 
     def __init__(
         self, model: SegmentationNet, generator: torch.Generator, training: Training
@@ -233,9 +236,7 @@ class _SegmentationLoss:
         x = torch.where(flips[:, None, None, None, None], x.flip(-1), x)
         y = torch.where(flips[:, None, None, None, None], y.flip(-1), y)
         logits = self.model.logits(x)
-        bce = F.binary_cross_entropy_with_logits(
-            logits, y, pos_weight=torch.tensor(3.0)
-        )
+        bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(3.0))
         p = torch.sigmoid(logits)
         dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
         return bce + dice
