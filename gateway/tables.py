@@ -248,3 +248,45 @@ class FindingRow(Base):
     measurements: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
 
     job: Mapped[JobRow] = relationship(back_populates="findings")
+
+
+class ResultRow(Base):
+    """One object a job's results consist of (SR, flag images, GSPS, SEG, SEMD), stored in the
+    object store; or, with ``state`` withheld, one that could not be written and why."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # sr, sc, gsps, seg, semd
+    state: Mapped[str] = mapped_column(String(16))  # stored, withheld
+    reason: Mapped[str | None] = mapped_column(Text)
+    object_key: Mapped[str | None] = mapped_column(String(250), unique=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OutboxRow(Base):
+    """One delivery of one result to one destination, retried until acknowledged."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("result_id", "destination"),
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    protocol: Mapped[str] = mapped_column(String(16))  # dicom, orthanc, stow, http
+    state: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
