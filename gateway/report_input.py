@@ -12,6 +12,7 @@ from datetime import datetime
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.uid import PYDICOM_ROOT_UID
 
 from models.manifest import DeviceManifest
 
@@ -70,7 +71,9 @@ class ReportInput:
     findings: list[ReportFinding]
     organisation: Organisation
     completed_at: datetime  # when the job finished (timezone-aware, UTC)
-    uid_root: str = "1.2.826.0.1.3680043.10.1436."  # new UIDs: SOP instance, series
+    # Prefix of the UIDs the builders create; they derive them from (study, job, kind) with
+    # pydicom.uid.generate_uid(prefix, entropy_srcs) so rebuilding a result gives the same UIDs.
+    uid_root: str = PYDICOM_ROOT_UID
 
     @property
     def positive(self) -> bool:
