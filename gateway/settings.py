@@ -127,6 +127,29 @@ class Settings(BaseSettings):
         description="Redis: a task unacknowledged this long (its worker died) is delivered again.",
     )
 
+    # --- results and delivery --------------------------------------------------------
+    destinations_file: Path = Field(
+        default=Path("configs/destinations.yaml"),
+        description="Where each source's results go (C-STORE, Orthanc REST, STOW-RS, HTTP).",
+    )
+    semd_file: Path = Field(
+        default=Path("configs/semd.yaml"),
+        description="SEMD header facts per organisation: MIS OID, responsible doctor, address.",
+    )
+    semd_reference_dir: Path | None = Field(
+        default=None,
+        description="Official SEMD XSD + schematron folder; when set, each SEMD is validated "
+        "before it is sent and an invalid one is withheld with the reasons.",
+    )
+    outbox_poll_s: float = Field(default=1.0, gt=0, description="How often due deliveries run.")
+    outbox_backoff_s: float = Field(
+        default=2.0, gt=0, description="First retry delay; doubles per attempt."
+    )
+    outbox_max_backoff_s: float = Field(default=300.0, gt=0)
+    delivery_timeout_s: float = Field(default=30.0, gt=0, description="Per delivery attempt.")
+
+    # --- control plane (REST API, dashboard) -------------------------------------------
+
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(default=True, description="One JSON object per log line.")
