@@ -2,9 +2,11 @@
 
 Every transfer syntax pydicom can decode with the installed plugins (pylibjpeg: JPEG,
 JPEG-lossless, JPEG 2000, RLE; pyjpegls: JPEG-LS; deflate natively). The modality LUT is
-applied (CT values in HU). A volume is sorted along the slice normal from
-ImagePositionPatient / ImageOrientationPatient, not by InstanceNumber, which scanners number
-inconsistently.
+applied (CT values in HU). A volume is ordered from ImagePositionPatient /
+ImageOrientationPatient, not by InstanceNumber, which scanners number inconsistently: along
+the slice normal, turned to point into the patient's superior / left / posterior side along
+its main axis, from that side's end — for an axial series, cranial first, as radiologists
+page it and as the reference devices were trained, whichever way the scanner moved.
 """
 
 from __future__ import annotations
@@ -124,11 +126,14 @@ def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
 
 
 def _normal(dataset: Dataset) -> np.ndarray | None:
+    """The slice normal, signed so its main component is positive (LPS: +z is superior)."""
     orientation = dataset.get("ImageOrientationPatient")
     if orientation is None or len(orientation) != 6:
         return None
     values = np.asarray([float(v) for v in orientation])
-    return np.cross(values[:3], values[3:])
+    normal = np.cross(values[:3], values[3:])
+    main = int(np.argmax(np.abs(normal)))
+    return normal if normal[main] >= 0 else -normal
 
 
 def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
@@ -137,7 +142,9 @@ def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
     if normal is None or len(positioned) != len(datasets):
         return sorted(datasets, key=lambda d: int(d.get("InstanceNumber", 0) or 0))
     return sorted(
-        datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient]))
+        datasets,
+        key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])),
+        reverse=True,
     )
 
 
@@ -151,7 +158,7 @@ def _slice_spacing(ordered: list[Dataset]) -> float:
         positions = [
             float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])) for d in ordered
         ]
-        gaps = np.diff(positions)
+        gaps = -np.diff(positions)  # positions decrease along the volume
         if len(gaps) and float(np.median(gaps)) > 0:
             return float(np.median(gaps))
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):

@@ -26,6 +26,7 @@ from gateway.database import Database
 from gateway.decode import DecodeError, Image2D, Volume, decode_image, decode_volume, read_dataset
 from gateway.errors import GatewayError, StorageError
 from gateway.jobs import DONE_STATES, JobState, fail_job, set_job_state
+from gateway.masks import encode_mask, mask_key
 from gateway.object_store import ObjectStore
 from gateway.registry import DeviceRegistry, RegistryError
 from gateway.tables import FindingRow, InstanceRow, JobRow, SeriesRow
@@ -131,7 +132,20 @@ def _pipeline(
     with watch.stage("postprocess"):
         raw = interpret(manifest, outputs, metas)
         findings = [_locate(finding, decoded) for finding in raw]
+        _store_masks(context.store, job.id, raw, findings)
     return findings, watch.ms
+
+
+def _store_masks(
+    store: ObjectStore, job_id: int, raw: list[RawFinding], findings: list[dict[str, Any]]
+) -> None:
+    """Keep each segmented lesion's voxels for the SEG; the finding row names the object."""
+    for finding, located in zip(raw, findings, strict=True):
+        if finding.mask is None or located["location"] is None:
+            continue
+        key = mask_key(job_id, finding.label.code)
+        store.put(key, encode_mask(finding.mask))
+        located["location"]["mask_key"] = key
 
 
 def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:

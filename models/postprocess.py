@@ -39,6 +39,8 @@ class RawFinding:
     centre: tuple[float, ...] | None = None  # (row, col) or (slice, row, col)
     box: tuple[tuple[float, float], ...] | None = None  # (start, stop) per axis
     measurements: dict[str, float] = field(default_factory=dict)
+    # Segmentation: the lesion (largest component) on the source grid, bool.
+    mask: np.ndarray | None = None
 
 
 def interpret(
@@ -87,7 +89,7 @@ def _segmentation(
         for channel, label in enumerate(spec.labels):
             probabilities = output[index, channel]
             probability = float(probabilities.max())
-            centre = box = None
+            centre = box = source_mask = None
             voxels = 0
             mask = probabilities >= max(label.threshold, 0.5 * probability)
             if mask.any():
@@ -97,7 +99,9 @@ def _segmentation(
                     tuple(float(c) for c in ndimage.center_of_mass(component))
                 )
                 box = _source_box(_bounding_box(component), meta.geometry)
-            finding = _finding(index, label, probability, centre, box, meta)
+                if probability >= label.threshold:
+                    source_mask = to_source_grid(component, meta.geometry)
+            finding = _finding(index, label, probability, centre, box, meta, source_mask)
             if voxels and meta.spacing_mm:
                 size = float(np.prod(meta.spacing_mm)) / float(np.prod(meta.geometry.scale))
                 key = "volume_mm3" if len(meta.spacing_mm) == 3 else "area_mm2"
@@ -138,8 +142,11 @@ def _finding(
     centre: tuple[float, ...] | None,
     box: tuple[tuple[float, float], ...] | None,
     meta: InputMeta,
+    mask: np.ndarray | None = None,
 ) -> RawFinding:
-    finding = RawFinding(index, label, probability, probability >= label.threshold, centre, box)
+    finding = RawFinding(
+        index, label, probability, probability >= label.threshold, centre, box, mask=mask
+    )
     if box is not None and meta.spacing_mm:
         extents = [
             (stop - start) * mm for (start, stop), mm in zip(box, meta.spacing_mm, strict=True)
@@ -171,6 +178,18 @@ def _stride(map_shape: tuple[int, ...], geometry: Geometry) -> tuple[float, ...]
         for o, n, s in zip(geometry.offset, geometry.source_shape, geometry.scale, strict=True)
     ]
     return tuple(c / m for c, m in zip(canvas, map_shape, strict=True))
+
+
+def to_source_grid(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A model-grid mask sampled (nearest) at every source voxel's centre."""
+    indices = []
+    for n, size, scale, offset in zip(
+        geometry.source_shape, mask.shape, geometry.scale, geometry.offset, strict=True
+    ):
+        model = np.floor((np.arange(n) + 0.5) * scale + offset).astype(np.int64)
+        indices.append(np.clip(model, 0, size - 1))
+    inside = np.ix_(*indices)
+    return np.asarray(mask[inside], dtype=bool)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -91,7 +91,9 @@ def ct_chest_input(positive: bool = True, seed: int = 5) -> ReportInput:
     )
     manifest = device("aigw-ref-ct-chest")
     code, scheme, ru, en, threshold = _label(manifest)
-    slices = sorted(study.datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    slices = sorted(
+        study.datasets, key=lambda ds: -float(ds.ImagePositionPatient[2])
+    )  # cranial first, as decode
     truths = [study.truth_for(ds.SOPInstanceUID) for ds in slices]
     if not positive:
         return _input(

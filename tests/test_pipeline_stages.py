@@ -96,8 +96,23 @@ def test_volume_is_sorted_by_position_not_instance_number() -> None:
         dataset.InstanceNumber = number  # scanners number inconsistently
     volume = decode_volume(list(reversed(datasets)))
     z = [float(_by_uid(datasets, uid).ImagePositionPatient[2]) for uid in volume.sop_instance_uids]
-    assert z == sorted(z)
+    assert z == sorted(z, reverse=True)  # axial: cranial (+z in LPS) first
     assert volume.spacing_mm[0] == pytest.approx(abs(z[1] - z[0]))
+    # The phantom's slice 0 is cranial: the volume is the phantom in its own order.
+    assert [study.truth_for(uid).slice_index for uid in volume.sop_instance_uids] == list(range(5))
+
+
+def test_volume_order_does_not_depend_on_the_orientation_sign() -> None:
+    """A scanner writing the normal the other way (feet first) gives the same order."""
+    study = ct_chest_study(
+        seed=6, n_slices=5, size=(32, 32), with_localizer=False, with_nodule=False
+    )
+    datasets = [_reread(d) for d in study.datasets]
+    for dataset in datasets:
+        dataset.ImageOrientationPatient = [-1, 0, 0, 0, 1, 0]  # normal -z
+    volume = decode_volume(datasets)
+    z = [float(_by_uid(datasets, uid).ImagePositionPatient[2]) for uid in volume.sop_instance_uids]
+    assert z == sorted(z, reverse=True)
 
 
 def test_2d_geometry_maps_model_points_back_to_source_pixels() -> None:
