@@ -1,12 +1,14 @@
 """A DICOM Storage/Verification SCU: send files and folders as they are, check a peer.
 
 Each file is proposed in its own transfer syntax and sent without decoding, so what arrives
-is what was on disk. Used by ``aigw send`` / ``aigw echo`` and, later, result delivery.
+is what was on disk. Used by ``aigw send`` / ``aigw echo`` and by result delivery
+(:func:`store_instance`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import socket
 from collections.abc import Iterable, Iterator
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
@@ -83,6 +86,34 @@ def send(paths: Iterable[Path], peer: Peer) -> SendReport:
     for batch in _batches(files):
         _send_batch(batch, peer, report)
     return report
+
+
+def store_instance(data: bytes, peer: Peer) -> int:
+    """C-STORE one Part-10 instance held in memory; returns the peer's status (success or
+    warning). A refusal or a lost association raises :class:`ScuError`."""
+    try:
+        dataset = dcmread(io.BytesIO(data))
+        sop_class = str(dataset.file_meta.MediaStorageSOPClassUID)
+        syntax = str(dataset.file_meta.TransferSyntaxUID)
+    except (InvalidDicomError, AttributeError, KeyError) as exc:
+        raise ScuError(f"not a DICOM Part-10 instance: {exc}") from exc
+    ae = _ae(peer)
+    ae.add_requested_context(sop_class, [syntax])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu)
+    if not assoc.is_established:
+        raise ScuError(_why_not_established(assoc, peer))
+    _no_delay(assoc)
+    try:
+        response = assoc.send_c_store(dataset)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    status = int(response.Status) if response and "Status" in response else None
+    if status == 0x0000 or (status is not None and status & 0xF000 == 0xB000):
+        return status
+    comment = str(response.get("ErrorComment", "")) if response else ""
+    shown = f"0x{status:04X}" if status is not None else "no response"
+    raise ScuError(f"C-STORE refused by {peer.called_ae}: {shown} {comment}".strip())
 
 
 def _send_batch(files: list[_File], peer: Peer, report: SendReport) -> None:
