@@ -443,9 +443,17 @@ def gather(report: ReportInput, config: SemdConfig) -> Facts:
     study_date = _dicom_date(ds.get("StudyDate"))
     if study_date is None:
         missing.append("дата исследования (StudyDate)")
-    if missing or org is None or org.doctor is None or not org_oid or patient is None:
+    # Each None below has its entry in `missing`; the checks only narrow the types.
+    if (
+        missing
+        or org is None
+        or org.doctor is None
+        or not org_oid
+        or patient is None
+        or study_date is None
+        or service_name is None
+    ):
         raise SemdMissing(missing)
-    assert study_date is not None and service_name is not None  # narrowed by `missing`
     zone = ZoneInfo(org.timezone)
     study_time = datetime.combine(study_date, _dicom_time(ds.get("StudyTime")), tzinfo=zone)
     return Facts(
