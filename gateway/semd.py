@@ -792,7 +792,11 @@ def _resinfo(body: etree._Element, facts: Facts) -> None:
 
 
 def document_xml(facts: Facts, key_image_png: bytes | None) -> bytes:
-    root = etree.Element(_q(V3, "ClinicalDocument"), nsmap=NSMAP)  # type: ignore[arg-type]
+    # Declared from text: every prefix on the root, and no typing quarrel over a None key.
+    declarations = " ".join(
+        f'xmlns{":" + prefix if prefix else ""}="{uri}"' for prefix, uri in NSMAP.items()
+    )
+    root = etree.fromstring(f"<ClinicalDocument {declarations}/>")
     _header(root, facts)
     body = _sub(_sub(root, "component"), "structuredBody")
     _docinfo(body, facts, key_image_png)

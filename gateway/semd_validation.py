@@ -39,8 +39,7 @@ def _schema(path: Path) -> etree.XMLSchema:
 def _schematron(path: Path) -> tuple[Any, Any, type[Exception]]:
     """(processor, compiled executable, Saxon's error type); the processor must outlive the
     executable."""
-    # Heavy import, on first use; saxonche ships no type information.
-    from saxonche import PySaxonApiError, PySaxonProcessor  # type: ignore[import-not-found]
+    from saxonche import PySaxonApiError, PySaxonProcessor  # heavy import, on first use
 
     if not path.is_file():
         raise ConfigError(f"{path}: SEMD schematron not found")
