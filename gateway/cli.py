@@ -364,13 +364,16 @@ def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, o
     click.echo(f"{device}: {'enabled' if on else 'disabled'}")
 
 
-def _add_rules_commands() -> None:
+def _add_commands() -> None:
+    from gateway.cli_results import outbox_group, results_command
     from gateway.routing import rules_group
 
     main.add_command(rules_group)
+    main.add_command(results_command)
+    main.add_command(outbox_group)
 
 
-_add_rules_commands()
+_add_commands()
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ def _normal(dataset: Dataset) -> np.ndarray | None:
     return normal if normal[main] >= 0 else -normal
 
 
+def volume_order(datasets: list[Dataset]) -> list[Dataset]:
+    """Single-frame slices in the order :func:`decode_volume` stacks them."""
+    return _sorted_slices(datasets)
+
+
 def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
     normal = _normal(datasets[0])
     positioned = [d for d in datasets if d.get("ImagePositionPatient") is not None]

@@ -108,6 +108,14 @@ class SyntheticStudy:
 # --------------------------------------------------------------------------- shared parts
 
 
+def synthetic_snils(number: int) -> str:
+    """A well-formed СНИЛС (valid checksum) from a number; synthetic, belongs to nobody."""
+    digits = f"{100_000_000 + number % 800_000_000:09d}"  # above 001-001-998, as required
+    total = sum(int(d) * weight for d, weight in zip(digits, range(9, 0, -1), strict=True))
+    check = total if total < 100 else (0 if total in (100, 101) else total % 101 % 100)
+    return f"{digits[:3]}-{digits[3:6]}-{digits[6:]} {check:02d}"
+
+
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue = value
@@ -156,6 +164,7 @@ class _Study:
         self.number = int(meta.integers(10**7, 10**8))
         self.patient_name = f"SYNTHETIC^PHANTOM^{modality_tag}"
         self.patient_id = f"SYN-{digest[8:12].hex().upper()}"
+        self.snils = synthetic_snils(int.from_bytes(digest[12:16], "little"))
         self.uid = self.make_uid("study")
 
     def rng(self) -> np.random.Generator:
@@ -201,6 +210,11 @@ class _Study:
         ds.PatientName = self.patient_name
         ds.PatientID = self.patient_id
         ds.IssuerOfPatientID = "AIGW-SYNTHETIC"
+        other = Dataset()  # where Russian archives carry the СНИЛС (the SEMD needs it)
+        other.PatientID = self.snils
+        other.IssuerOfPatientID = "СНИЛС"
+        other.TypeOfPatientID = "TEXT"
+        ds.OtherPatientIDsSequence = [other]
         ds.PatientBirthDate = self.birth_date
         ds.PatientSex = self.sex
         ds.PatientAge = self.age

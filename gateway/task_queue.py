@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict
 from gateway.settings import Settings
 
 INFER_TASK = "aigw.infer"
+REPORT_TASK = "aigw.report"
 DEFAULT_INFER_QUEUE = "infer"
+REPORTS_QUEUE = "reports"  # SR, flag images, SEMD: CPU work, off the GPU workers
 CPU_QUEUE = "cpu"
 
 
@@ -28,7 +30,7 @@ class Priority(IntEnum):
 
 
 class InferPayload(BaseModel):
-    """The infer task's only argument: ids, never pixels."""
+    """The infer and report tasks' only argument: ids, never pixels."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,3 +80,7 @@ def send_infer(app: Celery, settings: Settings, job_id: int, queue: str, priorit
         queue=queue,
         priority=transport_priority(settings, priority),
     )
+
+
+def send_report(app: Celery, job_id: int) -> None:
+    app.send_task(REPORT_TASK, args=[InferPayload(job_id=job_id).model_dump()], queue=REPORTS_QUEUE)

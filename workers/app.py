@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 
+from gateway.delivery import Delivery
+from gateway.destinations import load_destinations
 from gateway.dispatch import Dispatcher
+from gateway.outbox import OutboxDispatcher
 from gateway.registry import DeviceRegistry
+from gateway.reports import ReportSweeper
 from gateway.serve import Gateway, Parts, Service
 from gateway.settings import Settings
-from gateway.task_queue import create_celery
+from gateway.task_queue import create_celery, send_report
 from workers.worker import EmbeddedWorker
 
 log = logging.getLogger(__name__)
@@ -38,10 +42,31 @@ def build_gateway(settings: Settings) -> Gateway:
     services: list[Service] = []
     if settings.embedded_worker:
         services.append(EmbeddedWorker(app, parts))
+    services.append(outbox_dispatcher(parts))
+    services.append(ReportSweeper(parts.db, lambda job_id: send_report(app, job_id)))
     dispatcher = Dispatcher(settings, parts.db, registry, app)
     return Gateway(
         parts,
         on_complete=dispatcher,
         services=services,
         before_accepting=[dispatcher.requeue_pending],
+    )
+
+
+def outbox_dispatcher(parts: Parts) -> OutboxDispatcher:
+    settings = parts.settings
+    delivery = Delivery(
+        parts.db,
+        parts.store,
+        load_destinations(settings.destinations_file),
+        calling_ae=settings.ae_title,
+        timeout_s=settings.delivery_timeout_s,
+    )
+    return OutboxDispatcher(
+        parts.db,
+        delivery,
+        poll_s=settings.outbox_poll_s,
+        backoff_first_s=settings.outbox_backoff_s,
+        backoff_max_s=settings.outbox_max_backoff_s,
+        lease_s=settings.delivery_timeout_s * 4,
     )

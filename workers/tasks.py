@@ -1,4 +1,5 @@
-"""Celery tasks. ``infer`` runs one job through the inference pipeline.
+"""Celery tasks. ``infer`` runs one job through the inference pipeline and, when it has
+findings, queues ``report``, which builds and stores the job's results and their outbox rows.
 
 ``acks_late`` with ``reject_on_worker_lost``: a task whose worker dies is delivered again,
 and the pipeline is idempotent, so it completes once. Transient errors retry with
@@ -12,15 +13,23 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.errors import StorageError
 from gateway.inference import InferenceContext, TransientError, run_job
-from gateway.jobs import fail_job
-from gateway.task_queue import INFER_TASK, InferPayload
+from gateway.jobs import JobState, fail_job
+from gateway.reports import ReportContext, build_results
+from gateway.task_queue import INFER_TASK, REPORT_TASK, InferPayload, send_report
 
 log = logging.getLogger(__name__)
 
 
-def register_tasks(app: Celery, context: Callable[[], InferenceContext], max_retries: int) -> None:
+def register_tasks(
+    app: Celery,
+    context: Callable[[], InferenceContext],
+    reports: Callable[[], ReportContext],
+    max_retries: int,
+) -> None:
     @app.task(  # type: ignore[untyped-decorator]
         name=INFER_TASK,
         bind=True,
@@ -33,7 +42,7 @@ def register_tasks(app: Celery, context: Callable[[], InferenceContext], max_ret
         job_id = InferPayload.model_validate(payload).job_id
         ctx = context()
         try:
-            return run_job(ctx, job_id)
+            state = run_job(ctx, job_id)
         except TransientError as exc:
             retries = int(task.request.retries or 0)
             if retries >= max_retries:
@@ -44,3 +53,23 @@ def register_tasks(app: Celery, context: Callable[[], InferenceContext], max_ret
                 extra={"job_id": job_id, "reason": str(exc), "retry": retries + 1},
             )
             raise task.retry(exc=exc, countdown=min(300, 2**retries)) from exc
+        if state == JobState.INFERRED.value:
+            send_report(app, job_id)  # a lost message is re-sent by the gateway's sweeper
+        return state
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=REPORT_TASK,
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=max_retries,
+    )
+    def report(task: Task, payload: dict[str, Any]) -> int:
+        job_id = InferPayload.model_validate(payload).job_id
+        try:
+            return build_results(reports(), job_id)
+        except (StorageError, SQLAlchemyError) as exc:
+            retries = int(task.request.retries or 0)
+            log.warning("results will be retried", extra={"job_id": job_id, "reason": str(exc)})
+            raise task.retry(exc=exc, countdown=min(300, 2 ** (retries + 1))) from exc

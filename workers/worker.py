@@ -13,11 +13,14 @@ from collections.abc import Sequence
 
 from celery import Celery
 
+from gateway.destinations import load_destinations
 from gateway.inference import InferenceContext
 from gateway.registry import DeviceRegistry
+from gateway.reports import ReportContext
+from gateway.semd import SemdConfig, load_semd_config
 from gateway.serve import Parts
 from gateway.settings import Settings
-from gateway.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, create_celery
+from gateway.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from models.runtime import SessionCache
 from workers.tasks import register_tasks
 
@@ -35,8 +38,35 @@ def inference_context(parts: Parts) -> InferenceContext:
     )
 
 
+def report_context(parts: Parts) -> ReportContext:
+    settings = parts.settings
+    return ReportContext(
+        db=parts.db,
+        store=parts.store,
+        registry=DeviceRegistry(parts.db, parts.store),
+        destinations=load_destinations(settings.destinations_file),
+        semd_config=semd_config(settings),
+        semd_reference_dir=settings.semd_reference_dir,
+    )
+
+
+def semd_config(settings: Settings) -> SemdConfig | None:
+    """The SEMD configuration; without the file SEMDs are withheld (and say so)."""
+    if not settings.semd_file.is_file():
+        log.warning(
+            "no SEMD configuration: SEMDs will not be written",
+            extra={"file": str(settings.semd_file)},
+        )
+        return None
+    return load_semd_config(settings.semd_file)
+
+
 def all_queues(settings: Settings) -> list[str]:
-    return list(dict.fromkeys([DEFAULT_INFER_QUEUE, *settings.device_queues.values(), CPU_QUEUE]))
+    return list(
+        dict.fromkeys(
+            [DEFAULT_INFER_QUEUE, *settings.device_queues.values(), REPORTS_QUEUE, CPU_QUEUE]
+        )
+    )
 
 
 class EmbeddedWorker:
@@ -44,7 +74,8 @@ class EmbeddedWorker:
 
     def __init__(self, app: Celery, parts: Parts) -> None:
         context = inference_context(parts)
-        register_tasks(app, lambda: context, parts.settings.job_max_retries)
+        reports = report_context(parts)
+        register_tasks(app, lambda: context, lambda: reports, parts.settings.job_max_retries)
         self.worker = app.Worker(
             pool="threads",
             concurrency=parts.settings.worker_concurrency,
@@ -69,7 +100,8 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     parts = Parts.build(settings, migrate=False)
     app = create_celery(settings)
     context = inference_context(parts)
-    register_tasks(app, lambda: context, settings.job_max_retries)
+    reports = report_context(parts)
+    register_tasks(app, lambda: context, lambda: reports, settings.job_max_retries)
     worker = app.Worker(
         pool="threads",
         concurrency=concurrency or settings.worker_concurrency,
