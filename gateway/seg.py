@@ -13,13 +13,14 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from gateway.report_input import ReportFinding, ReportInput
+from gateway.report_input import AI_NOTICE_EN, ReportFinding, ReportInput
 from gateway.sr import (
     UTF8,
     derived_uid,
     device_equipment,
     header_copies,
     lo,
+    notices_ru,
     registration_ru,
     series_description,
     stamp_times,
@@ -63,11 +64,21 @@ def build_seg(report: ReportInput) -> Dataset | None:
         series_date=when.date(),
         series_time=when.time(),
     )
+    # A viewer shows Image Comments beside the overlay: the notices every result carries.
+    seg.ImageComments = " ".join(_notices(report))
     if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
         seg.PatientOrientation = _patient_orientation(sources)
     _derive_dimension_organization(seg, derived_uid(report, "seg", "dimensions"))
     stamp_times(seg, when)
     return seg
+
+
+def _notices(report: ReportInput) -> list[str]:
+    provenance = report.device.provenance
+    notices = [*notices_ru(report.device), AI_NOTICE_EN]
+    if not provenance.clinical_use:
+        notices.append(provenance.notice_en)
+    return notices
 
 
 def _derive_dimension_organization(seg: Dataset, uid: str) -> None:

@@ -54,10 +54,9 @@ _PATIENT_STUDY_TYPE2 = (
     "ReferringPhysicianName",
 )
 # Source values checked before copying: the VRs whose bad values validators refuse in the
-# patient, study and equipment attributes results inherit. Identifiers are kept whatever
-# they look like: replacing them would break the link to the source.
+# patient, study and equipment attributes results inherit. UIDs are not among them: however
+# they look, replacing them would break the link to the source.
 _CHECKED_VRS = frozenset({"AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM"})
-_KEEP = frozenset({"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"})
 _PARSERS: dict[str, Callable[[str], object]] = {"DA": DA, "DT": DT, "TM": TM}
 # Measurement names ReportFinding.measurements may use: (concept, unit, derivation).
 _MEASUREMENTS: dict[
@@ -168,7 +167,7 @@ def _mend(header: Dataset) -> None:
     for element in list(header):
         if element.tag.is_private or element.VR not in _CHECKED_VRS:
             continue
-        if element.keyword in _KEEP or _valid(element.VR, element.value):
+        if _valid(element.VR, element.value):
             continue
         if element.keyword in _PATIENT_STUDY_TYPE2:
             element.value = None
@@ -176,7 +175,7 @@ def _mend(header: Dataset) -> None:
             del header[element.tag]
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         # 0\0 is what some CR readers write when they do not know: not a spacing.
-        if keyword in header and not all(float(v) > 0 for v in header[keyword].value or [0]):
+        if keyword in header and not _positive_pair(header[keyword].value):
             del header[keyword]
     for keyword in _PATIENT_STUDY_TYPE2:
         if keyword not in header:
@@ -187,6 +186,15 @@ def _mend(header: Dataset) -> None:
         "DeidentificationMethodCodeSequence",
     } & set(header.dir()):
         header.DeidentificationMethod = "not stated by the source"
+
+
+def _positive_pair(value: object) -> bool:
+    if not isinstance(value, (list, MultiValue)) or len(value) != 2:
+        return False
+    try:
+        return all(float(v) > 0 for v in value)
+    except (TypeError, ValueError):
+        return False
 
 
 def _valid(vr: str, value: object) -> bool:

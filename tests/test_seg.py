@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from gateway.report_input import ReportInput
+from gateway.report_input import AI_NOTICE_RU, ReportInput
 from gateway.seg import build_seg
 from gateway.sr import build_sr, lo, tracking_uid
 from tests import report_fixtures
@@ -52,6 +52,8 @@ def _assert_header(seg: Dataset, report: ReportInput) -> None:
     assert len(seg.SeriesDescription.encode("utf-8")) <= 64
     assert seg.SegmentationType == "BINARY"
     assert seg.Manufacturer == device.vendor and seg.ManufacturerModelName == device.id
+    for notice in (AI_NOTICE_RU, device.provenance.notice_ru, device.provenance.notice_en):
+        assert notice in seg.ImageComments
     (segment,) = seg.SegmentSequence
     finding = report.findings[0]
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == finding.label_code
