@@ -149,6 +149,20 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(default=30.0, gt=0, description="Per delivery attempt.")
 
     # --- control plane (REST API, dashboard) -------------------------------------------
+    api_max_upload_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024,
+        description="Largest upload the API accepts (device registration, rules tester); "
+        "larger requests get 413.",
+    )
+    session_secret: str = Field(
+        default="",
+        description="Key that signs dashboard session cookies; empty: a random key per "
+        "process (sessions end when the gateway restarts).",
+    )
+    session_max_age_s: int = Field(
+        default=8 * 3600, ge=60, description="Dashboard session lifetime."
+    )
 
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,0 +1,11 @@
+"""The regional dashboard: server-rendered Russian pages under ``/dashboard`` — the national
+table of regions against the three-device target, a region's devices, study types, sources,
+volume and failures, and one study's timeline, findings and flag image.
+
+Every asset is served from this package (no internet); charts are inline SVG. Login takes
+the same API tokens; the session is a signed, HttpOnly cookie.
+"""
+
+from gateway.dashboard.views import dashboard_router
+
+__all__ = ["dashboard_router"]
