@@ -464,17 +464,16 @@ def source_header(source: Dataset) -> Dataset:
 
 def copy_series_anatomy(target: Dataset, sources: list[Dataset]) -> None:
     """Body part and side where all sources agree: Laterality is required for a paired
-    organ, absent for an unpaired one, and empty only when neither is known."""
+    organ, absent for an unpaired one, and empty when no one side applies."""
     parts = {str(s.get("BodyPartExamined") or "") for s in sources}
     part = parts.pop() if len(parts) == 1 else ""
     if part:
         target.BodyPartExamined = part
     sides = {str(s.get("ImageLaterality") or s.get("Laterality") or "") for s in sources}
-    side = sides.pop() if len(sides) == 1 else ""
-    if side in ("R", "L"):
+    if len(sides) == 1 and (side := next(iter(sides))) in ("R", "L"):
         target.Laterality = side
-    elif not part:
-        target.Laterality = None
+    elif len(sides) > 1 or not part:
+        target.Laterality = None  # both sides (e.g. R and L views), or nothing known
 
 
 def _parses(vr: str, value: object) -> bool:

@@ -298,3 +298,23 @@ def test_real_images_flagged_validly_and_marked_in_place(
     assert max(split.image.shape[:2]) <= flags.MAX_SIDE
     assert split.banner_ink() > 3000
     assert_mark_around(split, REAL[name], slack=20)
+
+
+def test_findings_on_two_views_give_two_flag_images(
+    mammography: ReportInput, tmp_path: Path
+) -> None:
+    finding = mammography.findings[0]
+    other = next(s for s in mammography.sources if s.SOPInstanceUID != finding.sop_instance_uid)
+    second = replace(
+        finding, sop_instance_uid=str(other.SOPInstanceUID), box=((10.0, 40.0), (5.0, 30.0))
+    )
+    images = flags.build_flag_images(replace(mammography, findings=[finding, second]))
+    order = [str(s.SOPInstanceUID) for s in mammography.sources]
+    expected = sorted([str(finding.sop_instance_uid), str(other.SOPInstanceUID)], key=order.index)
+    assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in images] == expected
+    assert [ds.InstanceNumber for ds in images] == [1, 2]
+    assert len({ds.SeriesInstanceUID for ds in images}) == 1
+    assert len({ds.SOPInstanceUID for ds in images}) == 2
+    flagged = images[expected.index(str(other.SOPInstanceUID))]
+    assert dciodvfy_errors(flagged, tmp_path) == []
+    assert_mark_around(Split(flagged, other), second.box or (), slack=12)
