@@ -1,0 +1,291 @@
+"""Results back where people look, with real parts: Orthanc plays the regional archive.
+
+A study uploaded to Orthanc is pushed by Orthanc to the gateway over DICOM (Orthanc is the
+C-STORE SCU); the reference devices analyse it; the SR, the flag images, the GSPS and the
+SEG come back into the same Orthanc study by C-STORE, and the SEMD goes by HTTP to a local
+receiver standing in for the regional system — which is down at first, stays down across a
+restart of the gateway, and then gets each SEMD exactly once.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import io
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from pydicom import dcmread
+
+from gateway.outbox import list_outbox
+from gateway.reports import results_of
+from gateway.serve import Gateway
+from gateway.settings import Settings
+from gateway.synthetic import SyntheticStudy, chest_xray_study, ct_chest_study
+from tests.services import ROOT, free_port, require_tool, wait_for_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not list((ROOT / "models" / "zoo").glob("*/manifest.yaml")),
+        reason="the reference devices are not built: run `make models`",
+    ),
+]
+
+ORTHANC_AET = "IRK_CAMI"  # Orthanc calls the gateway as the Irkutsk archive (sources.yaml)
+
+
+class Orthanc:
+    def __init__(self, work: Path, gateway_port: int) -> None:
+        self.http_port, self.dicom_port = free_port(), free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "irk-cami-test",
+            "StorageDirectory": str(work / "storage"),
+            "IndexDirectory": str(work / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": ORTHANC_AET,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": {"aigw": ["AIGW", "127.0.0.1", gateway_port]},
+            "Plugins": [],
+        }
+        (work / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(work / "orthanc.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [require_tool("Orthanc"), str(work / "orthanc.json")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.http_port, process=self.process)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
+
+    def upload(self, study: SyntheticStudy) -> str:
+        for dataset in study.datasets:
+            buffer = io.BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            self.http.post("/instances", content=buffer.getvalue()).raise_for_status()
+        found = self.http.post("/tools/lookup", content=study.study_instance_uid).raise_for_status()
+        return str(found.json()[0]["ID"])
+
+    def push_to_gateway(self, orthanc_study_id: str) -> None:
+        self.http.post("/modalities/aigw/store", content=orthanc_study_id).raise_for_status()
+
+    def series_by_modality(self, orthanc_study_id: str) -> dict[str, list[dict[str, Any]]]:
+        series = self.http.get(f"/studies/{orthanc_study_id}/series").raise_for_status().json()
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for item in series:
+            grouped.setdefault(item["MainDicomTags"].get("Modality", ""), []).append(item)
+        return grouped
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return self.http.get(f"/instances/{instance_id}/file").raise_for_status().content
+
+    def stop(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        self.log.close()
+
+
+class RegionalSystem:
+    """The regional system's SEMD intake: records every POST; can be started late."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[dict[str, Any]] = []
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                raw = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+                message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
+                parts = {
+                    part.get_param("name", header="content-disposition"): part.get_content()
+                    for part in message.iter_parts()
+                }
+                received.append(
+                    {
+                        "key": self.headers["Idempotency-Key"],
+                        "auth": self.headers["Authorization"],
+                        "document": parts["document"],
+                        "metadata": json.loads(parts["metadata"]),
+                    }
+                )
+                answer = json.dumps({"id": f"remd-{len(received)}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def setting_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Settings, Orthanc, RegionalSystem]]:
+    dicom_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", dicom_port)
+    regional = RegionalSystem(free_port())
+    monkeypatch.setenv("AIGW_TEST_REGION_TOKEN", "s3cret")
+    destinations = {
+        "destinations": [
+            {
+                "name": "irk-archive",
+                "protocol": "dicom",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "ae_title": ORTHANC_AET,
+            },
+            {
+                "name": "irk-region",
+                "protocol": "http",
+                "url": f"http://127.0.0.1:{regional.port}/semd",
+                "token_env": "AIGW_TEST_REGION_TOKEN",
+            },
+        ],
+        "sources": {"irk-cami": ["irk-archive", "irk-region"]},
+    }
+    (tmp_path / "destinations.yaml").write_text(yaml.safe_dump(destinations))
+    settings = Settings.model_validate(
+        {
+            "data_dir": tmp_path / "var",
+            "dicom_host": "127.0.0.1",
+            "dicom_port": dicom_port,
+            "http_port": 0,
+            "sources_file": ROOT / "configs" / "sources.yaml",
+            "regions_file": ROOT / "configs" / "regions.yaml",
+            "routing_file": ROOT / "configs" / "routing.yaml",
+            "destinations_file": tmp_path / "destinations.yaml",
+            "semd_file": ROOT / "configs" / "semd.yaml",
+            "devices_dir": ROOT / "models" / "zoo",
+            "min_free_bytes": 0,
+            "quiet_period_s": 1.0,
+            "assembly_poll_s": 0.1,
+            "outbox_poll_s": 0.2,
+            "outbox_backoff_s": 0.2,
+            "outbox_max_backoff_s": 1.0,
+        }
+    )
+    yield settings, orthanc, regional
+    regional.stop()
+    orthanc.stop()
+
+
+def _start(settings: Settings) -> Gateway:
+    from workers.app import build_gateway
+
+    gateway = build_gateway(settings)
+    gateway.start()
+    return gateway
+
+
+def test_results_come_back_into_the_archive_and_the_semd_reaches_the_region_once(
+    setting_up: tuple[Settings, Orthanc, RegionalSystem],
+) -> None:
+    settings, orthanc, regional = setting_up
+    cxr = chest_xray_study(901, kind="fluorography", size=(448, 448))
+    ct = ct_chest_study(901, n_slices=40, size=(192, 192))
+    gateway = _start(settings)
+    try:
+        ids = {study.study_instance_uid: orthanc.upload(study) for study in (cxr, ct)}
+        for orthanc_id in ids.values():
+            orthanc.push_to_gateway(orthanc_id)
+
+        def semd_attempted_and_failed() -> bool:
+            rows = list_outbox(gateway.parts.db)
+            semd = [r for r in rows if r.kind == "semd"]
+            return len(semd) == 2 and all(r.attempts >= 1 and r.last_error for r in semd)
+
+        _wait(semd_attempted_and_failed, "the SEMDs to meet the regional system down")
+    finally:
+        gateway.stop()  # the regional system is still down: its rows wait in the outbox
+
+    regional.start()
+    gateway = _start(settings)
+    try:
+
+        def all_delivered() -> bool:
+            rows = list_outbox(gateway.parts.db)
+            return bool(rows) and all(r.state == "delivered" for r in rows)
+
+        _wait(all_delivered, "every delivery to be acknowledged")
+        rows = list_outbox(gateway.parts.db)
+        results = {uid: results_of(gateway.parts.db, uid) for uid in ids}
+    finally:
+        gateway.stop()
+
+    # Every stored result went to each destination that takes its kind, exactly once.
+    for uid, stored in results.items():
+        kinds = sorted(r.kind for r in stored if r.state == "stored")
+        expected = ["gsps", "sc", "semd", "sr"] + (["seg"] if uid == ct.study_instance_uid else [])
+        assert kinds == sorted(expected), (uid, [(r.kind, r.state, r.reason) for r in stored])
+    assert len(rows) == sum(len([r for r in s if r.state == "stored"]) for s in results.values())
+
+    # The regional system got each SEMD once, with its metadata and the bearer token.
+    assert sorted(r["key"] for r in regional.received) == sorted(
+        {r["key"] for r in regional.received}
+    )
+    assert len(regional.received) == 2
+    for post in regional.received:
+        assert post["auth"] == "Bearer s3cret"
+        assert post["metadata"]["kind"] == "174"
+        assert post["metadata"]["document_id"] == post["key"]
+        assert b"1.2.643.5.1.13.13.14.6.9.4" in post["document"]
+        assert "Результат работы ИИ" in post["document"].decode()
+
+    # The archive now shows the AI series beside the originals, in the same study.
+    for uid, orthanc_id in ids.items():
+        series = orthanc.series_by_modality(orthanc_id)
+        assert "SR" in series and "PR" in series, sorted(series)
+        if uid == ct.study_instance_uid:
+            assert "SEG" in series, sorted(series)
+        sr_instance = series["SR"][0]["Instances"][0]
+        sr_bytes = orthanc.instance_file(sr_instance)
+        sr = dcmread(io.BytesIO(sr_bytes))
+        assert sr.StudyInstanceUID == uid
+        assert sr.SeriesDescription.startswith("ИИ: ")
+        assert b"aigw-ref" in sr_bytes  # the device is the observer
+        flagged = [
+            s
+            for items in series.values()
+            for s in items
+            if "метки" in s["MainDicomTags"].get("SeriesDescription", "")
+        ]
+        assert flagged, "the flag-image series is missing from the archive"
