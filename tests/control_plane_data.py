@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import uvicorn
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from gateway.access import create_token
 from gateway.api import create_app
 from gateway.database import Database, sync_directory
-from gateway.object_store import ObjectStore
+from gateway.object_store import FolderStore, ObjectStore
 from gateway.registry import DeviceRegistry
 from gateway.settings import Settings
 from gateway.sources import load_directory
@@ -39,6 +41,7 @@ from gateway.tables import (
     SourceRow,
     StudyEventRow,
     StudyRow,
+    utcnow,
 )
 from tests.onnx_models import classifier_with_heatmap, write_device
 from tests.services import ROOT, free_port, make_uid, wait_for_port
@@ -282,3 +285,31 @@ def prepare_index(db: Database) -> None:
         ROOT / "configs" / "sources.yaml", ROOT / "configs" / "regions.yaml", open_mode=False
     )
     sync_directory(db, directory)
+
+
+def running_api(
+    db: Database, tmp_path: Path, upload_limit: int = 4 * 1024 * 1024
+) -> Iterator[tuple[Running, Seed]]:
+    """Index prepared and seeded, devices registered, the API served: yields once."""
+    prepare_index(db)
+    store = FolderStore(tmp_path / "objects")
+    registry = register_devices(db, store, tmp_path / "devices")
+    data = seed(db, store, utcnow())
+    settings = Settings(
+        data_dir=tmp_path,
+        api_max_upload_bytes=upload_limit,
+        routing_file=ROOT / "configs" / "routing.yaml",
+    )
+    try:
+        with serve_api(db, store, settings, registry) as server:
+            yield server, data
+    finally:
+        db.dispose()
+
+
+def client_for(server: Running, role: str = "admin", region: str | None = None) -> httpx.Client:
+    """An HTTP client holding a fresh token of ``role`` (named after it, for the audit)."""
+    _, secret = create_token(server.db, role, region, name=f"test-{role}-{region or 'all'}")
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    )

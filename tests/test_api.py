@@ -15,23 +15,18 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from gateway.access import create_token
 from gateway.database import Database
-from gateway.object_store import FolderStore
-from gateway.settings import Settings
 from gateway.synthetic import chest_xray_study, write_study
 from gateway.tables import DeviceRegionRow, DeviceRow, OutboxRow, utcnow
 from tests.control_plane_data import (
     DEVICES,
     Running,
     Seed,
-    prepare_index,
-    register_devices,
-    seed,
-    serve_api,
+    client_for,
+    running_api,
 )
 from tests.onnx_models import classifier_with_heatmap, manifest_dict
-from tests.services import ROOT, Postgres, postgres_server
+from tests.services import Postgres, postgres_server
 
 UPLOAD_LIMIT = 4 * 1024 * 1024
 
@@ -39,31 +34,7 @@ UPLOAD_LIMIT = 4 * 1024 * 1024
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Running, Seed]]:
     db = Database(f"sqlite:///{tmp_path / 'api.db'}")
-    yield from _running(db, tmp_path)
-
-
-def _running(db: Database, tmp_path: Path) -> Iterator[tuple[Running, Seed]]:
-    prepare_index(db)
-    store = FolderStore(tmp_path / "objects")
-    registry = register_devices(db, store, tmp_path / "devices")
-    data = seed(db, store, utcnow())
-    settings = Settings(
-        data_dir=tmp_path,
-        api_max_upload_bytes=UPLOAD_LIMIT,
-        routing_file=ROOT / "configs" / "routing.yaml",
-    )
-    try:
-        with serve_api(db, store, settings, registry) as server:
-            yield server, data
-    finally:
-        db.dispose()
-
-
-def client_for(server: Running, role: str = "admin", region: str | None = None) -> httpx.Client:
-    _, secret = create_token(server.db, role, region, name=f"test-{role}-{region or 'all'}")
-    return httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
-    )
+    yield from running_api(db, tmp_path, UPLOAD_LIMIT)
 
 
 def test_study_filters_and_detail(running: tuple[Running, Seed]) -> None:
@@ -342,7 +313,7 @@ def test_postgresql_read_path_and_readiness_when_the_database_stops(
     pg: Postgres, tmp_path: Path
 ) -> None:
     db = Database(pg.create_database("aigw_api"))
-    for server, data in _running(db, tmp_path):
+    for server, data in running_api(db, tmp_path, UPLOAD_LIMIT):
         with client_for(server, "region_admin", "71") as api:
             listed = api.get("/api/v1/studies", params={"modality": "DX"}).json()
             assert {s["study_uid"] for s in listed} == {

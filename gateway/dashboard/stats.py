@@ -359,7 +359,7 @@ def region_detail(db: Database, code: str, period: Period) -> RegionDetail | Non
     )
     return RegionDetail(
         summary=summary,
-        devices=_cut(facts, lambda j: j.device_id, lambda k: facts.devices.get(k, ("", k))[1]),
+        devices=_cut(facts, lambda j: j.device_id, lambda k: _device_title(facts, k)),
         study_types=_cut(facts, lambda j: j.study_type, lambda k: k),
         sources=_cut(facts, lambda j: j.source, lambda k: facts.sources.get(k, k)),
         volume=_volume(facts.jobs, period),
@@ -375,6 +375,13 @@ def region_detail(db: Database, code: str, period: Period) -> RegionDetail | Non
             if j.state == "failed"
         ][:50],
     )
+
+
+def _device_title(facts: _Facts, device_id: str) -> str:
+    registered = facts.devices.get(device_id)
+    if registered is None:
+        return f"{device_id} (не зарегистрировано)"
+    return f"{registered[1]} ({device_id})"
 
 
 def _cut(facts: _Facts, key: Callable[[_Job], str], title: Callable[[str], str]) -> list[Figures]:
