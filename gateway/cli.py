@@ -207,15 +207,21 @@ def studies_timeline(obj: dict[str, Any], study_uid: str) -> None:
     show_default=True,
     help="Seconds without new instances before a study is complete.",
 )
-@click.option("--keep-serving", is_flag=True, help="Go on serving after the demo.")
-def demo(config_file: Path | None, keep_serving: bool, **overrides: Any) -> None:
+@click.option("--http-port", type=int, help="Dashboard and API port (default 8080; 0: none).")
+@click.option(
+    "--exit-when-done",
+    is_flag=True,
+    help="Stop once the studies are analysed and their results written (default: go on "
+    "serving the dashboard until interrupted).",
+)
+def demo(config_file: Path | None, exit_when_done: bool, **overrides: Any) -> None:
     """Receive synthetic CT, chest X-ray and mammography studies end to end (no services)."""
     from gateway.demo import run_demo
     from workers.app import build_gateway
 
-    settings = _settings(config_file, http_port=0, log_level="WARNING", **overrides)
+    settings = _settings(config_file, log_level="WARNING", **overrides)
     try:
-        run_demo(settings, build_gateway, say=click.echo, keep_serving=keep_serving)
+        run_demo(settings, build_gateway, say=click.echo, keep_serving=not exit_when_done)
     except (GatewayError, OSError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -365,10 +371,13 @@ def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, o
 
 
 def _add_commands() -> None:
+    from gateway.cli_access import api_command, tokens_group
     from gateway.cli_results import outbox_group, results_command
     from gateway.routing import rules_group
 
     main.add_command(rules_group)
+    main.add_command(tokens_group)
+    main.add_command(api_command)
     main.add_command(results_command)
     main.add_command(outbox_group)
 

@@ -44,27 +44,23 @@ def results_command(
 ) -> None:
     """A study's results: SR, flag images, GSPS, SEG and SEMD (with its metadata)."""
     from gateway.object_store import create_store
-    from gateway.reports import results_of
+    from gateway.reports import export_results, results_of
 
     settings, db = _open(config_file, data_dir)
-    rows = results_of(db, study_uid)
-    if not rows:
-        raise click.ClickException(f"no results for study {study_uid}")
     store = create_store(settings)
-    for row in rows:
+    listed: list[tuple[Any, list[Path]]]
+    if out is None:
+        listed = [(row, []) for row in results_of(db, study_uid)]
+    else:
+        listed = export_results(db, store, study_uid, out)
+    if not listed:
+        raise click.ClickException(f"no results for study {study_uid}")
+    for row, paths in listed:
         line = f"job {row.job_id} {row.kind:4} {row.state}"
         if row.reason:
             line += f": {row.reason}"
-        if out is not None and row.object_key:
-            target = out / f"job-{row.job_id}" / Path(row.object_key).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(store.get(row.object_key))
-            line += f" → {target}"
-            metadata = (row.meta or {}).get("metadata")
-            if row.kind == "semd" and metadata:
-                sidecar = target.with_suffix(".json")
-                sidecar.write_text(json.dumps(metadata, ensure_ascii=False, indent=2), "utf-8")
-                line += f" (+ {sidecar.name})"
+        if paths:
+            line += " → " + ", ".join(str(p) for p in paths)
         click.echo(line)
 
 

@@ -3,8 +3,9 @@
 Starts the gateway in this process (SQLite + folder store under the data dir, the in-process
 worker), generates synthetic studies (CT chest, CT head, fluorography, chest X-ray,
 mammography — phantoms with known lesions), sends them over DICOM as the first configured
-source, waits until each study is assembled, routed and analysed by the reference devices,
-and prints the findings beside the truth.
+source, waits until each study is assembled, routed and analysed by the reference devices
+and its results are built, prints the findings beside the truth, and writes each study's
+results (SR, flag images, GSPS, SEG, SEMD with its metadata) under ``<data_dir>/results``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gateway.access import Role, create_token
 from gateway.errors import ConfigError
-from gateway.jobs import DONE_STATES
+from gateway.jobs import DONE_STATES, JobState
+from gateway.reports import export_results, results_of
 from gateway.serve import Gateway
 from gateway.settings import Settings
 from gateway.study_queries import JobSummary, StudySummary, list_jobs, list_studies
@@ -55,6 +58,9 @@ def run_demo(
         _print_table(summaries, kinds, say)
         truth = {study.study_instance_uid: study.positive for study in studies}
         _print_findings(gateway, summaries, kinds, truth, say)
+        _write_results(gateway, summaries, kinds, say)
+        if settings.http_port:
+            _print_dashboard(gateway, say)
         if keep_serving:
             say("serving until interrupted (Ctrl-C)")
             gateway.wait()
@@ -81,7 +87,39 @@ def _finished(gateway: Gateway, study: StudySummary) -> bool:
     if study.state != StudyState.ROUTED:
         return False
     jobs = list_jobs(gateway.parts.db, study.study_uid)
-    return bool(jobs) and all(job.state in DONE_STATES for job in jobs)
+    if not jobs or not all(job.state in DONE_STATES for job in jobs):
+        return False
+    reported = {row.job_id for row in results_of(gateway.parts.db, study.study_uid)}
+    return all(job.job_id in reported for job in jobs if job.state == JobState.INFERRED)
+
+
+def _print_dashboard(gateway: Gateway, say: Callable[[str], None]) -> None:
+    settings = gateway.parts.settings
+    _token, secret = create_token(gateway.parts.db, Role.ADMIN, name="demo")
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    say(f"\ndashboard: http://{host}:{settings.http_port}/dashboard/  (Russian, no internet)")
+    say(f"API:       http://{host}:{settings.http_port}/docs")
+    say(f"admin token for this demo (shown once): {secret}")
+
+
+def _write_results(
+    gateway: Gateway,
+    summaries: list[StudySummary],
+    kinds: dict[str, str],
+    say: Callable[[str], None],
+) -> None:
+    root = gateway.parts.settings.data_dir.resolve() / "results"
+    say(f"\nResults (DICOM SR, flag images, GSPS, SEG, SEMD + metadata) in {root}:")
+    for summary in summaries:
+        folder = root / kinds[summary.study_uid]
+        written = export_results(gateway.parts.db, gateway.parts.store, summary.study_uid, folder)
+        if not written:
+            continue
+        stored = sorted({row.kind for row, paths in written if paths})
+        say(f"  {kinds[summary.study_uid]:<14} {folder}: {', '.join(stored)}")
+        for row, _paths in written:
+            if row.reason:
+                say(f"    {row.kind} withheld: {row.reason}")
 
 
 def _print_findings(

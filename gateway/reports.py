@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -341,6 +342,28 @@ def results_of(db: Database, study_uid: str) -> list[ResultRow]:
         rows = list(session.scalars(query))
         session.expunge_all()
         return rows
+
+
+def export_results(
+    db: Database, store: ObjectStore, study_uid: str, out: Path
+) -> list[tuple[ResultRow, list[Path]]]:
+    """Write a study's stored results under ``out/job-<id>/`` (the SEMD with its metadata
+    as ``semd.json``); returns each result row with the files written for it."""
+    written = []
+    for row in results_of(db, study_uid):
+        paths: list[Path] = []
+        if row.object_key:
+            target = out / f"job-{row.job_id}" / Path(row.object_key).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(store.get(row.object_key))
+            paths.append(target)
+            metadata = (row.meta or {}).get("metadata")
+            if row.kind == ResultKind.SEMD.value and metadata:
+                sidecar = target.with_suffix(".json")
+                sidecar.write_text(json.dumps(metadata, ensure_ascii=False, indent=2), "utf-8")
+                paths.append(sidecar)
+        written.append((row, paths))
+    return written
 
 
 class ReportSweeper:

@@ -125,7 +125,7 @@ class Gateway:
             self._children.append(child)
 
     def _start_http(self, settings: Settings) -> None:
-        app = create_app(self.parts.db, self.parts.store)
+        app = create_app(self.parts.db, self.parts.store, settings=settings)
         config = uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
         )

@@ -77,7 +77,9 @@ def _classification(
                     index, min(channel, outputs[heatmap_name].shape[1] - 1)
                 ]
                 centre, box = _hot_region(heat, meta.geometry)
-            found.append(_finding(index, label, probability, centre, box, meta))
+            # A class-activation region shows where the device looked, not the lesion's
+            # outline: it locates the finding but measures nothing.
+            found.append(_finding(index, label, probability, centre, box, meta, measure=False))
     return found
 
 
@@ -143,11 +145,12 @@ def _finding(
     box: tuple[tuple[float, float], ...] | None,
     meta: InputMeta,
     mask: np.ndarray | None = None,
+    measure: bool = True,
 ) -> RawFinding:
     finding = RawFinding(
         index, label, probability, probability >= label.threshold, centre, box, mask=mask
     )
-    if box is not None and meta.spacing_mm:
+    if measure and box is not None and meta.spacing_mm:
         extents = [
             (stop - start) * mm for (start, stop), mm in zip(box, meta.spacing_mm, strict=True)
         ]

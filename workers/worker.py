@@ -83,6 +83,7 @@ class EmbeddedWorker:
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
+            quiet=True,  # no banner in the middle of `aigw serve` or the demo output
             loglevel=parts.settings.log_level,
         )
         self._thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
