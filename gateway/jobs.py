@@ -7,6 +7,7 @@ study's timeline, so a study's whole life reads in one place.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -78,3 +79,15 @@ def pending_jobs(db: Database) -> list[JobRow]:
                 )
             )
         )
+
+
+def stale_jobs(db: Database, older_than_s: float) -> list[tuple[int, str, int]]:
+    """(id, queue, priority) of jobs queued or running for longer than ``older_than_s``:
+    their task may have been lost with the broker (a Redis restart without persistence)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with db.session() as session:
+        query = select(JobRow.id, JobRow.queue, JobRow.priority).where(
+            ((JobRow.state == JobState.QUEUED.value) & (JobRow.created_at <= cutoff))
+            | ((JobRow.state == JobState.RUNNING.value) & (JobRow.started_at <= cutoff))
+        )
+        return [(row.id, row.queue, row.priority) for row in session.execute(query)]

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -364,36 +363,3 @@ def export_results(
                 paths.append(sidecar)
         written.append((row, paths))
     return written
-
-
-class ReportSweeper:
-    """Re-queues the report of inferred jobs that have no results a while after they
-    finished: the report message went down with a worker or a broker restart."""
-
-    def __init__(
-        self,
-        db: Database,
-        resend: Callable[[int], None],
-        every_s: float = 30.0,
-        older_than_s: float = 120.0,
-    ) -> None:
-        self.db, self.resend = db, resend
-        self.every_s, self.older_than_s = every_s, older_than_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="report-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                for job_id in jobs_awaiting_results(self.db, self.older_than_s):
-                    log.warning("report re-queued", extra={"job_id": job_id})
-                    self.resend(job_id)
-            except Exception as exc:  # the database or broker is back soon: try next round
-                log.warning("report sweep failed", extra={"error": str(exc)[:200]})

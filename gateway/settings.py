@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     )
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
     job_max_retries: int = Field(default=5, ge=0, le=100)
+    job_requeue_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A job queued or running this long is sent to the broker again.",
+    )
+    sweep_every_s: float = Field(default=30.0, gt=0, description="How often lost tasks are sought.")
     broker_visibility_timeout_s: int = Field(
         default=600,
         ge=1,

@@ -14,10 +14,10 @@ from gateway.destinations import load_destinations
 from gateway.dispatch import Dispatcher
 from gateway.outbox import OutboxDispatcher
 from gateway.registry import DeviceRegistry
-from gateway.reports import ReportSweeper
 from gateway.serve import Gateway, Parts, Service
 from gateway.settings import Settings
-from gateway.task_queue import create_celery, send_report
+from gateway.sweeper import Sweeper
+from gateway.task_queue import create_celery, send_infer, send_report
 from workers.worker import EmbeddedWorker
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,17 @@ def build_gateway(settings: Settings) -> Gateway:
     if settings.embedded_worker:
         services.append(EmbeddedWorker(app, parts))
     services.append(outbox_dispatcher(parts))
-    services.append(ReportSweeper(parts.db, lambda job_id: send_report(app, job_id)))
+    services.append(
+        Sweeper(
+            parts.db,
+            resend_infer=lambda job_id, queue, priority: send_infer(
+                app, settings, job_id, queue, priority
+            ),
+            resend_report=lambda job_id: send_report(app, job_id),
+            stale_after_s=settings.job_requeue_after_s,
+            every_s=settings.sweep_every_s,
+        )
+    )
     dispatcher = Dispatcher(settings, parts.db, registry, app)
     return Gateway(
         parts,

@@ -1,0 +1,72 @@
+"""Lost task messages are found in the database and sent again, once per period."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from gateway.jobs import JobState
+from gateway.settings import Settings
+from gateway.sweeper import Sweeper
+from gateway.synthetic import chest_xray_study, write_study
+from gateway.tables import JobRow, utcnow
+from pacs_adapters.dicom_scu import Peer, send
+from tests.services import ROOT
+
+pytestmark = pytest.mark.skipif(
+    not list((ROOT / "models" / "zoo").glob("*/manifest.yaml")),
+    reason="the reference devices are not built: run `make models`",
+)
+
+
+def test_stale_jobs_and_missing_reports_are_sent_again(
+    make_settings: Callable[..., Settings], tmp_path: pytest.TempPathFactory
+) -> None:
+    from workers.app import build_gateway
+
+    # No worker consumes the in-memory queue: the job's message is as good as lost.
+    settings = make_settings(
+        embedded_worker=False,
+        quiet_period_s=0.3,
+        routing_file=ROOT / "configs" / "routing.yaml",
+        devices_dir=ROOT / "models" / "zoo",
+    )
+    gateway = build_gateway(settings)
+    gateway.start()
+    try:
+        study = chest_xray_study(11, size=(256, 256))
+        files = write_study(study, settings.data_dir / "in")
+        peer = Peer("127.0.0.1", settings.dicom_port, "AIGW", "IRK_CAMI")
+        assert send(files, peer).sent == 1
+        deadline = time.monotonic() + 60
+        job_ids: list[int] = []
+        while time.monotonic() < deadline and not job_ids:
+            with gateway.parts.db.session() as session:
+                job_ids = list(session.scalars(select(JobRow.id)))
+            time.sleep(0.1)
+        assert job_ids, "the study was not routed"
+        infer: list[int] = []
+        report: list[int] = []
+        sweeper = Sweeper(
+            gateway.parts.db,
+            resend_infer=lambda job_id, _queue, _priority: infer.append(job_id),
+            resend_report=report.append,
+            stale_after_s=5.0,
+            report_after_s=5.0,
+        )
+        assert sweeper.sweep() == 0  # queued a moment ago: not stale yet
+        past = utcnow() - timedelta(seconds=10)
+        with gateway.parts.db.session() as session:
+            session.execute(update(JobRow).values(created_at=past))
+        assert sweeper.sweep() == len(job_ids) and infer == job_ids
+        assert sweeper.sweep() == 0  # sent again at most once per period
+        # Inferred with no results a while after it finished: its report task is re-sent.
+        with gateway.parts.db.session() as session:
+            session.execute(update(JobRow).values(state=JobState.INFERRED.value, finished_at=past))
+        assert sweeper.sweep() == len(job_ids) and report == job_ids
+    finally:
+        gateway.stop()
