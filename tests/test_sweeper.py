@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_stale_jobs_and_missing_reports_are_sent_again(
-    make_settings: Callable[..., Settings], tmp_path: pytest.TempPathFactory
+    make_settings: Callable[..., Settings],
 ) -> None:
     from workers.app import build_gateway
 
