@@ -33,42 +33,41 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import json
+import math
 import os
-import platform
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from unittest import mock
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-import gateway.decode
 import gateway.inference
-from benchmarks.ingest import machine_busy_seconds, machine_name
-from gateway.database import Database
-from gateway.decode import DecodeError, read_dataset
+from benchmarks.environment import (
+    RESULTS,
+    ROOT,
+    gpu_name,
+    machine_busy_seconds,
+    machine_description,
+    machine_name,
+    work_folder,
+    write_results,
+)
+from gateway.decode import read_dataset
 from gateway.inference import InferenceContext, run_job
 from gateway.ingest import Ingest, Sender
 from gateway.jobs import JobState
-from gateway.object_store import ObjectStore
-from gateway.registry import DeviceRegistry, RegisteredDevice, RegistryError
+from gateway.registry import RegisteredDevice, RegistryError
 from gateway.routing import facts_from_index, load_rules, route
 from gateway.routing.route import PlannedJob
 from gateway.serve import Parts
@@ -82,18 +81,9 @@ from gateway.synthetic import (
 )
 from gateway.tables import JobRow, StudyRow
 from gateway.task_queue import queue_for
-from models.manifest import DeviceManifest, InputSpec, ManifestError, load_manifest
-from models.preprocess import (
-    HIGH_PERCENTILE,
-    LOW_PERCENTILE,
-    Geometry,
-    Prepared,
-)
-from models.runtime import SessionCache
+from models.manifest import DeviceManifest, ManifestError, load_manifest
 from workers.worker import inference_context
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 DEVICES_DIR = ROOT / "models" / "zoo"
 TARGET_2D_RATIO = 0.7
 BUSY_MACHINE_CORES = 0.3  # other load above this during a median phase makes it suspect
@@ -318,6 +308,12 @@ def sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def nearest_rank(values: Sequence[float], fraction: float) -> float:
+    """The observed value at ``fraction`` of the sorted values (nearest-rank percentile)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
 def process_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -434,6 +430,7 @@ class PipelineRun:
             "images_per_s": sig(self.images_per_s),
             "studies_per_s": sig(self.jobs / self.phase.wall_s),
             "job_ms_median": sig(1000 * statistics.median(self.job_latencies_s)),
+            "job_ms_p95": sig(1000 * nearest_rank(self.job_latencies_s, 0.95)),
             "ms_per_image": sig(1000 * self.phase.wall_s / self.images),
             "cpu_ms_per_image": sig(1000 * self.phase.cpu_s / self.images),
             "stages_ms_per_job": stages,
@@ -481,163 +478,6 @@ def median_run(runs: Sequence[Run]) -> Run:
     return ordered[(len(ordered) - 1) // 2]
 
 
-# --- prototype: a faster pipeline, measured beside the shipped one ---------------------------
-#
-# Not the shipped code: candidate changes to gateway/decode.py, models/preprocess.py,
-# models/runtime.py and the registry lookup, swapped into the real run_job path (module
-# attributes patched for the duration of a phase) so that what they would gain is measured on
-# the same studies, model and machine. The proposed diff says the same in the project's code.
-
-PROTOTYPE_CHANGES = (
-    "decode: the modality LUT (rescale slope/intercept) in float32 where that is exact "
-    "(slope 1, whole intercept, ≤16-bit pixels) instead of pydicom's float64 pass and a cast back",
-    "preprocess 2D: the area resize by torch.nn.functional.interpolate (what MONAI's Resize "
-    "calls) and the percentile window, letterbox and normalisation in numpy: np.percentile "
-    "instead of torch.quantile, no MetaTensor round trips, no torch thread-pool hops for "
-    "small arrays; the same tensors within 1e-5",
-    "onnxruntime: intra-op thread spinning off (session.intra_op.allow_spinning = 0), so idle "
-    "pool threads stop taking CPU from the other job's decode and preprocess",
-    "registry: a device version's manifest cached per key (a registered id@version never "
-    "changes), not one database query and one pydantic validation per job",
-)
-
-
-shipped_pixels = gateway.decode._pixels
-
-
-def fast_pixels(dataset: Dataset) -> np.ndarray:
-    """:func:`gateway.decode._pixels` with the rescale in float32 where that is exact."""
-    try:
-        raw = dataset.pixel_array
-        slope = float(dataset.RescaleSlope) if "RescaleSlope" in dataset else None
-        intercept = float(dataset.RescaleIntercept) if "RescaleIntercept" in dataset else None
-    except Exception as exc:  # the same failure the shipped stage reports
-        raise DecodeError(f"cannot decode pixel data: {exc.__class__.__name__}: {exc}") from exc
-    exact = (
-        not dataset.get("ModalityLUTSequence")
-        and raw.dtype.kind in "iu"
-        and raw.dtype.itemsize <= 2
-        and (slope is None or intercept is None or (slope == 1.0 and intercept.is_integer()))
-    )
-    if not exact:
-        return shipped_pixels(dataset)
-    pixels = raw.astype(np.float32)
-    if slope is not None and intercept:
-        pixels += np.float32(intercept)
-    return pixels
-
-
-def fast_prepare_2d(pixels: np.ndarray, photometric: str, spec: InputSpec) -> Prepared:
-    """:func:`models.preprocess.prepare_2d`, the same arithmetic in numpy around one torch
-    area resize."""
-    import torch
-
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        pixels = pixels[..., :3].mean(axis=-1)
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a 2D image, got shape {pixels.shape}")
-    source = np.ascontiguousarray(pixels, dtype=np.float32)
-    height, width = spec.size
-    rows, cols = source.shape
-    if spec.keep_aspect:
-        scale = min(height / rows, width / cols)
-        new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
-    else:
-        new_rows, new_cols = height, width
-    if (new_rows, new_cols) == (rows, cols):
-        resized = source.copy()
-    else:
-        resized = torch.nn.functional.interpolate(
-            torch.from_numpy(source)[None, None], size=(new_rows, new_cols), mode="area"
-        )[0, 0].numpy()
-    if photometric == "MONOCHROME1":  # an affine map commutes with the area mean
-        resized = (source.max() + source.min()) - resized
-    if spec.window is not None:
-        low = spec.window.center - spec.window.width / 2
-        high = spec.window.center + spec.window.width / 2
-    else:
-        low, high = (float(v) for v in np.percentile(resized, [LOW_PERCENTILE, HIGH_PERCENTILE]))
-    if high - low == 0.0:  # MONAI's ScaleIntensityRange: shift only, no clip
-        windowed = resized - np.float32(low)
-    else:
-        windowed = np.clip((resized - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
-    canvas = np.zeros((height, width), dtype=np.float32)
-    top, left = (height - new_rows) // 2, (width - new_cols) // 2
-    canvas[top : top + new_rows, left : left + new_cols] = windowed
-    if spec.normalisation == "zscore":  # torch's std is the unbiased one
-        std = float(canvas.std(ddof=1))
-        canvas = (canvas - canvas.mean()) / np.float32(std if std > 1e-6 else 1.0)
-    tensor = np.repeat(canvas[None].astype(np.float32, copy=False), spec.channels, axis=0)
-    geometry = Geometry(
-        source_shape=(rows, cols),
-        scale=(new_rows / rows, new_cols / cols),
-        offset=(float(top), float(left)),
-    )
-    return Prepared(tensor, geometry)
-
-
-class QuietSessionCache(SessionCache):
-    """:class:`SessionCache` with onnxruntime's intra-op spinning off."""
-
-    def session(self, device_key: str, load: Callable[[], bytes]) -> Any:
-        import onnxruntime as ort
-
-        with self._lock:
-            cached = self._sessions.get(device_key)
-            if cached is not None:
-                return cached
-            options = ort.SessionOptions()
-            if self.intra_op_threads:
-                options.intra_op_num_threads = self.intra_op_threads
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(load(), sess_options=options, providers=self.providers)
-            self._sessions[device_key] = session
-            return session
-
-
-class CachedRegistry(DeviceRegistry):
-    """:class:`DeviceRegistry` whose ``get`` remembers each id@version."""
-
-    def __init__(self, db: Database, store: ObjectStore) -> None:
-        super().__init__(db, store)
-        self._cache: dict[str, RegisteredDevice] = {}
-        self._cache_lock = threading.Lock()
-
-    def get(self, device_key: str) -> RegisteredDevice:
-        if "@" not in device_key:  # "the newest version" can change
-            return super().get(device_key)
-        with self._cache_lock:
-            found = self._cache.get(device_key)
-        if found is None:
-            found = super().get(device_key)
-            with self._cache_lock:
-                self._cache[device_key] = found
-        return found
-
-
-@contextlib.contextmanager
-def prototype(bench: Bench) -> Iterator[InferenceContext]:
-    """The worker's context with the prototype's parts, and its stages patched in."""
-    context = dataclasses.replace(
-        bench.context,
-        registry=CachedRegistry(bench.parts.db, bench.parts.store),
-        sessions=QuietSessionCache(bench.settings.inference_providers),
-    )
-    with (
-        mock.patch.object(gateway.decode, "_pixels", fast_pixels),
-        mock.patch.object(gateway.inference, "prepare_2d", fast_prepare_2d),
-    ):
-        yield context
-
-
-def prototype_difference(instances: Sequence[bytes], planned: PlannedStudy, bench: Bench) -> float:
-    """The largest difference between the shipped and the prototype's model inputs."""
-    shipped = prepared_tensors(instances, planned, bench.manifest)
-    with prototype(bench):
-        fast = prepared_tensors(instances, planned, bench.manifest)
-    return max(float(np.abs(a - b).max()) for a, b in zip(shipped, fast, strict=True))
-
-
 # --- one device -----------------------------------------------------------------------------
 
 
@@ -649,7 +489,6 @@ class Plan:
     bare_min_seconds: float
     quick: bool
     seed: int
-    prototype: bool = True
     sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
@@ -657,7 +496,7 @@ def prepared_tensors(
     instances: Sequence[bytes], planned: PlannedStudy, manifest: DeviceManifest
 ) -> list[np.ndarray]:
     """The model inputs of one job, made by the pipeline's own decode and preprocess stages
-    (looked up when called, so the prototype's patches apply)."""
+    (looked up when called)."""
     chosen = set(planned.job.series_uids)
     blobs = [data for data in instances if read_dataset(data).SeriesInstanceUID in chosen]
     decoded = gateway.inference._decode(blobs, manifest)
@@ -700,15 +539,12 @@ def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
     planned: list[PlannedStudy] = []
     stored_bytes = 0
     pool: list[np.ndarray] = []  # bare inputs: the pipeline's decode and preprocess
-    difference = 0.0  # prototype vs shipped model inputs
     for number in range(plan.studies):
         instances = clone(bases[number % len(bases)], number)
         stored_bytes += sum(len(data) for data in instances)
         planned.append(ingest_and_route(bench, instances))
         if number < len(bases):
             pool += prepared_tensors(instances, planned[-1], manifest)
-            if plan.prototype:
-                difference = max(difference, prototype_difference(instances, planned[-1], bench))
     images_per_job = planned[0].images
     if any(p.images != images_per_job for p in planned):
         raise BenchmarkError(f"{key}: jobs read different numbers of images")
@@ -730,9 +566,9 @@ def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
     total_images = images * plan.studies
     tags = iter(range(1_000_000))
 
-    def pipeline(threads: int, chosen: InferenceContext | None = None) -> PipelineRun:
+    def pipeline(threads: int) -> PipelineRun:
         ids = create_jobs(bench, planned, tag=next(tags))
-        return run_pipeline(bench, ids, total_images, threads, chosen)
+        return run_pipeline(bench, ids, total_images, threads)
 
     # Warm-up: the session, torch and MONAI imports, first-run allocations.
     run_pipeline(bench, create_jobs(bench, planned[:1], tag=next(tags)), images, threads=1)
@@ -740,9 +576,6 @@ def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
     bare_runs: dict[int, list[BareRun]] = {b: [] for b in batches}
     sequential: list[PipelineRun] = []
     concurrent: list[PipelineRun] = []
-    fast_bare: list[BareRun] = []
-    fast_sequential: list[PipelineRun] = []
-    fast_concurrent: list[PipelineRun] = []
     for number in range(plan.rounds):
         for batch in batches:
             bare_runs[batch].append(
@@ -756,30 +589,6 @@ def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
             + f" /s; pipeline ×1 {sequential[-1].images_per_s:.1f}, "
             f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s"
         )
-        if plan.prototype:
-            with prototype(bench) as fast:
-                fast_session = fast.sessions.session(key, lambda: context.registry.model_bytes(key))
-                if number == 0:
-                    run_pipeline(
-                        bench, create_jobs(bench, planned[:1], next(tags)), images, 1, fast
-                    )
-                fast_bare.append(
-                    run_bare(
-                        fast_session,
-                        manifest,
-                        pool,
-                        pipeline_batch,
-                        total_images,
-                        plan.bare_min_seconds,
-                    )
-                )
-                fast_sequential.append(pipeline(1, fast))
-                fast_concurrent.append(pipeline(concurrency, fast))
-            line += (
-                f"; prototype: bare b{pipeline_batch} {fast_bare[-1].images_per_s:.1f}, "
-                f"pipeline ×1 {fast_sequential[-1].images_per_s:.1f}, "
-                f"×{concurrency} {fast_concurrent[-1].images_per_s:.1f} /s"
-            )
         print(line, flush=True)
 
     bare = {b: median_run(runs) for b, runs in bare_runs.items()}
@@ -815,28 +624,6 @@ def bench_device(manifest_path: Path, work: Path, plan: Plan) -> dict[str, Any]:
         "target": TARGET_2D_RATIO if is_2d else None,
         "meets_target": shipped["ratio"]["pipeline_vs_bare"] >= TARGET_2D_RATIO if is_2d else None,
     }
-    if plan.prototype:
-        fast_reference = median_run(fast_bare)
-        faster = compare(
-            median_run(fast_sequential), median_run(fast_concurrent), fast_reference, concurrency
-        )
-        best = max(faster["pipeline"].values(), key=lambda run: float(run["images_per_s"]))
-        result["prototype"] = {
-            "changes": list(PROTOTYPE_CHANGES),
-            "max_abs_input_difference": sig(difference),
-            "bare": {f"batch_{pipeline_batch}": fast_reference.as_dict()},
-            "pipeline": faster["pipeline"],
-            "ratio": {
-                **faster["ratio"],
-                "pipeline_vs_shipped_bare": sig(
-                    float(best["images_per_s"]) / reference.images_per_s
-                ),
-                "speedup_vs_shipped_pipeline": sig(
-                    float(best["images_per_s"])
-                    / max(float(r["images_per_s"]) for r in shipped["pipeline"].values())
-                ),
-            },
-        }
     result["wall_s"] = round(time.perf_counter() - started, 1)
     bench.parts.db.dispose()
     return result
@@ -851,7 +638,7 @@ def _stages(run: dict[str, Any]) -> str:
 
 
 def format_table(devices: Sequence[dict[str, Any]]) -> str:
-    """Markdown: the shipped pipeline against bare onnxruntime, then the prototype."""
+    """Markdown: the pipeline against bare onnxruntime, per device."""
     header = [
         "device", "study (per job)", "bare b1 /s", "bare bP /s", "bare bMax /s",
         "pipeline ×1 /s", "pipeline ×2 /s", "studies/s", "ratio",
@@ -880,108 +667,29 @@ def format_table(devices: Sequence[dict[str, Any]]) -> str:
             _stages(seq),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    prototyped = [device for device in devices if "prototype" in device]
-    if not prototyped:
-        return "\n".join(lines)
-    header = [
-        "prototype", "bare bP /s (no spinning)", "pipeline ×1 /s", "pipeline ×2 /s",
-        "ratio", "ratio to shipped bare", "× shipped pipeline",
-        "×1 stages, ms per job: load / decode / preprocess / infer / postprocess / bookkeeping",
-    ]  # fmt: skip
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for device in prototyped:
-        fast = device["prototype"]
-        (reference,) = fast["bare"].values()
-        seq, conc = fast["pipeline"]["sequential"], fast["pipeline"]["concurrent"]
-        cells = [
-            device["device"],
-            f"{reference['images_per_s']:.1f}",
-            f"{seq['images_per_s']:.2f}",
-            f"{conc['images_per_s']:.2f}",
-            f"**{fast['ratio']['pipeline_vs_bare']:.2f}**",
-            f"{fast['ratio']['pipeline_vs_shipped_bare']:.2f}",
-            f"{fast['ratio']['speedup_vs_shipped_pipeline']:.2f}",
-            _stages(seq),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _version_line(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if done.returncode == 0 and lines else None
 
 
 def environment(settings: Settings | None) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
-    packages = {}
-    for name in (
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "numpy",
-        "torch",
-        "monai",
-        "scipy",
-        "pydicom",
-        "pylibjpeg",
-        "sqlalchemy",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            packages[name] = metadata.version(name)
-    cpu_model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+    packages = ("onnxruntime", "onnxruntime-gpu", "numpy", "torch", "monai", "scipy")
     return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        **machine_description((*packages, "pydicom", "pylibjpeg", "sqlalchemy")),
         "gpu": gpu_name(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": packages,
         "onnxruntime_available_providers": ort.get_available_providers(),
         "settings_inference_providers": list(settings.inference_providers) if settings else None,
         "worker_concurrency": settings.worker_concurrency if settings else None,
         "inference_max_batch": settings.inference_max_batch if settings else None,
         "onnxruntime_intra_op_threads": "onnxruntime default (one per physical core)",
         "torch_threads": torch.get_num_threads(),
-        "git_commit": _version_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
     }
 
 
-def gpu_name() -> str | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    return _version_line(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-
-
 def results_machine(providers: Sequence[str]) -> str:
-    """The ingest benchmark's machine name, and the GPU where the sessions used one."""
-    name = machine_name()
-    gpu = gpu_name() if any(p != "CPUExecutionProvider" for p in providers) else None
-    if gpu:
-        name += "-" + "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")
-    return name
-
-
-def write_results(out_dir: Path, report: dict[str, Any]) -> Path:
-    folder = out_dir / str(report["machine"])
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = folder / f"inference-{stamp}.json"
-    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    path.write_text(text)
-    (folder / "inference-latest.json").write_text(text)
-    return path
+    """The machine's name, and the GPU's where the sessions used one."""
+    return machine_name(with_gpu=any(p != "CPUExecutionProvider" for p in providers))
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -1062,11 +770,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="image or slice size of a study kind (chest_xray, mammography, ct_chest, "
         "ct_head), e.g. chest_xray=1024x1024 (repeatable)",
     )
-    parser.add_argument(
-        "--no-prototype",
-        action="store_true",
-        help="skip the prototype phases (the proposed faster decode/preprocess/session)",
-    )
     parser.add_argument("--seed", type=int, default=20240101)
     args = parser.parse_args(argv)
     args.size = dict(args.size)
@@ -1093,31 +796,15 @@ def device_plan(args: argparse.Namespace, manifest: DeviceManifest) -> Plan:
         bare_min_seconds=0.3 if args.quick else 1.0,
         quick=args.quick,
         seed=args.seed,
-        prototype=not args.no_prototype,
         sizes=args.size,
     )
 
 
-@contextlib.contextmanager
-def work_folder(chosen: Path | None) -> Iterator[Path]:
-    if chosen is not None:
-        chosen.mkdir(parents=True, exist_ok=True)
-        yield chosen
-        return
-    folder = Path(tempfile.mkdtemp(prefix="aigw-bench-infer-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def phases(device: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every timed phase of a device's result, by name."""
-    for prefix, part in (("", device), ("prototype ", device.get("prototype"))):
-        if part is not None:
-            for group in ("bare", "pipeline"):
-                for name, figures in part[group].items():
-                    yield f"{prefix}{group} {name}", figures
+    for group in ("bare", "pipeline"):
+        for name, figures in device[group].items():
+            yield f"{group} {name}", figures
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1125,7 +812,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = os.getloadavg()
     started = time.perf_counter()
     devices = []
-    with work_folder(args.work_dir) as work, warnings.catch_warnings():
+    with work_folder(args.work_dir, "aigw-bench-infer-") as work, warnings.catch_warnings():
         # Blank borders make MONAI's percentile scaling warn about a zero range: harmless.
         warnings.filterwarnings("ignore", message="Divide by zero", category=Warning)
         for number, path in enumerate(paths):
@@ -1184,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
-    path = write_results(args.out, report)
+    path = write_results(args.out, str(report["machine"]), "inference", report)
     print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 

@@ -27,7 +27,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -38,9 +37,8 @@ import tempfile
 import time
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +53,17 @@ from pydicom.uid import (
     generate_uid,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.environment import (
+    RESULTS,
+    ROOT,
+    machine_busy_seconds,
+    machine_description,
+    machine_name,
+    version_line,
+    work_folder,
+    write_results,
+)
+
 MAX_PDU = 131072
 CT_SIZE = (512, 512)
 DX_SIZE = (2500, 2000)  # rows, columns: a typical flat-panel chest radiograph
@@ -317,26 +324,9 @@ def tree_cpu_seconds(roots: Sequence[int]) -> float:
     return total
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs have spent busy since boot (not idle, iowait or steal)."""
-    with open("/proc/stat") as handle:
-        fields = [int(value) for value in handle.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
-
-
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _version_line(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0].strip() if lines else None
 
 
 # --- support services of the distributed aigw -----------------------------------------------
@@ -430,7 +420,7 @@ class PostgresCluster:
         return []
 
     def version(self) -> str | None:
-        return _version_line([str(self.bin_dir / "postgres"), "--version"])
+        return version_line([str(self.bin_dir / "postgres"), "--version"])
 
 
 def _postgres_bin() -> Path:
@@ -911,52 +901,13 @@ def format_table(results: Sequence[ReceiverResult]) -> str:
 
 
 def environment(postgres_version: str | None) -> dict[str, Any]:
-    packages = {}
-    for name in (
-        "pydicom",
-        "pynetdicom",
-        "sqlalchemy",
-        "psycopg",
-        "minio",
-        "moto",
-        "numpy",
-        "pydantic",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            packages[name] = metadata.version(name)
-    cpu_model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+    packages = ("pydicom", "pynetdicom", "sqlalchemy", "psycopg", "minio", "moto", "numpy")
     return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": packages,
-        "dcmtk": _version_line(["storescu", "--version"]),
-        "orthanc": _version_line(["Orthanc", "--version"]),
+        **machine_description((*packages, "pydantic")),
+        "dcmtk": version_line(["storescu", "--version"]),
+        "orthanc": version_line(["Orthanc", "--version"]),
         "postgresql": postgres_version,
-        "git_commit": _version_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
     }
-
-
-def machine_name() -> str:
-    return f"cpu-{os.cpu_count()}core"
-
-
-def write_results(out_dir: Path, report: dict[str, Any]) -> Path:
-    folder = out_dir / machine_name()
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = folder / f"ingest-{stamp}.json"
-    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    path.write_text(text)
-    (folder / "ingest-latest.json").write_text(text)
-    return path
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -1040,24 +991,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def work_folder(chosen: Path | None) -> Iterator[Path]:
-    if chosen is not None:
-        chosen.mkdir(parents=True, exist_ok=True)
-        yield chosen
-        return
-    folder = Path(tempfile.mkdtemp(prefix="aigw-bench-ingest-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     names = check_tools(args.receivers.split(","))
     results = {name: ReceiverResult(name, {}) for name in names}
     load_at_start = os.getloadavg()
-    with work_folder(args.work_dir) as work, contextlib.ExitStack() as cleanup:
+    with (
+        work_folder(args.work_dir, "aigw-bench-ingest-") as work,
+        contextlib.ExitStack() as cleanup,
+    ):
         started = time.perf_counter()
         corpus = make_corpus(work / "files", args.ct, args.dx, args.seed)
         print(
@@ -1134,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
-    path = write_results(args.out, report)
+    path = write_results(args.out, machine_name(), "ingest", report)
     print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 
