@@ -108,7 +108,9 @@ def _build_text(
     validation: Metrics,
     test: Metrics,
 ) -> str:
-    crop = f" (3D crops {' × '.join(map(str, training.crop))})" if training.crop is not None else ""
+    crop = f" (crops {' × '.join(map(str, training.crop))})" if training.crop is not None else ""
+    if training.recalibrate:
+        crop += f", batch norm then re-estimated on {training.recalibrate} whole images"
     return (
         f"{device.architecture}. {parameters:,} parameters, slimmed for CPU training. "
         f"Trained from scratch: {training.steps} AdamW steps (one-cycle, max lr "

@@ -216,12 +216,22 @@ class _SegmentationLoss:
         assert training.crop is not None
         self.crop = training.crop
         self.positive_share = training.positive_crop_share
+        self.hard_level = training.hard_negative_level
+        self.hard_share = training.hard_negative_share
 
     def _origin(self, sample: Sample) -> list[int]:
-        uniform = torch.rand(len(self.crop) + 1, generator=self.generator).tolist()
-        around = bool(sample.lesions) and uniform[-1] < self.positive_share
-        centre = sample.lesions[0].centre_model if around else None
-        return _crop_origin(sample.image.shape[1:], self.crop, centre, uniform)
+        uniform = torch.rand(len(self.crop) + 3, generator=self.generator).tolist()
+        shape = sample.image.shape[1:]
+        centre: Sequence[float] | None = None
+        if sample.lesions and uniform[-1] < self.positive_share:
+            centre = sample.lesions[0].centre_model
+        elif self.hard_level is not None and uniform[-2] < self.hard_share:
+            assert sample.mask is not None
+            bright = np.flatnonzero((sample.image[0] >= self.hard_level) & (sample.mask < 0.5))
+            if bright.size:
+                pick = bright[min(bright.size - 1, int(uniform[-3] * bright.size))]
+                centre = [float(i) for i in np.unravel_index(pick, shape)]
+        return _crop_origin(shape, self.crop, centre, uniform)
 
     def __call__(self, batch: Sequence[Sample], flips: torch.Tensor) -> torch.Tensor:
         images, masks = [], []
