@@ -13,30 +13,8 @@ from typing import Any
 
 import click
 
+from gateway.cli_options import CONFIG, DATA_DIR, settings_from
 from gateway.errors import GatewayError
-from gateway.logs import configure_logging
-from gateway.settings import Settings, load_settings
-
-CONFIG = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    help="Settings YAML (default configs/gateway.yaml or $AIGW_CONFIG_FILE).",
-)
-DATA_DIR = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    help="Data directory of the embedded default (default ./var).",
-)
-
-
-def _settings(config_file: Path | None, **overrides: Any) -> Settings:
-    try:
-        settings = load_settings(config_file, **overrides)
-    except (GatewayError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-    configure_logging(settings.log_level, settings.log_json)
-    return settings
 
 
 @click.group()
@@ -62,7 +40,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
     """Receive studies over DICOM, assemble, route and analyse them until interrupted."""
     from workers.app import build_gateway  # the CLI is the composition root
 
-    settings = _settings(config_file, **overrides)
+    settings = settings_from(config_file, **overrides)
     try:
         gateway = build_gateway(settings)
         gateway.start()
@@ -132,7 +110,7 @@ def studies(
     from gateway.database import Database
     from gateway.study_queries import list_studies
 
-    settings = _settings(config_file, data_dir=data_dir)
+    settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
     found = list_studies(db, state)
@@ -158,7 +136,7 @@ def studies_complete(obj: dict[str, Any], study_uid: str) -> None:
     from gateway.database import Database
     from gateway.sources import load_directory
 
-    settings = _settings(obj["config_file"], data_dir=obj["data_dir"])
+    settings = settings_from(obj["config_file"], data_dir=obj["data_dir"])
     db = Database(settings.resolved_database_url)
     db.migrate()
     directory = load_directory(settings.sources_file, settings.regions_file, settings.open_mode)
@@ -177,7 +155,7 @@ def studies_timeline(obj: dict[str, Any], study_uid: str) -> None:
     from gateway.database import Database
     from gateway.study_queries import timeline
 
-    settings = _settings(obj["config_file"], data_dir=obj["data_dir"])
+    settings = settings_from(obj["config_file"], data_dir=obj["data_dir"])
     db = Database(settings.resolved_database_url)
     try:
         for entry in timeline(db, study_uid):
@@ -219,7 +197,7 @@ def demo(config_file: Path | None, exit_when_done: bool, **overrides: Any) -> No
     from gateway.demo import run_demo
     from workers.app import build_gateway
 
-    settings = _settings(config_file, log_level="WARNING", **overrides)
+    settings = settings_from(config_file, log_level="WARNING", **overrides)
     try:
         run_demo(settings, build_gateway, say=click.echo, keep_serving=not exit_when_done)
     except (GatewayError, OSError, TimeoutError) as exc:
@@ -243,7 +221,7 @@ def jobs(
     from gateway.database import Database
     from gateway.study_queries import list_jobs
 
-    settings = _settings(config_file, data_dir=data_dir)
+    settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
     for job in list_jobs(db, study_uid, state):
@@ -274,7 +252,7 @@ def worker(config_file: Path | None, queues: str | None, concurrency: int | None
     """Run a Celery worker (distributed mode: set broker_url to Redis)."""
     from workers.worker import run_worker
 
-    settings = _settings(config_file)
+    settings = settings_from(config_file)
     if settings.broker_url.startswith("memory"):
         raise click.ClickException("a separate worker needs a real broker: set AIGW_BROKER_URL")
     run_worker(settings, queues.split(",") if queues else None, concurrency)
@@ -290,7 +268,7 @@ def _registry(config_file: Path | None, data_dir: Path | None) -> Any:
     from gateway.object_store import create_store
     from gateway.registry import DeviceRegistry
 
-    settings = _settings(config_file, data_dir=data_dir)
+    settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
     return DeviceRegistry(db, create_store(settings))

@@ -8,31 +8,10 @@ from pathlib import Path
 import click
 
 from gateway.access import AccessError, Role, create_token, list_tokens, revoke_token
+from gateway.cli_options import CONFIG, DATA_DIR, settings_from
 from gateway.database import Database
 from gateway.errors import GatewayError
-from gateway.logs import configure_logging
-from gateway.settings import Settings, load_settings
-
-CONFIG = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    help="Settings YAML (default configs/gateway.yaml or $AIGW_CONFIG_FILE).",
-)
-DATA_DIR = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    help="Data directory of the embedded default (default ./var).",
-)
-
-
-def _settings(config_file: Path | None, **overrides: object) -> Settings:
-    try:
-        settings = load_settings(config_file, **overrides)
-    except (GatewayError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-    configure_logging(settings.log_level, settings.log_json)
-    return settings
+from gateway.settings import Settings
 
 
 def _database(settings: Settings) -> Database:
@@ -70,7 +49,7 @@ def tokens_create(
     name: str | None,
 ) -> None:
     """Create a token and print its secret (the only time it is shown)."""
-    db = _database(_settings(config_file, data_dir=data_dir))
+    db = _database(settings_from(config_file, data_dir=data_dir))
     try:
         token, secret = create_token(db, role, region, name)
     except AccessError as exc:
@@ -88,7 +67,7 @@ def tokens_create(
 @DATA_DIR
 def tokens_list(config_file: Path | None, data_dir: Path | None) -> None:
     """Tokens with role, region and state (never their secrets)."""
-    db = _database(_settings(config_file, data_dir=data_dir))
+    db = _database(settings_from(config_file, data_dir=data_dir))
     found = list_tokens(db)
     db.dispose()
     click.echo(f"{'ID':>4} {'NAME':<24} {'ROLE':<13} RG  {'STATE':<8} LAST USED")
@@ -107,7 +86,7 @@ def tokens_list(config_file: Path | None, data_dir: Path | None) -> None:
 @click.argument("token_id", type=int)
 def tokens_revoke(config_file: Path | None, data_dir: Path | None, token_id: int) -> None:
     """Revoke a token at once (its dashboard sessions end too)."""
-    db = _database(_settings(config_file, data_dir=data_dir))
+    db = _database(settings_from(config_file, data_dir=data_dir))
     found = revoke_token(db, token_id)
     db.dispose()
     if not found:
@@ -129,10 +108,12 @@ def api_command(
     from gateway.api import create_app
     from gateway.object_store import create_store
 
-    settings = _settings(config_file, data_dir=data_dir, http_host=http_host, http_port=http_port)
+    settings = settings_from(
+        config_file, data_dir=data_dir, http_host=http_host, http_port=http_port
+    )
     if not settings.http_port:
         raise click.ClickException("http_port is 0: give --port")
-    db = _database(_settings(config_file, data_dir=data_dir))
+    db = _database(settings_from(config_file, data_dir=data_dir))
     try:
         store = create_store(settings)
     except GatewayError as exc:

@@ -8,26 +8,16 @@ from typing import Any
 
 import click
 
+from gateway.cli_options import CONFIG, DATA_DIR, settings_from
 from gateway.database import Database
-from gateway.errors import GatewayError
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings
 
 
 def _open(config_file: Path | None, data_dir: Path | None) -> tuple[Settings, Database]:
-    from gateway.logs import configure_logging
-
-    try:
-        settings = load_settings(config_file, data_dir=data_dir)
-    except (GatewayError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-    configure_logging(settings.log_level, settings.log_json)
+    settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
     return settings, db
-
-
-CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path))
-DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path))
 
 
 @click.command("results")

@@ -153,6 +153,19 @@ class FindingSummary(BaseModel):
     location: dict[str, Any] | None
     measurements: dict[str, float]
 
+    @classmethod
+    def of(cls, row: FindingRow) -> FindingSummary:
+        return cls(
+            label_code=row.label_code,
+            label_ru=row.label_ru,
+            label_en=row.label_en,
+            probability=row.probability,
+            threshold=row.threshold,
+            positive=row.positive,
+            location=row.location,
+            measurements=row.measurements or {},
+        )
+
 
 class JobSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -206,19 +219,7 @@ def list_jobs(
                 attempts=job.attempts,
                 reason=job.reason,
                 timings_ms=job.timings_ms or {},
-                findings=[
-                    FindingSummary(
-                        label_code=f.label_code,
-                        label_ru=f.label_ru,
-                        label_en=f.label_en,
-                        probability=f.probability,
-                        threshold=f.threshold,
-                        positive=f.positive,
-                        location=f.location,
-                        measurements=f.measurements or {},
-                    )
-                    for f in findings.get(job.id, [])
-                ],
+                findings=[FindingSummary.of(f) for f in findings.get(job.id, [])],
             )
             for job, uid in rows
         ]

@@ -280,17 +280,7 @@ def _jobs(session: Session, query: AnySelect, uids: dict[int, str]) -> list[JobI
             started_at=j.started_at,
             finished_at=j.finished_at,
             findings=[
-                FindingSummary(
-                    label_code=f.label_code,
-                    label_ru=f.label_ru,
-                    label_en=f.label_en,
-                    probability=f.probability,
-                    threshold=f.threshold,
-                    positive=f.positive,
-                    location=f.location,
-                    measurements=f.measurements or {},
-                )
-                for f in sorted(findings.get(j.id, []), key=lambda f: f.id)
+                FindingSummary.of(f) for f in sorted(findings.get(j.id, []), key=lambda f: f.id)
             ],
         )
         for j in jobs
