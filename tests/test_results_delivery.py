@@ -24,8 +24,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from click.testing import CliRunner
 from pydicom import dcmread
 
+from gateway.cli import main
 from gateway.outbox import list_outbox
 from gateway.reports import results_of
 from gateway.serve import Gateway
@@ -289,3 +291,19 @@ def test_results_come_back_into_the_archive_and_the_semd_reaches_the_region_once
             if "метки" in s["MainDicomTags"].get("SeriesDescription", "")
         ]
         assert flagged, "the flag-image series is missing from the archive"
+
+    # The operator's view: `aigw outbox` and `aigw results --out`.
+    cli_env = {"AIGW_CONFIG_FILE": str(ROOT / "configs" / "gateway.yaml")}
+    var = ["--data-dir", str(settings.data_dir)]
+    runner = CliRunner()
+    listed = runner.invoke(main, ["outbox", *var, "--json"], env=cli_env)
+    assert listed.exit_code == 0, listed.output
+    states = [json.loads(line)["state"] for line in listed.output.splitlines() if line]
+    assert states and set(states) == {"delivered"}
+    out = settings.data_dir / "exported"
+    written = runner.invoke(main, ["results", ct.study_instance_uid, *var, "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    names = {p.name for p in out.glob("job-*/*")}
+    assert {"sr-1.dcm", "sc-1.dcm", "gsps-1.dcm", "seg-1.dcm", "semd.xml", "semd.json"} <= names
+    unknown = runner.invoke(main, ["outbox", *var, "retry", "999999"])
+    assert unknown.exit_code != 0 and "no undelivered outbox row 999999" in unknown.output
