@@ -81,13 +81,17 @@ def pending_jobs(db: Database) -> list[JobRow]:
         )
 
 
-def stale_jobs(db: Database, older_than_s: float) -> list[tuple[int, str, int]]:
-    """(id, queue, priority) of jobs queued or running for longer than ``older_than_s``:
-    their task may have been lost with the broker (a Redis restart without persistence)."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+def stale_jobs(
+    db: Database, queued_for_s: float, running_for_s: float
+) -> list[tuple[int, str, int]]:
+    """(id, queue, priority) of jobs queued or running for longer than these: their task may
+    have been lost with the broker (a Redis restart without persistence)."""
+    now = utcnow()
+    queued_before = now - timedelta(seconds=queued_for_s)
+    running_before = now - timedelta(seconds=running_for_s)
     with db.session() as session:
         query = select(JobRow.id, JobRow.queue, JobRow.priority).where(
-            ((JobRow.state == JobState.QUEUED.value) & (JobRow.created_at <= cutoff))
-            | ((JobRow.state == JobState.RUNNING.value) & (JobRow.started_at <= cutoff))
+            ((JobRow.state == JobState.QUEUED.value) & (JobRow.created_at <= queued_before))
+            | ((JobRow.state == JobState.RUNNING.value) & (JobRow.started_at <= running_before))
         )
         return [(row.id, row.queue, row.priority) for row in session.execute(query)]

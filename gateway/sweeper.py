@@ -3,7 +3,9 @@
 Jobs and reports live in the database; their Celery messages only say "go". A message can
 be lost — a Redis restarted without persistence, a worker that died after acknowledging —
 so a sweeper in ``aigw serve`` looks, every ``every_s``, for
-- jobs still queued or running ``stale_after_s`` after they were queued or started, and
+- jobs still queued ``stale_after_s`` after they were queued, or running ``stale_after_s``
+  plus ``running_grace_s`` after they started (a running job's task is redelivered by the
+  broker itself when its worker dies, after the visibility timeout), and
 - inferred jobs with no results ``report_after_s`` after they finished,
 and sends their task again. Tasks are idempotent, so a message that was merely slow costs
 a duplicate run, never a duplicate result; each job is re-sent at most once per
@@ -31,12 +33,14 @@ class Sweeper:
         resend_infer: Callable[[int, str, int], None],
         resend_report: Callable[[int], None],
         stale_after_s: float,
+        running_grace_s: float = 0.0,
         report_after_s: float = 120.0,
         every_s: float = 30.0,
     ) -> None:
         self.db = db
         self.resend_infer, self.resend_report = resend_infer, resend_report
         self.stale_after_s, self.report_after_s = stale_after_s, report_after_s
+        self.running_after_s = stale_after_s + running_grace_s
         self.every_s = every_s
         self._resent: dict[tuple[str, int], float] = {}  # (kind, job) → monotonic time
         self._stop = threading.Event()
@@ -59,7 +63,9 @@ class Sweeper:
     def sweep(self) -> int:
         """One round; returns how many tasks were sent again."""
         sent = 0
-        for job_id, queue, priority in stale_jobs(self.db, self.stale_after_s):
+        for job_id, queue, priority in stale_jobs(
+            self.db, self.stale_after_s, self.running_after_s
+        ):
             if self._due(("infer", job_id)):
                 log.warning("stale job queued again", extra={"job_id": job_id})
                 self.resend_infer(job_id, queue, priority)

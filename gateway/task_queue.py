@@ -59,6 +59,10 @@ def create_celery(settings: Settings) -> Celery:
             "sep": ":",
             "queue_order_strategy": "priority",
             "visibility_timeout": settings.broker_visibility_timeout_s,
+            # kombu looks for abandoned tasks every 10 × this interval by default (100 s),
+            # whatever the visibility timeout: look as often as the timeout allows.
+            "unacked_restore_interval": min(10, settings.broker_visibility_timeout_s),
+            "unacked_restore_throttle": 1,
         },
     )
     return app

@@ -51,6 +51,8 @@ def build_gateway(settings: Settings) -> Gateway:
             ),
             resend_report=lambda job_id: send_report(app, job_id),
             stale_after_s=settings.job_requeue_after_s,
+            running_grace_s=settings.broker_visibility_timeout_s,
+            report_after_s=max(120.0, settings.job_requeue_after_s),
             every_s=settings.sweep_every_s,
         )
     )
