@@ -2,7 +2,7 @@
 # `make test` (installs what it needs, then runs lint, types and every test).
 PY := .venv/bin/python
 
-.PHONY: demo test lint typecheck pytest models bench-ingest bench-infer venv clean
+.PHONY: demo test lint typecheck pytest models bench bench-ingest bench-infer venv clean
 
 demo:
 	scripts/bootstrap.sh --venv
@@ -35,6 +35,12 @@ bench-ingest:
 bench-infer:
 	scripts/bootstrap.sh --venv
 	$(PY) -m benchmarks.inference
+
+# The whole suite (bare onnxruntime sweep, pipeline, ingest, end to end): a few minutes with
+# BENCH_ARGS=--quick on 2 CPU cores; results in benchmarks/results/<machine>/.
+bench:
+	scripts/bootstrap.sh
+	$(PY) -m benchmarks.suite $(BENCH_ARGS)
 
 venv:
 	scripts/bootstrap.sh --venv
