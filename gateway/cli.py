@@ -348,6 +348,24 @@ def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, o
     click.echo(f"{device}: {'enabled' if on else 'disabled'}")
 
 
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """The benchmark suite (python -m benchmarks.suite; --help for its options)."""
+    import subprocess
+
+    # benchmarks/ sits beside the packages in the repository and is not installed: the
+    # suite imports everything, and nothing in the gateway imports it.
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "suite.py").is_file():
+        raise click.ClickException("the benchmark suite ships with the repository checkout")
+    command = [sys.executable, "-m", "benchmarks.suite", *ctx.args]
+    sys.exit(subprocess.call(command, cwd=root))
+
+
 def _add_commands() -> None:
     from gateway.cli_access import api_command, tokens_group
     from gateway.cli_results import outbox_group, results_command

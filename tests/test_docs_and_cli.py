@@ -124,3 +124,17 @@ def test_invalid_settings_are_refused_with_the_reason(tmp_path: Path) -> None:
     result = _aigw("studies", "--config", str(bad))
     assert result.returncode != 0
     assert "dicom_port" in result.stderr and "no_such_key" in result.stderr
+
+
+def test_aigw_bench_runs_the_suite_from_the_checkout() -> None:
+    """`aigw bench ARGS` is `python -m benchmarks.suite ARGS` in the repository: its own
+    options reach the suite (here --help, which the suite answers, not click)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "--help"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "python -m benchmarks.suite" in result.stdout and "--quick" in result.stdout
