@@ -69,13 +69,15 @@ def test_the_gpu_worker_reserves_one_nvidia_gpu_per_replica(
         assert "deploy" not in services[other]
 
 
-def test_queues_split_inference_from_reports_and_delivery(
+def test_queues_split_inference_from_reports(
     services: dict[str, dict[str, Any]],
 ) -> None:
     command = services["worker-cpu"]["command"]
     queues = set(command[command.index("--queues") + 1].split(","))
-    assert {"reports", "delivery"} <= queues
-    assert "infer" not in queues
+    from gateway.task_queue import DEFAULT_INFER_QUEUE, REPORTS_QUEUE
+
+    assert REPORTS_QUEUE in queues
+    assert DEFAULT_INFER_QUEUE not in queues
     assert _environment(services["gateway"])["AIGW_EMBEDDED_WORKER"] == "false"
 
 
