@@ -88,6 +88,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| test-cxr@1.0.0 |" in done.stdout  # the printed table
+    assert "| bench-vendor-scale-cxr@1.0.0 (**workload: vendor-scale" in done.stdout
     (folder,) = out.iterdir()
     latest = folder / "inference-latest.json"
     (stamped,) = folder.glob("inference-2*.json")
@@ -101,7 +102,18 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
     assert report["benchmark"] == "inference"
     assert report["_folder"] == report["machine"]
     assert report["parameters"]["quick"] is True
-    assert report["target"] == {"pipeline_vs_bare_2d_min": 0.7}
+    target = report["target"]
+    assert target["pipeline_vs_bare_2d_min"] == 0.7
+    # The target is applied to the device and to the workload, each named with its verdict.
+    assert [(c["device"], c["workload"]) for c in target["checks"]] == [
+        ("test-cxr@1.0.0", None),
+        ("bench-vendor-scale-cxr@1.0.0", "vendor-scale, random weights"),
+    ]
+    for check, device in zip(target["checks"], report["devices"], strict=True):
+        assert check["ratio"] == device["ratio"]["pipeline_vs_bare"]
+        assert check["meets_target"] is device["meets_target"]
+    assert target["registered_devices_meet"] is report["devices"][0]["meets_target"]
+    assert target["vendor_scale_meets"] is report["devices"][1]["meets_target"]
     environment = report["environment"]
     assert environment["cpu_count"] >= 1
     assert "onnxruntime" in environment["packages"]
@@ -109,8 +121,9 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
     assert environment["settings_inference_providers"]
     assert isinstance(report["busy_machine_phases"], list)
 
-    (device,) = report["devices"]
+    device, vendor_scale = report["devices"]
     assert device["device"] == "test-cxr@1.0.0"
+    assert device["workload"] is None
     assert (device["dims"], device["unit"]) == (2, "images")
     assert device["study"]["kind"] == "chest_xray"
     assert device["study"]["instances_per_job"] == 1
@@ -135,6 +148,18 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
 
     assert "prototype" not in device  # the obsolete phases are gone
 
+    # The vendor-scale workload: measured exactly as the device, labelled as what it is.
+    assert vendor_scale["device"] == "bench-vendor-scale-cxr@1.0.0"
+    assert vendor_scale["workload"] == "vendor-scale, random weights"
+    assert "random weights" in vendor_scale["workload_note"]
+    assert "--quick" in vendor_scale["workload_note"]  # the smaller quick input is labelled
+    assert vendor_scale["input"]["shape"] == [1, 256, 256]
+    assert set(vendor_scale) == set(device) | {"workload_note"}
+    assert vendor_scale["study"] == device["study"]  # the same DX study
+    assert vendor_scale["providers"] == device["providers"]
+    assert vendor_scale["target"] == 0.7 and isinstance(vendor_scale["meets_target"], bool)
+    assert "random weights" in vendor_scale["build"]
+
 
 def test_every_figure_is_finite_and_every_device_figure_positive(report: dict[str, Any]) -> None:
     numbers = list(_numbers(report))
@@ -148,6 +173,40 @@ def test_every_figure_is_finite_and_every_device_figure_positive(report: dict[st
             assert value >= 0, path
         else:
             assert value > 0, path
+
+
+def test_the_vendor_scale_workload_is_labelled_and_not_clinical(tmp_path: Path) -> None:
+    """Its manifest is the chest X-ray reference device's with its own identity, size,
+    file and provenance, and it registers like any device (the registry's own checks)."""
+    from benchmarks.inference import REFERENCE_CXR, write_vendor_scale_device
+    from gateway.registry import DeviceRegistry
+    from gateway.serve import Parts
+    from gateway.settings import load_settings
+    from models.manifest import load_manifest
+
+    path = write_vendor_scale_device(tmp_path / "device", 64, seed=7)
+    manifest = load_manifest(path)
+    base = load_manifest(REFERENCE_CXR)
+    assert manifest.id == "bench-vendor-scale-cxr"
+    assert "random weights, not a device" in manifest.name
+    assert manifest.provenance.clinical_use is False and manifest.registration is None
+    assert "Not for clinical use" in manifest.provenance.notice_en
+    assert manifest.input.size == [64, 64]
+    assert (manifest.study_types, manifest.accepts, manifest.outputs) == (
+        base.study_types,
+        base.accepts,
+        base.outputs,
+    )
+    assert manifest.onnx.sha256 != base.onnx.sha256
+    again = write_vendor_scale_device(tmp_path / "again", 64, seed=7)
+    assert load_manifest(again).onnx.sha256 == manifest.onnx.sha256  # seeded: reproducible
+
+    parts = Parts.build(load_settings(None, data_dir=tmp_path / "var", min_free_bytes=0))
+    try:
+        device, new = DeviceRegistry(parts.db, parts.store).register(path)
+    finally:
+        parts.db.dispose()
+    assert new and device.key == "bench-vendor-scale-cxr@1.0.0"
 
 
 def test_a_device_that_is_not_there_is_named(tmp_path: Path) -> None:
