@@ -25,6 +25,7 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
@@ -34,10 +35,10 @@ from gateway.database import Database
 from gateway.decode import volume_order
 from gateway.destinations import Destinations, ResultKind
 from gateway.jobs import JobState
-from gateway.masks import decode_mask
+from gateway.masks import MaskError, decode_mask
 from gateway.object_store import ObjectStore
 from gateway.outbox import enqueue
-from gateway.registry import DeviceRegistry
+from gateway.registry import DeviceRegistry, RegistryError
 from gateway.report_input import Organisation, ReportFinding, ReportInput
 from gateway.semd_validation import validate_semd
 from gateway.study_state import record_event
@@ -47,6 +48,7 @@ from gateway.tables import (
     JobRow,
     ResultRow,
     SeriesRow,
+    SourceRow,
     StudyRow,
     utcnow,
 )
@@ -87,7 +89,11 @@ def build_results(context: ReportContext, job_id: int) -> int:
         done = session.scalar(select(exists().where(ResultRow.job_id == job_id)))
         if done:
             return 0
-    report = gather_input(context, job_id)
+    try:
+        report = gather_input(context, job_id)
+    except (MaskError, RegistryError, InvalidDicomError, AttributeError, ValueError) as exc:
+        # Not transient: without withheld rows saying why, the sweeper would retry forever.
+        return _withhold_all(context, job_id, f"inputs unreadable: {exc.__class__.__name__}: {exc}")
     artifacts = build_artifacts(report, context)
     study_uid = str(report.sources[0].StudyInstanceUID)
     for artifact in artifacts:
@@ -96,6 +102,22 @@ def build_results(context: ReportContext, job_id: int) -> int:
     try:
         return _record(context, job_id, study_uid, report.organisation.name, artifacts)
     except IntegrityError:  # another worker recorded this job's results first
+        return 0
+
+
+def _withhold_all(context: ReportContext, job_id: int, reason: str) -> int:
+    log.error("results not built", extra={"job_id": job_id, "reason": reason})
+    with context.db.session() as session:
+        source = session.scalar(
+            select(SourceRow.name)
+            .join(StudyRow, StudyRow.source_id == SourceRow.id)
+            .join(JobRow, JobRow.study_id == StudyRow.id)
+            .where(JobRow.id == job_id)
+        )
+    artifacts = [_Artifact(kind, reason=reason) for kind in (ResultKind.SR, ResultKind.SEMD)]
+    try:
+        return _record(context, job_id, "", source or "", artifacts)
+    except IntegrityError:
         return 0
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from gateway.jobs import JobState
 from gateway.settings import Settings
@@ -68,5 +68,51 @@ def test_stale_jobs_and_missing_reports_are_sent_again(
         with gateway.parts.db.session() as session:
             session.execute(update(JobRow).values(state=JobState.INFERRED.value, finished_at=past))
         assert sweeper.sweep() == len(job_ids) and report == job_ids
+    finally:
+        gateway.stop()
+
+
+def test_unreadable_inputs_withhold_the_results_with_the_reason(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A job whose stored inputs cannot be read back gets withheld results saying why,
+    instead of a report task retried forever."""
+    from gateway.reports import build_results, results_of
+    from gateway.tables import FindingRow, OutboxRow, ResultRow
+    from workers.app import build_gateway
+    from workers.worker import report_context
+
+    settings = make_settings(
+        quiet_period_s=0.3,
+        routing_file=ROOT / "configs" / "routing.yaml",
+        devices_dir=ROOT / "models" / "zoo",
+    )
+    gateway = build_gateway(settings)
+    gateway.start()
+    try:
+        study = chest_xray_study(12, size=(256, 256))
+        files = write_study(study, settings.data_dir / "in")
+        peer = Peer("127.0.0.1", settings.dicom_port, "AIGW", "IRK_CAMI")
+        assert send(files, peer).sent == 1
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not results_of(
+            gateway.parts.db, study.study_instance_uid
+        ):
+            time.sleep(0.2)
+        rows = results_of(gateway.parts.db, study.study_instance_uid)
+        assert rows and all(r.state == "stored" for r in rows if r.kind == "sr")
+        job_id = rows[0].job_id
+        # The results are forgotten, and the finding now names a damaged mask object.
+        gateway.parts.store.put("results/masks/damaged.npz", b"not a mask")
+        with gateway.parts.db.session() as session:
+            session.execute(delete(OutboxRow))
+            session.execute(delete(ResultRow))
+            finding = session.scalars(select(FindingRow).where(FindingRow.job_id == job_id)).first()
+            assert finding is not None
+            finding.location = {**(finding.location or {}), "mask_key": "results/masks/damaged.npz"}
+        assert build_results(report_context(gateway.parts), job_id) == 0
+        withheld = results_of(gateway.parts.db, study.study_instance_uid)
+        assert withheld and all(r.state == "withheld" for r in withheld)
+        assert all("MaskError" in (r.reason or "") for r in withheld)
     finally:
         gateway.stop()
