@@ -105,7 +105,7 @@ class _Job:
 
 def _start(db: Database, job_id: int) -> _Job | None:
     with db.session() as session:
-        job = session.get(JobRow, job_id)
+        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
         if job is None or job.state in DONE_STATES:
             return None
         set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
@@ -229,7 +229,7 @@ def _record(
     db: Database, job_id: int, findings: list[dict[str, Any]], timings: dict[str, float]
 ) -> None:
     with db.session() as session:
-        job = session.get(JobRow, job_id)
+        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
         if job is None or job.state in DONE_STATES:
             return
         session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))

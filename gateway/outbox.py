@@ -48,6 +48,7 @@ class Claim:
     result_id: int
     destination: str
     attempt: int
+    lease_until: datetime  # the row's next_attempt_at while this claim holds it
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,31 @@ def claim_due(db: Database, limit: int, lease_s: float) -> list[Claim]:
         if not db.is_sqlite:  # SQLite serialises writers with BEGIN IMMEDIATE instead
             query = query.with_for_update(skip_locked=True)
         claims = []
+        lease_until = now + timedelta(seconds=lease_s)
         for row in session.scalars(query):
             row.attempts += 1
-            row.next_attempt_at = now + timedelta(seconds=lease_s)
-            claims.append(Claim(row.id, row.result_id, row.destination, row.attempts))
+            row.next_attempt_at = lease_until
+            claims.append(Claim(row.id, row.result_id, row.destination, row.attempts, lease_until))
         return claims
+
+
+def renew(db: Database, claim: Claim, lease_s: float) -> Claim | None:
+    """Extend a claim just before sending; None when it lapsed and another dispatcher took
+    the row (rows later in a batch wait behind slow deliveries)."""
+    lease_until = utcnow() + timedelta(seconds=lease_s)
+    with db.session() as session:
+        changed = session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.id == claim.outbox_id,
+                OutboxRow.state == PENDING,
+                OutboxRow.next_attempt_at == claim.lease_until,
+            )
+            .values(next_attempt_at=lease_until)
+        )
+        if not getattr(changed, "rowcount", 0):
+            return None
+    return Claim(claim.outbox_id, claim.result_id, claim.destination, claim.attempt, lease_until)
 
 
 def backoff_s(attempt: int, first_s: float, max_s: float) -> float:
@@ -231,16 +252,21 @@ class OutboxDispatcher:
             except SQLAlchemyError as exc:  # the database is back soon; nothing is lost
                 log.warning("outbox: database unavailable", extra={"error": str(exc)[:200]})
                 worked = 0
+            except Exception:  # never let the only delivery thread die
+                log.exception("outbox: unexpected error")
+                worked = 0
             if not worked:
                 self._stop.wait(self.poll_s)
 
     def run_once(self) -> int:
         """Deliver what is due now; returns how many rows were attempted."""
         claims = claim_due(self.db, self.batch, self.lease_s)
-        for claim in claims:
+        for claimed in claims:
             if self._stop.is_set():
                 break
-            self._attempt(claim)
+            claim = renew(self.db, claimed, self.lease_s)
+            if claim is not None:
+                self._attempt(claim)
         return len(claims)
 
     def _attempt(self, claim: Claim) -> None:

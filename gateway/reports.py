@@ -25,7 +25,6 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
@@ -34,11 +33,12 @@ from gateway import flags, gsps, seg, semd, sr
 from gateway.database import Database
 from gateway.decode import volume_order
 from gateway.destinations import Destinations, ResultKind
+from gateway.errors import StorageError
 from gateway.jobs import JobState
-from gateway.masks import MaskError, decode_mask
+from gateway.masks import decode_mask
 from gateway.object_store import ObjectStore
 from gateway.outbox import enqueue
-from gateway.registry import DeviceRegistry, RegistryError
+from gateway.registry import DeviceRegistry
 from gateway.report_input import Organisation, ReportFinding, ReportInput
 from gateway.semd_validation import validate_semd
 from gateway.study_state import record_event
@@ -91,8 +91,13 @@ def build_results(context: ReportContext, job_id: int) -> int:
             return 0
     try:
         report = gather_input(context, job_id)
-    except (MaskError, RegistryError, InvalidDicomError, AttributeError, ValueError) as exc:
-        # Not transient: without withheld rows saying why, the sweeper would retry forever.
+        if not report.sources:
+            raise ValueError("the analysed series has no stored instances any more")
+    except StorageError as exc:
+        if _inputs_present(context, job_id):
+            raise  # the object store is briefly away: the task retries
+        return _withhold_all(context, job_id, f"inputs gone from the object store: {exc}")
+    except Exception as exc:  # not transient: withheld rows say why, nothing retries forever
         return _withhold_all(context, job_id, f"inputs unreadable: {exc.__class__.__name__}: {exc}")
     artifacts = build_artifacts(report, context)
     study_uid = str(report.sources[0].StudyInstanceUID)
@@ -103,6 +108,18 @@ def build_results(context: ReportContext, job_id: int) -> int:
         return _record(context, job_id, study_uid, report.organisation.name, artifacts)
     except IntegrityError:  # another worker recorded this job's results first
         return 0
+
+
+def _inputs_present(context: ReportContext, job_id: int) -> bool:
+    with context.db.session() as session:
+        job = session.get(JobRow, job_id)
+        if job is None:
+            return False
+        keys = _instance_keys(session, tuple(job.series_uids or [job.series_uid]))
+    try:
+        return bool(keys) and all(context.store.exists(key) for key in keys)
+    except StorageError:
+        return True  # cannot tell: treat as transient
 
 
 def _withhold_all(context: ReportContext, job_id: int, reason: str) -> int:
@@ -298,8 +315,10 @@ def _record(
     now = utcnow()
     stored = 0
     with context.db.session() as session:
-        job = session.get(JobRow, job_id)
+        job = session.get(JobRow, job_id, with_for_update=True)
         assert job is not None
+        if session.scalar(select(exists().where(ResultRow.job_id == job_id))):
+            return 0  # a concurrent report task recorded them first
         for artifact in artifacts:
             row = ResultRow(
                 job_id=job_id,

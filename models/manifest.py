@@ -157,6 +157,8 @@ class OnnxFile(_Strict):
     def _no_escape(self) -> OnnxFile:
         if Path(self.file).is_absolute() or ".." in Path(self.file).parts:
             raise ValueError("onnx file must be a relative path inside the manifest's folder")
+        if not Path(self.file).parts or Path(self.file).name in ("", "."):
+            raise ValueError("onnx file must name a file")
         return self
 
 
@@ -206,6 +208,8 @@ def load_manifest(path: Path) -> DeviceManifest:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -244,6 +244,15 @@ def test_bad_input_is_refused_and_changes_nothing(running: tuple[Running, Seed])
         assert api.get("/api/v1/jobs/abc").status_code == 422
         assert api.get("/api/v1/studies", params={"limit": 0}).status_code == 422
         assert api.get("/api/v1/studies", params={"received_from": "yesterday"}).status_code == 422
+        # A time without its zone is ambiguous: refused with the reason, not a server error.
+        naive = api.get("/api/v1/studies", params={"received_from": "2026-01-01T00:00:00"})
+        assert naive.status_code == 422 and "timezone" in str(naive.json()["detail"])
+        aware = api.get("/api/v1/studies", params={"received_from": "2026-01-01T00:00:00Z"})
+        assert aware.status_code == 200
+        assert api.get("/api/v1/audit", params={"since": "2026-01-01T00:00:00"}).status_code == 422
+        # Whatever is not a UID never reaches the index or the audit log.
+        for bad in ("1" * 65, "1.2.3/../x", "abc"):
+            assert api.get("/api/v1/jobs", params={"study_uid": bad}).status_code == 422
         assert api.get("/api/v1/studies/1.2.3.4").json() == {"detail": "no study 1.2.3.4"}
 
         model = classifier_with_heatmap()

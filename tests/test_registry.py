@@ -132,6 +132,21 @@ def test_a_bad_manifest_names_the_field(
     assert registry.devices() == []
 
 
+def test_a_manifest_that_is_not_utf8_or_names_no_file_is_refused(
+    registry: DeviceRegistry, tmp_path: Path
+) -> None:
+    binary = tmp_path / "binary" / "manifest.yaml"
+    binary.parent.mkdir()
+    binary.write_bytes(b"\xff\xfeid: x\n")
+    with pytest.raises(RegistryError, match="not UTF-8"):
+        registry.register(binary)
+    dot = write_device(tmp_path / "dot", classifier_with_heatmap())
+    dot.write_text(dot.read_text().replace("file: model.onnx", "file: ."))
+    with pytest.raises(RegistryError, match="must name a file"):
+        registry.register(dot)
+    assert registry.devices() == []
+
+
 def test_same_version_with_another_file_is_refused(
     registry: DeviceRegistry, tmp_path: Path
 ) -> None:

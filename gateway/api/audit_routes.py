@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import AwareDatetime
 
 from gateway import audit
 from gateway.access import Role
-from gateway.api.deps import Caller, Context
+from gateway.api.deps import Caller, Context, UidQuery
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -18,10 +18,10 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 def audit_log(
     context: Context,
     caller: Caller,
-    study_uid: str | None = None,
+    study_uid: UidQuery = None,
     token_id: int | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: AwareDatetime | None = None,  # naive times are ambiguous: 422
+    until: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[audit.AuditEntry]:
     """Newest first. A region admin sees accesses to its own region's data."""

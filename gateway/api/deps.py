@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, cast
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +16,10 @@ from gateway.database import Database
 from gateway.object_store import ObjectStore
 from gateway.registry import DeviceRegistry
 from gateway.settings import Settings
+
+# A study UID given as a query filter: what a UID can be, so nothing longer or stranger
+# reaches the index or the audit log (whose column holds 64 characters).
+UidQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import AwareDatetime
 
-from gateway.api.deps import Caller, Context, audit_read, not_found
+from gateway.api.deps import Caller, Context, UidQuery, audit_read, not_found
 from gateway.api.study_read import (
     JobFilter,
     JobItem,
@@ -36,8 +37,8 @@ def studies(
     state: str | None = None,
     modality: str | None = None,
     study_type: str | None = None,
-    received_from: datetime | None = None,
-    received_to: datetime | None = None,
+    received_from: AwareDatetime | None = None,  # naive times are ambiguous: 422
+    received_to: AwareDatetime | None = None,
     study_date_from: date | None = None,
     study_date_to: date | None = None,
     limit: Limit = 100,
@@ -89,7 +90,7 @@ def jobs(
     context: Context,
     caller: Caller,
     request: Request,
-    study_uid: str | None = None,
+    study_uid: UidQuery = None,
     state: str | None = None,
     device: str | None = None,
     study_type: str | None = None,
