@@ -219,9 +219,9 @@ def send_for(
 ) -> tuple[SendLog, float]:
     """``senders`` threads, each running one storescu per study from a shared queue, until
     ``seconds`` have passed or the queue is empty; the send window's wall seconds."""
-    todo: queue.Queue[PlannedSend] = queue.Queue()
+    waiting: queue.Queue[PlannedSend] = queue.Queue()
     for study in studies:
-        todo.put(study)
+        waiting.put(study)
     log = SendLog()
     env = {**os.environ, **DCMTK_ENV}
     deadline = time.monotonic() + seconds
@@ -229,7 +229,7 @@ def send_for(
     def sender() -> None:
         while time.monotonic() < deadline:
             try:
-                study = todo.get_nowait()
+                study = waiting.get_nowait()
             except queue.Empty:
                 return
             done = subprocess.run(

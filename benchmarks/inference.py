@@ -66,9 +66,9 @@ from benchmarks.environment import (
     write_results,
 )
 from gateway.decode import read_dataset
+from gateway.dispatch import job_row
 from gateway.inference import InferenceContext, run_job
 from gateway.ingest import Ingest, Sender
-from gateway.jobs import JobState
 from gateway.registry import RegisteredDevice, RegistryError
 from gateway.routing import facts_from_index, load_rules, route
 from gateway.routing.route import PlannedJob
@@ -279,22 +279,8 @@ def create_jobs(bench: Bench, studies: Sequence[PlannedStudy], tag: int) -> list
                 select(StudyRow).where(StudyRow.study_uid == planned.study_uid)
             ).one()
             job = planned.job
-            row = JobRow(
-                study_id=study.id,
-                study_completed_at=completed_at,
-                series_uid=job.series_uid,
-                series_uids=list(job.series_uids),
-                device_key=f"{job.device_id}@{job.device_version}",
-                study_type=str(job.study_type),
-                service_code=job.service_code,
-                rule=job.rule,
-                priority=int(job.priority),
-                queue=queue_for(bench.settings, job.device_id),
-                state=JobState.QUEUED.value,
-                attempts=0,
-                timings_ms={},
-                created_at=now,
-            )
+            queue = queue_for(bench.settings, job.device_id)
+            row = job_row(study.id, completed_at, job, queue, now)
             session.add(row)
             rows.append(row)
         session.flush()

@@ -8,6 +8,7 @@ recorded but never queued (a crash between commit and send) are queued again at 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
 from celery import Celery
@@ -17,13 +18,35 @@ from gateway.assembly import StudyCompleted
 from gateway.database import Database
 from gateway.jobs import JobState, pending_jobs
 from gateway.registry import DeviceRegistry
-from gateway.routing import RoutingDecision, facts_from_index, load_rules, route
+from gateway.routing import PlannedJob, RoutingDecision, facts_from_index, load_rules, route
 from gateway.settings import Settings
 from gateway.study_state import StudyState, set_state
 from gateway.tables import JobRow, StudyRow, utcnow
 from gateway.task_queue import queue_for, send_infer
 
 log = logging.getLogger(__name__)
+
+
+def job_row(
+    study_id: int, completed_at: datetime, planned: PlannedJob, queue: str, now: datetime
+) -> JobRow:
+    """The queued job row for one planned (series, device) analysis of one completion."""
+    return JobRow(
+        study_id=study_id,
+        study_completed_at=completed_at,
+        series_uid=planned.series_uid,
+        series_uids=list(planned.series_uids),  # a whole-study job reads every one
+        device_key=f"{planned.device_id}@{planned.device_version}",
+        study_type=str(planned.study_type),
+        service_code=planned.service_code,
+        rule=planned.rule,
+        priority=int(planned.priority),
+        queue=queue,
+        state=JobState.QUEUED.value,
+        attempts=0,
+        timings_ms={},
+        created_at=now,
+    )
 
 
 class Dispatcher:
@@ -68,22 +91,8 @@ class Dispatcher:
                 return []
             rows = []
             for planned in decision.jobs:
-                key = f"{planned.device_id}@{planned.device_version}"
-                row = JobRow(
-                    study_id=study.id,
-                    study_completed_at=completed.completed_at,
-                    series_uid=planned.series_uid,
-                    device_key=key,
-                    study_type=str(planned.study_type),
-                    service_code=planned.service_code,
-                    rule=planned.rule,
-                    priority=int(planned.priority),
-                    queue=queue_for(self.settings, planned.device_id),
-                    state=JobState.QUEUED.value,
-                    attempts=0,
-                    timings_ms={},
-                    created_at=now,
-                )
+                queue = queue_for(self.settings, planned.device_id)
+                row = job_row(study.id, completed.completed_at, planned, queue, now)
                 session.add(row)
                 rows.append(row)
             session.flush()

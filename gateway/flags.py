@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from gateway.decode import decode_image
 from gateway.report_input import AI_NOTICE_EN, AI_NOTICE_RU, ReportFinding, ReportInput
+from gateway.sr import PATIENT_STUDY_TYPE2
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,6 @@ MAX_SIDE, MIN_SIDE = 2048, 768
 UTF8 = "ISO_IR 192"
 PIXEL_DATA = Tag("PixelData")
 _TEMPORAL: dict[str, type[DA] | type[TM] | type[DT]] = {"DA": DA, "TM": TM, "DT": DT}
-# Type 2 attributes of the patient and study that what we write must carry, empty if unknown.
-_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 
 
 @dataclass(frozen=True)
@@ -449,7 +438,7 @@ def source_header(source: Dataset) -> Dataset:
         if element.VR in _TEMPORAL and element.value and not _parses(element.VR, element.value):
             element = DataElement(element.tag, element.VR, None)
         header.add(element)
-    for keyword in _TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in header:
             setattr(header, keyword, None)
     if (

@@ -42,7 +42,7 @@ _BULK_TAGS = frozenset(
 )
 # Type 2 attributes highdicom reads from the first source by attribute access; some real
 # files omit them, and an empty value is what the standard asks for when unknown.
-_PATIENT_STUDY_TYPE2 = (
+PATIENT_STUDY_TYPE2 = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -169,7 +169,7 @@ def _mend(header: Dataset) -> None:
             continue
         if _valid(element.VR, element.value):
             continue
-        if element.keyword in _PATIENT_STUDY_TYPE2:
+        if element.keyword in PATIENT_STUDY_TYPE2:
             element.value = None
         else:
             del header[element.tag]
@@ -177,7 +177,7 @@ def _mend(header: Dataset) -> None:
         # 0\0 is what some CR readers write when they do not know: not a spacing.
         if keyword in header and not _positive_pair(header[keyword].value):
             del header[keyword]
-    for keyword in _PATIENT_STUDY_TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in header:
             setattr(header, keyword, None)
     identity_removed = header.get("PatientIdentityRemoved") == "YES"

@@ -18,11 +18,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ from tests.services import (
     S3_CREDENTIALS,
     GatewayProcess,
     Postgres,
+    RegionalSystem,
     S3Server,
     free_port,
     gateway_env,
@@ -176,46 +175,6 @@ class Archive:
         ]
 
 
-class RegionalReceiver:
-    """The regional system's SEMD intake: answers 200 and records each Idempotency-Key."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.keys: list[str] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        keys, lock = self.keys, self._lock
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                with lock:
-                    keys.append(self.headers["Idempotency-Key"])
-                    answer = json.dumps({"id": f"remd-{len(keys)}"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def received(self) -> list[str]:
-        with self._lock:
-            return list(self.keys)
-
-
 # --- the cluster ---------------------------------------------------------------------------
 
 
@@ -226,7 +185,7 @@ class Cluster:
     redis: RedisServer
     s3: S3Server
     archive: Archive
-    regional: RegionalReceiver
+    regional: RegionalSystem
     gateway: GatewayProcess
     env: dict[str, str]
     db: Database
@@ -285,7 +244,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with postgres_server() as pg, s3_server() as s3:
         broker = RedisServer(free_port())
         archive = Archive(work / "archive", free_port())
-        regional = RegionalReceiver()
+        regional = RegionalSystem()
         broker.start()
         archive.start(work / "storescp.log")
         regional.start()
@@ -447,7 +406,7 @@ def wait_delivered(cluster: Cluster, studies: list[SyntheticStudy]) -> dict[str,
 def assert_each_result_once(cluster: Cluster, found: dict[str, StudyOutcome]) -> None:
     """The archive holds each stored DICOM result exactly once, and the regional system got
     each SEMD exactly once: nothing missing, nothing twice."""
-    archive, posted = cluster.archive.received(), cluster.regional.received()
+    archive, posted = cluster.archive.received(), cluster.regional.keys()
     for uid, study in found.items():
         for sop in study.dicom_results:
             assert archive.count(sop) == 1, (uid, sop, archive.count(sop))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from gateway import flags
 from gateway.report_input import AI_NOTICE_RU, ReportFinding, ReportInput
 from tests import report_fixtures
-from tests.services import require_shared_data, require_tool
+from tests.services import dciodvfy_errors, require_shared_data
 
 # A mark pixel: saturated red, which no windowed grey-scale pixel (R = G = B) can be.
 BANNER_BG = np.array(flags.BANNER_BG)
@@ -50,16 +49,6 @@ def ct_negative() -> ReportInput:
 @pytest.fixture(scope="module")
 def mammography() -> ReportInput:
     return report_fixtures.mammography_input()
-
-
-def dciodvfy_errors(dataset: Dataset, folder: Path) -> list[str]:
-    """dciodvfy's Error lines for the dataset as we would send it."""
-    tool = require_tool("dciodvfy")
-    path = folder / f"{dataset.SOPInstanceUID}.dcm"
-    dataset.save_as(path, enforce_file_format=True)
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
 
 
 class Split:

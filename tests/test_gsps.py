@@ -4,7 +4,6 @@ outline exactly on the finding in DICOM's (column, row) order."""
 from __future__ import annotations
 
 import copy
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from gateway import flags, gsps
 from gateway.decode import decode_image
 from gateway.report_input import AI_NOTICE_RU, ReportFinding, ReportInput
 from tests import report_fixtures
-from tests.services import require_shared_data, require_tool
+from tests.services import dciodvfy_errors, require_shared_data
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +33,6 @@ def ct() -> ReportInput:
 @pytest.fixture(scope="module")
 def mammography() -> ReportInput:
     return report_fixtures.mammography_input()
-
-
-def dciodvfy_errors(dataset: Dataset, folder: Path) -> list[str]:
-    tool = require_tool("dciodvfy")
-    path = folder / f"{dataset.SOPInstanceUID}.dcm"
-    dataset.save_as(path, enforce_file_format=True)
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
 
 
 def polylines(pr: Dataset) -> list[np.ndarray]:

@@ -9,15 +9,11 @@ restart of the gateway, and then gets each SEMD exactly once.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import io
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +29,7 @@ from gateway.reports import results_of
 from gateway.serve import Gateway
 from gateway.settings import Settings
 from gateway.synthetic import SyntheticStudy, chest_xray_study, ct_chest_study
-from tests.services import ROOT, free_port, require_tool, wait_for_port
+from tests.services import ROOT, RegionalSystem, free_port, require_tool, wait_for_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -100,53 +96,6 @@ class Orthanc:
         self.process.terminate()
         self.process.wait(timeout=20)
         self.log.close()
-
-
-class RegionalSystem:
-    """The regional system's SEMD intake: records every POST; can be started late."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.received: list[dict[str, Any]] = []
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                raw = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
-                message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
-                parts = {
-                    part.get_param("name", header="content-disposition"): part.get_content()
-                    for part in message.iter_parts()
-                }
-                received.append(
-                    {
-                        "key": self.headers["Idempotency-Key"],
-                        "auth": self.headers["Authorization"],
-                        "document": parts["document"],
-                        "metadata": json.loads(parts["metadata"]),
-                    }
-                )
-                answer = json.dumps({"id": f"remd-{len(received)}"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:

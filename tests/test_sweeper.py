@@ -15,7 +15,7 @@ from gateway.sweeper import Sweeper
 from gateway.synthetic import chest_xray_study, write_study
 from gateway.tables import JobRow, utcnow
 from pacs_adapters.dicom_scu import Peer, send
-from tests.services import ROOT
+from tests.services import ROOT, make_uid
 
 pytestmark = pytest.mark.skipif(
     not list((ROOT / "models" / "zoo").glob("*/manifest.yaml")),
@@ -114,5 +114,43 @@ def test_unreadable_inputs_withhold_the_results_with_the_reason(
         withheld = results_of(gateway.parts.db, study.study_instance_uid)
         assert withheld and all(r.state == "withheld" for r in withheld)
         assert all("MaskError" in (r.reason or "") for r in withheld)
+    finally:
+        gateway.stop()
+
+
+def test_a_whole_study_job_reads_every_series_it_was_routed(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Mammography views split over two series make one job that names both series."""
+    from gateway.synthetic import mammography_study
+    from gateway.tables import JobRow
+    from workers.app import build_gateway
+
+    settings = make_settings(
+        embedded_worker=False,
+        quiet_period_s=0.3,
+        routing_file=ROOT / "configs" / "routing.yaml",
+        devices_dir=ROOT / "models" / "zoo",
+    )
+    gateway = build_gateway(settings)
+    gateway.start()
+    try:
+        study = mammography_study(13, size=(512, 416))
+        second = make_uid("mlo series", 13)
+        for dataset in study.datasets[2:]:  # the MLO views arrive as a series of their own
+            dataset.SeriesInstanceUID = second
+            dataset.SeriesNumber = 2
+        files = write_study(study, settings.data_dir / "in")
+        peer = Peer("127.0.0.1", settings.dicom_port, "AIGW", "IRK_CAMI")
+        assert send(files, peer).sent == 4
+        deadline = time.monotonic() + 60
+        jobs: list[JobRow] = []
+        while time.monotonic() < deadline and not jobs:
+            with gateway.parts.db.session() as session:
+                jobs = list(session.scalars(select(JobRow)))
+                session.expunge_all()
+            time.sleep(0.1)
+        (job,) = jobs
+        assert sorted(job.series_uids) == sorted({ds.SeriesInstanceUID for ds in study.datasets})
     finally:
         gateway.stop()
