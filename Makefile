@@ -6,7 +6,7 @@ PY := .venv/bin/python
 
 demo:
 	scripts/bootstrap.sh --venv
-	$(PY) -m gateway.cli demo
+	$(PY) -m workers.cli demo
 
 test:
 	scripts/bootstrap.sh

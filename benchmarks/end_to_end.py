@@ -4,7 +4,7 @@ from the last instance received to the result.
 
 The mix is fluorography-heavy, as a regional archive's day is: mostly one-image DX chest
 studies, some mammography screening and some CT (chest, head), all synthetic studies of
-:mod:`gateway.synthetic` cloned under new UIDs so that each send is a new study. The
+:mod:`gateway.demo.synthetic` cloned under new UIDs so that each send is a new study. The
 senders are DCMTK ``storescu -R`` processes (``TCP_NODELAY=1``, 128 KiB PDU) calling as a
 configured source (``IRK_CAMI``, region 38, where every reference device is enabled), each
 taking the next study from a shared queue until time is up.
@@ -46,7 +46,7 @@ from benchmarks.ingest import (
     stop_process,
     wait_until,
 )
-from gateway.synthetic import (
+from gateway.demo.synthetic import (
     SyntheticStudy,
     chest_xray_study,
     ct_chest_study,
@@ -172,7 +172,7 @@ class ServeProcess:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "serve.log", "ab")  # noqa: SIM115 - the process owns it
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(self.data_dir)]
+        command = [sys.executable, "-m", "workers.cli", "serve", "--data-dir", str(self.data_dir)]
         command += ["--dicom-port", str(self.port), "--http-port", "0"]
         self.process = subprocess.Popen(
             command, env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -269,7 +269,7 @@ def read_outcomes(database_url: str, study_uids: Sequence[str]) -> dict[str, Stu
     from sqlalchemy import create_engine, select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.tables import JobRow, OutboxRow, ResultRow, StudyRow
+    from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow
 
     studies_t, jobs_t = StudyRow.__table__, JobRow.__table__
     results_t, outbox_t = ResultRow.__table__, OutboxRow.__table__

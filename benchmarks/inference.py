@@ -9,10 +9,10 @@ Per device, in one run:
   the pipeline uses (the images of one job: one chest radiograph, four mammography views,
   one CT volume) and, for 2D devices, at the pipeline's maximum micro-batch.
 - **pipeline**: synthetic studies are ingested into a real object store and SQLite index
-  (the embedded default, built by :class:`gateway.serve.Parts` on a temporary data folder)
-  through :meth:`gateway.ingest.Ingest.receive`, routed by the real rules
+  (the embedded default, built by :class:`workers.serve.Parts` on a temporary data folder)
+  through :meth:`gateway.ingest.receive.Ingest.receive`, routed by the real rules
   (``configs/routing.yaml``), one job row per study, and run by
-  :func:`gateway.inference.run_job` on the context :func:`workers.worker.inference_context`
+  :func:`gateway.inference.pipeline.run_job` on the context :func:`workers.worker.inference_context`
   builds: sequentially, and from a pool of ``worker_concurrency`` threads as the worker
   runs them. The per-stage breakdown is the jobs' own ``timings_ms``; what a job costs
   beyond its stages (database start and record, registry lookup) is ``bookkeeping``.
@@ -54,7 +54,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-import gateway.inference
+import gateway.inference.pipeline
 from benchmarks.environment import (
     RESULTS,
     ROOT,
@@ -65,25 +65,25 @@ from benchmarks.environment import (
     work_folder,
     write_results,
 )
-from gateway.decode import read_dataset
-from gateway.dispatch import job_row
-from gateway.inference import InferenceContext, run_job
-from gateway.ingest import Ingest, Sender
-from gateway.registry import RegisteredDevice, RegistryError
-from gateway.routing import facts_from_index, load_rules, route
-from gateway.routing.route import PlannedJob
-from gateway.serve import Parts
-from gateway.settings import Settings, load_settings
-from gateway.synthetic import (
+from gateway.demo.synthetic import (
     SyntheticStudy,
     chest_xray_study,
     ct_chest_study,
     ct_head_study,
     mammography_study,
 )
-from gateway.tables import JobRow, StudyRow
-from gateway.task_queue import queue_for
+from gateway.devices.registry import RegisteredDevice, RegistryError
+from gateway.index.tables import JobRow, StudyRow
+from gateway.inference.decode import read_dataset
+from gateway.inference.pipeline import InferenceContext, run_job
+from gateway.ingest.receive import Ingest, Sender
+from gateway.jobs.dispatch import job_row
+from gateway.jobs.task_queue import queue_for
+from gateway.routing import facts_from_index, load_rules, route
+from gateway.routing.route import PlannedJob
+from gateway.settings import Settings, load_settings
 from models.manifest import DeviceManifest, ManifestError, load_manifest
+from workers.serve import Parts
 from workers.worker import inference_context
 
 DEVICES_DIR = ROOT / "models" / "zoo"
@@ -600,8 +600,8 @@ def prepared_tensors(
     (looked up when called)."""
     chosen = set(planned.job.series_uids)
     blobs = [data for data in instances if read_dataset(data).SeriesInstanceUID in chosen]
-    decoded = gateway.inference._decode(blobs, manifest)
-    prepared, _metas = gateway.inference._preprocess(decoded, manifest)
+    decoded = gateway.inference.pipeline._decode(blobs, manifest)
+    prepared, _metas = gateway.inference.pipeline._preprocess(decoded, manifest)
     return [item.tensor for item in prepared]
 
 

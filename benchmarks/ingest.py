@@ -597,7 +597,7 @@ class AigwReceiver(Receiver):
         command = [
             sys.executable,
             "-m",
-            "gateway.cli",
+            "workers.cli",
             "serve",
             "--data-dir",
             str(self.data_dir),

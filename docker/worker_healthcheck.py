@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 import sys
 
+from gateway.jobs.task_queue import create_celery
 from gateway.settings import load_settings
-from gateway.task_queue import create_celery
 
 
 def main() -> int:

@@ -1,0 +1,51 @@
+"""The gateway: a small kernel and one package per pipeline stage.
+
+Kernel (imported by every stage, imports none of them)
+------------------------------------------------------
+settings
+    The one :class:`~gateway.settings.Settings` object, YAML overlaid by ``AIGW_*``.
+errors
+    The gateway's own exceptions; outside errors are translated into them at one boundary.
+logs
+    One JSON object per log line; never patient names, IDs or birth dates.
+uids
+    DICOM UID validation (UIDs become object keys and paths).
+dimse_status
+    Every DIMSE status the gateway answers.
+
+Stages, in the order a study meets them
+----------------------------------------
+index
+    The database and its tables, the object store, the study's states and timeline, the
+    read model the CLI and the API share.
+ingest
+    DICOM in: who may send, the SCP, durable storage of each instance, study assembly.
+devices
+    The AI device registry: manifests, ONNX files, versions, enablement per region.
+routing
+    Which devices get which series of a complete study, and why (pure).
+jobs
+    Job states, dispatch of a complete study into jobs, the task queue, the sweeper.
+inference
+    One job through decode, preprocess, onnxruntime and postprocess into findings.
+results
+    From a finished job to its result objects: SR, flag images, GSPS, SEG, SEMD.
+delivery
+    Results out: destinations, the outbox, the senders per protocol.
+access
+    Who may do what: tokens, roles, sessions, the HTTP caller, the audit log.
+demo
+    Synthetic phantom studies for the demo, the tests and the benchmarks.
+
+The edge
+--------
+api
+    The REST API, health and metrics; ``create_app`` mounts the dashboard too.
+dashboard
+    Server-rendered regional pages.
+cli
+    The ``aigw`` commands that need no running gateway.
+
+Imports run one way: ``models``, ``pacs_adapters`` → kernel → stages → api, dashboard,
+cli → ``workers`` (the composition root, which owns ``serve``, ``worker`` and ``demo``).
+"""

@@ -10,9 +10,9 @@ from typing import Any
 import pydicom.config
 import pytest
 
-from gateway.serve import Gateway, Parts
 from gateway.settings import Settings
 from tests.services import ROOT, free_port
+from workers.serve import Gateway, Parts
 
 
 @pytest.fixture(autouse=True)

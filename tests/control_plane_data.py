@@ -25,14 +25,12 @@ import uvicorn
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from gateway.access import create_token
+from gateway.access.tokens import create_token
 from gateway.api import create_app
-from gateway.database import Database, sync_directory
-from gateway.object_store import FolderStore, ObjectStore
-from gateway.registry import DeviceRegistry
-from gateway.settings import Settings
-from gateway.sources import load_directory
-from gateway.tables import (
+from gateway.devices.registry import DeviceRegistry
+from gateway.index.database import Database
+from gateway.index.object_store import FolderStore, ObjectStore
+from gateway.index.tables import (
     FindingRow,
     JobRow,
     OutboxRow,
@@ -43,6 +41,8 @@ from gateway.tables import (
     StudyRow,
     utcnow,
 )
+from gateway.ingest.sources import load_directory, sync_directory
+from gateway.settings import Settings
 from tests.onnx_models import classifier_with_heatmap, write_device
 from tests.services import ROOT, free_port, make_uid, wait_for_port
 

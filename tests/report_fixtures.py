@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset
 
-from gateway import synthetic
-from gateway.report_input import Organisation, ReportFinding, ReportInput
+from gateway.demo import synthetic
+from gateway.results.input import Organisation, ReportFinding, ReportInput
 from models.manifest import DeviceManifest, load_manifest
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"

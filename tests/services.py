@@ -211,7 +211,7 @@ class GatewayProcess:
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "workers.cli",
                 "serve",
                 "--data-dir",
                 str(self.data_dir),

@@ -18,17 +18,17 @@ from click.testing import CliRunner
 from pydicom import Dataset
 from sqlalchemy import select
 
-from gateway.assembly import Assembler, StudyCompleted
-from gateway.cli import main as cli
-from gateway.database import Database, sync_directory
 from gateway.errors import ConfigError, StorageError, UnknownStudy
-from gateway.ingest import Ingest, Sender
-from gateway.object_store import FolderStore, check_key, instance_key
+from gateway.index.database import Database
+from gateway.index.object_store import FolderStore, check_key, instance_key
+from gateway.index.tables import Base, StudyEventRow, StudyRow, utcnow
+from gateway.ingest.assembly import Assembler, StudyCompleted
+from gateway.ingest.receive import Ingest, Sender
+from gateway.ingest.sources import SourceDirectory, load_directory, sync_directory
 from gateway.settings import Settings, load_settings
-from gateway.sources import SourceDirectory, load_directory
-from gateway.tables import Base, StudyEventRow, StudyRow, utcnow
 from gateway.uids import is_valid_uid
 from tests.services import ROOT, ct_instance, make_uid
+from workers.cli import main as cli
 
 SOURCES = ROOT / "configs" / "sources.yaml"
 REGIONS = ROOT / "configs" / "regions.yaml"

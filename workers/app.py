@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 
-from gateway.delivery import Delivery
-from gateway.destinations import load_destinations
-from gateway.dispatch import Dispatcher
-from gateway.outbox import OutboxDispatcher
-from gateway.registry import DeviceRegistry
-from gateway.serve import Gateway, Parts, Service
+from gateway.delivery.destinations import load_destinations
+from gateway.delivery.outbox import OutboxDispatcher
+from gateway.delivery.send import Delivery
+from gateway.devices.registry import DeviceRegistry
+from gateway.jobs.dispatch import Dispatcher
+from gateway.jobs.sweeper import Sweeper
+from gateway.jobs.task_queue import create_celery, send_infer, send_report
 from gateway.settings import Settings
-from gateway.sweeper import Sweeper
-from gateway.task_queue import create_celery, send_infer, send_report
+from workers.serve import Gateway, Parts, Service
 from workers.worker import EmbeddedWorker
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from celery import Celery, Task
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.errors import StorageError
-from gateway.inference import InferenceContext, TransientError, run_job
-from gateway.jobs import JobState, fail_job
-from gateway.reports import ReportContext, build_results
-from gateway.task_queue import INFER_TASK, REPORT_TASK, InferPayload, send_report
+from gateway.inference.pipeline import InferenceContext, TransientError, run_job
+from gateway.jobs.states import JobState, fail_job
+from gateway.jobs.task_queue import INFER_TASK, REPORT_TASK, InferPayload, send_report
+from gateway.results.build import ReportContext, build_results
 
 log = logging.getLogger(__name__)
 

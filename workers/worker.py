@@ -13,15 +13,15 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from gateway.destinations import load_destinations
-from gateway.inference import InferenceContext
-from gateway.registry import DeviceRegistry
-from gateway.reports import ReportContext
-from gateway.semd import SemdConfig, load_semd_config
-from gateway.serve import Parts
+from gateway.delivery.destinations import load_destinations
+from gateway.devices.registry import DeviceRegistry
+from gateway.inference.pipeline import InferenceContext
+from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
+from gateway.results.build import ReportContext
+from gateway.results.semd.document import SemdConfig, load_semd_config
 from gateway.settings import Settings
-from gateway.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from models.runtime import SessionCache
+from workers.serve import Parts
 from workers.tasks import register_tasks
 
 log = logging.getLogger(__name__)

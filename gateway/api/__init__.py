@@ -3,6 +3,27 @@ health, readiness and metrics, and the dashboard under ``/dashboard``.
 
 ``create_app`` builds one app from the parts it is given; nothing here exists before it is
 called, so tests run several apps side by side.
+
+Modules
+-------
+studies
+    ``/api/v1/studies`` and ``/api/v1/jobs``: patient-level reads, each one audited.
+results
+    ``/api/v1/results``: result objects and their bytes.
+devices
+    ``/api/v1/devices``: the registry — list, detail, upload, enable and disable.
+directory
+    ``/api/v1/regions`` and ``/api/v1/sources``.
+delivery
+    ``/api/v1/destinations`` and ``/api/v1/outbox``.
+rules
+    ``/api/v1/rules/test``: routing explained for uploaded files.
+audit_routes
+    ``/api/v1/audit``: the audit log (admins).
+health
+    ``/healthz``, ``/readyz``, ``/metrics``.
+metrics
+    Prometheus metrics read from the index at scrape time.
 """
 
 from __future__ import annotations
@@ -10,13 +31,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from gateway.access import SessionSigner
+from gateway.access.http import ApiContext
+from gateway.access.tokens import SessionSigner
 from gateway.api import audit_routes, delivery, devices, directory, health, results, rules, studies
-from gateway.api.deps import ApiContext
-from gateway.database import Database
-from gateway.metrics import metrics_registry
-from gateway.object_store import ObjectStore
-from gateway.registry import DeviceRegistry
+from gateway.api.metrics import metrics_registry
+from gateway.dashboard import dashboard_router
+from gateway.devices.registry import DeviceRegistry
+from gateway.index.database import Database
+from gateway.index.object_store import ObjectStore
 from gateway.settings import Settings
 
 __all__ = ["ApiContext", "create_app"]
@@ -30,7 +52,6 @@ def create_app(
 ) -> FastAPI:
     """The app over ``db`` and ``store``. ``settings`` default to the environment's (pass
     the process's own); ``registry`` to a registry over the same parts."""
-    from gateway.dashboard import dashboard_router  # the dashboard reads the API's parts
 
     settings = settings or Settings()
     app = FastAPI(

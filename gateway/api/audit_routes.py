@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AwareDatetime
 
-from gateway import audit
-from gateway.access import Role
-from gateway.api.deps import Caller, Context, UidQuery
+from gateway.access import audit
+from gateway.access.http import Caller, Context, UidQuery
+from gateway.access.tokens import Role
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 

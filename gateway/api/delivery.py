@@ -10,9 +10,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, func, select
 
-from gateway.api.deps import Caller, Context, not_found
-from gateway.database import Database
-from gateway.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
+from gateway.access.http import Caller, Context, not_found
+from gateway.index.database import Database
+from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
 
 router = APIRouter(prefix="/api/v1", tags=["delivery"])
 
@@ -169,10 +169,10 @@ def retry_now(context: Context, caller: Caller, outbox_id: int) -> OutboxItem:
 
 
 def retry(db: Database, outbox_id: int) -> bool:
-    """The delivery side's ``gateway.outbox.retry`` when it is there, else the same effect:
+    """The delivery side's ``gateway.delivery.outbox.retry`` when it is there, else the same effect:
     the row becomes pending and due now."""
     try:
-        from gateway.outbox import retry as outbox_retry  # type: ignore[import-not-found,unused-ignore]
+        from gateway.delivery.outbox import retry as outbox_retry  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return _make_due(db, outbox_id)
     return bool(outbox_retry(db, outbox_id))

@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool
 from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile
 
-from gateway.access import Principal, Role
-from gateway.api.deps import (
+from gateway.access.http import (
     Caller,
     Context,
     limited_body,
@@ -23,8 +22,9 @@ from gateway.api.deps import (
     require_change,
     require_region_access,
 )
-from gateway.registry import RegisteredDevice, RegistryError
-from gateway.tables import DeviceRegionRow, DeviceRow, RegionRow
+from gateway.access.tokens import Principal, Role
+from gateway.devices.registry import RegisteredDevice, RegistryError
+from gateway.index.tables import DeviceRegionRow, DeviceRow, RegionRow
 from models.manifest import DeviceManifest, ManifestError, load_manifest
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])

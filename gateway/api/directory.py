@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
-from gateway.api.deps import Caller, Context
-from gateway.tables import DeviceRegionRow, RegionRow, SourceRow
+from gateway.access.http import Caller, Context
+from gateway.index.tables import DeviceRegionRow, RegionRow, SourceRow
 
 router = APIRouter(prefix="/api/v1", tags=["directory"])
 

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Response
 from kombu.connection import Connection
 from pydantic import BaseModel
 
-from gateway.api.deps import Context
+from gateway.access.http import Context
+from gateway.api.metrics import render
 from gateway.errors import GatewayError
-from gateway.metrics import render
 
 router = APIRouter(tags=["health"])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from gateway.api.deps import Caller, Context, audit_read, not_found
-from gateway.api.study_read import ResultItem, result_location
+from gateway.access.http import Caller, Context, audit_read, not_found
 from gateway.errors import StorageError
+from gateway.index.read_model import ResultItem, result_location
 
 router = APIRouter(prefix="/api/v1/results", tags=["results"])
 

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from starlette.datastructures import UploadFile
 
-from gateway.api.deps import Caller, Context, limited_body
+from gateway.access.http import Caller, Context, limited_body
 from gateway.errors import ConfigError
 from gateway.routing import (
     RoutingDecision,

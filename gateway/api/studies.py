@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime
 
-from gateway.api.deps import Caller, Context, UidQuery, audit_read, not_found
-from gateway.api.study_read import (
+from gateway.access.http import Caller, Context, UidQuery, audit_read, not_found
+from gateway.index.read_model import (
     JobFilter,
     JobItem,
     StudyDetail,

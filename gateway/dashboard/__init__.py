@@ -4,6 +4,15 @@ volume and failures, and one study's timeline, findings and flag image.
 
 Every asset is served from this package (no internet); charts are inline SVG. Login takes
 the same API tokens; the session is a signed, HttpOnly cookie.
+
+Modules
+-------
+views
+    The routes: login, the national table, a region, a study; each confined to the caller.
+stats
+    What the pages show, computed from the index.
+charts
+    Bar charts as inline SVG.
 """
 
 from gateway.dashboard.views import dashboard_router

@@ -20,8 +20,8 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
-from gateway.database import Database
-from gateway.tables import (
+from gateway.index.database import Database
+from gateway.index.tables import (
     DeviceRow,
     FindingRow,
     JobRow,

@@ -15,13 +15,13 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 
-from gateway.access import Principal, authenticate, principal_by_id
-from gateway.api.deps import ApiContext, audit_read, get_context
-from gateway.api.study_read import result_location, study_detail
+from gateway.access.http import ApiContext, audit_read, get_context
+from gateway.access.tokens import Principal, authenticate, principal_by_id
 from gateway.dashboard.charts import bar_chart
 from gateway.dashboard.stats import TARGET_DEVICES, Period, PeriodName, national, region_detail
 from gateway.errors import GatewayError
-from gateway.tables import utcnow
+from gateway.index.read_model import result_location, study_detail
+from gateway.index.tables import utcnow
 from models.manifest import DeviceGroup
 
 HERE = Path(__file__).parent

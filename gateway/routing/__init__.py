@@ -11,7 +11,8 @@ mammography — every accepted series goes into one job for the whole study.
 
 Everything here is pure: :func:`route` takes facts, rules and manifests and returns a
 decision that says, per series and rule, what matched or the first condition that failed
-with the values seen. ``aigw rules test FILE...`` prints the same explanation for files.
+with the values seen. ``aigw rules test FILE...`` (:mod:`gateway.cli.rules`) prints the
+same explanation for files.
 
 Modules
 -------
@@ -24,7 +25,7 @@ match
 route
     Series skipping, rule claims, device acceptance, series selection: :func:`route`.
 explain
-    :func:`explain_files` and the ``aigw rules`` click group.
+    :func:`explain_files`: routing explained for DICOM files.
 """
 
 from gateway.routing.explain import (
@@ -32,9 +33,6 @@ from gateway.routing.explain import (
     DEFAULT_RULES,
     explain_files,
     load_devices,
-    rules_check_command,
-    rules_group,
-    rules_test_command,
 )
 from gateway.routing.facts import (
     RoutingError,
@@ -56,6 +54,7 @@ from gateway.routing.rules import (
     Conditions,
     ImageTypeCondition,
     NumberRange,
+    Priority,
     RoutingConfigError,
     RoutingRules,
     Rule,
@@ -63,7 +62,6 @@ from gateway.routing.rules import (
     SkipSettings,
     load_rules,
 )
-from gateway.task_queue import Priority
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -92,7 +90,4 @@ __all__ = [
     "load_devices",
     "load_rules",
     "route",
-    "rules_check_command",
-    "rules_group",
-    "rules_test_command",
 ]

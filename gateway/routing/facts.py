@@ -15,10 +15,10 @@ from pydicom.multival import MultiValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.dicom_tags import patient_age_years
 from gateway.errors import GatewayError, UnknownStudy
+from gateway.index.tables import InstanceRow, SeriesRow, StudyRow
+from gateway.ingest.tags import patient_age_years
 from gateway.routing.rules import StrictModel
-from gateway.tables import InstanceRow, SeriesRow, StudyRow
 
 AXIAL_MIN_COSINE = 0.8  # |normal · z| ≥ 0.8: axial up to ~37° of gantry tilt
 

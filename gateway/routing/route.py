@@ -13,6 +13,7 @@ from pydantic import Field
 from gateway.routing.facts import SeriesFacts, StudyFacts
 from gateway.routing.match import Verdict, evaluate_rule, sop_name
 from gateway.routing.rules import (
+    Priority,
     RoutingRules,
     Rule,
     Selection,
@@ -20,7 +21,6 @@ from gateway.routing.rules import (
     compiled_regex,
     range_text,
 )
-from gateway.task_queue import Priority
 from models.manifest import DeviceManifest
 from models.study_types import StudyType, service_code
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,8 +27,15 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
-from gateway.task_queue import Priority
 from models.study_types import StudyType
+
+
+class Priority(IntEnum):
+    """Our priorities; higher is more urgent (CT brain is urgent)."""
+
+    ROUTINE = 3
+    HIGH = 6
+    URGENT = 9
 
 
 class RoutingConfigError(ConfigError):

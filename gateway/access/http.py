@@ -1,0 +1,138 @@
+"""What every endpoint depends on: the app's parts, the authenticated caller, the audit
+trail of patient-level reads, and the upload size cap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
+
+from gateway.access import audit
+from gateway.access.tokens import Principal, SessionSigner, authenticate
+from gateway.devices.registry import DeviceRegistry
+from gateway.index.database import Database
+from gateway.index.object_store import ObjectStore
+from gateway.settings import Settings
+
+# A study UID given as a query filter: what a UID can be, so nothing longer or stranger
+# reaches the index or the audit log (whose column holds 64 characters).
+UidQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """The parts an app was built with (one per app; tests build several side by side)."""
+
+    db: Database
+    store: ObjectStore
+    settings: Settings
+    registry: DeviceRegistry
+    signer: SessionSigner
+    metrics: CollectorRegistry
+
+
+def get_context(request: Request) -> ApiContext:
+    return cast(ApiContext, request.app.state.context)
+
+
+Context = Annotated[ApiContext, Depends(get_context)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: aigw tokens create")
+
+
+def get_caller(
+    context: Context,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "an API token is required: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    found = authenticate(context.db, credentials.credentials)
+    if found is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "unknown or revoked token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return found
+
+
+Caller = Annotated[Principal, Depends(get_caller)]
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def audit_read(
+    context: ApiContext,
+    request: Request,
+    who: Principal,
+    *,
+    study_uid: str | None,
+    region: str | None,
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Record a patient-level read before its data leaves the server."""
+    audit.record(
+        context.db,
+        who,
+        f"{request.method} {request.url.path}",
+        study_uid=study_uid,
+        region=region,
+        client_ip=client_ip(request),
+        detail=dict(detail or {}),
+    )
+
+
+def require_change(who: Principal) -> None:
+    if not who.can_change:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {who.role.value} cannot change this")
+
+
+def require_region_access(who: Principal, region: str) -> None:
+    """For changes aimed at a region (not study lookups, which answer 404 instead)."""
+    if not who.sees_region(region):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"this token is limited to region {who.region}"
+        )
+
+
+def not_found(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no {what}")
+
+
+async def limited_body(request: Request, limit: int) -> None:
+    """Refuse a body over ``limit`` before it is parsed: by its Content-Length, or — for a
+    chunked body — by counting it as it arrives. The body is then cached for the form
+    parser, so nothing over the cap is ever spooled to disk."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "bad Content-Length") from None
+        if size > limit:
+            raise _too_large(size, limit)
+    received = 0
+    chunks: list[bytes] = []
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(received, limit)
+        chunks.append(chunk)
+    # Starlette reads a cached body from here (request.form() then parses it).
+    request._body = b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"upload of {size} bytes is over the limit of {limit} bytes (api_max_upload_bytes)",
+    )

@@ -1,0 +1,22 @@
+"""The ``aigw`` commands that need no running gateway (the entry point and ``serve``,
+``worker``, ``demo`` live in :mod:`workers.cli`).
+
+Modules
+-------
+app
+    The ``aigw`` click group with every command below.
+options
+    ``--config`` / ``--data-dir`` and the one Settings object built from them.
+dicom
+    ``aigw echo`` and ``aigw send``.
+studies
+    ``aigw studies`` (list, complete, timeline) and ``aigw jobs``.
+models
+    ``aigw models``: the device registry.
+rules
+    ``aigw rules``: test routing on files, check the rules file.
+access
+    ``aigw tokens`` and ``aigw api``.
+results
+    ``aigw results`` and ``aigw outbox``.
+"""

@@ -1,0 +1,94 @@
+"""``aigw models``: the AI device registry — register, list, show, enable, disable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gateway.cli.options import CONFIG, DATA_DIR, settings_from
+from gateway.devices.registry import DeviceRegistry, RegistryError
+from gateway.index.database import Database
+from gateway.index.object_store import create_store
+
+
+@click.group()
+def models() -> None:
+    """The AI device registry."""
+
+
+def _registry(config_file: Path | None, data_dir: Path | None) -> DeviceRegistry:
+
+    settings = settings_from(config_file, data_dir=data_dir)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    return DeviceRegistry(db, create_store(settings))
+
+
+@models.command("register")
+@CONFIG
+@DATA_DIR
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def models_register(config_file: Path | None, data_dir: Path | None, manifest: Path) -> None:
+    """Validate a device manifest and its ONNX file, then register them."""
+    try:
+        device, new = _registry(config_file, data_dir).register(manifest)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{device.key}: {'registered' if new else 'already registered (identical)'}")
+
+
+@models.command("list")
+@CONFIG
+@DATA_DIR
+def models_list(config_file: Path | None, data_dir: Path | None) -> None:
+    """Registered devices with version, state, regions and study types."""
+    devices = _registry(config_file, data_dir).devices()
+    click.echo(f"{'DEVICE':<32} {'STATE':<8} {'REGIONS':<12} STUDY TYPES")
+    for device in devices:
+        types = ",".join(f"{t.type}({t.service_code})" for t in device.manifest.study_types)
+        state = "enabled" if device.enabled else "disabled"
+        click.echo(f"{device.key:<32} {state:<8} {','.join(device.regions) or '-':<12} {types}")
+    click.echo(f"{len(devices)} device versions")
+
+
+@models.command("show")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+def models_show(config_file: Path | None, data_dir: Path | None, device: str) -> None:
+    """A device's manifest (DEVICE is ID or ID@VERSION), as JSON."""
+    try:
+        found = _registry(config_file, data_dir).get(device)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(found.model_dump_json(indent=2))
+
+
+@models.command("enable")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+def models_enable(config_file: Path | None, data_dir: Path | None, device: str) -> None:
+    """Enable a device version (ID@VERSION)."""
+    _set_enabled(config_file, data_dir, device, True)
+
+
+@models.command("disable")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+def models_disable(config_file: Path | None, data_dir: Path | None, device: str) -> None:
+    """Disable a device version (ID@VERSION): no new jobs are routed to it."""
+    _set_enabled(config_file, data_dir, device, False)
+
+
+def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, on: bool) -> None:
+
+    if "@" not in device:
+        raise click.ClickException("name the version: ID@VERSION")
+    try:
+        _registry(config_file, data_dir).set_enabled(device, on)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{device}: {'enabled' if on else 'disabled'}")

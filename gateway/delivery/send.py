@@ -1,0 +1,105 @@
+"""Sending one outbox row: the stored result, to its destination, by its protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.delivery.destinations import (
+    Destination,
+    Destinations,
+    DicomDestination,
+    HttpDestination,
+    OrthancDestination,
+    StowDestination,
+    secret,
+)
+from gateway.delivery.outbox import Claim, DeliveryError, Undeliverable
+from gateway.errors import StorageError
+from gateway.index.database import Database
+from gateway.index.object_store import ObjectStore
+from gateway.index.tables import ResultRow
+from pacs_adapters.dicom_scu import Peer, store_instance
+from pacs_adapters.dicomweb import stow_instance
+from pacs_adapters.orthanc_rest import upload_instance
+from pacs_adapters.regional_http import post_semd
+
+
+@dataclass(frozen=True)
+class _Payload:
+    kind: str
+    data: bytes
+    meta: dict[str, object]
+
+
+class Delivery:
+    """The outbox's sender (:data:`gateway.delivery.outbox.Sender`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        destinations: Destinations,
+        calling_ae: str,
+        timeout_s: float,
+    ) -> None:
+        self.db, self.store, self.destinations = db, store, destinations
+        self.calling_ae, self.timeout_s = calling_ae, timeout_s
+
+    def __call__(self, claim: Claim) -> str:
+        destination = self.destinations.by_name.get(claim.destination)
+        if destination is None:  # retried: the operator may put it back in the file
+            raise DeliveryError(f"destination {claim.destination} is no longer configured")
+        return self._send(destination, self._payload(claim))
+
+    def _payload(self, claim: Claim) -> _Payload:
+        with self.db.session() as session:
+            result = session.get(ResultRow, claim.result_id)
+            if result is None or result.object_key is None:
+                raise Undeliverable(f"result {claim.result_id} has no stored object")
+            key, kind, meta = result.object_key, result.kind, dict(result.meta or {})
+        if not self.store.exists(key):
+            raise Undeliverable(f"stored result {key} is missing from the object store")
+        try:
+            return _Payload(kind, self.store.get(key), meta)
+        except StorageError as exc:
+            raise DeliveryError(str(exc)) from exc
+
+    def _send(self, destination: Destination, payload: _Payload) -> str:
+        timeout = self.timeout_s
+        if isinstance(destination, DicomDestination):
+            peer = Peer(
+                destination.host,
+                destination.port,
+                destination.ae_title,
+                calling_ae=self.calling_ae,
+                timeout_s=timeout,
+            )
+            status = store_instance(payload.data, peer)
+            return f"C-STORE 0x{status:04X}"
+        if isinstance(destination, OrthancDestination):
+            password = secret(destination.password_env)
+            return upload_instance(
+                str(destination.url), payload.data, destination.username, password, timeout
+            )
+        if isinstance(destination, StowDestination):
+            return stow_instance(
+                str(destination.url), payload.data, secret(destination.token_env), timeout
+            )
+        assert isinstance(destination, HttpDestination)
+        metadata = payload.meta.get("metadata")
+        if not isinstance(metadata, dict):
+            raise Undeliverable("the SEMD result carries no metadata")
+        cert = (
+            (destination.client_cert, destination.client_key)
+            if destination.client_cert is not None
+            else None
+        )
+        return post_semd(
+            str(destination.url),
+            payload.data,
+            metadata,
+            secret(destination.token_env),
+            timeout,
+            client_cert=cert,
+            ca_file=destination.ca_file,
+        )

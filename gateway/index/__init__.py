@@ -1,0 +1,19 @@
+"""The index: what the gateway holds and in which state.
+
+Modules
+-------
+database
+    :class:`Database`: the engine, one transaction per ``session()``, migrations.
+tables
+    The SQLAlchemy tables (Alembic migrations in ``migrations/`` create exactly these).
+object_store
+    Where instances and results are kept byte for byte: a folder or S3.
+study_state
+    :class:`StudyState` and the timeline every transition is written on.
+queries
+    Read-side summaries for the CLI: studies, timelines, jobs with findings.
+read_model
+    Read side of the API and the dashboard: filtered studies, one study in full, jobs.
+recovery
+    Crash recovery at start-up: objects without index rows, interrupted writes.
+"""

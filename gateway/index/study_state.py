@@ -1,0 +1,67 @@
+"""The life of a study: its states and the timeline that records every transition.
+
+``receiving → complete → routed → …`` with ``superseded`` when instances arrive after
+completion (the study then completes again) and ``not_applicable`` / ``failed`` as ends.
+Later stages add their states here so the whole life reads in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, insert
+from sqlalchemy.orm import Session
+
+from gateway.index.tables import StudyEventRow, StudyRow
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    SUPERSEDED = "superseded"
+    ROUTED = "routed"
+    NOT_APPLICABLE = "not_applicable"
+    FAILED = "failed"
+
+
+# States in which the quiet-period timer runs: new instances are still expected.
+OPEN_STATES = frozenset({StudyState.RECEIVING.value, StudyState.SUPERSEDED.value})
+
+
+def set_state(
+    session: Session,
+    study: StudyRow,
+    state: StudyState,
+    at: datetime,
+    detail: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> None:
+    """Move the study to ``state`` and put the transition on its timeline."""
+    study.state = state.value
+    study.state_changed_at = at
+    record_event(session, study.id, "state", at, state=state, detail=detail, note=note)
+
+
+def record_event(
+    executor: Session | Connection,
+    study_id: int,
+    kind: str,
+    at: datetime,
+    *,
+    state: StudyState | None = None,
+    detail: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> None:
+    """Append to the study's timeline (from an ORM session or a Core connection)."""
+    executor.execute(
+        insert(cast(Table, StudyEventRow.__table__)).values(
+            study_id=study_id,
+            at=at,
+            kind=kind,
+            state=state.value if state else None,
+            detail=detail or {},
+            note=note,
+        )
+    )

@@ -1,0 +1,250 @@
+"""The inference pipeline for one job, as one explicit sequence of named stages:
+
+load (object store) ▸ decode (pydicom + plugins) ▸ preprocess (MONAI, as in training)
+▸ infer (onnxruntime, micro-batched) ▸ postprocess (findings in source coordinates) ▸ record.
+
+Idempotent: a job already finished is left alone; a job re-run after a worker died replaces
+its findings in the same transaction that finishes it, so redelivery never duplicates.
+Transient failures (object store, database) raise :class:`TransientError` for the queue to
+retry with backoff; everything else ends the job ``failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.devices.registry import DeviceRegistry, RegistryError
+from gateway.errors import GatewayError, StorageError
+from gateway.index.database import Database
+from gateway.index.object_store import ObjectStore
+from gateway.index.tables import FindingRow, InstanceRow, JobRow, SeriesRow
+from gateway.inference.decode import (
+    DecodeError,
+    Image2D,
+    Volume,
+    decode_image,
+    decode_volume,
+    read_dataset,
+)
+from gateway.inference.masks import encode_mask, mask_key
+from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
+from models.manifest import DeviceManifest
+from models.postprocess import InputMeta, RawFinding, interpret
+from models.preprocess import Prepared, prepare_2d, prepare_3d
+from models.runtime import SessionCache
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(GatewayError):
+    """Worth retrying: the object store or the database is briefly unavailable."""
+
+
+class JobFailure(GatewayError):
+    """The job cannot succeed with this input; the message is the recorded reason."""
+
+
+@dataclass
+class InferenceContext:
+    db: Database
+    store: ObjectStore
+    registry: DeviceRegistry
+    sessions: SessionCache
+    max_batch: int = 16
+
+
+@dataclass
+class JobInput:
+    """What the decode stage produced: the images or the volume of one series."""
+
+    images: list[Image2D]
+    volume: Volume | None
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round((time.perf_counter() - start) * 1000, 2)
+
+
+def run_job(context: InferenceContext, job_id: int) -> str:
+    """Run one job to its end state and return it."""
+    try:
+        job = _start(context.db, job_id)
+    except SQLAlchemyError as exc:
+        raise TransientError(f"database: {exc.__class__.__name__}") from exc
+    if job is None:
+        return "skipped"
+    try:
+        findings, timings = _pipeline(context, job)
+        _record(context.db, job_id, findings, timings)
+        return JobState.INFERRED.value
+    except (JobFailure, DecodeError, RegistryError) as exc:
+        fail_job(context.db, job_id, str(exc))
+        log.warning("job failed", extra={"job_id": job_id, "reason": str(exc)})
+        return JobState.FAILED.value
+    except (StorageError, SQLAlchemyError) as exc:
+        raise TransientError(f"{exc.__class__.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Job:
+    id: int
+    series_uids: tuple[str, ...]
+    device_key: str
+
+
+def _start(db: Database, job_id: int) -> _Job | None:
+    with db.session() as session:
+        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
+        if job is None or job.state in DONE_STATES:
+            return None
+        set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
+        return _Job(job.id, tuple(job.series_uids or [job.series_uid]), job.device_key)
+
+
+def _pipeline(
+    context: InferenceContext, job: _Job
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    watch = Stopwatch()
+    manifest = context.registry.manifest(job.device_key)
+    with watch.stage("load"):
+        blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
+    with watch.stage("decode"):
+        decoded = _decode(blobs, manifest)
+    with watch.stage("preprocess"):
+        prepared, metas = _preprocess(decoded, manifest)
+    with watch.stage("infer"):
+        session = context.sessions.session(
+            job.device_key, lambda: context.registry.model_bytes(job.device_key)
+        )
+        batch = np.stack([p.tensor for p in prepared])
+        outputs = context.sessions.run(session, manifest.input.name, batch, context.max_batch)
+    with watch.stage("postprocess"):
+        raw = interpret(manifest, outputs, metas)
+        findings = [_locate(finding, decoded) for finding in raw]
+        _store_masks(context.store, job.id, raw, findings)
+    return findings, watch.ms
+
+
+def _store_masks(
+    store: ObjectStore, job_id: int, raw: list[RawFinding], findings: list[dict[str, Any]]
+) -> None:
+    """Keep each segmented lesion's voxels for the SEG; the finding row names the object."""
+    for finding, located in zip(raw, findings, strict=True):
+        if finding.mask is None or located["location"] is None:
+            continue
+        key = mask_key(job_id, finding.label.code)
+        store.put(key, encode_mask(finding.mask))
+        located["location"]["mask_key"] = key
+
+
+def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
+    """The current version of every instance of the series."""
+    with db.session() as session:
+        newest = (
+            select(InstanceRow.sop_instance_uid, func.max(InstanceRow.version).label("version"))
+            .join(SeriesRow)
+            .where(SeriesRow.series_uid.in_(series_uids))
+            .group_by(InstanceRow.sop_instance_uid)
+            .subquery()
+        )
+        keys = session.scalars(
+            select(InstanceRow.object_key).join(
+                newest,
+                (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
+                & (InstanceRow.version == newest.c.version),
+            )
+        ).all()
+    if not keys:
+        raise JobFailure(f"series {', '.join(series_uids)} have no stored instances")
+    return list(keys)
+
+
+def _decode(blobs: list[bytes], manifest: DeviceManifest) -> JobInput:
+    datasets = [read_dataset(blob) for blob in blobs]
+    if len(datasets) < manifest.accepts.min_instances:
+        raise JobFailure(
+            f"{len(datasets)} instances, the device needs at least {manifest.accepts.min_instances}"
+        )
+    if manifest.input.dims == 3:
+        return JobInput([], decode_volume(datasets))
+    return JobInput([decode_image(d) for d in datasets], None)
+
+
+def _preprocess(
+    decoded: JobInput, manifest: DeviceManifest
+) -> tuple[list[Prepared], list[InputMeta]]:
+    spec = manifest.input
+    if decoded.volume is not None:
+        prepared = [prepare_3d(decoded.volume.voxels, spec)]
+        return prepared, [InputMeta(prepared[0].geometry, decoded.volume.spacing_mm)]
+    prepared = []
+    metas = []
+    for image in decoded.images:
+        item = prepare_2d(image.pixels, image.photometric, spec)
+        prepared.append(item)
+        metas.append(InputMeta(item.geometry, image.spacing_mm))
+    return prepared, metas
+
+
+def _locate(finding: RawFinding, decoded: JobInput) -> dict[str, Any]:
+    location: dict[str, Any] | None = None
+    if finding.centre is not None:
+        location = {
+            "centre": [round(c, 2) for c in finding.centre],
+            "box": [[round(a, 2), round(b, 2)] for a, b in finding.box or ()],
+        }
+        if decoded.volume is not None:
+            uids = decoded.volume.sop_instance_uids
+            index = min(max(round(finding.centre[0]), 0), len(uids) - 1)
+            location.update(slice_index=index, sop_instance_uid=uids[index])
+        else:
+            location["sop_instance_uid"] = decoded.images[finding.input_index].sop_instance_uid
+    elif decoded.images:
+        location = {"sop_instance_uid": decoded.images[finding.input_index].sop_instance_uid}
+    return {
+        "label_code": finding.label.code,
+        "label_scheme": finding.label.scheme,
+        "label_ru": finding.label.ru,
+        "label_en": finding.label.en,
+        "probability": round(finding.probability, 4),
+        "threshold": finding.label.threshold,
+        "positive": finding.positive,
+        "location": location,
+        "measurements": finding.measurements,
+    }
+
+
+def _record(
+    db: Database, job_id: int, findings: list[dict[str, Any]], timings: dict[str, float]
+) -> None:
+    with db.session() as session:
+        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
+        if job is None or job.state in DONE_STATES:
+            return
+        session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))
+        for finding in findings:
+            session.add(FindingRow(job_id=job_id, **finding))
+        job.timings_ms = timings
+        positive = any(f["positive"] for f in findings)
+        set_job_state(
+            session, job, JobState.INFERRED, {"positive": positive, "timings_ms": timings}
+        )
+    log.info("job inferred", extra={"job_id": job_id, "timings_ms": timings})

@@ -1,0 +1,187 @@
+"""Who may send: calling AE titles (optionally with IP ranges) mapped to sources and regions.
+
+``configs/sources.yaml`` lists the archives / medical organisations; ``configs/regions.yaml``
+names the subjects of the RF by their two-digit codes. Both are untrusted input: a bad file
+is refused as a whole with the reason, never half applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from sqlalchemy import select
+
+from gateway.errors import ConfigError
+from gateway.index.database import Database
+from gateway.index.tables import RegionRow, SourceRow
+from gateway.uids import is_valid_uid
+
+RegionCode = Annotated[str, StringConstraints(pattern=r"^\d{2}$")]
+AETitle = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]+$")]
+
+M = TypeVar("M", bound=BaseModel)
+
+OPEN_SOURCE_NAME = "open"
+OPEN_REGION = "00"
+
+
+class Region(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: RegionCode
+    name: str = Field(min_length=1)
+
+
+class Source(BaseModel):
+    """One sender: an archive (ЦАМИ / PACS) of a medical organisation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    title: str = Field(default="", description="Human-readable name of the organisation.")
+    ae_title: AETitle
+    hosts: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="Allowed peer networks; empty means any address."
+    )
+    frmo_oid: str | None = Field(default=None, description="The organisation's OID in ФРМО.")
+    region: RegionCode
+    quiet_period_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _oid_is_an_oid(self) -> Source:
+        if self.frmo_oid is not None and not is_valid_uid(self.frmo_oid):
+            raise ValueError(f"frmo_oid {self.frmo_oid!r} is not a dotted-number OID")
+        return self
+
+    def admits(self, address: str) -> bool:
+        if not self.hosts:
+            return True
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(peer in network for network in self.hosts)
+
+
+class SourcesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[Source] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> SourcesFile:
+        names = [source.name for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate source names: {', '.join(duplicates)}")
+        return self
+
+
+class RegionsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    regions: dict[RegionCode, str] = Field(default_factory=dict)
+    devices: dict[RegionCode, list[str]] = Field(
+        default_factory=dict, description="AI device ids enabled in each region"
+    )
+
+    @model_validator(mode="after")
+    def _device_regions_known(self) -> RegionsFile:
+        unknown = sorted(set(self.devices) - set(self.regions) - {OPEN_REGION})
+        if unknown:
+            raise ValueError(f"devices enabled in regions not listed under regions: {unknown}")
+        return self
+
+
+OPEN_SOURCE = Source(
+    name=OPEN_SOURCE_NAME, title="Open mode (any calling AE)", ae_title="ANY", region=OPEN_REGION
+)
+
+
+class SourceDirectory:
+    """Looks up the source of an association; knows the regions by code."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        regions: dict[str, str],
+        open_mode: bool,
+        devices: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.sources = sources
+        self.devices = devices or {}
+        self.regions = {OPEN_REGION: "Открытый режим (без региона)", **regions}
+        self.open_mode = open_mode
+        unknown = sorted({s.region for s in sources} - set(self.regions))
+        if unknown:
+            raise ConfigError(f"sources name regions missing from the regions file: {unknown}")
+
+    def match(self, calling_ae: str, address: str) -> Source | None:
+        """The source for this calling AE at this address, or None when it is not allowed."""
+        for source in self.sources:
+            if source.ae_title == calling_ae and source.admits(address):
+                return source
+        return OPEN_SOURCE if self.open_mode else None
+
+    def by_name(self, name: str) -> Source | None:
+        if name == OPEN_SOURCE_NAME:
+            return OPEN_SOURCE
+        return next((s for s in self.sources if s.name == name), None)
+
+    def all_sources(self) -> list[Source]:
+        return [*self.sources, OPEN_SOURCE] if self.open_mode else list(self.sources)
+
+
+def load_directory(sources_file: Path, regions_file: Path, open_mode: bool) -> SourceDirectory:
+    sources = _load_yaml(sources_file, SourcesFile).sources if sources_file.is_file() else []
+    regions = _load_yaml(regions_file, RegionsFile) if regions_file.is_file() else RegionsFile()
+    if not sources_file.is_file() and not open_mode:
+        raise ConfigError(f"sources file not found: {sources_file} (and open mode is off)")
+    return SourceDirectory(sources, regions.regions, open_mode, regions.devices)
+
+
+def _load_yaml(path: Path, model: type[M]) -> M:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return model.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def sync_directory(db: Database, directory: SourceDirectory) -> dict[str, int]:
+    """Upsert the configured regions and sources; returns source name → row id."""
+    with db.session() as session:
+        existing_regions = {row.code: row for row in session.scalars(select(RegionRow))}
+        for code, name in directory.regions.items():
+            region = existing_regions.get(code)
+            if region is None:
+                session.add(RegionRow(code=code, name=name))
+            else:
+                region.name = name
+        session.flush()
+        rows = {row.name: row for row in session.scalars(select(SourceRow))}
+        for source in directory.all_sources():
+            row = rows.get(source.name)
+            if row is None:
+                row = SourceRow(name=source.name)
+                session.add(row)
+                rows[source.name] = row
+            row.title = source.title
+            row.ae_title = source.ae_title
+            row.frmo_oid = source.frmo_oid
+            row.region_code = source.region
+        session.flush()
+        return {name: row.id for name, row in rows.items()}

@@ -1,0 +1,81 @@
+"""The Celery app as the gateway sees it: a way to send tasks by name to named queues.
+
+The gateway never imports task code (``workers`` registers the tasks on the same app). The
+embedded default uses the in-memory broker with a worker thread in the same process; the
+distributed mode points ``broker_url`` at Redis and runs ``aigw worker`` on GPU nodes.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict
+
+from gateway.routing import Priority
+from gateway.settings import Settings
+
+INFER_TASK = "aigw.infer"
+REPORT_TASK = "aigw.report"
+DEFAULT_INFER_QUEUE = "infer"
+REPORTS_QUEUE = "reports"  # SR, flag images, SEMD: CPU work, off the GPU workers
+CPU_QUEUE = "cpu"
+
+
+class InferPayload(BaseModel):
+    """The infer and report tasks' only argument: ids, never pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: int
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("aigw", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=CPU_QUEUE,
+        task_queue_max_priority=10,
+        task_default_priority=Priority.ROUTINE,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        # Redis emulates priorities with one list per level; visibility_timeout is how long
+        # an unacknowledged task waits before another worker gets it after a crash.
+        broker_transport_options={
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            # kombu looks for abandoned tasks every 10 × this interval by default (100 s),
+            # whatever the visibility timeout: look as often as the timeout allows.
+            "unacked_restore_interval": min(10, settings.broker_visibility_timeout_s),
+            "unacked_restore_throttle": 1,
+        },
+    )
+    return app
+
+
+def transport_priority(settings: Settings, priority: int) -> int:
+    # kombu's Redis transport serves 0 first; AMQP and memory serve the highest first.
+    return 9 - priority if settings.broker_url.startswith(("redis", "rediss")) else priority
+
+
+def queue_for(settings: Settings, device_id: str) -> str:
+    return settings.device_queues.get(device_id, DEFAULT_INFER_QUEUE)
+
+
+def send_infer(app: Celery, settings: Settings, job_id: int, queue: str, priority: int) -> None:
+    app.send_task(
+        INFER_TASK,
+        args=[InferPayload(job_id=job_id).model_dump()],
+        queue=queue,
+        priority=transport_priority(settings, priority),
+    )
+
+
+def send_report(app: Celery, job_id: int) -> None:
+    app.send_task(REPORT_TASK, args=[InferPayload(job_id=job_id).model_dump()], queue=REPORTS_QUEUE)

@@ -1,0 +1,22 @@
+"""Results: from a finished job to the objects a radiologist and the regional system read.
+
+The builders are pure functions of one :class:`~gateway.results.input.ReportInput`; only
+:mod:`gateway.results.build` touches the database and the object store.
+
+Modules
+-------
+input
+    :class:`ReportInput`: what every builder is given.
+build
+    Gathers a job's input, runs every builder, stores the objects and queues their delivery.
+sr
+    The DICOM SR (TID 1500 measurement report).
+flags
+    The flag images: Secondary Capture with the marks and a Russian banner burned in.
+gsps
+    The marks as a presentation state over the original images.
+seg
+    DICOM SEG of a segmenting device's masks.
+semd
+    The SEMD protocol (HL7 CDA R2) and its validation against the official schematron.
+"""

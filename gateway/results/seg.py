@@ -1,0 +1,169 @@
+"""The DICOM SEG result of a segmenting device: one binary segment per finding with a mask.
+
+The segmentation lies on the source grid (ReportFinding.mask is already resampled to it), so
+each frame references the source instance it was drawn on and viewers overlay it without
+any registration. A segment's tracking UID is the one the SR's measurement group for the
+same finding carries. UIDs are derived, so rebuilding gives the same SEG.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from gateway.results.input import AI_NOTICE_EN, ReportFinding, ReportInput
+from gateway.results.sr import (
+    UTF8,
+    derived_uid,
+    device_equipment,
+    header_copies,
+    lo,
+    notices_ru,
+    registration_ru,
+    series_description,
+    stamp_times,
+    tracking_uid,
+)
+
+SEG_SERIES_NUMBER = 9902
+# What every segment shows: a lesion, i.e. a morphologically abnormal structure (CID 7150).
+_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
+
+
+def build_seg(report: ReportInput) -> Dataset | None:
+    """The job's SEG, or None when no finding carries a mask."""
+    masked = [(i, f) for i, f in enumerate(report.findings, start=1) if f.mask is not None]
+    if not masked:
+        return None
+    headers = header_copies(report.sources)
+    sources, pixels = _frames(report, headers, [f for _, f in masked])
+    device = report.device
+    when = report.completed_at
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment(report, n, i, f) for n, (i, f) in enumerate(masked, 1)],
+        series_instance_uid=derived_uid(report, "seg", "series"),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=derived_uid(report, "seg", "instance"),
+        instance_number=1,
+        manufacturer=lo(device.vendor),
+        manufacturer_model_name=device.id,
+        software_versions=device.version,
+        device_serial_number=device.version,
+        content_label="AIGW_SEG",
+        content_description=lo(f"ИИ: {device.id} {device.version}"),
+        series_description=series_description(device, "сегментация "),
+        specific_character_set=UTF8,
+        contributing_equipment=[device_equipment(report)],
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+    )
+    # A viewer shows Image Comments beside the overlay: the notices every result carries.
+    seg.ImageComments = " ".join(_notices(report))
+    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+        seg.PatientOrientation = _patient_orientation(sources)
+    _derive_dimension_organization(seg, derived_uid(report, "seg", "dimensions"))
+    stamp_times(seg, when)
+    return seg
+
+
+def _notices(report: ReportInput) -> list[str]:
+    provenance = report.device.provenance
+    notices = [*notices_ru(report.device), AI_NOTICE_EN]
+    if not provenance.clinical_use:
+        notices.append(provenance.notice_en)
+    return notices
+
+
+def _derive_dimension_organization(seg: Dataset, uid: str) -> None:
+    """highdicom draws the Dimension Organization UID at random; a rebuild must repeat it."""
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(keyword, []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = uid
+
+
+def _patient_orientation(sources: list[Dataset]) -> list[str] | None:
+    """Projection images have no patient geometry, so the SEG's General Image module needs
+    Patient Orientation (type 2C): the sources' one when they agree, else empty."""
+    found = {tuple(s.get("PatientOrientation") or ()) for s in sources}
+    if len(found) == 1 and (only := found.pop()):
+        return list(only)
+    return None
+
+
+def _frames(
+    report: ReportInput, headers: list[Dataset], findings: list[ReportFinding]
+) -> tuple[list[Dataset], np.ndarray]:
+    """The source images the masks lie on and the masks stacked as (frames, rows, columns,
+    segments): every source for a 3D device (masks are in volume order), else the images
+    the 2D masks were drawn on."""
+    if report.device.input.dims == 3:
+        for finding in findings:
+            assert finding.mask is not None
+            if finding.mask.ndim != 3 or finding.mask.shape[0] != len(headers):
+                raise ValueError(
+                    f"{finding.label_en}: 3D mask {finding.mask.shape} does not match "
+                    f"{len(headers)} source slices"
+                )
+        return headers, np.stack([np.asarray(f.mask, dtype=bool) for f in findings], axis=-1)
+    by_uid = {str(h.SOPInstanceUID): h for h in headers}
+    wanted = {f.sop_instance_uid for f in findings}
+    if not wanted <= by_uid.keys():
+        raise ValueError(
+            f"masks drawn on images outside the job's sources: {wanted - by_uid.keys()}"
+        )
+    images = [h for h in headers if str(h.SOPInstanceUID) in wanted]
+    if len(images) > 1 and any("FrameOfReferenceUID" not in h for h in images):
+        # A SEG relates frames through the frame of reference; projection images have none.
+        raise ValueError(
+            f"masks on {len(images)} images without a frame of reference: a SEG holds one"
+        )
+    planes = []
+    for image in images:
+        shape = (int(image.Rows), int(image.Columns))
+        layers = []
+        for finding in findings:
+            assert finding.mask is not None
+            if finding.sop_instance_uid != image.SOPInstanceUID:
+                layers.append(np.zeros(shape, dtype=bool))
+            elif finding.mask.shape != shape:
+                raise ValueError(f"{finding.label_en}: 2D mask {finding.mask.shape} is not {shape}")
+            else:
+                layers.append(np.asarray(finding.mask, dtype=bool))
+        planes.append(np.stack(layers, axis=-1))
+    return images, np.stack(planes)
+
+
+def _segment(
+    report: ReportInput, number: int, index: int, finding: ReportFinding
+) -> hd.seg.SegmentDescription:
+    device = report.device
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=lo(device.name),
+        family=codes.cid7162.ArtificialIntelligence,
+        version=device.version,
+        source=lo(device.vendor),
+        parameters={
+            "threshold": f"{finding.threshold:g}",
+            "registration": lo(registration_ru(device)),
+        },
+    )
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=lo(finding.label_ru),
+        segmented_property_category=_CATEGORY,
+        segmented_property_type=hd.sr.CodedConcept(
+            finding.label_code, finding.label_scheme, finding.label_en
+        ),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=tracking_uid(report, index),
+        tracking_id=lo(f"{finding.label_en} #{index}"),
+    )

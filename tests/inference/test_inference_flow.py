@@ -1,0 +1,112 @@
+"""The embedded default end to end with a test device: studies over DICOM → assembly →
+routing → the in-process Celery worker → findings, and the ways a job can end badly."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.demo.synthetic import chest_xray_study, ct_chest_study, write_study
+from gateway.index.queries import JobSummary, StudySummary, list_jobs, list_studies
+from gateway.settings import Settings
+from pacs_adapters.dicom_scu import Peer, send
+from tests.onnx_models import classifier_with_heatmap, write_device
+from workers.serve import Gateway
+
+
+@pytest.fixture
+def test_device_gateway(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> Iterator[Gateway]:
+    """The embedded gateway with one fast test device (a chest X-ray classifier)."""
+    from workers.app import build_gateway
+
+    devices = tmp_path / "devices"
+    write_device(devices / "test-cxr", classifier_with_heatmap())
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(
+        yaml.safe_dump(
+            {"regions": {"38": "Иркутская", "71": "Тульская"}, "devices": {"38": ["test-cxr"]}},
+            allow_unicode=True,
+        )
+    )
+    gateway = build_gateway(
+        make_settings(devices_dir=devices, regions_file=regions, quiet_period_s=0.3)
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def _send(gateway: Gateway, files: list[Path]) -> None:
+    report = send(files, Peer("127.0.0.1", gateway.parts.settings.dicom_port, "AIGW", "IRK_CAMI"))
+    assert report.sent == len(files), report.failed
+
+
+def _finished(
+    gateway: Gateway, study_uid: str, timeout_s: float = 60
+) -> tuple[StudySummary, list[JobSummary]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        studies = [s for s in list_studies(gateway.parts.db) if s.study_uid == study_uid]
+        if studies and studies[0].state == "not_applicable":
+            return studies[0], []
+        jobs = list_jobs(gateway.parts.db, study_uid)
+        if studies and jobs and all(j.state in ("inferred", "failed") for j in jobs):
+            return studies[0], jobs
+        time.sleep(0.1)
+    raise AssertionError(f"study {study_uid} did not finish")
+
+
+def test_a_fluorography_study_is_routed_and_analysed(
+    test_device_gateway: Gateway, tmp_path: Path
+) -> None:
+    study = chest_xray_study(seed=21, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
+    _send(test_device_gateway, write_study(study, tmp_path / "in"))
+    summary, (job,) = _finished(test_device_gateway, study.study_instance_uid)
+    assert summary.state == "routed"
+    assert (job.state, job.device, job.study_type, job.service_code) == (
+        "inferred",
+        "test-cxr@1.0.0",
+        "fluorography",
+        "7003320",
+    )
+    assert set(job.timings_ms) == {"load", "decode", "preprocess", "infer", "postprocess"}
+    (finding,) = job.findings
+    assert 0.0 <= finding.probability <= 1.0
+    assert finding.location is not None
+    assert finding.location["sop_instance_uid"] == study.datasets[0].SOPInstanceUID
+
+
+def test_corrupt_pixel_data_fails_the_job_with_the_reason_and_the_worker_goes_on(
+    test_device_gateway: Gateway, tmp_path: Path
+) -> None:
+    broken = chest_xray_study(seed=22, kind="radiography", modality="CR", sop="cr", size=(256, 256))
+    dataset = broken.datasets[0]
+    dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 3]  # header still parses
+    _send(test_device_gateway, write_study(broken, tmp_path / "broken"))
+    _summary, (job,) = _finished(test_device_gateway, broken.study_instance_uid)
+    assert job.state == "failed"
+    assert job.reason is not None and "cannot decode pixel data" in job.reason
+
+    healthy = chest_xray_study(
+        seed=23, kind="radiography", modality="CR", sop="cr", size=(256, 256)
+    )
+    _send(test_device_gateway, write_study(healthy, tmp_path / "healthy"))
+    _summary, (after,) = _finished(test_device_gateway, healthy.study_instance_uid)
+    assert after.state == "inferred"
+
+
+def test_studies_no_device_can_read_end_not_applicable_with_the_reason(
+    test_device_gateway: Gateway, tmp_path: Path
+) -> None:
+    ct = ct_chest_study(seed=24, n_slices=8, size=(64, 64), with_nodule=False)
+    _send(test_device_gateway, write_study(ct, tmp_path / "ct"))
+    summary, jobs = _finished(test_device_gateway, ct.study_instance_uid)
+    assert jobs == [] and summary.state == "not_applicable"
+    assert summary.state_reason  # says which rule/device refused and why
+    assert "ct" in summary.state_reason.lower()

@@ -1,0 +1,309 @@
+"""Flag images: Secondary Captures that pass dciodvfy, with the banner on top and the mark
+exactly around the finding — checked on the rendered PNG, for synthetic studies with known
+lesions and for real files from several vendors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from gateway.results import flags
+from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
+from tests import report_fixtures
+from tests.services import dciodvfy_errors, require_shared_data
+
+# A mark pixel: saturated red, which no windowed grey-scale pixel (R = G = B) can be.
+BANNER_BG = np.array(flags.BANNER_BG)
+
+
+@pytest.fixture(scope="module")
+def chest() -> ReportInput:
+    return report_fixtures.chest_xray_input(positive=True)
+
+
+@pytest.fixture(scope="module")
+def chest_negative() -> ReportInput:
+    return report_fixtures.chest_xray_input(positive=False)
+
+
+@pytest.fixture(scope="module")
+def ct() -> ReportInput:
+    return report_fixtures.ct_chest_input(positive=True)
+
+
+@pytest.fixture(scope="module")
+def ct_negative() -> ReportInput:
+    return report_fixtures.ct_chest_input(positive=False)
+
+
+@pytest.fixture(scope="module")
+def mammography() -> ReportInput:
+    return report_fixtures.mammography_input()
+
+
+class Split:
+    """A rendered flag image cut into its banner and its image part."""
+
+    def __init__(self, ds: Dataset, source: Dataset) -> None:
+        png = Image.open(io.BytesIO(flags.render_png(ds)))
+        assert png.format == "PNG" and png.mode == "RGB"
+        pixels = np.asarray(png)
+        assert pixels.shape == (int(ds.Rows), int(ds.Columns), 3)
+        self.scale = pixels.shape[1] / int(source.Columns)
+        image_rows = round(int(source.Rows) * self.scale)
+        self.banner = pixels[: pixels.shape[0] - image_rows]
+        self.image = pixels[pixels.shape[0] - image_rows :]
+
+    def banner_ink(self) -> int:
+        """Pixels of the banner that are not its background: the text."""
+        return int((np.abs(self.banner.astype(int) - BANNER_BG).sum(axis=2) > 60).sum())
+
+    def mark(self) -> np.ndarray:
+        red, green, blue = (self.image[..., i].astype(int) for i in range(3))
+        return (red > 200) & (green < 90) & (blue < 90)
+
+
+def assert_mark_around(split: Split, box: tuple[tuple[float, float], ...], slack: int) -> None:
+    """Red pixels exist on all four sides of the box and none further than ``slack``."""
+    (r0, r1), (c0, c1) = box[-2], box[-1]
+    rows, cols = np.nonzero(split.mark())
+    assert len(rows) > 40, "no mark drawn"
+    s = split.scale
+    assert rows.min() >= r0 * s - slack and rows.max() <= r1 * s + slack
+    assert cols.min() >= c0 * s - slack and cols.max() <= c1 * s + slack
+    assert rows.min() < r0 * s and rows.max() >= r1 * s  # it surrounds the finding
+    assert cols.min() < c0 * s and cols.max() >= c1 * s
+
+
+# --- what the objects are -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["chest", "chest_negative", "ct", "ct_negative", "mammography"])
+def test_every_flag_image_is_a_valid_secondary_capture(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    report: ReportInput = request.getfixturevalue(name)
+    images = flags.build_flag_images(report)
+    assert images
+    source = report.sources[0]
+    for number, ds in enumerate(images, 1):
+        assert dciodvfy_errors(ds, tmp_path) == []
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert (ds.PhotometricInterpretation, ds.SamplesPerPixel) == ("RGB", 3)
+        assert (ds.BitsAllocated, ds.BurnedInAnnotation, ds.ConversionType) == (8, "YES", "WSD")
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert (ds.PatientID, ds.PatientName) == (source.PatientID, source.PatientName)
+        assert ds.AccessionNumber == source.AccessionNumber
+        assert ds.StudyInstanceUID != ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert (ds.SeriesNumber, ds.InstanceNumber) == (flags.SERIES_NUMBER, number)
+        assert ds.SeriesDescription.startswith("ИИ: ") and ds.SeriesDescription.endswith(
+            f"{report.device.version} (метки)"
+        )
+        assert AI_NOTICE_RU in ds.ImageComments
+        assert report.device.provenance.notice_ru in ds.ImageComments
+        assert ds.Manufacturer == report.device.vendor
+
+
+def test_uids_are_deterministic_per_job(chest: ReportInput, tmp_path: Path) -> None:
+    first, again = flags.build_flag_images(chest)[0], flags.build_flag_images(chest)[0]
+    other_job = flags.build_flag_images(replace(chest, job_id=chest.job_id + 1))[0]
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (
+        again.SOPInstanceUID,
+        again.SeriesInstanceUID,
+    )
+    assert first.SOPInstanceUID != other_job.SOPInstanceUID
+    assert first.SeriesInstanceUID != other_job.SeriesInstanceUID
+    # Rebuilding gives the very same object, so delivering it twice stores one copy.
+    first.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    again.save_as(tmp_path / "b.dcm", enforce_file_format=True)
+    assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()
+
+
+# --- what a radiologist sees ----------------------------------------------------------
+
+
+def test_chest_flag_marks_the_nodule_under_a_banner(chest: ReportInput) -> None:
+    (ds,) = flags.build_flag_images(chest)
+    finding = chest.findings[0]
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == finding.sop_instance_uid
+    split = Split(ds, chest.sources[0])
+    assert split.banner.shape[0] > 60
+    assert split.banner_ink() > 3000
+    assert finding.box is not None
+    assert_mark_around(split, finding.box, slack=12)
+    text = " ".join(line for line, _ in flags.banner_lines(chest, flags.key_images(chest)[0]))
+    for expected in (
+        chest.device.name_ru,
+        chest.device.version,
+        finding.label_ru,
+        "91\u00a0%",
+        "10,2\u00a0мм",
+        AI_NOTICE_RU,
+        chest.device.provenance.notice_ru,
+    ):
+        assert expected in text
+
+
+def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -> None:
+    (ds,) = flags.build_flag_images(chest_negative)
+    source = chest_negative.sources[0]
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    split = Split(ds, source)
+    assert split.banner_ink() > 3000
+    assert not split.mark().any()
+    key = flags.key_images(chest_negative)[0]
+    text = " ".join(line for line, _ in flags.banner_lines(chest_negative, key))
+    assert "не обнаружено" in text and "8\u00a0%" in text and AI_NOTICE_RU in text
+
+
+def test_ct_flag_is_the_centre_slice_with_a_contour_outside_the_nodule(ct: ReportInput) -> None:
+    (ds,) = flags.build_flag_images(ct)
+    finding = ct.findings[0]
+    assert finding.mask is not None and finding.centre is not None and finding.box is not None
+    slice_index = int(finding.centre[0])
+    source = ct.sources[slice_index]
+    assert source.SOPInstanceUID == finding.sop_instance_uid
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == finding.sop_instance_uid
+    split = Split(ds, source)
+    assert split.scale == pytest.approx(flags.MIN_SIDE / 256)  # small slices are enlarged
+    lesion = finding.mask[slice_index]
+    rows, cols = np.nonzero(lesion)
+    in_plane = ((rows.min(), rows.max() + 1.0), (cols.min(), cols.max() + 1.0))
+    assert_mark_around(split, in_plane, slack=12)
+    # The contour never covers the lesion itself.
+    enlarged = np.kron(lesion, np.ones((3, 3), dtype=bool))
+    assert not (split.mark() & enlarged).any()
+    assert split.banner_ink() > 2000
+
+
+def test_ct_negative_flags_the_middle_slice(ct_negative: ReportInput) -> None:
+    (ds,) = flags.build_flag_images(ct_negative)
+    middle = ct_negative.sources[len(ct_negative.sources) // 2]
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == middle.SOPInstanceUID
+    assert not Split(ds, middle).mark().any()
+
+
+def test_mammography_flags_only_the_view_with_the_mass(mammography: ReportInput) -> None:
+    (ds,) = flags.build_flag_images(mammography)
+    finding = mammography.findings[0]
+    source = next(s for s in mammography.sources if s.SOPInstanceUID == finding.sop_instance_uid)
+    assert ds.ImageLaterality == source.ImageLaterality
+    assert finding.box is not None
+    assert_mark_around(Split(ds, source), finding.box, slack=12)
+
+
+# --- grey levels ----------------------------------------------------------------------
+
+
+def test_monochrome1_is_shown_inverted() -> None:
+    source = pydicom.dcmread(require_shared_data() / "DX_thorax_Fuji_ForPresentation_small.dcm")
+    assert source.PhotometricInterpretation == "MONOCHROME1"
+    as_monochrome2 = copy.deepcopy(source)
+    as_monochrome2.PhotometricInterpretation = "MONOCHROME2"
+    del as_monochrome2.PresentationLUTShape
+    np.testing.assert_allclose(
+        flags.display_pixels(source), 1.0 - flags.display_pixels(as_monochrome2), atol=1e-6
+    )
+
+
+def test_without_a_window_the_percentiles_are_used(chest: ReportInput) -> None:
+    source = copy.deepcopy(chest.sources[0])
+    del source.WindowCenter, source.WindowWidth
+    shown = flags.display_pixels(source)
+    assert shown.min() == 0.0 and shown.max() == 1.0
+    assert 0.002 < float((shown == 0.0).mean()) < 0.02  # 0.5 % clipped each side, no more
+    assert 0.002 < float((shown == 1.0).mean()) < 0.02
+
+
+def test_missing_font_degrades_and_says_so(
+    chest_negative: ReportInput, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(flags, "FONT_PATH", Path("/nonexistent/DejaVuSans.ttf"))
+    flags._font.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.results.flags"):
+            (ds,) = flags.build_flag_images(chest_negative)
+    finally:
+        flags._font.cache_clear()
+    assert any("font missing" in record.getMessage() for record in caplog.records)
+    assert Split(ds, chest_negative.sources[0]).banner_ink() > 500
+
+
+# --- real files -----------------------------------------------------------------------
+
+
+REAL = {
+    # file: a box (rows, columns) somewhere on the image, as a device would report it
+    "MG_GE_SenographeEssential_RMLO_ForPresentation_JPEGLossless.dcm": (
+        (1400.0, 1500.0),
+        (900.0, 1010.0),
+    ),
+    "CR_chest_PA_Philips_J2KI.dcm": ((600.0, 700.0), (1200.0, 1320.0)),
+    "CT_693_J2KR.dcm": ((250.0, 270.0), (300.0, 325.0)),
+}
+
+
+def real_report(name: str, template: ReportInput) -> ReportInput:
+    source = pydicom.dcmread(require_shared_data() / name)
+    box = REAL[name]
+    label = template.findings[0]
+    finding = ReportFinding(
+        label.label_code,
+        label.label_scheme,
+        label.label_ru,
+        label.label_en,
+        0.9,
+        label.threshold,
+        True,
+        sop_instance_uid=str(source.SOPInstanceUID),
+        centre=tuple((a + b) / 2 for a, b in box),
+        box=box,
+        measurements={"max_diameter_mm": 9.5},
+    )
+    return replace(template, sources=[source], findings=[finding])
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_images_flagged_validly_and_marked_in_place(
+    name: str, chest: ReportInput, tmp_path: Path
+) -> None:
+    report = real_report(name, chest)
+    (ds,) = flags.build_flag_images(report)
+    assert dciodvfy_errors(ds, tmp_path) == []
+    source = report.sources[0]
+    split = Split(ds, source)
+    assert max(split.image.shape[:2]) <= flags.MAX_SIDE
+    assert split.banner_ink() > 3000
+    assert_mark_around(split, REAL[name], slack=20)
+
+
+def test_findings_on_two_views_give_two_flag_images(
+    mammography: ReportInput, tmp_path: Path
+) -> None:
+    finding = mammography.findings[0]
+    other = next(s for s in mammography.sources if s.SOPInstanceUID != finding.sop_instance_uid)
+    second = replace(
+        finding, sop_instance_uid=str(other.SOPInstanceUID), box=((10.0, 40.0), (5.0, 30.0))
+    )
+    images = flags.build_flag_images(replace(mammography, findings=[finding, second]))
+    order = [str(s.SOPInstanceUID) for s in mammography.sources]
+    expected = sorted([str(finding.sop_instance_uid), str(other.SOPInstanceUID)], key=order.index)
+    assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in images] == expected
+    assert [ds.InstanceNumber for ds in images] == [1, 2]
+    assert len({ds.SeriesInstanceUID for ds in images}) == 1
+    assert len({ds.SOPInstanceUID for ds in images}) == 2
+    flagged = images[expected.index(str(other.SOPInstanceUID))]
+    assert dciodvfy_errors(flagged, tmp_path) == []
+    assert_mark_around(Split(flagged, other), second.box or (), slack=12)

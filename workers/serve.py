@@ -1,0 +1,190 @@
+"""The ``aigw serve`` process: builds every part from one settings object and runs them.
+
+Start-up order matters: migrate the index, recover from an unclean stop, and only then
+accept associations. Extra SCP processes (``scp_processes`` > 1) share the port through
+SO_REUSEPORT; study assembly and HTTP run once, in this process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import uvicorn
+
+from gateway.api import create_app
+from gateway.index.database import Database
+from gateway.index.object_store import ObjectStore, create_store
+from gateway.index.recovery import recover
+from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
+from gateway.ingest.receive import Ingest
+from gateway.ingest.scp import DicomServer
+from gateway.ingest.sources import SourceDirectory, load_directory, sync_directory
+from gateway.logs import configure_logging
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    """Everything a gateway process needs, built from settings (tests build these too)."""
+
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    directory: SourceDirectory
+    source_ids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, *, migrate: bool = True) -> Parts:
+        directory = load_directory(settings.sources_file, settings.regions_file, settings.open_mode)
+        db = Database(settings.resolved_database_url, pool_size=settings.max_associations + 4)
+        if migrate:
+            db.migrate()
+        source_ids = sync_directory(db, directory)
+        return cls(settings, db, create_store(settings), directory, source_ids)
+
+
+class Service(Protocol):
+    """Something that runs beside the SCP (the embedded worker, a delivery loop)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Gateway:
+    """A running gateway: SCP(s), the assembler, HTTP, and any services given to it.
+
+    ``before_accepting`` callables run after recovery and before the SCP accepts anything
+    (e.g. queueing jobs that a crash left unqueued).
+    """
+
+    def __init__(
+        self,
+        parts: Parts,
+        on_complete: CompletionHook = log_completion,
+        services: Sequence[Service] = (),
+        before_accepting: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        self.parts = parts
+        self.services = list(services)
+        self.before_accepting = list(before_accepting)
+        self.stop_event = threading.Event()
+        self.assembler = Assembler(
+            parts.db, parts.directory, parts.settings.quiet_period_s, on_complete
+        )
+        self.scp: DicomServer | None = None
+        self._children: list[multiprocessing.process.BaseProcess] = []
+        self._threads: list[threading.Thread] = []
+        self._http: uvicorn.Server | None = None
+
+    def start(self) -> None:
+        settings = self.parts.settings
+        report = recover(self.parts.db, self.parts.store)
+        log.info("recovery done", extra=report.__dict__)
+        for service in self.services:
+            service.start()
+        for step in self.before_accepting:
+            step()
+        shared = settings.scp_processes > 1
+        self.scp = DicomServer(
+            settings,
+            Ingest(self.parts.db, self.parts.store),
+            self.parts.directory,
+            self.parts.source_ids,
+            self.parts.store,
+            shared_port=shared,
+        )
+        if shared:
+            self._start_children(settings)
+        self.scp.start()
+        self._thread(
+            lambda: self.assembler.run(self.stop_event, settings.assembly_poll_s), "assembler"
+        )
+        if settings.http_port:
+            self._start_http(settings)
+
+    def _start_children(self, settings: Settings) -> None:
+        context = multiprocessing.get_context("spawn")
+        for number in range(1, settings.scp_processes):
+            child = context.Process(
+                target=run_scp_child,
+                name=f"aigw-scp-{number}",
+                args=(settings.model_dump(mode="json"),),
+                daemon=True,
+            )
+            child.start()
+            self._children.append(child)
+
+    def _start_http(self, settings: Settings) -> None:
+        app = create_app(self.parts.db, self.parts.store, settings=settings)
+        config = uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+        )
+        self._http = uvicorn.Server(config)
+        self._thread(self._http.run, "http")
+
+    def _thread(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> None:
+        """Block until SIGINT/SIGTERM, then stop cleanly."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: self.stop_event.set())
+        self.stop_event.wait()
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._http:
+            self._http.should_exit = True
+        if self.scp:
+            self.scp.stop()
+        for child in self._children:
+            child.terminate()
+            child.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for service in reversed(self.services):
+            service.stop()
+        self.parts.db.dispose()
+        log.info("gateway stopped")
+
+
+def run_scp_child(settings_data: dict[str, Any]) -> None:
+    """Entry point of an extra SCP process: ingest only, on the shared port."""
+    _die_with_parent()
+    settings = Settings.model_validate(settings_data)
+    configure_logging(settings.log_level, settings.log_json)
+    parts = Parts.build(settings, migrate=False)
+    server = DicomServer(
+        settings,
+        Ingest(parts.db, parts.store),
+        parts.directory,
+        parts.source_ids,
+        parts.store,
+        shared_port=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
+    server.serve_forever()
+
+
+def _die_with_parent() -> None:
+    # After `kill -9` of the main process its SCP children must not go on accepting data
+    # that no assembler will ever complete.
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        log.warning("cannot tie SCP child to its parent (no prctl)")
