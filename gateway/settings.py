@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -20,6 +19,7 @@ from pydantic_settings import (
 )
 
 from gateway.errors import ConfigError
+from models.yaml_file import read_mapping
 
 DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
 
@@ -224,12 +224,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**explicit)
     if not chosen.is_file():
         raise FileNotFoundError(f"configuration file not found: {chosen}")
-    try:
-        raw = yaml.safe_load(chosen.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{chosen}: expected a mapping of settings, found {type(raw).__name__}")
+    read_mapping(chosen, ConfigError, empty_ok=True)  # a clear error before pydantic's
     from_file = type(
         "Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": chosen}}
     )

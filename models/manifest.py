@@ -8,23 +8,21 @@ are enforced here so later stages can rely on them.
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
 from models.study_types import SERVICE_CODES, StudyType
+from models.yaml_file import load_model
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+([.-][A-Za-z0-9]+)*$")]
@@ -204,25 +202,4 @@ class DeviceManifest(_Strict):
 
 def load_manifest(path: Path) -> DeviceManifest:
     """Read and validate a manifest file; raises :class:`ManifestError` naming the problem."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: a manifest is a mapping of fields")
-    try:
-        return DeviceManifest.model_validate(raw)
-    except ValidationError as exc:
-        raise ManifestError(f"{path}: {_describe(exc)}") from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "manifest"
-        parts.append(f"{where}: {re.sub(r'^Value error, ', '', error['msg'])}")
-    return "; ".join(parts)
+    return load_model(path, DeviceManifest, ManifestError)

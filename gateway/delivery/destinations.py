@@ -14,10 +14,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from gateway.errors import ConfigError
+from models.yaml_file import load_model
 
 
 class ResultKind(StrEnum):
@@ -147,17 +147,7 @@ def load_destinations(path: Path) -> Destinations:
     """The destinations file; none (results are kept, nothing is sent) when it is absent."""
     if not path.is_file():
         return Destinations(DestinationsFile())
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return Destinations(DestinationsFile.model_validate(raw or {}))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+    return Destinations(load_model(path, DestinationsFile, ConfigError, empty_ok=True))
 
 
 def secret(variable: str | None) -> str | None:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 from sqlalchemy import select
@@ -26,11 +24,11 @@ from gateway.errors import ConfigError
 from gateway.index.database import Database
 from gateway.index.tables import RegionRow, SourceRow
 from gateway.uids import is_valid_uid
+from models.yaml_file import load_model
 
 RegionCode = Annotated[str, StringConstraints(pattern=r"^\d{2}$")]
 AETitle = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]+$")]
 
-M = TypeVar("M", bound=BaseModel)
 
 OPEN_SOURCE_NAME = "open"
 OPEN_REGION = "00"
@@ -144,21 +142,19 @@ class SourceDirectory:
 
 
 def load_directory(sources_file: Path, regions_file: Path, open_mode: bool) -> SourceDirectory:
-    sources = _load_yaml(sources_file, SourcesFile).sources if sources_file.is_file() else []
-    regions = _load_yaml(regions_file, RegionsFile) if regions_file.is_file() else RegionsFile()
+    sources = (
+        load_model(sources_file, SourcesFile, ConfigError, empty_ok=True).sources
+        if sources_file.is_file()
+        else []
+    )
+    regions = (
+        load_model(regions_file, RegionsFile, ConfigError, empty_ok=True)
+        if regions_file.is_file()
+        else RegionsFile()
+    )
     if not sources_file.is_file() and not open_mode:
         raise ConfigError(f"sources file not found: {sources_file} (and open mode is off)")
     return SourceDirectory(sources, regions.regions, open_mode, regions.devices)
-
-
-def _load_yaml(path: Path, model: type[M]) -> M:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return model.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def sync_directory(db: Database, directory: SourceDirectory) -> dict[str, int]:

@@ -14,7 +14,6 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +27,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from models.study_types import StudyType
+from models.yaml_file import load_model, message
 
 
 class Priority(IntEnum):
@@ -232,18 +232,7 @@ class RoutingRules(StrictModel):
 def load_rules(path: Path) -> RoutingRules:
     """Read and validate ``routing.yaml``; raises :class:`RoutingConfigError` naming the rule
     and field of the first problems."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RoutingConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise RoutingConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RoutingConfigError(f"{path}: expected a mapping with a 'rules' list")
-    try:
-        return RoutingRules.model_validate(raw)
-    except ValidationError as exc:
-        raise RoutingConfigError(f"{path}: {_describe(exc, raw)}") from exc
+    return load_model(path, RoutingRules, RoutingConfigError, explain=_describe)
 
 
 def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
@@ -257,8 +246,5 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
             name = item.get("name") if isinstance(item, dict) else None
             field_path = ".".join(str(p) for p in loc[2:]) or "rule"
             where = f"rule #{loc[1] + 1}{f' {name!r}' if name else ''}: {field_path}"
-        message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{where}: {message}")
+        parts.append(f"{where}: {message(error)}")
     return "; ".join(parts)

@@ -575,7 +575,7 @@ def test_an_invalid_rules_file_is_refused_naming_the_rule_and_field(
 def test_not_a_rules_file(tmp_path: Path) -> None:
     path = tmp_path / "routing.yaml"
     path.write_text("- just\n- a list\n", encoding="utf-8")
-    with pytest.raises(RoutingConfigError, match="expected a mapping with a 'rules' list"):
+    with pytest.raises(RoutingConfigError, match="expected a mapping of fields"):
         load_rules(path)
     path.write_text("rules: [\n", encoding="utf-8")
     with pytest.raises(RoutingConfigError, match="not valid YAML"):

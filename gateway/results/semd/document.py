@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from lxml import etree
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -37,6 +35,7 @@ from pydicom import Dataset
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
+from models.yaml_file import load_model
 
 TEMPLATE_ID = "1.2.643.5.1.13.13.14.6.9.4"
 REMD_KIND = "174"
@@ -299,21 +298,7 @@ class SemdConfig(_Strict):
 
 def load_semd_config(path: Path) -> SemdConfig:
     """Read and validate ``semd.yaml``; any problem is a ConfigError naming file and field."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping, found {type(raw).__name__}")
-    try:
-        return SemdConfig.model_validate(raw)
-    except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {fields}") from exc
+    return load_model(path, SemdConfig, ConfigError)
 
 
 # --- facts: what the document says, gathered and checked up front --------------------------
