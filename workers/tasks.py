@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.errors import StorageError
+from gateway.errors import DatabaseError, StorageError
 from gateway.inference.pipeline import InferenceContext, TransientError, run_job
 from gateway.jobs.states import JobState, fail_job
 from gateway.jobs.task_queue import INFER_TASK, REPORT_TASK, InferPayload, send_report
@@ -69,7 +68,7 @@ def register_tasks(
         job_id = InferPayload.model_validate(payload).job_id
         try:
             return build_results(reports(), job_id)
-        except (StorageError, SQLAlchemyError) as exc:
+        except (StorageError, DatabaseError) as exc:
             retries = int(task.request.retries or 0)
             log.warning("results will be retried", extra={"job_id": job_id, "reason": str(exc)})
             raise task.retry(exc=exc, countdown=min(300, 2 ** (retries + 1))) from exc

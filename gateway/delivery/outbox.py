@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from gateway.delivery.destinations import Destination
-from gateway.errors import GatewayError
+from gateway.errors import DatabaseError, GatewayError
 from gateway.index.database import Database
 from gateway.index.study_state import record_event
 from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
@@ -249,7 +248,7 @@ class OutboxDispatcher:
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
-            except SQLAlchemyError as exc:  # the database is back soon; nothing is lost
+            except DatabaseError as exc:  # the database is back soon; nothing is lost
                 log.warning("outbox: database unavailable", extra={"error": str(exc)[:200]})
                 worked = 0
             except Exception:  # never let the only delivery thread die

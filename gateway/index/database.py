@@ -10,8 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import DatabaseError
@@ -38,14 +38,25 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on any error."""
-        with self._sessions() as session:
+        """A session whose transaction commits on success and rolls back on any error.
+
+        The database's own failures come out as :class:`DatabaseError` (transient: the
+        caller tries again later), except :class:`IntegrityError`, which says that a
+        concurrent writer got there first and is the caller's to handle.
+        """
+        with translated(), self._sessions() as session:
             try:
                 yield session
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One Core transaction (no ORM), with errors translated as in :meth:`session`."""
+        with translated(), self.engine.begin() as connection:
+            yield connection
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -67,6 +78,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """SQLAlchemy's errors as the gateway's: the one place they are translated."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise DatabaseError(f"{exc.__class__.__name__}: {first}") from exc
 
 
 def _create_engine(url: str, pool_size: int) -> Engine:

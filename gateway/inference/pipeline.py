@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.devices.registry import DeviceRegistry, RegistryError
-from gateway.errors import GatewayError, StorageError
+from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
 from gateway.index.tables import FindingRow, InstanceRow, JobRow, SeriesRow
@@ -87,8 +86,8 @@ def run_job(context: InferenceContext, job_id: int) -> str:
     """Run one job to its end state and return it."""
     try:
         job = _start(context.db, job_id)
-    except SQLAlchemyError as exc:
-        raise TransientError(f"database: {exc.__class__.__name__}") from exc
+    except DatabaseError as exc:
+        raise TransientError(f"database: {exc}") from exc
     if job is None:
         return "skipped"
     try:
@@ -99,7 +98,7 @@ def run_job(context: InferenceContext, job_id: int) -> str:
         fail_job(context.db, job_id, str(exc))
         log.warning("job failed", extra={"job_id": job_id, "reason": str(exc)})
         return JobState.FAILED.value
-    except (StorageError, SQLAlchemyError) as exc:
+    except (StorageError, DatabaseError) as exc:
         raise TransientError(f"{exc.__class__.__name__}: {exc}") from exc
 
 

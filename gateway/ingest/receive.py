@@ -24,10 +24,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from sqlalchemy import Connection, Table, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from gateway.dimse_status import Status
-from gateway.errors import InvalidInstance, StorageError
+from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore, StagedObject, instance_key
 from gateway.index.study_state import OPEN_STATES, StudyState, record_event
@@ -99,12 +99,9 @@ class Ingest:
             return self._refuse(
                 Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, tags.study.study_uid
             )
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             return self._refuse(
-                Status.OUT_OF_RESOURCES,
-                f"database: {exc.__class__.__name__}: {_first_line(exc)}",
-                sender,
-                tags.study.study_uid,
+                Status.OUT_OF_RESOURCES, f"database: {exc}", sender, tags.study.study_uid
             )
 
     def _store_and_index(
@@ -133,7 +130,7 @@ class Ingest:
         now = utcnow()
         written_key: str | None = None
         try:
-            with self.db.write_lock, self.db.engine.begin() as connection:
+            with self.db.write_lock, self.db.transaction() as connection:
                 existing = connection.execute(
                     select(INSTANCES.c.version, INSTANCES.c.sha256).where(
                         INSTANCES.c.sop_instance_uid == tags.sop_instance_uid

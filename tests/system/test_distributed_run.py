@@ -29,7 +29,6 @@ import pytest
 import redis
 import yaml
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.delivery.destinations import DICOM_KINDS
 from gateway.demo.synthetic import (
@@ -39,6 +38,7 @@ from gateway.demo.synthetic import (
     mammography_study,
     write_study,
 )
+from gateway.errors import DatabaseError
 from gateway.index.database import Database
 from gateway.index.tables import FindingRow, JobRow, OutboxRow, ResultRow, StudyRow
 from gateway.jobs.states import JobState
@@ -377,7 +377,7 @@ def outcomes(db: Database, studies: list[SyntheticStudy]) -> dict[str, StudyOutc
         return {
             study.study_instance_uid: outcome(db, study.study_instance_uid) for study in studies
         }
-    except SQLAlchemyError:
+    except DatabaseError:
         return None
 
 

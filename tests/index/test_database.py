@@ -1,0 +1,43 @@
+"""The index's one boundary with SQLAlchemy: its failures come out as the gateway's
+transient DatabaseError, except a unique-constraint conflict, which callers handle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from gateway.errors import DatabaseError
+from gateway.index.database import Database
+from gateway.index.tables import RegionRow
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    database.migrate()
+    return database
+
+
+def test_a_database_failure_is_a_transient_database_error(db: Database) -> None:
+    with pytest.raises(DatabaseError, match=r"OperationalError: .*no such"), db.session() as s:
+        s.execute(text("SELECT * FROM no_such_table"))
+    with pytest.raises(DatabaseError, match="no such table"), db.transaction() as connection:
+        connection.execute(text("SELECT * FROM no_such_table"))
+
+
+def test_a_conflict_with_a_concurrent_writer_stays_an_integrity_error(db: Database) -> None:
+    with db.session() as session:
+        session.add(RegionRow(code="38", name="Иркутская область"))
+    with pytest.raises(IntegrityError), db.session() as session:
+        session.add(RegionRow(code="38", name="again"))
+    with db.session() as session:  # the failed transaction was rolled back, nothing half-kept
+        assert [r.name for r in session.query(RegionRow)] == ["Иркутская область"]
+
+
+def test_an_unreachable_server_is_a_database_error(tmp_path: Path) -> None:
+    db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(DatabaseError, match="OperationalError"), db.session() as session:
+        session.execute(text("SELECT 1"))
