@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-NSI_1471_OID = "1.2.643.5.1.13.13.11.1471"
-
 
 class StudyType(StrEnum):
     FLUOROGRAPHY = "fluorography"

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from gateway.access.tokens import Role, create_token
 from gateway.demo.synthetic import demo_studies, write_study
 from gateway.errors import ConfigError
-from gateway.index.queries import JobSummary, StudySummary, list_jobs, list_studies
+from gateway.index.read_model import (
+    JobFilter,
+    JobItem,
+    StudyFilter,
+    StudyItem,
+    list_jobs,
+    list_studies,
+)
 from gateway.index.study_state import StudyState
 from gateway.jobs.states import DONE_STATES, JobState
 from gateway.results.build import export_results, results_of
@@ -31,7 +38,7 @@ def run_demo(
     say: Callable[[str], None] = print,
     keep_serving: bool = False,
     timeout_s: float = 300.0,
-) -> list[StudySummary]:
+) -> list[StudyItem]:
     gateway = build(settings)
     sender = next(iter(gateway.parts.directory.sources), None)
     if sender is None:
@@ -69,10 +76,14 @@ def run_demo(
         gateway.stop()
 
 
-def _wait_complete(gateway: Gateway, uids: set[str], timeout_s: float) -> list[StudySummary]:
+def _wait_complete(gateway: Gateway, uids: set[str], timeout_s: float) -> list[StudyItem]:
     deadline = time.monotonic() + timeout_s
     while True:
-        found = [s for s in list_studies(gateway.parts.db) if s.study_uid in uids]
+        found = [
+            s
+            for s in list_studies(gateway.parts.db, StudyFilter(limit=1000))
+            if s.study_uid in uids
+        ]
         if len(found) == len(uids) and all(_finished(gateway, s) for s in found):
             return found
         if time.monotonic() > deadline:
@@ -81,12 +92,12 @@ def _wait_complete(gateway: Gateway, uids: set[str], timeout_s: float) -> list[S
         time.sleep(0.2)
 
 
-def _finished(gateway: Gateway, study: StudySummary) -> bool:
+def _finished(gateway: Gateway, study: StudyItem) -> bool:
     if study.state == StudyState.NOT_APPLICABLE:
         return True
     if study.state != StudyState.ROUTED:
         return False
-    jobs = list_jobs(gateway.parts.db, study.study_uid)
+    jobs = list_jobs(gateway.parts.db, JobFilter(study_uid=study.study_uid, limit=1000))
     if not jobs or not all(job.state in DONE_STATES for job in jobs):
         return False
     reported = {row.job_id for row in results_of(gateway.parts.db, study.study_uid)}
@@ -104,7 +115,7 @@ def _print_dashboard(gateway: Gateway, say: Callable[[str], None]) -> None:
 
 def _write_results(
     gateway: Gateway,
-    summaries: list[StudySummary],
+    summaries: list[StudyItem],
     kinds: dict[str, str],
     say: Callable[[str], None],
 ) -> None:
@@ -124,14 +135,14 @@ def _write_results(
 
 def _print_findings(
     gateway: Gateway,
-    summaries: list[StudySummary],
+    summaries: list[StudyItem],
     kinds: dict[str, str],
     truth: dict[str, bool],
     say: Callable[[str], None],
 ) -> None:
     say("\nAI findings (reference devices trained on synthetic phantoms — not for clinical use):")
     for summary in summaries:
-        jobs = list_jobs(gateway.parts.db, summary.study_uid)
+        jobs = list_jobs(gateway.parts.db, JobFilter(study_uid=summary.study_uid, limit=1000))
         expected = "lesion" if truth[summary.study_uid] else "no lesion"
         say(f"  {kinds[summary.study_uid]} (phantom has {expected}):")
         if not jobs:
@@ -140,7 +151,7 @@ def _print_findings(
             say(f"    {_job_line(job)}")
 
 
-def _job_line(job: JobSummary) -> str:
+def _job_line(job: JobItem) -> str:
     if job.state != "inferred":
         return f"{job.device}: {job.state} {job.reason or ''}"
     best = max(job.findings, key=lambda f: f.probability, default=None)
@@ -158,7 +169,7 @@ def _job_line(job: JobSummary) -> str:
 
 
 def _print_table(
-    summaries: list[StudySummary], kinds: dict[str, str], say: Callable[[str], None]
+    summaries: list[StudyItem], kinds: dict[str, str], say: Callable[[str], None]
 ) -> None:
     say(f"\n{'STUDY':<14} {'STATE':<14} {'SOURCE':<10} RG {'MOD':<4} SER INST  STUDY UID")
     for s in summaries:

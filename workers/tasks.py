@@ -46,7 +46,7 @@ def register_tasks(
             retries = int(task.request.retries or 0)
             if retries >= max_retries:
                 fail_job(ctx.db, job_id, f"gave up after {retries} retries: {exc}")
-                return "failed"
+                return JobState.FAILED.value
             log.warning(
                 "job will be retried",
                 extra={"job_id": job_id, "reason": str(exc), "retry": retries + 1},

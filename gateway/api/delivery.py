@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, func, select
 
 from gateway.access.http import Caller, Context, not_found
+from gateway.delivery.outbox import OutboxState
+from gateway.delivery.outbox import retry as outbox_retry
 from gateway.index.database import Database
-from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
+from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow
 
 router = APIRouter(prefix="/api/v1", tags=["delivery"])
 
@@ -78,7 +80,7 @@ def destinations(context: Context, caller: Caller) -> list[DestinationStatus]:
                     last_error=None,
                 ),
             )
-            if state in ("pending", "delivered", "failed"):
+            if state in OutboxState.__members__.values():
                 setattr(item, state, getattr(item, state) + count)
         for item in found.values():
             item.last_delivered_at = session.scalar(
@@ -88,7 +90,10 @@ def destinations(context: Context, caller: Caller) -> list[DestinationStatus]:
             )
             item.last_error = session.scalar(
                 _scoped(select(OutboxRow.last_error), caller.region)
-                .where(OutboxRow.destination == item.destination, OutboxRow.state != "delivered")
+                .where(
+                    OutboxRow.destination == item.destination,
+                    OutboxRow.state != OutboxState.DELIVERED,
+                )
                 .where(OutboxRow.last_error.is_not(None))
                 .order_by(OutboxRow.id.desc())
                 .limit(1)
@@ -159,30 +164,10 @@ def retry_now(context: Context, caller: Caller, outbox_id: int) -> OutboxItem:
     found = _one(context.db, outbox_id, caller.region)
     if found is None:
         raise not_found(f"outbox entry {outbox_id}")
-    if found.state == "delivered":
+    if found.state == OutboxState.DELIVERED:
         raise HTTPException(status.HTTP_409_CONFLICT, f"outbox entry {outbox_id} is delivered")
-    if not retry(context.db, outbox_id):
+    if not outbox_retry(context.db, outbox_id):
         raise not_found(f"outbox entry {outbox_id}")
     after = _one(context.db, outbox_id, caller.region)
     assert after is not None
     return after
-
-
-def retry(db: Database, outbox_id: int) -> bool:
-    """The delivery side's ``gateway.delivery.outbox.retry`` when it is there, else the same effect:
-    the row becomes pending and due now."""
-    try:
-        from gateway.delivery.outbox import retry as outbox_retry  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return _make_due(db, outbox_id)
-    return bool(outbox_retry(db, outbox_id))
-
-
-def _make_due(db: Database, outbox_id: int) -> bool:
-    with db.write_lock, db.session() as session:
-        row = session.get(OutboxRow, outbox_id)
-        if row is None:
-            return False
-        row.state = "pending"
-        row.next_attempt_at = utcnow()
-        return True

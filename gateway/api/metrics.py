@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 
+from gateway.delivery.outbox import OutboxState
 from gateway.index.database import Database
 from gateway.index.tables import InstanceRow, JobRow, OutboxRow, StudyRow
 
@@ -49,8 +50,9 @@ class IndexCollector(Collector):
                 select(OutboxRow.destination, func.count(OutboxRow.id))
                 .where(
                     or_(
-                        OutboxRow.state == "failed",
-                        (OutboxRow.state == "pending") & (OutboxRow.last_error.is_not(None)),
+                        OutboxRow.state == OutboxState.FAILED,
+                        (OutboxRow.state == OutboxState.PENDING)
+                        & (OutboxRow.last_error.is_not(None)),
                     )
                 )
                 .group_by(OutboxRow.destination)

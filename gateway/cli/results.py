@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
+from gateway.delivery.outbox import OutboxState
 from gateway.index.database import Database
 from gateway.settings import Settings
 
@@ -57,7 +58,7 @@ def results_command(
 @click.group("outbox", invoke_without_command=True)
 @CONFIG
 @DATA_DIR
-@click.option("--state", type=click.Choice(["pending", "delivered", "failed"]))
+@click.option("--state", type=click.Choice([s.value for s in OutboxState]))
 @click.option("--study", "study_uid", help="Only this study's deliveries.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.pass_context
@@ -85,7 +86,7 @@ def outbox_group(
             f"{row.id} {row.state:9} {row.kind:4} → {row.destination} ({row.protocol}) "
             f"attempts={row.attempts} study={row.study_uid}"
         )
-        if row.state == "delivered":
+        if row.state == OutboxState.DELIVERED:
             line += f" at {row.delivered_at:%Y-%m-%d %H:%M:%S} id={row.remote_id}"
         elif row.last_error:
             line += f" next={row.next_attempt_at:%H:%M:%S} error: {row.last_error}"

@@ -12,7 +12,7 @@ import click
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
 from gateway.errors import GatewayError
 from gateway.index.database import Database
-from gateway.index.queries import list_jobs, list_studies, timeline
+from gateway.index.read_model import JobFilter, StudyFilter, list_jobs, list_studies, timeline
 from gateway.ingest.assembly import Assembler
 from gateway.ingest.sources import load_directory
 
@@ -38,7 +38,7 @@ def studies(
     settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
-    found = list_studies(db, state)
+    found = list_studies(db, StudyFilter(state=state, limit=1000))
     if as_json:
         for summary in found:
             click.echo(summary.model_dump_json())
@@ -102,7 +102,7 @@ def jobs(
     settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
-    for job in list_jobs(db, study_uid, state):
+    for job in list_jobs(db, JobFilter(study_uid=study_uid, state=state, limit=1000)):
         if as_json:
             click.echo(job.model_dump_json())
             continue

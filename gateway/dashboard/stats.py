@@ -20,6 +20,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
+from gateway.delivery.outbox import OutboxState
 from gateway.index.database import Database
 from gateway.index.tables import (
     DeviceRow,
@@ -31,10 +32,10 @@ from gateway.index.tables import (
     SourceRow,
     StudyRow,
 )
+from gateway.jobs.states import JobState
 from models.manifest import DeviceGroup
 
 TARGET_DEVICES = 3  # federal target: at least three registered AI devices per region
-PROCESSED_STATES = frozenset({"inferred", "reported", "delivered"})
 
 
 class PeriodName(StrEnum):
@@ -254,9 +255,9 @@ def _facts(db: Database, period: Period, region: str | None) -> _Facts:
                 .group_by(JobRow.study_id, OutboxRow.state)
             )
             for study_id, state, first, count in outcomes:
-                if state == "delivered" and first is not None:
+                if state == OutboxState.DELIVERED and first is not None:
                     delivered[study_id] = first
-                elif state == "failed":
+                elif state == OutboxState.FAILED:
                     failed[study_id] = count
         devices: dict[str, tuple[str, str]] = {}
         for device_id, group, name in session.execute(
@@ -273,7 +274,7 @@ def _chunks(values: list[int], size: int = 500) -> Iterable[list[int]]:
 
 
 def _figures(key: str, title: str, jobs: list[_Job], facts: _Facts) -> Figures:
-    processed = [j for j in jobs if j.state in PROCESSED_STATES]
+    processed = [j for j in jobs if j.state == JobState.INFERRED]
     studies: dict[int, list[_Job]] = {}
     for job in processed:
         studies.setdefault(job.study_id, []).append(job)
@@ -316,7 +317,7 @@ def _in_use(jobs: list[_Job], facts: _Facts) -> dict[str, list[str]]:
     groups: dict[str, set[str]] = {group.value: set() for group in DeviceGroup}
     for job in jobs:
         registered = facts.devices.get(job.device_id)
-        if job.state in PROCESSED_STATES and registered is not None:
+        if job.state == JobState.INFERRED and registered is not None:
             groups.setdefault(registered[0], set()).add(job.device_id)
     return {group: sorted(ids) for group, ids in groups.items()}
 
@@ -372,7 +373,7 @@ def region_detail(db: Database, code: str, period: Period) -> RegionDetail | Non
                 at=j.finished_at,
             )
             for j in sorted(facts.jobs, key=lambda j: j.id, reverse=True)
-            if j.state == "failed"
+            if j.state == JobState.FAILED
         ][:50],
     )
 
@@ -395,7 +396,7 @@ def _volume(jobs: list[_Job], period: Period) -> list[Bar]:
     """Studies per bar, each counted once, in the bar of its first processed job."""
     first: dict[int, datetime] = {}
     for job in jobs:
-        if job.state in PROCESSED_STATES and job.finished_at is not None:
+        if job.state == JobState.INFERRED and job.finished_at is not None:
             seen = first.get(job.study_id)
             first[job.study_id] = job.finished_at if seen is None else min(seen, job.finished_at)
     counts: dict[datetime, int] = {}

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -28,9 +29,11 @@ from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"  # cannot ever succeed (the result object is gone); retry() revives it
+
+class OutboxState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # cannot ever succeed (the result object is gone); retry() revives it
 
 
 class DeliveryError(GatewayError):
@@ -81,7 +84,7 @@ def enqueue(session: Session, result: ResultRow, destinations: list[Destination]
                 result_id=result.id,
                 destination=destination.name,
                 protocol=destination.protocol,
-                state=PENDING,
+                state=OutboxState.PENDING,
                 attempts=0,
                 next_attempt_at=now,
                 created_at=now,
@@ -97,7 +100,7 @@ def claim_due(db: Database, limit: int, lease_s: float) -> list[Claim]:
     with db.session() as session:
         query = (
             select(OutboxRow)
-            .where(OutboxRow.state == PENDING, OutboxRow.next_attempt_at <= now)
+            .where(OutboxRow.state == OutboxState.PENDING, OutboxRow.next_attempt_at <= now)
             .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
             .limit(limit)
         )
@@ -121,7 +124,7 @@ def renew(db: Database, claim: Claim, lease_s: float) -> Claim | None:
             update(OutboxRow)
             .where(
                 OutboxRow.id == claim.outbox_id,
-                OutboxRow.state == PENDING,
+                OutboxRow.state == OutboxState.PENDING,
                 OutboxRow.next_attempt_at == claim.lease_until,
             )
             .values(next_attempt_at=lease_until)
@@ -139,9 +142,14 @@ def mark_delivered(db: Database, claim: Claim, remote_id: str) -> None:
     now = utcnow()
     with db.session() as session:
         row = session.get(OutboxRow, claim.outbox_id)
-        if row is None or row.state == DELIVERED:
+        if row is None or row.state == OutboxState.DELIVERED:
             return
-        row.state, row.delivered_at, row.remote_id, row.last_error = DELIVERED, now, remote_id, None
+        row.state, row.delivered_at, row.remote_id, row.last_error = (
+            OutboxState.DELIVERED,
+            now,
+            remote_id,
+            None,
+        )
         result = session.get(ResultRow, row.result_id)
         if result is not None:
             job = session.get(JobRow, result.job_id)
@@ -156,26 +164,26 @@ def mark_delivered(db: Database, claim: Claim, remote_id: str) -> None:
 
 
 def mark_failed(db: Database, claim: Claim, error: str, retry_in_s: float | None) -> None:
-    """Record a failed attempt: due again after ``retry_in_s``, or FAILED when None."""
+    """Record a failed attempt: due again after ``retry_in_s``, or OutboxState.FAILED when None."""
     with db.session() as session:
         row = session.get(OutboxRow, claim.outbox_id)
-        if row is None or row.state == DELIVERED:
+        if row is None or row.state == OutboxState.DELIVERED:
             return
         row.last_error = error[:2000]
         if retry_in_s is None:
-            row.state = FAILED
+            row.state = OutboxState.FAILED
         else:
             row.next_attempt_at = utcnow() + timedelta(seconds=retry_in_s)
 
 
 def retry(db: Database, outbox_id: int) -> bool:
-    """Make a row due now (also a FAILED one); False when there is no such row or it was
+    """Make a row due now (also a OutboxState.FAILED one); False when there is no such row or it was
     delivered already."""
     with db.session() as session:
         changed = session.execute(
             update(OutboxRow)
-            .where(OutboxRow.id == outbox_id, OutboxRow.state != DELIVERED)
-            .values(state=PENDING, next_attempt_at=utcnow())
+            .where(OutboxRow.id == outbox_id, OutboxRow.state != OutboxState.DELIVERED)
+            .values(state=OutboxState.PENDING, next_attempt_at=utcnow())
         )
         return bool(getattr(changed, "rowcount", 0))
 

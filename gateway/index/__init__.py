@@ -10,10 +10,9 @@ object_store
     Where instances and results are kept byte for byte: a folder or S3.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
-queries
-    Read-side summaries for the CLI: studies, timelines, jobs with findings.
 read_model
-    Read side of the API and the dashboard: filtered studies, one study in full, jobs.
+    The read side the CLI, the API and the dashboard share: filtered studies with counts,
+    one study in full, its timeline, jobs with findings, results.
 recovery
     Crash recovery at start-up: objects without index rows, interrupted writes.
 """

@@ -1,7 +1,8 @@
-"""Read side of the API: studies with every filter, one study in full, jobs, results.
+"""The read side, one for the CLI, the API and the dashboard: studies with every filter,
+one study in full, its timeline, jobs with their findings, results.
 
-Every query takes the region it is confined to; a row outside it is indistinguishable from
-a row that does not exist.
+Queries that serve the API take the region they are confined to; a row outside it is
+indistinguishable from a row that does not exist.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
+from gateway.errors import UnknownStudy
 from gateway.index.database import Database
-from gateway.index.queries import FindingSummary, TimelineEntry
+from gateway.index.study_state import StudyState
 from gateway.index.tables import (
     FindingRow,
     InstanceRow,
@@ -32,6 +34,38 @@ AnySelect = Select[*tuple[Any, ...]]
 
 class _Public(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class TimelineEntry(_Public):
+    at: datetime
+    kind: str
+    state: str | None
+    detail: dict[str, Any]
+    note: str | None
+
+
+class FindingItem(_Public):
+    label_code: str
+    label_ru: str
+    label_en: str
+    probability: float
+    threshold: float
+    positive: bool
+    location: dict[str, Any] | None
+    measurements: dict[str, float]
+
+    @classmethod
+    def of(cls, row: FindingRow) -> FindingItem:
+        return cls(
+            label_code=row.label_code,
+            label_ru=row.label_ru,
+            label_en=row.label_en,
+            probability=row.probability,
+            threshold=row.threshold,
+            positive=row.positive,
+            location=row.location,
+            measurements=row.measurements or {},
+        )
 
 
 class StudyFilter(_Public):
@@ -60,9 +94,12 @@ class StudyItem(_Public):
     accession_number: str | None
     study_description: str | None
     modalities: list[str]
+    series_count: int
+    instance_count: int
     first_received_at: datetime
     last_received_at: datetime
     completed_at: datetime | None
+    state_reason: str | None = None  # why it is not_applicable or failed
 
 
 class SeriesItem(_Public):
@@ -106,7 +143,7 @@ class JobItem(_Public):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    findings: list[FindingSummary]
+    findings: list[FindingItem]
 
 
 class StudyDetail(StudyItem):
@@ -142,16 +179,35 @@ def _filtered(query: AnySelect, f: StudyFilter) -> AnySelect:
     return query
 
 
-def list_studies(db: Database, f: StudyFilter) -> list[StudyItem]:
+def list_studies(db: Database, f: StudyFilter | None = None) -> list[StudyItem]:
+    f = f or StudyFilter()
     query = _filtered(select(StudyRow, SourceRow.name).join(SourceRow), f)
     query = query.order_by(StudyRow.first_received_at.desc(), StudyRow.id.desc())
     with db.session() as session:
         rows = session.execute(query.limit(f.limit).offset(f.offset)).all()
-        modalities = _modalities(session, [study.id for study, _ in rows])
-        return [_item(study, source, modalities.get(study.id, [])) for study, source in rows]
+        ids = [study.id for study, _ in rows]
+        modalities = _modalities(session, ids)
+        counts = _counts(session, ids)
+        reasons = _state_reasons(session, [study for study, _ in rows])
+        return [
+            _item(
+                study,
+                source,
+                modalities.get(study.id, []),
+                counts.get(study.id, (0, 0)),
+                reasons.get(study.id),
+            )
+            for study, source in rows
+        ]
 
 
-def _item(study: StudyRow, source: str, modalities: list[str]) -> StudyItem:
+def _item(
+    study: StudyRow,
+    source: str,
+    modalities: list[str],
+    counts: tuple[int, int],
+    reason: str | None,
+) -> StudyItem:
     return StudyItem(
         study_uid=study.study_uid,
         state=study.state,
@@ -164,10 +220,50 @@ def _item(study: StudyRow, source: str, modalities: list[str]) -> StudyItem:
         accession_number=study.accession_number,
         study_description=study.study_description,
         modalities=modalities,
+        series_count=counts[0],
+        instance_count=counts[1],
         first_received_at=study.first_received_at,
         last_received_at=study.last_received_at,
         completed_at=study.completed_at,
+        state_reason=reason,
     )
+
+
+def _counts(session: Session, study_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Series and (distinct SOP) instances per study."""
+    if not study_ids:
+        return {}
+    rows = session.execute(
+        select(
+            SeriesRow.study_id,
+            func.count(func.distinct(SeriesRow.id)),
+            func.count(func.distinct(InstanceRow.sop_instance_uid)),
+        )
+        .outerjoin(InstanceRow, InstanceRow.series_id == SeriesRow.id)
+        .where(SeriesRow.study_id.in_(study_ids))
+        .group_by(SeriesRow.study_id)
+    )
+    return {study_id: (int(series), int(instances)) for study_id, series, instances in rows}
+
+
+_ENDS_WITH_A_REASON = frozenset({StudyState.NOT_APPLICABLE.value, StudyState.FAILED.value})
+
+
+def _state_reasons(session: Session, studies: list[StudyRow]) -> dict[int, str]:
+    """The reason recorded with each study's current state, where there is one."""
+    wanted = {s.id: s.state for s in studies if s.state in _ENDS_WITH_A_REASON}
+    if not wanted:
+        return {}
+    events = session.scalars(
+        select(StudyEventRow)
+        .where(StudyEventRow.study_id.in_(wanted), StudyEventRow.kind == "state")
+        .order_by(StudyEventRow.id)
+    )
+    reasons: dict[int, str] = {}
+    for event in events:
+        if event.state == wanted[event.study_id] and (event.detail or {}).get("reason"):
+            reasons[event.study_id] = str(event.detail["reason"])
+    return reasons
 
 
 def _modalities(session: Session, study_ids: list[int]) -> dict[int, list[str]]:
@@ -182,12 +278,6 @@ def _modalities(session: Session, study_ids: list[int]) -> dict[int, list[str]]:
     return {key: sorted(values) for key, values in found.items()}
 
 
-def study_region(db: Database, study_uid: str) -> str | None:
-    """The study's region, or None when there is no such study."""
-    with db.session() as session:
-        return session.scalar(select(StudyRow.region_code).where(StudyRow.study_uid == study_uid))
-
-
 def study_detail(db: Database, study_uid: str, region: str | None) -> StudyDetail | None:
     with db.session() as session:
         query = select(StudyRow, SourceRow.name).join(SourceRow)
@@ -198,7 +288,13 @@ def study_detail(db: Database, study_uid: str, region: str | None) -> StudyDetai
         if row is None:
             return None
         study, source = row
-        base = _item(study, source, _modalities(session, [study.id]).get(study.id, []))
+        base = _item(
+            study,
+            source,
+            _modalities(session, [study.id]).get(study.id, []),
+            _counts(session, [study.id]).get(study.id, (0, 0)),
+            _state_reasons(session, [study]).get(study.id),
+        )
         jobs = _jobs(
             session, select(JobRow).where(JobRow.study_id == study.id), {study.id: study_uid}
         )
@@ -234,6 +330,15 @@ def _series(session: Session, study_id: int) -> list[SeriesItem]:
         )
         for s, n in rows
     ]
+
+
+def timeline(db: Database, study_uid: str) -> list[TimelineEntry]:
+    """Every state transition and event of a study, oldest first."""
+    with db.session() as session:
+        study_id = session.scalar(select(StudyRow.id).where(StudyRow.study_uid == study_uid))
+        if study_id is None:
+            raise UnknownStudy(f"no study {study_uid}")
+        return _timeline(session, study_id)
 
 
 def _timeline(session: Session, study_id: int) -> list[TimelineEntry]:
@@ -280,7 +385,7 @@ def _jobs(session: Session, query: AnySelect, uids: dict[int, str]) -> list[JobI
             started_at=j.started_at,
             finished_at=j.finished_at,
             findings=[
-                FindingSummary.of(f) for f in sorted(findings.get(j.id, []), key=lambda f: f.id)
+                FindingItem.of(f) for f in sorted(findings.get(j.id, []), key=lambda f: f.id)
             ],
         )
         for j in jobs
@@ -331,7 +436,8 @@ class JobFilter(_Public):
     offset: int = 0
 
 
-def list_jobs(db: Database, f: JobFilter) -> list[JobItem]:
+def list_jobs(db: Database, f: JobFilter | None = None) -> list[JobItem]:
+    f = f or JobFilter()
     query = select(JobRow).join(StudyRow, JobRow.study_id == StudyRow.id)
     if f.region:
         query = query.where(StudyRow.region_code == f.region)

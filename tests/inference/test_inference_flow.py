@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from gateway.demo.synthetic import chest_xray_study, ct_chest_study, write_study
-from gateway.index.queries import JobSummary, StudySummary, list_jobs, list_studies
+from gateway.index.read_model import (
+    JobFilter,
+    JobItem,
+    StudyFilter,
+    StudyItem,
+    list_jobs,
+    list_studies,
+)
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
 from tests.onnx_models import classifier_with_heatmap, write_device
@@ -49,13 +56,17 @@ def _send(gateway: Gateway, files: list[Path]) -> None:
 
 def _finished(
     gateway: Gateway, study_uid: str, timeout_s: float = 60
-) -> tuple[StudySummary, list[JobSummary]]:
+) -> tuple[StudyItem, list[JobItem]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        studies = [s for s in list_studies(gateway.parts.db) if s.study_uid == study_uid]
+        studies = [
+            s
+            for s in list_studies(gateway.parts.db, StudyFilter(limit=1000))
+            if s.study_uid == study_uid
+        ]
         if studies and studies[0].state == "not_applicable":
             return studies[0], []
-        jobs = list_jobs(gateway.parts.db, study_uid)
+        jobs = list_jobs(gateway.parts.db, JobFilter(study_uid=study_uid, limit=1000))
         if studies and jobs and all(j.state in ("inferred", "failed") for j in jobs):
             return studies[0], jobs
         time.sleep(0.1)

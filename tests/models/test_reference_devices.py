@@ -25,7 +25,14 @@ from gateway.demo.synthetic import (
     mammography_study,
     write_study,
 )
-from gateway.index.queries import FindingSummary, JobSummary, list_jobs, list_studies
+from gateway.index.read_model import (
+    FindingItem,
+    JobFilter,
+    JobItem,
+    StudyFilter,
+    list_jobs,
+    list_studies,
+)
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
 from tests.services import ROOT
@@ -85,32 +92,38 @@ STUDIES: dict[str, Callable[[int, bool], SyntheticStudy]] = {
 }
 
 
-def _analyse(gateway: Gateway, study: SyntheticStudy, folder: Path) -> list[JobSummary]:
+def _analyse(gateway: Gateway, study: SyntheticStudy, folder: Path) -> list[JobItem]:
     files = write_study(study, folder)
     peer = Peer("127.0.0.1", gateway.parts.settings.dicom_port, "AIGW", "IRK_CAMI")
     assert send(files, peer).sent == len(files)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         summary = next(
-            (s for s in list_studies(gateway.parts.db) if s.study_uid == study.study_instance_uid),
+            (
+                s
+                for s in list_studies(gateway.parts.db, StudyFilter(limit=1000))
+                if s.study_uid == study.study_instance_uid
+            ),
             None,
         )
         if summary is not None and summary.state == "not_applicable":
             pytest.fail(f"{study.kind}: not applicable: {summary.state_reason}")
-        jobs = list_jobs(gateway.parts.db, study.study_instance_uid)
+        jobs = list_jobs(
+            gateway.parts.db, JobFilter(study_uid=study.study_instance_uid, limit=1000)
+        )
         if jobs and all(job.state in ("inferred", "failed") for job in jobs):
             return jobs
         time.sleep(0.2)
     pytest.fail(f"{study.kind}: not analysed in time")
 
 
-def _best(jobs: list[JobSummary]) -> FindingSummary:
+def _best(jobs: list[JobItem]) -> FindingItem:
     (job,) = jobs
     assert job.state == "inferred", job.reason
     return max(job.findings, key=lambda f: f.probability)
 
 
-def _located(study: SyntheticStudy, best: FindingSummary) -> bool:
+def _located(study: SyntheticStudy, best: FindingItem) -> bool:
     """Within max(15 mm, the lesion's diameter) in the image plane; CT also within 3 slices
     plus half the lesion's extent."""
     assert best.location is not None and "centre" in best.location
