@@ -3,5 +3,12 @@
 Modules
 -------
 synthetic
-    CT chest, CT head, chest X-ray / fluorography and mammography studies with their truth.
+    The one to import: every kind of study, writing them as files, the demo's set.
+headers
+    Patient, study, series and equipment headers derived from (kind, seed); pixel encoding;
+    each instance's ground truth.
+ct
+    Chest CT with nodules, head CT with a haemorrhage: thin axial series and a localizer.
+radiographs
+    Chest X-ray / fluorography (DX, CR, digitised SC) and four-view mammography.
 """

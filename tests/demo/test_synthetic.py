@@ -25,8 +25,8 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
+from gateway.demo.headers import INSTITUTION
 from gateway.demo.synthetic import (
-    INSTITUTION,
     SyntheticStudy,
     chest_xray_study,
     ct_chest_study,
