@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import DatabaseError
 from gateway.index.database import Database
-from gateway.index.tables import RegionRow
+from gateway.index.tables import Base, RegionRow
 
 
 @pytest.fixture
@@ -41,3 +43,18 @@ def test_an_unreachable_server_is_a_database_error(tmp_path: Path) -> None:
     db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     with pytest.raises(DatabaseError, match="OperationalError"), db.session() as session:
         session.execute(text("SELECT 1"))
+
+
+def test_sqlite_migrations_match_the_models(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'schema.db'}")
+    try:
+        db.migrate()
+        db.migrate()  # idempotent
+        with db.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            connection.exec_driver_sql("DROP INDEX ix_study_events_study_at")
+            diff = compare_metadata(context, Base.metadata)
+        assert [op[0] for op in diff] == ["add_index"]  # the comparison can see a drift
+    finally:
+        db.dispose()

@@ -1,0 +1,152 @@
+"""UIDs and object keys (nothing that is not a UID becomes a path), and the folder store:
+atomic writes, partial writes after a crash, failures as StorageError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StorageError
+from gateway.index.object_store import FolderStore, check_key, instance_key
+from gateway.uids import is_valid_uid
+from tests.services import ROOT
+
+SOURCES = ROOT / "configs" / "sources.yaml"
+REGIONS = ROOT / "configs" / "regions.yaml"
+
+
+# --- UIDs and object keys --------------------------------------------------------------------
+
+GOOD_UIDS = ["1", "1.2", "1.2.840.10008.5.1.4.1.1.2", "0.0", "1.02.3", "1." + "2" * 62]
+BAD_UIDS = [
+    "",
+    ".",
+    "..",
+    "1.",
+    ".1",
+    "1..2",
+    "1.2.3/../../x",
+    "../../etc/passwd",
+    "1.2.3a",
+    "1.2 ",
+    " 1.2",
+    "1.2\x00",
+    "1\\2",
+    "1.2/3",
+    "１.２",
+    "1." + "2" * 63,
+    "-1.2",
+    "+1",
+]
+
+
+@pytest.mark.parametrize("uid", GOOD_UIDS)
+def test_valid_uids(uid: str) -> None:
+    assert is_valid_uid(uid)
+    assert instance_key(uid, uid, uid) == f"studies/{uid}/{uid}/{uid}.dcm"
+    assert check_key(instance_key(uid, uid, uid, version=3)).endswith(f"/{uid}.v3.dcm")
+
+
+@pytest.mark.parametrize("uid", BAD_UIDS)
+def test_invalid_uids_never_make_a_key(uid: str) -> None:
+    assert not is_valid_uid(uid)
+    good = "1.2.3"
+    for args in ((uid, good, good), (good, uid, good), (good, good, uid)):
+        with pytest.raises(ValueError, match="not a valid DICOM UID"):
+            instance_key(*args)
+
+
+def test_non_strings_are_not_uids() -> None:
+    assert not any(is_valid_uid(value) for value in (None, 12, 1.2, b"1.2", ["1.2"]))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../x",
+        "studies/../../etc/passwd",
+        "studies/1/../2",
+        "/etc/passwd",
+        "studies//1",
+        "studies/1/",
+        "",
+        ".",
+        "studies/.hidden",
+        "studies/1.dcm.partial",
+        "studies\\..\\x",
+        "studies/1 2",
+        "studies/ü",
+        "studies/1\x00",
+    ],
+)
+def test_unsafe_keys_are_refused(key: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsafe object key"):
+        check_key(key)
+    store = FolderStore(tmp_path / "objects")
+    with pytest.raises(ValueError, match="unsafe object key"):
+        store.put(key, b"x")
+    with pytest.raises(ValueError):
+        store.get(key)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "objects"]
+
+
+# --- the folder store ------------------------------------------------------------------------
+
+
+def test_folder_store_round_trip(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "objects")
+    key = instance_key("1.2", "1.2.3", "1.2.3.4")
+    assert not store.exists(key)
+    store.put(key, b"first")
+    assert store.exists(key) and store.get(key) == b"first"
+    assert (tmp_path / "objects" / key).read_bytes() == b"first"
+    store.put(key, b"second")  # replaced atomically
+    assert store.get(key) == b"second"
+    other = instance_key("1.2", "1.2.3", "1.2.3.5", version=2)
+    store.put(other, b"")
+    assert sorted(store.keys()) == sorted([key, other])
+    assert sorted(store.keys("studies/1.2/1.2.3/")) == sorted([key, other])
+    store.put(instance_key("1.2", "1.2.30", "1.2.30.1"), b"")
+    assert len(list(store.keys("studies/1.2/1.2.3"))) == 2  # a folder, not a string prefix
+    store.delete(instance_key("1.2", "1.2.30", "1.2.30.1"))
+    assert list(store.keys("studies/9")) == []
+    store.delete(key)
+    store.delete(key)  # absent: not an error
+    assert not store.exists(key) and list(store.keys()) == [other]
+    with pytest.raises(StorageError, match="cannot read"):
+        store.get(key)
+    assert store.describe() == f"folder {(tmp_path / 'objects').resolve()}"
+
+
+def test_folder_store_partial_writes(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "objects")
+    key = instance_key("1.2", "1.2.3", "1.2.3.4")
+    store.put(key, b"kept")
+    folder = (tmp_path / "objects" / key).parent
+    temps = [folder / ".1.2.3.9.dcm.abc.partial", tmp_path / "objects" / "x.partial"]
+    for temp in temps:
+        temp.write_bytes(b"half")
+    assert list(store.keys()) == [key]  # temp files are not objects
+    assert store.remove_partial_writes() == 2
+    assert not any(temp.exists() for temp in temps)
+    assert store.get(key) == b"kept"
+    assert store.remove_partial_writes() == 0
+
+
+def test_folder_store_failures(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = FolderStore(root)
+    key = instance_key("1.2", "1.2.3", "1.2.3.4")
+    store.put(key, b"x")
+    (root / "studies" / "1.2" / "1.2.4").write_bytes(b"a file where a folder should be")
+    with pytest.raises(StorageError, match="cannot write"):
+        store.put(instance_key("1.2", "1.2.4", "1.2.4.1"), b"y")
+    assert not list(root.rglob("*.partial"))
+    store.check()
+    assert store.has_room()
+    assert not FolderStore(root, min_free_bytes=store.free_bytes() + 2**40).has_room()
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"")
+    with pytest.raises(StorageError, match="cannot create"):
+        FolderStore(blocker / "objects")
