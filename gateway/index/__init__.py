@@ -10,6 +10,8 @@ object_store
     Where instances and results are kept byte for byte: a folder or S3.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
+instances
+    :func:`current_instance_keys`: a series' current instances, in one order for every reader.
 queries
     Read-side summaries for the CLI: studies, timelines, jobs with findings.
 read_model
