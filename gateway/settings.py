@@ -7,6 +7,7 @@ reads configuration at import time.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,11 +18,16 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydicom.uid import PYDICOM_ROOT_UID
 
 from gateway.errors import ConfigError
 from models.yaml_file import read_mapping
 
 DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
+# An OID (PS3.5 §9.1: no leading zeros, first arc 0-2); result UIDs append ≥ 24 digits of
+# hash to it within DICOM's 64 characters, hence the limit on its length.
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+UID_ROOT_MAX = 40
 
 
 class Settings(BaseSettings):
@@ -142,6 +148,11 @@ class Settings(BaseSettings):
         default=Path("configs/semd.yaml"),
         description="SEMD header facts per organisation: MIS OID, responsible doctor, address.",
     )
+    uid_root: str | None = Field(
+        default=None,
+        description="The organisation's OID under which result UIDs are minted (SR, SC, GSPS, "
+        "SEG, device UIDs); unset: UUID-derived 2.25.… UIDs.",
+    )
     semd_reference_dir: Path | None = Field(
         default=None,
         description="Official SEMD XSD + schematron folder; when set, each SEMD is validated "
@@ -180,6 +191,29 @@ class Settings(BaseSettings):
         if value != value.strip() or not value.isascii() or "\\" in value:
             raise ValueError("AE title must be ASCII without backslashes or edge spaces")
         return value
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root_is_an_oid_we_may_use(cls, value: str | None) -> str | None:
+        """An OID the organisation owns, returned with its trailing dot; empty: unset."""
+        if value is None or not value.strip():
+            return None
+        root = value.strip().removesuffix(".")
+        if not _OID.fullmatch(root):
+            raise ValueError(
+                f"uid_root {value!r} is not an OID (digits and dots, no leading zeros, "
+                "e.g. 1.2.643.5.1.13.13.12.2.38.3811)"
+            )
+        if len(root) + 1 > UID_ROOT_MAX:
+            raise ValueError(
+                f"uid_root {value!r} is {len(root) + 1} characters with its dot; at most "
+                f"{UID_ROOT_MAX} leave result UIDs enough digits to stay unique"
+            )
+        if root == "2.25" or root.startswith("2.25."):
+            raise ValueError("uid_root: 2.25 is the UUID arc; leave uid_root unset to use it")
+        if f"{root}.".startswith(PYDICOM_ROOT_UID):
+            raise ValueError("uid_root: pydicom's root is pydicom's; use the organisation's OID")
+        return root + "."
 
     @model_validator(mode="after")
     def _s3_needs_credentials(self) -> Settings:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
 
 from gateway.demo import synthetic
+from gateway.inference.findings import Location
 from gateway.results.input import Organisation, ReportFinding, ReportInput
 from models.manifest import DeviceManifest, load_manifest
 
@@ -33,9 +35,30 @@ def device(device_id: str) -> DeviceManifest:
     return load_manifest(ZOO / device_id / "manifest.yaml")
 
 
-def _label(manifest: DeviceManifest) -> tuple[str, str, str, str, float]:
+STARTED_AT = datetime(2026, 11, 23, 9, 29, 12, tzinfo=UTC)
+COMPLETED_AT = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+
+
+def finding(
+    manifest: DeviceManifest, probability: float, positive: bool, **fields: Any
+) -> ReportFinding:
+    """The device's first label's answer; ``fields``: location, measurements, mask."""
     label = next(o for o in manifest.outputs if o.labels).labels[0]
-    return label.code, label.scheme, label.ru, label.en, label.threshold
+    return ReportFinding(
+        label_code=label.code,
+        label_scheme=label.scheme,
+        label_ru=label.ru,
+        label_en=label.en,
+        probability=probability,
+        threshold=label.threshold,
+        positive=positive,
+        **fields,
+    )
+
+
+def relocated(finding: ReportFinding, /, **changes: Any) -> ReportFinding:
+    """The finding with some location fields (sop_instance_uid, centre, box) changed."""
+    return finding.with_location(**changes)
 
 
 def _input(
@@ -54,7 +77,8 @@ def _input(
         sources=sources,
         findings=findings,
         organisation=ORGANISATION,
-        completed_at=datetime(2026, 11, 23, 9, 30, tzinfo=UTC),
+        started_at=STARTED_AT,
+        completed_at=COMPLETED_AT,
     )
 
 
@@ -62,26 +86,22 @@ def chest_xray_input(positive: bool = True, seed: int = 3) -> ReportInput:
     """Fluorography (DX, 1024²) with one nodule, found with probability 0.91 (or none)."""
     study = synthetic.chest_xray_study(seed, with_lesion=positive)
     manifest = device("aigw-ref-cxr")
-    code, scheme, ru, en, threshold = _label(manifest)
     image, truth = study.datasets[0], study.truth[0]
-    finding = ReportFinding(code, scheme, ru, en, 0.08, threshold, False)
+    answer = finding(manifest, 0.08, False)
     if positive:
         lesion = truth.lesions[0]
-        box = tuple((float(a), float(b)) for a, b in lesion.bbox)
-        finding = ReportFinding(
-            code,
-            scheme,
-            ru,
-            en,
+        answer = finding(
+            manifest,
             0.91,
-            threshold,
             True,
-            sop_instance_uid=image.SOPInstanceUID,
-            centre=tuple(float(c) for c in lesion.center),
-            box=box,
+            location=Location(
+                sop_instance_uid=image.SOPInstanceUID,
+                centre=tuple(float(c) for c in lesion.center),
+                box=tuple((float(a), float(b)) for a, b in lesion.bbox),
+            ),
             measurements={"max_diameter_mm": round(lesion.diameter_mm, 1)},
         )
-    return _input(101, manifest, "fluorography", [image], [finding])
+    return _input(101, manifest, "fluorography", [image], [answer])
 
 
 def ct_chest_input(positive: bool = True, seed: int = 5) -> ReportInput:
@@ -90,7 +110,6 @@ def ct_chest_input(positive: bool = True, seed: int = 5) -> ReportInput:
         seed, n_slices=40, size=(256, 256), with_nodule=positive, with_localizer=False
     )
     manifest = device("aigw-ref-ct-chest")
-    code, scheme, ru, en, threshold = _label(manifest)
     slices = sorted(
         study.datasets, key=lambda ds: -float(ds.ImagePositionPatient[2])
     )  # cranial first, as decode
@@ -101,7 +120,7 @@ def ct_chest_input(positive: bool = True, seed: int = 5) -> ReportInput:
             manifest,
             "ct_chest",
             slices,
-            [ReportFinding(code, scheme, ru, en, 0.05, threshold, False)],
+            [finding(manifest, 0.05, False)],
         )
     mask = np.stack([t.mask for t in truths]).astype(bool)
     indices = np.nonzero(mask)
@@ -112,44 +131,40 @@ def ct_chest_input(positive: bool = True, seed: int = 5) -> ReportInput:
     volume = float(mask.sum()) * spacing[0] * spacing[1] * thickness
     diameter = max((box[1][1] - box[1][0]) * spacing[0], (box[2][1] - box[2][0]) * spacing[1])
     centre_slice = slices[int(centre[0])]
-    finding = ReportFinding(
-        code,
-        scheme,
-        ru,
-        en,
+    answer = finding(
+        manifest,
         0.87,
-        threshold,
         True,
-        sop_instance_uid=centre_slice.SOPInstanceUID,
-        centre=centre,
-        box=box,
+        location=Location(
+            sop_instance_uid=centre_slice.SOPInstanceUID,
+            centre=centre,
+            box=box,
+            slice_index=int(centre[0]),
+        ),
         measurements={"max_diameter_mm": round(diameter, 1), "volume_mm3": round(volume, 1)},
         mask=mask,
     )
-    return _input(102, manifest, "ct_chest", slices, [finding])
+    return _input(102, manifest, "ct_chest", slices, [answer])
 
 
 def mammography_input(seed: int = 7) -> ReportInput:
     """Four-view screening mammography (512×416 for speed); the mass found in one view."""
     study = synthetic.mammography_study(seed, with_mass=True, size=(512, 416))
     manifest = device("aigw-ref-mammo")
-    code, scheme, ru, en, threshold = _label(manifest)
     findings = []
     for image, truth in zip(study.datasets, study.truth, strict=True):
         if truth.lesions:
             lesion = truth.lesions[0]
             findings.append(
-                ReportFinding(
-                    code,
-                    scheme,
-                    ru,
-                    en,
+                finding(
+                    manifest,
                     0.76,
-                    threshold,
                     True,
-                    sop_instance_uid=image.SOPInstanceUID,
-                    centre=tuple(float(c) for c in lesion.center),
-                    box=tuple((float(a), float(b)) for a, b in lesion.bbox),
+                    location=Location(
+                        sop_instance_uid=image.SOPInstanceUID,
+                        centre=tuple(float(c) for c in lesion.center),
+                        box=tuple((float(a), float(b)) for a, b in lesion.bbox),
+                    ),
                     measurements={"max_diameter_mm": round(lesion.diameter_mm, 1)},
                 )
             )

@@ -19,7 +19,7 @@ LIBRARIES = frozenset({"models", "pacs_adapters"})
 OURS = frozenset({"gateway", "workers", "models", "pacs_adapters", "benchmarks", "tests"})
 MAX_LINES = 550
 # Being split as the regroup goes on; this set only shrinks.
-SPLIT_PENDING = frozenset({"gateway/results/semd/document.py", "gateway/results/sr.py"})
+SPLIT_PENDING: frozenset[str] = frozenset()
 
 
 def _unit(module: str) -> str:

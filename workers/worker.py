@@ -18,7 +18,7 @@ from gateway.devices.registry import DeviceRegistry
 from gateway.inference.pipeline import InferenceContext
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from gateway.results.build import ReportContext
-from gateway.results.semd.document import SemdConfig, load_semd_config
+from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.settings import Settings
 from models.runtime import SessionCache
 from workers.serve import Parts
@@ -47,6 +47,7 @@ def report_context(parts: Parts) -> ReportContext:
         destinations=load_destinations(settings.destinations_file),
         semd_config=semd_config(settings),
         semd_reference_dir=settings.semd_reference_dir,
+        uid_root=settings.uid_root,
     )
 
 

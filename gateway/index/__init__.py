@@ -10,6 +10,8 @@ object_store
     Where instances and results are kept byte for byte: a folder or S3.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
+instances
+    :func:`current_instance_keys`: a series' current instances, in one order for every reader.
 read_model
     The read side the CLI, the API and the dashboard share: filtered studies with counts,
     one study in full, its timeline, jobs with findings, results.

@@ -4,8 +4,10 @@ Modules
 -------
 pipeline
     :func:`run_job`: load ▸ decode ▸ preprocess ▸ onnxruntime ▸ postprocess ▸ record.
+findings
+    :class:`Finding` and its :class:`Location`: what inference records and results read.
 decode
-    Stored instances into pixels: every transfer syntax, modality LUT, slice order.
+    Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.
 masks
     Segmentation masks kept in the object store for the SEG builder.
 """

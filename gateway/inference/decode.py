@@ -65,7 +65,7 @@ def decode_volume(datasets: list[Dataset]) -> Volume:
     """Single-frame slices of one series → a volume sorted along the slice normal."""
     if not datasets:
         raise DecodeError("no instances in the series")
-    ordered = _sorted_slices(datasets)
+    ordered = volume_order(datasets)
     shapes = {(int(d.Rows), int(d.Columns)) for d in ordered}
     if len(shapes) != 1:
         raise DecodeError(f"slices differ in size: {sorted(shapes)}")
@@ -137,11 +137,10 @@ def _normal(dataset: Dataset) -> np.ndarray | None:
 
 
 def volume_order(datasets: list[Dataset]) -> list[Dataset]:
-    """Single-frame slices in the order :func:`decode_volume` stacks them."""
-    return _sorted_slices(datasets)
-
-
-def _sorted_slices(datasets: list[Dataset]) -> list[Dataset]:
+    """Single-frame slices in volume order: the order :func:`decode_volume` stacks them and
+    the result builders reference them in (slice indices of findings count in it)."""
+    if not datasets:
+        return []
     normal = _normal(datasets[0])
     positioned = [d for d in datasets if d.get("ImagePositionPatient") is not None]
     if normal is None or len(positioned) != len(datasets):

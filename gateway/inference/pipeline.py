@@ -16,16 +16,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete
 
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
+from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import FindingRow, InstanceRow, JobRow, SeriesRow
+from gateway.index.tables import FindingRow, JobRow
 from gateway.inference.decode import (
     DecodeError,
     Image2D,
@@ -34,6 +34,7 @@ from gateway.inference.decode import (
     decode_volume,
     read_dataset,
 )
+from gateway.inference.findings import Finding, Location
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
 from models.manifest import DeviceManifest
@@ -118,9 +119,7 @@ def _start(db: Database, job_id: int) -> _Job | None:
         return _Job(job.id, tuple(job.series_uids or [job.series_uid]), job.device_key)
 
 
-def _pipeline(
-    context: InferenceContext, job: _Job
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict[str, float]]:
     watch = Stopwatch()
     manifest = context.registry.manifest(job.device_key)
     with watch.stage("load"):
@@ -137,43 +136,32 @@ def _pipeline(
         outputs = context.sessions.run(session, manifest.input.name, batch, context.max_batch)
     with watch.stage("postprocess"):
         raw = interpret(manifest, outputs, metas)
-        findings = [_locate(finding, decoded) for finding in raw]
-        _store_masks(context.store, job.id, raw, findings)
+        located = [_locate(finding, decoded) for finding in raw]
+        findings = _store_masks(context.store, job.id, raw, located)
     return findings, watch.ms
 
 
 def _store_masks(
-    store: ObjectStore, job_id: int, raw: list[RawFinding], findings: list[dict[str, Any]]
-) -> None:
-    """Keep each segmented lesion's voxels for the SEG; the finding row names the object."""
+    store: ObjectStore, job_id: int, raw: list[RawFinding], findings: list[Finding]
+) -> list[Finding]:
+    """Keep each segmented lesion's voxels for the SEG; the finding's location names the
+    object."""
+    kept = []
     for finding, located in zip(raw, findings, strict=True):
-        if finding.mask is None or located["location"] is None:
-            continue
-        key = mask_key(job_id, finding.label.code)
-        store.put(key, encode_mask(finding.mask))
-        located["location"]["mask_key"] = key
+        if finding.mask is not None and not located.location.empty:
+            key = mask_key(job_id, finding.label.code)
+            store.put(key, encode_mask(finding.mask))
+            located = located.with_location(mask_key=key)
+        kept.append(located)
+    return kept
 
 
 def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
-    """The current version of every instance of the series."""
     with db.session() as session:
-        newest = (
-            select(InstanceRow.sop_instance_uid, func.max(InstanceRow.version).label("version"))
-            .join(SeriesRow)
-            .where(SeriesRow.series_uid.in_(series_uids))
-            .group_by(InstanceRow.sop_instance_uid)
-            .subquery()
-        )
-        keys = session.scalars(
-            select(InstanceRow.object_key).join(
-                newest,
-                (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
-                & (InstanceRow.version == newest.c.version),
-            )
-        ).all()
+        keys = current_instance_keys(session, series_uids)
     if not keys:
         raise JobFailure(f"series {', '.join(series_uids)} have no stored instances")
-    return list(keys)
+    return keys
 
 
 def _decode(blobs: list[bytes], manifest: DeviceManifest) -> JobInput:
@@ -203,46 +191,46 @@ def _preprocess(
     return prepared, metas
 
 
-def _locate(finding: RawFinding, decoded: JobInput) -> dict[str, Any]:
-    location: dict[str, Any] | None = None
-    if finding.centre is not None:
-        location = {
-            "centre": [round(c, 2) for c in finding.centre],
-            "box": [[round(a, 2), round(b, 2)] for a, b in finding.box or ()],
-        }
-        if decoded.volume is not None:
-            uids = decoded.volume.sop_instance_uids
-            index = min(max(round(finding.centre[0]), 0), len(uids) - 1)
-            location.update(slice_index=index, sop_instance_uid=uids[index])
-        else:
-            location["sop_instance_uid"] = decoded.images[finding.input_index].sop_instance_uid
-    elif decoded.images:
-        location = {"sop_instance_uid": decoded.images[finding.input_index].sop_instance_uid}
-    return {
-        "label_code": finding.label.code,
-        "label_scheme": finding.label.scheme,
-        "label_ru": finding.label.ru,
-        "label_en": finding.label.en,
-        "probability": round(finding.probability, 4),
-        "threshold": finding.label.threshold,
-        "positive": finding.positive,
-        "location": location,
-        "measurements": finding.measurements,
-    }
+def _locate(finding: RawFinding, decoded: JobInput) -> Finding:
+    return Finding(
+        label_code=finding.label.code,
+        label_scheme=finding.label.scheme,
+        label_ru=finding.label.ru,
+        label_en=finding.label.en,
+        probability=round(finding.probability, 4),
+        threshold=finding.label.threshold,
+        positive=finding.positive,
+        location=_location(finding, decoded),
+        measurements=finding.measurements,
+    )
 
 
-def _record(
-    db: Database, job_id: int, findings: list[dict[str, Any]], timings: dict[str, float]
-) -> None:
+def _location(finding: RawFinding, decoded: JobInput) -> Location:
+    """Where the device located the finding, in source pixels; the image of a 2D input even
+    when it did not localise, nothing for an unlocalised 3D finding."""
+    if finding.centre is None:
+        if not decoded.images:
+            return Location()
+        return Location(sop_instance_uid=decoded.images[finding.input_index].sop_instance_uid)
+    centre = tuple(round(c, 2) for c in finding.centre)
+    box = tuple((round(a, 2), round(b, 2)) for a, b in finding.box or ())
+    if decoded.volume is None:
+        uid = decoded.images[finding.input_index].sop_instance_uid
+        return Location(centre=centre, box=box, sop_instance_uid=uid)
+    uids = decoded.volume.sop_instance_uids
+    index = min(max(round(finding.centre[0]), 0), len(uids) - 1)
+    return Location(centre=centre, box=box, slice_index=index, sop_instance_uid=uids[index])
+
+
+def _record(db: Database, job_id: int, findings: list[Finding], timings: dict[str, float]) -> None:
     with db.session() as session:
         job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
         if job is None or job.state in DONE_STATES:
             return
         session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))
-        for finding in findings:
-            session.add(FindingRow(job_id=job_id, **finding))
+        session.add_all(finding.to_row(job_id) for finding in findings)
         job.timings_ms = timings
-        positive = any(f["positive"] for f in findings)
+        positive = any(f.positive for f in findings)
         set_job_state(
             session, job, JobState.INFERRED, {"positive": positive, "timings_ms": timings}
         )

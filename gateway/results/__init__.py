@@ -9,6 +9,15 @@ input
     :class:`ReportInput`: what every builder is given.
 build
     Gathers a job's input, runs every builder, stores the objects and queues their delivery.
+header
+    The one DICOM header policy of every result object: derived UIDs, series description,
+    patient/study attributes mended, time stamps, the AI device as Contributing Equipment.
+notices
+    What every result says: the AI notice, the device's РУ, its provenance.
+marks
+    The key images of a job and where each finding's mark goes on them.
+windowing
+    Grey levels: how a source image is shown by default.
 sr
     The DICOM SR (TID 1500 measurement report).
 flags

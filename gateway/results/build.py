@@ -25,7 +25,7 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.delivery.destinations import Destinations, ResultKind
@@ -33,24 +33,19 @@ from gateway.delivery.outbox import enqueue
 from gateway.devices.registry import DeviceRegistry
 from gateway.errors import StorageError
 from gateway.index.database import Database
+from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
 from gateway.index.study_state import record_event
-from gateway.index.tables import (
-    FindingRow,
-    InstanceRow,
-    JobRow,
-    ResultRow,
-    SeriesRow,
-    SourceRow,
-    StudyRow,
-    utcnow,
-)
+from gateway.index.tables import FindingRow, JobRow, ResultRow, SourceRow, StudyRow, utcnow
 from gateway.inference.decode import volume_order
+from gateway.inference.findings import Finding
 from gateway.inference.masks import decode_mask
 from gateway.jobs.states import JobState
 from gateway.results import flags, gsps, seg, sr
 from gateway.results.input import Organisation, ReportFinding, ReportInput
 from gateway.results.semd import document as semd
+from gateway.results.semd.config import SemdConfig
+from gateway.results.semd.facts import SemdMissing
 from gateway.results.semd.validation import validate_semd
 
 log = logging.getLogger(__name__)
@@ -65,8 +60,9 @@ class ReportContext:
     store: ObjectStore
     registry: DeviceRegistry
     destinations: Destinations
-    semd_config: semd.SemdConfig | None
+    semd_config: SemdConfig | None
     semd_reference_dir: Path | None = None
+    uid_root: str | None = None  # settings.uid_root: the organisation's root for result UIDs
 
 
 @dataclass
@@ -115,7 +111,7 @@ def _inputs_present(context: ReportContext, job_id: int) -> bool:
         job = session.get(JobRow, job_id)
         if job is None:
             return False
-        keys = _instance_keys(session, tuple(job.series_uids or [job.series_uid]))
+        keys = current_instance_keys(session, job.series_uids or [job.series_uid])
     try:
         return bool(keys) and all(context.store.exists(key) for key in keys)
     except StorageError:
@@ -154,16 +150,20 @@ def gather_input(context: ReportContext, job_id: int) -> ReportInput:
             frmo_oid=source.frmo_oid,
             region=study.region_code,
         )
-        keys = _instance_keys(session, tuple(job.series_uids or [job.series_uid]))
-        rows = list(session.scalars(select(FindingRow).where(FindingRow.job_id == job_id)))
-        findings_raw = [_finding_fields(row) for row in rows]
+        keys = current_instance_keys(session, job.series_uids or [job.series_uid])
+        # In the order inference recorded them: tracking UIDs count findings in it.
+        rows = session.scalars(
+            select(FindingRow).where(FindingRow.job_id == job_id).order_by(FindingRow.id)
+        )
+        recorded = [Finding.from_row(row) for row in rows]
         device_key, study_type, service = job.device_key, job.study_type, job.service_code
         completed = job.finished_at or utcnow()
+        started = job.started_at or completed
     manifest = context.registry.manifest(device_key)
     sources: list[Dataset] = [dcmread(io.BytesIO(context.store.get(key))) for key in keys]
     if manifest.input.dims == 3:
         sources = volume_order(sources)
-    findings = [_report_finding(fields, context.store) for fields in findings_raw]
+    findings = [_with_mask(finding, context.store) for finding in recorded]
     return ReportInput(
         job_id=job_id,
         device=manifest,
@@ -172,56 +172,15 @@ def gather_input(context: ReportContext, job_id: int) -> ReportInput:
         sources=sources,
         findings=findings,
         organisation=organisation,
+        started_at=started,
         completed_at=completed,
+        uid_root=context.uid_root,
     )
 
 
-def _instance_keys(session: Any, series_uids: tuple[str, ...]) -> list[str]:
-    newest = (
-        select(InstanceRow.sop_instance_uid, func.max(InstanceRow.version).label("version"))
-        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
-        .where(SeriesRow.series_uid.in_(series_uids))
-        .group_by(InstanceRow.sop_instance_uid)
-        .subquery()
-    )
-    query = (
-        select(InstanceRow.object_key)
-        .join(
-            newest,
-            (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
-            & (InstanceRow.version == newest.c.version),
-        )
-        .order_by(InstanceRow.instance_number, InstanceRow.sop_instance_uid)
-    )
-    return list(session.scalars(query))
-
-
-def _finding_fields(row: FindingRow) -> dict[str, Any]:
-    return {
-        "label_code": row.label_code,
-        "label_scheme": row.label_scheme,
-        "label_ru": row.label_ru,
-        "label_en": row.label_en,
-        "probability": row.probability,
-        "threshold": row.threshold,
-        "positive": row.positive,
-        "location": dict(row.location or {}),
-        "measurements": dict(row.measurements or {}),
-    }
-
-
-def _report_finding(fields: dict[str, Any], store: ObjectStore) -> ReportFinding:
-    location = fields.pop("location")
-    mask_key = location.get("mask_key")
-    centre = location.get("centre")
-    box = location.get("box")
-    return ReportFinding(
-        **fields,
-        sop_instance_uid=location.get("sop_instance_uid"),
-        centre=tuple(float(c) for c in centre) if centre else None,
-        box=tuple((float(a), float(b)) for a, b in box) if box else None,
-        mask=decode_mask(store.get(mask_key)) if mask_key else None,
-    )
+def _with_mask(finding: Finding, store: ObjectStore) -> ReportFinding:
+    key = finding.location.mask_key
+    return ReportFinding.of(finding, decode_mask(store.get(key)) if key else None)
 
 
 # --- building -------------------------------------------------------------------------
@@ -269,7 +228,7 @@ def _semd(report: ReportInput, context: ReportContext, key_image_dcm: bytes | No
     try:
         png = flags.render_png(dcmread(io.BytesIO(key_image_dcm))) if key_image_dcm else None
         document = semd.build_semd(report, context.semd_config, png)
-    except semd.SemdMissing as exc:
+    except SemdMissing as exc:
         return _Artifact(ResultKind.SEMD, reason=str(exc), meta={"missing": exc.missing})
     except Exception as exc:
         log.exception("SEMD not built")

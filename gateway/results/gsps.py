@@ -23,24 +23,22 @@ from highdicom.pr import (
     TextObject,
 )
 from pydicom import Dataset
-from pydicom.valuerep import DA, TM
 
 from gateway.inference.decode import decode_image
-from gateway.results.flags import (
-    MARK_RGB,
+from gateway.results.header import (
     UTF8,
-    KeyImage,
+    add_ai_device,
     copy_series_anatomy,
-    finding_mask,
-    in_plane_box,
-    key_images,
-    percentile_window,
-    result_uid,
+    derived_uid,
+    lo,
     series_description,
     source_header,
-    source_window,
+    stamp_times,
 )
-from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
+from gateway.results.input import ReportFinding, ReportInput
+from gateway.results.marks import MARK_RGB, KeyImage, finding_mask, in_plane_box, key_images
+from gateway.results.notices import AI_NOTICE_RU
+from gateway.results.windowing import percentile_window, source_window
 
 SERIES_NUMBER = 9903
 CONTENT_LABEL = "AI_FLAGS"
@@ -63,15 +61,15 @@ def build_gsps(report: ReportInput) -> Dataset | None:
     annotations = [
         _annotation(report, key, header, layer) for key, header in zip(keys, headers, strict=True)
     ]
-    device, when = report.device, report.completed_at
+    device = report.device
     gsps = GrayscaleSoftcopyPresentationState(
         referenced_images=headers,
-        series_instance_uid=result_uid(report, "gsps", "series"),
+        series_instance_uid=derived_uid(report, "gsps", "series"),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=result_uid(report, "gsps"),
+        sop_instance_uid=derived_uid(report, "gsps"),
         instance_number=1,
-        manufacturer=device.vendor,
-        manufacturer_model_name=device.id,
+        manufacturer=lo(device.vendor),
+        manufacturer_model_name=lo(device.id),
         software_versions=device.version,
         device_serial_number=device.version,
         content_label=CONTENT_LABEL,
@@ -79,17 +77,16 @@ def build_gsps(report: ReportInput) -> Dataset | None:
         graphic_annotations=annotations,
         graphic_layers=[layer],
         voi_lut_transformations=_voi(keys, headers),
-        series_description=series_description(report, " (GSPS)"),
+        series_description=series_description(device, suffix=" (GSPS)"),
         specific_character_set=UTF8,
     )
     gsps.SpecificCharacterSet = UTF8
     copy_series_anatomy(gsps, headers)
-    # Rebuilding the same job gives the same object: every "now" becomes the job's end.
-    date, time = DA(when.strftime("%Y%m%d")), TM(when.strftime("%H%M%S"))
-    gsps.PresentationCreationDate = gsps.InstanceCreationDate = gsps.SeriesDate = date
-    gsps.PresentationCreationTime = gsps.InstanceCreationTime = gsps.SeriesTime = time
-    for item in gsps.get("ContributingEquipmentSequence", []):
-        item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    add_ai_device(gsps, report)
+    stamp_times(gsps, report)
+    # Created when the job finished: a rebuild gives the same object.
+    gsps.PresentationCreationDate = gsps.InstanceCreationDate
+    gsps.PresentationCreationTime = gsps.InstanceCreationTime
     return gsps
 
 

@@ -7,44 +7,33 @@ one place that gathers the input from the database and stores what the builders 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Self
 
 import numpy as np
+from pydantic import ConfigDict
 from pydicom import Dataset
-from pydicom.uid import PYDICOM_ROOT_UID
 
+from gateway.inference.findings import Finding
 from models.manifest import DeviceManifest
 
-# Every result says this, in both languages, wherever a person can read it.
-AI_NOTICE_RU = "Результат работы ИИ. Требует подтверждения врачом."
-AI_NOTICE_EN = "AI result. Must be confirmed by a physician."
 
+class ReportFinding(Finding):
+    """A recorded :class:`~gateway.inference.findings.Finding` with its mask read back.
 
-@dataclass(frozen=True)
-class ReportFinding:
-    """One label's answer, located in the source images.
-
-    Coordinates are source pixel indices (floats, pixel centres at ``i + 0.5``):
-    ``(row, column)`` in the image ``sop_instance_uid`` for 2D devices, ``(slice, row,
-    column)`` in the volume for 3D devices, where slice indexes :attr:`ReportInput.sources`
-    in their volume order and ``sop_instance_uid`` is the slice through the centre.
+    Slice coordinates of a 3D finding index :attr:`ReportInput.sources` (volume order).
     """
 
-    label_code: str
-    label_scheme: str  # "SCT", "DCM", … (DICOM coding scheme designator)
-    label_ru: str
-    label_en: str
-    probability: float
-    threshold: float
-    positive: bool
-    sop_instance_uid: str | None = None
-    centre: tuple[float, ...] | None = None
-    box: tuple[tuple[float, float], ...] | None = None  # (start, stop) per axis, as centre
-    measurements: dict[str, float] = field(default_factory=dict)  # max_diameter_mm, volume_mm3
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     # Segmenting devices: the lesion on the source grid, bool, shaped like the source
     # (rows, columns) for 2D or (slices, rows, columns) for 3D; None otherwise.
     mask: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, finding: Finding, mask: np.ndarray | None = None) -> Self:
+        return cls(**dict(finding), mask=mask)
 
 
 @dataclass(frozen=True)
@@ -70,10 +59,11 @@ class ReportInput:
     sources: list[Dataset]
     findings: list[ReportFinding]
     organisation: Organisation
-    completed_at: datetime  # when the job finished (timezone-aware, UTC)
-    # Prefix of the UIDs the builders create; they derive them from (study, job, kind) with
-    # pydicom.uid.generate_uid(prefix, entropy_srcs) so rebuilding a result gives the same UIDs.
-    uid_root: str = PYDICOM_ROOT_UID
+    started_at: datetime  # when the analysis started (timezone-aware): Content Date/Time
+    completed_at: datetime  # when the job finished (timezone-aware)
+    # The organisation's root for the UIDs the builders derive (settings.uid_root); None:
+    # UUID-derived 2.25 UIDs. See gateway.results.header.
+    uid_root: str | None = None
 
     @property
     def positive(self) -> bool:

@@ -13,19 +13,18 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from gateway.results.input import AI_NOTICE_EN, ReportFinding, ReportInput
-from gateway.results.sr import (
+from gateway.results.header import (
     UTF8,
+    add_ai_device,
     derived_uid,
-    device_equipment,
-    header_copies,
     lo,
-    notices_ru,
-    registration_ru,
     series_description,
+    source_headers,
     stamp_times,
     tracking_uid,
 )
+from gateway.results.input import ReportFinding, ReportInput
+from gateway.results.notices import notices_both, registration_ru
 
 SEG_SERIES_NUMBER = 9902
 # What every segment shows: a lesion, i.e. a morphologically abnormal structure (CID 7150).
@@ -37,10 +36,9 @@ def build_seg(report: ReportInput) -> Dataset | None:
     masked = [(i, f) for i, f in enumerate(report.findings, start=1) if f.mask is not None]
     if not masked:
         return None
-    headers = header_copies(report.sources)
+    headers = source_headers(report.sources)
     sources, pixels = _frames(report, headers, [f for _, f in masked])
     device = report.device
-    when = report.completed_at
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
@@ -51,34 +49,22 @@ def build_seg(report: ReportInput) -> Dataset | None:
         sop_instance_uid=derived_uid(report, "seg", "instance"),
         instance_number=1,
         manufacturer=lo(device.vendor),
-        manufacturer_model_name=device.id,
+        manufacturer_model_name=lo(device.id),
         software_versions=device.version,
         device_serial_number=device.version,
         content_label="AIGW_SEG",
         content_description=lo(f"ИИ: {device.id} {device.version}"),
         series_description=series_description(device, "сегментация "),
         specific_character_set=UTF8,
-        contributing_equipment=[device_equipment(report)],
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
     )
     # A viewer shows Image Comments beside the overlay: the notices every result carries.
-    seg.ImageComments = " ".join(_notices(report))
+    seg.ImageComments = notices_both(device)
     if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
         seg.PatientOrientation = _patient_orientation(sources)
     _derive_dimension_organization(seg, derived_uid(report, "seg", "dimensions"))
-    stamp_times(seg, when)
+    add_ai_device(seg, report)
+    stamp_times(seg, report)
     return seg
-
-
-def _notices(report: ReportInput) -> list[str]:
-    provenance = report.device.provenance
-    notices = [*notices_ru(report.device), AI_NOTICE_EN]
-    if not provenance.clinical_use:
-        notices.append(provenance.notice_en)
-    return notices
 
 
 def _derive_dimension_organization(seg: Dataset, uid: str) -> None:
@@ -114,7 +100,7 @@ def _frames(
                 )
         return headers, np.stack([np.asarray(f.mask, dtype=bool) for f in findings], axis=-1)
     by_uid = {str(h.SOPInstanceUID): h for h in headers}
-    wanted = {f.sop_instance_uid for f in findings}
+    wanted = {f.location.sop_instance_uid for f in findings}
     if not wanted <= by_uid.keys():
         raise ValueError(
             f"masks drawn on images outside the job's sources: {wanted - by_uid.keys()}"
@@ -131,7 +117,7 @@ def _frames(
         layers = []
         for finding in findings:
             assert finding.mask is not None
-            if finding.sop_instance_uid != image.SOPInstanceUID:
+            if finding.location.sop_instance_uid != image.SOPInstanceUID:
                 layers.append(np.zeros(shape, dtype=bool))
             elif finding.mask.shape != shape:
                 raise ValueError(f"{finding.label_en}: 2D mask {finding.mask.shape} is not {shape}")

@@ -4,7 +4,6 @@ lesions and for real files from several vendors."""
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 from dataclasses import replace
@@ -17,8 +16,11 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from gateway.inference.findings import Location
 from gateway.results import flags
-from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
+from gateway.results.input import ReportInput
+from gateway.results.marks import key_images
+from gateway.results.notices import AI_NOTICE_RU
 from tests import report_fixtures
 from tests.services import dciodvfy_errors, require_shared_data
 
@@ -136,13 +138,14 @@ def test_uids_are_deterministic_per_job(chest: ReportInput, tmp_path: Path) -> N
 def test_chest_flag_marks_the_nodule_under_a_banner(chest: ReportInput) -> None:
     (ds,) = flags.build_flag_images(chest)
     finding = chest.findings[0]
-    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == finding.sop_instance_uid
+    location = finding.location
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == location.sop_instance_uid
     split = Split(ds, chest.sources[0])
     assert split.banner.shape[0] > 60
     assert split.banner_ink() > 3000
-    assert finding.box is not None
-    assert_mark_around(split, finding.box, slack=12)
-    text = " ".join(line for line, _ in flags.banner_lines(chest, flags.key_images(chest)[0]))
+    assert location.box is not None
+    assert_mark_around(split, location.box, slack=12)
+    text = " ".join(line for line, _ in flags.banner_lines(chest, key_images(chest)[0]))
     for expected in (
         chest.device.name_ru,
         chest.device.version,
@@ -162,7 +165,7 @@ def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -
     split = Split(ds, source)
     assert split.banner_ink() > 3000
     assert not split.mark().any()
-    key = flags.key_images(chest_negative)[0]
+    key = key_images(chest_negative)[0]
     text = " ".join(line for line, _ in flags.banner_lines(chest_negative, key))
     assert "не обнаружено" in text and "8\u00a0%" in text and AI_NOTICE_RU in text
 
@@ -170,11 +173,12 @@ def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -
 def test_ct_flag_is_the_centre_slice_with_a_contour_outside_the_nodule(ct: ReportInput) -> None:
     (ds,) = flags.build_flag_images(ct)
     finding = ct.findings[0]
-    assert finding.mask is not None and finding.centre is not None and finding.box is not None
-    slice_index = int(finding.centre[0])
+    location = finding.location
+    assert finding.mask is not None and location.centre is not None and location.box is not None
+    slice_index = int(location.centre[0])
     source = ct.sources[slice_index]
-    assert source.SOPInstanceUID == finding.sop_instance_uid
-    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == finding.sop_instance_uid
+    assert source.SOPInstanceUID == location.sop_instance_uid
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == location.sop_instance_uid
     split = Split(ds, source)
     assert split.scale == pytest.approx(flags.MIN_SIDE / 256)  # small slices are enlarged
     lesion = finding.mask[slice_index]
@@ -196,34 +200,14 @@ def test_ct_negative_flags_the_middle_slice(ct_negative: ReportInput) -> None:
 
 def test_mammography_flags_only_the_view_with_the_mass(mammography: ReportInput) -> None:
     (ds,) = flags.build_flag_images(mammography)
-    finding = mammography.findings[0]
-    source = next(s for s in mammography.sources if s.SOPInstanceUID == finding.sop_instance_uid)
+    location = mammography.findings[0].location
+    source = next(s for s in mammography.sources if s.SOPInstanceUID == location.sop_instance_uid)
     assert ds.ImageLaterality == source.ImageLaterality
-    assert finding.box is not None
-    assert_mark_around(Split(ds, source), finding.box, slack=12)
+    assert location.box is not None
+    assert_mark_around(Split(ds, source), location.box, slack=12)
 
 
-# --- grey levels ----------------------------------------------------------------------
-
-
-def test_monochrome1_is_shown_inverted() -> None:
-    source = pydicom.dcmread(require_shared_data() / "DX_thorax_Fuji_ForPresentation_small.dcm")
-    assert source.PhotometricInterpretation == "MONOCHROME1"
-    as_monochrome2 = copy.deepcopy(source)
-    as_monochrome2.PhotometricInterpretation = "MONOCHROME2"
-    del as_monochrome2.PresentationLUTShape
-    np.testing.assert_allclose(
-        flags.display_pixels(source), 1.0 - flags.display_pixels(as_monochrome2), atol=1e-6
-    )
-
-
-def test_without_a_window_the_percentiles_are_used(chest: ReportInput) -> None:
-    source = copy.deepcopy(chest.sources[0])
-    del source.WindowCenter, source.WindowWidth
-    shown = flags.display_pixels(source)
-    assert shown.min() == 0.0 and shown.max() == 1.0
-    assert 0.002 < float((shown == 0.0).mean()) < 0.02  # 0.5 % clipped each side, no more
-    assert 0.002 < float((shown == 1.0).mean()) < 0.02
+# --- the banner's font ---------------------------------------------------------------
 
 
 def test_missing_font_degrades_and_says_so(
@@ -257,18 +241,15 @@ REAL = {
 def real_report(name: str, template: ReportInput) -> ReportInput:
     source = pydicom.dcmread(require_shared_data() / name)
     box = REAL[name]
-    label = template.findings[0]
-    finding = ReportFinding(
-        label.label_code,
-        label.label_scheme,
-        label.label_ru,
-        label.label_en,
+    finding = report_fixtures.finding(
+        template.device,
         0.9,
-        label.threshold,
         True,
-        sop_instance_uid=str(source.SOPInstanceUID),
-        centre=tuple((a + b) / 2 for a, b in box),
-        box=box,
+        location=Location(
+            sop_instance_uid=str(source.SOPInstanceUID),
+            centre=tuple((a + b) / 2 for a, b in box),
+            box=box,
+        ),
         measurements={"max_diameter_mm": 9.5},
     )
     return replace(template, sources=[source], findings=[finding])
@@ -293,17 +274,18 @@ def test_findings_on_two_views_give_two_flag_images(
     mammography: ReportInput, tmp_path: Path
 ) -> None:
     finding = mammography.findings[0]
-    other = next(s for s in mammography.sources if s.SOPInstanceUID != finding.sop_instance_uid)
-    second = replace(
+    first_uid = str(finding.location.sop_instance_uid)
+    other = next(s for s in mammography.sources if s.SOPInstanceUID != first_uid)
+    second = report_fixtures.relocated(
         finding, sop_instance_uid=str(other.SOPInstanceUID), box=((10.0, 40.0), (5.0, 30.0))
     )
     images = flags.build_flag_images(replace(mammography, findings=[finding, second]))
     order = [str(s.SOPInstanceUID) for s in mammography.sources]
-    expected = sorted([str(finding.sop_instance_uid), str(other.SOPInstanceUID)], key=order.index)
+    expected = sorted([first_uid, str(other.SOPInstanceUID)], key=order.index)
     assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in images] == expected
     assert [ds.InstanceNumber for ds in images] == [1, 2]
     assert len({ds.SeriesInstanceUID for ds in images}) == 1
     assert len({ds.SOPInstanceUID for ds in images}) == 2
     flagged = images[expected.index(str(other.SOPInstanceUID))]
     assert dciodvfy_errors(flagged, tmp_path) == []
-    assert_mark_around(Split(flagged, other), second.box or (), slack=12)
+    assert_mark_around(Split(flagged, other), second.location.box or (), slack=12)

@@ -14,8 +14,11 @@ from pydicom import Dataset
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage
 
 from gateway.inference.decode import decode_image
+from gateway.inference.findings import Location
 from gateway.results import flags, gsps
-from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
+from gateway.results.input import ReportInput
+from gateway.results.notices import AI_NOTICE_RU
+from gateway.results.windowing import percentile_window
 from tests import report_fixtures
 from tests.services import dciodvfy_errors, require_shared_data
 
@@ -72,12 +75,12 @@ def test_chest_box_is_drawn_in_column_row_order_on_the_right_image(chest: Report
     pr = gsps.build_gsps(chest)
     assert pr is not None
     finding = chest.findings[0]
-    assert finding.box is not None
-    (r0, r1), (c0, c1) = finding.box
+    assert finding.location.box is not None
+    (r0, r1), (c0, c1) = finding.location.box
     assert r0 != c0  # the fixture's box is not square-placed, so a swap would show
     (annotation,) = pr.GraphicAnnotationSequence
     assert annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID == (
-        finding.sop_instance_uid
+        finding.location.sop_instance_uid
     )
     (series,) = pr.ReferencedSeriesSequence
     assert series.SeriesInstanceUID == chest.sources[0].SeriesInstanceUID
@@ -100,8 +103,8 @@ def test_ct_contour_follows_the_mask_on_the_centre_slice(ct: ReportInput) -> Non
     pr = gsps.build_gsps(ct)
     assert pr is not None
     finding = ct.findings[0]
-    assert finding.mask is not None and finding.centre is not None
-    slice_index = int(finding.centre[0])
+    assert finding.mask is not None and finding.location.centre is not None
+    slice_index = int(finding.location.centre[0])
     (annotation,) = pr.GraphicAnnotationSequence
     assert annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID == (
         ct.sources[slice_index].SOPInstanceUID
@@ -140,7 +143,7 @@ def test_source_without_a_window_gets_the_percentile_window(chest: ReportInput) 
     pr = gsps.build_gsps(replace(chest, sources=[source]))
     assert pr is not None
     (voi,) = pr.SoftcopyVOILUTSequence
-    centre, width = flags.percentile_window(decode_image(source).pixels)
+    centre, width = percentile_window(decode_image(source).pixels)
     assert float(voi.WindowCenter) == pytest.approx(centre)
     assert float(voi.WindowWidth) == pytest.approx(width)
     assert voi.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -178,17 +181,11 @@ def test_real_images_get_a_valid_presentation_state(
 ) -> None:
     source = pydicom.dcmread(require_shared_data() / name, stop_before_pixels=True)
     (r0, r1), (c0, c1) = box = REAL[name]
-    label = chest.findings[0]
-    finding = ReportFinding(
-        label.label_code,
-        label.label_scheme,
-        label.label_ru,
-        label.label_en,
+    finding = report_fixtures.finding(
+        chest.device,
         0.9,
-        label.threshold,
         True,
-        sop_instance_uid=str(source.SOPInstanceUID),
-        box=box,
+        location=Location(sop_instance_uid=str(source.SOPInstanceUID), box=box),
     )
     pr = gsps.build_gsps(replace(chest, sources=[source], findings=[finding]))
     assert pr is not None
@@ -203,9 +200,9 @@ def test_findings_on_both_breasts_annotate_each_view(
 ) -> None:
     finding = mammography.findings[0]
     views = {str(s.SOPInstanceUID): s for s in mammography.sources}
-    side = views[str(finding.sop_instance_uid)].ImageLaterality
+    side = views[str(finding.location.sop_instance_uid)].ImageLaterality
     other = next(s for s in mammography.sources if s.ImageLaterality != side)
-    second = replace(
+    second = report_fixtures.relocated(
         finding, sop_instance_uid=str(other.SOPInstanceUID), box=((10.0, 40.0), (5.0, 30.0))
     )
     pr = gsps.build_gsps(replace(mammography, findings=[finding, second]))
@@ -214,7 +211,7 @@ def test_findings_on_both_breasts_annotate_each_view(
     referenced = [
         a.ReferencedImageSequence[0].ReferencedSOPInstanceUID for a in pr.GraphicAnnotationSequence
     ]
-    assert sorted(referenced) == sorted([finding.sop_instance_uid, other.SOPInstanceUID])
+    assert sorted(referenced) == sorted([finding.location.sop_instance_uid, other.SOPInstanceUID])
     assert len(pr.SoftcopyVOILUTSequence) == 2
     np.testing.assert_allclose(
         polylines(pr)[referenced.index(other.SOPInstanceUID)],

@@ -14,9 +14,11 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from gateway.results.input import AI_NOTICE_RU, ReportInput
+from gateway.results.header import lo, tracking_uid
+from gateway.results.input import ReportInput
+from gateway.results.notices import AI_NOTICE_RU
 from gateway.results.seg import build_seg
-from gateway.results.sr import build_sr, lo, tracking_uid
+from gateway.results.sr import build_sr
 from tests import report_fixtures
 from tests.services import require_shared_data, require_tool
 
@@ -127,13 +129,12 @@ def test_seg_on_a_real_compressed_radiograph(tmp_path: Path) -> None:
     yy, xx = np.ogrid[:rows, :columns]
     mask[(yy - 700) ** 2 + (xx - 900) ** 2 <= 60**2] = True
     base = report_fixtures.chest_xray_input(positive=True)
-    finding = dataclasses.replace(
+    finding = report_fixtures.relocated(
         base.findings[0],
         sop_instance_uid=source.SOPInstanceUID,
         centre=(700.5, 900.5),
         box=((640.0, 761.0), (840.0, 961.0)),
-        mask=mask,
-    )
+    ).model_copy(update={"mask": mask})
     report = dataclasses.replace(base, sources=[source], findings=[finding])
     built = build_seg(report)
     assert built is not None
@@ -152,9 +153,10 @@ def test_2d_masks_on_several_images_without_frame_of_reference_are_refused() -> 
     for image in base.sources[:2]:
         mask = np.zeros((int(image.Rows), int(image.Columns)), dtype=bool)
         mask[10:20, 10:20] = True
-        findings.append(
-            dataclasses.replace(base.findings[0], sop_instance_uid=image.SOPInstanceUID, mask=mask)
+        relocated = report_fixtures.relocated(
+            base.findings[0], sop_instance_uid=image.SOPInstanceUID
         )
+        findings.append(relocated.model_copy(update={"mask": mask}))
     with pytest.raises(ValueError, match="without a frame of reference"):
         build_seg(dataclasses.replace(base, findings=findings))
 
@@ -162,6 +164,6 @@ def test_2d_masks_on_several_images_without_frame_of_reference_are_refused() -> 
 def test_a_3d_mask_of_the_wrong_depth_is_refused() -> None:
     base = report_fixtures.ct_chest_input(positive=True)
     assert base.findings[0].mask is not None
-    finding = dataclasses.replace(base.findings[0], mask=base.findings[0].mask[:-1])
+    finding = base.findings[0].model_copy(update={"mask": base.findings[0].mask[:-1]})
     with pytest.raises(ValueError, match="does not match 40 source slices"):
         build_seg(dataclasses.replace(base, findings=[finding]))

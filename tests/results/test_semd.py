@@ -22,20 +22,18 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from gateway.errors import ConfigError
-from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
+from gateway.results.input import ReportInput
+from gateway.results.notices import AI_NOTICE_RU
+from gateway.results.semd.config import SemdConfig, load_semd_config, snils_checksum_ok
 from gateway.results.semd.document import (
     NSI_DOC_KINDS,
     NSI_FIELDS,
     NSI_POSITIONS,
     NSI_SECTIONS,
     NSI_SERVICES,
-    SERVICE_NAMES,
-    SemdConfig,
-    SemdMissing,
     build_semd,
-    load_semd_config,
-    snils_checksum_ok,
 )
+from gateway.results.semd.facts import SERVICE_NAMES, SemdMissing
 from gateway.results.semd.validation import validate_semd
 from models.study_types import SERVICE_CODES
 from tests import report_fixtures
@@ -107,11 +105,7 @@ def real_cr_input() -> ReportInput:
     """A real chest CR from the shared data as the source of a negative fluorography job."""
     path = require_shared_data() / "CR_chest_PA_Philips_J2KI.dcm"
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    manifest = report_fixtures.device("aigw-ref-cxr")
-    label = next(o for o in manifest.outputs if o.labels).labels[0]
-    finding = ReportFinding(
-        label.code, label.scheme, label.ru, label.en, 0.12, label.threshold, False
-    )
+    finding = report_fixtures.finding(report_fixtures.device("aigw-ref-cxr"), 0.12, False)
     base = report_fixtures.chest_xray_input(positive=False)
     return dataclasses.replace(base, job_id=501, sources=[ds], findings=[finding])
 

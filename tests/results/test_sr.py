@@ -18,8 +18,10 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
-from gateway.results.sr import build_sr, device_uid, series_description, tracking_uid
+from gateway.results.header import device_uid, series_description, tracking_uid
+from gateway.results.input import ReportFinding, ReportInput
+from gateway.results.notices import AI_NOTICE_RU
+from gateway.results.sr import build_sr
 from models.manifest import Registration
 from tests import report_fixtures
 from tests.services import require_shared_data, require_tool
@@ -97,7 +99,9 @@ def _assert_common(sr: Dataset, report: ReportInput) -> None:
         e for e in sr.ContributingEquipmentSequence if e.get("ManufacturerModelName") == device.id
     ]
     assert len(equipment) == 1 and equipment[0].SoftwareVersions == device.version
-    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"  # Processing
+    # IHE AIR's Processing Algorithm (was DCM 109102 Processing Equipment before AIR).
+    purpose = equipment[0].PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("Newcode1", "99IHE")
     # The image library lists exactly the analysed instances, in their order.
     library = _one(sr, "111028")  # Image Library
     listed = [
@@ -173,8 +177,9 @@ def _polyline(group: Dataset) -> tuple[list[float], str]:
 
 def _box_as_dicom(finding: ReportFinding) -> list[float]:
     """The box's corners as DICOM (column, row) pairs, closed."""
-    assert finding.box is not None
-    (r0, r1), (c0, c1) = finding.box[-2], finding.box[-1]
+    box = finding.location.box
+    assert box is not None
+    (r0, r1), (c0, c1) = box[-2], box[-1]
     return [c0, r0, c1, r0, c1, r1, c0, r1, c0, r0]
 
 
@@ -189,7 +194,7 @@ def test_positive_chest_xray_sr(tmp_path: Path) -> None:
     group = _group(sr, finding)
     _assert_finding(group, finding)
     points, image = _polyline(group)
-    assert image == finding.sop_instance_uid
+    assert image == finding.location.sop_instance_uid
     # Fixture box rows 305–334, columns 723–753: DICOM starts with the column.
     assert points[:2] == [723.0, 305.0]
     assert points == _box_as_dicom(finding)
@@ -218,8 +223,8 @@ def test_ct_sr_outlines_the_nodule_on_the_centre_slice(tmp_path: Path) -> None:
     group = _group(sr, finding)
     _assert_finding(group, finding)
     points, image = _polyline(group)
-    assert finding.centre is not None
-    assert image == report.sources[int(finding.centre[0])].SOPInstanceUID
+    assert finding.location.centre is not None
+    assert image == report.sources[int(finding.location.centre[0])].SOPInstanceUID
     assert points == _box_as_dicom(finding)
     assert _procedure(sr) == "25045-6"
 
@@ -231,7 +236,7 @@ def test_mammography_sr_lists_all_views_and_marks_one(tmp_path: Path) -> None:
     assert len(report.sources) == 4
     finding = report.findings[0]
     _assert_finding(_group(sr, finding), finding)
-    assert _polyline(_group(sr, finding))[1] == finding.sop_instance_uid
+    assert _polyline(_group(sr, finding))[1] == finding.location.sop_instance_uid
 
 
 def _procedure(sr: Dataset) -> str:
@@ -249,13 +254,12 @@ def test_sr_for_real_source_files(tmp_path: Path, name: str) -> None:
     pixels = source.PixelData
     base = report_fixtures.chest_xray_input(positive=True)
     rows, columns = int(source.Rows), int(source.Columns)
-    finding = dataclasses.replace(
+    finding = report_fixtures.relocated(
         base.findings[0],
         sop_instance_uid=source.SOPInstanceUID,
         centre=(rows // 3 + 20.5, columns // 2 + 30.5),
         box=((rows // 3, rows // 3 + 41.0), (columns // 2, columns // 2 + 61.0)),
-        measurements={"max_diameter_mm": 14.0},
-    )
+    ).model_copy(update={"measurements": {"max_diameter_mm": 14.0}})
     report = dataclasses.replace(base, sources=[source], findings=[finding])
     sr = _write_and_validate(build_sr(report), tmp_path)
     _assert_common(sr, report)
@@ -315,7 +319,7 @@ def test_long_device_names_fit_the_series_description() -> None:
 
 def test_a_located_centre_without_box_becomes_a_point(tmp_path: Path) -> None:
     base = report_fixtures.chest_xray_input(positive=True)
-    finding = dataclasses.replace(base.findings[0], box=None, centre=(318.5, 737.5))
+    finding = report_fixtures.relocated(base.findings[0], box=None, centre=(318.5, 737.5))
     report = dataclasses.replace(base, findings=[finding])
     sr = _write_and_validate(build_sr(report), tmp_path)
     (region,) = [i for i in _items(sr) if i.ValueType == "SCOORD"]
@@ -325,6 +329,6 @@ def test_a_located_centre_without_box_becomes_a_point(tmp_path: Path) -> None:
 
 def test_a_finding_on_an_unknown_image_is_refused() -> None:
     base = report_fixtures.chest_xray_input(positive=True)
-    finding = dataclasses.replace(base.findings[0], sop_instance_uid="1.2.3.4")
+    finding = report_fixtures.relocated(base.findings[0], sop_instance_uid="1.2.3.4")
     with pytest.raises(ValueError, match="not among the job's sources"):
         build_sr(dataclasses.replace(base, findings=[finding]))

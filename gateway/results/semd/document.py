@@ -7,9 +7,9 @@ conclusion in 1806, the device in 8023, the key image as ``observationMedia``; t
 responsible radiologist (from configuration) stays author and legal authenticator.
 
 Everything a registered document needs that DICOM does not carry (the organisation's
-address, the doctor, the MIS) comes from ``configs/semd.yaml``. What neither carries is
-never invented: :func:`build_semd` raises :class:`SemdMissing` naming each gap, checked up
-front against what the official schematron requires.
+address, the doctor, the MIS) comes from ``configs/semd.yaml``
+(:mod:`~gateway.results.semd.config`); the facts are gathered and checked up front by
+:mod:`~gateway.results.semd.facts`.
 """
 
 from __future__ import annotations
@@ -17,29 +17,19 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from pathlib import Path
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime
+from typing import Any
 
 from lxml import etree
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
 from pydicom import Dataset
 
-from gateway.errors import ConfigError, GatewayError
-from gateway.results.input import AI_NOTICE_RU, ReportFinding, ReportInput
-from models.yaml_file import load_model
+from gateway.results.input import ReportFinding, ReportInput
+from gateway.results.notices import AI_NOTICE_RU
+from gateway.results.semd.config import SNILS_ROOT, Coded, SemdConfig, format_snils
+from gateway.results.semd.facts import Facts, gather
 
 TEMPLATE_ID = "1.2.643.5.1.13.13.14.6.9.4"
 REMD_KIND = "174"
-SNILS_ROOT = "1.2.643.100.3"
 MINZDRAV_OID = "1.2.643.5.1.13"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -57,28 +47,6 @@ NSMAP = {
     "medService": MEDSERVICE,
     "fias": FIAS,
 }
-
-# НСИ 1.2.643.5.1.13.13.11.1471 v2.38 FULLNAME of the services our study types map to
-# (models.study_types); tests/results/test_semd.py checks them against the shipped dictionary.
-SERVICE_NAMES: dict[str, str] = {
-    "7003320": "Рентгенография флюорография легких",
-    "7002892": "Рентгенография грудной клетки",
-    "7001894": "Компьютерная томография груди",
-    "7001928": "Компьютерная томография груди низкодозная",
-    "7001472": "Компьютерная томография головного мозга",
-    "7003379": "Рентгенография молочной железы",
-}
-
-Oid = Annotated[str, StringConstraints(pattern=r"^[0-2](\.(0|[1-9][0-9]*))+$")]
-Digits = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$")]
-Guid = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-        r"[0-9a-fA-F]{12}$"
-    ),
-]
-NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 
 
 @dataclass(frozen=True)
@@ -118,220 +86,6 @@ _FIELDS = {
 }
 
 
-class SemdMissing(GatewayError):
-    """The source or configuration lacks what the document requires; nothing is sent."""
-
-    def __init__(self, missing: list[str]) -> None:
-        super().__init__("SEMD not built, missing: " + "; ".join(missing))
-        self.missing = missing
-
-
-# --- СНИЛС -----------------------------------------------------------------------------
-
-
-def snils_digits(raw: str) -> str | None:
-    """The 11 digits of a СНИЛС written with or without separators, or None."""
-    digits = re.sub(r"[\s-]", "", raw.strip())
-    return digits if re.fullmatch(r"\d{11}", digits) else None
-
-
-def snils_checksum_ok(digits: str) -> bool:
-    """ПФР checksum: digits weighted 9..1, sum mod 101 (100 and 101 give 00).
-
-    Numbers up to 001-001-998 were issued before checksums and are accepted as they are.
-    """
-    number, check = digits[:9], int(digits[9:])
-    if int(number) <= 1001998:
-        return True
-    total = sum(int(d) * w for d, w in zip(number, range(9, 0, -1), strict=True))
-    expected = total % 101
-    return (0 if expected == 100 else expected) == check
-
-
-def format_snils(digits: str) -> str:
-    return f"{digits[0:3]}-{digits[3:6]}-{digits[6:9]} {digits[9:11]}"
-
-
-# --- configuration ------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Coded(_Strict):
-    """A code from an НСИ dictionary not shipped with the reference materials."""
-
-    code: NonEmpty
-    display_name: NonEmpty
-    system: Oid
-    system_name: NonEmpty
-    version: NonEmpty
-
-
-class Address(_Strict):
-    street: NonEmpty = Field(description="Full address as text (streetAddressLine)")
-    postal_code: Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
-    region_code: Annotated[str, StringConstraints(pattern=r"^\d{2}$")]
-    region_name: NonEmpty
-    # ФИАС identifiers of the settlement/street and of the house; unknown ones are written
-    # as nullFlavor="NI" rather than guessed.
-    fias_aoguid: Guid | None = None
-    fias_houseguid: Guid | None = None
-
-
-class Doctor(_Strict):
-    """The radiologist responsible for the protocol: author and legal authenticator."""
-
-    staff_id: NonEmpty = Field(description="Staff number in the MIS (identifier root .70)")
-    family: NonEmpty
-    given: NonEmpty
-    patronymic: NonEmpty | None = None
-    snils: NonEmpty
-    position_code: Annotated[str, StringConstraints(pattern=r"^\d{1,6}$")]
-    position_name: NonEmpty
-    department: NonEmpty | None = None
-
-    @field_validator("snils")
-    @classmethod
-    def _snils_valid(cls, value: str) -> str:
-        digits = snils_digits(value)
-        if digits is None:
-            raise ValueError(f"СНИЛС {value!r} must have 11 digits")
-        if not snils_checksum_ok(digits):
-            raise ValueError(f"СНИЛС {value!r} has a wrong checksum")
-        return digits
-
-
-class OrganisationSemd(_Strict):
-    """Header facts for one source organisation (keyed by the source name)."""
-
-    name: NonEmpty | None = Field(default=None, description="Overrides the sources.yaml title")
-    oid: Oid | None = Field(default=None, description="Overrides the sources.yaml ФРМО OID")
-    address: Address
-    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9() -]{5,20}$")]
-    ogrn: Annotated[str, StringConstraints(pattern=r"^\d{13}$")] | None = None
-    timezone: NonEmpty = "Europe/Moscow"
-    doctor: Doctor | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-
-class SnilsLookup(_Strict):
-    """Where the patient's СНИЛС is in the source DICOM."""
-
-    issuers: list[NonEmpty] = Field(
-        default_factory=lambda: ["СНИЛС", "SNILS", SNILS_ROOT],
-        min_length=1,
-        description="IssuerOfPatientID values of OtherPatientIDsSequence items that hold it",
-    )
-    patient_id: bool = Field(
-        default=False, description="Also accept PatientID when it is a valid 11-digit СНИЛС"
-    )
-
-
-def _coded(code: str, name: str, oid: str, system: str, version: str) -> Coded:
-    return Coded(code=code, display_name=name, system=oid, system_name=system, version=version)
-
-
-class Vocabulary(_Strict):
-    """Codes from НСИ dictionaries that are not in the reference folder; check them against
-    the current ФРНСИ versions when deploying."""
-
-    confidentiality: Coded = _coded(
-        "N", "Обычный", "1.2.643.5.1.13.13.99.2.285",
-        "Уровень конфиденциальности медицинского документа", "1.2",
-    )  # fmt: skip
-    sex_male: Coded = _coded("1", "Мужской", "1.2.643.5.1.13.13.11.1040", "Пол пациента", "2.1")
-    sex_female: Coded = _coded("2", "Женский", "1.2.643.5.1.13.13.11.1040", "Пол пациента", "2.1")
-    service_event: Coded = _coded(
-        "3", "Инструментальное исследование", "1.2.643.5.1.13.13.99.2.726",
-        "Типы документированных событий", "3.38",
-    )  # fmt: skip
-    service_form: Coded = _coded(
-        "3", "Плановая", "1.2.643.5.1.13.13.11.1551",
-        "Формы оказания медицинской помощи", "1.2",
-    )  # fmt: skip
-    service_cond: Coded = _coded(
-        "2", "Амбулаторно", "1.2.643.5.1.13.13.99.2.322",
-        "Условия оказания медицинской помощи", "1.1",
-    )  # fmt: skip
-    visit: Coded = _coded(
-        "1", "Первичный", "1.2.643.5.1.13.13.11.1007",
-        "Вид случая госпитализации или обращения (первичный, повторный)", "2.1",
-    )  # fmt: skip
-    place: Coded = _coded(
-        "1", "Амбулаторно-поликлиническое учреждение", "1.2.643.5.1.13.13.11.1008",
-        "Место оказания медицинской помощи", "4.3",
-    )  # fmt: skip
-    regions_system_name: NonEmpty = "Субъекты Российской Федерации"
-    regions_version: NonEmpty = "6.5"
-
-
-class SemdConfig(_Strict):
-    """``configs/semd.yaml``: what the SEMD header needs beyond DICOM."""
-
-    mis_oid: Oid = Field(description="OID of this information system as registered in ЕГИСЗ")
-    mis_number: Digits = Field(
-        default="1",
-        description="Number (and instance) of this system inside the organisation's OID tree: "
-        "identifier roots are <organisation OID>.100.<mis_number>.<51|50|10|70|67>",
-    )
-    snils: SnilsLookup = Field(default_factory=SnilsLookup)
-    vocabulary: Vocabulary = Field(default_factory=Vocabulary)
-    organisations: dict[str, OrganisationSemd] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _source_names(self) -> SemdConfig:
-        bad = [n for n in self.organisations if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", n)]
-        if bad:
-            raise ValueError(f"organisation keys must be source names from sources.yaml: {bad}")
-        return self
-
-
-def load_semd_config(path: Path) -> SemdConfig:
-    """Read and validate ``semd.yaml``; any problem is a ConfigError naming file and field."""
-    return load_model(path, SemdConfig, ConfigError)
-
-
-# --- facts: what the document says, gathered and checked up front --------------------------
-
-
-@dataclass(frozen=True)
-class Patient:
-    mis_id: str
-    snils: str  # 11 digits
-    family: str
-    given: str
-    patronymic: str | None
-    birth_date: date
-    sex: str  # "M" | "F"
-
-
-@dataclass(frozen=True)
-class Facts:
-    report: ReportInput
-    config: SemdConfig
-    org: OrganisationSemd
-    doctor: Doctor
-    org_oid: str
-    org_name: str
-    patient: Patient
-    study_time: datetime  # aware, the organisation's zone
-    created: datetime  # aware, the organisation's zone
-    service_name: str
-
-    def root(self, suffix: str) -> str:
-        return f"{self.org_oid}.100.{self.config.mis_number}.{suffix}"
-
-
 @dataclass(frozen=True)
 class SemdDocument:
     """The unsigned CDA document and the sidecar the regional system registers it with."""
@@ -339,120 +93,6 @@ class SemdDocument:
     xml: bytes
     metadata: dict[str, Any]
     document_id: str
-
-
-def find_snils(ds: Dataset, lookup: SnilsLookup) -> tuple[str | None, str]:
-    """The patient's СНИЛС (11 digits) from the dataset, or None and why not."""
-    issuers = {i.casefold() for i in lookup.issuers}
-    for item in ds.get("OtherPatientIDsSequence", []):
-        issuer = str(item.get("IssuerOfPatientID", "")).strip()
-        qualifiers = item.get("IssuerOfPatientIDQualifiersSequence", [])
-        entity = str(qualifiers[0].get("UniversalEntityID", "")) if qualifiers else ""
-        if issuer.casefold() in issuers or entity == SNILS_ROOT:
-            raw = str(item.get("PatientID", ""))
-            digits = snils_digits(raw)
-            if digits is None:
-                return None, "СНИЛС пациента: not 11 digits in OtherPatientIDsSequence"
-            if not snils_checksum_ok(digits):
-                return None, "СНИЛС пациента: wrong checksum (контрольное число СНИЛС неверно)"
-            return digits, ""
-    if lookup.patient_id:
-        digits = snils_digits(str(ds.get("PatientID", "")))
-        if digits is not None and snils_checksum_ok(digits):
-            return digits, ""
-    where = " or PatientID" if lookup.patient_id else ""
-    return None, (
-        "СНИЛС пациента (no OtherPatientIDsSequence item with IssuerOfPatientID "
-        f"{'/'.join(lookup.issuers)}{where})"
-    )
-
-
-def _dicom_date(value: object) -> date | None:
-    text = str(value or "").strip()
-    try:
-        return datetime.strptime(text[:8], "%Y%m%d").date() if len(text) >= 8 else None
-    except ValueError:
-        return None
-
-
-def _dicom_time(value: object) -> time:
-    text = str(value or "").strip().split(".")[0]
-    digits = (text + "000000")[:6] if text.isdigit() else "000000"
-    hour, minute, second = int(digits[0:2]), int(digits[2:4]), int(digits[4:6])
-    if hour > 23 or minute > 59 or second > 59:
-        return time(0, 0, 0)
-    return time(hour, minute, second)
-
-
-def _patient(ds: Dataset, lookup: SnilsLookup, missing: list[str]) -> Patient | None:
-    mis_id = str(ds.get("PatientID", "")).strip()
-    if not mis_id:
-        missing.append("идентификатор пациента (PatientID is empty)")
-    parts = [p.strip() for p in str(ds.get("PatientName", "")).split("^")] + ["", "", ""]
-    family, given, middle = parts[0], parts[1], parts[2]
-    if not family or not given:
-        missing.append("ФИО пациента (PatientName needs Family^Given)")
-    birth = _dicom_date(ds.get("PatientBirthDate"))
-    if birth is None:
-        missing.append("дата рождения пациента (PatientBirthDate)")
-    sex = str(ds.get("PatientSex", "")).strip().upper()
-    if sex not in ("M", "F"):
-        missing.append("пол пациента (PatientSex is not M or F)")
-    snils, why = find_snils(ds, lookup)
-    if snils is None:
-        missing.append(why)
-    if missing or birth is None or snils is None:
-        return None
-    return Patient(mis_id, snils, family, given, middle or None, birth, sex)
-
-
-def gather(report: ReportInput, config: SemdConfig) -> Facts:
-    """Everything the document states, or SemdMissing listing every gap at once."""
-    missing: list[str] = []
-    source = report.organisation.name
-    org = config.organisations.get(source)
-    if org is None:
-        missing.append(f"configuration: no SEMD settings for source {source}")
-    elif org.doctor is None:
-        missing.append(f"configuration: no doctor for source {source}")
-    org_oid = (org.oid if org else None) or report.organisation.frmo_oid
-    if not org_oid:
-        missing.append(f"OID медицинской организации (ФРМО) for source {source}")
-    service_name = SERVICE_NAMES.get(report.service_code)
-    if service_name is None:
-        missing.append(f"код услуги НСИ 1471 {report.service_code!r} is not one the gateway maps")
-    if not report.sources:
-        raise SemdMissing([*missing, "исходные изображения (the job has no source instances)"])
-    ds = report.sources[0]
-    patient = _patient(ds, config.snils, missing)
-    study_date = _dicom_date(ds.get("StudyDate"))
-    if study_date is None:
-        missing.append("дата исследования (StudyDate)")
-    # Each None below has its entry in `missing`; the checks only narrow the types.
-    if (
-        missing
-        or org is None
-        or org.doctor is None
-        or not org_oid
-        or patient is None
-        or study_date is None
-        or service_name is None
-    ):
-        raise SemdMissing(missing)
-    zone = ZoneInfo(org.timezone)
-    study_time = datetime.combine(study_date, _dicom_time(ds.get("StudyTime")), tzinfo=zone)
-    return Facts(
-        report=report,
-        config=config,
-        org=org,
-        doctor=org.doctor,
-        org_oid=org_oid,
-        org_name=org.name or report.organisation.title or source,
-        patient=patient,
-        study_time=study_time,
-        created=report.completed_at.astimezone(zone),
-        service_name=service_name,
-    )
 
 
 # --- the text a radiologist reads ----------------------------------------------------------
@@ -473,17 +113,17 @@ def _view(image: Dataset) -> str:
 
 
 def _location(finding: ReportFinding, report: ReportInput) -> str:
-    if finding.centre is None:
+    centre = finding.location.centre
+    if centre is None:
         return ""
-    if len(finding.centre) == 3:
-        z, row, col = finding.centre
+    if len(centre) == 3:
+        z, row, col = centre
         where = f"срез {int(z) + 1} из {len(report.sources)}, строка {row:.0f}, столбец {col:.0f}"
     else:
-        row, col = finding.centre
+        row, col = centre
         where = f"строка {row:.0f}, столбец {col:.0f}"
-        image = next(
-            (s for s in report.sources if s.SOPInstanceUID == finding.sop_instance_uid), None
-        )
+        uid = finding.location.sop_instance_uid
+        image = next((s for s in report.sources if s.SOPInstanceUID == uid), None)
         view = _view(image) if image is not None else ""
         if view:
             where = f"проекция {view}, {where}"

@@ -1,0 +1,37 @@
+"""A series' current instances: the one answer to "which objects does this job read?".
+
+Inference decodes them and the result builders reference them; both ask here, so both see
+the same instances in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway.index.tables import InstanceRow, SeriesRow
+
+
+def current_instance_keys(session: Session, series_uids: Iterable[str]) -> list[str]:
+    """Object keys of the newest version of every instance of the series, by Instance
+    Number (none last) then SOP Instance UID; volumes are put in slice order when decoded."""
+    newest = (
+        select(InstanceRow.sop_instance_uid, func.max(InstanceRow.version).label("version"))
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .where(SeriesRow.series_uid.in_(list(series_uids)))
+        .group_by(InstanceRow.sop_instance_uid)
+        .subquery()
+    )
+    query = (
+        select(InstanceRow.object_key)
+        .join(
+            newest,
+            (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
+            & (InstanceRow.version == newest.c.version),
+        )
+        # NULLS LAST spelled out: SQLite and PostgreSQL disagree on where NULL sorts.
+        .order_by(InstanceRow.instance_number.asc().nulls_last(), InstanceRow.sop_instance_uid)
+    )
+    return list(session.scalars(query))

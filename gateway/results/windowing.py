@@ -1,0 +1,75 @@
+"""Grey levels: how a source image is shown by default.
+
+Its own first window, else its VOI LUT, else a window over the 0.5–99.5 percentiles (as the
+devices' preprocessing); MONOCHROME1 shown inverted. The flag images render with this, and
+the GSPS hands the same window to the viewer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.pixels.processing import apply_voi_lut
+
+from gateway.inference.decode import decode_image
+
+
+def display_pixels(source: Dataset) -> np.ndarray:
+    """The source as a viewer would show it by default, float32 in [0, 1], white bright."""
+    values = decode_image(source).pixels
+    window = source_window(source)
+    if window is not None:
+        shown = apply_window(values, *window)
+    elif source.get("VOILUTSequence"):
+        out = np.asarray(apply_voi_lut(values, source, prefer_lut=True), dtype=np.float32)
+        low, high = float(out.min()), float(out.max())
+        shown = (out - low) / max(high - low, 1e-6)
+    else:
+        centre, width = percentile_window(values)
+        shown = apply_window(values, centre, width, "LINEAR_EXACT")
+    return 1.0 - shown if _inverted(source) else shown
+
+
+def source_window(source: Dataset) -> tuple[float, float, str] | None:
+    """The source's first window (centre, width, VOI LUT function), if it has a usable one."""
+    centre, width = source.get("WindowCenter"), source.get("WindowWidth")
+    if centre is None or width is None:
+        return None
+    centre = centre[0] if isinstance(centre, Sequence) and not isinstance(centre, str) else centre
+    width = width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width
+    try:
+        c, w = float(centre), float(width)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(c) and math.isfinite(w)) or w <= 0:
+        return None
+    return c, w, str(source.get("VOILUTFunction") or "LINEAR").upper()
+
+
+def percentile_window(values: np.ndarray) -> tuple[float, float]:
+    """Centre and width spanning the 0.5–99.5 percentiles (as the devices' preprocessing)."""
+    low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    width = max(high - low, 1.0)
+    return low + width / 2, width
+
+
+def apply_window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2: the three VOI LUT functions, mapped to [0, 1] instead of a bit
+    range."""
+    if function == "SIGMOID":
+        shown = 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
+    elif function == "LINEAR_EXACT":
+        shown = (values - centre) / width + 0.5
+    else:
+        shown = (values - (centre - 0.5)) / max(width - 1.0, 1e-6) + 0.5
+    return np.clip(shown, 0.0, 1.0).astype(np.float32)
+
+
+def _inverted(source: Dataset) -> bool:
+    photometric = str(source.get("PhotometricInterpretation", ""))
+    if photometric == "MONOCHROME1":
+        return True  # INVERSE presentation shape with MONOCHROME1 says the same, not again
+    return photometric == "MONOCHROME2" and source.get("PresentationLUTShape") == "INVERSE"
