@@ -30,8 +30,8 @@ from gateway.uids import is_valid_uid
 from tests.services import ROOT, ct_instance, make_uid
 from workers.cli import main as cli
 
-SOURCES = ROOT / "configs" / "sources.yaml"
-REGIONS = ROOT / "configs" / "regions.yaml"
+SOURCES = ROOT / "gateway" / "configs" / "sources.yaml"
+REGIONS = ROOT / "gateway" / "configs" / "regions.yaml"
 
 
 # --- settings --------------------------------------------------------------------------------
