@@ -152,7 +152,7 @@ class ServeProcess:
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIGW_")}
-        configs = ROOT / "configs"
+        configs = ROOT / "gateway" / "configs"
         env.update(
             {
                 "AIGW_CONFIG_FILE": str(configs / "gateway.yaml"),

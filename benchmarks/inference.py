@@ -220,9 +220,9 @@ def build_bench(data_dir: Path, manifest_path: Path) -> Bench:
         None,
         data_dir=data_dir,
         min_free_bytes=0,
-        sources_file=ROOT / "configs" / "sources.yaml",
-        regions_file=ROOT / "configs" / "regions.yaml",
-        routing_file=ROOT / "configs" / "routing.yaml",
+        sources_file=ROOT / "gateway" / "configs" / "sources.yaml",
+        regions_file=ROOT / "gateway" / "configs" / "regions.yaml",
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
     )
     parts = Parts.build(settings)
     context = inference_context(parts)

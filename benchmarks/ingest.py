@@ -568,9 +568,9 @@ class AigwReceiver(Receiver):
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIGW_")}
         env.update(
             {
-                "AIGW_CONFIG_FILE": str(ROOT / "configs" / "gateway.yaml"),
-                "AIGW_SOURCES_FILE": str(ROOT / "configs" / "sources.yaml"),
-                "AIGW_REGIONS_FILE": str(ROOT / "configs" / "regions.yaml"),
+                "AIGW_CONFIG_FILE": str(ROOT / "gateway" / "configs" / "gateway.yaml"),
+                "AIGW_SOURCES_FILE": str(ROOT / "gateway" / "configs" / "sources.yaml"),
+                "AIGW_REGIONS_FILE": str(ROOT / "gateway" / "configs" / "regions.yaml"),
                 "AIGW_SCP_PROCESSES": str(self.processes),
                 "AIGW_MAX_PDU_BYTES": str(MAX_PDU),
             }

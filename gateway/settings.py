@@ -2,12 +2,19 @@
 
 Built once by the entry point (``aigw serve``, a test, a worker) and passed down; nothing
 reads configuration at import time.
+
+The default configuration files (``gateway/configs/*.yaml``) and the reference devices
+(``models/zoo``) ship inside the installed packages. A relative path is taken from the
+working directory; a default name (``configs/…``, ``models/zoo``) that the working
+directory lacks is taken from the packaged defaults (:func:`packaged_default`), so the
+gateway runs from any directory after a plain ``pip install``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +35,35 @@ DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
 # hash to it within DICOM's 64 characters, hence the limit on its length.
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 UID_ROOT_MAX = 40
+# Package data: the default configuration and the reference devices, wherever installed.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+PACKAGED_DEVICES = Path(str(resources.files("models") / "zoo"))
+_PACKAGED_NAMES = ((Path("configs"), PACKAGED_CONFIGS), (Path("models/zoo"), PACKAGED_DEVICES))
+# The settings naming a configuration file or folder that may be a packaged default.
+DEFAULT_PATH_SETTINGS = (
+    "sources_file",
+    "regions_file",
+    "routing_file",
+    "destinations_file",
+    "semd_file",
+    "devices_dir",
+)
+
+
+def packaged_default(path: Path) -> Path:
+    """``path`` itself when it is absolute or exists; for a name under ``configs/`` or
+    ``models/zoo`` that the working directory lacks, the packaged file of that name.
+
+    Anything else is returned unchanged, so a missing file is reported as it was written.
+    """
+    if path.is_absolute() or path.exists():
+        return path
+    for name, packaged in _PACKAGED_NAMES:
+        if path == name or name in path.parents:
+            candidate = packaged / path.relative_to(name)
+            if candidate.exists():
+                return candidate
+    return path
 
 
 class Settings(BaseSettings):
@@ -108,7 +144,9 @@ class Settings(BaseSettings):
         description="Device folders (*/manifest.yaml) registered at start-up; None: none.",
     )
     broker_url: str = Field(
-        default="memory://", description="Celery broker; memory:// runs an in-process worker."
+        # With a host named, kombu does not warn "No hostname was supplied" at every connect.
+        default="memory://localhost/",
+        description="Celery broker; memory:// runs an in-process worker.",
     )
     embedded_worker: bool = Field(
         default=True, description="aigw serve also runs a worker thread (the embedded default)."
@@ -214,6 +252,11 @@ class Settings(BaseSettings):
         if f"{root}.".startswith(PYDICOM_ROOT_UID):
             raise ValueError("uid_root: pydicom's root is pydicom's; use the organisation's OID")
         return root + "."
+
+    @field_validator(*DEFAULT_PATH_SETTINGS)
+    @classmethod
+    def _default_names_fall_back_to_the_package(cls, value: Path | None) -> Path | None:
+        return None if value is None else packaged_default(value)
 
     @model_validator(mode="after")
     def _s3_needs_credentials(self) -> Settings:

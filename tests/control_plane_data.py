@@ -282,7 +282,9 @@ def prepare_index(db: Database) -> None:
     """Schema and the configured regions and sources."""
     db.migrate()
     directory = load_directory(
-        ROOT / "configs" / "sources.yaml", ROOT / "configs" / "regions.yaml", open_mode=False
+        ROOT / "gateway" / "configs" / "sources.yaml",
+        ROOT / "gateway" / "configs" / "regions.yaml",
+        open_mode=False,
     )
     sync_directory(db, directory)
 
@@ -298,7 +300,7 @@ def running_api(
     settings = Settings(
         data_dir=tmp_path,
         api_max_upload_bytes=upload_limit,
-        routing_file=ROOT / "configs" / "routing.yaml",
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
     )
     try:
         with serve_api(db, store, settings, registry) as server:

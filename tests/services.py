@@ -251,9 +251,9 @@ class GatewayProcess:
 
 def gateway_env(**settings: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIGW_")}
-    env["AIGW_CONFIG_FILE"] = str(ROOT / "configs" / "gateway.yaml")
-    env["AIGW_SOURCES_FILE"] = str(ROOT / "configs" / "sources.yaml")
-    env["AIGW_REGIONS_FILE"] = str(ROOT / "configs" / "regions.yaml")
+    env["AIGW_CONFIG_FILE"] = str(ROOT / "gateway" / "configs" / "gateway.yaml")
+    env["AIGW_SOURCES_FILE"] = str(ROOT / "gateway" / "configs" / "sources.yaml")
+    env["AIGW_REGIONS_FILE"] = str(ROOT / "gateway" / "configs" / "regions.yaml")
     env["AIGW_LOG_JSON"] = "true"
     env.update({f"AIGW_{key.upper()}": value for key, value in settings.items()})
     return env

@@ -16,8 +16,8 @@ from gateway.settings import Settings, load_settings
 from tests.services import ROOT
 from workers.cli import main as cli
 
-SOURCES = ROOT / "configs" / "sources.yaml"
-REGIONS = ROOT / "configs" / "regions.yaml"
+SOURCES = ROOT / "gateway" / "configs" / "sources.yaml"
+REGIONS = ROOT / "gateway" / "configs" / "regions.yaml"
 
 
 # --- settings --------------------------------------------------------------------------------

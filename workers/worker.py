@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from celery import Celery
+from celery.app.trace import setup_worker_optimizations
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
@@ -71,20 +72,29 @@ def all_queues(settings: Settings) -> list[str]:
 
 
 class EmbeddedWorker:
-    """A Celery worker in a thread of ``aigw serve``, on the in-memory broker."""
+    """A Celery worker in a thread of ``aigw serve``, on the in-memory broker.
+
+    It is Celery's bare ``WorkController``, embedded as ``celery.contrib.testing`` embeds
+    one, not the worker program ``app.Worker``: that one also prints a banner, renames the
+    process, tries to take over the process's signals, and warns about running as root with
+    advice (``--uid``) meant for a worker process, not for a thread that takes only JSON
+    from its own process.
+    """
 
     def __init__(self, app: Celery, parts: Parts) -> None:
         context = inference_context(parts)
         reports = report_context(parts)
         register_tasks(app, lambda: context, lambda: reports, parts.settings.job_max_retries)
-        self.worker = app.Worker(
+        # What app.Worker does first: the pool's threads run tasks through this app (it
+        # becomes the process's current app) on Celery's fast tracing path.
+        setup_worker_optimizations(app)
+        self.worker = app.WorkController(
             pool="threads",
             concurrency=parts.settings.worker_concurrency,
             queues=all_queues(parts.settings),
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
-            quiet=True,  # no banner in the middle of `aigw serve` or the demo output
             loglevel=parts.settings.log_level,
         )
         self._thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)

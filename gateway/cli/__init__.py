@@ -7,6 +7,8 @@ app
     The ``aigw`` click group with every command below.
 options
     ``--config`` / ``--data-dir`` and the one Settings object built from them.
+init
+    ``aigw init DIR``: an editable copy of the packaged configuration.
 dicom
     ``aigw echo`` and ``aigw send``.
 studies

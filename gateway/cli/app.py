@@ -10,6 +10,7 @@ import click
 
 from gateway.cli.access import api_command, tokens_group
 from gateway.cli.dicom import echo, send
+from gateway.cli.init import init_command
 from gateway.cli.models import models
 from gateway.cli.results import outbox_group, results_command
 from gateway.cli.rules import rules_group
@@ -40,6 +41,7 @@ def bench(ctx: click.Context) -> None:
 
 
 for _command in (
+    init_command,
     echo,
     send,
     studies,

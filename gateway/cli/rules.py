@@ -10,6 +10,7 @@ import click
 from gateway.errors import ConfigError
 from gateway.routing import DEFAULT_DEVICES, DEFAULT_RULES, explain_files, load_devices, load_rules
 from gateway.routing.rules import priority_word
+from gateway.settings import packaged_default
 from models.manifest import ManifestError
 
 
@@ -43,8 +44,8 @@ def rules_test_command(
     """Explain, for DICOM FILES (or folders), which routing rule matches and why the
     others do not, and which device would read which series."""
     try:
-        rules = load_rules(rules_file)
-        devices = load_devices(devices_dir)
+        rules = load_rules(packaged_default(rules_file))
+        devices = load_devices(packaged_default(devices_dir))
     except (ConfigError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(explain_files(files, rules, devices, region=region, source=source), nl=False)
@@ -55,7 +56,7 @@ def rules_test_command(
 def rules_check_command(rules_file: Path) -> None:
     """Validate the routing rules and list them in order."""
     try:
-        rules = load_rules(rules_file)
+        rules = load_rules(packaged_default(rules_file))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     for number, rule in enumerate(rules.rules, start=1):

@@ -22,7 +22,7 @@ def test_shipped_configuration_loads() -> None:
     from gateway.ingest.sources import load_directory
     from gateway.settings import load_settings
 
-    settings = load_settings(ROOT / "configs" / "gateway.yaml")
+    settings = load_settings(ROOT / "gateway" / "configs" / "gateway.yaml")
     directory = load_directory(
         ROOT / settings.sources_file, ROOT / settings.regions_file, settings.open_mode
     )

@@ -140,11 +140,11 @@ def setting_up(
             "dicom_host": "127.0.0.1",
             "dicom_port": dicom_port,
             "http_port": 0,
-            "sources_file": ROOT / "configs" / "sources.yaml",
-            "regions_file": ROOT / "configs" / "regions.yaml",
-            "routing_file": ROOT / "configs" / "routing.yaml",
+            "sources_file": ROOT / "gateway" / "configs" / "sources.yaml",
+            "regions_file": ROOT / "gateway" / "configs" / "regions.yaml",
+            "routing_file": ROOT / "gateway" / "configs" / "routing.yaml",
             "destinations_file": tmp_path / "destinations.yaml",
-            "semd_file": ROOT / "configs" / "semd.yaml",
+            "semd_file": ROOT / "gateway" / "configs" / "semd.yaml",
             "devices_dir": ROOT / "models" / "zoo",
             "min_free_bytes": 0,
             "quiet_period_s": 1.0,
@@ -242,7 +242,7 @@ def test_results_come_back_into_the_archive_and_the_semd_reaches_the_region_once
         assert flagged, "the flag-image series is missing from the archive"
 
     # The operator's view: `aigw outbox` and `aigw results --out`.
-    cli_env = {"AIGW_CONFIG_FILE": str(ROOT / "configs" / "gateway.yaml")}
+    cli_env = {"AIGW_CONFIG_FILE": str(ROOT / "gateway" / "configs" / "gateway.yaml")}
     var = ["--data-dir", str(settings.data_dir)]
     runner = CliRunner()
     listed = runner.invoke(main, ["outbox", *var, "--json"], env=cli_env)

@@ -12,8 +12,8 @@ from gateway.index.object_store import FolderStore, check_key, instance_key
 from gateway.uids import is_valid_uid
 from tests.services import ROOT
 
-SOURCES = ROOT / "configs" / "sources.yaml"
-REGIONS = ROOT / "configs" / "regions.yaml"
+SOURCES = ROOT / "gateway" / "configs" / "sources.yaml"
+REGIONS = ROOT / "gateway" / "configs" / "regions.yaml"
 
 
 # --- UIDs and object keys --------------------------------------------------------------------

@@ -21,8 +21,8 @@ from gateway.ingest.receive import Ingest, Sender
 from gateway.ingest.sources import load_directory, sync_directory
 from tests.services import ROOT, ct_instance, make_uid
 
-SOURCES = ROOT / "configs" / "sources.yaml"
-REGIONS = ROOT / "configs" / "regions.yaml"
+SOURCES = ROOT / "gateway" / "configs" / "sources.yaml"
+REGIONS = ROOT / "gateway" / "configs" / "regions.yaml"
 
 
 # --- study assembly with an injected clock ---------------------------------------------------

@@ -10,8 +10,8 @@ from gateway.errors import ConfigError
 from gateway.ingest.sources import SourceDirectory, load_directory
 from tests.services import ROOT
 
-SOURCES = ROOT / "configs" / "sources.yaml"
-REGIONS = ROOT / "configs" / "regions.yaml"
+SOURCES = ROOT / "gateway" / "configs" / "sources.yaml"
+REGIONS = ROOT / "gateway" / "configs" / "regions.yaml"
 
 
 # --- sources and regions ---------------------------------------------------------------------

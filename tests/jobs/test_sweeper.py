@@ -32,7 +32,7 @@ def test_stale_jobs_and_missing_reports_are_sent_again(
     settings = make_settings(
         embedded_worker=False,
         quiet_period_s=0.3,
-        routing_file=ROOT / "configs" / "routing.yaml",
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
         devices_dir=ROOT / "models" / "zoo",
     )
     gateway = build_gateway(settings)
@@ -84,7 +84,7 @@ def test_unreadable_inputs_withhold_the_results_with_the_reason(
 
     settings = make_settings(
         quiet_period_s=0.3,
-        routing_file=ROOT / "configs" / "routing.yaml",
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
         devices_dir=ROOT / "models" / "zoo",
     )
     gateway = build_gateway(settings)
@@ -129,7 +129,7 @@ def test_a_whole_study_job_reads_every_series_it_was_routed(
     settings = make_settings(
         embedded_worker=False,
         quiet_period_s=0.3,
-        routing_file=ROOT / "configs" / "routing.yaml",
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
         devices_dir=ROOT / "models" / "zoo",
     )
     gateway = build_gateway(settings)

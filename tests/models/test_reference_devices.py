@@ -60,9 +60,9 @@ def zoo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             "dicom_host": "127.0.0.1",
             "dicom_port": free_port(),
             "http_port": 0,
-            "sources_file": ROOT / "configs" / "sources.yaml",
-            "regions_file": ROOT / "configs" / "regions.yaml",
-            "routing_file": ROOT / "configs" / "routing.yaml",
+            "sources_file": ROOT / "gateway" / "configs" / "sources.yaml",
+            "regions_file": ROOT / "gateway" / "configs" / "regions.yaml",
+            "routing_file": ROOT / "gateway" / "configs" / "routing.yaml",
             "devices_dir": ZOO,
             "min_free_bytes": 0,
             "quiet_period_s": 2.0,  # a loaded CI machine may pause between instances

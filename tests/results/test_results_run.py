@@ -32,7 +32,7 @@ def test_every_result_object_of_a_run_carries_the_device_and_the_root(
 
     settings = make_settings(
         quiet_period_s=0.3,
-        routing_file=ROOT / "configs" / "routing.yaml",
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
         devices_dir=ROOT / "models" / "zoo",
         uid_root=UID_ROOT.rstrip("."),
     )

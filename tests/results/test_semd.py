@@ -40,7 +40,7 @@ from tests import report_fixtures
 from tests.services import ROOT, require_shared_data
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "semd"
-CONFIG_FILE = ROOT / "configs" / "semd.yaml"
+CONFIG_FILE = ROOT / "gateway" / "configs" / "semd.yaml"
 NS = {"v": "urn:hl7-org:v3"}
 PATIENT_SNILS = "112-233-445 95"  # checksum-valid test number
 

@@ -43,7 +43,7 @@ from models.manifest import DeviceManifest, load_manifest
 from models.study_types import StudyType, service_code
 from tests.services import ROOT, require_shared_data
 
-RULES_FILE = ROOT / "configs" / "routing.yaml"
+RULES_FILE = ROOT / "gateway" / "configs" / "routing.yaml"
 ZOO = ROOT / "models" / "zoo"
 
 CXR, CT_CHEST, CT_BRAIN, MAMMO = (
@@ -682,7 +682,9 @@ def _indexed(tmp_path: Path, datasets: list[Dataset]) -> StudyFacts:
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     db.migrate()
     directory = load_directory(
-        ROOT / "configs" / "sources.yaml", ROOT / "configs" / "regions.yaml", open_mode=False
+        ROOT / "gateway" / "configs" / "sources.yaml",
+        ROOT / "gateway" / "configs" / "regions.yaml",
+        open_mode=False,
     )
     ids = sync_directory(db, directory)
     source = directory.by_name("irk-cami")

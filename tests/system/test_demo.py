@@ -60,3 +60,6 @@ def test_demo_writes_every_studys_results_and_names_the_dashboard(tmp_path: Path
         sr = dcmread(next((results / kind).glob("job-*/sr-1.dcm")))
         assert sr.Modality == "SR"
     assert "not for clinical use" in out
+    # No warning a user cannot act on (Celery's root warning, kombu's "No hostname was
+    # supplied" were printed here): a good run writes nothing to stderr.
+    assert completed.stderr.splitlines() == []

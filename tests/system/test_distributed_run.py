@@ -278,7 +278,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             broker_visibility_timeout_s=str(VISIBILITY_TIMEOUT_S),
             devices_dir=str(ROOT / "models" / "zoo"),
             destinations_file=str(work / "destinations.yaml"),
-            semd_file=str(ROOT / "configs" / "semd.yaml"),
+            semd_file=str(ROOT / "gateway" / "configs" / "semd.yaml"),
             dicom_host="127.0.0.1",
             quiet_period_s="1",
             assembly_poll_s="0.2",
