@@ -1,8 +1,10 @@
-"""Prometheus metrics, read from the index at scrape time.
+"""Prometheus metrics, read from the index at scrape time, and the DICOM edge's refusals.
 
 The index is the truth every process writes to (SCP children, workers on other machines),
 so a collector that counts rows gives the same numbers whichever process is scraped; no
-in-process counter could. Each app gets its own registry: nothing global at import time.
+in-process counter could. The edge's counters are the exception: refusals leave no row, so
+they live in memory shared by the SCP processes of one ``aigw serve`` (its own ``/metrics``
+reports them). Each app gets its own registry: nothing global at import time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy import func, or_, select
 from gateway.delivery.outbox import OutboxState
 from gateway.index.database import Database
 from gateway.index.tables import InstanceRow, JobRow, OutboxRow, StudyRow
+from gateway.ingest.refusals import EdgeCounters
 
 # Seconds; inference of one series runs from tens of milliseconds (CPU, 2D) to minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -103,9 +106,33 @@ def _latency_histogram(rows: Iterable[tuple[str, dict[str, float] | None]]) -> M
     return family
 
 
-def metrics_registry(db: Database) -> CollectorRegistry:
+class EdgeCollector(Collector):
+    def __init__(self, counters: EdgeCounters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        accepted = CounterMetricFamily(
+            "aigw_dicom_associations_accepted", "DICOM associations accepted."
+        )
+        accepted.add_metric([], self.counters.accepted_total())
+        yield accepted
+        refused = CounterMetricFamily(
+            "aigw_dicom_refusals",
+            "DICOM connections, associations and instances refused or aborted at the edge, "
+            "by stage and reason.",
+            labels=["stage", "reason"],
+        )
+        for reason, count in self.counters.refusals().items():
+            refused.add_metric([reason.stage.value, reason.value], count)
+        yield refused
+
+
+def metrics_registry(db: Database, edge: EdgeCounters | None = None) -> CollectorRegistry:
+    """``edge``: the DICOM SCP's counters when this app runs in the process that owns them."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(IndexCollector(db))
+    if edge is not None:
+        registry.register(EdgeCollector(edge))
     return registry
 
 
