@@ -24,7 +24,7 @@ def healthz() -> Health:
     return Health(status="alive")
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"model": Health, "description": "Not ready"}})
 def readyz(context: Context, response: Response) -> Health:
     checks: dict[str, str] = {}
     for name, check in (("database", context.db.check), ("object_store", context.store.check)):
@@ -50,6 +50,10 @@ def _broker(url: str) -> str:
     return "ok"
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(context: Context) -> Response:
     return Response(render(context.metrics), media_type="text/plain; version=0.0.4")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from gateway.cli.access import api_command, tokens_group
+from gateway.cli.audit import audit_command
 from gateway.cli.dicom import echo, send
 from gateway.cli.init import init_command
 from gateway.cli.models import models
@@ -50,6 +51,7 @@ for _command in (
     rules_group,
     tokens_group,
     api_command,
+    audit_command,
     results_command,
     outbox_group,
 ):
