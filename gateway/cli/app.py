@@ -13,6 +13,7 @@ from gateway.cli.audit import audit_command
 from gateway.cli.dicom import echo, send
 from gateway.cli.init import init_command
 from gateway.cli.models import models
+from gateway.cli.monitoring import monitoring_group
 from gateway.cli.results import outbox_group, results_command
 from gateway.cli.rules import rules_group
 from gateway.cli.studies import jobs, studies
@@ -54,5 +55,6 @@ for _command in (
     audit_command,
     results_command,
     outbox_group,
+    monitoring_group,
 ):
     cli.add_command(_command)

@@ -1,7 +1,11 @@
 """The outbox: one row per (result, destination), delivered until acknowledged.
 
 Rows are written in the same transaction as the results they carry, so a crash can lose
-neither. A dispatcher claims due rows by pushing their ``next_attempt_at`` one lease into
+neither. A notice about the devices (a monthly usage report, a malfunction notice:
+:class:`~gateway.index.tables.NoticeRow`) goes through the same rows, claims and backoff,
+with ``notice_id`` where a result's row has ``result_id``; the notice's key makes it once per
+(device version, month) or (device version, day), and receivers see it as the
+Idempotency-Key. A dispatcher claims due rows by pushing their ``next_attempt_at`` one lease into
 the future (several dispatchers, or one restarted after a crash, never send a row twice at
 the same time; an abandoned claim simply becomes due again), sends, and records the answer:
 delivered, or the error and the next attempt after an exponential backoff. Receivers keep
@@ -25,7 +29,7 @@ from gateway.delivery.destinations import Destination
 from gateway.errors import DatabaseError, GatewayError
 from gateway.index.database import Database
 from gateway.index.study_state import record_event
-from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
+from gateway.index.tables import JobRow, NoticeRow, OutboxRow, ResultRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,11 @@ class Undeliverable(GatewayError):
 @dataclass(frozen=True)
 class Claim:
     outbox_id: int
-    result_id: int
+    result_id: int | None  # one of result_id and notice_id
     destination: str
     attempt: int
     lease_until: datetime  # the row's next_attempt_at while this claim holds it
+    notice_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,24 @@ def enqueue(session: Session, result: ResultRow, destinations: list[Destination]
     have = set(
         session.scalars(select(OutboxRow.destination).where(OutboxRow.result_id == result.id))
     )
+    return _add(session, destinations, have, result_id=result.id)
+
+
+def enqueue_notice(session: Session, notice: NoticeRow, destinations: list[Destination]) -> int:
+    """Add a row per destination not already holding this notice; returns how many."""
+    have = set(
+        session.scalars(select(OutboxRow.destination).where(OutboxRow.notice_id == notice.id))
+    )
+    return _add(session, destinations, have, notice_id=notice.id)
+
+
+def _add(
+    session: Session,
+    destinations: list[Destination],
+    have: set[str],
+    result_id: int | None = None,
+    notice_id: int | None = None,
+) -> int:
     now = utcnow()
     added = 0
     for destination in destinations:
@@ -81,7 +104,8 @@ def enqueue(session: Session, result: ResultRow, destinations: list[Destination]
             continue
         session.add(
             OutboxRow(
-                result_id=result.id,
+                result_id=result_id,
+                notice_id=notice_id,
                 destination=destination.name,
                 protocol=destination.protocol,
                 state=OutboxState.PENDING,
@@ -111,7 +135,16 @@ def claim_due(db: Database, limit: int, lease_s: float) -> list[Claim]:
         for row in session.scalars(query):
             row.attempts += 1
             row.next_attempt_at = lease_until
-            claims.append(Claim(row.id, row.result_id, row.destination, row.attempts, lease_until))
+            claims.append(
+                Claim(
+                    outbox_id=row.id,
+                    result_id=row.result_id,
+                    destination=row.destination,
+                    attempt=row.attempts,
+                    lease_until=lease_until,
+                    notice_id=row.notice_id,
+                )
+            )
         return claims
 
 
@@ -131,7 +164,14 @@ def renew(db: Database, claim: Claim, lease_s: float) -> Claim | None:
         )
         if not getattr(changed, "rowcount", 0):
             return None
-    return Claim(claim.outbox_id, claim.result_id, claim.destination, claim.attempt, lease_until)
+    return Claim(
+        claim.outbox_id,
+        claim.result_id,
+        claim.destination,
+        claim.attempt,
+        lease_until,
+        claim.notice_id,
+    )
 
 
 def backoff_s(attempt: int, first_s: float, max_s: float) -> float:
@@ -150,7 +190,7 @@ def mark_delivered(db: Database, claim: Claim, remote_id: str) -> None:
             remote_id,
             None,
         )
-        result = session.get(ResultRow, row.result_id)
+        result = session.get(ResultRow, row.result_id) if row.result_id is not None else None
         if result is not None:
             job = session.get(JobRow, result.job_id)
             if job is not None:
