@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["assessments"], responses=respon
 @router.post(
     "/{job_id}/assessment",
     status_code=status.HTTP_201_CREATED,
-    responses=responses(403, 404, 409),
+    responses=responses(400, 403, 404, 409),
 )
 def assess(
     context: Context, caller: Caller, request: Request, job_id: IdPath, body: AssessmentCreate

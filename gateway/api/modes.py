@@ -45,7 +45,7 @@ def modes(context: Context, caller: Caller, device_key: DeviceKeyPath) -> list[M
     return [m for m in found if caller.sees_region(m.region)]
 
 
-@router.put("/{device_key}/modes/{region}", responses=responses(403, 404))
+@router.put("/{device_key}/modes/{region}", responses=responses(400, 403, 404))
 def change_mode(
     context: Context,
     caller: Caller,

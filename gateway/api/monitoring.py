@@ -34,14 +34,15 @@ def devices(
     since: InstantQuery = None,
     until: InstantQuery = None,
 ) -> list[DeviceFigures]:
-    """Per device version and region, over [since, until) (default: the last 30 days). A
-    region-scoped token gets its own region only."""
+    """Per device version and region, over [since, until) (default: the last 30 days; an
+    empty or reversed period has nothing in it). A region-scoped token gets its own region
+    only."""
     if caller.region is not None and region not in (None, caller.region):
         return []
     until = until or utcnow()
     since = since or until - DEFAULT_SPAN
     if since >= until:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
+        return []
     return device_figures(
         context.db,
         since,

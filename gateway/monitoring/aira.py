@@ -99,7 +99,7 @@ def read_assessment(ds: Dataset) -> Assessment:
                 verdicts.add(verdict)
                 hows.append(f"{name[2]!r} = {value[2]!r}")
         elif kind == "TEXT" and found.comment is None and _is_comment(name):
-            found.comment = str(item.get("TextValue", ""))[:MAX_COMMENT] or None
+            found.comment = _printable(str(item.get("TextValue", "")))[:MAX_COMMENT] or None
     if not verdicts and str(ds.get("SOPClassUID", "")) == KEY_OBJECT_SELECTION:
         title = _code(ds.get("ConceptNameCodeSequence"))
         if title[:2] in KOS_TITLES:
@@ -154,3 +154,8 @@ def _by_words(meaning: str) -> Verdict | None:
 
 def _is_comment(name: tuple[str, str, str]) -> bool:
     return name[:2] == KEY_OBJECT_DESCRIPTION or any(w in name[2].lower() for w in COMMENT_WORDS)
+
+
+def _printable(text: str) -> str:
+    """A comment as a verdict keeps it: line breaks and tabs, no other control characters."""
+    return "".join(c for c in text if c.isprintable() or c in "\n\t")

@@ -35,7 +35,6 @@ from gateway.jobs.states import JobState
 from gateway.monitoring.figures import FailureCount, JobFact, failures_by_reason, job_facts
 from gateway.monitoring.figures import studies_of as processed_studies
 from gateway.monitoring.verdicts import VerdictCounts, current_by_job
-from gateway.results.build import WITHHELD
 from models.manifest import DeviceManifest
 from models.study_types import SERVICE_CODES
 
@@ -235,6 +234,10 @@ class _Label:
 
 
 def _results(session: Session, processed: dict[int, list[JobFact]]) -> Results:
+    # Here, not at the top: the builders' imports (highdicom, lxml…) only when a report is
+    # made, not in every process that imports the schema (the API, every aigw command).
+    from gateway.results.build import WITHHELD
+
     job_ids = [job.id for study in processed.values() for job in study]
     withheld_jobs: set[int] = set()
     labels: dict[tuple[str, str], _Label] = {}

@@ -32,6 +32,9 @@ from gateway.jobs.states import JobState
 
 MAX_ID = 2**63 - 1
 UID = r"^[0-9]+(\.[0-9]+)*$"
+# Text a person typed: line breaks and tabs, no other control characters (no NUL reaches
+# the database; PostgreSQL refuses it in text).
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 Coordinate = Annotated[float, Field(ge=0, le=100_000)]
 
 
@@ -91,7 +94,7 @@ class AssessmentCreate(BaseModel):
     finding_id: int | None = Field(
         default=None, ge=1, le=MAX_ID, description="None: the verdict is on the whole result"
     )
-    comment: str | None = Field(default=None, max_length=2000)
+    comment: str | None = Field(default=None, max_length=2000, pattern=TEXT)
     location: CorrectedLocation | None = Field(
         default=None, description="The corrected location (with verdict modify only)"
     )
