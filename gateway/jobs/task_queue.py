@@ -41,6 +41,17 @@ def create_celery(settings: Settings) -> Celery:
         task_queue_max_priority=10,
         task_default_priority=Priority.ROUTINE,
         broker_connection_retry_on_startup=True,
+        # A worker whose broker went away reconnects for as long as it takes (Celery's
+        # default gives up after 100 tries and the worker exits).
+        broker_connection_max_retries=None,
+        # A send that meets a broker outage fails fast: the job stays due in the database
+        # and the gateway's re-drive sends it when the broker is back.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         # Redis emulates priorities with one list per level; visibility_timeout is how long
@@ -79,3 +90,16 @@ def send_infer(app: Celery, settings: Settings, job_id: int, queue: str, priorit
 
 def send_report(app: Celery, job_id: int) -> None:
     app.send_task(REPORT_TASK, args=[InferPayload(job_id=job_id).model_dump()], queue=REPORTS_QUEUE)
+
+
+class CeleryTasks:
+    """The two sends the gateway's re-drive makes, on one app (see ``gateway.jobs.redrive``)."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    def infer(self, job_id: int, queue: str, priority: int) -> None:
+        send_infer(self.app, self.settings, job_id, queue, priority)
+
+    def report(self, job_id: int) -> None:
+        send_report(self.app, job_id)
