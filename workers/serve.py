@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import uvicorn
+from sqlalchemy.exc import IntegrityError
 
 from gateway.api import create_app
 from gateway.index.database import Database
@@ -56,8 +57,18 @@ class Parts:
         wait_for_database(db, backoff, migrate=migrate)
         store = create_store(settings)
         wait_for_store(store, backoff)
-        source_ids = sync_directory(db, directory)
-        return cls(settings, db, store, directory, source_ids)
+        return cls(settings, db, store, directory, _synced(db, directory))
+
+
+def _synced(db: Database, directory: SourceDirectory) -> dict[str, int]:
+    """The configured regions and sources in the index. Processes started together (serve
+    and its workers) insert the same rows at the same moment: the loser reads them."""
+    for _ in range(3):
+        try:
+            return sync_directory(db, directory)
+        except IntegrityError:
+            continue
+    return sync_directory(db, directory)
 
 
 def retry_backoff(settings: Settings) -> Backoff:

@@ -21,9 +21,11 @@ rules
 audit_routes
     ``/api/v1/audit``: the audit log (admins).
 health
-    ``/healthz``, ``/readyz``, ``/metrics``.
+    ``/healthz``, ``/readyz``, ``/api/v1/health``, ``/metrics``.
+backlog
+    What waits in each working state and since when; healthy or degraded, with reasons.
 metrics
-    Prometheus metrics read from the index at scrape time.
+    Prometheus metrics read from the index at scrape time (ages of the oldest items too).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def create_app(
         settings=settings,
         registry=registry or DeviceRegistry(db, store),
         signer=SessionSigner(settings.session_secret, settings.session_max_age_s),
-        metrics=metrics_registry(db),
+        metrics=metrics_registry(db, settings.stuck_after_s),
     )
     for module in (health, studies, results, devices, directory, delivery, rules, audit_routes):
         app.include_router(module.router)

@@ -21,4 +21,6 @@ access
     ``aigw tokens`` and ``aigw api``.
 results
     ``aigw results`` and ``aigw outbox``.
+health
+    ``aigw health``: healthy or degraded, and why (exit status 1 when degraded).
 """

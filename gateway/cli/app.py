@@ -10,6 +10,7 @@ import click
 
 from gateway.cli.access import api_command, tokens_group
 from gateway.cli.dicom import echo, send
+from gateway.cli.health import health_command
 from gateway.cli.init import init_command
 from gateway.cli.models import models
 from gateway.cli.results import outbox_group, results_command
@@ -52,5 +53,6 @@ for _command in (
     api_command,
     results_command,
     outbox_group,
+    health_command,
 ):
     cli.add_command(_command)

@@ -19,6 +19,7 @@ from gateway.access.http import ApiContext, audit_read, get_context
 from gateway.access.tokens import Principal, authenticate, principal_by_id
 from gateway.dashboard.charts import bar_chart
 from gateway.dashboard.stats import TARGET_DEVICES, Period, PeriodName, national, region_detail
+from gateway.dashboard.waiting import waiting_studies
 from gateway.errors import GatewayError
 from gateway.index.read_model import result_location, study_detail
 from gateway.index.tables import utcnow
@@ -139,7 +140,8 @@ def dashboard_router() -> APIRouter:
             return _to_login()
         chosen = Period.ending(period, utcnow())
         rows = national(context.db, chosen, who.region)
-        return page(request, "national.html", who=who, period=chosen, rows=rows)
+        waiting = waiting_studies(context.db, who.region)
+        return page(request, "national.html", who=who, period=chosen, rows=rows, waiting=waiting)
 
     @router.get("/regions/{code}", response_model=None)
     def region(
