@@ -260,11 +260,17 @@ class OutboxDispatcher:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        database_down = False
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
+                if database_down:
+                    log.info("outbox: database reachable again")
+                database_down = False
             except DatabaseError as exc:  # the database is back soon; nothing is lost
-                log.warning("outbox: database unavailable", extra={"error": str(exc)[:200]})
+                if not database_down:  # one line per outage, not one per poll
+                    log.warning("outbox: database unavailable", extra={"error": str(exc)[:200]})
+                database_down = True
                 worked = 0
             except Exception:  # never let the only delivery thread die
                 log.exception("outbox: unexpected error")

@@ -256,8 +256,14 @@ def test_postgresql_stopped_under_load_loses_nothing_and_everything_moves_on(
     assert len(sent.acknowledged) == len(before) and not sent.refused
     uids = [s.study_instance_uid for s in before]
     with HealthWatch(cluster.health_url) as health:
-        # Their quiet periods end now: completions and routing meet the outage.
-        time.sleep(1.0)
+
+        def analysing() -> bool:
+            found = progress(cluster.db, uids) or {}
+            return any(state != "queued" for p in found.values() for state in p.jobs.values())
+
+        # The first job runs: the others meet the outage routed, queued, running, reporting.
+        wait_until(analysing, lambda: f"a job to start: {progress(cluster.db, uids)}")
+        caught = _snapshot(cluster, uids)
         down, since = time.monotonic(), time.time()
         cluster.pg.stop()
         refused = send_parallel(
@@ -281,10 +287,31 @@ def test_postgresql_stopped_under_load_loses_nothing_and_everything_moves_on(
     assert cluster.pids() == pids, "no gateway process restarted"
     cluster.observations["postgresql"] = {
         **measured,
+        "caught_at_stop": caught,
         "refused_during_outage": len(refused.refused),
         "complete_at_return_routed_after_s": sorted(round(s, 1) for s in late.values()),
         "serve_warnings": cluster.warnings("serve", since),
+        "worker_warnings": [cluster.warnings(f"worker-{n}", since) for n in (1, 2)],
     }
+
+
+def _snapshot(cluster: HealCluster, uids: list[str]) -> dict[str, int]:
+    """How many studies and jobs were in each state (what an outage now catches)."""
+    counts: dict[str, int] = {}
+    for found in (progress(cluster.db, uids) or {}).values():
+        for key in [f"study {found.state}", *(f"job {state}" for state in found.jobs.values())]:
+            counts[key] = counts.get(key, 0) + 1
+        unreported = [
+            j for j, state in found.jobs.items() if state == "inferred" and j not in found.reported
+        ]
+        if unreported:
+            counts["job inferred, no results"] = counts.get("job inferred, no results", 0) + len(
+                unreported
+            )
+        pending = sum(1 for state in found.outbox if state == "pending")
+        if pending:
+            counts["delivery pending"] = counts.get("delivery pending", 0) + pending
+    return counts
 
 
 def _redis_outage(cluster: HealCluster, seed: int, name: str) -> None:
@@ -321,6 +348,7 @@ def _redis_outage(cluster: HealCluster, seed: int, name: str) -> None:
         **measured,
         "messages_waiting_at_kill": waiting,
         "serve_warnings": cluster.warnings("serve", since),
+        "worker_warnings": [cluster.warnings(f"worker-{n}", since) for n in (1, 2)],
     }
 
 
