@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from benchmarks.measure import percentile, sig
 from models.manifest import DeviceManifest
 
 Precision = Literal["fp32", "fp16"]
@@ -79,21 +80,10 @@ class BareFigures:
             "precision": self.precision,
             "batch": self.batch,
             "runs": self.runs,
-            "images_per_s": _sig(self.images_per_s),
-            "latency_ms_p50": _sig(self.latency_ms_p50),
-            "latency_ms_p95": _sig(self.latency_ms_p95),
+            "images_per_s": sig(self.images_per_s),
+            "latency_ms_p50": sig(self.latency_ms_p50),
+            "latency_ms_p95": sig(self.latency_ms_p95),
         }
-
-
-def _sig(value: float) -> float:
-    return float(f"{value:.4g}")
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile: an observed value, never an interpolation between two."""
-    ordered = sorted(values)
-    rank = max(1, int(np.ceil(fraction * len(ordered))))
-    return ordered[rank - 1]
 
 
 def input_batch(manifest: DeviceManifest, batch: int, seed: int = 0) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVICES_DIR = ROOT / "models" / "zoo"
 RESULTS = ROOT / "benchmarks" / "results"
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
 import sys
 import time
 import warnings
@@ -29,11 +28,13 @@ from typing import Any
 
 from benchmarks import bare, end_to_end, inference, ingest, report
 from benchmarks.environment import RESULTS, ROOT, gpu_name, machine_name, work_folder
+from benchmarks.errors import BenchmarkError
 from benchmarks.gpu import GpuMonitor
-from benchmarks.ingest import BenchmarkError
 from benchmarks.suite_schema import SuiteReport
 from gateway.settings import load_settings
 from models.manifest import DeviceManifest, load_manifest
+from tests.services import ServiceError
+from tests.services.processes import find_tool
 
 FULL_BATCHES_2D = (1, 2, 4, 8, 16, 32, 64)
 QUICK_BATCHES_2D = (1, 4, 16)
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     providers = providers_for(args)
     paths = inference.find_devices(args.devices_dir, args.device)
     skipped_parts: dict[str, str] = {}
-    if shutil.which("storescu") is None:
+    if find_tool("storescu") is None:
         for part in ("ingest", "end-to-end"):
             skipped_parts[part] = "DCMTK storescu is not installed"
             args.skip.add(part)
@@ -273,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = run(args)
-    except (BenchmarkError, inference.BenchmarkError) as exc:
+    except (BenchmarkError, ServiceError) as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
     path = write(args.out, result)

@@ -111,8 +111,19 @@ class Settings(BaseSettings):
         default=False,
         description="Accept any calling AE as source 'open', region '00' (demos and tests only).",
     )
-    max_pdu_bytes: int = Field(default=131072, ge=0, description="0 means unlimited.")
-    max_associations: int = Field(default=32, ge=1)
+    max_pdu_bytes: int = Field(
+        default=131072,
+        ge=4096,
+        le=16 * 1024**2,
+        description="Largest P-DATA PDU we announce and accept; a peer that declares a longer "
+        "one is aborted before its body is read.",
+    )
+    max_associations: int = Field(
+        default=32,
+        ge=1,
+        description="Concurrent associations per SCP process; a connection counts only once "
+        "its A-ASSOCIATE-RQ has arrived.",
+    )
     scp_processes: int = Field(
         default=1,
         ge=1,
@@ -120,6 +131,45 @@ class Settings(BaseSettings):
         description="SCP processes sharing the port (SO_REUSEPORT); >1 gets past the GIL.",
     )
     network_timeout_s: float = Field(default=60.0, gt=0)
+    dicom_request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A connection that has not completed its TLS handshake and sent a whole "
+        "A-ASSOCIATE-RQ within this many seconds is closed.",
+    )
+    max_connections_per_peer: int = Field(
+        default=8,
+        ge=1,
+        description="Connections one peer address may hold open (pending and associated); "
+        "more are closed at accept.",
+    )
+    max_instance_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        description="Largest C-STORE dataset received; a larger one is drained without being "
+        "kept and answered 0xA700.",
+    )
+    dicom_plain_enabled: bool = Field(
+        default=True, description="Listen on dicom_port without TLS; false: TLS only."
+    )
+    dicom_tls_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="DICOM TLS port (PS3.15 Annex B; 2762 is registered); 0: no TLS listener.",
+    )
+    dicom_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the DICOM TLS listener."
+    )
+    dicom_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of dicom_tls_cert_file."
+    )
+    dicom_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates; when set, every TLS peer must present a client "
+        "certificate signed by one of them.",
+    )
     extra_storage_sop_classes: list[str] = Field(
         default_factory=list, description="More Storage SOP Class UIDs to accept."
     )
@@ -259,6 +309,14 @@ class Settings(BaseSettings):
     session_max_age_s: int = Field(
         default=8 * 3600, ge=60, description="Dashboard session lifetime."
     )
+    http_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain): the API and dashboard are served over HTTPS "
+        "and session cookies are Secure.",
+    )
+    http_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of http_tls_cert_file."
+    )
 
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -304,6 +362,25 @@ class Settings(BaseSettings):
         if self.object_store == "s3" and not (self.s3_access_key and self.s3_secret_key):
             raise ValueError("object_store 's3' needs s3_access_key and s3_secret_key")
         return self
+
+    @model_validator(mode="after")
+    def _tls_is_complete(self) -> Settings:
+        if self.dicom_tls_port and not (self.dicom_tls_cert_file and self.dicom_tls_key_file):
+            raise ValueError("dicom_tls_port needs dicom_tls_cert_file and dicom_tls_key_file")
+        if not self.dicom_tls_port and self.dicom_tls_client_ca_file is not None:
+            raise ValueError("dicom_tls_client_ca_file is set but dicom_tls_port is 0")
+        if not self.dicom_plain_enabled and not self.dicom_tls_port:
+            raise ValueError("dicom_plain_enabled is false and dicom_tls_port is 0: no listener")
+        if self.dicom_plain_enabled and self.dicom_tls_port == self.dicom_port:
+            raise ValueError("dicom_tls_port must differ from dicom_port")
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise ValueError("http_tls_cert_file and http_tls_key_file go together")
+        return self
+
+    @property
+    def http_tls(self) -> bool:
+        """True when the API and dashboard are served over HTTPS."""
+        return self.http_tls_cert_file is not None
 
     @property
     def resolved_database_url(self) -> str:

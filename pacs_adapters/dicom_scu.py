@@ -2,7 +2,8 @@
 
 Each file is proposed in its own transfer syntax and sent without decoding, so what arrives
 is what was on disk. Used by ``aigw send`` / ``aigw echo`` and by result delivery
-(:func:`store_instance`).
+(:func:`store_instance`). A peer with a TLS context (:func:`pacs_adapters.tls.client_context`)
+is reached over DICOM TLS.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import io
 import logging
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Peer:
     calling_ae: str = "AIGW_SCU"
     max_pdu: int = 131072
     timeout_s: float = 30.0
+    tls: ssl.SSLContext | None = None  # None: plain TCP
 
 
 @dataclass
@@ -59,7 +63,7 @@ def echo(peer: Peer) -> int:
     """C-ECHO; returns the DIMSE status (0 is success)."""
     ae = _ae(peer)
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae)
+    assoc = _associate(ae, peer)
     if not assoc.is_established:
         raise ScuError(_why_not_established(assoc, peer))
     try:
@@ -99,7 +103,7 @@ def store_instance(data: bytes, peer: Peer) -> int:
         raise ScuError(f"not a DICOM Part-10 instance: {exc}") from exc
     ae = _ae(peer)
     ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu)
+    assoc = _associate(ae, peer)
     if not assoc.is_established:
         raise ScuError(_why_not_established(assoc, peer))
     _no_delay(assoc)
@@ -120,7 +124,7 @@ def _send_batch(files: list[_File], peer: Peer, report: SendReport) -> None:
     ae = _ae(peer)
     for sop_class, syntax in dict.fromkeys((f.sop_class, f.transfer_syntax) for f in files):
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu)
+    assoc = _associate(ae, peer)
     if not assoc.is_established:
         raise ScuError(_why_not_established(assoc, peer))
     _no_delay(assoc)
@@ -177,8 +181,15 @@ def _ae(peer: Peer) -> AE:
     return ae
 
 
+def _associate(ae: AE, peer: Peer) -> Association:
+    tls_args = (peer.tls, peer.host) if peer.tls is not None else None
+    return ae.associate(
+        peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu, tls_args=tls_args
+    )
+
+
 def _why_not_established(assoc: object, peer: Peer) -> str:
-    where = f"{peer.called_ae}@{peer.host}:{peer.port}"
+    where = f"{peer.called_ae}@{peer.host}:{peer.port}" + (" over TLS" if peer.tls else "")
     if getattr(assoc, "is_rejected", False):
         return f"association rejected by {where}"
     if getattr(assoc, "is_aborted", False):

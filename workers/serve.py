@@ -4,7 +4,8 @@ Start-up order matters: wait for the database and the object store (they may sta
 this process), migrate the index, recover from an unclean stop, and only then accept
 associations. The broker is not waited for: ingest needs none, and jobs recorded meanwhile
 are sent when it appears. Extra SCP processes (``scp_processes`` > 1) share the port through
-SO_REUSEPORT; study assembly and HTTP run once, in this process.
+SO_REUSEPORT; study assembly and HTTP (HTTPS with ``http_tls_cert_file``) run once, in this
+process, whose ``/metrics`` reports the DICOM edge's counters of every SCP process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, Protocol
 import uvicorn
 from sqlalchemy.exc import IntegrityError
 
+from gateway.access.audit import record_association
+from gateway.access.http import https_options
 from gateway.api import create_app
 from gateway.index.database import Database
 from gateway.index.due import Backoff
@@ -28,6 +31,7 @@ from gateway.index.object_store import ObjectStore, create_store
 from gateway.index.recovery import recover
 from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
 from gateway.ingest.receive import Ingest
+from gateway.ingest.refusals import AssociationDecision, AuditHook, EdgeCounters
 from gateway.ingest.scp import DicomServer
 from gateway.ingest.sources import SourceDirectory, load_directory, sync_directory
 from gateway.logs import configure_logging
@@ -110,6 +114,7 @@ class Gateway:
             backoff=retry_backoff(parts.settings),
         )
         self.scp: DicomServer | None = None
+        self.edge_counters = EdgeCounters()
         self._children: list[multiprocessing.process.BaseProcess] = []
         self._threads: list[threading.Thread] = []
         self._http: uvicorn.Server | None = None
@@ -130,6 +135,8 @@ class Gateway:
             self.parts.source_ids,
             self.parts.store,
             shared_port=shared,
+            counters=self.edge_counters,
+            audit=audit_associations(self.parts),
         )
         if shared:
             self._start_children(settings)
@@ -146,16 +153,23 @@ class Gateway:
             child = context.Process(
                 target=run_scp_child,
                 name=f"aigw-scp-{number}",
-                args=(settings.model_dump(mode="json"),),
+                args=(settings.model_dump(mode="json"), self.edge_counters),
                 daemon=True,
             )
             child.start()
             self._children.append(child)
 
     def _start_http(self, settings: Settings) -> None:
-        app = create_app(self.parts.db, self.parts.store, settings=settings)
+        app = create_app(
+            self.parts.db, self.parts.store, settings=settings, edge=self.edge_counters
+        )
         config = uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            **https_options(settings),
         )
         self._http = uvicorn.Server(config)
         self._thread(self._http.run, "http")
@@ -189,8 +203,17 @@ class Gateway:
         log.info("gateway stopped")
 
 
-def run_scp_child(settings_data: dict[str, Any]) -> None:
-    """Entry point of an extra SCP process: ingest only, on the shared port."""
+def audit_associations(parts: Parts) -> AuditHook:
+    """Every association decision of the edge, into the audit log."""
+
+    def record(decision: AssociationDecision) -> None:
+        record_association(parts.db, decision)
+
+    return record
+
+
+def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None:
+    """Entry point of an extra SCP process: ingest only, on the shared port(s)."""
     _die_with_parent()
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.log_level, settings.log_json)
@@ -202,6 +225,8 @@ def run_scp_child(settings_data: dict[str, Any]) -> None:
         parts.source_ids,
         parts.store,
         shared_port=True,
+        counters=counters,
+        audit=audit_associations(parts),
     )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
     server.serve_forever()

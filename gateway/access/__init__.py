@@ -7,5 +7,5 @@ tokens
 http
     What every HTTP endpoint depends on: the app's parts, the caller, audited reads.
 audit
-    The audit log of reads of patient-level data.
+    The audit log of reads of patient-level data and of DICOM associations at the edge.
 """

@@ -1,7 +1,10 @@
-"""The audit log: every read of patient-level data — who, when, what, from where.
+"""The audit log: every read of patient-level data — who, when, what, from where — and
+every DICOM association accepted or refused at the edge.
 
 Written in its own transaction before the data is returned, so a read that leaves no audit
-row does not happen (a failing audit write fails the request).
+row does not happen (a failing audit write fails the request). An association decision is
+written before the association goes on; when the database is down (no instance can be
+stored either) the SCP logs the decision instead.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from sqlalchemy import select
 from gateway.access.tokens import Principal
 from gateway.index.database import Database
 from gateway.index.tables import AuditRow, utcnow
+from gateway.ingest.refusals import AssociationDecision
+
+DICOM_ROLE = "dicom"  # the audit row's role for a DICOM peer (no API token)
+ASSOCIATION_ACCEPTED = "DICOM association accepted"
+ASSOCIATION_REFUSED = "DICOM association refused"
 
 
 class AuditEntry(BaseModel):
@@ -55,6 +63,26 @@ def record(
                 region_code=region,
                 client_ip=client_ip,
                 detail=detail or {},
+            )
+        )
+
+
+def record_association(db: Database, decision: AssociationDecision) -> None:
+    """One association request, accepted or refused, under the calling AE's name and the
+    region of the source it matched (so a region's admins see their senders)."""
+    printable = "".join(c for c in decision.calling_ae if c.isprintable())
+    with db.write_lock, db.session() as session:
+        session.add(
+            AuditRow(
+                at=utcnow(),
+                token_id=None,
+                token_name=printable[:100] or "(no calling AE)",
+                role=DICOM_ROLE,
+                action=ASSOCIATION_ACCEPTED if decision.accepted else ASSOCIATION_REFUSED,
+                study_uid=None,
+                region_code=decision.region,
+                client_ip=decision.peer[:64],
+                detail=decision.model_dump(mode="json", exclude={"accepted", "peer", "region"}),
             )
         )
 

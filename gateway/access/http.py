@@ -1,10 +1,13 @@
 """What every endpoint depends on: the app's parts, the authenticated caller, the audit
-trail of patient-level reads, and the upload size cap."""
+trail of patient-level reads, the upload size cap; and the HTTPS context the app is
+served with, and the session cookie's flags that follow from it."""
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,9 +16,11 @@ from prometheus_client import CollectorRegistry
 from gateway.access import audit
 from gateway.access.tokens import Principal, SessionSigner, authenticate
 from gateway.devices.registry import DeviceRegistry
+from gateway.errors import ConfigError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
 from gateway.settings import Settings
+from pacs_adapters.tls import TlsConfigError, server_context
 
 # A study UID given as a query filter: what a UID can be, so nothing longer or stranger
 # reaches the index or the audit log (whose column holds 64 characters).
@@ -136,3 +141,24 @@ def _too_large(size: int, limit: int) -> HTTPException:
         status.HTTP_413_CONTENT_TOO_LARGE,
         f"upload of {size} bytes is over the limit of {limit} bytes (api_max_upload_bytes)",
     )
+
+
+def https_options(settings: Settings) -> dict[str, Any]:
+    """``uvicorn.Config`` arguments that serve HTTPS (BCP 195 profile) when
+    ``http_tls_cert_file`` is set; none otherwise."""
+    cert, key = settings.http_tls_cert_file, settings.http_tls_key_file
+    if cert is None or key is None:  # settings allow both or neither
+        return {}
+    try:
+        context = server_context(cert, key, None)
+    except TlsConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    context.set_alpn_protocols(["http/1.1"])
+    factory: Callable[[Any, Any], ssl.SSLContext] = lambda _config, _default: context  # noqa: E731
+    return {"ssl_context_factory": factory}
+
+
+def secure_cookies(settings: Settings, request: Request) -> bool:
+    """Session cookies are Secure when we serve HTTPS, or the request came over it (a TLS
+    terminator in front that says so)."""
+    return settings.http_tls or request.url.scheme == "https"

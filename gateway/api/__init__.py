@@ -41,6 +41,7 @@ from gateway.dashboard import dashboard_router
 from gateway.devices.registry import DeviceRegistry
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
+from gateway.ingest.refusals import EdgeCounters
 from gateway.settings import Settings
 
 __all__ = ["ApiContext", "create_app"]
@@ -51,9 +52,11 @@ def create_app(
     store: ObjectStore,
     settings: Settings | None = None,
     registry: DeviceRegistry | None = None,
+    edge: EdgeCounters | None = None,
 ) -> FastAPI:
     """The app over ``db`` and ``store``. ``settings`` default to the environment's (pass
-    the process's own); ``registry`` to a registry over the same parts."""
+    the process's own); ``registry`` to a registry over the same parts; ``edge`` is the
+    DICOM SCP's refusal counters when the SCP runs in this process."""
 
     settings = settings or Settings()
     app = FastAPI(
@@ -69,7 +72,7 @@ def create_app(
         settings=settings,
         registry=registry or DeviceRegistry(db, store),
         signer=SessionSigner(settings.session_secret, settings.session_max_age_s),
-        metrics=metrics_registry(db, settings.stuck_after_s),
+        metrics=metrics_registry(db, edge, settings.stuck_after_s),
     )
     for module in (health, studies, results, devices, directory, delivery, rules, audit_routes):
         app.include_router(module.router)

@@ -1,8 +1,10 @@
-"""Prometheus metrics, read from the index at scrape time.
+"""Prometheus metrics, read from the index at scrape time, and the DICOM edge's refusals.
 
 The index is the truth every process writes to (SCP children, workers on other machines),
 so a collector that counts rows gives the same numbers whichever process is scraped; no
-in-process counter could. Each app gets its own registry: nothing global at import time.
+in-process counter could. The edge's counters are the exception: refusals leave no row, so
+they live in memory shared by the SCP processes of one ``aigw serve`` (its own ``/metrics``
+reports them). Each app gets its own registry: nothing global at import time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gateway.api.backlog import Waiting, waiting
 from gateway.delivery.outbox import OutboxState
 from gateway.index.database import Database
 from gateway.index.tables import InstanceRow, JobRow, OutboxRow, StudyRow
+from gateway.ingest.refusals import EdgeCounters
 from gateway.jobs.states import JobState
 from gateway.settings import StuckBounds
 
@@ -137,9 +140,36 @@ def _latency_histogram(rows: Iterable[tuple[str, dict[str, float] | None]]) -> M
     return family
 
 
-def metrics_registry(db: Database, bounds: StuckBounds | None = None) -> CollectorRegistry:
+class EdgeCollector(Collector):
+    def __init__(self, counters: EdgeCounters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        accepted = CounterMetricFamily(
+            "aigw_dicom_associations_accepted", "DICOM associations accepted."
+        )
+        accepted.add_metric([], self.counters.accepted_total())
+        yield accepted
+        refused = CounterMetricFamily(
+            "aigw_dicom_refusals",
+            "DICOM connections, associations and instances refused or aborted at the edge, "
+            "by stage and reason.",
+            labels=["stage", "reason"],
+        )
+        for reason, count in self.counters.refusals().items():
+            refused.add_metric([reason.stage.value, reason.value], count)
+        yield refused
+
+
+def metrics_registry(
+    db: Database, edge: EdgeCounters | None = None, bounds: StuckBounds | None = None
+) -> CollectorRegistry:
+    """``edge``: the DICOM SCP's counters when this app runs in the process that owns them;
+    ``bounds``: the settings' stuck_after_s."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(IndexCollector(db, bounds or StuckBounds()))
+    if edge is not None:
+        registry.register(EdgeCollector(edge))
     return registry
 
 

@@ -104,6 +104,7 @@ def api_command(
     """Serve the REST API and the dashboard alone (no DICOM SCP, no worker)."""
     import uvicorn
 
+    from gateway.access.http import https_options
     from gateway.api import create_app
     from gateway.index.object_store import create_store
 
@@ -118,4 +119,8 @@ def api_command(
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(db, store, settings)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
+    try:
+        tls = https_options(settings)
+    except GatewayError as exc:
+        raise click.ClickException(str(exc)) from exc
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, **tls)

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 
-from gateway.access.http import ApiContext, audit_read, get_context
+from gateway.access.http import ApiContext, audit_read, get_context, secure_cookies
 from gateway.access.tokens import Principal, authenticate, principal_by_id
 from gateway.dashboard.charts import bar_chart
 from gateway.dashboard.stats import TARGET_DEVICES, Period, PeriodName, national, region_detail
@@ -119,15 +119,21 @@ def dashboard_router() -> APIRouter:
             max_age=context.signer.max_age_s,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=secure_cookies(context.settings, request),
             path="/dashboard",
         )
         return response
 
     @router.post("/logout")
-    def logout() -> RedirectResponse:
+    def logout(request: Request) -> RedirectResponse:
         response = _to_login()
-        response.delete_cookie(COOKIE, path="/dashboard")
+        response.delete_cookie(
+            COOKIE,
+            path="/dashboard",
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookies(get_context(request).settings, request),
+        )
         return response
 
     @router.get("/", response_model=None)

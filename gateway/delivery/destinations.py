@@ -40,17 +40,30 @@ class _Destination(BaseModel):
 
 
 class DicomDestination(_Destination):
-    """C-STORE SCU to an archive's SCP."""
+    """C-STORE SCU to an archive's SCP, over DICOM TLS when ``tls`` is true."""
 
     protocol: Literal["dicom"]
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     ae_title: str = Field(min_length=1, max_length=16)
+    tls: bool = Field(default=False, description="DICOM TLS (PS3.15 Annex B, BCP 195)")
+    ca_file: Path | None = Field(
+        default=None, description="CA certificates that verify the archive (default: system's)"
+    )
+    client_cert: Path | None = Field(default=None, description="our client certificate (PEM)")
+    client_key: Path | None = None
+    check_hostname: bool = Field(
+        default=True, description="the archive's certificate must name host"
+    )
 
     @model_validator(mode="after")
     def _dicom_only(self) -> DicomDestination:
         if ResultKind.SEMD in self.kinds:
             raise ValueError(f"{self.name}: a DICOM archive cannot take the SEMD (CDA)")
+        if not self.tls and (self.ca_file or self.client_cert or self.client_key):
+            raise ValueError(f"{self.name}: ca_file / client_cert / client_key need tls: true")
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError(f"{self.name}: client_key without client_cert")
         return self
 
 

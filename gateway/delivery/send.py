@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from gateway.delivery.destinations import (
@@ -22,6 +23,7 @@ from pacs_adapters.dicom_scu import Peer, store_instance
 from pacs_adapters.dicomweb import stow_instance
 from pacs_adapters.orthanc_rest import upload_instance
 from pacs_adapters.regional_http import post_semd
+from pacs_adapters.tls import TlsConfigError, client_context
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,29 @@ class Delivery:
     ) -> None:
         self.db, self.store, self.destinations = db, store, destinations
         self.calling_ae, self.timeout_s = calling_ae, timeout_s
+        self._tls_contexts: dict[str, ssl.SSLContext] = {}
 
     def __call__(self, claim: Claim) -> str:
         destination = self.destinations.by_name.get(claim.destination)
         if destination is None:  # retried: the operator may put it back in the file
             raise DeliveryError(f"destination {claim.destination} is no longer configured")
         return self._send(destination, self._payload(claim))
+
+    def _tls(self, destination: DicomDestination) -> ssl.SSLContext | None:
+        """The destination's TLS context, built once (its files are read then)."""
+        if not destination.tls:
+            return None
+        if destination.name not in self._tls_contexts:
+            try:
+                self._tls_contexts[destination.name] = client_context(
+                    destination.ca_file,
+                    destination.client_cert,
+                    destination.client_key,
+                    check_hostname=destination.check_hostname,
+                )
+            except TlsConfigError as exc:  # retried: the operator may fix the files
+                raise DeliveryError(f"{destination.name}: {exc}") from exc
+        return self._tls_contexts[destination.name]
 
     def _payload(self, claim: Claim) -> _Payload:
         with self.db.session() as session:
@@ -73,9 +92,10 @@ class Delivery:
                 destination.ae_title,
                 calling_ae=self.calling_ae,
                 timeout_s=timeout,
+                tls=self._tls(destination),
             )
             status = store_instance(payload.data, peer)
-            return f"C-STORE 0x{status:04X}"
+            return f"C-STORE 0x{status:04X}" + (" over TLS" if peer.tls else "")
         if isinstance(destination, OrthancDestination):
             password = secret(destination.password_env)
             return upload_instance(

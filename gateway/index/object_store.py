@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import urllib3
 from minio import Minio
@@ -51,6 +51,12 @@ class StagedObject:
 
     data: bytes
     temp: Path | None = None  # folder store: the fsynced temp file, until published
+    source: Path | None = None  # staged from this file (``data`` is empty); read again on retry
+    size: int = -1
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.data)
 
 
 class ObjectStore(Protocol):
@@ -61,6 +67,10 @@ class ObjectStore(Protocol):
 
     def stage(self, data: bytes) -> StagedObject:
         """Do the slow part of a write (data + fsync) before the key is known."""
+
+    def stage_file(self, path: Path) -> StagedObject:
+        """:meth:`stage` for bytes in a file (a received instance spooled to disk); the file
+        must stay until the object is published or discarded."""
 
     def publish(self, staged: StagedObject, key: str) -> None:
         """Give a staged object its key; when this returns, it survives a crash under it."""
@@ -131,9 +141,39 @@ class FolderStore:
             raise StorageError(f"cannot write staged object: {exc.strerror or exc}") from exc
         return StagedObject(data, temp)
 
+    def stage_file(self, path: Path) -> StagedObject:
+        staging = self.root / "staging"
+        temp = staging / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        try:
+            staging.mkdir(exist_ok=True)
+            size = path.stat().st_size
+            _link_or_copy(path, temp)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write staged object: {exc.strerror or exc}") from exc
+        return StagedObject(b"", temp, source=path, size=size)
+
+    def put_file(self, key: str, path: Path) -> None:
+        """:meth:`put` from a file, without holding it in memory."""
+        final = self._path(key)
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _copy_synced(path, temp)
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+
     def publish(self, staged: StagedObject, key: str) -> None:
         if staged.temp is None:  # already published once (a retried transaction)
-            self.put(key, staged.data)
+            if staged.source is not None:
+                self.put_file(key, staged.source)
+            else:
+                self.put(key, staged.data)
             return
         final = self._path(key)
         try:
@@ -206,6 +246,28 @@ class FolderStore:
         return f"folder {self.root}"
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both are on one file system (no second copy of a large instance),
+    else a copy; fsynced either way."""
+    try:
+        os.link(source, target)
+    except OSError:
+        _copy_synced(source, target)
+        return
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1024 * 1024)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -260,12 +322,17 @@ class S3Store:
         self._bucket_ready = True
 
     def put(self, key: str, data: bytes) -> None:
+        self._put_stream(key, io.BytesIO(data), len(data))
+
+    def _put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
         check_key(key)
+        start = stream.tell()
         for attempt in range(2):
             self._ensure_bucket()
+            stream.seek(start)
             try:
                 self.client.put_object(
-                    self.bucket, key, io.BytesIO(data), len(data), content_type="application/dicom"
+                    self.bucket, key, stream, size, content_type="application/dicom"
                 )
                 return
             except S3Error as exc:
@@ -280,8 +347,21 @@ class S3Store:
     def stage(self, data: bytes) -> StagedObject:
         return StagedObject(data)  # an S3 PUT is atomic: nothing to do ahead of it
 
+    def stage_file(self, path: Path) -> StagedObject:
+        try:
+            return StagedObject(b"", source=path, size=path.stat().st_size)
+        except OSError as exc:
+            raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
+
     def publish(self, staged: StagedObject, key: str) -> None:
-        self.put(key, staged.data)
+        if staged.source is None:
+            self.put(key, staged.data)
+            return
+        try:
+            with open(staged.source, "rb") as stream:
+                self._put_stream(key, stream, staged.size)
+        except OSError as exc:
+            raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
 
     def discard(self, staged: StagedObject) -> None:
         pass

@@ -6,7 +6,19 @@ sources
     Who may send (calling AE, IP ranges) and from which region; ``sync_directory`` writes
     them into the index.
 scp
-    The DICOM SCP: association gatekeeping, C-ECHO, C-STORE handlers bound to their parts.
+    The DICOM SCP: association gatekeeping, C-ECHO, C-STORE handlers bound to their parts;
+    plain TCP and TLS listeners.
+connections
+    Connections before they are associations: one selector thread accepts, caps connections
+    per peer, completes TLS handshakes and reads the A-ASSOCIATE-RQ under a deadline.
+pdu_limits
+    What one association may make the SCP hold: PDU lengths checked before their bodies are
+    read, command and dataset sizes, unanswered requests.
+tls
+    The TLS listener's context (BCP 195) and the identity of a verified client certificate.
+refusals
+    Why the edge refused or aborted something: reasons, one log line each, counters shared
+    by SCP processes, the association decision the audit log records.
 receive
     :class:`Ingest`: one instance durably into the object store and the index, or a status.
 tags

@@ -14,7 +14,8 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
-from typing import cast
+from pathlib import Path
+from typing import BinaryIO, cast
 
 from pydantic import BaseModel, ConfigDict
 from pydicom import Dataset, dcmread
@@ -77,8 +78,30 @@ class Ingest:
         expected_sop_instance: str | None = None,
     ) -> Outcome:
         """Store one Part-10 encoded instance (file meta + dataset exactly as received)."""
+        return self._receive(_Received(encoded), sender, expected_sop_class, expected_sop_instance)
+
+    def receive_file(
+        self,
+        path: Path,
+        sender: Sender,
+        expected_sop_class: str | None = None,
+        expected_sop_instance: str | None = None,
+    ) -> Outcome:
+        """:meth:`receive` for an instance the SCP spooled to ``path`` (a large one need not
+        fit in memory); the file is read, never moved, and must stay until this returns."""
+        return self._receive(
+            _Received(path=path), sender, expected_sop_class, expected_sop_instance
+        )
+
+    def _receive(
+        self,
+        received: _Received,
+        sender: Sender,
+        expected_sop_class: str | None,
+        expected_sop_instance: str | None,
+    ) -> Outcome:
         try:
-            dataset = _parse(encoded)
+            dataset = _parse(received)
             tags = read_tags(dataset)
             _check_matches_request(tags, expected_sop_class, expected_sop_instance)
         except InvalidInstance as exc:
@@ -90,14 +113,21 @@ class Ingest:
                 sender,
                 tags.study.study_uid,
             )
-        digest = hashlib.sha256(encoded).hexdigest()
         try:
-            return self._store_and_index(encoded, digest, tags, sender)
+            digest = received.sha256()
+            return self._store_and_index(received, digest, tags, sender)
         except InvalidInstance as exc:
             return self._refuse(exc.status, exc.reason, sender, tags.study.study_uid)
         except StorageError as exc:
             return self._refuse(
                 Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, tags.study.study_uid
+            )
+        except OSError as exc:  # the spooled file could not be read back
+            return self._refuse(
+                Status.OUT_OF_RESOURCES,
+                f"spooled instance unreadable: {exc.strerror or exc}",
+                sender,
+                tags.study.study_uid,
             )
         except DatabaseError as exc:
             return self._refuse(
@@ -105,11 +135,11 @@ class Ingest:
             )
 
     def _store_and_index(
-        self, encoded: bytes, digest: str, tags: InstanceTags, sender: Sender
+        self, received: _Received, digest: str, tags: InstanceTags, sender: Sender
     ) -> Outcome:
         # The slow part of the write (data + fsync) happens before the index transaction, so
         # no lock is held meanwhile; the transaction only gives the staged object its key.
-        staged = self.store.stage(encoded)
+        staged = received.stage(self.store)
         try:
             for _attempt in range(3):
                 try:
@@ -217,12 +247,45 @@ class Ingest:
         return Outcome(status, reason, study_uid)
 
 
-def _parse(encoded: bytes) -> Dataset:
+@dataclass(frozen=True)
+class _Received:
+    """One received instance: its bytes in memory, or the file the SCP spooled them to."""
+
+    data: bytes | None = None
+    path: Path | None = None
+
+    def open(self) -> BinaryIO:
+        if self.data is not None:
+            return BytesIO(self.data)
+        assert self.path is not None
+        return open(self.path, "rb")  # the caller closes it
+
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        return self.path.stat().st_size
+
+    def sha256(self) -> str:
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        assert self.path is not None
+        with open(self.path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+
+    def stage(self, store: ObjectStore) -> StagedObject:
+        if self.data is not None:
+            return store.stage(self.data)
+        assert self.path is not None
+        return store.stage_file(self.path)
+
+
+def _parse(received: _Received) -> Dataset:
     try:
-        buffer = BytesIO(encoded)
-        dataset = dcmread(buffer, stop_before_pixels=True)
-        dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
-        _check_pixel_data_whole(encoded, buffer.tell(), dataset)
+        with received.open() as handle:
+            dataset = dcmread(handle, stop_before_pixels=True)
+            dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
+            _check_pixel_data_whole(handle, handle.tell(), received.size(), dataset)
         return dataset
     except InvalidInstance:
         raise
@@ -233,28 +296,44 @@ def _parse(encoded: bytes) -> Dataset:
         ) from exc
 
 
-def _check_pixel_data_whole(encoded: bytes, position: int, dataset: Dataset) -> None:
+def _check_pixel_data_whole(handle: BinaryIO, position: int, size: int, dataset: Dataset) -> None:
     """``stop_before_pixels`` leaves the reader at the Pixel Data element, unread: make sure
     its value arrived whole (a truncated file otherwise parses fine)."""
     meta = getattr(dataset, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if position >= len(encoded) or syntax == DeflatedExplicitVRLittleEndian:
+    if position >= size or syntax == DeflatedExplicitVRLittleEndian:
         return
     order = ">" if syntax == ExplicitVRBigEndian else "<"
     header = 8 if syntax == ImplicitVRLittleEndian else 12
-    (length,) = struct.unpack_from(order + "I", encoded, position + header - 4)
+    handle.seek(position + header - 4)
+    (length,) = struct.unpack(order + "I", handle.read(4))
     if length == 0xFFFFFFFF:  # encapsulated: fragments end with a Sequence Delimitation Item
         delimiter = struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0)
-        if encoded.find(delimiter, position + header) < 0:
+        if not _contains(handle, position + header, size, delimiter):
             raise InvalidInstance(
                 "truncated: encapsulated Pixel Data has no end", Status.CANNOT_UNDERSTAND
             )
-    elif position + header + length > len(encoded):
-        arrived = len(encoded) - position - header
+    elif position + header + length > size:
+        arrived = size - position - header
         raise InvalidInstance(
             f"truncated: Pixel Data declares {length} bytes, {arrived} arrived",
             Status.CANNOT_UNDERSTAND,
         )
+
+
+def _contains(handle: BinaryIO, start: int, end: int, needle: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether ``needle`` occurs in ``[start, end)``, read a chunk at a time from the end
+    (where the delimiter of the last fragment is) so a large instance is never held whole."""
+    position, overlap = end, b""
+    while position > start:
+        begin = max(start, position - chunk)
+        handle.seek(begin)
+        block = handle.read(position - begin) + overlap
+        if needle in block:
+            return True
+        overlap = block[: len(needle) - 1]
+        position = begin
+    return False
 
 
 def _check_matches_request(
@@ -370,7 +449,7 @@ def _instance_values(
         "object_key": key,
         "sop_class_uid": tags.sop_class_uid,
         "transfer_syntax_uid": tags.transfer_syntax_uid,
-        "size_bytes": len(staged.data),
+        "size_bytes": staged.size,
         "sha256": digest,
         "instance_number": tags.instance_number,
         "image_type": tags.image_type,

@@ -1,31 +1,42 @@
 """The DICOM SCP: C-ECHO and C-STORE from known senders, every transfer syntax, stored as
-received.
+received, on a plain TCP port, a TLS port, or both.
 
 Handlers get their dependencies bound explicitly (no globals) and never raise: every
 outcome is a named status from :class:`gateway.dimse_status.Status`, with a reason in the
-response's Error Comment so the sender's log says what went wrong.
+response's Error Comment so the sender's log says what went wrong. Connections reach
+pynetdicom only once they are associations (:mod:`gateway.ingest.connections`), and every
+association runs under :mod:`gateway.ingest.pdu_limits`.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import socketserver
-import threading
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.dimse_status import Status
+from gateway.errors import ConfigError
 from gateway.index.object_store import ObjectStore
+from gateway.ingest.connections import Admission, AdmissionLimits, EdgeListener
+from gateway.ingest.pdu_limits import GuardedSocket
 from gateway.ingest.receive import Ingest, Sender
-from gateway.ingest.sources import SourceDirectory
+from gateway.ingest.refusals import (
+    AssociationDecision,
+    AuditHook,
+    EdgeCounters,
+    EdgeReport,
+    Refusal,
+)
+from gateway.ingest.sources import Source, SourceCheck, SourceDirectory
+from gateway.ingest.tls import TlsIdentity, listener_context
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +70,30 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 _REJECT_PERMANENT, _REJECT_TRANSIENT = 0x01, 0x02
 _BY_SERVICE_USER, _BY_PRESENTATION_PROVIDER = 0x01, 0x03
-_CALLING_AE_NOT_RECOGNISED, _CALLED_AE_NOT_RECOGNISED = 0x03, 0x07
+_NO_REASON, _CALLING_AE_NOT_RECOGNISED, _CALLED_AE_NOT_RECOGNISED = 0x01, 0x03, 0x07
 _LOCAL_LIMIT_EXCEEDED = 0x02
+_PERMANENT = (_REJECT_PERMANENT, _BY_SERVICE_USER, _NO_REASON)
+_BUSY = (_REJECT_TRANSIENT, _BY_PRESENTATION_PROVIDER, _LOCAL_LIMIT_EXCEEDED)
+_REJECTIONS: dict[Refusal, tuple[int, int, int]] = {
+    Refusal.CALLED_AE: (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLED_AE_NOT_RECOGNISED),
+    Refusal.CALLING_AE: (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED),
+    Refusal.PEER_ADDRESS: (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED),
+    Refusal.TLS_IDENTITY: _PERMANENT,
+    Refusal.STORE_FULL: _BUSY,
+    Refusal.ASSOCIATION_LIMIT: _BUSY,
+}
+_BY_CHECK = {
+    SourceCheck.CALLING_AE: Refusal.CALLING_AE,
+    SourceCheck.PEER_ADDRESS: Refusal.PEER_ADDRESS,
+    SourceCheck.TLS_IDENTITY: Refusal.TLS_IDENTITY,
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    source: Source | None
+    refusal: Refusal | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,47 +103,89 @@ class Gatekeeper:
     called_ae: str
     directory: SourceDirectory
     store: ObjectStore
+    max_associations: int
 
-    def refusal(
-        self, calling_ae: str, called_ae: str, address: str
-    ) -> tuple[str, tuple[int, int, int]] | None:
-        """None to accept; else the reason and the A-ASSOCIATE-RJ (result, source, reason)."""
+    def decide(
+        self,
+        calling_ae: str,
+        called_ae: str,
+        address: str,
+        identity: TlsIdentity | None,
+        associations: int,
+    ) -> Verdict:
+        """``identity`` is None for plain TCP; ``associations`` counts this one."""
         if called_ae != self.called_ae and not self.directory.open_mode:
-            return (
-                f"called AE {called_ae!r} is not ours ({self.called_ae!r})",
-                (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLED_AE_NOT_RECOGNISED),
-            )
-        if self.directory.match(calling_ae, address) is None:
-            return (
-                f"calling AE {calling_ae!r} from {address} is not a configured source",
-                (_REJECT_PERMANENT, _BY_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED),
-            )
+            why = f"called AE {called_ae!r} is not ours ({self.called_ae!r})"
+            return Verdict(None, Refusal.CALLED_AE, why)
+        source = self.directory.match(calling_ae, address, identity)
+        if source is None:
+            check, why = self.directory.why_not(calling_ae, address, identity)
+            return Verdict(None, _BY_CHECK[check], why)
+        if associations > self.max_associations:
+            why = f"{associations - 1} associations open, at most {self.max_associations}"
+            return Verdict(source, Refusal.ASSOCIATION_LIMIT, why)
         if not self.store.has_room():
-            return (
-                "object store below its free-space floor",
-                (_REJECT_TRANSIENT, _BY_PRESENTATION_PROVIDER, _LOCAL_LIMIT_EXCEEDED),
-            )
-        return None
+            return Verdict(source, Refusal.STORE_FULL, "object store below its free-space floor")
+        return Verdict(source)
 
 
-def _on_requested(event: Event, gatekeeper: Gatekeeper) -> None:
-    assoc = event.assoc
+def _on_requested(event: Event, gatekeeper: Gatekeeper, report: EdgeReport) -> None:
+    # pynetdicom logs a handler's exception and then accepts the association: fail closed.
+    try:
+        _check_request(event.assoc, gatekeeper, report)
+    except Exception:
+        log.exception("association check failed; rejecting it")
+        _reject(event.assoc, _BUSY)
+
+
+def _check_request(assoc: Any, gatekeeper: Gatekeeper, report: EdgeReport) -> None:
     request = assoc.requestor.primitive
     if request is None:
         return
     calling = _ae(request.calling_ae_title)
     called = _ae(request.called_ae_title)
     address = str(assoc.requestor.address)
-    refusal = gatekeeper.refusal(calling, called, address)
-    if refusal is None:
-        log.info("association accepted", extra={"calling_ae": calling, "peer": address})
-        return
-    reason, (result, source, diagnostic) = refusal
-    log.warning(
-        "association rejected",
-        extra={"calling_ae": calling, "called_ae": called, "peer": address, "reason": reason},
+    identity = _guarded(assoc).identity
+    verdict = gatekeeper.decide(calling, called, address, identity, _acceptors(assoc.ae))
+    _audit(
+        report,
+        AssociationDecision(
+            accepted=verdict.refusal is None,
+            peer=address,
+            calling_ae=calling,
+            called_ae=called,
+            tls=identity is not None,
+            tls_subject=identity.subject if identity else None,
+            source=verdict.source.name if verdict.source else None,
+            region=verdict.source.region if verdict.source else None,
+            reason=verdict.refusal,
+            detail=verdict.reason,
+        ),
     )
-    assoc.acse.send_reject(result, source, diagnostic)
+    if verdict.refusal is None:
+        log.info(
+            "association accepted",
+            extra={"calling_ae": calling, "peer": address, "tls": identity is not None},
+        )
+        return
+    report.refused(verdict.refusal, address, verdict.reason, calling_ae=calling)
+    _reject(assoc, _REJECTIONS[verdict.refusal])
+
+
+def _audit(report: EdgeReport, decision: AssociationDecision) -> None:
+    try:
+        report.decided(decision)
+    except Exception:
+        # The audit log is in the index: when it cannot be written, neither can an instance
+        # (each C-STORE answers 0xA700 "database: …"), so the association goes on and the
+        # decision is kept in the log instead.
+        log.exception(
+            "association audit failed", extra={"decision": decision.model_dump(mode="json")}
+        )
+
+
+def _reject(assoc: Any, rejection: tuple[int, int, int]) -> None:
+    assoc.acse.send_reject(*rejection)
     # As pynetdicom does for its own rejections: stopping the DUL flushes the A-ASSOCIATE-RJ
     # before the socket closes (otherwise the peer sees an abort, not the reason).
     evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -118,24 +193,39 @@ def _on_requested(event: Event, gatekeeper: Gatekeeper) -> None:
 
 
 def _on_store(
-    event: Event, ingest: Ingest, directory: SourceDirectory, source_ids: dict[str, int]
+    event: Event,
+    ingest: Ingest,
+    directory: SourceDirectory,
+    source_ids: dict[str, int],
+    report: EdgeReport,
+    max_instance: int,
 ) -> Dataset:
     assoc = event.assoc
     calling, address = _ae(assoc.requestor.ae_title), str(assoc.requestor.address)
     try:
-        source = directory.match(calling, address)
+        guarded = _guarded(assoc)
+        request = cast(C_STORE, event.request)
+        drained = guarded.limits.take_oversized(int(cast(int, request.MessageID)))
+        if drained is not None:
+            report.refused(
+                Refusal.INSTANCE_TOO_LARGE,
+                address,
+                f"dataset of {drained} bytes or more; max_instance_bytes is {max_instance}",
+                calling_ae=calling,
+            )
+            return _response(Status.OUT_OF_RESOURCES, f"instance over {max_instance} bytes")
+        source = directory.match(calling, address, guarded.identity)
         if source is None:  # the association was accepted, so configuration changed since
             return _response(Status.OUT_OF_RESOURCES, "source no longer configured")
         sender = Sender(
             source=source, source_id=source_ids[source.name], calling_ae=calling, address=address
         )
-        request = cast(C_STORE, event.request)
-        outcome = ingest.receive(
-            event.encoded_dataset(include_meta=True),
-            sender,
-            expected_sop_class=str(request.AffectedSOPClassUID),
-            expected_sop_instance=str(request.AffectedSOPInstanceUID),
-        )
+        expected = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+        spooled = event.dataset_path  # None when chunked receiving is off
+        if spooled is not None:
+            outcome = ingest.receive_file(Path(spooled), sender, *expected)
+        else:
+            outcome = ingest.receive(event.encoded_dataset(include_meta=True), sender, *expected)
         return _response(outcome.status, outcome.reason)
     except Exception:
         # Not the data's fault as far as we know: answer "try again later", keep serving.
@@ -156,34 +246,24 @@ def _ae(value: Any) -> str:
     return text.strip()
 
 
-class _NoDelayServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket: without it a C-STORE response waits on
-    Nagle's algorithm and loopback throughput falls to ~20 instances/s."""
-
-    reuse_port = False
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def shutdown(self) -> None:
-        # pynetdicom's own shutdown expects servers started through AE.start_server.
-        socketserver.BaseServer.shutdown(self)
-        self.server_close()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
+def _guarded(assoc: Any) -> GuardedSocket:
+    guarded = assoc.dul.socket
+    if not isinstance(guarded, GuardedSocket):
+        raise TypeError("association without the edge's socket wrapper")
+    return guarded
 
 
-class _SharedPortServer(_NoDelayServer):
-    reuse_port = True
+def _acceptors(ae: AE) -> int:
+    return sum(1 for assoc in ae.active_associations if assoc.is_acceptor)
 
 
 class DicomServer:
-    """A running SCP bound to ``settings.dicom_host:dicom_port``."""
+    """The running SCP: the plain listener on ``dicom_port`` (unless ``dicom_plain_enabled``
+    is false), the TLS listener on ``dicom_tls_port`` (when not 0), one admission thread.
+
+    ``counters`` are shared with the other SCP processes and ``/metrics``; ``audit`` records
+    association decisions (the composition root passes the audit log's writer).
+    """
 
     def __init__(
         self,
@@ -194,47 +274,115 @@ class DicomServer:
         store: ObjectStore,
         *,
         shared_port: bool = False,
+        counters: EdgeCounters | None = None,
+        audit: AuditHook | None = None,
     ) -> None:
+        _check_tls_sources(settings, directory)
         self.settings = settings
+        self.report = EdgeReport(counters or EdgeCounters(), audit)
         self.ae = _build_ae(settings)
+        gatekeeper = Gatekeeper(settings.ae_title, directory, store, settings.max_associations)
         handlers: list[Any] = [
-            (evt.EVT_REQUESTED, _on_requested, [Gatekeeper(settings.ae_title, directory, store)]),
-            (evt.EVT_C_STORE, _on_store, [ingest, directory, source_ids]),
+            (evt.EVT_REQUESTED, _on_requested, [gatekeeper, self.report]),
+            (
+                evt.EVT_C_STORE,
+                _on_store,
+                [ingest, directory, source_ids, self.report, settings.max_instance_bytes],
+            ),
         ]
-        server_class = _SharedPortServer if shared_port else _NoDelayServer
-        self.server: ThreadedAssociationServer = self.ae.make_server(
-            (settings.dicom_host, settings.dicom_port),
-            ae_title=settings.ae_title,
-            evt_handlers=handlers,
-            server_class=server_class,
+        self.admission = Admission(
+            AdmissionLimits(
+                request_timeout_s=settings.dicom_request_timeout_s,
+                per_peer=settings.max_connections_per_peer,
+                network_timeout_s=settings.network_timeout_s,
+                max_pdu=settings.max_pdu_bytes,
+                max_instance=settings.max_instance_bytes,
+            ),
+            self.report,
+            self._associated_from,
         )
-        self._thread: threading.Thread | None = None
+        tls = listener_context(settings)  # a bad key file fails before any port is bound
+        self.listeners: dict[str, EdgeListener] = {}
+        if settings.dicom_plain_enabled:
+            self.listeners["plain"] = self._listen(settings.dicom_port, None, handlers, shared_port)
+        if tls is not None:
+            self.listeners["tls"] = self._listen(
+                settings.dicom_tls_port, tls, handlers, shared_port
+            )
+        for listener in self.listeners.values():
+            self.admission.add(listener)
+
+    def _listen(
+        self, port: int, tls: ssl.SSLContext | None, handlers: list[Any], shared_port: bool
+    ) -> EdgeListener:
+        return cast(
+            EdgeListener,
+            self.ae.make_server(
+                (self.settings.dicom_host, port),
+                ae_title=self.settings.ae_title,
+                evt_handlers=handlers,
+                server_class=EdgeListener,
+                tls=tls,
+                reuse_port=shared_port,
+            ),
+        )
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        """The plain TCP port (the TLS port when the gateway is TLS-only)."""
+        return (self.listeners.get("plain") or self.listeners["tls"]).port
+
+    @property
+    def tls_port(self) -> int | None:
+        listener = self.listeners.get("tls")
+        return listener.port if listener else None
+
+    def _associated_from(self, peer: str) -> int:
+        return sum(
+            1
+            for assoc in self.ae.active_associations
+            if assoc.is_acceptor
+            and assoc.requestor.address_info is not None
+            and assoc.requestor.address == peer
+        )
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="dicom-scp", daemon=True
-        )
-        self._thread.start()
+        self.admission.start()
         log.info(
-            "DICOM SCP listening", extra={"ae_title": self.settings.ae_title, "port": self.port}
+            "DICOM SCP listening",
+            extra={
+                "ae_title": self.settings.ae_title,
+                "port": self.port,
+                "tls_port": self.tls_port,
+            },
         )
 
     def serve_forever(self) -> None:
-        self.server.serve_forever()
+        self.admission.run()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self.admission.stop()
+
+
+def _check_tls_sources(settings: Settings, directory: SourceDirectory) -> None:
+    named = directory.names_tls_identities
+    if named and settings.dicom_tls_client_ca_file is None:
+        raise ConfigError(
+            f"sources {', '.join(named)} name TLS client certificates, but "
+            "dicom_tls_client_ca_file is not set: no client certificate would be asked for"
+        )
 
 
 def _build_ae(settings: Settings) -> AE:
+    # Received C-STORE datasets go to a temporary file (in $TMPDIR), not memory: a 1 GB
+    # tomosynthesis instance must not cost 1 GB per association. pynetdicom keeps this in a
+    # process-global flag; it is set here, where every SCP of the process is built, and
+    # nothing in the gateway receives C-STORE any other way (SCUs only send).
+    _config.STORE_RECV_CHUNKED_DATASET = True
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_bytes
+    # The gatekeeper enforces the limit (and logs, counts and audits it); pynetdicom's own
+    # check counts the same threads and stays as a backstop.
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_s
     ae.acse_timeout = settings.network_timeout_s

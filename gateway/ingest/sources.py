@@ -8,6 +8,7 @@ is refused as a whole with the reason, never half applied.
 from __future__ import annotations
 
 import ipaddress
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 from sqlalchemy import select
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from gateway.errors import ConfigError
 from gateway.index.database import Database
 from gateway.index.tables import RegionRow, SourceRow
+from gateway.ingest.tls import TlsIdentity, normalise_fingerprint
 from gateway.uids import is_valid_uid
 from models.yaml_file import load_model
 
@@ -32,6 +35,14 @@ AETitle = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=
 
 OPEN_SOURCE_NAME = "open"
 OPEN_REGION = "00"
+
+
+class SourceCheck(StrEnum):
+    """The check of the source directory that refused a sender."""
+
+    CALLING_AE = "calling_ae"
+    PEER_ADDRESS = "peer_address"
+    TLS_IDENTITY = "tls_identity"
 
 
 class Region(BaseModel):
@@ -55,12 +66,52 @@ class Source(BaseModel):
     frmo_oid: str | None = Field(default=None, description="The organisation's OID in ФРМО.")
     region: RegionCode
     quiet_period_s: float | None = Field(default=None, gt=0)
+    tls_subject: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Subject CN of the client certificate; when set, only TLS with it.",
+    )
+    tls_fingerprint_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the client certificate (hex, colons allowed); when set, "
+        "only TLS with that certificate.",
+    )
 
     @model_validator(mode="after")
     def _oid_is_an_oid(self) -> Source:
         if self.frmo_oid is not None and not is_valid_uid(self.frmo_oid):
             raise ValueError(f"frmo_oid {self.frmo_oid!r} is not a dotted-number OID")
         return self
+
+    @field_validator("tls_fingerprint_sha256")
+    @classmethod
+    def _fingerprint_is_sha256(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_fingerprint(value)
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.tls_subject is not None or self.tls_fingerprint_sha256 is not None
+
+    def tls_mismatch(self, identity: TlsIdentity | None) -> str | None:
+        """None when the connection satisfies this source's TLS requirement; else why not."""
+        if not self.requires_tls:
+            return None
+        if identity is None:
+            return f"source {self.name!r} sends over TLS only; this association is plain TCP"
+        if identity.fingerprint_sha256 is None:
+            return f"source {self.name!r} needs a client certificate; none was presented"
+        if self.tls_subject is not None and identity.subject != self.tls_subject:
+            return (
+                f"client certificate {identity.describe()} is not source {self.name!r}'s "
+                f"CN={self.tls_subject}"
+            )
+        if (
+            self.tls_fingerprint_sha256 is not None
+            and identity.fingerprint_sha256 != self.tls_fingerprint_sha256
+        ):
+            return f"client certificate fingerprint is not source {self.name!r}'s"
+        return None
 
     def admits(self, address: str) -> bool:
         if not self.hosts:
@@ -125,12 +176,39 @@ class SourceDirectory:
         if unknown:
             raise ConfigError(f"sources name regions missing from the regions file: {unknown}")
 
-    def match(self, calling_ae: str, address: str) -> Source | None:
-        """The source for this calling AE at this address, or None when it is not allowed."""
+    def match(
+        self, calling_ae: str, address: str, identity: TlsIdentity | None = None
+    ) -> Source | None:
+        """The source for this calling AE at this address over this connection (``identity``
+        None: plain TCP), or None when it is not allowed."""
         for source in self.sources:
-            if source.ae_title == calling_ae and source.admits(address):
+            if (
+                source.ae_title == calling_ae
+                and source.admits(address)
+                and source.tls_mismatch(identity) is None
+            ):
                 return source
         return OPEN_SOURCE if self.open_mode else None
+
+    def why_not(
+        self, calling_ae: str, address: str, identity: TlsIdentity | None
+    ) -> tuple[SourceCheck, str]:
+        """Which check refused this sender (call when :meth:`match` gave None)."""
+        named = [s for s in self.sources if s.ae_title == calling_ae]
+        if not named:
+            return SourceCheck.CALLING_AE, f"calling AE {calling_ae!r} is not a configured source"
+        placed = [s for s in named if s.admits(address)]
+        if not placed:
+            return (
+                SourceCheck.PEER_ADDRESS,
+                f"calling AE {calling_ae!r} may not send from {address}",
+            )
+        reasons = [s.tls_mismatch(identity) or "" for s in placed]
+        return SourceCheck.TLS_IDENTITY, "; ".join(reasons)
+
+    @property
+    def names_tls_identities(self) -> list[str]:
+        return [s.name for s in self.sources if s.requires_tls]
 
     def by_name(self, name: str) -> Source | None:
         if name == OPEN_SOURCE_NAME:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,8 @@ from gateway.delivery.outbox import list_outbox
 from gateway.demo.synthetic import SyntheticStudy, chest_xray_study, ct_chest_study
 from gateway.results.build import results_of
 from gateway.settings import Settings
-from tests.services import ROOT, RegionalSystem, free_port, require_tool, wait_for_port
+from tests.services import ROOT, RegionalSystem, free_port
+from tests.services.orthanc import Orthanc as OrthancProcess
 from workers.cli import main
 from workers.serve import Gateway
 
@@ -43,32 +43,16 @@ ORTHANC_AET = "IRK_CAMI"  # Orthanc calls the gateway as the Irkutsk archive (so
 
 
 class Orthanc:
+    """The harness's Orthanc as the regional archive, and what this test asks of it."""
+
     def __init__(self, work: Path, gateway_port: int) -> None:
-        self.http_port, self.dicom_port = free_port(), free_port()
-        work.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "irk-cami-test",
-            "StorageDirectory": str(work / "storage"),
-            "IndexDirectory": str(work / "index"),
-            "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": ORTHANC_AET,
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomModalities": {"aigw": ["AIGW", "127.0.0.1", gateway_port]},
-            "Plugins": [],
-        }
-        (work / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(work / "orthanc.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [require_tool("Orthanc"), str(work / "orthanc.json")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        modalities = {"aigw": ["AIGW", "127.0.0.1", gateway_port]}
+        self.server = OrthancProcess(
+            work, ORTHANC_AET, {"Name": "irk-cami-test", "DicomModalities": modalities}
         )
-        wait_for_port(self.http_port, process=self.process)
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
+        self.server.start()
+        self.dicom_port = self.server.dicom_port
+        self.http = httpx.Client(base_url=self.server.url, timeout=60)
 
     def upload(self, study: SyntheticStudy) -> str:
         for dataset in study.datasets:
@@ -93,9 +77,7 @@ class Orthanc:
 
     def stop(self) -> None:
         self.http.close()
-        self.process.terminate()
-        self.process.wait(timeout=20)
-        self.log.close()
+        self.server.stop()
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:

@@ -1,21 +1,26 @@
-"""One ingest flow through every storage combination: folder or S3 (moto over HTTP) for the
-objects, SQLite or a private PostgreSQL for the index. DCMTK storescu is the sender."""
+"""One ingest flow through every storage combination: folder or S3 (SeaweedFS over HTTP) for
+the objects, SQLite or a private PostgreSQL for the index. DCMTK storescu is the sender. And
+the harness's two servers keep what they acknowledged across a hard stop and a start on the
+same port."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pydicom
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from minio import Minio
 from sqlalchemy import select
+from urllib3.exceptions import HTTPError
 
 from gateway.index.database import Database
 from gateway.index.tables import Base, InstanceRow, SeriesRow, SourceRow, StudyRow
@@ -186,3 +191,61 @@ def test_postgresql_schema_diff_is_detected(pg: Postgres) -> None:
         assert any(op[0] == "add_column" and op[3].name == "rows" for op in diff), diff
     finally:
         db.dispose()
+
+
+# --- the harness's servers keep what they acknowledged across a restart ------------------------
+
+
+def _put(server: S3Server, bucket: str, key: str, data: bytes) -> None:
+    server.client().put_object(bucket, key, io.BytesIO(data), len(data))
+
+
+def _get(server: S3Server, bucket: str, key: str) -> bytes:
+    response = server.client().get_object(bucket, key)
+    try:
+        return bytes(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def test_s3_objects_survive_a_stop_and_a_kill_of_the_server(tmp_path: Path) -> None:
+    with s3_server(tmp_path / "s3") as server:
+        endpoint, bucket = server.endpoint, "aigw-restart"
+        server.client().make_bucket(bucket)
+        first, second = b"\x01" * 3_000_000, b"\x02" * 1000  # several chunks, and one
+        _put(server, bucket, "studies/first.dcm", first)
+
+        server.stop()
+        probe = server.client(retries=False)
+        with pytest.raises(HTTPError, match="Connection refused"):
+            probe.bucket_exists(bucket)
+        server.start()
+        assert server.endpoint == endpoint
+        assert _get(server, bucket, "studies/first.dcm") == first
+        _put(server, bucket, "studies/second.dcm", second)
+
+        server.kill()  # acknowledged a moment ago, then the process dies
+        server.start()
+        assert _get(server, bucket, "studies/first.dcm") == first
+        assert _get(server, bucket, "studies/second.dcm") == second
+        assert server.object_count(bucket, "studies/") == 2
+
+
+def test_postgres_keeps_committed_rows_across_an_immediate_stop(pg: Postgres) -> None:
+    url = pg.create_database(f"aigw_restart_{uuid.uuid4().hex[:8]}")
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("CREATE TABLE kept (n integer)")
+        connection.execute("INSERT INTO kept VALUES (1), (2)")
+    open_transaction = psycopg.connect(dsn)
+    open_transaction.execute("INSERT INTO kept VALUES (3)")  # never committed
+
+    pg.stop()  # -m immediate: no checkpoint, the next start replays the WAL
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=2)
+    pg.start()
+    open_transaction.close()  # its server died under it: nothing to commit or send
+    with psycopg.connect(dsn) as connection:
+        rows = connection.execute("SELECT n FROM kept ORDER BY n").fetchall()
+    assert rows == [(1,), (2,)]

@@ -4,7 +4,6 @@ scanner files in ../shared/data/dicom, each proposed in its own transfer syntax.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import subprocess
 import threading
@@ -27,11 +26,10 @@ from sqlalchemy import select
 
 from gateway.index.tables import InstanceRow, SeriesRow, SourceRow, StudyRow
 from tests.services import (
-    free_port,
+    Storescp,
     require_shared_data,
     require_tool,
     storescu,
-    wait_for_port,
 )
 from workers.serve import Gateway
 
@@ -100,21 +98,12 @@ def _same_value(sent: object, received: object) -> bool:
 def reference_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """DCMTK storescp in bit-preserving mode: writes each dataset exactly as it came off
     the wire, the yardstick for "stored as received"."""
-    tool = require_tool("storescp")
-    port, folder = free_port(), tmp_path / "storescp"
-    folder.mkdir()
-    process = subprocess.Popen(
-        [tool, "-B", "+xa", "-pm", "-od", str(folder), str(port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    scp = Storescp(tmp_path / "storescp", options=["-B", "+xa", "-pm"])
+    scp.start()
     try:
-        wait_for_port(port, process=process)
-        yield port, folder
+        yield scp.port, scp.folder
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        scp.stop()
 
 
 def dataset_bytes(part10: bytes) -> bytes:

@@ -22,8 +22,7 @@ from gateway.jobs.states import JobState, report_due
 from gateway.jobs.task_queue import CeleryTasks, create_celery
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
-from tests.redis_broker import RedisBroker, redis_broker
-from tests.services import ROOT, free_port, make_uid
+from tests.services import ROOT, RedisServer, free_port, make_uid, redis_server
 from workers.serve import Gateway
 
 pytestmark = pytest.mark.skipif(
@@ -47,8 +46,8 @@ class Routed:
 
 
 @pytest.fixture
-def broker() -> Iterator[RedisBroker]:
-    with redis_broker() as server:
+def broker() -> Iterator[RedisServer]:
+    with redis_server() as server:
         yield server
 
 
@@ -56,7 +55,7 @@ def broker() -> Iterator[RedisBroker]:
 def routed(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Gateway],
-    broker: RedisBroker,
+    broker: RedisServer,
 ) -> Routed:
     """A gateway with no worker and no re-drive of its own: two chest X-ray studies routed,
     their jobs recorded and due."""
@@ -96,7 +95,7 @@ def redrive(gateway: Gateway, broker_url: str, tasks_url: str | None = None) -> 
 
 
 def test_due_tasks_are_sent_once_and_again_when_the_broker_restarted(
-    routed: Routed, broker: RedisBroker
+    routed: Routed, broker: RedisServer
 ) -> None:
     driver = redrive(routed.gateway, broker.url)
     assert driver.run_once() == 2  # recorded due: sent
@@ -127,7 +126,7 @@ def test_due_tasks_are_sent_once_and_again_when_the_broker_restarted(
 
 
 def test_a_send_that_fails_is_due_again_after_a_bounded_backoff(
-    routed: Routed, broker: RedisBroker
+    routed: Routed, broker: RedisServer
 ) -> None:
     # The watch sees a live broker, the sends go to a port where none listens.
     driver = redrive(routed.gateway, broker.url, tasks_url=f"redis://127.0.0.1:{free_port()}/0")
@@ -155,7 +154,7 @@ def test_a_send_that_fails_is_due_again_after_a_bounded_backoff(
 
 
 def test_an_inferred_job_without_results_gets_its_report_sent_when_due(
-    routed: Routed, broker: RedisBroker
+    routed: Routed, broker: RedisServer
 ) -> None:
     driver = redrive(routed.gateway, broker.url)
     assert driver.run_once() == 2
@@ -257,3 +256,20 @@ def test_a_whole_study_job_reads_every_series_it_was_routed(
         assert sorted(job.series_uids) == sorted({ds.SeriesInstanceUID for ds in study.datasets})
     finally:
         gateway.stop()
+
+
+def test_a_lost_broker_is_tried_again_within_the_longest_backoff(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """kombu alone waits up to 30 s between tries (Celery's worker passes no bound)."""
+    settings = make_settings(
+        broker_url=f"redis://127.0.0.1:{free_port()}/0", retry_max_backoff_s=0.3
+    )
+    waits: list[float] = []
+    connection = create_celery(settings).connection_for_write()
+    try:
+        with pytest.raises(Exception, match=r"Connection refused|Error 111"):
+            connection.ensure_connection(lambda _exc, wait: waits.append(wait), 6)
+    finally:
+        connection.release()
+    assert len(waits) >= 5 and max(waits) <= 0.3

@@ -35,10 +35,10 @@ from gateway.index.tables import (
     StudyRow,
 )
 from gateway.jobs.states import JobState
-from tests.redis_broker import RedisBroker
 from tests.services import (
     ROOT,
     Postgres,
+    RedisServer,
     RegionalSystem,
     S3Server,
     free_port,
@@ -297,7 +297,7 @@ class HealthWatch:
 class HealCluster:
     work: Path
     pg: Postgres
-    redis: RedisBroker
+    redis: RedisServer
     s3: S3Server
     archive: Archive
     regional: RegionalSystem

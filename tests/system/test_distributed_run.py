@@ -1,7 +1,8 @@
 """The distributed mode run here without Docker, every part a separate process: PostgreSQL,
-Redis, an S3 server over HTTP, ``aigw serve`` (no embedded worker) and two ``aigw worker``
-processes. A mixed set of synthetic studies goes in by DCMTK storescu; the results come back
-to an archive (DCMTK storescp) and the SEMDs to an HTTP receiver in this process.
+Redis, an S3 server (SeaweedFS) over HTTP, ``aigw serve`` (no embedded worker) and two
+``aigw worker`` processes. A mixed set of synthetic studies goes in by DCMTK storescu; the
+results come back to an archive (DCMTK storescp) and the SEMDs to an HTTP receiver in this
+process.
 
 The faults, in order, on the one running cluster: a worker killed with SIGKILL in the middle
 of a task (the task is delivered again, each result arrives once); PostgreSQL stopped for a
@@ -24,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
-import redis
 import yaml
 from sqlalchemy import select
 
@@ -47,15 +46,16 @@ from tests.services import (
     S3_CREDENTIALS,
     GatewayProcess,
     Postgres,
+    RedisServer,
     RegionalSystem,
     S3Server,
+    Storescp,
     free_port,
     gateway_env,
     postgres_server,
     require_tool,
     s3_server,
     storescu,
-    wait_for_port,
 )
 
 pytestmark = [
@@ -73,108 +73,6 @@ SETTLE_TIMEOUT_S = 150.0  # a bound on each wait, not a measurement: failures sa
 LOST_JOB_BOUND_S = 120  # re-sent within seconds of Redis's return, then the jobs themselves
 
 
-# --- the parts this test starts beside tests/services.py -------------------------------------
-
-
-@dataclass
-class RedisServer:
-    """A non-persistent Redis (as a broker is usually run) that can be restarted in place."""
-
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                require_tool("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, process=self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    def describe(self) -> dict[str, str]:
-        client = redis.Redis(port=self.port, decode_responses=True)
-        try:
-            return {str(key): str(client.type(key)) for key in client.scan_iter()}
-        finally:
-            client.close()
-
-    def waiting_messages(self) -> int:
-        """Messages queued and not yet taken by a worker, on every queue and priority."""
-        client = redis.Redis(port=self.port, decode_responses=True)
-        try:
-            lists = [
-                str(key)
-                for key in client.scan_iter()
-                if not str(key).startswith("_kombu") and client.type(key) == "list"
-            ]
-            total = 0
-            for key in lists:
-                total += int(client.llen(key))
-            return total
-        finally:
-            client.close()
-
-
-@dataclass
-class Archive:
-    """DCMTK storescp: each received instance in its own file (-uf), so a second copy of the
-    same SOP Instance shows up as a second file instead of overwriting the first."""
-
-    folder: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self, log: Path) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                require_tool("storescp"),
-                "-aet",
-                ARCHIVE_AET,
-                "-od",
-                str(self.folder),
-                "-uf",
-                "+xa",
-                str(self.port),
-            ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, process=self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    def received(self) -> list[str]:
-        """SOP Instance UIDs of every file received, one entry per copy."""
-        return [
-            str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            for path in sorted(self.folder.iterdir())
-            if path.is_file()
-        ]
-
-
 # --- the cluster ---------------------------------------------------------------------------
 
 
@@ -184,7 +82,7 @@ class Cluster:
     postgres: Postgres
     redis: RedisServer
     s3: S3Server
-    archive: Archive
+    archive: Storescp
     regional: RegionalSystem
     gateway: GatewayProcess
     env: dict[str, str]
@@ -242,8 +140,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_tool("storescu")
     work = tmp_path_factory.mktemp("distributed")
     with postgres_server() as pg, s3_server() as s3:
-        broker = RedisServer(free_port())
-        archive = Archive(work / "archive", free_port())
+        broker = RedisServer()
+        archive = Storescp(work / "archive", ARCHIVE_AET, ["-uf", "+xa"])  # a file per copy
         regional = RegionalSystem()
         broker.start()
         archive.start(work / "storescp.log")

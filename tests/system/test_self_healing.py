@@ -1,9 +1,10 @@
-"""A gateway that heals itself, tried with real parts on one cluster (tests/system/heal_cluster):
+"""A gateway that heals itself, tried with real parts on one cluster (heal_cluster.py):
 ``aigw serve`` and two ``aigw worker`` processes started before PostgreSQL, Redis and the
 S3 server answer (and before the schema exists); then, under load, PostgreSQL stopped with
-``-m immediate`` and restarted, and Redis killed with SIGKILL and restarted without and with
-AOF. Each scenario asserts: every acknowledged instance indexed with its object, every study
-delivered and every job ended exactly once after the dependency returns, within the bound
+``-m immediate`` and restarted, the S3 server (SeaweedFS) stopped and restarted with its
+data, and Redis killed with SIGKILL and restarted without and with AOF. Each scenario
+asserts: every acknowledged instance indexed with its object, every study delivered and
+every job ended exactly once after the dependency returns, within the bound
 (``RECOVERY_BOUND_S`` beyond the same work without a fault), no gateway process restarted,
 health degraded during the outage and healthy after. The measured times are printed and
 written up in docs/distributed-run.md."""
@@ -11,7 +12,6 @@ written up in docs/distributed-run.md."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from gateway.index.object_store import S3Store
-from tests.redis_broker import RedisBroker
 from tests.services import (
     ROOT,
     S3_CREDENTIALS,
+    RedisServer,
     RegionalSystem,
     gateway_env,
     postgres_server,
@@ -91,8 +91,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealCluster]:
     with postgres_server() as pg, s3_server() as s3:
         pg.stop()  # the database exists, empty; nothing answers on its port
         s3.stop()
-        redis = RedisBroker(work / "redis")
-        (work / "redis").mkdir()
+        redis = RedisServer()
         archive, regional = Archive(work / "archive"), RegionalSystem()
         archive.start(work / "storescp.log")
         regional.start()
@@ -205,8 +204,7 @@ def _assert_each_once(cluster: HealCluster, uids: list[str], *batches: Sent) -> 
     acknowledged = [uid for sent in batches for uid in sent.acknowledged.values()]
     keys = indexed_objects(cluster.db, acknowledged)
     assert sorted(keys) == sorted(set(acknowledged))
-    store = S3Store(cluster.s3.endpoint, S3_CREDENTIALS["s3_access_key"],
-                    S3_CREDENTIALS["s3_secret_key"], "aigw")  # fmt: skip
+    store = _store(cluster)
     assert all(store.exists(key) for key in keys.values())
     endings = job_endings(cluster.db, uids)
     assert endings and all(ends == ["inferred"] for ends in endings.values()), endings
@@ -295,6 +293,60 @@ def test_postgresql_stopped_under_load_loses_nothing_and_everything_moves_on(
     }
 
 
+def test_the_object_store_stopped_under_load_leaves_no_orphan_and_everything_moves_on(
+    cluster: HealCluster,
+) -> None:
+    pids = cluster.pids()
+    before = [fluorography(450 + n) for n in range(4)]
+    during = [fluorography(460 + n) for n in range(2)]
+    sent = send_parallel(cluster.dicom_port, study_files(before, cluster.work / "in" / "s3"))
+    assert len(sent.acknowledged) == len(before) and not sent.refused
+    uids = [s.study_instance_uid for s in before]
+    with HealthWatch(cluster.health_url) as health:
+
+        def analysing() -> bool:
+            found = progress(cluster.db, uids) or {}
+            return any(state != "queued" for p in found.values() for state in p.jobs.values())
+
+        wait_until(analysing, lambda: f"a job to start: {progress(cluster.db, uids)}")
+        caught = _snapshot(cluster, uids)
+        down, since = time.monotonic(), time.time()
+        cluster.s3.stop()  # same ports and data when it starts again
+        refused = send_parallel(
+            cluster.dicom_port, study_files(during, cluster.work / "in" / "s3-during")
+        )
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
+        cluster.s3.start()  # returns once it answers
+        back = time.monotonic()
+        assert not refused.acknowledged
+        assert refused.refused and all("OutOfResources" in s for s in refused.refused.values())
+        resent = send_parallel(cluster.dicom_port, sorted(refused.refused))
+        assert len(resent.acknowledged) == len(refused.refused) and not resent.refused
+        uids += [s.study_instance_uid for s in during]
+        measured = _recovered(cluster, uids, back, health, down)
+    _assert_each_once(cluster, uids, sent, resent)
+    # No orphan: every object stored for these studies has its index row, and every row
+    # its object (checked in _assert_each_once).
+    store = _store(cluster)
+    acknowledged = [*sent.acknowledged.values(), *resent.acknowledged.values()]
+    indexed = set(indexed_objects(cluster.db, acknowledged).values())
+    stored = {key for uid in uids for key in store.keys(f"studies/{uid}/")}
+    assert stored == indexed
+    assert cluster.pids() == pids, "no gateway process restarted"
+    cluster.observations["object_store"] = {
+        **measured,
+        "caught_at_stop": caught,
+        "refused_during_outage": len(refused.refused),
+        "serve_warnings": cluster.warnings("serve", since),
+        "worker_warnings": [cluster.warnings(f"worker-{n}", since) for n in (1, 2)],
+    }
+
+
+def _store(cluster: HealCluster) -> S3Store:
+    access, secret = S3_CREDENTIALS["s3_access_key"], S3_CREDENTIALS["s3_secret_key"]
+    return S3Store(cluster.s3.endpoint, access, secret, "aigw")
+
+
 def _snapshot(cluster: HealCluster, uids: list[str]) -> dict[str, int]:
     """How many studies and jobs were in each state (what an outage now catches)."""
     counts: dict[str, int] = {}
@@ -355,14 +407,13 @@ def _redis_outage(cluster: HealCluster, seed: int, name: str) -> None:
 def test_redis_killed_without_persistence_its_lost_tasks_are_sent_again(
     cluster: HealCluster,
 ) -> None:
-    assert not cluster.redis.aof
+    assert cluster.redis.aof_dir is None
     _redis_outage(cluster, 500, "redis")
 
 
 def test_redis_killed_with_aof_every_job_still_ends_once(cluster: HealCluster) -> None:
     cluster.redis.stop()  # an orderly restart into AOF mode; the workers reconnect
-    shutil.rmtree(cluster.redis.folder, ignore_errors=True)
-    cluster.redis.folder.mkdir()
-    cluster.redis.aof = True
+    cluster.redis.aof_dir = cluster.work / "redis"
+    cluster.redis.aof_dir.mkdir()
     cluster.redis.start()
     _redis_outage(cluster, 600, "redis_aof")

@@ -4,13 +4,12 @@ completes exactly once."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,10 @@ from gateway.index.tables import FindingRow, JobRow, StudyEventRow
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
 from tests.onnx_models import slow_classifier, write_device
-from tests.services import ROOT, free_port, require_tool, wait_for_port
+from tests.services import ROOT, redis_server
 from workers.serve import Gateway
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    tool = require_tool("redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [tool, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process=process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -97,9 +79,9 @@ def test_a_worker_killed_mid_task_redelivers_and_the_job_completes_once(
             allow_unicode=True,
         )
     )
-    with redis_server() as broker:
+    with redis_server() as redis:
         settings = make_settings(
-            broker_url=broker,
+            broker_url=redis.url,
             embedded_worker=False,
             devices_dir=devices,
             regions_file=regions,

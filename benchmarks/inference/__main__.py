@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.inference.cli import main
+
+sys.exit(main())

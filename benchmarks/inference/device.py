@@ -1,0 +1,158 @@
+"""One device's figures: its studies generated, ingested and routed, a warm-up, then bare,
+sequential and concurrent phases in rounds; the median round counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.errors import BenchmarkError
+from benchmarks.inference.gateway_parts import (
+    PlannedStudy,
+    build_bench,
+    create_jobs,
+    ingest_and_route,
+    prepared_tensors,
+)
+from benchmarks.inference.report import TARGET_2D_RATIO
+from benchmarks.inference.runs import (
+    BareRun,
+    PipelineRun,
+    compare,
+    median_run,
+    run_bare,
+    run_pipeline,
+)
+from benchmarks.inference.studies import clone, study_spec
+from models.manifest import load_manifest
+
+
+@dataclass(frozen=True)
+class Plan:
+    studies: int  # jobs per phase
+    distinct: int  # distinctly generated studies (the rest are clones under new UIDs)
+    rounds: int
+    bare_min_seconds: float
+    quick: bool
+    seed: int
+    sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+
+def bench_device(
+    manifest_path: Path, work: Path, plan: Plan, workload: str | None = None
+) -> dict[str, Any]:
+    """One device's figures. ``workload`` labels what is not a registered device (the
+    vendor-scale workload): its findings are never reported, only its timings."""
+    manifest = load_manifest(manifest_path)
+    spec = study_spec(manifest, plan.quick, plan.sizes)
+    started = time.perf_counter()
+    bench = build_bench(work / "var", manifest_path)
+    key = bench.device.key
+    print(f"\n{key}: {spec.describe()}", flush=True)
+
+    bases = [spec.make(plan.seed + n, positive=n % 2 == 0) for n in range(plan.distinct)]
+    generated_s = time.perf_counter() - started
+    planned: list[PlannedStudy] = []
+    stored_bytes = 0
+    pool: list[np.ndarray] = []  # bare inputs: the pipeline's decode and preprocess
+    for number in range(plan.studies):
+        instances = clone(bases[number % len(bases)], number)
+        stored_bytes += sum(len(data) for data in instances)
+        planned.append(ingest_and_route(bench, instances))
+        if number < len(bases):
+            pool += prepared_tensors(instances, planned[-1], manifest)
+    images_per_job = planned[0].images
+    if any(p.images != images_per_job for p in planned):
+        raise BenchmarkError(f"{key}: jobs read different numbers of images")
+    images = images_per_job if manifest.input.dims == 2 else 1  # model inputs per job
+    print(
+        f"  {plan.distinct} studies generated in {generated_s:.1f} s, {plan.studies} ingested "
+        f"({stored_bytes / 1e6:.0f} MB) and routed: rule {planned[0].job.rule}, "
+        f"{images_per_job} instance(s) per job",
+        flush=True,
+    )
+
+    context = bench.context
+    session = context.sessions.session(key, lambda: context.registry.model_bytes(key))
+    pipeline_batch = min(images, context.max_batch)
+    batches = sorted(
+        {1, pipeline_batch} | ({context.max_batch} if manifest.input.dims == 2 else set())
+    )
+    concurrency = bench.settings.worker_concurrency
+    total_images = images * plan.studies
+    tags = iter(range(1_000_000))
+
+    def pipeline(threads: int) -> PipelineRun:
+        ids = create_jobs(bench, planned, tag=next(tags))
+        return run_pipeline(bench, ids, total_images, threads)
+
+    # Warm-up: the session, torch and MONAI imports, first-run allocations.
+    run_pipeline(bench, create_jobs(bench, planned[:1], tag=next(tags)), images, threads=1)
+
+    bare_runs: dict[int, list[BareRun]] = {b: [] for b in batches}
+    sequential: list[PipelineRun] = []
+    concurrent: list[PipelineRun] = []
+    for number in range(plan.rounds):
+        for batch in batches:
+            bare_runs[batch].append(
+                run_bare(session, manifest, pool, batch, total_images, plan.bare_min_seconds)
+            )
+        sequential.append(pipeline(1))
+        concurrent.append(pipeline(concurrency))
+        line = (
+            f"  round {number + 1}/{plan.rounds}: bare "
+            + ", ".join(f"b{b} {bare_runs[b][-1].images_per_s:.1f}" for b in batches)
+            + f" /s; pipeline ×1 {sequential[-1].images_per_s:.1f}, "
+            f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s"
+        )
+        print(line, flush=True)
+
+    bare = {b: median_run(runs) for b, runs in bare_runs.items()}
+    reference = bare[pipeline_batch]
+    is_2d = manifest.input.dims == 2
+    shipped = compare(median_run(sequential), median_run(concurrent), reference, concurrency)
+    result = {
+        "device": key,
+        "workload": workload,
+        "dims": manifest.input.dims,
+        "input": {
+            "name": manifest.input.name,
+            "shape": [manifest.input.channels, *manifest.input.size],
+        },
+        "build": manifest.provenance.build,
+        "unit": "images" if is_2d else "volumes",
+        "study": {
+            "kind": spec.kind,
+            "description": spec.describe(),
+            "image_size": list(spec.size),
+            "slices": spec.slices or None,
+            "instances_per_job": images_per_job,
+            "model_inputs_per_job": images,
+            "transfer_syntax": "explicit VR little endian",
+            "studies_per_phase": plan.studies,
+            "distinct_studies": plan.distinct,
+            "mb_stored": round(stored_bytes / 1e6, 1),
+        },
+        "providers": list(session.get_providers()),
+        "pipeline_batch": pipeline_batch,
+        "bare": {f"batch_{b}": bare[b].as_dict() for b in batches},
+        "pipeline": shipped["pipeline"],
+        "ratio": shipped["ratio"],
+        "target": TARGET_2D_RATIO if is_2d else None,
+        "meets_target": shipped["ratio"]["pipeline_vs_bare"] >= TARGET_2D_RATIO if is_2d else None,
+    }
+    if workload is not None:
+        result["workload_note"] = (
+            f"not a device: random weights, input {manifest.input.size[0]}×"
+            f"{manifest.input.size[1]}"
+            + (" (--quick; the full run uses 512×512)" if plan.quick else "")
+            + "; findings mean nothing and are not reported, only timings"
+        )
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    bench.parts.db.dispose()
+    return result

@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.ingest.cli import main
+
+sys.exit(main())
