@@ -100,6 +100,8 @@ class BrokerWatch:
         previous, was_down = self.identity, self.down_since is not None
         self.identity, self.down_since = identity, None
         if previous is None:
+            if was_down:
+                log.info("broker reachable", extra={"broker": describe(self.probe.url)})
             return BrokerChange.FIRST
         if identity != previous:
             log.warning("broker restarted: queued work is sent again", extra={"was": previous})

@@ -273,3 +273,39 @@ def test_a_lost_broker_is_tried_again_within_the_longest_backoff(
     finally:
         connection.release()
     assert len(waits) >= 5 and max(waits) <= 0.3
+
+
+def test_a_run_that_met_an_unavailable_dependency_is_queued_again_not_failed(
+    routed: Routed,
+) -> None:
+    from gateway.index.instances import current_instance_keys
+    from gateway.index.tables import StudyEventRow
+    from gateway.jobs.states import hand_back, missing_inputs, set_job_state
+
+    db, store = routed.gateway.parts.db, routed.gateway.parts.store
+    first, second = routed.job_ids
+    assert not hand_back(db, first, "StorageError: S3 away", 4.0)  # queued: not a run
+    with db.session() as session:
+        job = session.get(JobRow, first)
+        assert job is not None
+        set_job_state(session, job, JobState.RUNNING)
+    assert hand_back(db, first, "StorageError: S3 away", 4.0)
+    job = routed.jobs()[0]
+    assert job.state == JobState.QUEUED and job.last_error == "StorageError: S3 away"
+    assert job.next_attempt_at is not None
+    assert 3.0 < (job.next_attempt_at - utcnow()).total_seconds() <= 4.0
+    with db.session() as session:
+        states = [
+            e.detail["state"]
+            for e in session.scalars(select(StudyEventRow).where(StudyEventRow.kind == "job"))
+            if e.detail["job_id"] == first
+        ]
+    assert states == ["running", "queued"]  # on the timeline, never "failed"
+    # Inputs really gone are another matter: named, so the job can fail with the reason.
+    assert missing_inputs(db, store, second) == []
+    with db.session() as session:
+        row = session.get(JobRow, second)
+        assert row is not None
+        keys = current_instance_keys(session, row.series_uids)
+    store.delete(keys[0])
+    assert missing_inputs(db, store, second) == [keys[0]]
