@@ -113,9 +113,11 @@ def _give_back_job(
         if missing:
             fail_job(ctx.db, job_id, f"inputs gone from the object store: {missing[:3]}")
             return JobState.FAILED.value
-        hand_back(ctx.db, job_id, error, backoff.max_s)
+        handed = hand_back(ctx.db, job_id, error, backoff.max_s)
     except DatabaseError as exc:  # nowhere to hand it back: keep the message
         raise task.retry(exc=exc, countdown=backoff.max_s) from exc
+    if not handed:
+        return "skipped"  # another run finished it meanwhile
     log.warning("job handed back to the gateway", extra={"job_id": job_id, "reason": error})
     return JobState.QUEUED.value
 

@@ -84,15 +84,19 @@ def fail_job(db: Database, job_id: int, reason: str) -> None:
 
 
 def hand_back(db: Database, job_id: int, error: str, retry_in_s: float) -> bool:
-    """A run that met a transient error: the job is queued again, due after ``retry_in_s``,
-    with the error kept (never its final outcome). False when it is not running any more."""
+    """A run that met a transient error: the job is queued (again), due after
+    ``retry_in_s``, with the error kept — never its final outcome. False when it is done
+    already (or gone)."""
     with db.session() as session:
         job = session.get(JobRow, job_id, with_for_update=True)
-        if job is None or job.state != JobState.RUNNING.value:
+        if job is None or job.state in DONE_STATES:
             return False
         job.last_error = error[:2000]
         due = utcnow() + timedelta(seconds=retry_in_s)
-        set_job_state(session, job, JobState.QUEUED, {"retry_in_s": retry_in_s}, due_at=due)
+        if job.state == JobState.QUEUED.value:  # it never started: only its task is due
+            job.next_attempt_at = due
+        else:
+            set_job_state(session, job, JobState.QUEUED, {"retry_in_s": retry_in_s}, due_at=due)
         return True
 
 

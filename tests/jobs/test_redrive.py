@@ -284,11 +284,16 @@ def test_a_run_that_met_an_unavailable_dependency_is_queued_again_not_failed(
 
     db, store = routed.gateway.parts.db, routed.gateway.parts.store
     first, second = routed.job_ids
-    assert not hand_back(db, first, "StorageError: S3 away", 4.0)  # queued: not a run
+    # It met the outage before it started: still queued, its task due again soon.
+    assert hand_back(db, first, "DatabaseError: away", 4.0)
+    job = routed.jobs()[0]
+    assert job.state == JobState.QUEUED and job.last_error == "DatabaseError: away"
+    assert job.next_attempt_at is not None
+    assert 3.0 < (job.next_attempt_at - utcnow()).total_seconds() <= 4.0
     with db.session() as session:
-        job = session.get(JobRow, first)
-        assert job is not None
-        set_job_state(session, job, JobState.RUNNING)
+        taken = session.get(JobRow, first)
+        assert taken is not None
+        set_job_state(session, taken, JobState.RUNNING)
     assert hand_back(db, first, "StorageError: S3 away", 4.0)
     job = routed.jobs()[0]
     assert job.state == JobState.QUEUED and job.last_error == "StorageError: S3 away"
