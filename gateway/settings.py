@@ -301,13 +301,34 @@ class Settings(BaseSettings):
         description="Largest upload the API accepts (device registration, rules tester); "
         "larger requests get 413.",
     )
-    session_secret: str = Field(
-        default="",
-        description="Key that signs dashboard session cookies; empty: a random key per "
-        "process (sessions end when the gateway restarts).",
-    )
     session_max_age_s: int = Field(
-        default=8 * 3600, ge=60, description="Dashboard session lifetime."
+        default=8 * 3600, ge=60, description="Dashboard session lifetime from login."
+    )
+    session_idle_s: int = Field(
+        default=15 * 60,
+        ge=60,
+        description="A dashboard session unused this long ends (the user logs in again).",
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed dashboard logins, per account and per peer address, that lock "
+        "it for login_lockout_s.",
+    )
+    login_lockout_s: int = Field(
+        default=15 * 60,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How long an account or peer address stays locked; kept in the index, so "
+        "a restart does not lift it.",
+    )
+    audit_retention_days: int = Field(
+        default=3 * 365,
+        ge=0,
+        le=100 * 365,
+        description="Audit events older than this are deleted (at start and hourly by aigw "
+        "serve); 0 keeps them forever.",
     )
     http_tls_cert_file: Path | None = Field(
         default=None,

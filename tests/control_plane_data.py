@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -290,9 +291,10 @@ def prepare_index(db: Database) -> None:
 
 
 def running_api(
-    db: Database, tmp_path: Path, upload_limit: int = 4 * 1024 * 1024
+    db: Database, tmp_path: Path, upload_limit: int = 4 * 1024 * 1024, **settings_values: Any
 ) -> Iterator[tuple[Running, Seed]]:
-    """Index prepared and seeded, devices registered, the API served: yields once."""
+    """Index prepared and seeded, devices registered, the API served: yields once.
+    ``settings_values`` are more settings (login limits, session lifetimes)."""
     prepare_index(db)
     store = FolderStore(tmp_path / "objects")
     registry = register_devices(db, store, tmp_path / "devices")
@@ -301,6 +303,7 @@ def running_api(
         data_dir=tmp_path,
         api_max_upload_bytes=upload_limit,
         routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
+        **settings_values,
     )
     try:
         with serve_api(db, store, settings, registry) as server:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from gateway.access.audit import SYSTEM, AuditEvent, record, record_configuration
+from gateway.access.retention import AuditRetention
 from gateway.delivery.destinations import load_destinations
 from gateway.delivery.outbox import OutboxDispatcher
 from gateway.delivery.send import Delivery
@@ -33,15 +35,21 @@ def prepare_registry(parts: Parts) -> DeviceRegistry:
         added = registry.register_folder(devices_dir)
         if added:
             log.info("devices registered from the seed folder", extra={"devices": added})
+        for key in added:
+            detail = {"device": key, "from": "devices_dir"}
+            record(
+                parts.db, SYSTEM, AuditEvent.DEVICE_REGISTERED, "aigw serve start", detail=detail
+            )
     registry.set_regions(parts.directory.devices)
     return registry
 
 
 def build_gateway(settings: Settings) -> Gateway:
     parts = Parts.build(settings)
+    record_configuration(parts.db, settings, "aigw serve start")
     registry = prepare_registry(parts)
     app = create_celery(settings)
-    services: list[Service] = []
+    services: list[Service] = [AuditRetention(parts.db, settings)]
     if settings.embedded_worker:
         services.append(EmbeddedWorker(app, parts))
     services.append(outbox_dispatcher(parts))

@@ -3,9 +3,20 @@
 Modules
 -------
 tokens
-    API tokens (sha256 only), roles, region scope, signed dashboard sessions.
+    API tokens (sha256 only; ``aigw_<id>_<random>``), roles, region scope.
+sessions
+    Dashboard sessions kept in the index (idle and absolute limits), CSRF tokens of forms.
+login
+    Dashboard login: failures counted per account and per peer address, lockout, the
+    session opened; every outcome audited in the same transaction.
 http
-    What every HTTP endpoint depends on: the app's parts, the caller, audited reads.
+    What every HTTP endpoint depends on: the app's parts, the caller, audited reads and
+    changes.
 audit
-    The audit log of reads of patient-level data and of DICOM associations at the edge.
+    The audit trail: reads of patient data, logins, token and device changes, the
+    configuration loaded, DICOM associations at the edge; ``AuditEvent``, ``record``,
+    ``query``, ``prune``.
+retention
+    ``AuditRetention``: old audit events, sessions and login failures deleted at start and
+    hourly.
 """

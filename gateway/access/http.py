@@ -1,9 +1,10 @@
 """What every endpoint depends on: the app's parts, the authenticated caller, the audit
-trail of patient-level reads, the upload size cap; and the HTTPS context the app is
-served with, and the session cookie's flags that follow from it."""
+trail of reads and changes, the upload size cap; and the HTTPS context the app is served
+with, and the session cookie's flags that follow from it."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
 from gateway.access import audit
-from gateway.access.tokens import Principal, SessionSigner, authenticate
+from gateway.access.audit import AuditError, AuditEvent
+from gateway.access.tokens import Principal, authenticate
 from gateway.devices.registry import DeviceRegistry
 from gateway.errors import ConfigError
 from gateway.index.database import Database
@@ -22,9 +24,13 @@ from gateway.index.object_store import ObjectStore
 from gateway.settings import Settings
 from pacs_adapters.tls import TlsConfigError, server_context
 
+log = logging.getLogger(__name__)
+
 # A study UID given as a query filter: what a UID can be, so nothing longer or stranger
 # reaches the index or the audit log (whose column holds 64 characters).
-UidQuery = Annotated[str | None, Query(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+MAX_ID = 2**63 - 1  # the index's integer columns are signed 64-bit
+UidQuery = Annotated[str | None, Query(max_length=64, pattern=UID_PATTERN)]
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,6 @@ class ApiContext:
     store: ObjectStore
     settings: Settings
     registry: DeviceRegistry
-    signer: SessionSigner
     metrics: CollectorRegistry
 
 
@@ -83,17 +88,64 @@ def audit_read(
     study_uid: str | None,
     region: str | None,
     detail: dict[str, object] | None = None,
+    event: AuditEvent = AuditEvent.READ,
 ) -> None:
-    """Record a patient-level read before its data leaves the server."""
-    audit.record(
-        context.db,
-        who,
-        f"{request.method} {request.url.path}",
-        study_uid=study_uid,
-        region=region,
-        client_ip=client_ip(request),
-        detail=dict(detail or {}),
-    )
+    """Record a patient-level read before its data leaves the server; a read that cannot
+    be recorded is refused (503), never served unlogged."""
+    try:
+        audit.record(
+            context.db,
+            who.actor,
+            event,
+            action_of(request),
+            study_uid=study_uid,
+            region=region,
+            client_ip=client_ip(request),
+            detail=dict(detail or {}),
+        )
+    except AuditError as exc:
+        log.error("read refused: audit log unavailable", extra={"action": action_of(request)})
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the audit log cannot be written now, so the data is not served; try again later",
+        ) from exc
+
+
+def audit_change(
+    context: ApiContext,
+    request: Request,
+    who: Principal,
+    event: AuditEvent,
+    *,
+    region: str | None = None,
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Record a change made through a part that keeps its own transaction (the registry).
+    When the row cannot be written the caller hears so (503) and the log says what."""
+    try:
+        audit.record(
+            context.db,
+            who.actor,
+            event,
+            action_of(request),
+            region=region,
+            client_ip=client_ip(request),
+            detail=dict(detail or {}),
+        )
+    except AuditError as exc:
+        log.error(
+            "change made but not audited",
+            extra={"event": event.value, "token_id": who.token_id, "detail": detail},
+        )
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the change was made, but its audit event ({event.value}) could not be written",
+        ) from exc
+
+
+def action_of(request: Request) -> str:
+    """``METHOD path``: never the query string, which may carry search terms."""
+    return f"{request.method} {request.url.path}"
 
 
 def require_change(who: Principal) -> None:

@@ -1,5 +1,8 @@
-"""Who may do what: API tokens (kept as sha256 only), roles, region scoping, and the signed
-session cookie the dashboard uses for the same tokens.
+"""Who may do what: API tokens (kept as sha256 only), roles and region scoping.
+
+A secret reads ``aigw_<token id>_<random>``: the id says which account a failed dashboard
+login was aimed at (its lockout), the random part is what authenticates. Secrets minted
+before the id was added (``aigw_<random>``) still authenticate.
 
 A region-scoped token sees its region as the whole world: lookups outside it answer exactly
 like an unknown id, so such a token never learns that another region's study exists.
@@ -7,25 +10,26 @@ like an unknown id, so such a token never learns that another region's study exi
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
+import re
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from gateway.access.audit import SYSTEM, Actor, AuditEvent, add
 from gateway.errors import GatewayError
 from gateway.index.database import Database
 from gateway.index.tables import ApiTokenRow, RegionRow, utcnow
 
 TOKEN_PREFIX = "aigw_"
+MAX_SECRET_LENGTH = 200
 LAST_USED_RESOLUTION_S = 60
+_CLAIMED_ID = re.compile(r"aigw_([1-9][0-9]{0,17})_[A-Za-z0-9_-]{20,}")
 
 
 class Role(StrEnum):
@@ -74,6 +78,10 @@ class Principal:
         """The region a list is filtered to: the caller's own wins over any request."""
         return self.region if self.region is not None else requested
 
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.name, self.role.value, self.token_id)
+
 
 class TokenPublic(BaseModel):
     """A token as listed: never its secret."""
@@ -106,9 +114,16 @@ def _public(row: ApiTokenRow) -> TokenPublic:
 
 
 def create_token(
-    db: Database, role: Role | str, region: str | None = None, name: str | None = None
+    db: Database,
+    role: Role | str,
+    region: str | None = None,
+    name: str | None = None,
+    *,
+    by: Actor = SYSTEM,
+    action: str = "create token",
 ) -> tuple[TokenPublic, str]:
-    """A new token and its secret. The secret is returned once and stored only hashed."""
+    """A new token and its secret. The secret is returned once and stored only hashed;
+    the token and its ``token_created`` audit event are one transaction."""
     try:
         role = Role(role)
     except ValueError as exc:
@@ -118,20 +133,31 @@ def create_token(
         raise AccessError(f"role {role.value} needs a region (--region NN)")
     if role in REGION_FORBIDDEN and region is not None:
         raise AccessError("an admin sees every region; for one region use role region_admin")
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    with db.session() as session:
+    with db.write_lock, db.session() as session:
         if region is not None and session.get(RegionRow, region) is None:
             raise AccessError(f"unknown region {region!r} (see regions.yaml)")
         row = ApiTokenRow(
             name=name or f"{role.value}{'-' + region if region else ''}",
             role=role.value,
             region_code=region,
-            secret_sha256=_hash(secret),
+            # A placeholder until the id, which the secret carries, is known.
+            secret_sha256=_hash(secrets.token_hex(32)),
             created_at=utcnow(),
         )
         session.add(row)
         session.flush()
-        return _public(row), secret
+        secret = f"{TOKEN_PREFIX}{row.id}_{secrets.token_urlsafe(32)}"
+        row.secret_sha256 = _hash(secret)
+        public = _public(row)
+        add(
+            session,
+            by,
+            AuditEvent.TOKEN_CREATED,
+            action,
+            region=region,
+            detail={"token": public.model_dump(mode="json", include={"id", "name", "role"})},
+        )
+        return public, secret
 
 
 def list_tokens(db: Database) -> list[TokenPublic]:
@@ -141,72 +167,64 @@ def list_tokens(db: Database) -> list[TokenPublic]:
         ]
 
 
-def revoke_token(db: Database, token_id: int) -> bool:
-    """Revoke at once (API and dashboard sessions alike); False for an unknown id."""
-    with db.session() as session:
+def revoke_token(
+    db: Database, token_id: int, *, by: Actor = SYSTEM, action: str = "revoke token"
+) -> bool:
+    """Revoke at once (API and dashboard sessions alike); False for an unknown id. The
+    revocation and its ``token_revoked`` event are one transaction."""
+    with db.write_lock, db.session() as session:
         row = session.get(ApiTokenRow, token_id)
         if row is None:
             return False
         if row.revoked_at is None:
             row.revoked_at = utcnow()
+            add(
+                session,
+                by,
+                AuditEvent.TOKEN_REVOKED,
+                action,
+                region=row.region_code,
+                detail={"token": {"id": row.id, "name": row.name, "role": row.role}},
+            )
         return True
+
+
+def claimed_token_id(secret: str) -> int | None:
+    """The token id a presented secret claims to be (whether or not it is right)."""
+    found = _CLAIMED_ID.fullmatch(secret)
+    return int(found.group(1)) if found else None
 
 
 def authenticate(db: Database, secret: str) -> Principal | None:
     """The principal a presented secret stands for; None when unknown or revoked."""
-    if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
-        return None
     with db.session() as session:
-        row = session.scalars(
-            select(ApiTokenRow).where(ApiTokenRow.secret_sha256 == _hash(secret))
-        ).one_or_none()
-        found = _principal(row)
-        now = utcnow()
-        if row is not None and found is not None and _stale(row.last_used_at, now):
-            row.last_used_at = now  # at most once a minute: reads stay reads
-        return found
+        return find_principal(session, secret)
+
+
+def find_principal(session: Session, secret: str) -> Principal | None:
+    """:func:`authenticate` inside the caller's transaction."""
+    if not secret.startswith(TOKEN_PREFIX) or len(secret) > MAX_SECRET_LENGTH:
+        return None
+    row = session.scalars(
+        select(ApiTokenRow).where(ApiTokenRow.secret_sha256 == _hash(secret))
+    ).one_or_none()
+    found = _principal(row)
+    now = utcnow()
+    if row is not None and found is not None and _stale(row.last_used_at, now):
+        row.last_used_at = now  # at most once a minute: reads stay reads
+    return found
 
 
 def _stale(last_used: datetime | None, now: datetime) -> bool:
     return last_used is None or (now - last_used).total_seconds() > LAST_USED_RESOLUTION_S
 
 
-def principal_by_id(db: Database, token_id: int) -> Principal | None:
-    """For a session cookie: the token it was opened with, if still valid."""
-    with db.session() as session:
-        return _principal(session.get(ApiTokenRow, token_id))
+def principal_by_id(session: Session, token_id: int) -> Principal | None:
+    """For a dashboard session: the token it was opened with, if still valid."""
+    return _principal(session.get(ApiTokenRow, token_id))
 
 
 def _principal(row: ApiTokenRow | None) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
     return Principal(row.id, row.name, Role(row.role), row.region_code)
-
-
-class SessionSigner:
-    """An opaque dashboard session: ``token id + expiry`` signed with HMAC-SHA256. It holds
-    no secret of the token, and revoking the token ends every session opened with it."""
-
-    def __init__(self, key: str, max_age_s: int) -> None:
-        # No configured key: a random one, so a session never outlives the process.
-        self._key = (key or secrets.token_hex(32)).encode("utf-8")
-        self.max_age_s = max_age_s
-
-    def sign(self, token_id: int) -> str:
-        body = json.dumps({"t": token_id, "e": int(time.time()) + self.max_age_s})
-        payload = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
-        return f"{payload}.{self._mac(payload)}"
-
-    def verify(self, cookie: str) -> int | None:
-        payload, _, mac = cookie.partition(".")
-        if not payload or not hmac.compare_digest(mac, self._mac(payload)):
-            return None
-        try:
-            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            token_id, expires = int(body["t"]), int(body["e"])
-        except (ValueError, KeyError, TypeError):
-            return None
-        return token_id if expires > time.time() else None
-
-    def _mac(self, payload: str) -> str:
-        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()

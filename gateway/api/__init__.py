@@ -19,13 +19,19 @@ delivery
 rules
     ``/api/v1/rules/test``: routing explained for uploaded files.
 audit_routes
-    ``/api/v1/audit``: the audit log (admins).
+    ``/api/v1/audit``: the audit trail (admins).
 health
     ``/healthz``, ``/readyz``, ``/api/v1/health``, ``/metrics``.
 backlog
     What waits in each working state and since when; healthy or degraded, with reasons.
 metrics
     Prometheus metrics read from the index at scrape time (ages of the oldest items too).
+errors
+    ``ErrorResponse``, the one error schema, and the handlers that answer every error in it.
+params
+    Path and query parameters, each bounded (ids, offsets, limits, names, dates, times).
+headers
+    Security headers on every response: CSP, no-store, HSTS over HTTPS.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from gateway.access.http import ApiContext
-from gateway.access.tokens import SessionSigner
 from gateway.api import audit_routes, delivery, devices, directory, health, results, rules, studies
+from gateway.api.errors import install_error_handlers
+from gateway.api.headers import SecurityHeaders
 from gateway.api.metrics import metrics_registry
 from gateway.dashboard import dashboard_router
 from gateway.devices.registry import DeviceRegistry
@@ -71,9 +78,10 @@ def create_app(
         store=store,
         settings=settings,
         registry=registry or DeviceRegistry(db, store),
-        signer=SessionSigner(settings.session_secret, settings.session_max_age_s),
         metrics=metrics_registry(db, edge, settings.stuck_after_s),
     )
+    install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
     for module in (health, studies, results, devices, directory, delivery, rules, audit_routes):
         app.include_router(module.router)
     app.include_router(dashboard_router())

@@ -4,19 +4,21 @@ failed, and "retry now"."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, func, select
 
-from gateway.access.http import Caller, Context, not_found
+from gateway.access.http import Caller, Context, UidQuery, not_found
+from gateway.api.errors import COMMON, responses
+from gateway.api.params import IdPath, Limit, NameQuery
 from gateway.delivery.outbox import OutboxState
 from gateway.delivery.outbox import retry as outbox_retry
 from gateway.index.database import Database
 from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow
 
-router = APIRouter(prefix="/api/v1", tags=["delivery"])
+router = APIRouter(prefix="/api/v1", tags=["delivery"], responses=responses(*COMMON))
 
 AnySelect = Select[*tuple[Any, ...]]
 
@@ -127,10 +129,10 @@ def _items(db: Database, query: AnySelect) -> list[OutboxItem]:
 def outbox(
     context: Context,
     caller: Caller,
-    state: Annotated[str | None, Query(pattern="^(pending|delivered|failed)$")] = None,
-    destination: str | None = None,
-    study_uid: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    state: OutboxState | None = None,
+    destination: NameQuery = None,
+    study_uid: UidQuery = None,
+    limit: Limit = 100,
 ) -> list[OutboxItem]:
     query = _scoped(select(OutboxRow, ResultRow.kind, StudyRow.study_uid), caller.region)
     if state:
@@ -148,16 +150,16 @@ def _one(db: Database, outbox_id: int, region: str | None) -> OutboxItem | None:
     return found[0] if found else None
 
 
-@router.get("/outbox/{outbox_id}")
-def outbox_item(context: Context, caller: Caller, outbox_id: int) -> OutboxItem:
+@router.get("/outbox/{outbox_id}", responses=responses(404))
+def outbox_item(context: Context, caller: Caller, outbox_id: IdPath) -> OutboxItem:
     found = _one(context.db, outbox_id, caller.region)
     if found is None:
         raise not_found(f"outbox entry {outbox_id}")
     return found
 
 
-@router.post("/outbox/{outbox_id}/retry")
-def retry_now(context: Context, caller: Caller, outbox_id: int) -> OutboxItem:
+@router.post("/outbox/{outbox_id}/retry", responses=responses(403, 404, 409))
+def retry_now(context: Context, caller: Caller, outbox_id: IdPath) -> OutboxItem:
     """Make a delivery due now (pending or failed ones; a delivered one is left alone)."""
     if not caller.can_operate:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {caller.role.value} cannot retry")

@@ -6,31 +6,33 @@ from __future__ import annotations
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, StrictBool
 from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile
 
+from gateway.access import audit
+from gateway.access.audit import AuditEvent
 from gateway.access.http import (
     Caller,
     Context,
+    action_of,
+    audit_change,
+    client_ip,
     limited_body,
     not_found,
     require_change,
     require_region_access,
 )
 from gateway.access.tokens import Principal, Role
+from gateway.api.errors import COMMON, responses
+from gateway.api.params import DeviceIdPath, DeviceKeyPath, RegionPath, VersionedDevicePath
 from gateway.devices.registry import RegisteredDevice, RegistryError
 from gateway.index.tables import DeviceRegionRow, DeviceRow, RegionRow
 from models.manifest import DeviceManifest, ManifestError, load_manifest
 
-router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
-
-DeviceKey = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9._-]+(@[A-Za-z0-9._+-]+)?$")]
-RegionCode = Annotated[str, PathParam(pattern=r"^\d{2}$")]
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=responses(*COMMON))
 
 
 class DevicePublic(BaseModel):
@@ -98,8 +100,8 @@ def devices(context: Context, caller: Caller) -> list[DevicePublic]:
     return [_public(d, caller) for d in context.registry.devices()]
 
 
-@router.get("/{device_key}")
-def device(context: Context, caller: Caller, device_key: DeviceKey) -> DeviceDetail:
+@router.get("/{device_key}", responses=responses(404))
+def device(context: Context, caller: Caller, device_key: DeviceKeyPath) -> DeviceDetail:
     """``ID`` (newest version) or ``ID@VERSION``, with its whole manifest."""
     try:
         found = context.registry.get(device_key)
@@ -119,33 +121,39 @@ def device(context: Context, caller: Caller, device_key: DeviceKey) -> DeviceDet
     )
 
 
-@router.patch("/{device_key}")
+@router.patch("/{device_key}", responses=responses(400, 403, 404))
 def set_enabled(
-    context: Context, caller: Caller, device_key: DeviceKey, body: Enabled
+    context: Context,
+    caller: Caller,
+    request: Request,
+    device_key: VersionedDevicePath,
+    body: Enabled,
 ) -> DevicePublic:
     """Enable or disable one version everywhere (admin): a disabled version gets no jobs."""
     _require_admin(caller)
-    if "@" not in device_key:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "name the version: ID@VERSION")
     try:
         context.registry.set_enabled(device_key, body.enabled)
-        return _public(context.registry.get(device_key), caller)
+        changed = context.registry.get(device_key)
     except RegistryError:
         raise not_found(f"device {device_key}") from None
+    event = AuditEvent.DEVICE_ENABLED if body.enabled else AuditEvent.DEVICE_DISABLED
+    audit_change(context, request, caller, event, detail={"device": device_key})
+    return _public(changed, caller)
 
 
-@router.put("/{device_id}/regions/{region}")
+@router.put("/{device_id}/regions/{region}", responses=responses(400, 403, 404))
 def set_region(
-    context: Context, caller: Caller, device_id: DeviceKey, region: RegionCode, body: Enabled
+    context: Context,
+    caller: Caller,
+    request: Request,
+    device_id: DeviceIdPath,
+    region: RegionPath,
+    body: Enabled,
 ) -> DevicePublic:
     """Enable or disable a device (every version) in a region. A region admin may change
     only its own region. ``regions.yaml`` seeds this table again when the gateway starts."""
     require_change(caller)
     require_region_access(caller, region)
-    if "@" in device_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "regions enable a device id, not a version"
-        )
     with context.db.write_lock, context.db.session() as session:
         if session.get(RegionRow, region) is None:
             raise not_found(f"region {region}")
@@ -160,6 +168,16 @@ def set_region(
                     DeviceRegionRow.device_id == device_id, DeviceRegionRow.region_code == region
                 )
             )
+        # In the change's own transaction: enabled or disabled and audited, or neither.
+        audit.add(
+            session,
+            caller.actor,
+            AuditEvent.DEVICE_REGION_ENABLED if body.enabled else AuditEvent.DEVICE_REGION_DISABLED,
+            action_of(request),
+            region=region,
+            client_ip=client_ip(request),
+            detail={"device": device_id, "changed": (row is None) == body.enabled},
+        )
     return _public(context.registry.get(device_id), caller)
 
 
@@ -182,7 +200,12 @@ UPLOAD_SCHEMA = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_SCHEMA)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=UPLOAD_SCHEMA,
+    responses=responses(400, 403, 413),
+)
 async def register(context: Context, caller: Caller, request: Request) -> Registered:
     """Register a device version from an upload: ``manifest`` (YAML) and ``model`` (ONNX).
     Both are validated as by ``aigw models register``; a bad one changes nothing."""
@@ -199,18 +222,25 @@ async def register(context: Context, caller: Caller, request: Request) -> Regist
     with tempfile.TemporaryDirectory(prefix="aigw-upload-") as folder:
         manifest_path = Path(folder) / "manifest.yaml"
         manifest_path.write_bytes(await manifest_part.read())
+        shown = "manifest (uploaded)"  # the upload's name, never the server's folder
         try:
             manifest = load_manifest(manifest_path)
-        except ManifestError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-        model_path = Path(folder) / manifest.onnx.file
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        model_path.write_bytes(await model_part.read())
-        try:
+            shown = f"{manifest.key} (uploaded)"
+            model_path = Path(folder) / manifest.onnx.file  # inside: the manifest checks
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            model_path.write_bytes(await model_part.read())
             device, new = context.registry.register(manifest_path)
-        except RegistryError as exc:
-            message = str(exc).replace(str(manifest_path), f"{manifest.key} (uploaded)")
+        except (ManifestError, RegistryError) as exc:
+            message = str(exc).replace(str(manifest_path), shown).replace(folder, "(upload)")
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message) from exc
+    if new:
+        audit_change(
+            context,
+            request,
+            caller,
+            AuditEvent.DEVICE_REGISTERED,
+            detail={"device": device.key, "model_sha256": device.manifest.onnx.sha256},
+        )
     return Registered(device=_public(device, caller), new=new)
 
 

@@ -7,9 +7,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from gateway.access.http import Caller, Context
+from gateway.api.errors import COMMON, responses
 from gateway.index.tables import DeviceRegionRow, RegionRow, SourceRow
 
-router = APIRouter(prefix="/api/v1", tags=["directory"])
+router = APIRouter(prefix="/api/v1", tags=["directory"], responses=responses(*COMMON))
 
 
 class RegionPublic(BaseModel):

@@ -26,7 +26,7 @@ def healthz() -> Health:
     return Health(status="alive")
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"model": Health, "description": "Not ready"}})
 def readyz(context: Context, response: Response) -> Health:
     checks = dependencies(context.db, context.store, context.settings.broker_url)
     ready = all(value == "ok" for value in checks.values())
@@ -41,6 +41,10 @@ def health(context: Context) -> HealthReport:
     return assess(context.db, context.store, context.settings)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(context: Context) -> Response:
     return Response(render(context.metrics), media_type="text/plain; version=0.0.4")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from pydicom.errors import InvalidDicomError
 from starlette.datastructures import UploadFile
 
 from gateway.access.http import Caller, Context, limited_body
+from gateway.api.errors import COMMON, responses
+from gateway.api.params import NAME_PATTERN, REGION_PATTERN
 from gateway.errors import ConfigError
 from gateway.routing import (
     RoutingDecision,
@@ -23,7 +27,9 @@ from gateway.routing import (
 )
 from models.manifest import DeviceManifest
 
-router = APIRouter(prefix="/api/v1/rules", tags=["routing"])
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/rules", tags=["routing"], responses=responses(*COMMON))
 
 
 class RulesTest(BaseModel):
@@ -44,9 +50,13 @@ TEST_SCHEMA = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "region": {"type": "string"},
-                        "source": {"type": "string"},
+                        "file": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                        "region": {"type": "string", "pattern": REGION_PATTERN},
+                        "source": {"type": "string", "pattern": NAME_PATTERN},
                     },
                 }
             }
@@ -55,7 +65,7 @@ TEST_SCHEMA = {
 }
 
 
-@router.post("/test", openapi_extra=TEST_SCHEMA)
+@router.post("/test", openapi_extra=TEST_SCHEMA, responses=responses(400, 413))
 async def rules_test(context: Context, caller: Caller, request: Request) -> RulesTest:
     """Routing explained for uploaded files of one study against the configured rules and
     the devices enabled in the region (a region-scoped token tests its own region)."""
@@ -67,12 +77,15 @@ async def rules_test(context: Context, caller: Caller, request: Request) -> Rule
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "upload at least one DICOM file as 'file'"
         )
-    region = caller.scoped_region(_text(form.get("region")))
-    source = _text(form.get("source"))
+    region = caller.scoped_region(_field(form.get("region"), "region", REGION_PATTERN))
+    source = _field(form.get("source"), "source", NAME_PATTERN)
     try:
         rules = load_rules(context.settings.routing_file)
     except ConfigError as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        log.error("routing rules not loadable", extra={"error": str(exc)[:300]})
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the routing rules cannot be loaded now"
+        ) from exc
     devices = _devices(context, region)
     with tempfile.TemporaryDirectory(prefix="aigw-rules-") as folder:
         paths = []
@@ -82,20 +95,22 @@ async def rules_test(context: Context, caller: Caller, request: Request) -> Rule
             paths.append(path)
         datasets = []
         for part, path in zip(files, paths, strict=True):
+            name = _shown_name(part, path)
             try:
                 datasets.append(dcmread(path, stop_before_pixels=True))
-            except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    f"{part.filename or path.name}: not readable as DICOM ({exc})",
-                ) from exc
+            except InvalidDicomError as exc:
+                raise _unreadable(name, str(exc).replace(str(path), name)) from exc
+            except Exception as exc:  # pydicom raises what it meets in hostile bytes
+                raise _unreadable(name, exc.__class__.__name__) from exc
         try:
             decision = route(facts_from_datasets(datasets, source, region), rules, devices)
+            text = explain_files(paths, rules, devices, region=region, source=source)
         except RoutingError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-        text = explain_files(paths, rules, devices, region=region, source=source)
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc).replace(folder, "(upload)")
+            ) from exc
     for part, path in zip(files, paths, strict=True):
-        text = text.replace(str(path), part.filename or path.name)
+        text = text.replace(str(path), _shown_name(part, path))
     return RulesTest(region=region, source=source, explanation=text, decision=decision)
 
 
@@ -109,5 +124,23 @@ def _devices(context: Context, region: str | None) -> list[DeviceManifest]:
     return list(newest.values())
 
 
-def _text(value: object) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+def _field(value: object, name: str, pattern: str) -> str | None:
+    """A text field of the form, absent or blank as None; anything else must match."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        return None
+    if not re.fullmatch(pattern, text):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: must match {pattern}")
+    return text
+
+
+def _shown_name(part: UploadFile, path: Path) -> str:
+    """The uploaded file's own name as the client gave it (printable, short), else ours."""
+    given = "".join(c for c in (part.filename or "") if c.isprintable())[:128]
+    return given or path.name
+
+
+def _unreadable(name: str, why: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: not readable as DICOM ({why})"
+    )

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime
+from fastapi import APIRouter, Request
 
 from gateway.access.http import Caller, Context, UidQuery, audit_read, not_found
+from gateway.api.errors import COMMON, responses
+from gateway.api.params import (
+    DateQuery,
+    DeviceQuery,
+    IdentifierQuery,
+    IdPath,
+    InstantQuery,
+    Limit,
+    ModalityQuery,
+    NameQuery,
+    Offset,
+    RegionQuery,
+    UidPath,
+)
 from gateway.index.read_model import (
     JobFilter,
     JobItem,
@@ -20,11 +30,10 @@ from gateway.index.read_model import (
     list_studies,
     study_detail,
 )
+from gateway.index.study_state import StudyState
+from gateway.jobs.states import JobState
 
-router = APIRouter(prefix="/api/v1", tags=["studies"])
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+router = APIRouter(prefix="/api/v1", tags=["studies"], responses=responses(*COMMON))
 
 
 @router.get("/studies")
@@ -32,15 +41,15 @@ def studies(
     context: Context,
     caller: Caller,
     request: Request,
-    region: Annotated[str | None, Query(pattern=r"^\d{2}$")] = None,
-    source: str | None = None,
-    state: str | None = None,
-    modality: str | None = None,
-    study_type: str | None = None,
-    received_from: AwareDatetime | None = None,  # naive times are ambiguous: 422
-    received_to: AwareDatetime | None = None,
-    study_date_from: date | None = None,
-    study_date_to: date | None = None,
+    region: RegionQuery = None,
+    source: NameQuery = None,
+    state: StudyState | None = None,
+    modality: ModalityQuery = None,
+    study_type: IdentifierQuery = None,
+    received_from: InstantQuery = None,  # naive times are ambiguous: 422
+    received_to: InstantQuery = None,
+    study_date_from: DateQuery = None,
+    study_date_to: DateQuery = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> list[StudyItem]:
@@ -75,8 +84,8 @@ def studies(
     return found
 
 
-@router.get("/studies/{study_uid}")
-def study(context: Context, caller: Caller, request: Request, study_uid: str) -> StudyDetail:
+@router.get("/studies/{study_uid}", responses=responses(404))
+def study(context: Context, caller: Caller, request: Request, study_uid: UidPath) -> StudyDetail:
     """One study: patient fields, series, the whole timeline, jobs with findings, results."""
     found = study_detail(context.db, study_uid, caller.region)
     if found is None:
@@ -91,9 +100,9 @@ def jobs(
     caller: Caller,
     request: Request,
     study_uid: UidQuery = None,
-    state: str | None = None,
-    device: str | None = None,
-    study_type: str | None = None,
+    state: JobState | None = None,
+    device: DeviceQuery = None,
+    study_type: IdentifierQuery = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> list[JobItem]:
@@ -121,8 +130,8 @@ def jobs(
     return found
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"])
-def job(context: Context, caller: Caller, request: Request, job_id: int) -> JobItem:
+@router.get("/jobs/{job_id}", tags=["jobs"], responses=responses(404))
+def job(context: Context, caller: Caller, request: Request, job_id: IdPath) -> JobItem:
     found = job_detail(context.db, job_id, caller.region)
     if found is None:
         raise not_found(f"job {job_id}")

@@ -19,6 +19,8 @@ rules
     ``aigw rules``: test routing on files, check the rules file.
 access
     ``aigw tokens`` and ``aigw api``.
+audit
+    ``aigw audit``: the audit trail, filtered.
 results
     ``aigw results`` and ``aigw outbox``.
 health

@@ -1,5 +1,7 @@
-"""``aigw tokens`` (create, list, revoke API tokens) and ``aigw api`` (the REST API and the
-dashboard alone, without the SCP). Registered in :mod:`gateway.cli.app`."""
+"""``aigw tokens`` (create, list, revoke API tokens; each creation and revocation audited
+under the operator's OS account) and ``aigw api`` (the REST API and the dashboard alone,
+without the SCP; its configuration files audited as loaded). Registered in
+:mod:`gateway.cli.app`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from gateway.access.tokens import AccessError, Role, create_token, list_tokens, revoke_token
+from gateway.access.audit import operator, record_configuration
+from gateway.access.tokens import Role, create_token, list_tokens, revoke_token
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
 from gateway.errors import GatewayError
 from gateway.index.database import Database
@@ -50,8 +53,10 @@ def tokens_create(
     """Create a token and print its secret (the only time it is shown)."""
     db = _database(settings_from(config_file, data_dir=data_dir))
     try:
-        token, secret = create_token(db, role, region, name)
-    except AccessError as exc:
+        token, secret = create_token(
+            db, role, region, name, by=operator(), action="aigw tokens create"
+        )
+    except GatewayError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         db.dispose()
@@ -86,8 +91,12 @@ def tokens_list(config_file: Path | None, data_dir: Path | None) -> None:
 def tokens_revoke(config_file: Path | None, data_dir: Path | None, token_id: int) -> None:
     """Revoke a token at once (its dashboard sessions end too)."""
     db = _database(settings_from(config_file, data_dir=data_dir))
-    found = revoke_token(db, token_id)
-    db.dispose()
+    try:
+        found = revoke_token(db, token_id, by=operator(), action="aigw tokens revoke")
+    except GatewayError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.dispose()
     if not found:
         raise click.ClickException(f"no token {token_id}")
     click.echo(f"token {token_id}: revoked")
@@ -118,6 +127,10 @@ def api_command(
         store = create_store(settings)
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from exc
+    try:
+        record_configuration(db, settings, "aigw api start")
+    except GatewayError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
     app = create_app(db, store, settings)
     try:
         tls = https_options(settings)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from gateway.cli.access import api_command, tokens_group
+from gateway.cli.audit import audit_command
 from gateway.cli.dicom import echo, send
 from gateway.cli.health import health_command
 from gateway.cli.init import init_command
@@ -51,6 +52,7 @@ for _command in (
     rules_group,
     tokens_group,
     api_command,
+    audit_command,
     results_command,
     outbox_group,
     health_command,

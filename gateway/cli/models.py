@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from gateway.access.audit import AuditEvent, operator, record
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
 from gateway.devices.registry import DeviceRegistry, RegistryError
+from gateway.errors import GatewayError
 from gateway.index.database import Database
 from gateway.index.object_store import create_store
 
@@ -31,10 +33,14 @@ def _registry(config_file: Path | None, data_dir: Path | None) -> DeviceRegistry
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def models_register(config_file: Path | None, data_dir: Path | None, manifest: Path) -> None:
     """Validate a device manifest and its ONNX file, then register them."""
+    registry = _registry(config_file, data_dir)
     try:
-        device, new = _registry(config_file, data_dir).register(manifest)
+        device, new = registry.register(manifest)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
+    if new:
+        detail = {"device": device.key, "manifest": str(manifest.resolve())}
+        _audit(registry, AuditEvent.DEVICE_REGISTERED, "aigw models register", detail)
     click.echo(f"{device.key}: {'registered' if new else 'already registered (identical)'}")
 
 
@@ -87,8 +93,21 @@ def _set_enabled(config_file: Path | None, data_dir: Path | None, device: str, o
 
     if "@" not in device:
         raise click.ClickException("name the version: ID@VERSION")
+    registry = _registry(config_file, data_dir)
     try:
-        _registry(config_file, data_dir).set_enabled(device, on)
+        registry.set_enabled(device, on)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
+    event = AuditEvent.DEVICE_ENABLED if on else AuditEvent.DEVICE_DISABLED
+    _audit(registry, event, f"aigw models {'enable' if on else 'disable'}", {"device": device})
     click.echo(f"{device}: {'enabled' if on else 'disabled'}")
+
+
+def _audit(
+    registry: DeviceRegistry, event: AuditEvent, action: str, detail: dict[str, str]
+) -> None:
+    """The change is made (the registry keeps its own transaction); its event follows."""
+    try:
+        record(registry.db, operator(), event, action, detail=detail)
+    except GatewayError as exc:
+        raise click.ClickException(f"done, but not audited: {exc}") from exc

@@ -43,6 +43,7 @@ def results_command(
     if out is None:
         listed = [(row, []) for row in results_of(db, study_uid)]
     else:
+        _audit_export(db, study_uid, out)
         listed = export_results(db, store, study_uid, out)
     if not listed:
         raise click.ClickException(f"no results for study {study_uid}")
@@ -53,6 +54,23 @@ def results_command(
         if paths:
             line += " → " + ", ".join(str(p) for p in paths)
         click.echo(line)
+
+
+def _audit_export(db: Database, study_uid: str, out: Path) -> None:
+    """Results leave the gateway here: audited first, or not exported at all."""
+    from gateway.access.audit import AuditError, AuditEvent, operator, record
+
+    try:
+        record(
+            db,
+            operator(),
+            AuditEvent.RESULT_EXPORTED,
+            "aigw results --out",
+            study_uid=study_uid,
+            detail={"out": str(out.resolve())},
+        )
+    except AuditError as exc:
+        raise click.ClickException(f"{exc}; nothing exported") from exc
 
 
 @click.group("outbox", invoke_without_command=True)

@@ -1,9 +1,14 @@
 """Dashboard routes. Each page checks the session, confines itself to the caller's region
-(another region's page answers like an unknown one) and audits patient-level pages."""
+(another region's page answers like an unknown one) and audits patient-level pages.
+
+Sessions, their idle and absolute limits, the login lockout and the CSRF tokens are
+:mod:`gateway.access`'s; this module only shows their outcome in Russian.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,12 +16,38 @@ from typing import Annotated, Any
 import numpy as np
 import pydicom
 from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from PIL import Image
+from sqlalchemy.exc import IntegrityError
 
-from gateway.access.http import ApiContext, audit_read, get_context, secure_cookies
-from gateway.access.tokens import Principal, authenticate, principal_by_id
+from gateway.access import audit
+from gateway.access.audit import AuditError, AuditEvent
+from gateway.access.http import (
+    MAX_ID,
+    UID_PATTERN,
+    ApiContext,
+    action_of,
+    client_ip,
+    get_context,
+    secure_cookies,
+)
+from gateway.access.login import LoginPolicy, attempt_login
+from gateway.access.sessions import (
+    LOGIN_COOKIE,
+    MAX_COOKIE_LENGTH,
+    SESSION_COOKIE,
+    DashboardSession,
+    FormPurpose,
+    SessionEnd,
+    SessionPolicy,
+    csrf_token,
+    csrf_valid,
+    end_session,
+    new_secret,
+    resume,
+)
 from gateway.dashboard.charts import bar_chart
 from gateway.dashboard.stats import TARGET_DEVICES, Period, PeriodName, national, region_detail
 from gateway.dashboard.waiting import waiting_studies
@@ -25,9 +56,11 @@ from gateway.index.read_model import result_location, study_detail
 from gateway.index.tables import utcnow
 from models.manifest import DeviceGroup
 
+log = logging.getLogger(__name__)
+
 HERE = Path(__file__).parent
-COOKIE = "aigw_session"
 STATIC = {"style.css": "text/css"}
+LOGIN_COOKIE_MAX_AGE_S = 3600
 GROUP_TITLES = {
     DeviceGroup.IMAGE_ANALYSIS.value: "анализ изображений",
     DeviceGroup.EMK_DATA_ANALYSIS.value: "анализ данных ЭМК",
@@ -38,8 +71,17 @@ PERIOD_TITLES = {
     PeriodName.MONTH: "месяц",
     PeriodName.YEAR: "год",
 }
+MESSAGES = {
+    "bad_token": "Неизвестный или отозванный токен",
+    "stale_form": "Форма устарела или отправлена не с этой страницы. Войдите ещё раз.",
+    "unavailable": "Вход временно невозможен: база данных или журнал аудита недоступны.",
+}
 
 PeriodQuery = Annotated[PeriodName, Query()]
+RegionCode = Annotated[str, PathParam(pattern=r"^\d{2}$")]
+StudyUid = Annotated[str, PathParam(max_length=64, pattern=UID_PATTERN)]
+ResultId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+CsrfField = Annotated[str, Form(max_length=128)]
 
 
 def _templates() -> Jinja2Templates:
@@ -72,25 +114,108 @@ def _when(at: datetime | None) -> str:
     return "—" if at is None else at.strftime("%d.%m.%Y %H:%M:%S UTC")
 
 
-def _caller(context: ApiContext, request: Request) -> Principal | None:
-    cookie = request.cookies.get(COOKIE)
-    token_id = context.signer.verify(cookie) if cookie else None
-    return principal_by_id(context.db, token_id) if token_id is not None else None
+def _session(context: ApiContext, request: Request) -> DashboardSession | None:
+    settings = context.settings
+    return resume(
+        context.db,
+        request.cookies.get(SESSION_COOKIE),
+        SessionPolicy(settings.session_idle_s, settings.session_max_age_s),
+        client_ip(request),
+        action_of(request),
+    )
 
 
 def _to_login() -> RedirectResponse:
-    return RedirectResponse("/dashboard/login", status_code=303)
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/dashboard")
+    return response
+
+
+def _audited(
+    context: ApiContext,
+    request: Request,
+    session: DashboardSession,
+    study_uid: str,
+    region: str,
+    event: AuditEvent = AuditEvent.READ,
+) -> bool:
+    """Record a patient-level page before it is shown; False when that is impossible."""
+    try:
+        audit.record(
+            context.db,
+            session.principal.actor,
+            event,
+            action_of(request),
+            study_uid=study_uid,
+            region=region,
+            client_ip=client_ip(request),
+        )
+    except AuditError:
+        log.error("page refused: audit log unavailable", extra={"action": action_of(request)})
+        return False
+    return True
+
+
+def _secure(request: Request) -> bool:
+    return secure_cookies(get_context(request).settings, request)
 
 
 def dashboard_router() -> APIRouter:
     router = APIRouter(prefix="/dashboard", include_in_schema=False)
     templates = _templates()
 
-    def page(request: Request, name: str, status_code: int = 200, **values: Any) -> HTMLResponse:
+    def page(
+        request: Request,
+        name: str,
+        status_code: int = 200,
+        session: DashboardSession | None = None,
+        **values: Any,
+    ) -> HTMLResponse:
+        values.setdefault("who", session.principal if session else None)
+        values.setdefault("csrf", session.csrf if session else None)
         return templates.TemplateResponse(request, name, values, status_code=status_code)
 
-    def missing(request: Request, who: Principal | None, what: str) -> HTMLResponse:
-        return page(request, "missing.html", 404, who=who, what=what)
+    def missing(request: Request, session: DashboardSession, what: str) -> HTMLResponse:
+        return page(request, "missing.html", 404, session, what=what)
+
+    def unavailable(request: Request, session: DashboardSession | None) -> HTMLResponse:
+        return page(
+            request,
+            "error.html",
+            503,
+            session,
+            title="Недоступно",
+            message="Журнал аудита или база данных недоступны, поэтому данные не показаны. "
+            "Повторите позже.",
+        )
+
+    def login_page(
+        request: Request, status_code: int, error: str | None, until: datetime | None = None
+    ) -> HTMLResponse:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        if status_code == 403 or not nonce or len(nonce) > MAX_COOKIE_LENGTH:
+            nonce = new_secret()
+        response = page(
+            request,
+            "login.html",
+            status_code,
+            error=error,
+            until=until,
+            csrf=csrf_token(nonce, FormPurpose.LOGIN),
+        )
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=LOGIN_COOKIE_MAX_AGE_S,
+            httponly=True,
+            samesite="strict",
+            secure=_secure(request),
+            path="/dashboard",
+        )
+        if until is not None:
+            wait = max(1, int((until - utcnow()).total_seconds()) + 1)
+            response.headers["Retry-After"] = str(wait)
+        return response
 
     @router.get("/static/{name}")
     def static(name: str) -> Response:
@@ -100,103 +225,134 @@ def dashboard_router() -> APIRouter:
 
     @router.get("/login")
     def login_form(request: Request) -> HTMLResponse:
-        return page(request, "login.html", who=None, error=None)
+        return login_page(request, 200, None)
 
     @router.post("/login", response_model=None)
     def login(
-        request: Request, token: Annotated[str, Form(max_length=200)]
+        request: Request, token: Annotated[str, Form(max_length=200)], csrf: CsrfField = ""
     ) -> HTMLResponse | RedirectResponse:
         context = get_context(request)
-        who = authenticate(context.db, token.strip())
-        if who is None:
-            return page(
-                request, "login.html", 401, who=None, error="Неизвестный или отозванный токен"
+        if not csrf_valid(request.cookies.get(LOGIN_COOKIE), FormPurpose.LOGIN, csrf):
+            return login_page(request, 403, MESSAGES["stale_form"])
+        settings = context.settings
+        try:
+            outcome = attempt_login(
+                context.db,
+                token.strip(),
+                client_ip(request),
+                LoginPolicy(settings.login_max_failures, settings.login_lockout_s),
+                action_of(request),
             )
+        except (GatewayError, IntegrityError):
+            log.error("login refused: database or audit log unavailable")
+            return login_page(request, 503, MESSAGES["unavailable"])
+        if outcome.locked_until is not None:
+            return login_page(request, 429, None, until=outcome.locked_until)
+        if outcome.session_secret is None:
+            return login_page(request, 401, MESSAGES["bad_token"])
         response = RedirectResponse("/dashboard/", status_code=303)
         response.set_cookie(
-            COOKIE,
-            context.signer.sign(who.token_id),
-            max_age=context.signer.max_age_s,
+            SESSION_COOKIE,
+            outcome.session_secret,
+            max_age=settings.session_max_age_s,
             httponly=True,
             samesite="strict",
-            secure=secure_cookies(context.settings, request),
+            secure=_secure(request),
             path="/dashboard",
         )
+        response.delete_cookie(LOGIN_COOKIE, path="/dashboard")
         return response
 
-    @router.post("/logout")
-    def logout(request: Request) -> RedirectResponse:
-        response = _to_login()
-        response.delete_cookie(
-            COOKIE,
-            path="/dashboard",
-            httponly=True,
-            samesite="strict",
-            secure=secure_cookies(get_context(request).settings, request),
-        )
-        return response
+    @router.post("/logout", response_model=None)
+    def logout(request: Request, csrf: CsrfField = "") -> HTMLResponse | RedirectResponse:
+        context = get_context(request)
+        session = _session(context, request)
+        if session is None:
+            return _to_login()
+        secret = request.cookies.get(SESSION_COOKIE)
+        if not csrf_valid(secret, FormPurpose.SESSION, csrf):
+            return page(
+                request,
+                "error.html",
+                403,
+                session,
+                title="Запрос отклонён",
+                message="Форма отправлена не с этой страницы (нет токена CSRF). "
+                "Сеанс продолжается.",
+            )
+        end_session(context.db, secret, SessionEnd.LOGOUT, client_ip(request), action_of(request))
+        return _to_login()
 
     @router.get("/", response_model=None)
     def overview(
         request: Request, period: PeriodQuery = PeriodName.WEEK
     ) -> HTMLResponse | RedirectResponse:
         context = get_context(request)
-        who = _caller(context, request)
-        if who is None:
+        session = _session(context, request)
+        if session is None:
             return _to_login()
         chosen = Period.ending(period, utcnow())
-        rows = national(context.db, chosen, who.region)
-        waiting = waiting_studies(context.db, who.region)
-        return page(request, "national.html", who=who, period=chosen, rows=rows, waiting=waiting)
+        rows = national(context.db, chosen, session.principal.region)
+        waiting = waiting_studies(context.db, session.principal.region)
+        return page(
+            request, "national.html", 200, session, period=chosen, rows=rows, waiting=waiting
+        )
 
     @router.get("/regions/{code}", response_model=None)
     def region(
-        request: Request, code: str, period: PeriodQuery = PeriodName.WEEK
+        request: Request, code: RegionCode, period: PeriodQuery = PeriodName.WEEK
     ) -> HTMLResponse | RedirectResponse:
         context = get_context(request)
-        who = _caller(context, request)
-        if who is None:
+        session = _session(context, request)
+        if session is None:
             return _to_login()
         chosen = Period.ending(period, utcnow())
-        detail = region_detail(context.db, code, chosen) if who.sees_region(code) else None
+        visible = session.principal.sees_region(code)
+        detail = region_detail(context.db, code, chosen) if visible else None
         if detail is None:
-            return missing(request, who, f"регион {code}")
+            return missing(request, session, f"регион {code}")
         chart = bar_chart(
             [(bar.start, bar.studies) for bar in detail.volume],
             chosen.bucket,
             "Проанализировано исследований",
         )
-        return page(request, "region.html", who=who, period=chosen, detail=detail, chart=chart)
+        return page(request, "region.html", 200, session, period=chosen, detail=detail, chart=chart)
 
     @router.get("/studies/{study_uid}", response_model=None)
-    def study(request: Request, study_uid: str) -> HTMLResponse | RedirectResponse:
+    def study(request: Request, study_uid: StudyUid) -> HTMLResponse | RedirectResponse:
         context = get_context(request)
-        who = _caller(context, request)
-        if who is None:
+        session = _session(context, request)
+        if session is None:
             return _to_login()
-        detail = study_detail(context.db, study_uid, who.region)
+        detail = study_detail(context.db, study_uid, session.principal.region)
         if detail is None:
-            return missing(request, who, f"исследование {study_uid}")
-        audit_read(context, request, who, study_uid=study_uid, region=detail.region)
+            return missing(request, session, f"исследование {study_uid}")
+        if not _audited(context, request, session, study_uid, detail.region):
+            return unavailable(request, session)
         notices = {job.device: _notice(context, job.device) for job in detail.jobs}
         images = [r for r in detail.results if r.kind == "sc" and r.state == "stored"]
-        return page(request, "study.html", who=who, study=detail, notices=notices, images=images)
+        return page(
+            request, "study.html", 200, session, study=detail, notices=notices, images=images
+        )
 
     @router.get("/results/{result_id}/image.png", response_model=None)
-    def flag_image(request: Request, result_id: int) -> Response:
+    def flag_image(request: Request, result_id: ResultId) -> Response:
         context = get_context(request)
-        who = _caller(context, request)
-        if who is None:
+        session = _session(context, request)
+        if session is None:
             return _to_login()
-        found = result_location(context.db, result_id, who.region)
+        found = result_location(context.db, result_id, session.principal.region)
         if found is None or found.object_key is None or found.result.kind != "sc":
             return Response("no such image", status_code=404, media_type="text/plain")
-        audit_read(context, request, who, study_uid=found.study_uid, region=found.region)
+        event = AuditEvent.RESULT_DOWNLOADED
+        if not _audited(context, request, session, found.study_uid, found.region, event):
+            return Response("audit log unavailable", status_code=503, media_type="text/plain")
         try:
             png = _png(context.store.get(found.object_key))
-        except (GatewayError, ValueError, AttributeError) as exc:
-            return Response(f"image not readable: {exc}", status_code=503, media_type="text/plain")
-        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+        except (GatewayError, ValueError, AttributeError):
+            log.warning("flag image not readable", extra={"result_id": result_id})
+            return Response("image not readable", status_code=503, media_type="text/plain")
+        return Response(png, media_type="image/png")
 
     return router
 

@@ -321,13 +321,15 @@ class ApiTokenRow(Base):
 
 
 class AuditRow(Base):
-    """One access to patient-level data: who, when, what, from where."""
+    """One audited event: a read of patient-level data, a login, a change to tokens or
+    devices, the configuration loaded at start — who, when, what, from where."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_at", "at"),)
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_event", "event"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event: Mapped[str] = mapped_column(String(32))  # gateway.access.audit.AuditEvent
     token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     token_name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(16))
@@ -336,3 +338,31 @@ class AuditRow(Base):
     region_code: Mapped[str | None] = mapped_column(String(2))
     client_ip: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class DashboardSessionRow(Base):
+    """A dashboard session: the cookie is a random secret, of which only the sha256 is kept.
+    It ends at logout, when idle or too old, or with its token."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+
+
+class LoginFailureRow(Base):
+    """Failed dashboard logins counted per account (token id) and per peer address; a key
+    that reaches ``login_max_failures`` is locked until ``locked_until``."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # account:7, peer:10.0.0.5
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

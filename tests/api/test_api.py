@@ -232,7 +232,7 @@ def test_bad_input_is_refused_and_changes_nothing(running: tuple[Running, Seed])
         assert malformed.status_code == 422 and "JSON" in str(malformed.json()["detail"])
         wrong_type = api.put("/api/v1/devices/dev-cxr/regions/38", json={"enabled": "no"})
         assert wrong_type.status_code == 422
-        assert wrong_type.json()["detail"][0]["loc"] == ["body", "enabled"]
+        assert wrong_type.json()["errors"][0]["loc"] == ["body", "enabled"]
         extra = api.put("/api/v1/devices/dev-cxr/regions/38", json={"enabled": False, "x": 1})
         assert extra.status_code == 422
         unknown_device = api.put("/api/v1/devices/nope/regions/38", json={"enabled": True})
@@ -253,7 +253,10 @@ def test_bad_input_is_refused_and_changes_nothing(running: tuple[Running, Seed])
         # Whatever is not a UID never reaches the index or the audit log.
         for bad in ("1" * 65, "1.2.3/../x", "abc"):
             assert api.get("/api/v1/jobs", params={"study_uid": bad}).status_code == 422
-        assert api.get("/api/v1/studies/1.2.3.4").json() == {"detail": "no study 1.2.3.4"}
+        assert api.get("/api/v1/studies/1.2.3.4").json() == {
+            "detail": "no study 1.2.3.4",
+            "errors": [],
+        }
 
         model = classifier_with_heatmap()
         oversized = api.post(
@@ -340,6 +343,13 @@ def test_postgresql_read_path_and_readiness_when_the_database_stops(
                 assert red.status_code == 503
                 assert red.json()["checks"]["database"].startswith("database unreachable")
                 assert red.json()["checks"]["object_store"] == "ok"
+                # The API says so in its one error schema, with nothing of the SQL in it.
+                down = api.get("/api/v1/studies")
+                assert down.status_code == 503
+                assert down.json() == {
+                    "detail": "the index database is unavailable now; try again later",
+                    "errors": [],
+                }
             finally:
                 pg.start()
             assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200

@@ -154,8 +154,13 @@ def test_healthy_then_degraded_by_a_stuck_study_then_healthy_again(index: Index)
 
 def dashboard_page(client: httpx.Client, db: Database) -> str:
     _, secret = create_token(db, "admin", name="health test")
-    client.post("/dashboard/login", data={"token": secret})
-    return client.get("/dashboard/").text
+    form = client.get("/dashboard/login").text
+    found = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert found, "the login form carries its CSRF token"
+    client.post("/dashboard/login", data={"token": secret, "csrf": found.group(1)})
+    page = client.get("/dashboard/")
+    assert page.status_code == 200 and 'id="who"' in page.text, page.text[:500]
+    return page.text
 
 
 def test_a_broker_that_does_not_answer_makes_the_gateway_degraded(index: Index) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import ssl
 import subprocess
 from collections import defaultdict
@@ -368,7 +369,11 @@ def test_the_api_over_https_with_secure_cookies(
     context = ssl.create_default_context(cafile=str(pki.ca))
     with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context, timeout=30) as https:
         assert https.get("/healthz").status_code == 200
-        login = https.post("/dashboard/login", data={"token": secret})
+        form = https.get("/dashboard/login")  # the login form's CSRF token and its cookie
+        assert form.headers["strict-transport-security"] == "max-age=31536000"
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text)
+        assert csrf is not None
+        login = https.post("/dashboard/login", data={"token": secret, "csrf": csrf.group(1)})
         assert login.status_code == 303
         cookie = login.headers["set-cookie"].lower()
         assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie

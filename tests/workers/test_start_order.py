@@ -1,6 +1,6 @@
 """Start in any order: a worker started before the gateway has migrated a fresh database
 waits for the schema (and then for the broker), saying so once each; a schema older than
-the code, or one it does not know, is refused with the revisions. Migration 0005 makes work
+the code, or one it does not know, is refused with the revisions. Migration 0007 makes work
 that was pending at the upgrade due at once."""
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ def test_schema_states(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     try:
         assert read_schema(db).state == SchemaState.EMPTY
-        upgrade(db, "0004")
+        upgrade(db, "0006")
         older = read_schema(db)
-        assert older.state == SchemaState.OLDER and older.revision == "0004"
-        assert "revision 0004, older than this aigw's 0005" in older.explain()
+        assert older.state == SchemaState.OLDER and older.revision == "0006"
+        assert "revision 0006, older than this aigw's 0007" in older.explain()
         upgrade(db, "head")
         assert read_schema(db).state == SchemaState.CURRENT
-        assert code_head() == "0005"
+        assert code_head() == "0007"
         with db.engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
         unknown = read_schema(db)
@@ -78,10 +78,10 @@ def test_schema_states(tmp_path: Path) -> None:
         db.dispose()
 
 
-def test_migration_0005_makes_pending_work_due(tmp_path: Path) -> None:
+def test_migration_0007_makes_pending_work_due(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     try:
-        upgrade(db, "0004")
+        upgrade(db, "0006")
         now = "2026-11-20 10:00:00.000000"
         with db.engine.begin() as connection:
             connection.execute(text("INSERT INTO regions (code, name) VALUES ('38', 'И')"))
@@ -152,10 +152,10 @@ def test_a_worker_waits_for_the_schema_then_for_the_broker(tmp_path: Path) -> No
 def test_a_worker_refuses_a_schema_older_than_its_code(tmp_path: Path) -> None:
     db_file = tmp_path / "index.db"
     db = Database(f"sqlite:///{db_file}")
-    upgrade(db, "0004")
+    upgrade(db, "0006")
     db.dispose()
     process = worker(tmp_path, db_file)
     assert process.wait(timeout=120) != 0
     output = (tmp_path / "worker.log").read_text()
-    assert "the database schema is at revision 0004, older than this aigw's 0005" in output
+    assert "the database schema is at revision 0006, older than this aigw's 0007" in output
     assert "start aigw serve of this version (it migrates) first" in output

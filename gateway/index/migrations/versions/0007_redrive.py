@@ -1,7 +1,7 @@
 """durable next attempts for studies and jobs
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-24 03:00:00.000000
 
 Studies waiting to be routed and jobs waiting for their task carry the time their work is
@@ -15,8 +15,8 @@ from alembic import op
 
 from gateway.index.tables import UTCDateTime, utcnow
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
