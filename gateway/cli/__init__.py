@@ -23,4 +23,6 @@ audit
     ``aigw audit``: the audit trail, filtered.
 results
     ``aigw results`` and ``aigw outbox``.
+health
+    ``aigw health``: healthy or degraded, and why (exit status 1 when degraded).
 """

@@ -11,6 +11,7 @@ import click
 from gateway.cli.access import api_command, tokens_group
 from gateway.cli.audit import audit_command
 from gateway.cli.dicom import echo, send
+from gateway.cli.health import health_command
 from gateway.cli.init import init_command
 from gateway.cli.models import models
 from gateway.cli.results import outbox_group, results_command
@@ -54,5 +55,6 @@ for _command in (
     audit_command,
     results_command,
     outbox_group,
+    health_command,
 ):
     cli.add_command(_command)

@@ -1,6 +1,7 @@
 """The regional dashboard: server-rendered Russian pages under ``/dashboard`` — the national
-table of regions against the three-device target, a region's devices, study types, sources,
-volume and failures, and one study's timeline, findings and flag image.
+table of regions against the three-device target and how many studies wait and why, a
+region's devices, study types, sources, volume and failures, and one study's timeline,
+findings and flag image.
 
 Every asset is served from this package (no internet); charts are inline SVG. Login takes
 the same API tokens; the session is a signed, HttpOnly cookie.
@@ -11,6 +12,8 @@ views
     The routes: login, the national table, a region, a study; each confined to the caller.
 stats
     What the pages show, computed from the index.
+waiting
+    How many studies wait, and why (the step each waits for), for the national page.
 charts
     Bar charts as inline SVG.
 """
