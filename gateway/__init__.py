@@ -25,7 +25,8 @@ devices
 routing
     Which devices get which series of a complete study, and why (pure).
 jobs
-    Job states, dispatch of a complete study into jobs, the task queue, the sweeper.
+    Job states, dispatch of a complete study into jobs, the task queue, the broker watch,
+    the re-drive that sends every task that is due.
 inference
     One job through decode, preprocess, onnxruntime and postprocess into findings.
 results

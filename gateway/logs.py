@@ -52,3 +52,5 @@ def configure_logging(level: str, as_json: bool) -> None:
     # pynetdicom logs every PDU at INFO; its own warnings and errors still come through.
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # The S3 client's own retries: the gateway reports the failure that remains, once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,6 +64,22 @@ def packaged_default(path: Path) -> Path:
             if candidate.exists():
                 return candidate
     return path
+
+
+class StuckBounds(BaseModel):
+    """How long an item may stay in each working state before the gateway is degraded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    routing: float = Field(default=60.0, gt=0, description="A complete study not yet routed.")
+    queued: float = Field(default=900.0, gt=0, description="A job waiting for a worker.")
+    running: float = Field(default=900.0, gt=0, description="A job being analysed.")
+    reporting: float = Field(
+        default=300.0, gt=0, description="An inferred job whose results are not recorded."
+    )
+    delivering: float = Field(
+        default=900.0, gt=0, description="A result not yet acknowledged by its destination."
+    )
 
 
 class Settings(BaseSettings):
@@ -218,9 +234,27 @@ class Settings(BaseSettings):
     job_requeue_after_s: float = Field(
         default=900.0,
         gt=0,
-        description="A job queued or running this long is sent to the broker again.",
+        description="Safety net for a task message lost unnoticed: a job still queued this "
+        "long after its task was sent, running this long plus broker_visibility_timeout_s, "
+        "or inferred without results this long is sent again.",
     )
-    sweep_every_s: float = Field(default=30.0, gt=0, description="How often lost tasks are sought.")
+    redrive_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often aigw serve looks at the broker and sends the tasks that are due.",
+    )
+    retry_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="First wait before work that met an unavailable database, broker or "
+        "object store is tried again; doubles per attempt.",
+    )
+    retry_max_backoff_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest such wait: after a dependency returns, pending work moves on "
+        "within this plus redrive_poll_s.",
+    )
     broker_visibility_timeout_s: int = Field(
         default=600,
         ge=1,
@@ -292,6 +326,13 @@ class Settings(BaseSettings):
         default=20,
         ge=1,
         description="Drift: studies a week (and the baseline) needs before it is judged.",
+    )
+
+    # --- health --------------------------------------------------------------------
+    stuck_after_s: StuckBounds = Field(
+        default_factory=StuckBounds,
+        description="Per working state, how old its oldest item may be before health says "
+        "degraded.",
     )
 
     # --- control plane (REST API, dashboard) -------------------------------------------

@@ -1,5 +1,6 @@
 """The whole gateway as ``aigw serve`` runs it: ingest, assembly, dispatch to the registered
-devices, and — in the embedded default — the worker in the same process.
+devices, the re-drive that sends due tasks, delivery, and — in the embedded default — the
+worker in the same process.
 
 This is the composition root: the only place where the gateway's parts and the workers'
 tasks meet (imports run models, pacs_adapters → gateway → workers).
@@ -18,14 +19,15 @@ from gateway.delivery.outbox import OutboxDispatcher
 from gateway.delivery.send import Delivery
 from gateway.devices.registry import DeviceRegistry
 from gateway.index.tables import utcnow
+from gateway.jobs.broker import BrokerProbe, BrokerWatch
 from gateway.jobs.dispatch import Dispatcher
-from gateway.jobs.sweeper import Sweeper
-from gateway.jobs.task_queue import create_celery, send_infer, send_report
+from gateway.jobs.redrive import JobRedrive, RedrivePolicy
+from gateway.jobs.task_queue import CeleryTasks, create_celery
 from gateway.monitoring.linking import AssessmentLinker
 from gateway.monitoring.notices import MalfunctionParams
 from gateway.monitoring.sender import MonitoringSender
 from gateway.settings import Settings
-from workers.serve import Gateway, Parts, Service
+from workers.serve import Gateway, Parts, Service, retry_backoff
 from workers.worker import EmbeddedWorker
 
 log = logging.getLogger(__name__)
@@ -69,27 +71,26 @@ def build_gateway(settings: Settings, clock: Callable[[], datetime] = utcnow) ->
             clock,
         )
     )
-    services.append(
-        Sweeper(
-            parts.db,
-            resend_infer=lambda job_id, queue, priority: send_infer(
-                app, settings, job_id, queue, priority
-            ),
-            resend_report=lambda job_id: send_report(app, job_id),
-            stale_after_s=settings.job_requeue_after_s,
-            running_grace_s=settings.broker_visibility_timeout_s,
-            report_after_s=max(120.0, settings.job_requeue_after_s),
-            every_s=settings.sweep_every_s,
-        )
+    redrive = job_redrive(parts, CeleryTasks(app, settings))
+    services.append(redrive)
+    dispatcher = Dispatcher(settings, parts.db, registry, after_record=redrive.kick)
+    # Radiologists' assessment objects become verdicts before the study is routed again.
+    linker = AssessmentLinker(parts.db, parts.store, settings.uid_root, then=dispatcher)
+    return Gateway(parts, on_complete=linker, services=services)
+
+
+def job_redrive(parts: Parts, tasks: CeleryTasks) -> JobRedrive:
+    settings = parts.settings
+    backoff = retry_backoff(settings)
+    policy = RedrivePolicy(
+        poll_s=settings.redrive_poll_s,
+        backoff=backoff,
+        lease_s=backoff.max_s,
+        requeue_after_s=settings.job_requeue_after_s,
+        # A dead worker's task comes back from the broker by itself first.
+        running_grace_s=settings.job_requeue_after_s + settings.broker_visibility_timeout_s,
     )
-    dispatcher = Dispatcher(settings, parts.db, registry, app)
-    return Gateway(
-        parts,
-        # Radiologists' assessment objects become verdicts before the study is routed again.
-        on_complete=AssessmentLinker(parts.db, parts.store, settings.uid_root, then=dispatcher),
-        services=services,
-        before_accepting=[dispatcher.requeue_pending],
-    )
+    return JobRedrive(parts.db, tasks, BrokerWatch(BrokerProbe(settings.broker_url)), policy)
 
 
 def outbox_dispatcher(parts: Parts, destinations: Destinations | None = None) -> OutboxDispatcher:
@@ -108,4 +109,5 @@ def outbox_dispatcher(parts: Parts, destinations: Destinations | None = None) ->
         backoff_first_s=settings.outbox_backoff_s,
         backoff_max_s=settings.outbox_max_backoff_s,
         lease_s=settings.delivery_timeout_s * 4,
+        dependency_backoff=retry_backoff(settings),
     )

@@ -88,7 +88,10 @@ def worker(config_file: Path | None, queues: str | None, concurrency: int | None
     settings = settings_from(config_file)
     if settings.broker_url.startswith("memory"):
         raise click.ClickException("a separate worker needs a real broker: set AIGW_BROKER_URL")
-    run_worker(settings, queues.split(",") if queues else None, concurrency)
+    try:
+        run_worker(settings, queues.split(",") if queues else None, concurrency)
+    except GatewayError as exc:  # e.g. a schema older than this code: waiting cannot help
+        raise click.ClickException(str(exc)) from exc
 
 
 if __name__ == "__main__":

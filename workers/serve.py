@@ -1,7 +1,9 @@
 """The ``aigw serve`` process: builds every part from one settings object and runs them.
 
-Start-up order matters: migrate the index, recover from an unclean stop, and only then
-accept associations. Extra SCP processes (``scp_processes`` > 1) share the port through
+Start-up order matters: wait for the database and the object store (they may start after
+this process), migrate the index, recover from an unclean stop, and only then accept
+associations. The broker is not waited for: ingest needs none, and jobs recorded meanwhile
+are sent when it appears. Extra SCP processes (``scp_processes`` > 1) share the port through
 SO_REUSEPORT; study assembly and HTTP (HTTPS with ``http_tls_cert_file``) run once, in this
 process, whose ``/metrics`` reports the DICOM edge's counters of every SCP process.
 """
@@ -18,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import uvicorn
+from sqlalchemy.exc import IntegrityError
 
 from gateway.access.audit import record_association
 from gateway.access.http import https_options
 from gateway.api import create_app
 from gateway.index.database import Database
+from gateway.index.due import Backoff
 from gateway.index.object_store import ObjectStore, create_store
 from gateway.index.recovery import recover
 from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
@@ -32,6 +36,7 @@ from gateway.ingest.scp import DicomServer
 from gateway.ingest.sources import SourceDirectory, load_directory, sync_directory
 from gateway.logs import configure_logging
 from gateway.settings import Settings
+from workers.dependencies import wait_for_database, wait_for_store
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +53,31 @@ class Parts:
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Parts:
+        """Every part, once the database (migrated here with ``migrate``, else by the
+        gateway) and the object store answer: waited for, in any start order."""
         directory = load_directory(settings.sources_file, settings.regions_file, settings.open_mode)
         db = Database(settings.resolved_database_url, pool_size=settings.max_associations + 4)
-        if migrate:
-            db.migrate()
-        source_ids = sync_directory(db, directory)
-        return cls(settings, db, create_store(settings), directory, source_ids)
+        backoff = retry_backoff(settings)
+        wait_for_database(db, backoff, migrate=migrate)
+        store = create_store(settings)
+        wait_for_store(store, backoff)
+        return cls(settings, db, store, directory, _synced(db, directory))
+
+
+def _synced(db: Database, directory: SourceDirectory) -> dict[str, int]:
+    """The configured regions and sources in the index. Processes started together (serve
+    and its workers) insert the same rows at the same moment: the loser reads them."""
+    for _ in range(3):
+        try:
+            return sync_directory(db, directory)
+        except IntegrityError:
+            continue
+    return sync_directory(db, directory)
+
+
+def retry_backoff(settings: Settings) -> Backoff:
+    """The one backoff for work that met an unavailable dependency."""
+    return Backoff(settings.retry_backoff_s, settings.retry_max_backoff_s)
 
 
 class Service(Protocol):
@@ -83,7 +107,11 @@ class Gateway:
         self.before_accepting = list(before_accepting)
         self.stop_event = threading.Event()
         self.assembler = Assembler(
-            parts.db, parts.directory, parts.settings.quiet_period_s, on_complete
+            parts.db,
+            parts.directory,
+            parts.settings.quiet_period_s,
+            on_complete,
+            backoff=retry_backoff(parts.settings),
         )
         self.scp: DicomServer | None = None
         self.edge_counters = EdgeCounters()

@@ -2,7 +2,9 @@
 
 A worker process builds its own inference context from the settings (database, object
 store, registry, onnxruntime sessions); a GPU node runs one worker per GPU, each pinned with
-``CUDA_VISIBLE_DEVICES`` and listening on its pool's queue.
+``CUDA_VISIBLE_DEVICES`` and listening on its pool's queue. ``aigw worker`` may start before
+any of its dependencies: it waits for the database (and for the gateway to have migrated
+it), the object store and the broker, each with one log line, then starts.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from gateway.results.build import ReportContext
 from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.settings import Settings
 from models.runtime import SessionCache
-from workers.serve import Parts
+from workers.dependencies import wait_for_broker
+from workers.serve import Parts, retry_backoff
 from workers.tasks import register_tasks
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,13 @@ class EmbeddedWorker:
     def __init__(self, app: Celery, parts: Parts) -> None:
         context = inference_context(parts)
         reports = report_context(parts)
-        register_tasks(app, lambda: context, lambda: reports, parts.settings.job_max_retries)
+        register_tasks(
+            app,
+            lambda: context,
+            lambda: reports,
+            parts.settings.job_max_retries,
+            retry_backoff(parts.settings),
+        )
         # What app.Worker does first: the pool's threads run tasks through this app (it
         # becomes the process's current app) on Celery's fast tracing path.
         setup_worker_optimizations(app)
@@ -110,10 +119,13 @@ class EmbeddedWorker:
 def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: int | None) -> None:
     """``aigw worker``: a separate worker process (distributed mode)."""
     parts = Parts.build(settings, migrate=False)
+    wait_for_broker(settings.broker_url, retry_backoff(settings))
     app = create_celery(settings)
     context = inference_context(parts)
     reports = report_context(parts)
-    register_tasks(app, lambda: context, lambda: reports, settings.job_max_retries)
+    register_tasks(
+        app, lambda: context, lambda: reports, settings.job_max_retries, retry_backoff(settings)
+    )
     worker = app.Worker(
         pool="threads",
         concurrency=concurrency or settings.worker_concurrency,

@@ -27,9 +27,11 @@ rules
 audit_routes
     ``/api/v1/audit``: the audit trail (admins).
 health
-    ``/healthz``, ``/readyz``, ``/metrics``.
+    ``/healthz``, ``/readyz``, ``/api/v1/health``, ``/metrics``.
+backlog
+    What waits in each working state and since when; healthy or degraded, with reasons.
 metrics
-    Prometheus metrics read from the index at scrape time.
+    Prometheus metrics read from the index at scrape time (ages of the oldest items too).
 errors
     ``ErrorResponse``, the one error schema, and the handlers that answer every error in it.
 params
@@ -94,7 +96,7 @@ def create_app(
         store=store,
         settings=settings,
         registry=registry or DeviceRegistry(db, store),
-        metrics=metrics_registry(db, edge),
+        metrics=metrics_registry(db, edge, settings.stuck_after_s),
     )
     install_error_handlers(app)
     app.add_middleware(SecurityHeaders)

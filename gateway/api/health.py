@@ -1,15 +1,17 @@
 """``/healthz`` (the process answers), ``/readyz`` (database, object store and broker
-reachable) and ``/metrics`` (Prometheus text format)."""
+reachable), ``/api/v1/health`` (healthy, or degraded with the reasons: a dependency down or
+an item waiting longer than its state's bound) and ``/metrics`` (Prometheus text format).
+
+None of them needs a token: they say how the gateway is, never anything about a patient."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from kombu.connection import Connection
 from pydantic import BaseModel
 
 from gateway.access.http import Context
+from gateway.api.backlog import HealthReport, assess, dependencies
 from gateway.api.metrics import render
-from gateway.errors import GatewayError
 
 router = APIRouter(tags=["health"])
 
@@ -26,28 +28,17 @@ def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": Health, "description": "Not ready"}})
 def readyz(context: Context, response: Response) -> Health:
-    checks: dict[str, str] = {}
-    for name, check in (("database", context.db.check), ("object_store", context.store.check)):
-        try:
-            check()
-            checks[name] = "ok"
-        except GatewayError as exc:
-            checks[name] = str(exc)
-    checks["broker"] = _broker(context.settings.broker_url)
+    checks = dependencies(context.db, context.store, context.settings.broker_url)
     ready = all(value == "ok" for value in checks.values())
     response.status_code = 200 if ready else 503
     return Health(status="ready" if ready else "not ready", checks=checks)
 
 
-def _broker(url: str) -> str:
-    if url.startswith("memory://"):
-        return "ok"  # the in-process broker is there as long as this process is
-    try:
-        with Connection(url, connect_timeout=2) as connection:  # type: ignore[no-untyped-call]
-            connection.ensure_connection(max_retries=1, timeout=2)
-    except Exception as exc:  # kombu raises transport-specific errors
-        return f"broker unreachable: {exc.__class__.__name__}"
-    return "ok"
+@router.get("/api/v1/health")
+def health(context: Context) -> HealthReport:
+    """``healthy``, or ``degraded`` with every reason (200 either way: a degraded gateway
+    still takes studies in; ``/readyz`` is the one that answers 503)."""
+    return assess(context.db, context.store, context.settings)
 
 
 @router.get(

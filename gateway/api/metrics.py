@@ -21,10 +21,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 
+from gateway.api.backlog import Waiting, waiting
 from gateway.delivery.outbox import OutboxState
 from gateway.index.database import Database
 from gateway.index.tables import InstanceRow, JobRow, OutboxRow, StudyRow
 from gateway.ingest.refusals import EdgeCounters
+from gateway.jobs.states import JobState
+from gateway.settings import StuckBounds
 
 # Seconds; inference of one series runs from tens of milliseconds (CPU, 2D) to minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -32,10 +35,15 @@ INFERENCE_STAGES = ("decode", "preprocess", "infer", "postprocess")
 
 
 class IndexCollector(Collector):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, bounds: StuckBounds) -> None:
         self.db = db
+        self.bounds = bounds
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._counts()
+        yield from _working(waiting(self.db, self.bounds))
+
+    def _counts(self) -> Iterator[Metric]:
         with self.db.session() as session:
             instances = session.scalar(select(func.count(InstanceRow.id))) or 0
             by_state = session.execute(
@@ -43,11 +51,13 @@ class IndexCollector(Collector):
             ).all()
             queued = session.execute(
                 select(JobRow.queue, func.count(JobRow.id))
-                .where(JobRow.state == "queued")
+                .where(JobRow.state == JobState.QUEUED.value)
                 .group_by(JobRow.queue)
             ).all()
             timings = session.execute(
-                select(JobRow.device_key, JobRow.timings_ms).where(JobRow.state != "failed")
+                select(JobRow.device_key, JobRow.timings_ms).where(
+                    JobRow.state != JobState.FAILED.value
+                )
             ).all()
             failures = session.execute(
                 select(OutboxRow.destination, func.count(OutboxRow.id))
@@ -84,6 +94,30 @@ class IndexCollector(Collector):
         for destination, count in failures:
             failed.add_metric([destination], count)
         yield failed
+
+
+def _working(items: list[Waiting]) -> Iterator[Metric]:
+    """Per working state: how many items wait, and how long the oldest has (0: none)."""
+    count = GaugeMetricFamily(
+        "aigw_working_items",
+        "Items in each working state (work the gateway owes).",
+        labels=["state"],
+    )
+    age = GaugeMetricFamily(
+        "aigw_oldest_item_age_seconds",
+        "Age of the oldest item in each working state; 0 when none waits.",
+        labels=["state"],
+    )
+    bound = GaugeMetricFamily(
+        "aigw_stuck_after_seconds",
+        "The age beyond which an item of the state makes the gateway degraded.",
+        labels=["state"],
+    )
+    for item in items:
+        count.add_metric([item.state.value], item.count)
+        age.add_metric([item.state.value], item.oldest_age_s or 0.0)
+        bound.add_metric([item.state.value], item.bound_s)
+    yield from (count, age, bound)
 
 
 def _latency_histogram(rows: Iterable[tuple[str, dict[str, float] | None]]) -> Metric:
@@ -127,10 +161,13 @@ class EdgeCollector(Collector):
         yield refused
 
 
-def metrics_registry(db: Database, edge: EdgeCounters | None = None) -> CollectorRegistry:
-    """``edge``: the DICOM SCP's counters when this app runs in the process that owns them."""
+def metrics_registry(
+    db: Database, edge: EdgeCounters | None = None, bounds: StuckBounds | None = None
+) -> CollectorRegistry:
+    """``edge``: the DICOM SCP's counters when this app runs in the process that owns them;
+    ``bounds``: the settings' stuck_after_s."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(IndexCollector(db))
+    registry.register(IndexCollector(db, bounds or StuckBounds()))
     if edge is not None:
         registry.register(EdgeCollector(edge))
     return registry

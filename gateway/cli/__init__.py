@@ -25,4 +25,6 @@ results
     ``aigw results`` and ``aigw outbox``.
 monitoring
     ``aigw monitoring``: the usage report (report, send) and the notices queued.
+health
+    ``aigw health``: healthy or degraded, and why (exit status 1 when degraded).
 """

@@ -11,6 +11,7 @@ import click
 from gateway.cli.access import api_command, tokens_group
 from gateway.cli.audit import audit_command
 from gateway.cli.dicom import echo, send
+from gateway.cli.health import health_command
 from gateway.cli.init import init_command
 from gateway.cli.models import models
 from gateway.cli.monitoring import monitoring_group
@@ -56,5 +57,6 @@ for _command in (
     results_command,
     outbox_group,
     monitoring_group,
+    health_command,
 ):
     cli.add_command(_command)

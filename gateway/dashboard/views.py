@@ -50,6 +50,7 @@ from gateway.access.sessions import (
 )
 from gateway.dashboard.charts import bar_chart
 from gateway.dashboard.stats import TARGET_DEVICES, Period, PeriodName, national, region_detail
+from gateway.dashboard.waiting import waiting_studies
 from gateway.errors import GatewayError
 from gateway.index.read_model import job_detail, result_location, study_detail
 from gateway.index.tables import utcnow
@@ -326,7 +327,10 @@ def dashboard_router() -> APIRouter:
             return _to_login()
         chosen = Period.ending(period, utcnow())
         rows = national(context.db, chosen, session.principal.region)
-        return page(request, "national.html", 200, session, period=chosen, rows=rows)
+        waiting = waiting_studies(context.db, session.principal.region)
+        return page(
+            request, "national.html", 200, session, period=chosen, rows=rows, waiting=waiting
+        )
 
     @router.get("/regions/{code}", response_model=None)
     def region(

@@ -11,6 +11,11 @@ the same time; an abandoned claim simply becomes due again), sends, and records 
 delivered, or the error and the next attempt after an exponential backoff. Receivers keep
 one copy of what they get twice (same SOP Instance UID; the SEMD's Idempotency-Key), so a
 delivery repeated after a crash between sending and recording leaves one result.
+
+The claim is :mod:`gateway.index.due`'s, the one every stage with pending work uses. A
+receiver's failure waits the outbox's own backoff (up to ``outbox_max_backoff_s``); our own
+database or object store being away waits the gateway's short one (``retry_max_backoff_s``),
+so deliveries move on within seconds of its return.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.delivery.destinations import Destination
-from gateway.errors import DatabaseError, GatewayError
+from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
+from gateway.index.due import DEFAULT_BACKOFF, Backoff, backoff_s, claim_rows
 from gateway.index.study_state import record_event
 from gateway.index.tables import JobRow, NoticeRow, OutboxRow, ResultRow, StudyRow, utcnow
 
@@ -121,31 +127,29 @@ def _add(
 def claim_due(db: Database, limit: int, lease_s: float) -> list[Claim]:
     """Take up to ``limit`` due rows for one lease; their attempt counters go up now."""
     now = utcnow()
+    lease_until = now + timedelta(seconds=lease_s)
     with db.session() as session:
-        query = (
-            select(OutboxRow)
-            .where(OutboxRow.state == OutboxState.PENDING, OutboxRow.next_attempt_at <= now)
-            .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
-            .limit(limit)
+        rows = claim_rows(
+            session,
+            OutboxRow,
+            (OutboxRow.state == OutboxState.PENDING) & (OutboxRow.next_attempt_at <= now),
+            order_by=[OutboxRow.next_attempt_at, OutboxRow.id],
+            counter=OutboxRow.attempts,
+            limit=limit,
+            lease_until=lease_until,
+            skip_locked=not db.is_sqlite,
         )
-        if not db.is_sqlite:  # SQLite serialises writers with BEGIN IMMEDIATE instead
-            query = query.with_for_update(skip_locked=True)
-        claims = []
-        lease_until = now + timedelta(seconds=lease_s)
-        for row in session.scalars(query):
-            row.attempts += 1
-            row.next_attempt_at = lease_until
-            claims.append(
-                Claim(
-                    outbox_id=row.id,
-                    result_id=row.result_id,
-                    destination=row.destination,
-                    attempt=row.attempts,
-                    lease_until=lease_until,
-                    notice_id=row.notice_id,
-                )
+        return [
+            Claim(
+                outbox_id=row.id,
+                result_id=row.result_id,
+                destination=row.destination,
+                attempt=row.attempts,
+                lease_until=lease_until,
+                notice_id=row.notice_id,
             )
-        return claims
+            for row in rows
+        ]
 
 
 def renew(db: Database, claim: Claim, lease_s: float) -> Claim | None:
@@ -172,10 +176,6 @@ def renew(db: Database, claim: Claim, lease_s: float) -> Claim | None:
         lease_until,
         claim.notice_id,
     )
-
-
-def backoff_s(attempt: int, first_s: float, max_s: float) -> float:
-    return float(min(max_s, first_s * 2 ** max(0, attempt - 1)))
 
 
 def mark_delivered(db: Database, claim: Claim, remote_id: str) -> None:
@@ -278,10 +278,16 @@ class OutboxDispatcher:
         backoff_max_s: float,
         lease_s: float,
         batch: int = 20,
+        dependency_backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         self.db, self.send = db, send
         self.poll_s, self.batch, self.lease_s = poll_s, batch, lease_s
         self.backoff = (backoff_first_s, backoff_max_s)
+        # Our own database or object store away is not the receiver's fault: retried soon.
+        self.dependency_backoff = dependency_backoff
+        # Outcomes the database could not take (it went away mid-attempt), recorded first
+        # thing once it is back, instead of waiting for their claims' leases to end.
+        self._unrecorded: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
 
@@ -293,11 +299,17 @@ class OutboxDispatcher:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        database_down = False
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
+                if database_down:
+                    log.info("outbox: database reachable again")
+                database_down = False
             except DatabaseError as exc:  # the database is back soon; nothing is lost
-                log.warning("outbox: database unavailable", extra={"error": str(exc)[:200]})
+                if not database_down:  # one line per outage, not one per poll
+                    log.warning("outbox: database unavailable", extra={"error": str(exc)[:200]})
+                database_down = True
                 worked = 0
             except Exception:  # never let the only delivery thread die
                 log.exception("outbox: unexpected error")
@@ -307,6 +319,9 @@ class OutboxDispatcher:
 
     def run_once(self) -> int:
         """Deliver what is due now; returns how many rows were attempted."""
+        while self._unrecorded:
+            self._unrecorded[0]()
+            self._unrecorded.pop(0)
         claims = claim_due(self.db, self.batch, self.lease_s)
         for claimed in claims:
             if self._stop.is_set():
@@ -320,26 +335,38 @@ class OutboxDispatcher:
         try:
             remote_id = self.send(claim)
         except Undeliverable as exc:
-            mark_failed(self.db, claim, str(exc), None)
-            log.error(
-                "delivery impossible", extra={"outbox_id": claim.outbox_id, "error": str(exc)}
-            )
+            reason = str(exc)
+            self._record(lambda: mark_failed(self.db, claim, reason, None))
+            log.error("delivery impossible", extra={"outbox_id": claim.outbox_id, "error": reason})
+        except (DatabaseError, StorageError) as exc:  # ours, not the receiver's
+            wait = self.dependency_backoff.delay_s(claim.attempt)
+            self._failed(claim, f"{exc.__class__.__name__}: {exc}", wait)
         except Exception as exc:  # any failure of a receiver: record it and retry later
             wait = backoff_s(claim.attempt, *self.backoff)
-            mark_failed(self.db, claim, f"{exc.__class__.__name__}: {exc}", wait)
-            log.warning(
-                "delivery failed, will retry",
-                extra={
-                    "outbox_id": claim.outbox_id,
-                    "destination": claim.destination,
-                    "attempt": claim.attempt,
-                    "retry_in_s": wait,
-                    "error": str(exc)[:300],
-                },
-            )
+            self._failed(claim, f"{exc.__class__.__name__}: {exc}", wait)
         else:
-            mark_delivered(self.db, claim, remote_id)
+            self._record(lambda: mark_delivered(self.db, claim, remote_id))
             log.info(
                 "delivered",
                 extra={"outbox_id": claim.outbox_id, "destination": claim.destination},
             )
+
+    def _failed(self, claim: Claim, error: str, wait: float) -> None:
+        self._record(lambda: mark_failed(self.db, claim, error, wait))
+        log.warning(
+            "delivery failed, will retry",
+            extra={
+                "outbox_id": claim.outbox_id,
+                "destination": claim.destination,
+                "attempt": claim.attempt,
+                "retry_in_s": wait,
+                "error": error[:300],
+            },
+        )
+
+    def _record(self, outcome: Callable[[], None]) -> None:
+        try:
+            outcome()
+        except DatabaseError:
+            self._unrecorded.append(outcome)
+            raise

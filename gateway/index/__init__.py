@@ -10,6 +10,11 @@ object_store
     Where instances and results are kept byte for byte: a folder or S3.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
+due
+    Work that is due: rows with a durable next attempt, claimed for one lease, the outcome
+    recorded with a backoff (routing, task sends and deliveries all use it).
+schema
+    The database's Alembic revision against this code's: empty, older, current, unknown.
 instances
     :func:`current_instance_keys`: a series' current instances, in one order for every reader.
 read_model

@@ -28,6 +28,8 @@ class StudyState(StrEnum):
 
 # States in which the quiet-period timer runs: new instances are still expected.
 OPEN_STATES = frozenset({StudyState.RECEIVING.value, StudyState.SUPERSEDED.value})
+# The state with work pending on the gateway's side: routing the completion.
+ROUTING_STATE = StudyState.COMPLETE
 
 
 def set_state(
@@ -38,9 +40,17 @@ def set_state(
     detail: dict[str, Any] | None = None,
     note: str | None = None,
 ) -> None:
-    """Move the study to ``state`` and put the transition on its timeline."""
+    """Move the study to ``state`` and put the transition on its timeline.
+
+    A study that becomes ``complete`` is due to be routed now (a fresh attempt count, see
+    :mod:`gateway.index.due`); in any other state nothing about it is due.
+    """
     study.state = state.value
     study.state_changed_at = at
+    if state == StudyState.COMPLETE:
+        study.next_attempt_at, study.attempts, study.last_error = at, 0, None
+    else:
+        study.next_attempt_at = None
     record_event(session, study.id, "state", at, state=state, detail=detail, note=note)
 
 

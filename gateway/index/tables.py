@@ -75,6 +75,7 @@ class SourceRow(Base):
 
 class StudyRow(Base):
     __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_due", "state", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -92,6 +93,11 @@ class StudyRow(Base):
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # While ``complete``: when routing is next due (see gateway.index.due), how often it
+    # was tried for this completion, and why the last try failed. NULL: nothing due.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     source: Mapped[SourceRow] = relationship()
     series: Mapped[list[SeriesRow]] = relationship(back_populates="study")
@@ -233,6 +239,7 @@ class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("study_id", "series_uid", "device_key", "study_completed_at"),
+        Index("ix_jobs_due", "state", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -256,6 +263,12 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When its task (infer while queued or running, report while inferred without results)
+    # is next due to be sent (see gateway.jobs.redrive), how often it was sent, and why the
+    # last send or run failed transiently. NULL: due only after the state's grace.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     findings: Mapped[list[FindingRow]] = relationship(
         back_populates="job", order_by="FindingRow.id"

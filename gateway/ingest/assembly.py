@@ -4,6 +4,12 @@ on request. Completion hands the study to one function, the next stage's entry p
 The timers live in the database (``last_received_at`` + the source's quiet period), not in
 memory, so a restart after ``kill -9`` resumes them, and several SCP processes can ingest
 while one assembler decides.
+
+The hand-over is durable too (:mod:`gateway.index.due`): a complete study is due to be
+handed over; the assembler claims it, calls the hook, and records the outcome — handed
+over, or the hook's error and the next attempt after a backoff. A hook that fails because
+the database or the broker is away is tried again within the longest backoff of their
+return; a process that dies mid-hook leaves a claim that ends with its lease.
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
-from gateway.errors import UnknownStudy
+from gateway.errors import DatabaseError, UnknownStudy
 from gateway.index.database import Database
-from gateway.index.study_state import OPEN_STATES, StudyState, set_state
+from gateway.index.due import DEFAULT_BACKOFF, Backoff, claim_rows, settle
+from gateway.index.study_state import OPEN_STATES, ROUTING_STATE, StudyState, set_state
 from gateway.index.tables import SourceRow, StudyRow, utcnow
 from gateway.ingest.sources import SourceDirectory
 
@@ -38,6 +46,14 @@ class StudyCompleted(BaseModel):
 
 
 CompletionHook = Callable[[StudyCompleted], None]
+
+
+@dataclass(frozen=True)
+class _Claim:
+    study_id: int
+    completed: StudyCompleted
+    attempt: int
+    lease_until: datetime
 
 
 def log_completion(completed: StudyCompleted) -> None:
@@ -60,13 +76,17 @@ class Assembler:
         default_quiet_s: float,
         on_complete: CompletionHook = log_completion,
         clock: Callable[[], datetime] = utcnow,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        batch: int = 50,
     ) -> None:
         self.db = db
         self.directory = directory
         self.default_quiet_s = default_quiet_s
         self.on_complete = on_complete
         self.clock = clock
-        self._offered: set[tuple[str, datetime]] = set()
+        self.backoff = backoff
+        self.batch = batch
+        self._database_down = False
 
     def quiet_period(self, source_name: str) -> timedelta:
         source = self.directory.by_name(source_name)
@@ -74,12 +94,12 @@ class Assembler:
         return timedelta(seconds=seconds or self.default_quiet_s)
 
     def tick(self) -> list[StudyCompleted]:
-        """Complete every study whose quiet period has passed, then offer completed studies
-        to the hook (once per process; again after a restart — the hook is idempotent)."""
+        """Complete every study whose quiet period has passed, then hand every complete
+        study that is due over to the hook; returns those handed over or tried."""
         now = self.clock()
         for study_uid in self._due(now):
             self.complete(study_uid, reason="quiet_period", only_if_quiet=True)
-        return self._offer_completed()
+        return self.hand_over()
 
     def complete(self, study_uid: str, reason: str = "manual", only_if_quiet: bool = False) -> bool:
         """Mark the study complete now; False when it was not open (or, with
@@ -113,42 +133,91 @@ class Assembler:
             ).all()
         return [uid for uid, last, source in rows if last + self.quiet_period(source) <= now]
 
-    def _offer_completed(self) -> list[StudyCompleted]:
-        with self.db.session() as session:
-            rows = session.execute(
-                select(
-                    StudyRow.study_uid, StudyRow.completed_at, StudyRow.region_code, SourceRow.name
-                )
-                .join(SourceRow)
-                .where(StudyRow.state == StudyState.COMPLETE.value)
-            ).all()
+    def hand_over(self) -> list[StudyCompleted]:
+        """Claim the complete studies that are due, offer each to the hook, record how it
+        went: handed over (nothing due any more), or due again after a backoff."""
         offered = []
-        for study_uid, completed_at, region, source in rows:
-            if completed_at is None or (study_uid, completed_at) in self._offered:
-                continue
-            completed = StudyCompleted(
-                study_uid=study_uid,
-                source=source,
-                region=region,
-                completed_at=completed_at,
-                reason="complete",
-            )
+        for claim in self._claim():
+            offered.append(claim.completed)
             try:
-                self.on_complete(completed)
-            except Exception:
-                log.exception(
-                    "completion hook failed; will retry after restart",
-                    extra={"study_uid": study_uid},
-                )
-            self._offered.add((study_uid, completed_at))
-            offered.append(completed)
+                self.on_complete(claim.completed)
+            except Exception as exc:  # any failure of the next stage: try again later
+                self._failed(claim, exc)
+            else:
+                with self.db.session() as session:  # the hook may have moved it on already
+                    settle(
+                        session, StudyRow, claim.study_id, claim.lease_until, next_attempt_at=None
+                    )
         return offered
 
+    def _claim(self) -> list[_Claim]:
+        now = self.clock()
+        # An abandoned claim (the process died, the database went away mid-hook) is due
+        # again after the longest backoff: recovery stays within that bound.
+        lease_until = now + timedelta(seconds=self.backoff.max_s)
+        due = (StudyRow.state == ROUTING_STATE.value) & (StudyRow.next_attempt_at <= now)
+        with self.db.session() as session:
+            rows = claim_rows(
+                session,
+                StudyRow,
+                due,
+                order_by=[StudyRow.next_attempt_at, StudyRow.id],
+                counter=StudyRow.attempts,
+                limit=self.batch,
+                lease_until=lease_until,
+                skip_locked=not self.db.is_sqlite,
+            )
+            return [
+                _Claim(
+                    study.id,
+                    StudyCompleted(
+                        study_uid=study.study_uid,
+                        source=study.source.name,
+                        region=study.region_code,
+                        completed_at=study.completed_at or now,
+                        reason="complete",
+                    ),
+                    study.attempts,
+                    lease_until,
+                )
+                for study in rows
+            ]
+
+    def _failed(self, claim: _Claim, exc: Exception) -> None:
+        retry_in = self.backoff.delay_s(claim.attempt)
+        error = f"{exc.__class__.__name__}: {exc}"[:2000]
+        log.warning(
+            "completion hook failed; will retry",
+            extra={
+                "study_uid": claim.completed.study_uid,
+                "attempt": claim.attempt,
+                "retry_in_s": retry_in,
+                "error": error[:300],
+            },
+        )
+        with self.db.session() as session:
+            settle(
+                session,
+                StudyRow,
+                claim.study_id,
+                claim.lease_until,
+                next_attempt_at=self.clock() + timedelta(seconds=retry_in),
+                last_error=error,
+            )
+
     def run(self, stop: threading.Event, poll_s: float) -> None:
-        """Tick until ``stop`` is set; a failing tick (database away) is logged and retried."""
+        """Tick until ``stop`` is set; a failing tick (database away) is logged once per
+        outage and retried."""
         while not stop.is_set():
             try:
                 self.tick()
+                if self._database_down:
+                    log.info("assembly: database reachable again")
+                self._database_down = False
+            except DatabaseError as exc:
+                if not self._database_down:
+                    log.warning("assembly: database unavailable", extra={"error": str(exc)})
+                self._database_down = True
             except Exception:
                 log.exception("assembly tick failed; retrying")
             stop.wait(poll_s)

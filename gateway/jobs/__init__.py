@@ -1,14 +1,17 @@
-"""Jobs: one (series, device) analysis each, from a complete study to a queued task.
+"""Jobs: one (series, device) analysis each, from a complete study to a task on the broker.
 
 Modules
 -------
 states
-    :class:`JobState`, transitions written on the study's timeline, queries for pending,
-    stale and unreported jobs.
+    :class:`JobState`, transitions written on the study's timeline, what is due (a task to
+    send), a run handed back after a transient error.
 dispatch
-    :class:`Dispatcher`, the completion hook: route the study, record its jobs, queue them.
+    :class:`Dispatcher`, the completion hook: route the study, record its jobs, due now.
 task_queue
     The Celery app as the gateway sees it: tasks sent by name, payloads of ids only.
-sweeper
-    Finds jobs whose task message was lost and sends it again.
+broker
+    :class:`BrokerWatch`: is the broker reachable, and is it still the same instance?
+redrive
+    :class:`JobRedrive`: claims due jobs and sends their infer or report task; after a
+    broker outage or restart, everything whose message may be lost is due at once.
 """

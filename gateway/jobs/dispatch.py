@@ -1,17 +1,19 @@
-"""Dispatch: what happens when a study is complete. Route it, record its jobs, queue them.
+"""Dispatch: what happens when a study is complete. Route it and record its jobs, due now.
 
-This is the completion hook of :mod:`gateway.ingest.assembly`. It is idempotent: a completion
-offered again after a restart finds the study already routed and does nothing, and jobs
-recorded but never queued (a crash between commit and send) are queued again at start-up.
+This is the completion hook of :mod:`gateway.ingest.assembly`, which offers each completion
+until it has been routed (a hook that raises is offered again after a backoff). It is
+idempotent: a completion offered again finds the study already routed and does nothing.
+The jobs are recorded due; :mod:`gateway.jobs.redrive` sends their tasks (kicked at once
+after the commit), so a broker that is away delays them and loses none.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from celery import Celery
 from sqlalchemy import select
 
 from gateway.devices.modes import DeviceMode, mode_of
@@ -20,8 +22,8 @@ from gateway.index.database import Database
 from gateway.index.study_state import StudyState, set_state
 from gateway.index.tables import JobRow, StudyRow, utcnow
 from gateway.ingest.assembly import StudyCompleted
-from gateway.jobs.states import JobState, pending_jobs
-from gateway.jobs.task_queue import queue_for, send_infer
+from gateway.jobs.states import JobState
+from gateway.jobs.task_queue import queue_for
 from gateway.routing import PlannedJob, RoutingDecision, facts_from_index, load_rules, route
 from gateway.settings import Settings
 
@@ -54,6 +56,8 @@ def job_row(
         attempts=0,
         timings_ms={},
         created_at=now,
+        next_attempt_at=now,  # its task is due at once (gateway.jobs.redrive)
+        sends=0,
     )
 
 
@@ -63,13 +67,13 @@ class Dispatcher:
         settings: Settings,
         db: Database,
         registry: DeviceRegistry,
-        app: Celery,
+        after_record: Callable[[], None] = lambda: None,
         rules_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.registry = registry
-        self.app = app
+        self.after_record = after_record  # the re-drive's kick: send the new jobs now
         self.rules = load_rules(rules_file or settings.routing_file)
 
     def __call__(self, completed: StudyCompleted) -> None:
@@ -77,12 +81,10 @@ class Dispatcher:
         with self.db.session() as session:
             facts = facts_from_index(session, completed.study_uid)
         decision = route(facts, self.rules, devices)
-        for job_id, queue, priority in self._record(completed, decision):
-            send_infer(self.app, self.settings, job_id, queue, priority)
+        if self._record(completed, decision):
+            self.after_record()
 
-    def _record(
-        self, completed: StudyCompleted, decision: RoutingDecision
-    ) -> list[tuple[int, str, int]]:
+    def _record(self, completed: StudyCompleted, decision: RoutingDecision) -> list[int]:
         with self.db.session() as session:
             study = session.scalars(
                 select(StudyRow).where(StudyRow.study_uid == completed.study_uid).with_for_update()
@@ -127,12 +129,4 @@ class Dispatcher:
                 },
             )
             log.info("study routed", extra={"study_uid": study.study_uid, "jobs": len(rows)})
-            return [(r.id, r.queue, r.priority) for r in rows]
-
-    def requeue_pending(self) -> int:
-        jobs = pending_jobs(self.db)
-        for job in jobs:
-            send_infer(self.app, self.settings, job.id, job.queue, job.priority)
-        if jobs:
-            log.info("pending jobs queued again", extra={"count": len(jobs)})
-        return len(jobs)
+            return [r.id for r in rows]

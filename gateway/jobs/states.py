@@ -1,20 +1,30 @@
 """Jobs: one (series, device) analysis each, with states and timeline entries.
 
-``queued → running → inferred`` (results and delivery add ``reported`` and ``delivered``),
-or ``failed`` with the reason and the attempt count. Every transition is also written on the
-study's timeline, so a study's whole life reads in one place.
+``queued → running → inferred`` (results and delivery follow), or ``failed`` with the reason
+and the attempt count; a run that met a transient error (database, object store) goes back
+to ``queued`` with the error and a time it is due again, never to ``failed``. Every
+transition is also written on the study's timeline, so a study's whole life reads in one
+place.
+
+What is due (:mod:`gateway.index.due`): a queued job's infer task when its
+``next_attempt_at`` has come; a running job's again only when it has run longer than a
+grace (its worker may be gone with the message) or was made due; an inferred job without
+results its report task likewise.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement, and_, exists, or_, update
 from sqlalchemy.orm import Session
 
+from gateway.errors import StorageError
 from gateway.index.database import Database
+from gateway.index.instances import current_instance_keys
+from gateway.index.object_store import ObjectStore
 from gateway.index.study_state import record_event
 from gateway.index.tables import JobRow, ResultRow, utcnow
 
@@ -35,9 +45,13 @@ def set_job_state(
     state: JobState,
     detail: dict[str, Any] | None = None,
     reason: str | None = None,
+    due_at: datetime | None = None,
 ) -> None:
+    """Move the job to ``state``; ``due_at``: when its task is next due (back to queued)."""
     now = utcnow()
     job.state = state.value
+    # Running, inferred and failed jobs are due only after their grace or when made due.
+    job.next_attempt_at = (due_at or now) if state == JobState.QUEUED else None
     if state == JobState.RUNNING:
         job.started_at = now
         job.attempts += 1
@@ -62,54 +76,99 @@ def set_job_state(
 
 
 def fail_job(db: Database, job_id: int, reason: str) -> None:
+    """End the job ``failed``: only for what is wrong with its input or its device."""
     with db.session() as session:
         job = session.get(JobRow, job_id)
         if job is not None and job.state not in DONE_STATES:
             set_job_state(session, job, JobState.FAILED, {"attempts": job.attempts}, reason=reason)
 
 
-def pending_jobs(db: Database) -> list[JobRow]:
-    """Jobs queued but not finished: after a restart their tasks may be gone with the
-    in-memory broker, so they are sent again (the task is idempotent)."""
+def hand_back(db: Database, job_id: int, error: str, retry_in_s: float) -> bool:
+    """A run that met a transient error: the job is queued (again), due after
+    ``retry_in_s``, with the error kept — never its final outcome. False when it is done
+    already (or gone)."""
     with db.session() as session:
-        return list(
-            session.scalars(
-                select(JobRow).where(
-                    JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
-                )
+        job = session.get(JobRow, job_id, with_for_update=True)
+        if job is None or job.state in DONE_STATES:
+            return False
+        job.last_error = error[:2000]
+        due = utcnow() + timedelta(seconds=retry_in_s)
+        if job.state == JobState.QUEUED.value:  # it never started: only its task is due
+            job.next_attempt_at = due
+        else:
+            set_job_state(session, job, JobState.QUEUED, {"retry_in_s": retry_in_s}, due_at=due)
+        return True
+
+
+def report_due(db: Database, job_id: int, error: str | None, retry_in_s: float = 0.0) -> None:
+    """An inferred job's report task is due again after ``retry_in_s`` (its last try met
+    a transient error, or it could not be sent)."""
+    with db.session() as session:
+        session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state == JobState.INFERRED.value)
+            .values(
+                next_attempt_at=utcnow() + timedelta(seconds=retry_in_s),
+                last_error=error[:2000] if error else None,
             )
         )
 
 
-def stale_jobs(
-    db: Database, queued_for_s: float, running_for_s: float
-) -> list[tuple[int, str, int]]:
-    """(id, queue, priority) of jobs queued or running for longer than these: their task may
-    have been lost with the broker (a Redis restart without persistence)."""
+def unreported() -> ColumnElement[bool]:
+    """Inferred jobs with no results recorded yet."""
+    return and_(
+        JobRow.state == JobState.INFERRED.value, ~exists().where(ResultRow.job_id == JobRow.id)
+    )
+
+
+def due_to_infer(now: datetime, running_grace_s: float) -> ColumnElement[bool]:
+    """Jobs whose infer task is to be sent: queued and due, or running and either made due
+    or running for longer than ``running_grace_s`` (worker and message both gone)."""
+    started_before = now - timedelta(seconds=running_grace_s)
+    running = JobRow.state == JobState.RUNNING.value
+    return or_(
+        and_(JobRow.state == JobState.QUEUED.value, JobRow.next_attempt_at <= now),
+        and_(running, JobRow.next_attempt_at <= now),
+        and_(running, JobRow.next_attempt_at.is_(None), JobRow.started_at <= started_before),
+    )
+
+
+def due_to_report(now: datetime, grace_s: float) -> ColumnElement[bool]:
+    """Inferred jobs without results whose report task is to be sent: made due, or
+    finished longer than ``grace_s`` ago (the worker sends it itself when it finishes)."""
+    finished_before = now - timedelta(seconds=grace_s)
+    return and_(
+        unreported(),
+        or_(
+            JobRow.next_attempt_at <= now,
+            and_(JobRow.next_attempt_at.is_(None), JobRow.finished_at <= finished_before),
+        ),
+    )
+
+
+def make_due_now(db: Database, *, running: bool = False) -> int:
+    """Every queued job and every inferred job without results (and, with ``running``,
+    every running job) is due now: their messages may be gone with the broker."""
     now = utcnow()
-    queued_before = now - timedelta(seconds=queued_for_s)
-    running_before = now - timedelta(seconds=running_for_s)
+    states = [JobState.QUEUED.value] + ([JobState.RUNNING.value] if running else [])
     with db.session() as session:
-        query = select(JobRow.id, JobRow.queue, JobRow.priority).where(
-            ((JobRow.state == JobState.QUEUED.value) & (JobRow.created_at <= queued_before))
-            | ((JobRow.state == JobState.RUNNING.value) & (JobRow.started_at <= running_before))
+        changed = session.execute(
+            update(JobRow)
+            .where(or_(JobRow.state.in_(states), unreported()))
+            .values(next_attempt_at=now)
         )
-        return [(row.id, row.queue, row.priority) for row in session.execute(query)]
+        return int(getattr(changed, "rowcount", 0) or 0)
 
 
-def jobs_awaiting_results(db: Database, older_than_s: float, limit: int = 100) -> list[int]:
-    """Inferred jobs with no results recorded a while after they finished (their report
-    task was lost with a worker): to be queued again."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+def missing_inputs(db: Database, store: ObjectStore, job_id: int) -> list[str] | None:
+    """The job's source objects that are gone from the store; None when the store cannot
+    tell now (it is away: the error is transient)."""
     with db.session() as session:
-        query = (
-            select(JobRow.id)
-            .where(
-                JobRow.state == JobState.INFERRED.value,
-                JobRow.finished_at <= cutoff,
-                ~exists().where(ResultRow.job_id == JobRow.id),
-            )
-            .order_by(JobRow.id)
-            .limit(limit)
-        )
-        return list(session.scalars(query))
+        job = session.get(JobRow, job_id)
+        if job is None:
+            return []
+        keys = current_instance_keys(session, job.series_uids or [job.series_uid])
+    try:
+        return [key for key in keys if not store.exists(key)]
+    except StorageError:
+        return None

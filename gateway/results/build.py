@@ -34,7 +34,7 @@ from gateway.delivery.destinations import Destinations, ResultKind
 from gateway.delivery.outbox import enqueue
 from gateway.devices.modes import DeviceMode
 from gateway.devices.registry import DeviceRegistry
-from gateway.errors import StorageError
+from gateway.errors import DatabaseError, StorageError
 from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
@@ -96,6 +96,8 @@ def build_results(context: ReportContext, job_id: int) -> int:
         if _inputs_present(context, job_id):
             raise  # the object store is briefly away: the task retries
         return _withhold_all(context, job_id, f"inputs gone from the object store: {exc}")
+    except DatabaseError:
+        raise  # the database is briefly away: the task retries; never "inputs unreadable"
     except Exception as exc:  # not transient: withheld rows say why, nothing retries forever
         return _withhold_all(context, job_id, f"inputs unreadable: {exc.__class__.__name__}: {exc}")
     artifacts = build_artifacts(report, context)

@@ -173,7 +173,9 @@ def test_the_openapi_documents_every_error_in_the_one_schema(
         for method, operation in operations.items():
             declared = operation["responses"]
             errors = {code: spec for code, spec in declared.items() if code[0] in "45"}
-            if path.startswith("/api/v1/"):
+            # Health takes no token and no parameter, and answers "degraded" instead of an
+            # error: it must speak while the database, which holds the tokens, is away.
+            if path.startswith("/api/v1/") and path != "/api/v1/health":
                 assert {"401", "422", "503"} <= set(errors), (method, path)
             for code, spec in errors.items():
                 if path.startswith("/api/v1/"):

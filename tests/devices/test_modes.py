@@ -166,7 +166,7 @@ def test_versions_registered_before_modes_existed_stay_live(tmp_path: Path) -> N
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0006")
+        command.upgrade(config, "0007")
         connection.execute(sa.text("INSERT INTO regions (code, name) VALUES ('38', 'r')"))
         connection.execute(
             sa.text(

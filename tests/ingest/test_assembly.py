@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from gateway.errors import UnknownStudy
 from gateway.index.database import Database
+from gateway.index.due import Backoff
 from gateway.index.object_store import FolderStore
 from gateway.index.tables import StudyEventRow, StudyRow, utcnow
 from gateway.ingest.assembly import Assembler, StudyCompleted
@@ -151,33 +152,76 @@ def test_manual_completion(world: World) -> None:
     assert assembler.tick() == []
 
 
-def test_hook_is_offered_again_after_a_restart(world: World) -> None:
+def test_a_handed_over_completion_is_not_offered_again_even_after_a_restart(
+    world: World,
+) -> None:
     study = make_uid("restart")
     world.receive("irk-cami", study)
     first = world.assembler()
     assert first.complete(study)
     assert len(first.tick()) == 1 and first.tick() == []
-    # a new process (kill -9 and start): the hook hears of it again, once
+    # a new process (kill -9 and start): the hand-over is recorded in the database
     second = world.assembler()
-    assert [c.study_uid for c in second.tick()] == [study]
+    world.now += timedelta(hours=1)
     assert second.tick() == []
-    assert [c.study_uid for c in world.completed] == [study, study]
+    assert [c.study_uid for c in world.completed] == [study]
+    assert world.study(study).next_attempt_at is None
 
 
-def test_failing_hook_does_not_stop_assembly(
+def test_a_failing_hook_is_offered_again_after_its_backoff_also_after_a_restart(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(_completed: StudyCompleted) -> None:
-        raise RuntimeError("routing is down")
+    failures = {"left": 2}
+    offered: list[str] = []
+
+    def flaky(completed: StudyCompleted) -> None:
+        offered.append(completed.study_uid)
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("routing is down")
 
     study, other = make_uid("hook-fails"), make_uid("hook-fails", 2)
     world.receive("irk-cami", study)
     world.receive("irk-cami", other)
-    assembler = world.assembler(broken)
+    assembler = Assembler(
+        world.db, world.directory, 10.0, flaky, clock=world.clock, backoff=Backoff(2.0, 8.0)
+    )
     assert assembler.complete(study) and assembler.complete(other)
-    assert len(assembler.tick()) == 2  # both were tried
+    assert len(assembler.tick()) == 2  # both were tried, both failed
     assert sum(r.msg.startswith("completion hook failed") for r in caplog.records) == 2
-    assert world.assembler().tick() != []  # after a restart they are offered again
+    row = world.study(study)
+    assert row.state == "complete" and row.attempts == 1
+    assert row.last_error == "RuntimeError: routing is down"
+    assert row.next_attempt_at == world.now + timedelta(seconds=2)  # the first backoff
+    world.now += timedelta(seconds=1.9)
+    assert assembler.tick() == []  # not due yet
+    # after a restart too: what is due lives in the database, not in the process
+    world.now += timedelta(seconds=0.1)
+    again = Assembler(world.db, world.directory, 10.0, flaky, clock=world.clock)
+    assert sorted(c.study_uid for c in again.tick()) == sorted([study, other])
+    assert again.tick() == []  # handed over now: nothing due
+    assert offered.count(study) == offered.count(other) == 2
+    assert world.study(study).next_attempt_at is None
+
+
+def test_backoff_doubles_up_to_its_bound(world: World) -> None:
+    def broken(_completed: StudyCompleted) -> None:
+        raise RuntimeError("still down")
+
+    study = make_uid("backoff")
+    world.receive("irk-cami", study)
+    assembler = Assembler(
+        world.db, world.directory, 10.0, broken, clock=world.clock, backoff=Backoff(1.0, 4.0)
+    )
+    assert assembler.complete(study)
+    waits = []
+    for _ in range(5):
+        assert len(assembler.tick()) == 1
+        due = world.study(study).next_attempt_at
+        assert due is not None
+        waits.append((due - world.now).total_seconds())
+        world.now = due
+    assert waits == [1.0, 2.0, 4.0, 4.0, 4.0]
 
 
 def test_late_instance_supersedes_and_completes_again(world: World) -> None:

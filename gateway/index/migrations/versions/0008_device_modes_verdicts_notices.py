@@ -1,7 +1,7 @@
 """device modes (shadow / live), verdicts, monitoring notices through the outbox
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06 04:00:00.000000
 
 Every device version registered before this revision was delivering its results: it is
@@ -13,8 +13,8 @@ otherwise).
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.text(
             "INSERT INTO device_modes (device_id, version, region_code, mode, changed_at, "
             "changed_by) SELECT d.device_id, d.version, r.region_code, 'live', "
-            "CURRENT_TIMESTAMP, 'migration 0007' FROM devices d JOIN device_regions r "
+            "CURRENT_TIMESTAMP, 'migration 0008' FROM devices d JOIN device_regions r "
             "ON r.device_id = d.device_id"
         )
     )
