@@ -12,8 +12,10 @@ object whose verdict cannot be read is noted on the study's timeline and not lin
 When all that arrived since the study was last routed are such assessment objects, the
 study goes back to ``routed`` and is not routed again: a radiologist's verdict must not
 start a second analysis (and a second copy of every result). Otherwise the dispatcher gets
-the completion as before. Linking that fails (object store or database away) is logged and
-the dispatcher still runs: a study is never held back for a verdict.
+the completion as before. When the object store or the database is away the hook raises, and
+the assembler hands the completion over again after its backoff; an object that cannot be
+read at all is logged and skipped, and any other failure of the linking is logged and the
+study routed as before: a study is never held back for a verdict.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.access.audit import DICOM_ROLE, Actor
+from gateway.errors import DatabaseError, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
 from gateway.index.study_state import StudyState, record_event, set_state
@@ -77,7 +80,9 @@ class AssessmentLinker:
             outcome = link_study(self.db, self.store, self.uid_root, completed.study_uid)
             if outcome.assessments and self._only_assessments(completed, outcome):
                 return
-        except Exception:  # never hold a study back for a verdict
+        except (DatabaseError, StorageError):
+            raise  # ours, and transient: the assembler hands the completion over again
+        except Exception:  # a bug must not hold a study back for a verdict
             log.exception("assessments not linked", extra={"study_uid": completed.study_uid})
         self.then(completed)
 
@@ -145,8 +150,15 @@ def link_study(
         if obj.sop_instance_uid in linked:
             outcome.assessments.add(obj.sop_instance_uid)
             continue
-        ds = dcmread(io.BytesIO(store.get(obj.object_key)), stop_before_pixels=True, force=True)
-        assessment = read_assessment(ds)
+        data = store.get(obj.object_key)
+        try:
+            assessment = read_assessment(dcmread(io.BytesIO(data), stop_before_pixels=True))
+        except Exception as exc:  # a sender's malformed object; the others still count
+            log.warning(
+                "assessment object not readable",
+                extra={"object": obj.sop_instance_uid, "error": f"{exc.__class__.__name__}"},
+            )
+            continue
         jobs = sorted({ours[uid] for uid in assessment.references if uid in ours})
         if not jobs:
             continue  # not about our results

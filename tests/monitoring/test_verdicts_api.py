@@ -12,12 +12,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
 from gateway.access import audit
 from gateway.access.audit import AuditEvent
 from gateway.index.database import Database
 from tests.control_plane_data import Running, Seed, client_for, running_api
+from tests.services import ROOT
+from workers.cli import main
 
 
 @pytest.fixture
@@ -220,3 +224,29 @@ def test_device_figures_over_a_chosen_period(running: tuple[Running, Seed]) -> N
         assert backwards.status_code == 200 and backwards.json() == []
     with client_for(server, "viewer", "71") as api:
         assert api.get("/api/v1/monitoring/devices", params={"region": "38"}).json() == []
+
+
+def test_aigw_tokens_create_makes_a_radiologist_of_a_region(
+    running: tuple[Running, Seed],
+) -> None:
+    server, data = running
+    env = {
+        "AIGW_CONFIG_FILE": str(ROOT / "gateway" / "configs" / "gateway.yaml"),
+        "AIGW_DATABASE_URL": server.db.url,
+    }
+    runner = CliRunner()
+    nowhere = runner.invoke(main, ["tokens", "create", "--role", "radiologist"], env=env)
+    assert nowhere.exit_code != 0 and "needs a region" in nowhere.output
+    made = runner.invoke(
+        main, ["tokens", "create", "--role", "radiologist", "--region", "38"], env=env
+    )
+    assert made.exit_code == 0, made.output
+    assert "radiologist, region 38" in made.output
+    secret = made.output.strip().splitlines()[-1]
+    job = data.study("irk-2").job_ids[0]
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    ) as api:
+        given = api.post(f"/api/v1/jobs/{job}/assessment", json={"verdict": "accept"})
+        assert given.status_code == 201, given.text
+        assert api.get("/api/v1/studies").json()[0]["region"] == "38"  # reads its region
