@@ -35,6 +35,9 @@ delivery
     Results out: destinations, the outbox, the senders per protocol.
 access
     Who may do what: tokens, roles, sessions, the HTTP caller, the audit log.
+monitoring
+    Devices watched in the field: radiologists' verdicts, figures and drift per device
+    version and region, the usage report for Росздравнадзор, malfunction notices.
 demo
     Synthetic phantom studies for the demo, the tests and the benchmarks.
 

@@ -287,6 +287,47 @@ class Settings(BaseSettings):
     outbox_max_backoff_s: float = Field(default=300.0, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0, description="Per delivery attempt.")
 
+    # --- monitoring: drift, usage reports, malfunction notices -------------------------
+    monitoring_check_every_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="How often aigw serve queues the last month's usage reports and checks "
+        "for malfunctions (only when a destination of kind monitoring is configured).",
+    )
+    malfunction_failure_rate: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="A device version whose failed ÷ finished jobs over the last day is above "
+        "this gets a malfunction notice (once per UTC day).",
+    )
+    malfunction_min_jobs: int = Field(
+        default=5,
+        ge=1,
+        description="Finished jobs in the last day a device version needs before its failure "
+        "rate is judged.",
+    )
+    drift_baseline_weeks: int = Field(
+        default=4,
+        ge=1,
+        le=52,
+        description="Drift: the first weeks of a device version in a region, whose positive "
+        "rate is the baseline.",
+    )
+    drift_sigmas: float = Field(
+        default=3.0,
+        gt=0,
+        le=10,
+        description="Drift: a week is outside the band when its positive rate is more than "
+        "this many binomial standard deviations from the baseline's.",
+    )
+    drift_min_week_studies: int = Field(
+        default=20,
+        ge=1,
+        description="Drift: studies a week (and the baseline) needs before it is judged.",
+    )
+
     # --- health --------------------------------------------------------------------
     stuck_after_s: StuckBounds = Field(
         default_factory=StuckBounds,

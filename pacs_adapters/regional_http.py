@@ -40,11 +40,7 @@ def post_semd(
             "application/json",
         ),
     }
-    cert = None
-    if client_cert is not None:
-        certificate, key = client_cert
-        cert = (str(certificate), str(key)) if key is not None else str(certificate)
-    verify: str | bool = str(ca_file) if ca_file is not None else True
+    cert, verify = tls_options(client_cert, ca_file)
     try:
         with httpx.Client(timeout=timeout_s, cert=cert, verify=verify) as client:
             response = client.post(url, headers=headers, files=files)
@@ -59,3 +55,14 @@ def post_semd(
     if isinstance(answer, dict) and answer.get("id"):
         return str(answer["id"])
     return f"HTTP {response.status_code}"
+
+
+def tls_options(
+    client_cert: tuple[Path, Path | None] | None, ca_file: Path | None
+) -> tuple[str | tuple[str, str] | None, str | bool]:
+    """httpx's ``cert`` and ``verify`` for a client certificate and a CA bundle."""
+    cert: str | tuple[str, str] | None = None
+    if client_cert is not None:
+        certificate, key = client_cert
+        cert = (str(certificate), str(key)) if key is not None else str(certificate)
+    return cert, str(ca_file) if ca_file is not None else True

@@ -9,17 +9,23 @@ tasks meet (imports run models, pacs_adapters → gateway → workers).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 from gateway.access.audit import SYSTEM, AuditEvent, record, record_configuration
 from gateway.access.retention import AuditRetention
-from gateway.delivery.destinations import load_destinations
+from gateway.delivery.destinations import Destinations, load_destinations
 from gateway.delivery.outbox import OutboxDispatcher
 from gateway.delivery.send import Delivery
 from gateway.devices.registry import DeviceRegistry
+from gateway.index.tables import utcnow
 from gateway.jobs.broker import BrokerProbe, BrokerWatch
 from gateway.jobs.dispatch import Dispatcher
 from gateway.jobs.redrive import JobRedrive, RedrivePolicy
 from gateway.jobs.task_queue import CeleryTasks, create_celery
+from gateway.monitoring.linking import AssessmentLinker
+from gateway.monitoring.notices import MalfunctionParams
+from gateway.monitoring.sender import MonitoringSender
 from gateway.settings import Settings
 from workers.serve import Gateway, Parts, Service, retry_backoff
 from workers.worker import EmbeddedWorker
@@ -28,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def prepare_registry(parts: Parts) -> DeviceRegistry:
-    """Register the seed devices (the reference zoo) and apply regions.yaml's enablement."""
+    """Register the seed devices (the reference zoo) and apply regions.yaml's enablement and
+    the modes device versions start in (a mode set for a version stands)."""
     registry = DeviceRegistry(parts.db, parts.store)
     devices_dir = parts.settings.devices_dir
     if devices_dir is not None and devices_dir.is_dir():
@@ -40,23 +47,36 @@ def prepare_registry(parts: Parts) -> DeviceRegistry:
             record(
                 parts.db, SYSTEM, AuditEvent.DEVICE_REGISTERED, "aigw serve start", detail=detail
             )
-    registry.set_regions(parts.directory.devices)
+    registry.set_regions(parts.directory.devices, parts.directory.start_modes)
     return registry
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Gateway:
+    """``clock``: what the monitoring sender takes for now (which month ended last)."""
     parts = Parts.build(settings)
     record_configuration(parts.db, settings, "aigw serve start")
     registry = prepare_registry(parts)
     app = create_celery(settings)
+    destinations = load_destinations(settings.destinations_file)
     services: list[Service] = [AuditRetention(parts.db, settings)]
     if settings.embedded_worker:
         services.append(EmbeddedWorker(app, parts))
-    services.append(outbox_dispatcher(parts))
+    services.append(outbox_dispatcher(parts, destinations))
+    services.append(
+        MonitoringSender(
+            parts.db,
+            destinations,
+            MalfunctionParams.of(settings),
+            settings.monitoring_check_every_s,
+            clock,
+        )
+    )
     redrive = job_redrive(parts, CeleryTasks(app, settings))
     services.append(redrive)
     dispatcher = Dispatcher(settings, parts.db, registry, after_record=redrive.kick)
-    return Gateway(parts, on_complete=dispatcher, services=services)
+    # Radiologists' assessment objects become verdicts before the study is routed again.
+    linker = AssessmentLinker(parts.db, parts.store, settings.uid_root, then=dispatcher)
+    return Gateway(parts, on_complete=linker, services=services)
 
 
 def job_redrive(parts: Parts, tasks: CeleryTasks) -> JobRedrive:
@@ -73,12 +93,12 @@ def job_redrive(parts: Parts, tasks: CeleryTasks) -> JobRedrive:
     return JobRedrive(parts.db, tasks, BrokerWatch(BrokerProbe(settings.broker_url)), policy)
 
 
-def outbox_dispatcher(parts: Parts) -> OutboxDispatcher:
+def outbox_dispatcher(parts: Parts, destinations: Destinations | None = None) -> OutboxDispatcher:
     settings = parts.settings
     delivery = Delivery(
         parts.db,
         parts.store,
-        load_destinations(settings.destinations_file),
+        destinations or load_destinations(settings.destinations_file),
         calling_ae=settings.ae_title,
         timeout_s=settings.delivery_timeout_s,
     )

@@ -1,6 +1,7 @@
 """The audit trail: every read of patient-level data, every login (and failure and
-lockout), every change to tokens and devices, the configuration loaded at start, and every
-DICOM association accepted or refused at the edge — who, when, what, from where.
+lockout), every change to tokens and devices (their shadow / live modes included), every
+radiologist's verdict, the configuration loaded at start, and every DICOM association
+accepted or refused at the edge — who, when, what, from where.
 
 A read writes its row in its own transaction before the data leaves the server, and a
 change writes its row in the change's own transaction where the change is ours (tokens,
@@ -68,6 +69,8 @@ class AuditEvent(StrEnum):
     DEVICE_DISABLED = "device_disabled"
     DEVICE_REGION_ENABLED = "device_region_enabled"
     DEVICE_REGION_DISABLED = "device_region_disabled"
+    DEVICE_MODE_CHANGED = "device_mode_changed"  # shadow / live per (version, region)
+    VERDICT_RECORDED = "verdict_recorded"  # a radiologist's accept / modify / reject
     CONFIG_LOADED = "config_loaded"
     ASSOCIATION_ACCEPTED = "association_accepted"  # a DICOM peer, at the edge
     ASSOCIATION_REFUSED = "association_refused"

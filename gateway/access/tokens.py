@@ -37,10 +37,11 @@ class Role(StrEnum):
     REGION_ADMIN = "region_admin"  # read and change, own region only
     VIEWER = "viewer"  # read only, own region only
     SERVICE = "service"  # machine to machine: read, retry deliveries, test rules
+    RADIOLOGIST = "radiologist"  # read and give verdicts on AI results, own region only
 
 
 # Roles that must name a region, and roles that may not.
-REGION_REQUIRED = frozenset({Role.REGION_ADMIN, Role.VIEWER})
+REGION_REQUIRED = frozenset({Role.REGION_ADMIN, Role.VIEWER, Role.RADIOLOGIST})
 REGION_FORBIDDEN = frozenset({Role.ADMIN})
 
 
@@ -69,6 +70,11 @@ class Principal:
     def can_operate(self) -> bool:
         """Operational actions a machine client also needs (retry a delivery)."""
         return self.role in (Role.ADMIN, Role.REGION_ADMIN, Role.SERVICE)
+
+    @property
+    def can_assess(self) -> bool:
+        """Accept, modify or reject an AI result (IHE AIRA): a radiologist's judgement."""
+        return self.role == Role.RADIOLOGIST
 
     @property
     def is_admin(self) -> bool:

@@ -8,10 +8,16 @@ Modules
 -------
 studies
     ``/api/v1/studies`` and ``/api/v1/jobs``: patient-level reads, each one audited.
+assessments
+    ``/api/v1/jobs/{job_id}/assessment``: radiologists' verdicts on a job's result.
 results
     ``/api/v1/results``: result objects and their bytes.
 devices
     ``/api/v1/devices``: the registry — list, detail, upload, enable and disable.
+modes
+    ``/api/v1/devices/{device}/modes``: shadow or live per version and region.
+monitoring
+    ``/api/v1/monitoring``: device figures and drift, the usage report, notices.
 directory
     ``/api/v1/regions`` and ``/api/v1/sources``.
 delivery
@@ -40,7 +46,19 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from gateway.access.http import ApiContext
-from gateway.api import audit_routes, delivery, devices, directory, health, results, rules, studies
+from gateway.api import (
+    assessments,
+    audit_routes,
+    delivery,
+    devices,
+    directory,
+    health,
+    modes,
+    monitoring,
+    results,
+    rules,
+    studies,
+)
 from gateway.api.errors import install_error_handlers
 from gateway.api.headers import SecurityHeaders
 from gateway.api.metrics import metrics_registry
@@ -82,7 +100,19 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(SecurityHeaders)
-    for module in (health, studies, results, devices, directory, delivery, rules, audit_routes):
+    for module in (
+        health,
+        studies,
+        assessments,
+        results,
+        devices,
+        modes,
+        directory,
+        delivery,
+        rules,
+        audit_routes,
+        monitoring,
+    ):
         app.include_router(module.router)
     app.include_router(dashboard_router())
 

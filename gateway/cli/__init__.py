@@ -14,7 +14,7 @@ dicom
 studies
     ``aigw studies`` (list, complete, timeline) and ``aigw jobs``.
 models
-    ``aigw models``: the device registry.
+    ``aigw models``: the device registry, and each version's shadow / live mode.
 rules
     ``aigw rules``: test routing on files, check the rules file.
 access
@@ -23,6 +23,8 @@ audit
     ``aigw audit``: the audit trail, filtered.
 results
     ``aigw results`` and ``aigw outbox``.
+monitoring
+    ``aigw monitoring``: the usage report (report, send) and the notices queued.
 health
     ``aigw health``: healthy or degraded, and why (exit status 1 when degraded).
 """

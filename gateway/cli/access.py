@@ -41,7 +41,9 @@ def tokens_group() -> None:
 @CONFIG
 @DATA_DIR
 @click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
-@click.option("--region", help="Two-digit region code (region_admin and viewer need one).")
+@click.option(
+    "--region", help="Two-digit region code (region_admin, viewer and radiologist need one)."
+)
 @click.option("--name", help="Who or what holds the token (shown in the audit log).")
 def tokens_create(
     config_file: Path | None,

@@ -14,6 +14,7 @@ from gateway.cli.dicom import echo, send
 from gateway.cli.health import health_command
 from gateway.cli.init import init_command
 from gateway.cli.models import models
+from gateway.cli.monitoring import monitoring_group
 from gateway.cli.results import outbox_group, results_command
 from gateway.cli.rules import rules_group
 from gateway.cli.studies import jobs, studies
@@ -55,6 +56,7 @@ for _command in (
     audit_command,
     results_command,
     outbox_group,
+    monitoring_group,
     health_command,
 ):
     cli.add_command(_command)

@@ -1,13 +1,16 @@
-"""``aigw models``: the AI device registry — register, list, show, enable, disable."""
+"""``aigw models``: the AI device registry — register, list, show, enable, disable, and the
+shadow / live mode of a version per region."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+from sqlalchemy.orm import Session
 
-from gateway.access.audit import AuditEvent, operator, record
+from gateway.access.audit import AuditEvent, add, operator, record
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
+from gateway.devices.modes import DeviceMode, ModeChange, modes_of, set_mode
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import GatewayError
 from gateway.index.database import Database
@@ -111,3 +114,54 @@ def _audit(
         record(registry.db, operator(), event, action, detail=detail)
     except GatewayError as exc:
         raise click.ClickException(f"done, but not audited: {exc}") from exc
+
+
+@models.command("mode")
+@CONFIG
+@DATA_DIR
+@click.argument("device")
+@click.argument("mode", type=click.Choice([m.value for m in DeviceMode]), required=False)
+@click.option("--region", help="Two-digit region code (default: every region it is enabled in).")
+def models_mode(
+    config_file: Path | None,
+    data_dir: Path | None,
+    device: str,
+    mode: str | None,
+    region: str | None,
+) -> None:
+    """Show, or set shadow / live, for DEVICE (ID@VERSION; ID: the newest version). A shadow
+    version analyses and keeps its results but delivers nothing. Each change is audited."""
+    registry = _registry(config_file, data_dir)
+    try:
+        current = modes_of(registry.db, device)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if mode is not None:
+        regions = [region] if region else [m.region for m in current]
+        if not regions:
+            raise click.ClickException(f"{device} is enabled in no region: name one (--region)")
+        actor = operator()
+
+        def audited(session: Session, change: ModeChange) -> None:
+            add(
+                session,
+                actor,
+                AuditEvent.DEVICE_MODE_CHANGED,
+                "aigw models mode",
+                region=change.region,
+                detail=change.detail(),
+            )
+
+        for code in regions:
+            try:
+                set_mode(registry.db, device, code, DeviceMode(mode), actor.name, audited)
+            except GatewayError as exc:
+                raise click.ClickException(str(exc)) from exc
+        current = modes_of(registry.db, device)
+    for setting in current:
+        if region is not None and setting.region != region:
+            continue
+        origin = f"({setting.source})"
+        if setting.changed_at is not None:
+            origin = f"(set by {setting.changed_by} at {setting.changed_at:%Y-%m-%d %H:%M:%S} UTC)"
+        click.echo(f"{setting.device} region {setting.region}: {setting.mode.value} {origin}")

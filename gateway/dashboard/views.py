@@ -52,8 +52,19 @@ from gateway.dashboard.charts import bar_chart
 from gateway.dashboard.stats import TARGET_DEVICES, Period, PeriodName, national, region_detail
 from gateway.dashboard.waiting import waiting_studies
 from gateway.errors import GatewayError
-from gateway.index.read_model import result_location, study_detail
+from gateway.index.read_model import job_detail, result_location, study_detail
 from gateway.index.tables import utcnow
+from gateway.monitoring.drift import DriftParams
+from gateway.monitoring.figures import device_figures
+from gateway.monitoring.verdicts import (
+    AssessmentCreate,
+    AssessmentError,
+    Recording,
+    Verdict,
+    VerdictSource,
+    history,
+    record_verdict,
+)
 from models.manifest import DeviceGroup
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,12 @@ PERIOD_TITLES = {
     PeriodName.MONTH: "месяц",
     PeriodName.YEAR: "год",
 }
+VERDICT_TITLES = {
+    Verdict.ACCEPT: "принять",
+    Verdict.MODIFY: "изменить",
+    Verdict.REJECT: "отклонить",
+}
+DRIFT_TITLES = {"no_baseline": "нет базы", "in_band": "в пределах", "drift": "дрейф"}
 MESSAGES = {
     "bad_token": "Неизвестный или отозванный токен",
     "stale_form": "Форма устарела или отправлена не с этой страницы. Войдите ещё раз.",
@@ -82,6 +99,7 @@ RegionCode = Annotated[str, PathParam(pattern=r"^\d{2}$")]
 StudyUid = Annotated[str, PathParam(max_length=64, pattern=UID_PATTERN)]
 ResultId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 CsrfField = Annotated[str, Form(max_length=128)]
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
 def _templates() -> Jinja2Templates:
@@ -91,7 +109,11 @@ def _templates() -> Jinja2Templates:
     env.filters["percent"] = _percent
     env.filters["when"] = _when
     env.globals.update(
-        GROUP_TITLES=GROUP_TITLES, PERIOD_TITLES=PERIOD_TITLES, TARGET=TARGET_DEVICES
+        GROUP_TITLES=GROUP_TITLES,
+        PERIOD_TITLES=PERIOD_TITLES,
+        TARGET=TARGET_DEVICES,
+        VERDICT_TITLES=VERDICT_TITLES,
+        DRIFT_TITLES=DRIFT_TITLES,
     )
     return templates
 
@@ -187,6 +209,18 @@ def dashboard_router() -> APIRouter:
             title="Недоступно",
             message="Журнал аудита или база данных недоступны, поэтому данные не показаны. "
             "Повторите позже.",
+        )
+
+    def refused(
+        request: Request, session: DashboardSession, message: str, status_code: int = 403
+    ) -> HTMLResponse:
+        return page(
+            request,
+            "error.html",
+            status_code,
+            session,
+            title="Запрос отклонён",
+            message=message,
         )
 
     def login_page(
@@ -331,9 +365,82 @@ def dashboard_router() -> APIRouter:
             return unavailable(request, session)
         notices = {job.device: _notice(context, job.device) for job in detail.jobs}
         images = [r for r in detail.results if r.kind == "sc" and r.state == "stored"]
+        verdicts = {
+            job.job_id: history(context.db, job.job_id, session.principal.region) or []
+            for job in detail.jobs
+        }
         return page(
-            request, "study.html", 200, session, study=detail, notices=notices, images=images
+            request,
+            "study.html",
+            200,
+            session,
+            study=detail,
+            notices=notices,
+            images=images,
+            verdicts=verdicts,
         )
+
+    @router.post("/jobs/{job_id}/assessment", response_model=None)
+    def assess(
+        request: Request,
+        job_id: JobId,
+        verdict: Annotated[Verdict, Form()],
+        finding_id: Annotated[str, Form(max_length=20)] = "",
+        comment: Annotated[str, Form(max_length=2000)] = "",
+        csrf: CsrfField = "",
+    ) -> HTMLResponse | RedirectResponse:
+        """A radiologist's verdict from the study page (the form's CSRF token required)."""
+        context = get_context(request)
+        session = _session(context, request)
+        if session is None:
+            return _to_login()
+        who = session.principal
+        if not csrf_valid(request.cookies.get(SESSION_COOKIE), FormPurpose.SESSION, csrf):
+            return refused(
+                request, session, "Форма отправлена не с этой страницы (нет токена CSRF)."
+            )
+        if not who.can_assess:
+            return refused(
+                request, session, "Оценивать результаты ИИ может только врач-рентгенолог."
+            )
+        found = job_detail(context.db, job_id, who.region)
+        if found is None:
+            return missing(request, session, f"задание {job_id}")
+        try:
+            body = AssessmentCreate(
+                verdict=verdict,
+                finding_id=int(finding_id) if finding_id.strip() else None,
+                comment=comment.strip() or None,
+            )
+            by = Recording(
+                who.actor, VerdictSource.DASHBOARD, action_of(request), client_ip(request)
+            )
+            record_verdict(context.db, job_id, who.region, body, by)
+        except (ValueError, AssessmentError) as exc:
+            return refused(request, session, f"Оценка не записана: {exc}", 422)
+        except GatewayError:
+            return unavailable(request, session)
+        study_uid = found[0].study_uid
+        return RedirectResponse(f"/dashboard/studies/{study_uid}#job-{job_id}", status_code=303)
+
+    @router.get("/monitoring", response_model=None)
+    def monitoring(
+        request: Request, period: PeriodQuery = PeriodName.MONTH
+    ) -> HTMLResponse | RedirectResponse:
+        """Each device version in each region: volume, positives, verdicts, failures, drift."""
+        context = get_context(request)
+        session = _session(context, request)
+        if session is None:
+            return _to_login()
+        chosen = Period.ending(period, utcnow())
+        rows = device_figures(
+            context.db,
+            chosen.since,
+            chosen.until,
+            session.principal.region,
+            DriftParams.of(context.settings),
+        )
+        return page(request, "monitoring.html", 200, session, period=chosen, rows=rows)
 
     @router.get("/results/{result_id}/image.png", response_model=None)
     def flag_image(request: Request, result_id: ResultId) -> Response:

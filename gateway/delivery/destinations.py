@@ -3,8 +3,11 @@
 Each destination is one receiver speaking one protocol — C-STORE back to the archive,
 Orthanc's REST API, DICOMweb STOW-RS, or an HTTP POST of the SEMD to the regional system —
 and takes the result kinds it is named for. Each source (sources.yaml) lists the
-destinations of its studies' results; ``default`` covers sources not listed. Secrets are
-never in the file: it names the environment variable that holds them.
+destinations of its studies' results; ``default`` covers sources not listed. An HTTP
+destination of kind ``monitoring`` takes what the gateway says about its devices (the
+monthly usage report, malfunction notices) rather than a study's results: it is not listed
+per source, every one of them gets each notice. Secrets are never in the file: it names the
+environment variable that holds them.
 """
 
 from __future__ import annotations
@@ -21,14 +24,28 @@ from models.yaml_file import load_model
 
 
 class ResultKind(StrEnum):
+    """What a destination takes: a kind of a job's result, or ``monitoring`` (notices about
+    the devices: :class:`gateway.index.tables.NoticeRow`)."""
+
     SR = "sr"
     SC = "sc"
     GSPS = "gsps"
     SEG = "seg"
     SEMD = "semd"
+    MONITORING = "monitoring"
 
 
 DICOM_KINDS = (ResultKind.SR, ResultKind.SC, ResultKind.GSPS, ResultKind.SEG)
+# What one HTTP destination can take: one payload shape per receiver URL.
+HTTP_KINDS = ([ResultKind.SEMD], [ResultKind.MONITORING])
+
+
+def _only_dicom(name: str, kinds: list[ResultKind], what: str) -> None:
+    other = [kind.value for kind in kinds if kind not in DICOM_KINDS]
+    if other:
+        raise ValueError(f"{name}: {what} takes DICOM results, not {', '.join(other)}")
+
+
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -58,8 +75,7 @@ class DicomDestination(_Destination):
 
     @model_validator(mode="after")
     def _dicom_only(self) -> DicomDestination:
-        if ResultKind.SEMD in self.kinds:
-            raise ValueError(f"{self.name}: a DICOM archive cannot take the SEMD (CDA)")
+        _only_dicom(self.name, self.kinds, "a DICOM archive")
         if not self.tls and (self.ca_file or self.client_cert or self.client_key):
             raise ValueError(f"{self.name}: ca_file / client_cert / client_key need tls: true")
         if self.client_key is not None and self.client_cert is None:
@@ -77,8 +93,7 @@ class OrthancDestination(_Destination):
 
     @model_validator(mode="after")
     def _dicom_only(self) -> OrthancDestination:
-        if ResultKind.SEMD in self.kinds:
-            raise ValueError(f"{self.name}: Orthanc takes DICOM results, not the SEMD")
+        _only_dicom(self.name, self.kinds, "Orthanc")
         return self
 
 
@@ -91,13 +106,13 @@ class StowDestination(_Destination):
 
     @model_validator(mode="after")
     def _dicom_only(self) -> StowDestination:
-        if ResultKind.SEMD in self.kinds:
-            raise ValueError(f"{self.name}: STOW-RS takes DICOM results, not the SEMD")
+        _only_dicom(self.name, self.kinds, "STOW-RS")
         return self
 
 
 class HttpDestination(_Destination):
-    """The regional system: HTTP POST of the SEMD and its metadata."""
+    """The regional system: HTTP POST of the SEMD and its metadata; or, with kinds
+    ``[monitoring]``, a receiver of the device usage reports and malfunction notices (JSON)."""
 
     protocol: Literal["http"]
     url: HttpUrl
@@ -109,8 +124,11 @@ class HttpDestination(_Destination):
 
     @model_validator(mode="after")
     def _semd_only(self) -> HttpDestination:
-        if self.kinds != [ResultKind.SEMD]:
-            raise ValueError(f"{self.name}: the HTTP destination takes the SEMD only")
+        if self.kinds not in HTTP_KINDS:
+            raise ValueError(
+                f"{self.name}: an HTTP destination takes either the SEMD ([semd]) or the "
+                "monitoring notices ([monitoring])"
+            )
         if self.client_key is not None and self.client_cert is None:
             raise ValueError(f"{self.name}: client_key without client_cert")
         return self
@@ -152,8 +170,14 @@ class Destinations:
         self.by_name = {d.name: d for d in config.destinations}
 
     def for_result(self, source: str, kind: ResultKind) -> list[Destination]:
+        if kind == ResultKind.MONITORING:
+            return []  # notices are not a study's results: see for_monitoring
         names = self.config.sources.get(source, self.config.default)
         return [self.by_name[n] for n in names if kind in self.by_name[n].kinds]
+
+    def for_monitoring(self) -> list[Destination]:
+        """Every destination of the usage reports and malfunction notices."""
+        return [d for d in self.config.destinations if ResultKind.MONITORING in d.kinds]
 
 
 def load_destinations(path: Path) -> Destinations:

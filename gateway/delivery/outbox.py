@@ -1,7 +1,11 @@
 """The outbox: one row per (result, destination), delivered until acknowledged.
 
 Rows are written in the same transaction as the results they carry, so a crash can lose
-neither. A dispatcher claims due rows by pushing their ``next_attempt_at`` one lease into
+neither. A notice about the devices (a monthly usage report, a malfunction notice:
+:class:`~gateway.index.tables.NoticeRow`) goes through the same rows, claims and backoff,
+with ``notice_id`` where a result's row has ``result_id``; the notice's key makes it once per
+(device version, month) or (device version, day), and receivers see it as the
+Idempotency-Key. A dispatcher claims due rows by pushing their ``next_attempt_at`` one lease into
 the future (several dispatchers, or one restarted after a crash, never send a row twice at
 the same time; an abandoned claim simply becomes due again), sends, and records the answer:
 delivered, or the error and the next attempt after an exponential backoff. Receivers keep
@@ -31,7 +35,7 @@ from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.due import DEFAULT_BACKOFF, Backoff, backoff_s, claim_rows
 from gateway.index.study_state import record_event
-from gateway.index.tables import JobRow, OutboxRow, ResultRow, StudyRow, utcnow
+from gateway.index.tables import JobRow, NoticeRow, OutboxRow, ResultRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +57,11 @@ class Undeliverable(GatewayError):
 @dataclass(frozen=True)
 class Claim:
     outbox_id: int
-    result_id: int
+    result_id: int | None  # one of result_id and notice_id
     destination: str
     attempt: int
     lease_until: datetime  # the row's next_attempt_at while this claim holds it
+    notice_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,24 @@ def enqueue(session: Session, result: ResultRow, destinations: list[Destination]
     have = set(
         session.scalars(select(OutboxRow.destination).where(OutboxRow.result_id == result.id))
     )
+    return _add(session, destinations, have, result_id=result.id)
+
+
+def enqueue_notice(session: Session, notice: NoticeRow, destinations: list[Destination]) -> int:
+    """Add a row per destination not already holding this notice; returns how many."""
+    have = set(
+        session.scalars(select(OutboxRow.destination).where(OutboxRow.notice_id == notice.id))
+    )
+    return _add(session, destinations, have, notice_id=notice.id)
+
+
+def _add(
+    session: Session,
+    destinations: list[Destination],
+    have: set[str],
+    result_id: int | None = None,
+    notice_id: int | None = None,
+) -> int:
     now = utcnow()
     added = 0
     for destination in destinations:
@@ -87,7 +110,8 @@ def enqueue(session: Session, result: ResultRow, destinations: list[Destination]
             continue
         session.add(
             OutboxRow(
-                result_id=result.id,
+                result_id=result_id,
+                notice_id=notice_id,
                 destination=destination.name,
                 protocol=destination.protocol,
                 state=OutboxState.PENDING,
@@ -116,7 +140,15 @@ def claim_due(db: Database, limit: int, lease_s: float) -> list[Claim]:
             skip_locked=not db.is_sqlite,
         )
         return [
-            Claim(row.id, row.result_id, row.destination, row.attempts, lease_until) for row in rows
+            Claim(
+                outbox_id=row.id,
+                result_id=row.result_id,
+                destination=row.destination,
+                attempt=row.attempts,
+                lease_until=lease_until,
+                notice_id=row.notice_id,
+            )
+            for row in rows
         ]
 
 
@@ -136,7 +168,14 @@ def renew(db: Database, claim: Claim, lease_s: float) -> Claim | None:
         )
         if not getattr(changed, "rowcount", 0):
             return None
-    return Claim(claim.outbox_id, claim.result_id, claim.destination, claim.attempt, lease_until)
+    return Claim(
+        claim.outbox_id,
+        claim.result_id,
+        claim.destination,
+        claim.attempt,
+        lease_until,
+        claim.notice_id,
+    )
 
 
 def mark_delivered(db: Database, claim: Claim, remote_id: str) -> None:
@@ -151,7 +190,7 @@ def mark_delivered(db: Database, claim: Claim, remote_id: str) -> None:
             remote_id,
             None,
         )
-        result = session.get(ResultRow, row.result_id)
+        result = session.get(ResultRow, row.result_id) if row.result_id is not None else None
         if result is not None:
             job = session.get(JobRow, result.job_id)
             if job is not None:

@@ -1,9 +1,11 @@
-"""Sending one outbox row: the stored result, to its destination, by its protocol."""
+"""Sending one outbox row: the stored result (or the notice), to its destination, by its
+protocol."""
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.delivery.destinations import (
     Destination,
@@ -11,6 +13,7 @@ from gateway.delivery.destinations import (
     DicomDestination,
     HttpDestination,
     OrthancDestination,
+    ResultKind,
     StowDestination,
     secret,
 )
@@ -18,9 +21,10 @@ from gateway.delivery.outbox import Claim, DeliveryError, Undeliverable
 from gateway.errors import StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import ResultRow
+from gateway.index.tables import NoticeRow, ResultRow
 from pacs_adapters.dicom_scu import Peer, store_instance
 from pacs_adapters.dicomweb import stow_instance
+from pacs_adapters.monitoring_http import post_notice
 from pacs_adapters.orthanc_rest import upload_instance
 from pacs_adapters.regional_http import post_semd
 from pacs_adapters.tls import TlsConfigError, client_context
@@ -31,6 +35,12 @@ class _Payload:
     kind: str
     data: bytes
     meta: dict[str, object]
+
+
+@dataclass(frozen=True)
+class _Notice:
+    key: str
+    document: dict[str, object]
 
 
 class Delivery:
@@ -52,6 +62,8 @@ class Delivery:
         destination = self.destinations.by_name.get(claim.destination)
         if destination is None:  # retried: the operator may put it back in the file
             raise DeliveryError(f"destination {claim.destination} is no longer configured")
+        if claim.notice_id is not None:
+            return self._send_notice(destination, self._notice(claim.notice_id))
         return self._send(destination, self._payload(claim))
 
     def _tls(self, destination: DicomDestination) -> ssl.SSLContext | None:
@@ -69,6 +81,28 @@ class Delivery:
             except TlsConfigError as exc:  # retried: the operator may fix the files
                 raise DeliveryError(f"{destination.name}: {exc}") from exc
         return self._tls_contexts[destination.name]
+
+    def _notice(self, notice_id: int) -> _Notice:
+        with self.db.session() as session:
+            notice = session.get(NoticeRow, notice_id)
+            if notice is None:
+                raise Undeliverable(f"notice {notice_id} is gone")
+            return _Notice(notice.key, dict(notice.payload))
+
+    def _send_notice(self, destination: Destination, notice: _Notice) -> str:
+        if not isinstance(destination, HttpDestination) or destination.kinds != [
+            ResultKind.MONITORING
+        ]:  # the file changed since the row was queued; the operator may change it back
+            raise DeliveryError(f"destination {destination.name} no longer takes notices")
+        return post_notice(
+            str(destination.url),
+            notice.document,
+            notice.key,
+            secret(destination.token_env),
+            self.timeout_s,
+            client_cert=_cert(destination),
+            ca_file=destination.ca_file,
+        )
 
     def _payload(self, claim: Claim) -> _Payload:
         with self.db.session() as session:
@@ -109,17 +143,18 @@ class Delivery:
         metadata = payload.meta.get("metadata")
         if not isinstance(metadata, dict):
             raise Undeliverable("the SEMD result carries no metadata")
-        cert = (
-            (destination.client_cert, destination.client_key)
-            if destination.client_cert is not None
-            else None
-        )
         return post_semd(
             str(destination.url),
             payload.data,
             metadata,
             secret(destination.token_env),
             timeout,
-            client_cert=cert,
+            client_cert=_cert(destination),
             ca_file=destination.ca_file,
         )
+
+
+def _cert(destination: HttpDestination) -> tuple[Path, Path | None] | None:
+    if destination.client_cert is None:
+        return None
+    return destination.client_cert, destination.client_key

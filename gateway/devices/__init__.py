@@ -5,4 +5,7 @@ Modules
 registry
     :class:`DeviceRegistry`: validated manifests and ONNX files in the index and the object
     store, versions, enablement per version and per region.
+modes
+    Shadow or live per (device version, region): the mode in force, where it comes from,
+    setting it (audited by the caller in the same transaction).
 """

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from gateway.errors import GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import DeviceRegionRow, DeviceRow, utcnow
+from gateway.index.tables import DeviceMode, DeviceRegionRow, DeviceRow, utcnow
 from models.manifest import DeviceManifest, ManifestError, load_manifest
 from models.onnx_check import ModelError, validate_model
 
@@ -115,7 +115,7 @@ class DeviceRegistry:
         return added
 
     def set_enabled(self, device_key: str, enabled: bool) -> None:
-        device_id, version = _split(device_key)
+        device_id, version = split_key(device_key)
         with self.db.session() as session:
             row = session.scalars(
                 select(DeviceRow).where(
@@ -126,13 +126,25 @@ class DeviceRegistry:
                 raise RegistryError(f"no device {device_key}")
             row.enabled = enabled
 
-    def set_regions(self, enablement: dict[str, list[str]]) -> None:
-        """Replace per-region enablement (region code → device ids) with ``enablement``."""
+    def set_regions(
+        self,
+        enablement: dict[str, list[str]],
+        start_modes: dict[str, dict[str, DeviceMode]] | None = None,
+    ) -> None:
+        """Replace per-region enablement (region code → device ids) with ``enablement``, and
+        the mode each device's versions start in there (region → device id → mode; shadow
+        where none is named: :mod:`gateway.devices.modes`)."""
+        start_modes = start_modes or {}
         with self.db.session() as session:
             session.execute(delete(DeviceRegionRow))
             for region, device_ids in enablement.items():
                 for device_id in dict.fromkeys(device_ids):
-                    session.add(DeviceRegionRow(device_id=device_id, region_code=region))
+                    mode = start_modes.get(region, {}).get(device_id, DeviceMode.SHADOW)
+                    session.add(
+                        DeviceRegionRow(
+                            device_id=device_id, region_code=region, start_mode=mode.value
+                        )
+                    )
 
     def devices(self) -> list[RegisteredDevice]:
         with self.db.session() as session:
@@ -140,7 +152,7 @@ class DeviceRegistry:
             return [self._public(row, session) for row in rows]
 
     def get(self, device_key: str) -> RegisteredDevice:
-        device_id, version = _split(device_key)
+        device_id, version = split_key(device_key)
         with self.db.session() as session:
             query = select(DeviceRow).where(DeviceRow.device_id == device_id)
             if version:
@@ -187,6 +199,7 @@ class DeviceRegistry:
         )
 
 
-def _split(device_key: str) -> tuple[str, str | None]:
+def split_key(device_key: str) -> tuple[str, str | None]:
+    """``ID@VERSION`` → (id, version); ``ID`` → (id, None)."""
     device_id, _, version = device_key.partition("@")
     return device_id, version or None

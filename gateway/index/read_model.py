@@ -18,6 +18,7 @@ from gateway.errors import UnknownStudy
 from gateway.index.database import Database
 from gateway.index.study_state import StudyState
 from gateway.index.tables import (
+    DeviceMode,
     FindingRow,
     InstanceRow,
     JobRow,
@@ -45,6 +46,7 @@ class TimelineEntry(_Public):
 
 
 class FindingItem(_Public):
+    id: int
     label_code: str
     label_ru: str
     label_en: str
@@ -57,6 +59,7 @@ class FindingItem(_Public):
     @classmethod
     def of(cls, row: FindingRow) -> FindingItem:
         return cls(
+            id=row.id,
             label_code=row.label_code,
             label_ru=row.label_ru,
             label_en=row.label_en,
@@ -123,6 +126,7 @@ class ResultItem(_Public):
     meta: dict[str, Any]
     created_at: datetime
     deliveries: dict[str, str]  # destination → state
+    shadow: bool  # its job ran in shadow mode: kept here, never delivered
 
 
 class JobItem(_Public):
@@ -137,6 +141,7 @@ class JobItem(_Public):
     priority: int
     queue: str
     state: str
+    mode: str  # shadow or live when the job was created (gateway.index.tables.DeviceMode)
     attempts: int
     reason: str | None
     timings_ms: dict[str, float]
@@ -378,6 +383,7 @@ def _jobs(session: Session, query: AnySelect, uids: dict[int, str]) -> list[JobI
             priority=j.priority,
             queue=j.queue,
             state=j.state,
+            mode=j.mode,
             attempts=j.attempts,
             reason=j.reason,
             timings_ms=j.timings_ms or {},
@@ -400,6 +406,11 @@ def _results(session: Session, job_ids: list[int]) -> list[ResultItem]:
             select(ResultRow).where(ResultRow.job_id.in_(job_ids)).order_by(ResultRow.id)
         )
     )
+    shadow = set(
+        session.scalars(
+            select(JobRow.id).where(JobRow.id.in_(job_ids), JobRow.mode == DeviceMode.SHADOW)
+        )
+    )
     deliveries: dict[int, dict[str, str]] = {}
     if rows:
         for result_id, destination, state in session.execute(
@@ -407,7 +418,8 @@ def _results(session: Session, job_ids: list[int]) -> list[ResultItem]:
                 OutboxRow.result_id.in_([r.id for r in rows])
             )
         ):
-            deliveries.setdefault(result_id, {})[destination] = state
+            if result_id is not None:
+                deliveries.setdefault(result_id, {})[destination] = state
     return [
         ResultItem(
             id=r.id,
@@ -421,6 +433,7 @@ def _results(session: Session, job_ids: list[int]) -> list[ResultItem]:
             meta=r.meta or {},
             created_at=r.created_at,
             deliveries=deliveries.get(r.id, {}),
+            shadow=r.job_id in shadow,
         )
         for r in rows
     ]

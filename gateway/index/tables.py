@@ -7,11 +7,13 @@ the two never drift apart.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -194,13 +196,40 @@ class DeviceRow(Base):
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class DeviceMode(StrEnum):
+    """How a device version works in a region: ``shadow`` analyses and keeps its results but
+    delivers nothing; ``live`` delivers. Here, beside its tables, because regions.yaml (read by
+    ingest) names modes as well as the registry (:mod:`gateway.devices.modes`) does."""
+
+    SHADOW = "shadow"
+    LIVE = "live"
+
+
 class DeviceRegionRow(Base):
-    """A device enabled in a region (seeded from regions.yaml)."""
+    """A device enabled in a region (seeded from regions.yaml), and the mode its versions
+    start in there until one is set for a version (:class:`DeviceModeRow`)."""
 
     __tablename__ = "device_regions"
 
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"), primary_key=True)
+    start_mode: Mapped[str] = mapped_column(String(16), default=DeviceMode.SHADOW.value)
+
+
+class DeviceModeRow(Base):
+    """The mode set for one device version in one region, by whom and when (the audit log
+    keeps every change)."""
+
+    __tablename__ = "device_modes"
+    __table_args__ = (UniqueConstraint("device_id", "version", "region_code"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"))
+    mode: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    changed_by: Mapped[str] = mapped_column(String(100))
 
 
 class JobRow(Base):
@@ -225,6 +254,9 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer)
     queue: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(32), index=True)
+    # The device version's mode in the study's region when the job was created: a study
+    # analysed in shadow stays shadow whatever the mode becomes later.
+    mode: Mapped[str] = mapped_column(String(16), default=DeviceMode.LIVE.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str | None] = mapped_column(Text)
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
@@ -283,17 +315,41 @@ class ResultRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class NoticeRow(Base):
+    """A document the gateway sends about its devices rather than about a study: the monthly
+    usage report of one device version, or a malfunction notice. ``key`` names it once (per
+    device version and month, per device version and day), so it is created and delivered
+    once; ``payload`` is the document exactly as it is sent."""
+
+    __tablename__ = "monitoring_notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # usage_report, malfunction
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    device_key: Mapped[str] = mapped_column(String(100), index=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OutboxRow(Base):
-    """One delivery of one result to one destination, retried until acknowledged."""
+    """One delivery of one result (or one notice) to one destination, retried until
+    acknowledged."""
 
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("result_id", "destination"),
+        UniqueConstraint("notice_id", "destination"),
+        CheckConstraint(
+            "(result_id IS NULL) <> (notice_id IS NULL)", name="ck_outbox_result_or_notice"
+        ),
         Index("ix_outbox_due", "state", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("results.id"), index=True)
+    notice_id: Mapped[int | None] = mapped_column(ForeignKey("monitoring_notices.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
     protocol: Mapped[str] = mapped_column(String(16))  # dicom, orthanc, stow, http
     state: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
@@ -312,7 +368,7 @@ class ApiTokenRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
-    role: Mapped[str] = mapped_column(String(16))  # admin, region_admin, viewer, service
+    role: Mapped[str] = mapped_column(String(16))  # gateway.access.tokens.Role
     region_code: Mapped[str | None] = mapped_column(ForeignKey("regions.code"))
     secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -366,3 +422,26 @@ class LoginFailureRow(Base):
     failures: Mapped[int] = mapped_column(Integer)
     last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime())
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class VerdictRow(Base):
+    """A radiologist's verdict on a job's result (``finding_id`` None) or on one finding:
+    accept, modify or reject. A new verdict on the same (job, finding) supersedes the current
+    one, which is kept with ``superseded_at`` set: the history stays."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (Index("ix_verdicts_job_current", "job_id", "superseded_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id"))
+    label_code: Mapped[str | None] = mapped_column(String(16))
+    verdict: Mapped[str] = mapped_column(String(16))  # gateway.monitoring.verdicts.Verdict
+    comment: Mapped[str | None] = mapped_column(Text)
+    location: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(16))  # api, dashboard, dicom
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    author: Mapped[str] = mapped_column(String(100))
+    object_uid: Mapped[str | None] = mapped_column(String(64), index=True)  # a DICOM assessment
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from gateway.errors import ConfigError
 from gateway.index.database import Database
-from gateway.index.tables import RegionRow, SourceRow
+from gateway.index.tables import DeviceMode, RegionRow, SourceRow
 from gateway.ingest.tls import TlsIdentity, normalise_fingerprint
 from gateway.uids import is_valid_uid
 from models.yaml_file import load_model
@@ -137,12 +137,29 @@ class SourcesFile(BaseModel):
         return self
 
 
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class RegionDevice(BaseModel):
+    """A device enabled in a region, with the mode its versions start in there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: DeviceId
+    mode: DeviceMode = Field(
+        default=DeviceMode.SHADOW,
+        description="shadow: new versions deliver nothing until set live; live: they deliver",
+    )
+
+
 class RegionsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     regions: dict[RegionCode, str] = Field(default_factory=dict)
-    devices: dict[RegionCode, list[str]] = Field(
-        default_factory=dict, description="AI device ids enabled in each region"
+    devices: dict[RegionCode, list[DeviceId | RegionDevice]] = Field(
+        default_factory=dict,
+        description="AI devices enabled in each region: an id, or {id, mode} to name the "
+        "mode its versions start in",
     )
 
     @model_validator(mode="after")
@@ -150,7 +167,27 @@ class RegionsFile(BaseModel):
         unknown = sorted(set(self.devices) - set(self.regions) - {OPEN_REGION})
         if unknown:
             raise ValueError(f"devices enabled in regions not listed under regions: {unknown}")
+        for region, entries in self.devices.items():
+            ids = [_entry(e).id for e in entries]
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            if twice:
+                raise ValueError(f"region {region} lists a device more than once: {twice}")
         return self
+
+    def enabled(self) -> dict[str, list[str]]:
+        """Region → the device ids enabled there."""
+        return {region: [_entry(e).id for e in entries] for region, entries in self.devices.items()}
+
+    def start_modes(self) -> dict[str, dict[str, DeviceMode]]:
+        """Region → device id → the mode its versions start in there."""
+        return {
+            region: {_entry(e).id: _entry(e).mode for e in entries}
+            for region, entries in self.devices.items()
+        }
+
+
+def _entry(entry: str | RegionDevice) -> RegionDevice:
+    return entry if isinstance(entry, RegionDevice) else RegionDevice(id=entry)
 
 
 OPEN_SOURCE = Source(
@@ -167,9 +204,11 @@ class SourceDirectory:
         regions: dict[str, str],
         open_mode: bool,
         devices: dict[str, list[str]] | None = None,
+        start_modes: dict[str, dict[str, DeviceMode]] | None = None,
     ) -> None:
         self.sources = sources
         self.devices = devices or {}
+        self.start_modes = start_modes or {}
         self.regions = {OPEN_REGION: "Открытый режим (без региона)", **regions}
         self.open_mode = open_mode
         unknown = sorted({s.region for s in sources} - set(self.regions))
@@ -232,7 +271,9 @@ def load_directory(sources_file: Path, regions_file: Path, open_mode: bool) -> S
     )
     if not sources_file.is_file() and not open_mode:
         raise ConfigError(f"sources file not found: {sources_file} (and open mode is off)")
-    return SourceDirectory(sources, regions.regions, open_mode, regions.devices)
+    return SourceDirectory(
+        sources, regions.regions, open_mode, regions.enabled(), regions.start_modes()
+    )
 
 
 def sync_directory(db: Database, directory: SourceDirectory) -> dict[str, int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from gateway.devices.modes import DeviceMode, mode_of
 from gateway.devices.registry import DeviceRegistry
 from gateway.index.database import Database
 from gateway.index.study_state import StudyState, set_state
@@ -30,9 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def job_row(
-    study_id: int, completed_at: datetime, planned: PlannedJob, queue: str, now: datetime
+    study_id: int,
+    completed_at: datetime,
+    planned: PlannedJob,
+    queue: str,
+    now: datetime,
+    mode: DeviceMode = DeviceMode.LIVE,
 ) -> JobRow:
-    """The queued job row for one planned (series, device) analysis of one completion."""
+    """The queued job row for one planned (series, device) analysis of one completion, in
+    the mode its device version has in the study's region now."""
     return JobRow(
         study_id=study_id,
         study_completed_at=completed_at,
@@ -45,6 +52,7 @@ def job_row(
         priority=int(planned.priority),
         queue=queue,
         state=JobState.QUEUED.value,
+        mode=mode.value,
         attempts=0,
         timings_ms={},
         created_at=now,
@@ -94,7 +102,10 @@ class Dispatcher:
             rows = []
             for planned in decision.jobs:
                 queue = queue_for(self.settings, planned.device_id)
-                row = job_row(study.id, completed.completed_at, planned, queue, now)
+                mode = mode_of(
+                    session, planned.device_id, planned.device_version, study.region_code
+                )
+                row = job_row(study.id, completed.completed_at, planned, queue, now, mode)
                 session.add(row)
                 rows.append(row)
             session.flush()
@@ -111,6 +122,7 @@ class Dispatcher:
                             "series_uid": r.series_uid,
                             "study_type": r.study_type,
                             "priority": r.priority,
+                            "mode": r.mode,
                         }
                         for r in rows
                     ]

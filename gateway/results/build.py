@@ -5,7 +5,9 @@ module gathers that input (the job's findings, its source instances from the obj
 the device's manifest, the sending organisation), runs each builder, stores what they
 return, and in one transaction records a results row per object and an outbox row per
 destination. A builder that cannot produce its result (the SEMD without the patient's
-СНИЛС, say) leaves a ``withheld`` row that says why; the others go ahead.
+СНИЛС, say) leaves a ``withheld`` row that says why; the others go ahead. A job run in
+shadow mode (:mod:`gateway.devices.modes`) has its results built and stored like any other,
+but no outbox rows: nothing of it leaves the gateway.
 
 Running twice for a job is harmless: object keys and UIDs are derived from the job, and a
 job whose results are recorded is skipped.
@@ -30,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.delivery.destinations import Destinations, ResultKind
 from gateway.delivery.outbox import enqueue
+from gateway.devices.modes import DeviceMode
 from gateway.devices.registry import DeviceRegistry
 from gateway.errors import DatabaseError, StorageError
 from gateway.index.database import Database
@@ -280,6 +283,7 @@ def _record(
         assert job is not None
         if session.scalar(select(exists().where(ResultRow.job_id == job_id))):
             return 0  # a concurrent report task recorded them first
+        shadow = job.mode == DeviceMode.SHADOW
         for artifact in artifacts:
             row = ResultRow(
                 job_id=job_id,
@@ -298,17 +302,21 @@ def _record(
             session.flush()
             if artifact.data is not None:
                 stored += 1
-                enqueue(session, row, context.destinations.for_result(source, artifact.kind))
+                if not shadow:
+                    enqueue(session, row, context.destinations.for_result(source, artifact.kind))
         withheld = {a.kind.value: a.reason for a in artifacts if a.data is None}
         record_event(
             session,
             job.study_id,
             "results",
             now,
-            detail={"job": job_id, "stored": stored, "withheld": withheld},
+            detail={"job": job_id, "stored": stored, "withheld": withheld, "shadow": shadow},
             note="; ".join(f"{k}: {v}" for k, v in withheld.items()) or None,
         )
-    log.info("results stored", extra={"job_id": job_id, "stored": stored, "withheld": withheld})
+    log.info(
+        "results stored",
+        extra={"job_id": job_id, "stored": stored, "withheld": withheld, "shadow": shadow},
+    )
     return stored
 
 

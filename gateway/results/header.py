@@ -95,7 +95,16 @@ def derived_uid(report: ReportInput, kind: str, *parts: str) -> str:
 def tracking_uid(report: ReportInput, index: int) -> str:
     """The finding's tracking UID (``index`` 1-based in ``report.findings``): the SR's
     measurement group and the SEG's segment for one finding share it."""
-    return derived_uid(report, "finding", str(index))
+    return finding_tracking_uid(
+        report.uid_root, str(report.sources[0].StudyInstanceUID), report.job_id, index
+    )
+
+
+def finding_tracking_uid(root: str | None, study_uid: str, job_id: int, index: int) -> str:
+    """:func:`tracking_uid` from its parts: the ``index``-th finding (1-based, in the order
+    inference recorded them) of job ``job_id`` — how a radiologist's assessment naming the
+    tracking UID is traced back to the finding (:mod:`gateway.monitoring.linking`)."""
+    return mint_uid(root, study_uid, str(job_id), "finding", str(index))
 
 
 def device_uid(report: ReportInput) -> str:

@@ -1,5 +1,6 @@
 """The regional system's SEMD intake, in this process: an HTTP server on a free port that
-records every document posted to it."""
+records every document posted to it — a SEMD (multipart) or a JSON notice (the monitoring
+destination's usage reports and malfunction notices)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.services.processes import free_port
 
 class RegionalSystem:
     """The regional system's SEMD intake: answers 200 with an id and records every POST
-    (Idempotency-Key, Authorization, the document and its metadata); can start late."""
+    (Idempotency-Key, Authorization, the document and its metadata, or a JSON body as
+    ``json``); can start late."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -37,21 +39,24 @@ class RegionalSystem:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                raw = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
-                message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
-                parts = {
-                    part.get_param("name", header="content-disposition"): part.get_content()
-                    for part in message.iter_parts()
+                post: dict[str, Any] = {
+                    "key": self.headers["Idempotency-Key"],
+                    "auth": self.headers["Authorization"],
+                    "path": self.path,
                 }
+                if self.headers["Content-Type"].startswith("application/json"):
+                    post["json"] = json.loads(body)
+                else:
+                    raw = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+                    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
+                    parts = {
+                        part.get_param("name", header="content-disposition"): part.get_content()
+                        for part in message.iter_parts()
+                    }
+                    post["document"] = parts["document"]
+                    post["metadata"] = json.loads(parts["metadata"])
                 with lock:
-                    posts.append(
-                        {
-                            "key": self.headers["Idempotency-Key"],
-                            "auth": self.headers["Authorization"],
-                            "document": parts["document"],
-                            "metadata": json.loads(parts["metadata"]),
-                        }
-                    )
+                    posts.append(post)
                     answer = json.dumps({"id": f"remd-{len(posts)}"}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
