@@ -238,6 +238,16 @@ class Settings(BaseSettings):
         "long after its task was sent, running this long plus broker_visibility_timeout_s, "
         "or inferred without results this long is sent again.",
     )
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A worker running a job renews its heartbeat every third of this; another "
+        "delivery of the job's task while the heartbeat is fresh is skipped (Redis delivers an "
+        "unacknowledged task again after broker_visibility_timeout_s even while it runs). "
+        "Capped at half the visibility timeout. aigw serve sends a running job again once "
+        "its heartbeat is three leases old.",
+    )
     redrive_poll_s: float = Field(
         default=1.0,
         gt=0,

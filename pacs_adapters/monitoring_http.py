@@ -12,9 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from pacs_adapters.regional_http import tls_options
+from pacs_adapters.http_post import post_acknowledged
 
 
 class NoticeError(Exception):
@@ -32,21 +30,15 @@ def post_notice(
 ) -> str:
     """POST one notice; returns the receiver's acknowledgement (its id, or the status)."""
     headers = {"Idempotency-Key": key, "Content-Type": "application/json; charset=utf-8"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     body = json.dumps(document, ensure_ascii=False).encode("utf-8")
-    cert, verify = tls_options(client_cert, ca_file)
-    try:
-        with httpx.Client(timeout=timeout_s, cert=cert, verify=verify) as client:
-            response = client.post(url, headers=headers, content=body)
-    except httpx.HTTPError as exc:
-        raise NoticeError(f"notice receiver unreachable: {exc.__class__.__name__}") from exc
-    if not response.is_success:
-        raise NoticeError(f"notice receiver answered HTTP {response.status_code}")
-    try:
-        answer = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(answer, dict) and answer.get("id"):
-        return str(answer["id"])[:200]
-    return f"HTTP {response.status_code}"
+    return post_acknowledged(
+        url,
+        headers,
+        token,
+        timeout_s,
+        client_cert,
+        ca_file,
+        failure=NoticeError,
+        receiver="notice receiver",
+        content=body,
+    )

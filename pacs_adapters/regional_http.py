@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
+from pacs_adapters.http_post import post_acknowledged
 
 
 class RegionalError(Exception):
@@ -30,8 +30,6 @@ def post_semd(
 ) -> str:
     """POST one SEMD; returns the receiver's acknowledgement (its id for it, or the status)."""
     headers = {"Idempotency-Key": str(metadata.get("document_id", ""))}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     files = {
         "document": ("semd.xml", document, "application/xml"),
         "metadata": (
@@ -40,29 +38,14 @@ def post_semd(
             "application/json",
         ),
     }
-    cert, verify = tls_options(client_cert, ca_file)
-    try:
-        with httpx.Client(timeout=timeout_s, cert=cert, verify=verify) as client:
-            response = client.post(url, headers=headers, files=files)
-    except httpx.HTTPError as exc:
-        raise RegionalError(f"regional system unreachable: {exc.__class__.__name__}") from exc
-    if not response.is_success:
-        raise RegionalError(f"regional system answered HTTP {response.status_code}")
-    try:
-        answer = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(answer, dict) and answer.get("id"):
-        return str(answer["id"])
-    return f"HTTP {response.status_code}"
-
-
-def tls_options(
-    client_cert: tuple[Path, Path | None] | None, ca_file: Path | None
-) -> tuple[str | tuple[str, str] | None, str | bool]:
-    """httpx's ``cert`` and ``verify`` for a client certificate and a CA bundle."""
-    cert: str | tuple[str, str] | None = None
-    if client_cert is not None:
-        certificate, key = client_cert
-        cert = (str(certificate), str(key)) if key is not None else str(certificate)
-    return cert, str(ca_file) if ca_file is not None else True
+    return post_acknowledged(
+        url,
+        headers,
+        token,
+        timeout_s,
+        client_cert,
+        ca_file,
+        failure=RegionalError,
+        receiver="regional system",
+        files=files,
+    )

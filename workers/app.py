@@ -19,6 +19,7 @@ from gateway.delivery.outbox import OutboxDispatcher
 from gateway.delivery.send import Delivery
 from gateway.devices.registry import DeviceRegistry
 from gateway.index.tables import utcnow
+from gateway.inference.lease import STALE_LEASES, lease_seconds
 from gateway.jobs.broker import BrokerProbe, BrokerWatch
 from gateway.jobs.dispatch import Dispatcher
 from gateway.jobs.redrive import JobRedrive, RedrivePolicy
@@ -89,6 +90,7 @@ def job_redrive(parts: Parts, tasks: CeleryTasks) -> JobRedrive:
         requeue_after_s=settings.job_requeue_after_s,
         # A dead worker's task comes back from the broker by itself first.
         running_grace_s=settings.job_requeue_after_s + settings.broker_visibility_timeout_s,
+        runner_stale_s=STALE_LEASES * lease_seconds(settings),
     )
     return JobRedrive(parts.db, tasks, BrokerWatch(BrokerProbe(settings.broker_url)), policy)
 

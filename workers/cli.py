@@ -9,13 +9,10 @@ from typing import Any
 import click
 
 from gateway.cli.app import cli as main
-
-__all__ = ["main"]
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
 from gateway.errors import GatewayError
-from workers.app import build_gateway
-from workers.demo import run_demo
-from workers.worker import run_worker
+
+__all__ = ["main"]
 
 
 @main.command()
@@ -34,6 +31,8 @@ from workers.worker import run_worker
 @click.option("--scp-processes", type=int, help="SCP processes sharing the port.")
 def serve(config_file: Path | None, **overrides: Any) -> None:
     """Receive studies over DICOM, assemble, route and analyse them until interrupted."""
+    from workers.app import build_gateway  # the whole gateway: imported only to run it
+
     settings = settings_from(config_file, **overrides)
     try:
         gateway = build_gateway(settings)
@@ -70,6 +69,9 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
 )
 def demo(config_file: Path | None, exit_when_done: bool, **overrides: Any) -> None:
     """Receive synthetic CT, chest X-ray and mammography studies end to end (no services)."""
+    from workers.app import build_gateway
+    from workers.demo import run_demo
+
     settings = settings_from(config_file, log_level="WARNING", **overrides)
     try:
         run_demo(settings, build_gateway, say=click.echo, keep_serving=not exit_when_done)
@@ -85,6 +87,8 @@ def demo(config_file: Path | None, exit_when_done: bool, **overrides: Any) -> No
 )
 def worker(config_file: Path | None, queues: str | None, concurrency: int | None) -> None:
     """Run a Celery worker (distributed mode: set broker_url to Redis)."""
+    from workers.worker import run_worker
+
     settings = settings_from(config_file)
     if settings.broker_url.startswith("memory"):
         raise click.ClickException("a separate worker needs a real broker: set AIGW_BROKER_URL")

@@ -18,6 +18,7 @@ from celery.app.trace import setup_worker_optimizations
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
+from gateway.inference.lease import lease_seconds
 from gateway.inference.pipeline import InferenceContext
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from gateway.results.build import ReportContext
@@ -39,6 +40,7 @@ def inference_context(parts: Parts) -> InferenceContext:
         registry=DeviceRegistry(parts.db, parts.store),
         sessions=SessionCache(settings.inference_providers),
         max_batch=settings.inference_max_batch,
+        lease_s=lease_seconds(settings),
     )
 
 

@@ -3,24 +3,56 @@ composition root (:mod:`workers.cli`) adds ``serve``, ``worker`` and ``demo`` to
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from gateway.cli.access import api_command, tokens_group
-from gateway.cli.audit import audit_command
-from gateway.cli.dicom import echo, send
-from gateway.cli.health import health_command
-from gateway.cli.init import init_command
-from gateway.cli.models import models
-from gateway.cli.monitoring import monitoring_group
-from gateway.cli.results import outbox_group, results_command
-from gateway.cli.rules import rules_group
-from gateway.cli.studies import jobs, studies
+# Each command's module is imported when the command runs, not when ``aigw`` starts: the
+# modules behind them reach onnx, highdicom, the API and Celery, seconds of imports that a
+# ``aigw studies`` or ``aigw echo`` does not need.
+COMMANDS = {
+    "init": "gateway.cli.init:init_command",
+    "echo": "gateway.cli.dicom:echo",
+    "send": "gateway.cli.dicom:send",
+    "studies": "gateway.cli.studies:studies",
+    "jobs": "gateway.cli.studies:jobs",
+    "models": "gateway.cli.models:models",
+    "rules": "gateway.cli.rules:rules_group",
+    "tokens": "gateway.cli.access:tokens_group",
+    "api": "gateway.cli.access:api_command",
+    "audit": "gateway.cli.audit:audit_command",
+    "results": "gateway.cli.results:results_command",
+    "outbox": "gateway.cli.results:outbox_group",
+    "monitoring": "gateway.cli.monitoring:monitoring_group",
+    "health": "gateway.cli.health:health_command",
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose commands named in ``lazy`` (name → "module:attribute") are imported on
+    first use; ``--help`` imports them all to show their summaries."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module_name, attribute = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command) or command.name != cmd_name:
+                raise RuntimeError(f"{self.lazy[cmd_name]} is not the command {cmd_name!r}")
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 def cli() -> None:
     """AI imaging gateway: DICOM in, registered AI devices, results out."""
 
@@ -41,22 +73,3 @@ def bench(ctx: click.Context) -> None:
         raise click.ClickException("the benchmark suite ships with the repository checkout")
     command = [sys.executable, "-m", "benchmarks.suite", *ctx.args]
     sys.exit(subprocess.call(command, cwd=root))
-
-
-for _command in (
-    init_command,
-    echo,
-    send,
-    studies,
-    jobs,
-    models,
-    rules_group,
-    tokens_group,
-    api_command,
-    audit_command,
-    results_command,
-    outbox_group,
-    monitoring_group,
-    health_command,
-):
-    cli.add_command(_command)

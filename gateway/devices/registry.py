@@ -20,7 +20,6 @@ from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
 from gateway.index.tables import DeviceMode, DeviceRegionRow, DeviceRow, utcnow
 from models.manifest import DeviceManifest, ManifestError, load_manifest
-from models.onnx_check import ModelError, validate_model
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,10 @@ class DeviceRegistry:
         """Validate and register; returns the device and whether it was new. Registering the
         same id, version and file again changes nothing; the same id and version with another
         file is refused (publish a new version instead)."""
+        # onnx (and its ml_dtypes) costs seconds to import: only registration needs it, not
+        # every CLI command and API process that imports the registry.
+        from models.onnx_check import ModelError, validate_model
+
         try:
             manifest = load_manifest(manifest_path)
             onnx_path = manifest_path.parent / manifest.onnx.file

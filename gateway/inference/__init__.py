@@ -10,4 +10,6 @@ decode
     Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.
 masks
     Segmentation masks kept in the object store for the SEG builder.
+lease
+    A running job's heartbeat: a second delivery of its task is skipped while it is fresh.
 """

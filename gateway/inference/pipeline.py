@@ -25,7 +25,7 @@ from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import FindingRow, JobRow
+from gateway.index.tables import FindingRow, JobRow, utcnow
 from gateway.inference.decode import (
     DecodeError,
     Image2D,
@@ -35,6 +35,7 @@ from gateway.inference.decode import (
     read_dataset,
 )
 from gateway.inference.findings import Finding, Location
+from gateway.inference.lease import heartbeat, held_by_a_live_runner
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
 from models.manifest import DeviceManifest
@@ -60,6 +61,7 @@ class InferenceContext:
     registry: DeviceRegistry
     sessions: SessionCache
     max_batch: int = 16
+    lease_s: float = 30.0  # gateway.inference.lease
 
 
 @dataclass
@@ -86,13 +88,14 @@ class Stopwatch:
 def run_job(context: InferenceContext, job_id: int) -> str:
     """Run one job to its end state and return it."""
     try:
-        job = _start(context.db, job_id)
+        job = _start(context.db, job_id, context.lease_s)
     except DatabaseError as exc:
         raise TransientError(f"database: {exc}") from exc
     if job is None:
         return "skipped"
     try:
-        findings, timings = _pipeline(context, job)
+        with heartbeat(context.db, job_id, context.lease_s):
+            findings, timings = _pipeline(context, job)
         _record(context.db, job_id, findings, timings)
         return JobState.INFERRED.value
     except (JobFailure, DecodeError, RegistryError) as exc:
@@ -110,10 +113,13 @@ class _Job:
     device_key: str
 
 
-def _start(db: Database, job_id: int) -> _Job | None:
+def _start(db: Database, job_id: int, lease_s: float) -> _Job | None:
     with db.session() as session:
         job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
         if job is None or job.state in DONE_STATES:
+            return None
+        if held_by_a_live_runner(job, utcnow(), lease_s):
+            log.info("job held by a live runner: delivery skipped", extra={"job_id": job_id})
             return None
         set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
         return _Job(job.id, tuple(job.series_uids or [job.series_uid]), job.device_key)

@@ -50,6 +50,7 @@ class RedrivePolicy:
     lease_s: float  # an abandoned claim is due again after this
     requeue_after_s: float  # a sent task is sent again after this if nothing moved
     running_grace_s: float  # a running job is sent again after running this long
+    runner_stale_s: float | None = None  # ... or when its heartbeat is this old
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class JobRedrive:
         now = utcnow()
         lease_until = now + timedelta(seconds=self.policy.lease_s)
         due = (
-            due_to_infer(now, self.policy.running_grace_s)
+            due_to_infer(now, self.policy.running_grace_s, self.policy.runner_stale_s)
             if kind == TaskKind.INFER
             else due_to_report(now, self.policy.requeue_after_s)
         )

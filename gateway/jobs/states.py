@@ -54,6 +54,7 @@ def set_job_state(
     job.next_attempt_at = (due_at or now) if state == JobState.QUEUED else None
     if state == JobState.RUNNING:
         job.started_at = now
+        job.heartbeat_at = now
         job.attempts += 1
     if state in (JobState.INFERRED, JobState.FAILED):
         job.finished_at = now
@@ -121,16 +122,26 @@ def unreported() -> ColumnElement[bool]:
     )
 
 
-def due_to_infer(now: datetime, running_grace_s: float) -> ColumnElement[bool]:
-    """Jobs whose infer task is to be sent: queued and due, or running and either made due
-    or running for longer than ``running_grace_s`` (worker and message both gone)."""
+def due_to_infer(
+    now: datetime, running_grace_s: float, runner_stale_s: float | None = None
+) -> ColumnElement[bool]:
+    """Jobs whose infer task is to be sent: queued and due, or running and either made due,
+    or with a heartbeat older than ``runner_stale_s`` (its worker died, and the delivery
+    that would have taken it over was skipped while the heartbeat was fresh), or running
+    for longer than ``running_grace_s`` (worker and message both gone)."""
     started_before = now - timedelta(seconds=running_grace_s)
     running = JobRow.state == JobState.RUNNING.value
-    return or_(
+    clauses = [
         and_(JobRow.state == JobState.QUEUED.value, JobRow.next_attempt_at <= now),
         and_(running, JobRow.next_attempt_at <= now),
         and_(running, JobRow.next_attempt_at.is_(None), JobRow.started_at <= started_before),
-    )
+    ]
+    if runner_stale_s is not None:
+        beat_before = now - timedelta(seconds=runner_stale_s)
+        clauses.append(
+            and_(running, JobRow.next_attempt_at.is_(None), JobRow.heartbeat_at <= beat_before)
+        )
+    return or_(*clauses)
 
 
 def due_to_report(now: datetime, grace_s: float) -> ColumnElement[bool]:

@@ -30,7 +30,8 @@ def upgrade(db: Database, revision: str) -> None:
 
 def newest_migration() -> str:
     """The revision of the newest migration file: what the code's head must be."""
-    return max(path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    files = (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    return max(path.name[:4] for path in files)
 
 
 def worker(tmp_path: Path, db_file: Path) -> subprocess.Popen[bytes]:

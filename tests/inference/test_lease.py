@@ -1,0 +1,125 @@
+"""A running job's lease: a second delivery of its task while the runner's heartbeat is
+fresh is skipped (Redis redelivers an unacknowledged task after the visibility timeout even
+while its worker runs it); a stale heartbeat is taken over, and ``aigw serve``'s redrive
+sends such a job again."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from gateway.demo.synthetic import chest_xray_study, write_study
+from gateway.index.tables import JobRow, utcnow
+from gateway.inference.lease import heartbeat, lease_seconds
+from gateway.inference.pipeline import run_job
+from gateway.jobs.states import JobState, due_to_infer
+from gateway.settings import Settings
+from tests.inference.test_inference_flow import (  # noqa: F401 (the fixture)
+    _finished,
+    _send,
+    test_device_gateway,
+)
+from workers.serve import Gateway
+from workers.worker import inference_context
+
+
+def _job(gateway: Gateway, job_id: int) -> JobRow:
+    with gateway.parts.db.session() as session:
+        job = session.get(JobRow, job_id)
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def _set_running(gateway: Gateway, job_id: int, beat_age_s: float) -> None:
+    with gateway.parts.db.transaction() as connection:
+        connection.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id)
+            .values(
+                state=JobState.RUNNING.value,
+                heartbeat_at=utcnow() - timedelta(seconds=beat_age_s),
+                next_attempt_at=None,
+                finished_at=None,
+            )
+        )
+
+
+def test_a_delivery_during_a_live_run_is_skipped_and_a_dead_runner_is_taken_over(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    gateway = test_device_gateway
+    study = chest_xray_study(seed=31, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
+    _send(gateway, write_study(study, tmp_path / "in"))
+    _, (job,) = _finished(gateway, study.study_instance_uid)
+    assert job.state == "inferred"
+    context = inference_context(gateway.parts)
+    assert context.lease_s == 30.0
+    attempts = _job(gateway, job.job_id).attempts
+
+    _set_running(gateway, job.job_id, beat_age_s=1)  # a live runner renewed it a second ago
+    assert run_job(context, job.job_id) == "skipped"
+    held = _job(gateway, job.job_id)
+    assert (held.state, held.attempts) == ("running", attempts)
+
+    _set_running(gateway, job.job_id, beat_age_s=31)  # its runner stopped renewing: dead
+    assert run_job(context, job.job_id) == "inferred"
+    taken = _job(gateway, job.job_id)
+    assert (taken.state, taken.attempts) == ("inferred", attempts + 1)
+
+
+def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    gateway = test_device_gateway
+    study = chest_xray_study(seed=32, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
+    _send(gateway, write_study(study, tmp_path / "in"))
+    _, (job,) = _finished(gateway, study.study_instance_uid)
+    _set_running(gateway, job.job_id, beat_age_s=100)
+    before = _job(gateway, job.job_id).heartbeat_at
+    assert before is not None
+    with heartbeat(gateway.parts.db, job.job_id, lease_s=0.3):
+        time.sleep(0.5)
+    renewed = _job(gateway, job.job_id).heartbeat_at
+    assert renewed is not None and renewed > before + timedelta(seconds=90)
+
+    with gateway.parts.db.transaction() as connection:
+        connection.execute(
+            update(JobRow).where(JobRow.id == job.job_id).values(state=JobState.INFERRED.value)
+        )
+    with heartbeat(gateway.parts.db, job.job_id, lease_s=0.3):
+        time.sleep(0.5)
+    assert _job(gateway, job.job_id).heartbeat_at == renewed  # a finished job is left alone
+
+
+def test_the_redrive_sends_a_running_job_again_only_when_its_heartbeat_is_stale(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    gateway = test_device_gateway
+    study = chest_xray_study(seed=33, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
+    _send(gateway, write_study(study, tmp_path / "in"))
+    _, (job,) = _finished(gateway, study.study_instance_uid)
+
+    def due(runner_stale_s: float | None) -> bool:
+        query = select(JobRow.id).where(
+            JobRow.id == job.job_id, due_to_infer(utcnow(), 3600, runner_stale_s)
+        )
+        with gateway.parts.db.session() as session:
+            return session.scalar(query) is not None
+
+    _set_running(gateway, job.job_id, beat_age_s=10)
+    assert not due(90) and not due(None)
+    _set_running(gateway, job.job_id, beat_age_s=100)
+    assert due(90)
+    assert not due(None)  # without the heartbeat rule only the long grace applies
+
+
+def test_the_lease_is_capped_at_half_the_visibility_timeout() -> None:
+    assert lease_seconds(Settings(job_lease_s=30, broker_visibility_timeout_s=600)) == 30
+    assert lease_seconds(Settings(job_lease_s=30, broker_visibility_timeout_s=10)) == 5
