@@ -14,6 +14,7 @@ attributes read from each object's header.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -27,6 +28,8 @@ from gateway.dicomweb.catalog import InstanceRecord, StudyMatch, StudyRecord
 from gateway.index.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 MATCH_KEYS = {
     "studies": {
@@ -65,7 +68,8 @@ class Query:
     def warning(self) -> str | None:
         if not self.ignored:
             return None
-        return f'299 aigw "not matched on, so ignored: {", ".join(sorted(self.ignored))}"'
+        names = ", ".join(sorted(set(self.ignored))[:20])
+        return f'299 aigw "not matched on, so ignored: {names}"'
 
 
 def parse_query(params: Mapping[str, list[str]], level: str, max_results: int) -> Query:
@@ -76,7 +80,8 @@ def parse_query(params: Mapping[str, list[str]], level: str, max_results: int) -
         if key in MATCH_KEYS[level]:
             values[key] = given[-1]
         elif key not in CONTROL_KEYS:
-            ignored.append(key[:64])
+            # Named back in a header: only names that are safe there, the rest counted.
+            ignored.append(key if _NAME.fullmatch(key) else "(a key not shown)")
     if "fuzzymatching" in params:
         ignored.append("fuzzymatching")
     include = [name for value in params.get("includefield", []) for name in value.split(",")]
@@ -84,13 +89,14 @@ def parse_query(params: Mapping[str, list[str]], level: str, max_results: int) -
         values,
         min(_number(params, "limit", max_results), max_results),
         _number(params, "offset", 0),
-        [_attribute(name) for name in include if name and name != "all"],
+        [keyword for name in include if name and (keyword := _attribute(name))],
         ignored,
     )
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        for uid in query.uids(keyword):
-            if len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
-                raise BadQuery(f"{keyword}: not a UID list")
+    ignored.extend(
+        "includefield " + (name if _NAME.fullmatch(name) else "(a name not shown)")
+        for name in include
+        if name and name != "all" and not _attribute(name)
+    )
     _date_range(query.values.get("StudyDate"))
     return query
 
@@ -103,14 +109,11 @@ def _number(params: Mapping[str, list[str]], key: str, default: int) -> int:
 
 
 def _attribute(name: str) -> str:
-    """A keyword, from a keyword or an eight-digit hex tag."""
+    """A keyword, from a keyword or an eight-digit hex tag; "" for no attribute we know
+    (ignored, with a warning, as PS3.18 lets an origin server do)."""
     if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
-        keyword = keyword_for_tag(Tag(int(name, 16)))
-    else:
-        keyword = name if tag_for_keyword(name) is not None else ""
-    if not keyword:
-        raise BadQuery(f"includefield: unknown attribute {name[:64]!r}")
-    return keyword
+        return keyword_for_tag(Tag(int(name, 16))) or ""
+    return name if name != "all" and tag_for_keyword(name) is not None else ""
 
 
 def study_match(query: Query, region: str | None) -> StudyMatch:

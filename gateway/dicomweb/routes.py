@@ -122,6 +122,10 @@ def _stow(router: APIRouter, errors: ErrorDocs) -> None:
 
 def _qido(router: APIRouter, errors: ErrorDocs) -> None:
     get: dict[str, Any] = {"response_class": Response, "responses": {200: DATASETS, **errors(400)}}
+    in_study: dict[str, Any] = {
+        "response_class": Response,
+        "responses": {200: DATASETS, **errors(400, 404)},
+    }
 
     @router.get("/studies", summary="QIDO-RS: search for studies", **get)
     # The parameters carry the standard's names (PatientID, …); parse_query reads them from
@@ -134,7 +138,7 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
         PatientID: Text = None,
         AccessionNumber: Text = None,
         StudyDate: Annotated[
-            str | None, Query(max_length=17, pattern=r"^[0-9]{0,8}-?[0-9]{0,8}$")
+            str | None, Query(max_length=17, pattern=r"^([0-9]{8})?(-([0-9]{8})?)?$")
         ] = None,
         ModalitiesInStudy: Text = None,
         limit: Digits = None,
@@ -157,7 +161,7 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
         )
         return _answer([study_dataset(s, base) for s in found], query)
 
-    @router.get("/studies/{study}/series", summary="QIDO-RS: a study's series", **get)
+    @router.get("/studies/{study}/series", summary="QIDO-RS: a study's series", **in_study)
     def search_series(
         context: Context,
         caller: Caller,
@@ -175,7 +179,7 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
         audit_read(context, request, caller, study_uid=study, region=region)
         return _answer(series_datasets(records, query, _base(request)), query)
 
-    @router.get("/studies/{study}/instances", summary="QIDO-RS: a study's instances", **get)
+    @router.get("/studies/{study}/instances", summary="QIDO-RS: a study's instances", **in_study)
     def search_study_instances(
         context: Context,
         caller: Caller,
@@ -194,7 +198,7 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
     @router.get(
         "/studies/{study}/series/{series}/instances",
         summary="QIDO-RS: a series' instances",
-        **get,
+        **in_study,
     )
     def search_series_instances(
         context: Context,
