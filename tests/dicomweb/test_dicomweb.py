@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from click.testing import CliRunner
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import UID
 from requests.exceptions import HTTPError
@@ -34,8 +35,9 @@ from gateway.index.tables import (
 )
 from gateway.settings import Settings
 from tests.control_plane_data import Running, flag_image, prepare_index, serve_api
-from tests.services import make_uid
+from tests.services import ROOT, make_uid
 from tests.services.processes import SHARED_DICOM as DATA
+from workers.cli import main
 
 CT_SERIES = sorted((DATA / "CT_series_GE_LightSpeed").glob("*.dcm"))
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -354,3 +356,26 @@ def _multipart(parts: list[bytes], boundary: str) -> bytes:
         body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
         body += b"\r\n"
     return body + f"--{boundary}--\r\n".encode()
+
+
+def test_aigw_tokens_create_binds_a_token_to_a_source(server: Running, tmp_path: Path) -> None:
+    env = {
+        "AIGW_CONFIG_FILE": str(ROOT / "gateway" / "configs" / "gateway.yaml"),
+        "AIGW_DATABASE_URL": server.db.url,
+    }
+    runner = CliRunner()
+    unknown = runner.invoke(
+        main, ["tokens", "create", "--role", "service", "--source", "nowhere"], env=env
+    )
+    assert unknown.exit_code != 0 and "unknown source" in unknown.output
+    made = runner.invoke(
+        main, ["tokens", "create", "--role", "service", "--source", "tula-cami"], env=env
+    )
+    assert made.exit_code == 0, made.output
+    assert "stores as source tula-cami" in made.output
+    secret = made.output.strip().splitlines()[-1]
+    data = _synthetic(tmp_path, 9)[0]
+    answer = _store_raw(_client(server, secret), [data])
+    assert isinstance(answer, pydicom.Dataset) and len(answer.ReferencedSOPSequence) == 1
+    with server.db.session() as session:
+        assert session.scalars(select(StudyRow.region_code)).all() == ["71"]
