@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -36,6 +39,7 @@ from gateway.index.tables import (
 from gateway.settings import Settings
 from tests.control_plane_data import Running, flag_image, prepare_index, serve_api
 from tests.services import ROOT, make_uid
+from tests.services.orthanc import Orthanc
 from tests.services.processes import SHARED_DICOM as DATA
 from workers.cli import main
 
@@ -315,25 +319,7 @@ def test_the_gateways_results_are_served_beside_the_originals(
     original = pydicom.dcmread(io.BytesIO(data))
     flag = flag_image(original.StudyInstanceUID, "dw")
     flag_header = pydicom.dcmread(io.BytesIO(flag))
-    with server.db.session() as session:
-        study = session.scalars(select(StudyRow)).one()
-        job = JobRow(
-            study_id=study.id, study_completed_at=utcnow(), series_uid=original.SeriesInstanceUID,
-            series_uids=[original.SeriesInstanceUID], device_key="dev@1", study_type="cxr",
-            service_code="1", rule="r", priority=5, queue="infer", state="reported",
-            created_at=utcnow(),
-        )  # fmt: skip
-        session.add(job)
-        session.flush()
-        server.store.put("results/dw/sc.dcm", flag)
-        session.add(
-            ResultRow(
-                job_id=job.id, kind="sc", state="stored", object_key="results/dw/sc.dcm",
-                sop_instance_uid=flag_header.SOPInstanceUID,
-                series_instance_uid=flag_header.SeriesInstanceUID, sha256=_sha(flag),
-                size=len(flag), meta={}, created_at=utcnow(),
-            )
-        )  # fmt: skip
+    _add_result(server, str(original.StudyInstanceUID), flag)
     reader = _client(server, _token(server, "viewer", "38", None))
     series = reader.search_for_series(original.StudyInstanceUID)
     assert {s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in series} == {
@@ -379,3 +365,88 @@ def test_aigw_tokens_create_binds_a_token_to_a_source(server: Running, tmp_path:
     assert isinstance(answer, pydicom.Dataset) and len(answer.ReferencedSOPSequence) == 1
     with server.db.session() as session:
         assert session.scalars(select(StudyRow.region_code)).all() == ["71"]
+
+
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@needs_data
+@pytest.mark.skipif(
+    not ORTHANC_DICOMWEB.is_file(), reason="Debian orthanc-dicomweb is not installed"
+)
+def test_orthanc_retrieves_a_study_and_its_results_by_wado_rs(
+    server: Running, tmp_path: Path
+) -> None:
+    sent = [p.read_bytes() for p in CT_SERIES]
+    _store_raw(_client(server, _token(server, "service", None, "irk-cami")), sent)
+    ct = pydicom.dcmread(io.BytesIO(sent[0]), stop_before_pixels=True)
+    flag = flag_image(str(ct.StudyInstanceUID), "orthanc")
+    _add_result(server, str(ct.StudyInstanceUID), flag)
+    secret = _token(server, "viewer", "38", None)
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        config={
+            "Plugins": [str(ORTHANC_DICOMWEB)],
+            "DicomWeb": {
+                "Enable": True,
+                "Servers": {
+                    "aigw": {
+                        "Url": f"{server.url}/dicom-web/",
+                        "HttpHeaders": {"Authorization": f"Bearer {secret}"},
+                    }
+                },
+            },
+        },
+    )
+    orthanc.start()
+    try:
+        request = urllib.request.Request(
+            f"{orthanc.url}/dicom-web/servers/aigw/retrieve",
+            data=json.dumps({"Resources": [{"Study": str(ct.StudyInstanceUID)}]}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+        held = []
+        for instance in _orthanc_get(orthanc, "/instances"):
+            held.append(_sha(_orthanc_get_bytes(orthanc, f"/instances/{instance}/file")))
+    finally:
+        orthanc.stop()
+    assert sorted(held) == sorted([_sha(b) for b in sent] + [_sha(flag)])
+
+
+def _add_result(server: Running, study_uid: str, data: bytes) -> None:
+    """A stored result of the study, as the result builders leave one: a job, a results
+    row with the object's UIDs, the object in the store."""
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    key = f"results/{header.SOPInstanceUID}.dcm"
+    server.store.put(key, data)
+    with server.db.session() as session:
+        study = session.scalars(select(StudyRow).where(StudyRow.study_uid == study_uid)).one()
+        job = JobRow(
+            study_id=study.id, study_completed_at=utcnow(), series_uid="1.2", series_uids=[],
+            device_key="dev@1", study_type="cxr", service_code="1", rule="r", priority=5,
+            queue="infer", state="inferred", created_at=utcnow(),
+        )  # fmt: skip
+        session.add(job)
+        session.flush()
+        session.add(
+            ResultRow(
+                job_id=job.id, kind="sc", state="stored", object_key=key,
+                sop_instance_uid=header.SOPInstanceUID,
+                series_instance_uid=header.SeriesInstanceUID, sha256=_sha(data),
+                size=len(data), meta={}, created_at=utcnow(),
+            )
+        )  # fmt: skip
+
+
+def _orthanc_get(orthanc: Orthanc, path: str) -> Any:
+    with urllib.request.urlopen(f"{orthanc.url}{path}", timeout=30) as response:
+        return json.load(response)
+
+
+def _orthanc_get_bytes(orthanc: Orthanc, path: str) -> bytes:
+    with urllib.request.urlopen(f"{orthanc.url}{path}", timeout=30) as response:
+        data: bytes = response.read()
+        return data
