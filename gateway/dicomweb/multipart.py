@@ -184,14 +184,14 @@ def new_boundary() -> str:
 
 
 def multipart_body(
-    boundary: str, media_type: str, parts: Iterable[Callable[[], bytes]]
+    boundary: str, media_type: str, parts: Iterable[Callable[[], Iterable[bytes]]]
 ) -> Iterator[bytes]:
-    """The parts of a ``multipart/related`` answer, each read only when it is sent."""
-    for read in parts:
-        data = read()
-        yield (
-            f"--{boundary}\r\nContent-Type: {media_type}\r\nContent-Length: {len(data)}\r\n\r\n"
-        ).encode("ascii")
-        yield data
+    """The parts of a ``multipart/related`` answer, each opened only when its turn comes
+    and passed on a chunk at a time."""
+    head = f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode("ascii")
+    for open_part in parts:
+        chunks = open_part()  # opened before its head is sent: a failure ends between parts
+        yield head
+        yield from chunks
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode("ascii")

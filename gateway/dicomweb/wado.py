@@ -7,7 +7,7 @@ large binary values are inline).
 Originals and the gateway's own results alike; a study outside the caller's region is
 answered exactly like an unknown one (404). Each answer is audited before its first byte
 leaves, and generated object by object: an instance is read from the store when its part
-is sent, so memory holds one instance, never a study.
+is sent, and passed on a chunk at a time, so memory holds a chunk, never an instance.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def retrieve(
         detail={"objects": len(records), "series_uid": series_uid, "sop_instance_uid": sop_uid},
     )
     boundary = new_boundary()
-    reads = [partial(context.store.get, r.object_key) for r in records]
+    reads = [partial(context.store.read_chunks, r.object_key) for r in records]
     return StreamingResponse(
         multipart_body(boundary, DICOM, reads),
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
