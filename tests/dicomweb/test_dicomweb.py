@@ -46,17 +46,28 @@ from workers.cli import main
 CT_SERIES = sorted((DATA / "CT_series_GE_LightSpeed").glob("*.dcm"))
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 STOW_LIMIT = 8 * 1024**2
+INSTANCE_LIMIT = 1024**2
 needs_data = pytest.mark.skipif(not CT_SERIES, reason=f"real DICOM files not present under {DATA}")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Running]:
+    yield from _serve(tmp_path, stow_max_bytes=STOW_LIMIT)
+
+
+@pytest.fixture
+def small_instances_server(tmp_path: Path) -> Iterator[Running]:
+    yield from _serve(tmp_path, max_instance_bytes=INSTANCE_LIMIT)
+
+
+def _serve(tmp_path: Path, **settings: Any) -> Iterator[Running]:
     db = Database(f"sqlite:///{tmp_path / 'dicomweb.db'}")
     prepare_index(db)
     store = FolderStore(tmp_path / "objects")
-    settings = Settings(data_dir=tmp_path, stow_max_bytes=STOW_LIMIT)
     try:
-        with serve_api(db, store, settings, DeviceRegistry(db, store)) as running:
+        with serve_api(
+            db, store, Settings(data_dir=tmp_path, **settings), DeviceRegistry(db, store)
+        ) as running:
             yield running
     finally:
         db.dispose()
@@ -230,6 +241,24 @@ def test_one_bad_part_fails_alone(server: Running, tmp_path: Path) -> None:
     with server.db.session() as session:
         kept = session.scalars(select(InstanceRow.sop_instance_uid)).all()
     assert kept == [stored.SOPInstanceUID]
+
+
+def test_a_part_over_the_instance_limit_fails_alone_and_is_not_kept(
+    small_instances_server: Running, tmp_path: Path
+) -> None:
+    server = small_instances_server
+    small = io.BytesIO()
+    chest_xray_study(10, size=(256, 256)).datasets[0].save_as(small, enforce_file_format=True)
+    large = _synthetic(tmp_path, 11)[0]
+    assert len(small.getvalue()) < INSTANCE_LIMIT < len(large)
+    answer = _store_raw(
+        _client(server, _token(server, "service", None, "irk-cami")), [large, small.getvalue()]
+    )
+    assert isinstance(answer, pydicom.Dataset)
+    assert [int(i.FailureReason) for i in answer.FailedSOPSequence] == [0xA700]
+    assert len(answer.ReferencedSOPSequence) == 1
+    with server.db.session() as session:
+        assert len(session.scalars(select(InstanceRow)).all()) == 1
 
 
 def test_an_instance_of_another_study_than_the_url_fails(server: Running, tmp_path: Path) -> None:
