@@ -352,6 +352,18 @@ class Settings(BaseSettings):
         description="Largest upload the API accepts (device registration, rules tester); "
         "larger requests get 413.",
     )
+    stow_max_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        description="Largest DICOMweb STOW-RS request body (all its instances together); "
+        "larger requests get 413. Each instance is also bounded by max_instance_bytes.",
+    )
+    qido_max_results: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most matches one DICOMweb QIDO-RS answer holds (its limit= is capped there).",
+    )
     session_max_age_s: int = Field(
         default=8 * 3600, ge=60, description="Dashboard session lifetime from login."
     )

@@ -71,6 +71,7 @@ class AuditEvent(StrEnum):
     DEVICE_REGION_DISABLED = "device_region_disabled"
     DEVICE_MODE_CHANGED = "device_mode_changed"  # shadow / live per (version, region)
     VERDICT_RECORDED = "verdict_recorded"  # a radiologist's accept / modify / reject
+    INSTANCES_STORED = "instances_stored"  # a DICOMweb STOW-RS request, by a source's token
     CONFIG_LOADED = "config_loaded"
     ASSOCIATION_ACCEPTED = "association_accepted"  # a DICOM peer, at the edge
     ASSOCIATION_REFUSED = "association_refused"

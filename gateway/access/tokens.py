@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from gateway.access.audit import SYSTEM, Actor, AuditEvent, add
 from gateway.errors import GatewayError
 from gateway.index.database import Database
-from gateway.index.tables import ApiTokenRow, RegionRow, utcnow
+from gateway.index.tables import ApiTokenRow, RegionRow, SourceRow, utcnow
 
 TOKEN_PREFIX = "aigw_"
 MAX_SECRET_LENGTH = 200
@@ -57,6 +57,7 @@ class Principal:
     name: str
     role: Role
     region: str | None  # None: every region
+    source: str | None = None  # the source a DICOMweb STOW-RS sender stores as
 
     def sees_region(self, region: str | None) -> bool:
         return self.region is None or region == self.region
@@ -98,6 +99,7 @@ class TokenPublic(BaseModel):
     name: str
     role: Role
     region: str | None
+    source: str | None = None
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
@@ -113,6 +115,7 @@ def _public(row: ApiTokenRow) -> TokenPublic:
         name=row.name,
         role=Role(row.role),
         region=row.region_code,
+        source=row.source_name,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
@@ -125,11 +128,13 @@ def create_token(
     region: str | None = None,
     name: str | None = None,
     *,
+    source: str | None = None,
     by: Actor = SYSTEM,
     action: str = "create token",
 ) -> tuple[TokenPublic, str]:
     """A new token and its secret. The secret is returned once and stored only hashed;
-    the token and its ``token_created`` audit event are one transaction."""
+    the token and its ``token_created`` audit event are one transaction. ``source`` binds
+    it to a configured source: what its holder stores over STOW-RS arrives as from there."""
     try:
         role = Role(role)
     except ValueError as exc:
@@ -142,10 +147,13 @@ def create_token(
     with db.write_lock, db.session() as session:
         if region is not None and session.get(RegionRow, region) is None:
             raise AccessError(f"unknown region {region!r} (see regions.yaml)")
+        if source is not None:
+            _check_source(session, source, region)
         row = ApiTokenRow(
             name=name or f"{role.value}{'-' + region if region else ''}",
             role=role.value,
             region_code=region,
+            source_name=source,
             # A placeholder until the id, which the secret carries, is known.
             secret_sha256=_hash(secrets.token_hex(32)),
             created_at=utcnow(),
@@ -161,9 +169,25 @@ def create_token(
             AuditEvent.TOKEN_CREATED,
             action,
             region=region,
-            detail={"token": public.model_dump(mode="json", include={"id", "name", "role"})},
+            detail={
+                "token": public.model_dump(
+                    mode="json", include={"id", "name", "role", "source"}, exclude_none=True
+                )
+            },
         )
         return public, secret
+
+
+def _check_source(session: Session, source: str, region: str | None) -> None:
+    """A bound source must be configured, and inside the token's region: a region-scoped
+    sender could otherwise store studies it may not read back."""
+    row = session.scalars(select(SourceRow).where(SourceRow.name == source)).one_or_none()
+    if row is None:
+        raise AccessError(f"unknown source {source!r} (see sources.yaml)")
+    if region is not None and row.region_code != region:
+        raise AccessError(
+            f"source {source!r} is in region {row.region_code}, not the token's {region}"
+        )
 
 
 def list_tokens(db: Database) -> list[TokenPublic]:
@@ -233,4 +257,4 @@ def principal_by_id(session: Session, token_id: int) -> Principal | None:
 def _principal(row: ApiTokenRow | None) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(row.id, row.name, Role(row.role), row.region_code)
+    return Principal(row.id, row.name, Role(row.role), row.region_code, row.source_name)

@@ -1,5 +1,6 @@
 """The HTTP side of the gateway: the REST API under ``/api/v1`` (a router per resource),
-health, readiness and metrics, and the dashboard under ``/dashboard``.
+health, readiness and metrics, the DICOMweb server under ``/dicom-web``
+(:mod:`gateway.dicomweb`) and the dashboard under ``/dashboard``.
 
 ``create_app`` builds one app from the parts it is given; nothing here exists before it is
 called, so tests run several apps side by side.
@@ -59,11 +60,12 @@ from gateway.api import (
     rules,
     studies,
 )
-from gateway.api.errors import install_error_handlers
+from gateway.api.errors import install_error_handlers, responses
 from gateway.api.headers import SecurityHeaders
 from gateway.api.metrics import metrics_registry
 from gateway.dashboard import dashboard_router
 from gateway.devices.registry import DeviceRegistry
+from gateway.dicomweb import dicomweb_router
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
 from gateway.ingest.refusals import EdgeCounters
@@ -114,6 +116,7 @@ def create_app(
         monitoring,
     ):
         app.include_router(module.router)
+    app.include_router(dicomweb_router(responses))
     app.include_router(dashboard_router())
 
     @app.get("/", include_in_schema=False)

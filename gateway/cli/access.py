@@ -45,25 +45,33 @@ def tokens_group() -> None:
     "--region", help="Two-digit region code (region_admin, viewer and radiologist need one)."
 )
 @click.option("--name", help="Who or what holds the token (shown in the audit log).")
+@click.option(
+    "--source",
+    help="A source of sources.yaml: the token may then store studies over DICOMweb STOW-RS, "
+    "which arrive as from that source.",
+)
 def tokens_create(
     config_file: Path | None,
     data_dir: Path | None,
     role: str,
     region: str | None,
     name: str | None,
+    source: str | None,
 ) -> None:
     """Create a token and print its secret (the only time it is shown)."""
     db = _database(settings_from(config_file, data_dir=data_dir))
     try:
         token, secret = create_token(
-            db, role, region, name, by=operator(), action="aigw tokens create"
+            db, role, region, name, source=source, by=operator(), action="aigw tokens create"
         )
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         db.dispose()
     click.echo(
-        f"token {token.id} ({token.name}, {token.role.value}, region {token.region or 'all'})"
+        f"token {token.id} ({token.name}, {token.role.value}, region {token.region or 'all'}"
+        + (f", stores as source {token.source}" if token.source else "")
+        + ")"
     )
     click.echo(secret)
 

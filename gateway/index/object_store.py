@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import urllib3
 from minio import Minio
@@ -28,6 +28,7 @@ from gateway.uids import is_valid_uid
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 _TEMP_SUFFIX = ".partial"
+READ_CHUNK = 1 << 20  # what a streamed read holds at a time
 
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: int = 1) -> str:
@@ -79,6 +80,10 @@ class ObjectStore(Protocol):
         """Drop what :meth:`stage` left if it was never published."""
 
     def get(self, key: str) -> bytes: ...
+
+    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        """The object a chunk at a time (an answer streamed out need not hold it whole);
+        :class:`StorageError` before the first chunk when it cannot be read."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -196,6 +201,13 @@ class FolderStore:
         except OSError as exc:
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
+    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        try:
+            handle = self._path(key).open("rb")
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
+        return _chunks_of(handle, key, chunk)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -244,6 +256,15 @@ class FolderStore:
 
     def describe(self) -> str:
         return f"folder {self.root}"
+
+
+def _chunks_of(handle: BinaryIO, key: str, chunk: int) -> Iterator[bytes]:
+    with handle:
+        try:
+            while block := handle.read(chunk):
+                yield block
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -377,6 +398,24 @@ class S3Store:
                 response.release_conn()
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise StorageError(f"cannot read {key} from S3: {exc}") from exc
+
+    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        check_key(key)
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
+        return self._streamed(response, key, chunk)
+
+    @staticmethod
+    def _streamed(response: Any, key: str, chunk: int) -> Iterator[bytes]:
+        try:
+            yield from response.stream(chunk)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()
 
     def exists(self, key: str) -> bool:
         check_key(key)

@@ -373,6 +373,9 @@ class ApiTokenRow(Base):
     name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(16))  # gateway.access.tokens.Role
     region_code: Mapped[str | None] = mapped_column(ForeignKey("regions.code"))
+    # The source (sources.yaml name) a STOW-RS sender with this token stores as; None: the
+    # token cannot store. A name, not a key: sources come and go with the configuration.
+    source_name: Mapped[str | None] = mapped_column(String(64))
     secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

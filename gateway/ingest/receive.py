@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -41,6 +42,10 @@ SERIES = cast(Table, SeriesRow.__table__)
 INSTANCES = cast(Table, InstanceRow.__table__)
 
 log = logging.getLogger(__name__)
+
+# A caller's own check of an instance's attributes before anything is stored (DICOMweb: the
+# SOP class allowed, the study of the request's URL); it raises InvalidInstance to refuse.
+Admit = Callable[[InstanceTags], None]
 
 
 class Sender(BaseModel):
@@ -86,11 +91,14 @@ class Ingest:
         sender: Sender,
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
+        *,
+        admit: Admit | None = None,
     ) -> Outcome:
         """:meth:`receive` for an instance the SCP spooled to ``path`` (a large one need not
-        fit in memory); the file is read, never moved, and must stay until this returns."""
+        fit in memory); the file is read, never moved, and must stay until this returns.
+        ``admit`` checks the validated attributes before anything is stored."""
         return self._receive(
-            _Received(path=path), sender, expected_sop_class, expected_sop_instance
+            _Received(path=path), sender, expected_sop_class, expected_sop_instance, admit
         )
 
     def _receive(
@@ -99,11 +107,14 @@ class Ingest:
         sender: Sender,
         expected_sop_class: str | None,
         expected_sop_instance: str | None,
+        admit: Admit | None = None,
     ) -> Outcome:
         try:
             dataset = _parse(received)
             tags = read_tags(dataset)
             _check_matches_request(tags, expected_sop_class, expected_sop_instance)
+            if admit is not None:
+                admit(tags)
         except InvalidInstance as exc:
             return self._refuse(exc.status, exc.reason, sender)
         if not self.store.has_room():

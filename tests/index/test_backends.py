@@ -120,6 +120,8 @@ def test_ingest_flow_on_every_backend(
         )
         data = gateway.parts.store.get(instance.object_key)
         assert hashlib.sha256(data).hexdigest() == instance.sha256
+        chunks = list(gateway.parts.store.read_chunks(instance.object_key, chunk=4096))
+        assert b"".join(chunks) == data and max(len(c) for c in chunks) <= 4096
         assert instance.size_bytes == len(data)
         # storescu sends the file's own encoding, so the dataset arrives byte for byte
         assert dataset_bytes(data) == dataset_bytes(path.read_bytes())

@@ -116,6 +116,12 @@ def test_folder_store_round_trip(tmp_path: Path) -> None:
     assert not store.exists(key) and list(store.keys()) == [other]
     with pytest.raises(StorageError, match="cannot read"):
         store.get(key)
+    with pytest.raises(StorageError, match="cannot read"):
+        store.read_chunks(key)  # at once, before a first chunk is asked for
+    assert list(store.read_chunks(other)) == []
+    store.put(key, b"0123456789")
+    assert list(store.read_chunks(key, chunk=4)) == [b"0123", b"4567", b"89"]
+    store.delete(key)
     assert store.describe() == f"folder {(tmp_path / 'objects').resolve()}"
 
 
