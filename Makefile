@@ -19,8 +19,10 @@ lint:
 typecheck:
 	.venv/bin/mypy
 
+# Two processes by default (PYTEST_WORKERS=0: one); each file's tests stay in one process.
+PYTEST_WORKERS ?= 2
 pytest:
-	.venv/bin/pytest
+	.venv/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # Rebuild the reference devices (trained on synthetic phantoms, ~10 min on 2 CPU cores).
 # Their ONNX files are committed, so nobody needs this to run the gateway.
