@@ -31,6 +31,7 @@ from gateway.index.object_store import ObjectStore, create_store
 from gateway.index.recovery import recover
 from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
 from gateway.ingest.expected import ExpectedCounts
+from gateway.ingest.orthanc_follow import OrthancFollower
 from gateway.ingest.receive import Ingest
 from gateway.ingest.refusals import AssociationDecision, AuditHook, EdgeCounters
 from gateway.ingest.release import ReleaseCompletion
@@ -141,8 +142,26 @@ class Gateway:
         self._thread(
             lambda: self.assembler.run(self.stop_event, settings.assembly_poll_s), "assembler"
         )
+        for follower in self._orthanc_followers():
+            self._thread(lambda f=follower: f.run(self.stop_event), "orthanc-follower")
         if settings.http_port:
             self._start_http(settings)
+
+    def _orthanc_followers(self) -> list[OrthancFollower]:
+        parts = self.parts
+        return [
+            OrthancFollower(
+                parts.db,
+                Ingest(parts.db, parts.store),
+                source,
+                parts.source_ids[source.name],
+                self.assembler.complete,
+                parts.settings.max_instance_bytes,
+                wake=self.assembler.wake,
+            )
+            for source in parts.directory.all_sources()
+            if source.orthanc is not None
+        ]
 
     def _start_children(self, settings: Settings) -> None:
         context = multiprocessing.get_context("spawn")

@@ -30,6 +30,9 @@ assembly
 release
     :class:`ReleaseCompletion`: studies of ``complete_on_release`` sources complete when the
     association that delivered them is released (never on abort).
+orthanc_follow
+    :class:`OrthancFollower`: an Orthanc's StableStudy changes, fetched over REST into
+    ingest and completed at once; the last change seen kept in the index.
 expected
     :class:`ExpectedCounts`: the archive's NumberOfStudyRelatedInstances (C-FIND), cached
     per study; the quiet period when the archive does not answer.

@@ -75,6 +75,19 @@ class ArchiveQuery(BaseModel):
     )
 
 
+class OrthancFollow(BaseModel):
+    """An Orthanc the gateway follows: each study it reports stable (``StableStudy`` in its
+    ``/changes``) is fetched over REST and is complete at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=300)
+    username: str | None = Field(default=None, min_length=1, max_length=100)
+    password: str | None = Field(default=None, max_length=200)
+    poll_s: float = Field(default=1.0, gt=0, le=300, description="How often /changes is read.")
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+
 class Source(BaseModel):
     """One sender: an archive (ЦАМИ / PACS) of a medical organisation."""
 
@@ -100,6 +113,11 @@ class Source(BaseModel):
         default=None,
         description="Ask this archive (C-FIND) how many instances a study has; complete "
         "once that many are held.",
+    )
+    orthanc: OrthancFollow | None = Field(
+        default=None,
+        description="Follow this Orthanc's StableStudy changes: fetch each such study over "
+        "REST and complete it.",
     )
     tls_subject: str | None = Field(
         default=None,

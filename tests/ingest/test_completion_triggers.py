@@ -1,5 +1,6 @@
 """Completion triggers with real peers: DCMTK storescu releasing or aborting its association,
-and Orthanc as the archive answering the gateway's C-FIND for the expected count.
+Orthanc as the archive answering the gateway's C-FIND for the expected count, and Orthanc
+followed through its /changes (StableStudy).
 
 Every source's quiet period is 300 s, so a study complete within a test was completed by the
 trigger under test, never by the timer. The assembler's poll interval is an hour: a study
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.index.tables import StudyEventRow, StudyRow
+from gateway.index.tables import InstanceRow, OrthancCursorRow, SeriesRow, StudyEventRow, StudyRow
 from gateway.ingest.assembly import StudyCompleted
+from gateway.ingest.orthanc_follow import OrthancFollower
+from gateway.ingest.receive import Ingest
 from gateway.settings import Settings
 from tests.services import Orthanc, free_port, make_uid, storescu, write_ct_series
 from workers.serve import Gateway
@@ -88,7 +91,8 @@ class Running:
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    archive = Orthanc(tmp_path / "orthanc", config={"DicomAlwaysAllowFind": True})
+    # StableAge 1: a study is stable one second after its last instance (default 60 s).
+    archive = Orthanc(tmp_path / "orthanc", config={"DicomAlwaysAllowFind": True, "StableAge": 1})
     archive.start()
     try:
         yield archive
@@ -204,3 +208,62 @@ def test_an_archive_that_does_not_answer_falls_back_to_the_quiet_period(
     warnings = [r for r in caplog.records if "did not answer the C-FIND" in r.getMessage()]
     assert len(warnings) == 1
     assert study_uid == getattr(warnings[0], "study_uid", None)
+
+
+def test_a_study_orthanc_reports_stable_is_fetched_and_completed_once(
+    tmp_path: Path,
+    orthanc: Orthanc,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    follow = {"url": orthanc.url, "poll_s": 0.2}
+    sources = tmp_path / "followed.yaml"
+    sources.write_text(
+        json.dumps(
+            {
+                "sources": [
+                    {"name": "followed", "ae_title": "FOLLOWED", "region": "38", "orthanc": follow}
+                ]
+            }
+        )
+    )
+    handed_over: list[StudyCompleted] = []
+    settings = make_settings(sources_file=sources, quiet_period_s=QUIET_S, assembly_poll_s=HOUR_S)
+    running = Running(start_gateway(settings, on_complete=handed_over.append), handed_over)
+    study_uid, files = _study(tmp_path, 3, "stable")
+    sent = storescu(orthanc.dicom_port, files, calling_ae="MODALITY", called_ae="ORTHANC")
+    assert sent.returncode == 0, sent.stderr
+
+    running.wait_for("the hand-over", lambda: study_uid in {c.study_uid for c in handed_over})
+    assert running.completion_reasons(study_uid) == ["orthanc_stable_study"]
+    parts = running.gateway.parts
+    with parts.db.session() as session:
+        held = session.scalars(
+            select(InstanceRow.sop_instance_uid)
+            .join(SeriesRow)
+            .join(StudyRow)
+            .where(StudyRow.study_uid == study_uid)
+        ).all()
+        cursor = session.get(OrthancCursorRow, parts.source_ids["followed"])
+    assert len(held) == 3
+    assert cursor is not None and cursor.last_change > 0
+
+    # A restarted follower goes on from the stored cursor: nothing is fetched again.
+    source = parts.directory.by_name("followed")
+    assert source is not None
+    fetched: list[str] = []
+
+    def complete(uid: str, _reason: str) -> bool:
+        fetched.append(uid)
+        return True
+
+    again = OrthancFollower(
+        parts.db,
+        Ingest(parts.db, parts.store),
+        source,
+        parts.source_ids["followed"],
+        complete,
+        parts.settings.max_instance_bytes,
+    )
+    assert again.poll() == []
+    assert fetched == []
