@@ -214,6 +214,13 @@ class Settings(BaseSettings):
         default="memory://localhost/",
         description="Celery broker; memory:// runs an in-process worker.",
     )
+    memory_broker_poll_s: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="memory:// broker: how often the worker looks for a task (kombu's default "
+        "of 1 s adds up to a second to every hop, infer and report); Redis delivers at once.",
+    )
     embedded_worker: bool = Field(
         default=True, description="aigw serve also runs a worker thread (the embedded default)."
     )

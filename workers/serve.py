@@ -30,8 +30,11 @@ from gateway.index.due import Backoff
 from gateway.index.object_store import ObjectStore, create_store
 from gateway.index.recovery import recover
 from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
+from gateway.ingest.expected import ExpectedCounts
+from gateway.ingest.orthanc_follow import OrthancFollower
 from gateway.ingest.receive import Ingest
 from gateway.ingest.refusals import AssociationDecision, AuditHook, EdgeCounters
+from gateway.ingest.release import ReleaseCompletion
 from gateway.ingest.scp import DicomServer
 from gateway.ingest.sources import SourceDirectory, load_directory, sync_directory
 from gateway.logs import configure_logging
@@ -106,13 +109,7 @@ class Gateway:
         self.services = list(services)
         self.before_accepting = list(before_accepting)
         self.stop_event = threading.Event()
-        self.assembler = Assembler(
-            parts.db,
-            parts.directory,
-            parts.settings.quiet_period_s,
-            on_complete,
-            backoff=retry_backoff(parts.settings),
-        )
+        self.assembler = build_assembler(parts, on_complete)
         self.scp: DicomServer | None = None
         self.edge_counters = EdgeCounters()
         self._children: list[multiprocessing.process.BaseProcess] = []
@@ -137,6 +134,7 @@ class Gateway:
             shared_port=shared,
             counters=self.edge_counters,
             audit=audit_associations(self.parts),
+            releases=ReleaseCompletion(self.assembler.complete, self.assembler.wake),
         )
         if shared:
             self._start_children(settings)
@@ -144,8 +142,26 @@ class Gateway:
         self._thread(
             lambda: self.assembler.run(self.stop_event, settings.assembly_poll_s), "assembler"
         )
+        for follower in self._orthanc_followers():
+            self._thread(lambda f=follower: f.run(self.stop_event), "orthanc-follower")
         if settings.http_port:
             self._start_http(settings)
+
+    def _orthanc_followers(self) -> list[OrthancFollower]:
+        parts = self.parts
+        return [
+            OrthancFollower(
+                parts.db,
+                Ingest(parts.db, parts.store),
+                source,
+                parts.source_ids[source.name],
+                self.assembler.complete,
+                parts.settings.max_instance_bytes,
+                wake=self.assembler.wake,
+            )
+            for source in parts.directory.all_sources()
+            if source.orthanc is not None
+        ]
 
     def _start_children(self, settings: Settings) -> None:
         context = multiprocessing.get_context("spawn")
@@ -188,6 +204,7 @@ class Gateway:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.assembler.wake()
         if self._http:
             self._http.should_exit = True
         if self.scp:
@@ -201,6 +218,20 @@ class Gateway:
             service.stop()
         self.parts.db.dispose()
         log.info("gateway stopped")
+
+
+def build_assembler(parts: Parts, on_complete: CompletionHook = log_completion) -> Assembler:
+    """The assembler with the sources' completion triggers: quiet periods, and expected
+    counts from the archives of sources that name one (``query``)."""
+    asks = any(source.query for source in parts.directory.all_sources())
+    return Assembler(
+        parts.db,
+        parts.directory,
+        parts.settings.quiet_period_s,
+        on_complete,
+        backoff=retry_backoff(parts.settings),
+        expected=ExpectedCounts(parts.settings.ae_title) if asks else None,
+    )
 
 
 def audit_associations(parts: Parts) -> AuditHook:
@@ -227,6 +258,8 @@ def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None
         shared_port=True,
         counters=counters,
         audit=audit_associations(parts),
+        # Completes in the index; the main process's assembler hands over on its next tick.
+        releases=ReleaseCompletion(build_assembler(parts).complete),
     )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
     server.serve_forever()

@@ -1,4 +1,5 @@
-"""A series' current instances: the one answer to "which objects does this job read?".
+"""A series' current instances: the one answer to "which objects does this job read?"; and
+how many instances a study holds (the expected-count completion compares it).
 
 Inference decodes them and the result builders reference them; both ask here, so both see
 the same instances in the same order.
@@ -35,3 +36,18 @@ def current_instance_keys(session: Session, series_uids: Iterable[str]) -> list[
         .order_by(InstanceRow.instance_number.asc().nulls_last(), InstanceRow.sop_instance_uid)
     )
     return list(session.scalars(query))
+
+
+def held_instance_counts(session: Session, study_ids: Iterable[int]) -> dict[int, int]:
+    """Study id → how many distinct SOP Instances the gateway holds for it (versions of one
+    instance count once: an archive counts instances, not our copies of them)."""
+    ids = list(study_ids)
+    if not ids:
+        return {}
+    query = (
+        select(SeriesRow.study_id, func.count(func.distinct(InstanceRow.sop_instance_uid)))
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .where(SeriesRow.study_id.in_(ids))
+        .group_by(SeriesRow.study_id)
+    )
+    return {int(study_id): int(count) for study_id, count in session.execute(query).all()}

@@ -73,6 +73,19 @@ class SourceRow(Base):
     region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"))
 
 
+class OrthancCursorRow(Base):
+    """The last entry of an Orthanc's ``/changes`` that a source's follower has dealt with:
+    a restart goes on from there instead of fetching everything again."""
+
+    __tablename__ = "orthanc_cursors"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"), primary_key=True)
+    # The Orthanc the cursor belongs to: another one (the URL changed) starts from 0.
+    url: Mapped[str] = mapped_column(String(300))
+    last_change: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class StudyRow(Base):
     __tablename__ = "studies"
     __table_args__ = (Index("ix_studies_due", "state", "next_attempt_at"),)

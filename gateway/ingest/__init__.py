@@ -24,6 +24,16 @@ receive
 tags
     The attributes the index keeps, read once from a received dataset and validated.
 assembly
-    :class:`Assembler`: a study is complete after its quiet period, or on request; completion
-    goes to one hook, the next stage's entry point.
+    :class:`Assembler`: a study is complete after its quiet period, when its expected count
+    is held, on release, or on request; completion goes to one hook, the next stage's entry
+    point.
+release
+    :class:`ReleaseCompletion`: studies of ``complete_on_release`` sources complete when the
+    association that delivered them is released (never on abort).
+orthanc_follow
+    :class:`OrthancFollower`: an Orthanc's StableStudy changes, fetched over REST into
+    ingest and completed at once; the last change seen kept in the index.
+expected
+    :class:`ExpectedCounts`: the archive's NumberOfStudyRelatedInstances (C-FIND), cached
+    per study; the quiet period when the archive does not answer.
 """

@@ -1,5 +1,7 @@
-"""Study assembly: a study is complete after a quiet period with no new instances, or at once
-on request. Completion hands the study to one function, the next stage's entry point.
+"""Study assembly: a study is complete after a quiet period with no new instances, when its
+archive's expected count is held (:mod:`gateway.ingest.expected`), when the association that
+delivered it is released (:mod:`gateway.ingest.release`), or at once on request. Completion
+hands the study to one function, the next stage's entry point.
 
 The timers live in the database (``last_received_at`` + the source's quiet period), not in
 memory, so a restart after ``kill -9`` resumes them, and several SCP processes can ingest
@@ -26,8 +28,10 @@ from sqlalchemy import select
 from gateway.errors import DatabaseError, UnknownStudy
 from gateway.index.database import Database
 from gateway.index.due import DEFAULT_BACKOFF, Backoff, claim_rows, settle
+from gateway.index.instances import held_instance_counts
 from gateway.index.study_state import OPEN_STATES, ROUTING_STATE, StudyState, set_state
 from gateway.index.tables import SourceRow, StudyRow, utcnow
+from gateway.ingest.expected import EXPECTED_REASON, Candidate, ExpectedCounts
 from gateway.ingest.sources import SourceDirectory
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class Assembler:
         clock: Callable[[], datetime] = utcnow,
         backoff: Backoff = DEFAULT_BACKOFF,
         batch: int = 50,
+        expected: ExpectedCounts | None = None,
     ) -> None:
         self.db = db
         self.directory = directory
@@ -86,7 +91,14 @@ class Assembler:
         self.clock = clock
         self.backoff = backoff
         self.batch = batch
+        self.expected = expected
         self._database_down = False
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Tick now rather than after the poll interval (a study was completed elsewhere,
+        e.g. on release, and waits to be handed over)."""
+        self._wake.set()
 
     def quiet_period(self, source_name: str) -> timedelta:
         source = self.directory.by_name(source_name)
@@ -94,11 +106,16 @@ class Assembler:
         return timedelta(seconds=seconds or self.default_quiet_s)
 
     def tick(self) -> list[StudyCompleted]:
-        """Complete every study whose quiet period has passed, then hand every complete
-        study that is due over to the hook; returns those handed over or tried."""
+        """Complete every study whose quiet period has passed or whose expected count is
+        held, then hand every complete study that is due over to the hook; returns those
+        handed over or tried."""
         now = self.clock()
-        for study_uid in self._due(now):
+        quiet, candidates = self._open(now)
+        for study_uid in quiet:
             self.complete(study_uid, reason="quiet_period", only_if_quiet=True)
+        if self.expected is not None and candidates:
+            for study_uid in self.expected.ready(c for c in candidates if c.study_uid not in quiet):
+                self.complete(study_uid, reason=EXPECTED_REASON)
         return self.hand_over()
 
     def complete(self, study_uid: str, reason: str = "manual", only_if_quiet: bool = False) -> bool:
@@ -124,14 +141,29 @@ class Assembler:
         log.info("study assembled", extra={"study_uid": study_uid, "reason": reason})
         return True
 
-    def _due(self, now: datetime) -> list[str]:
+    def _open(self, now: datetime) -> tuple[list[str], list[Candidate]]:
+        """The open studies whose quiet period has passed, and the open studies of sources
+        that ask their archive for the expected count (with how many instances each holds)."""
         with self.db.session() as session:
             rows = session.execute(
-                select(StudyRow.study_uid, StudyRow.last_received_at, SourceRow.name)
+                select(StudyRow.id, StudyRow.study_uid, StudyRow.last_received_at, SourceRow.name)
                 .join(SourceRow)
                 .where(StudyRow.state.in_(OPEN_STATES))
             ).all()
-        return [uid for uid, last, source in rows if last + self.quiet_period(source) <= now]
+            asking = {
+                study_id: (uid, source)
+                for study_id, uid, _last, name in rows
+                if self.expected is not None
+                and (source := self.directory.by_name(name)) is not None
+                and source.query is not None
+            }
+            held = held_instance_counts(session, asking)
+        quiet = [uid for _id, uid, last, name in rows if last + self.quiet_period(name) <= now]
+        candidates = [
+            Candidate(uid, source, held.get(study_id, 0))
+            for study_id, (uid, source) in asking.items()
+        ]
+        return quiet, candidates
 
     def hand_over(self) -> list[StudyCompleted]:
         """Claim the complete studies that are due, offer each to the hook, record how it
@@ -206,9 +238,11 @@ class Assembler:
             )
 
     def run(self, stop: threading.Event, poll_s: float) -> None:
-        """Tick until ``stop`` is set; a failing tick (database away) is logged once per
-        outage and retried."""
+        """Tick every ``poll_s``, or at once when woken, until ``stop`` is set (call
+        :meth:`wake` after setting it to end without waiting); a failing tick (database
+        away) is logged once per outage and retried."""
         while not stop.is_set():
+            self._wake.clear()  # before the tick: a wake during it means tick again
             try:
                 self.tick()
                 if self._database_down:
@@ -220,4 +254,4 @@ class Assembler:
                 self._database_down = True
             except Exception:
                 log.exception("assembly tick failed; retrying")
-            stop.wait(poll_s)
+            self._wake.wait(poll_s)

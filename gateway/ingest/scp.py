@@ -35,6 +35,7 @@ from gateway.ingest.refusals import (
     EdgeReport,
     Refusal,
 )
+from gateway.ingest.release import ReleaseCompletion
 from gateway.ingest.sources import Source, SourceCheck, SourceDirectory
 from gateway.ingest.tls import TlsIdentity, listener_context
 from gateway.settings import Settings
@@ -199,6 +200,7 @@ def _on_store(
     source_ids: dict[str, int],
     report: EdgeReport,
     max_instance: int,
+    releases: ReleaseCompletion | None,
 ) -> Dataset:
     assoc = event.assoc
     calling, address = _ae(assoc.requestor.ae_title), str(assoc.requestor.address)
@@ -226,11 +228,24 @@ def _on_store(
             outcome = ingest.receive_file(Path(spooled), sender, *expected)
         else:
             outcome = ingest.receive(event.encoded_dataset(include_meta=True), sender, *expected)
+        if releases and source.complete_on_release and outcome.status.is_success:
+            releases.delivered(assoc, cast(str, outcome.study_uid))
         return _response(outcome.status, outcome.reason)
     except Exception:
         # Not the data's fault as far as we know: answer "try again later", keep serving.
         log.exception("C-STORE handler failed", extra={"calling_ae": calling})
         return _response(Status.OUT_OF_RESOURCES, "internal error")
+
+
+def _on_released(event: Event, releases: ReleaseCompletion) -> None:
+    try:
+        releases.released(event.assoc)
+    except Exception:  # the quiet period completes what this could not
+        log.exception("completion on release failed")
+
+
+def _on_aborted(event: Event, releases: ReleaseCompletion) -> None:
+    releases.aborted(event.assoc)
 
 
 def _response(status: Status, reason: str) -> Dataset:
@@ -262,7 +277,8 @@ class DicomServer:
     is false), the TLS listener on ``dicom_tls_port`` (when not 0), one admission thread.
 
     ``counters`` are shared with the other SCP processes and ``/metrics``; ``audit`` records
-    association decisions (the composition root passes the audit log's writer).
+    association decisions (the composition root passes the audit log's writer);
+    ``releases`` completes the studies of ``complete_on_release`` sources on A-RELEASE.
     """
 
     def __init__(
@@ -276,9 +292,11 @@ class DicomServer:
         shared_port: bool = False,
         counters: EdgeCounters | None = None,
         audit: AuditHook | None = None,
+        releases: ReleaseCompletion | None = None,
     ) -> None:
         _check_tls_sources(settings, directory)
         self.settings = settings
+        self.releases = releases
         self.report = EdgeReport(counters or EdgeCounters(), audit)
         self.ae = _build_ae(settings)
         gatekeeper = Gatekeeper(settings.ae_title, directory, store, settings.max_associations)
@@ -287,9 +305,14 @@ class DicomServer:
             (
                 evt.EVT_C_STORE,
                 _on_store,
-                [ingest, directory, source_ids, self.report, settings.max_instance_bytes],
+                [ingest, directory, source_ids, self.report, settings.max_instance_bytes, releases],
             ),
         ]
+        if releases is not None:
+            handlers += [
+                (evt.EVT_RELEASED, _on_released, [releases]),
+                (evt.EVT_ABORTED, _on_aborted, [releases]),
+            ]
         self.admission = Admission(
             AdmissionLimits(
                 request_timeout_s=settings.dicom_request_timeout_s,

@@ -52,6 +52,42 @@ class Region(BaseModel):
     name: str = Field(min_length=1)
 
 
+class ArchiveQuery(BaseModel):
+    """The source's archive as a C-FIND SCP: asked how many instances a study has
+    (NumberOfStudyRelatedInstances), so the study completes once that many are held."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    ae_title: AETitle
+    calling_ae: AETitle | None = Field(
+        default=None, description="Our AE title toward the archive; the gateway's by default."
+    )
+    timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Connect, association and answer, each."
+    )
+    refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An answer is asked again after this long while fewer instances are "
+        "held; an archive that did not answer is asked again after this long.",
+    )
+
+
+class OrthancFollow(BaseModel):
+    """An Orthanc the gateway follows: each study it reports stable (``StableStudy`` in its
+    ``/changes``) is fetched over REST and is complete at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=300)
+    username: str | None = Field(default=None, min_length=1, max_length=100)
+    password: str | None = Field(default=None, max_length=200)
+    poll_s: float = Field(default=1.0, gt=0, le=300, description="How often /changes is read.")
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+
 class Source(BaseModel):
     """One sender: an archive (ЦАМИ / PACS) of a medical organisation."""
 
@@ -65,7 +101,24 @@ class Source(BaseModel):
     )
     frmo_oid: str | None = Field(default=None, description="The organisation's OID in ФРМО.")
     region: RegionCode
-    quiet_period_s: float | None = Field(default=None, gt=0)
+    quiet_period_s: float | None = Field(
+        default=None, gt=0, description="This source's quiet period; the default otherwise."
+    )
+    complete_on_release: bool = Field(
+        default=False,
+        description="The sender sends one study per association: a study is complete when "
+        "the association that delivered it is released (an aborted one does not count).",
+    )
+    query: ArchiveQuery | None = Field(
+        default=None,
+        description="Ask this archive (C-FIND) how many instances a study has; complete "
+        "once that many are held.",
+    )
+    orthanc: OrthancFollow | None = Field(
+        default=None,
+        description="Follow this Orthanc's StableStudy changes: fetch each such study over "
+        "REST and complete it.",
+    )
     tls_subject: str | None = Field(
         default=None,
         min_length=1,

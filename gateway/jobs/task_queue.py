@@ -75,6 +75,10 @@ def create_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         },
     )
+    if settings.broker_url.startswith("memory://"):
+        # The memory transport has no blocking read: the worker sleeps this long whenever
+        # its queues are empty, so each task waits up to this before it starts.
+        app.conf.broker_transport_options["polling_interval"] = settings.memory_broker_poll_s
     return app
 
 

@@ -77,6 +77,25 @@ SOURCE = "  - {name: a, ae_title: A_AE, region: '38'}\n"
         ("sources:\n  - {name: a, ae_title: A_AE, region: '38', colour: red}\n", "colour"),
         ("sources:\n  - {name: 'a/../b', ae_title: A_AE, region: '38'}\n", "name"),
         ("sources:\n  - {name: a, region: '38'}\n", "ae_title"),
+        (
+            "sources:\n  - {name: a, ae_title: A_AE, region: '38', complete_on_release: maybe}\n",
+            "complete_on_release",
+        ),
+        (
+            "sources:\n  - {name: a, ae_title: A_AE, region: '38', "
+            "query: {host: pacs, port: 70000, ae_title: PACS}}\n",
+            "query.port",
+        ),
+        (
+            "sources:\n  - {name: a, ae_title: A_AE, region: '38', "
+            "query: {host: pacs, port: 104, ae_title: THIRTEEN_CHARS_PLUS}}\n",
+            "query.ae_title",
+        ),
+        (
+            "sources:\n  - {name: a, ae_title: A_AE, region: '38', "
+            "query: {host: pacs, port: 104}}\n",
+            "query.ae_title",
+        ),
     ],
 )
 def test_bad_sources_file_is_refused_naming_the_problem(
