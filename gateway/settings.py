@@ -230,6 +230,18 @@ class Settings(BaseSettings):
         description="onnxruntime providers in order of preference; missing ones are skipped.",
     )
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
+    max_pixels_per_frame: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Rows × Columns one frame may declare; a larger one fails its job before "
+        "decoding (the largest real mammogram is ~23 Mpx).",
+    )
+    max_pixels_per_job: int = Field(
+        default=640_000_000,
+        ge=1,
+        description="Pixels all frames of one job may declare together; more fails the job "
+        "before decoding (a 2000-slice CT of 512² is 524 Mpx).",
+    )
     job_max_retries: int = Field(default=5, ge=0, le=100)
     job_requeue_after_s: float = Field(
         default=900.0,

@@ -19,6 +19,7 @@ from celery.app.trace import setup_worker_optimizations
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
 from gateway.inference.pipeline import InferenceContext
+from gateway.inference.pixel_checks import PixelBudget
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from gateway.results.build import ReportContext
 from gateway.results.semd.config import SemdConfig, load_semd_config
@@ -39,6 +40,7 @@ def inference_context(parts: Parts) -> InferenceContext:
         registry=DeviceRegistry(parts.db, parts.store),
         sessions=SessionCache(settings.inference_providers),
         max_batch=settings.inference_max_batch,
+        budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),
     )
 
 

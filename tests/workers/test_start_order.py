@@ -30,7 +30,9 @@ def upgrade(db: Database, revision: str) -> None:
 
 def newest_migration() -> str:
     """The revision of the newest migration file: what the code's head must be."""
-    return max(path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return max(
+        path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    )
 
 
 def worker(tmp_path: Path, db_file: Path) -> subprocess.Popen[bytes]:
