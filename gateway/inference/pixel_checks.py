@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from gateway.errors import PixelDataError
 from gateway.inference.codestreams import FrameHeader, j2k_header, jpeg_header, rle_header
-from gateway.inference.decode import DecodeError
+from gateway.inference.decode import DecodeError, instance_uid
 from gateway.pixel_data import Item, PixelGeometry, pixel_geometry, read_items
 
 # Defaults of the settings of the same names: the largest real mammogram (4096 × 5625 ≈
@@ -70,10 +70,15 @@ def _geometry(dataset: Dataset, budget: PixelBudget) -> PixelGeometry:
     try:
         geometry = pixel_geometry(dataset)
     except PixelDataError as exc:
-        raise DecodeError(f"{_uid(dataset)}: {exc}") from exc
+        raise DecodeError(f"{instance_uid(dataset)}: {exc}") from exc
+    except Exception as exc:  # a damaged value raises what its pydicom converter raises
+        raise DecodeError(
+            f"{instance_uid(dataset)}: cannot read the image attributes: {exc.__class__.__name__}: "
+            f"{str(exc)[:200]}"
+        ) from exc
     if geometry.pixels_per_frame > budget.max_pixels_per_frame:
         raise DecodeError(
-            f"{_uid(dataset)}: a frame of {geometry.rows} × {geometry.columns} = "
+            f"{instance_uid(dataset)}: a frame of {geometry.rows} × {geometry.columns} = "
             f"{geometry.pixels_per_frame} pixels, more than max_pixels_per_frame "
             f"{budget.max_pixels_per_frame}"
         )
@@ -86,7 +91,12 @@ def check_pixel_data(dataset: Dataset, geometry: PixelGeometry) -> None:
     try:
         _check(dataset, geometry)
     except PixelDataError as exc:
-        raise DecodeError(f"{_uid(dataset)}: {exc}") from exc
+        raise DecodeError(f"{instance_uid(dataset)}: {exc}") from exc
+    except Exception as exc:  # a damaged value raises what its pydicom converter raises
+        raise DecodeError(
+            f"{instance_uid(dataset)}: cannot read Pixel Data: {exc.__class__.__name__}: "
+            f"{str(exc)[:200]}"
+        ) from exc
 
 
 def _check(dataset: Dataset, geometry: PixelGeometry) -> None:
@@ -221,7 +231,3 @@ def _head(data: bytes, group: list[Item]) -> tuple[memoryview, int]:
         if len(head) >= _HEAD_BYTES:
             break
     return memoryview(bytes(head)), length
-
-
-def _uid(dataset: Dataset) -> str:
-    return str(dataset.get("SOPInstanceUID", "?"))[:64]

@@ -41,6 +41,14 @@ def huge_header(dataset: Dataset) -> Dataset:
     return dataset
 
 
+def huge_j2k(dataset: Dataset) -> Dataset:
+    """Rows = Columns = 65535, and a JPEG 2000 SIZ that says the same: consistent, so only
+    the pixel budget stops it (ingest cannot judge a codestream)."""
+    j2k_bomb(dataset, 65535, 65535)
+    dataset.Rows = dataset.Columns = 65535
+    return dataset
+
+
 def rle_offsets_past_the_end(dataset: Dataset) -> Dataset:
     """RLE whose second segment starts far past the end of the frame."""
     dataset.compress(RLELossless)

@@ -150,7 +150,7 @@ def test_pixel_bombs_fail_their_jobs_before_decoding_and_the_next_study_is_infer
             hostile.j2k_bomb,
             "JPEG 2000 header has 60000 rows, the dataset's Rows is 256",
         ),
-        "65535": (hostile.huge_header, "65535 × 65535 = 4294836225 pixels"),
+        "65535": (hostile.huge_j2k, "65535 × 65535 = 4294836225 pixels"),
         "rle": (hostile.rle_offsets_past_the_end, "RLE segment 2 starts at byte 2147483632"),
         "jpeg": (hostile.jpeg_with_wrong_rows, "JPEG SOF0 header has 1024 rows"),
     }
@@ -165,6 +165,16 @@ def test_pixel_bombs_fail_their_jobs_before_decoding_and_the_next_study_is_infer
         assert study.datasets[0].SOPInstanceUID in job.reason
     peak_mb = _status_mb("VmHWM")
     assert peak_mb - before_mb < DECODE_PEAK_BUDGET_MB, (before_mb, peak_mb)
+
+    # Native Pixel Data whose length contradicts 65535² never gets that far: refused at ingest.
+    native = hostile.radiograph(39, size=(256, 256))
+    hostile.huge_header(native.datasets[0])
+    report = send(
+        write_study(native, tmp_path / "native"),
+        Peer("127.0.0.1", test_device_gateway.parts.settings.dicom_port, "AIGW", "IRK_CAMI"),
+    )
+    (reason,) = report.failed.values()
+    assert reason.startswith("0xC000 Pixel Data has 10 bytes, not 8589672450"), reason
 
     healthy = hostile.radiograph(40, size=(256, 256))
     _send(test_device_gateway, write_study(healthy, tmp_path / "healthy"))
