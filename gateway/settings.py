@@ -236,6 +236,13 @@ class Settings(BaseSettings):
         description="Rows × Columns one frame may declare; a larger one fails its job before "
         "decoding (the largest real mammogram is ~23 Mpx).",
     )
+    decode_memory_limit_mb: int = Field(
+        default=8192,
+        ge=0,
+        description="Address space each decoding process may use; decoding runs in a pool of "
+        "worker_concurrency child processes so a job over it fails alone. 0 decodes in the "
+        "worker's own process, without a ceiling.",
+    )
     max_pixels_per_job: int = Field(
         default=640_000_000,
         ge=1,

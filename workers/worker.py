@@ -18,6 +18,7 @@ from celery.app.trace import setup_worker_optimizations
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
+from gateway.inference.decode_pool import DecodePool
 from gateway.inference.pipeline import InferenceContext
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
@@ -41,6 +42,11 @@ def inference_context(parts: Parts) -> InferenceContext:
         sessions=SessionCache(settings.inference_providers),
         max_batch=settings.inference_max_batch,
         budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),
+        decoder=(
+            DecodePool(settings.decode_memory_limit_mb, settings.worker_concurrency)
+            if settings.decode_memory_limit_mb
+            else None
+        ),
     )
 
 
@@ -88,6 +94,7 @@ class EmbeddedWorker:
 
     def __init__(self, app: Celery, parts: Parts) -> None:
         context = inference_context(parts)
+        self._decoder = context.decoder
         reports = report_context(parts)
         register_tasks(
             app,
@@ -116,6 +123,8 @@ class EmbeddedWorker:
     def stop(self) -> None:
         self.worker.stop(in_sighandler=False)
         self._thread.join(timeout=15)
+        if self._decoder is not None:
+            self._decoder.close()
 
 
 def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: int | None) -> None:

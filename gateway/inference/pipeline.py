@@ -27,14 +27,8 @@ from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
 from gateway.index.tables import FindingRow, JobRow
-from gateway.inference.decode import (
-    DecodeError,
-    Image2D,
-    Volume,
-    decode_image,
-    decode_volume,
-    read_dataset,
-)
+from gateway.inference.decode import DecodeError, Image2D, Volume, read_dataset
+from gateway.inference.decode_pool import DecodePool, decode_datasets
 from gateway.inference.findings import Finding, Location
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget, check_job
@@ -63,6 +57,7 @@ class InferenceContext:
     sessions: SessionCache
     max_batch: int = 16
     budget: PixelBudget = field(default_factory=PixelBudget)
+    decoder: DecodePool | None = None  # None: decode in this process, without a ceiling
 
 
 @dataclass
@@ -128,7 +123,7 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
     with watch.stage("load"):
         blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
     with watch.stage("decode"):
-        decoded = _decode(blobs, manifest, context.budget)
+        decoded = _decode(blobs, manifest, context)
     with watch.stage("preprocess"):
         prepared, metas = _preprocess(decoded, manifest)
     with watch.stage("infer"):
@@ -167,16 +162,18 @@ def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _decode(blobs: list[bytes], manifest: DeviceManifest, budget: PixelBudget) -> JobInput:
+def _decode(blobs: list[bytes], manifest: DeviceManifest, context: InferenceContext) -> JobInput:
     datasets = [read_dataset(blob) for blob in blobs]
     if len(datasets) < manifest.accepts.min_instances:
         raise JobFailure(
             f"{len(datasets)} instances, the device needs at least {manifest.accepts.min_instances}"
         )
-    check_job(datasets, budget)  # before any decoder allocates what a header claims
-    if manifest.input.dims == 3:
-        return JobInput([], decode_volume(datasets))
-    return JobInput([decode_image(d) for d in datasets], None)
+    check_job(datasets, context.budget)  # before any decoder allocates what a header claims
+    if context.decoder is None:
+        images, volume = decode_datasets(datasets, manifest.input.dims)
+    else:
+        images, volume = context.decoder.decode(blobs, manifest.input.dims)
+    return JobInput(images, volume)
 
 
 def _preprocess(

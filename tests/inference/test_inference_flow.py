@@ -27,8 +27,13 @@ from workers.serve import Gateway
 
 
 @pytest.fixture
+def decode_memory_limit_mb() -> int:
+    return 8192  # the default
+
+
+@pytest.fixture
 def test_device_gateway(
-    tmp_path: Path, make_settings: Callable[..., Settings]
+    tmp_path: Path, make_settings: Callable[..., Settings], decode_memory_limit_mb: int
 ) -> Iterator[Gateway]:
     """The embedded gateway with one fast test device (a chest X-ray classifier)."""
     from workers.app import build_gateway
@@ -43,7 +48,12 @@ def test_device_gateway(
         )
     )
     gateway = build_gateway(
-        make_settings(devices_dir=devices, regions_file=regions, quiet_period_s=0.3)
+        make_settings(
+            devices_dir=devices,
+            regions_file=regions,
+            quiet_period_s=0.3,
+            decode_memory_limit_mb=decode_memory_limit_mb,
+        )
     )
     gateway.start()
     yield gateway
@@ -177,6 +187,27 @@ def test_pixel_bombs_fail_their_jobs_before_decoding_and_the_next_study_is_infer
     assert reason.startswith("0xC000 Pixel Data has 10 bytes, not 8589672450"), reason
 
     healthy = hostile.radiograph(40, size=(256, 256))
+    _send(test_device_gateway, write_study(healthy, tmp_path / "healthy"))
+    _summary, (after,) = _finished(test_device_gateway, healthy.study_instance_uid)
+    assert after.state == "inferred"
+
+
+@pytest.mark.parametrize("decode_memory_limit_mb", [600])
+def test_a_decode_over_the_memory_limit_fails_its_job_and_the_worker_goes_on(
+    test_device_gateway: Gateway, tmp_path: Path
+) -> None:
+    # 6300² 16-bit: within the pixel budget, consistent, and more than 600 MB to decode
+    # (79 MB stored, 159 MB as float32, the same again to hand it back).
+    large = hostile.radiograph(61)
+    dataset = large.datasets[0]
+    dataset.Rows = dataset.Columns = 6300
+    dataset.PixelData = bytes(6300 * 6300 * 2)
+    _send(test_device_gateway, write_study(large, tmp_path / "large"))
+    _summary, (job,) = _finished(test_device_gateway, large.study_instance_uid)
+    assert job.state == "failed"
+    assert job.reason is not None and "MemoryError" in job.reason, job.reason
+
+    healthy = hostile.radiograph(62, size=(256, 256))
     _send(test_device_gateway, write_study(healthy, tmp_path / "healthy"))
     _summary, (after,) = _finished(test_device_gateway, healthy.study_instance_uid)
     assert after.state == "inferred"
