@@ -123,7 +123,7 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
     with watch.stage("load"):
         blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
     with watch.stage("decode"):
-        decoded = _decode(blobs, manifest, context)
+        decoded = _decode(blobs, manifest, context.budget, context.decoder)
     with watch.stage("preprocess"):
         prepared, metas = _preprocess(decoded, manifest)
     with watch.stage("infer"):
@@ -162,17 +162,22 @@ def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _decode(blobs: list[bytes], manifest: DeviceManifest, context: InferenceContext) -> JobInput:
+def _decode(
+    blobs: list[bytes],
+    manifest: DeviceManifest,
+    budget: PixelBudget | None = None,
+    decoder: DecodePool | None = None,
+) -> JobInput:
     datasets = [read_dataset(blob) for blob in blobs]
     if len(datasets) < manifest.accepts.min_instances:
         raise JobFailure(
             f"{len(datasets)} instances, the device needs at least {manifest.accepts.min_instances}"
         )
-    check_job(datasets, context.budget)  # before any decoder allocates what a header claims
-    if context.decoder is None:
+    check_job(datasets, budget or PixelBudget())  # before a decoder allocates what a header claims
+    if decoder is None:
         images, volume = decode_datasets(datasets, manifest.input.dims)
     else:
-        images, volume = context.decoder.decode(blobs, manifest.input.dims)
+        images, volume = decoder.decode(blobs, manifest.input.dims)
     return JobInput(images, volume)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from io import BytesIO
 
 import pytest
@@ -25,7 +26,7 @@ def _blob(seed: int, size: int = 64) -> bytes:
 
 
 @pytest.fixture
-def pool() -> DecodePool:
+def pool() -> Iterator[DecodePool]:
     decoding = DecodePool(memory_limit_mb=600, processes=1)
     yield decoding
     decoding.close()
@@ -41,7 +42,7 @@ def test_a_decode_over_the_limit_fails_and_the_next_one_decodes(pool: DecodePool
 def test_a_child_that_dies_fails_the_decode_and_the_pool_is_replaced(pool: DecodePool) -> None:
     pool.decode([_blob(3)], 2)  # the child is running now
     executor = pool._current()
-    for pid in list(executor._processes):  # type: ignore[attr-defined]
+    for pid in list(executor._processes):  # CPython's own record of its children
         os.kill(pid, signal.SIGKILL)
     with pytest.raises(DecodeError, match="the decoding process died"):
         pool.decode([_blob(4)], 2)
