@@ -118,6 +118,8 @@ class EmbeddedWorker:
         self._thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
 
     def start(self) -> None:
+        if self._decoder is not None:
+            self._decoder.warm()
         self._thread.start()
 
     def stop(self) -> None:
@@ -133,6 +135,8 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     wait_for_broker(settings.broker_url, retry_backoff(settings))
     app = create_celery(settings)
     context = inference_context(parts)
+    if context.decoder is not None:
+        context.decoder.warm()
     reports = report_context(parts)
     register_tasks(
         app, lambda: context, lambda: reports, settings.job_max_retries, retry_backoff(settings)

@@ -50,6 +50,10 @@ def _limit_memory(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
+def _ready() -> bool:
+    return True
+
+
 def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
     try:
         return decode_blobs(blobs, dims)
@@ -93,6 +97,11 @@ class DecodePool:
                 f"decoding failed under the memory limit of {self.memory_limit_mb} MB: "
                 f"{exc.__class__.__name__}: {str(exc)[:200]}"
             ) from exc
+
+    def warm(self) -> None:
+        """Start the children now, not in the first job: a job that takes longer than the
+        broker's visibility timeout is delivered to a second worker as well."""
+        self._current().submit(_ready)
 
     def close(self) -> None:
         with self._lock:

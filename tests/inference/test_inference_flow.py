@@ -28,7 +28,7 @@ from workers.serve import Gateway
 
 @pytest.fixture
 def decode_memory_limit_mb() -> int:
-    return 8192  # the default
+    return 8192  # the pool on (off by default), as an operator would set it
 
 
 @pytest.fixture
@@ -133,8 +133,9 @@ def test_studies_no_device_can_read_end_not_applicable_with_the_reason(
     assert "ct" in summary.state_reason.lower()
 
 
-# The test process is the worker here (the embedded worker is a thread of it), so its peak
-# RSS covers every decode. Without the checks the J2K bomb alone peaked at 7.5 GB.
+# The embedded worker is a thread of the test process, and the bombs are stopped there, by
+# the checks, before the decode pool gets them: this process's peak RSS covers all that was
+# done with them. Decoded in-process without the checks, the J2K bomb alone peaked at 7.5 GB.
 DECODE_PEAK_BUDGET_MB = 400
 
 

@@ -171,3 +171,19 @@ def test_every_pydicom_test_file_that_decodes_passes() -> None:
             check_job([dataset], PixelBudget())
             checked += 1
     assert checked > 40  # native, RLE, JPEG, JPEG-LS and JPEG 2000, single and multi-frame
+
+
+def test_a_jpeg_ls_sof55_that_disagrees_with_columns_is_refused() -> None:
+    dataset = dcmread(PYDICOM_FILES / "MR_small_jpeg_ls_lossless.dcm")
+    dataset.Columns = 65
+    assert "JPEG-LS header has 64 columns, the dataset's Columns is 65" in _refusal(dataset)
+
+
+@pytest.mark.shared_data
+def test_a_real_jpeg_lossless_sof3_that_disagrees_with_columns_is_refused() -> None:
+    path = SHARED_DICOM / "MG_GE_SenographeEssential_RMLO_ForPresentation_JPEGLossless.dcm"
+    if not path.is_file():
+        pytest.skip("the shared mammogram is absent")
+    dataset = dcmread(path)
+    dataset.Columns = 2048
+    assert "JPEG SOF3 header has 2394 columns, the dataset's Columns is 2048" in _refusal(dataset)
