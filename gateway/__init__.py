@@ -12,6 +12,8 @@ uids
     DICOM UID validation (UIDs become object keys and paths).
 dimse_status
     Every DIMSE status the gateway answers.
+pixel_data
+    What a dataset declares about its pixels; the items of encapsulated Pixel Data.
 
 Stages, in the order a study meets them
 ----------------------------------------

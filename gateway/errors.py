@@ -29,5 +29,10 @@ class InvalidInstance(GatewayError):
         self.status = status
 
 
+class PixelDataError(GatewayError):
+    """Pixel Data contradicts what the dataset declares about it, or cannot be walked;
+    the message says which values disagree."""
+
+
 class UnknownStudy(GatewayError):
     """No study with that Study Instance UID is indexed."""

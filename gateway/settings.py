@@ -237,6 +237,25 @@ class Settings(BaseSettings):
         description="onnxruntime providers in order of preference; missing ones are skipped.",
     )
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
+    max_pixels_per_frame: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Rows × Columns one frame may declare; a larger one fails its job before "
+        "decoding (the largest real mammogram is ~23 Mpx).",
+    )
+    decode_memory_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        description="When set, decoding runs in a pool of worker_concurrency child processes, "
+        "each limited to this address space (RLIMIT_AS), so a job over it fails alone; e.g. "
+        "8192. 0 (default) decodes in the worker's own process.",
+    )
+    max_pixels_per_job: int = Field(
+        default=640_000_000,
+        ge=1,
+        description="Pixels all frames of one job may declare together; more fails the job "
+        "before decoding (a 2000-slice CT of 512² is 524 Mpx).",
+    )
     job_max_retries: int = Field(default=5, ge=0, le=100)
     job_requeue_after_s: float = Field(
         default=900.0,

@@ -13,7 +13,9 @@ import pytest
 
 from tests.services import ROOT
 
-KERNEL = frozenset({"settings", "errors", "logs", "uids", "dimse_status", "yaml_files"})
+KERNEL = frozenset(
+    {"settings", "errors", "logs", "uids", "dimse_status", "yaml_files", "pixel_data"}
+)
 EDGE = frozenset({"gateway.api", "gateway.dicomweb", "gateway.dashboard", "gateway.cli"})
 LIBRARIES = frozenset({"models", "pacs_adapters"})
 OURS = frozenset({"gateway", "workers", "models", "pacs_adapters", "benchmarks", "tests"})

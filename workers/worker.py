@@ -18,8 +18,10 @@ from celery.app.trace import setup_worker_optimizations
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
+from gateway.inference.decode_pool import DecodePool
 from gateway.inference.lease import lease_seconds
 from gateway.inference.pipeline import InferenceContext
+from gateway.inference.pixel_checks import PixelBudget
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from gateway.results.build import ReportContext
 from gateway.results.semd.config import SemdConfig, load_semd_config
@@ -41,6 +43,12 @@ def inference_context(parts: Parts) -> InferenceContext:
         sessions=SessionCache(settings.inference_providers),
         max_batch=settings.inference_max_batch,
         lease_s=lease_seconds(settings),
+        budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),
+        decoder=(
+            DecodePool(settings.decode_memory_limit_mb, settings.worker_concurrency)
+            if settings.decode_memory_limit_mb
+            else None
+        ),
     )
 
 
@@ -88,6 +96,7 @@ class EmbeddedWorker:
 
     def __init__(self, app: Celery, parts: Parts) -> None:
         context = inference_context(parts)
+        self._decoder = context.decoder
         reports = report_context(parts)
         register_tasks(
             app,
@@ -111,11 +120,15 @@ class EmbeddedWorker:
         self._thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
 
     def start(self) -> None:
+        if self._decoder is not None:
+            self._decoder.warm()
         self._thread.start()
 
     def stop(self) -> None:
         self.worker.stop(in_sighandler=False)
         self._thread.join(timeout=15)
+        if self._decoder is not None:
+            self._decoder.close()
 
 
 def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: int | None) -> None:
@@ -124,6 +137,8 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     wait_for_broker(settings.broker_url, retry_backoff(settings))
     app = create_celery(settings)
     context = inference_context(parts)
+    if context.decoder is not None:
+        context.decoder.warm()
     reports = report_context(parts)
     register_tasks(
         app, lambda: context, lambda: reports, settings.job_max_retries, retry_backoff(settings)

@@ -6,6 +6,13 @@ pipeline
     :func:`run_job`: load ▸ decode ▸ preprocess ▸ onnxruntime ▸ postprocess ▸ record.
 findings
     :class:`Finding` and its :class:`Location`: what inference records and results read.
+pixel_checks
+    Pixel Data against its dataset (frames, codestream headers, native length) and the
+    pixel budget, before any decode.
+codestreams
+    JPEG / JPEG-LS SOF, JPEG 2000 / HTJ2K SIZ (raw or JP2) and RLE headers, read bounded.
+decode_pool
+    Decoding in spawned child processes under ``RLIMIT_AS`` (``decode_memory_limit_mb``).
 decode
     Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.
 masks

@@ -11,6 +11,8 @@ page it and as the reference devices were trained, whichever way the scanner mov
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -19,6 +21,10 @@ from pydicom import Dataset, dcmread
 from pydicom.pixels.processing import apply_modality_lut
 
 from gateway.errors import GatewayError
+
+# What a decoder may raise that is not about the data: let it through. Everything else
+# (Rust panics from pyo3 decoders derive from BaseException) is the data's fault.
+_NOT_OURS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 class DecodeError(GatewayError):
@@ -49,6 +55,11 @@ def read_dataset(data: bytes) -> Dataset:
 
 def decode_image(dataset: Dataset) -> Image2D:
     """A projection image; of a multi-frame object, the first frame."""
+    with _unreadable_as_decode_error(dataset):
+        return _decode_image(dataset)
+
+
+def _decode_image(dataset: Dataset) -> Image2D:
     pixels = _pixels(dataset)
     if pixels.ndim == 3 and int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
@@ -65,6 +76,38 @@ def decode_volume(datasets: list[Dataset]) -> Volume:
     """Single-frame slices of one series → a volume sorted along the slice normal."""
     if not datasets:
         raise DecodeError("no instances in the series")
+    with _unreadable_as_decode_error(datasets[0]):
+        return _decode_volume(datasets)
+
+
+@contextmanager
+def _unreadable_as_decode_error(dataset: Dataset) -> Iterator[None]:
+    """pydicom converts values when they are first read, so a damaged attribute (a US of
+    three bytes, a DS of letters) raises whatever its converter raises, wherever it is read:
+    every such error from a received dataset is that dataset's fault, reported as such."""
+    try:
+        yield
+    except (DecodeError, *_NOT_OURS):
+        raise
+    except BaseException as exc:  # pylibjpeg-rle's panics (pyo3) are not Exceptions
+        raise DecodeError(
+            f"cannot read {instance_uid(dataset)}: {exc.__class__.__name__}: {_first_line(exc)}"
+        ) from exc
+
+
+def instance_uid(dataset: Dataset) -> str:
+    """The SOP Instance UID for a reason, whatever state the dataset is in."""
+    try:
+        return str(dataset.get("SOPInstanceUID", "?"))[:64]
+    except Exception:  # the UID's own value may be what is damaged
+        return "?"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+def _decode_volume(datasets: list[Dataset]) -> Volume:
     ordered = volume_order(datasets)
     shapes = {(int(d.Rows), int(d.Columns)) for d in ordered}
     if len(shapes) != 1:
@@ -90,10 +133,11 @@ def _pixels(dataset: Dataset) -> np.ndarray:
                 pixels += np.float32(float(dataset.RescaleIntercept))
             return pixels
         return np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
-    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
-        uid = dataset.get("SOPInstanceUID", "?")
+    except _NOT_OURS:
+        raise
+    except BaseException as exc:  # decoders raise anything from ValueError to a Rust panic
         raise DecodeError(
-            f"cannot decode pixel data of {uid}: {exc.__class__.__name__}: {exc}"
+            f"cannot decode pixel data of {instance_uid(dataset)}: {exc.__class__.__name__}: {exc}"
         ) from exc
 
 

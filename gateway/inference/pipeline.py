@@ -1,6 +1,7 @@
 """The inference pipeline for one job, as one explicit sequence of named stages:
 
-load (object store) ▸ decode (pydicom + plugins) ▸ preprocess (MONAI, as in training)
+load (object store) ▸ decode (each codestream's header checked against its dataset and
+the pixel budget, then pydicom + plugins) ▸ preprocess (MONAI, as in training)
 ▸ infer (onnxruntime, micro-batched) ▸ postprocess (findings in source coordinates) ▸ record.
 
 Idempotent: a job already finished is left alone; a job re-run after a worker died replaces
@@ -15,7 +16,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import delete
@@ -26,17 +27,12 @@ from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
 from gateway.index.tables import FindingRow, JobRow, utcnow
-from gateway.inference.decode import (
-    DecodeError,
-    Image2D,
-    Volume,
-    decode_image,
-    decode_volume,
-    read_dataset,
-)
+from gateway.inference.decode import DecodeError, Image2D, Volume, read_dataset
+from gateway.inference.decode_pool import DecodePool, decode_datasets
 from gateway.inference.findings import Finding, Location
 from gateway.inference.lease import heartbeat, held_by_a_live_runner
 from gateway.inference.masks import encode_mask, mask_key
+from gateway.inference.pixel_checks import PixelBudget, check_job
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
 from models.manifest import DeviceManifest
 from models.postprocess import InputMeta, RawFinding, interpret
@@ -62,6 +58,8 @@ class InferenceContext:
     sessions: SessionCache
     max_batch: int = 16
     lease_s: float = 30.0  # gateway.inference.lease
+    budget: PixelBudget = field(default_factory=PixelBudget)
+    decoder: DecodePool | None = None  # None: decode in this process, without a ceiling
 
 
 @dataclass
@@ -131,7 +129,7 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
     with watch.stage("load"):
         blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
     with watch.stage("decode"):
-        decoded = _decode(blobs, manifest)
+        decoded = _decode(blobs, manifest, context.budget, context.decoder)
     with watch.stage("preprocess"):
         prepared, metas = _preprocess(decoded, manifest)
     with watch.stage("infer"):
@@ -170,15 +168,23 @@ def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _decode(blobs: list[bytes], manifest: DeviceManifest) -> JobInput:
+def _decode(
+    blobs: list[bytes],
+    manifest: DeviceManifest,
+    budget: PixelBudget | None = None,
+    decoder: DecodePool | None = None,
+) -> JobInput:
     datasets = [read_dataset(blob) for blob in blobs]
     if len(datasets) < manifest.accepts.min_instances:
         raise JobFailure(
             f"{len(datasets)} instances, the device needs at least {manifest.accepts.min_instances}"
         )
-    if manifest.input.dims == 3:
-        return JobInput([], decode_volume(datasets))
-    return JobInput([decode_image(d) for d in datasets], None)
+    check_job(datasets, budget or PixelBudget())  # before a decoder allocates what a header claims
+    if decoder is None:
+        images, volume = decode_datasets(datasets, manifest.input.dims)
+    else:
+        images, volume = decoder.decode(blobs, manifest.input.dims)
+    return JobInput(images, volume)
 
 
 def _preprocess(

@@ -21,6 +21,9 @@ refusals
     by SCP processes, the association decision the audit log records.
 receive
     :class:`Ingest`: one instance durably into the object store and the index, or a status.
+pixels
+    Pixel Data impossible on its face (cut short, native length not Rows × Columns × frames
+    × samples × bytes, fewer fragments than frames), refused before it is stored.
 tags
     The attributes the index keeps, read once from a received dataset and validated.
 assembly

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +19,6 @@ from typing import BinaryIO, cast
 
 from pydantic import BaseModel, ConfigDict
 from pydicom import Dataset, dcmread
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ImplicitVRLittleEndian,
-)
 from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +28,7 @@ from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore, StagedObject, instance_key
 from gateway.index.study_state import OPEN_STATES, StudyState, record_event
 from gateway.index.tables import InstanceRow, SeriesRow, StudyRow, utcnow
+from gateway.ingest.pixels import check_pixel_data
 from gateway.ingest.sources import Source
 from gateway.ingest.tags import InstanceTags, StudyTags, read_tags
 
@@ -296,7 +291,7 @@ def _parse(received: _Received) -> Dataset:
         with received.open() as handle:
             dataset = dcmread(handle, stop_before_pixels=True)
             dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
-            _check_pixel_data_whole(handle, handle.tell(), received.size(), dataset)
+            check_pixel_data(handle, handle.tell(), received.size(), dataset)
         return dataset
     except InvalidInstance:
         raise
@@ -305,46 +300,6 @@ def _parse(received: _Received) -> Dataset:
             f"cannot parse dataset: {exc.__class__.__name__}: {_first_line(exc)}",
             Status.CANNOT_UNDERSTAND,
         ) from exc
-
-
-def _check_pixel_data_whole(handle: BinaryIO, position: int, size: int, dataset: Dataset) -> None:
-    """``stop_before_pixels`` leaves the reader at the Pixel Data element, unread: make sure
-    its value arrived whole (a truncated file otherwise parses fine)."""
-    meta = getattr(dataset, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if position >= size or syntax == DeflatedExplicitVRLittleEndian:
-        return
-    order = ">" if syntax == ExplicitVRBigEndian else "<"
-    header = 8 if syntax == ImplicitVRLittleEndian else 12
-    handle.seek(position + header - 4)
-    (length,) = struct.unpack(order + "I", handle.read(4))
-    if length == 0xFFFFFFFF:  # encapsulated: fragments end with a Sequence Delimitation Item
-        delimiter = struct.pack(order + "HHI", 0xFFFE, 0xE0DD, 0)
-        if not _contains(handle, position + header, size, delimiter):
-            raise InvalidInstance(
-                "truncated: encapsulated Pixel Data has no end", Status.CANNOT_UNDERSTAND
-            )
-    elif position + header + length > size:
-        arrived = size - position - header
-        raise InvalidInstance(
-            f"truncated: Pixel Data declares {length} bytes, {arrived} arrived",
-            Status.CANNOT_UNDERSTAND,
-        )
-
-
-def _contains(handle: BinaryIO, start: int, end: int, needle: bytes, chunk: int = 1 << 20) -> bool:
-    """Whether ``needle`` occurs in ``[start, end)``, read a chunk at a time from the end
-    (where the delimiter of the last fragment is) so a large instance is never held whole."""
-    position, overlap = end, b""
-    while position > start:
-        begin = max(start, position - chunk)
-        handle.seek(begin)
-        block = handle.read(position - begin) + overlap
-        if needle in block:
-            return True
-        overlap = block[: len(needle) - 1]
-        position = begin
-    return False
 
 
 def _check_matches_request(

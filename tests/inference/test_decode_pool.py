@@ -1,0 +1,50 @@
+"""Decoding in child processes under ``RLIMIT_AS``: a decode over the limit and a child that
+dies each fail with a reason, and the pool decodes the next instance."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from io import BytesIO
+
+import pytest
+
+from gateway.inference.decode import DecodeError
+from gateway.inference.decode_pool import DecodePool
+from tests.inference.hostile import radiograph
+
+
+def _blob(seed: int, size: int = 64) -> bytes:
+    dataset = radiograph(seed).datasets[0]
+    if size != 64:  # zeros: the size is the point, not the phantom
+        dataset.Rows = dataset.Columns = size
+        dataset.PixelData = bytes(size * size * 2)
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def pool() -> Iterator[DecodePool]:
+    decoding = DecodePool(memory_limit_mb=600, processes=1)
+    yield decoding
+    decoding.close()
+
+
+def test_a_decode_over_the_limit_fails_and_the_next_one_decodes(pool: DecodePool) -> None:
+    with pytest.raises(DecodeError, match="MemoryError"):
+        pool.decode([_blob(1, size=6300)], 2)
+    images, volume = pool.decode([_blob(2)], 2)
+    assert images[0].pixels.shape == (64, 64) and volume is None
+
+
+def test_a_child_that_dies_fails_the_decode_and_the_pool_is_replaced(pool: DecodePool) -> None:
+    pool.decode([_blob(3)], 2)  # the child is running now
+    executor = pool._current()
+    for pid in list(executor._processes):  # CPython's own record of its children
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(DecodeError, match="the decoding process died"):
+        pool.decode([_blob(4)], 2)
+    images, _volume = pool.decode([_blob(5)], 2)
+    assert images[0].pixels.shape == (64, 64)
