@@ -17,9 +17,10 @@ from gateway.inference.lease import heartbeat, lease_seconds
 from gateway.inference.pipeline import run_job
 from gateway.jobs.states import JobState, due_to_infer
 from gateway.settings import Settings
-from tests.inference.test_inference_flow import (  # noqa: F401 (the fixture)
+from tests.inference.test_inference_flow import (  # noqa: F401 (the fixtures)
     _finished,
     _send,
+    decode_memory_limit_mb,
     test_device_gateway,
 )
 from workers.serve import Gateway
