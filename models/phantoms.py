@@ -415,6 +415,12 @@ def chest_radiograph(
 # --------------------------------------------------------------------------- CT chest
 
 
+def largest_nodule_mm(n_slices: int, slice_thickness_mm: float) -> float:
+    """The largest nodule :func:`ct_chest` fits into a slab: it must lie wholly inside the
+    slab, away from its first and last slice, with room to place it."""
+    return (n_slices - 2) * slice_thickness_mm / 1.4
+
+
 def ct_chest(
     rng: np.random.Generator,
     n_slices: int = 40,
@@ -522,7 +528,7 @@ def ct_chest(
 
     # Nodules: solid spheres of soft-tissue density with a partial-volume rim.
     spacing = (t, s, s)
-    cap = min(nodule_diameter_mm[1], (n_slices - 2) * t / 1.4)  # fits the placement window
+    cap = min(nodule_diameter_mm[1], largest_nodule_mm(n_slices, t))
     drawn: list[tuple[Lesion, tuple[slice, ...], BoolArray]] = []
     occupied = np.zeros(hu.shape, dtype=bool)
     for _ in range(n_nodules):

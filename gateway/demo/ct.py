@@ -26,6 +26,10 @@ from gateway.demo.headers import (
 from models import phantoms
 from models.phantoms import Phantom
 
+# The demo's nodules: from the Lung-RADS reporting size of a solid nodule to a large one.
+NODULE_MM = (6.0, 25.0)
+THIN_SLAB_NODULE_MM = (4.0, 25.0)  # the phantom's own range
+
 
 def _ct_series(
     study: StudyHeaders,
@@ -128,12 +132,24 @@ def ct_chest_study(
     with_localizer: bool = True,
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> SyntheticStudy:
-    """CT chest: an axial series (series 2) and, optionally, a localizer (series 1)."""
+    """CT chest: an axial series (series 2) and, optionally, a localizer (series 1).
+
+    The nodule is solid, 6–25 mm across: 6 mm is where Lung-RADS starts to call a solid
+    nodule more than benign-appearing, and the CT chest reference device is stated for
+    nodules from that size. A slab too thin to hold a 6 mm nodule (fewer slices than a
+    device reads) draws from the phantom's own range, from 4 mm.
+    """
     check_syntax(transfer_syntax)
     variant = (n_slices, size, with_nodule, slice_thickness_mm)
     study = StudyHeaders("ct_chest", seed, "CT", variant)
+    thin = phantoms.largest_nodule_mm(n_slices, slice_thickness_mm) < NODULE_MM[0]
     phantom = phantoms.ct_chest(
-        study.rng(), n_slices, size, slice_thickness_mm, n_nodules=1 if with_nodule else 0
+        study.rng(),
+        n_slices,
+        size,
+        slice_thickness_mm,
+        n_nodules=1 if with_nodule else 0,
+        nodule_diameter_mm=(THIN_SLAB_NODULE_MM if thin else NODULE_MM),
     )
     return _ct_series(
         study,

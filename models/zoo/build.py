@@ -4,6 +4,7 @@ held-out phantoms, write ``models/zoo/<id>/{model.onnx,manifest.yaml}``.
     python -m models.zoo.build                      # all four, into models/zoo/
     python -m models.zoo.build --device aigw-ref-cxr
     python -m models.zoo.build --smoke /tmp/zoo     # 2 steps each: proves the build runs
+    python -m models.zoo.build --device aigw-ref-ct-chest --describe-only  # manifest only
 
 Deterministic: fixed seeds, deterministic algorithms, two threads, phantoms drawn from
 fixed seeds; the same machine and library versions rebuild the same bytes.
@@ -111,8 +112,10 @@ def _build_text(
     crop = f" (crops {' × '.join(map(str, training.crop))})" if training.crop is not None else ""
     if training.recalibrate:
         crop += f", batch norm then re-estimated on {training.recalibrate} whole images"
+    scope = device.extra.get("intended_use")
     return (
-        f"{device.architecture}. {parameters:,} parameters, slimmed for CPU training. "
+        (f"Intended use: {scope}. " if scope else "")
+        + f"{device.architecture}. {parameters:,} parameters, slimmed for CPU training. "
         f"Trained from scratch: {training.steps} AdamW steps (one-cycle, max lr "
         f"{training.lr:g}) of batch {training.batch}{crop} on {training.n_train} phantoms "
         f"(half with a lesion), left-right flips; torch {torch.__version__.split('+')[0]}, "
@@ -136,6 +139,21 @@ def write_manifest(device: Device, folder: Path, data: dict[str, object]) -> Dev
     return load_manifest(path)
 
 
+def describe(
+    device: Device, folder: Path, training: Training, parameters: int, workers: int = 2
+) -> tuple[str, float, Metrics, Metrics]:
+    """Evaluate the ``model.onnx`` in ``folder`` on the held-out phantoms and write its
+    manifest: sha256, threshold, validation and test metrics."""
+    onnx_bytes = (folder / "model.onnx").read_bytes()
+    sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+    validation = generate(device.id, "val", training.n_val, workers=workers)
+    test = generate(device.id, "test", training.n_test, workers=workers)
+    threshold, val_metrics, test_metrics = evaluate(device, session(onnx_bytes), validation, test)
+    build = _build_text(device, training, parameters, threshold, val_metrics, test_metrics)
+    write_manifest(device, folder, device.manifest(threshold, sha256, build))
+    return sha256, threshold, val_metrics, test_metrics
+
+
 def build_device(
     device: Device,
     folder: Path,
@@ -157,15 +175,12 @@ def build_device(
         recalibrate_batch_norm(model, samples[: training.recalibrate], training.batch, log)
     del samples
     onnx_bytes = export_onnx(device, model)
-    sha256 = hashlib.sha256(onnx_bytes).hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(onnx_bytes)
-    log(f"{device.id}: exported {len(onnx_bytes):,} bytes, sha256 {sha256[:16]}…; evaluating")
-    validation = generate(device.id, "val", training.n_val, workers=workers)
-    test = generate(device.id, "test", training.n_test, workers=workers)
-    threshold, val_metrics, test_metrics = evaluate(device, session(onnx_bytes), validation, test)
-    build = _build_text(device, training, parameters, threshold, val_metrics, test_metrics)
-    write_manifest(device, folder, device.manifest(threshold, sha256, build))
+    log(f"{device.id}: exported {len(onnx_bytes):,} bytes; evaluating")
+    sha256, threshold, val_metrics, test_metrics = describe(
+        device, folder, training, parameters, workers
+    )
     seconds = time.perf_counter() - started
     log(f"{device.id}: threshold {threshold:g}; validation: {val_metrics.summary()}")
     log(f"{device.id}: test: {test_metrics.summary()}")
@@ -197,8 +212,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help="zoo folder (default: here)")
     parser.add_argument("--workers", type=int, default=2, help="phantom-generating processes")
+    parser.add_argument(
+        "--describe-only",
+        action="store_true",
+        help="keep each model.onnx, re-evaluate it and rewrite its manifest (after a change "
+        "to the manifest's text; the weights must come from the device's current training)",
+    )
     args = parser.parse_args(argv)
     out: Path = args.smoke or args.out
+    if args.describe_only:
+        for device_id in args.device or list(DEVICES):
+            device = DEVICES[device_id]
+            parameters = networks.parameter_count(new_model(device))
+            sha256, threshold, _, test = describe(
+                device, out / device.id, device.training, parameters, args.workers
+            )
+            print(f"{device.id}: threshold {threshold:g}; test: {test.summary()}; sha256 {sha256}")
+        return 0
     results = []
     for device_id in args.device or list(DEVICES):
         device = DEVICES[device_id]
