@@ -244,11 +244,11 @@ class Settings(BaseSettings):
         "decoding (the largest real mammogram is ~23 Mpx).",
     )
     decode_memory_limit_mb: int = Field(
-        default=0,
+        default=8192,
         ge=0,
-        description="When set, decoding runs in a pool of worker_concurrency child processes, "
-        "each limited to this address space (RLIMIT_AS), so a job over it fails alone; e.g. "
-        "8192. 0 (default) decodes in the worker's own process.",
+        description="Decoding runs in a pool of worker_concurrency child processes, each "
+        "limited to this address space (RLIMIT_AS), so a job over it fails alone. 0 decodes "
+        "in the worker's own process, without a ceiling.",
     )
     max_pixels_per_job: int = Field(
         default=640_000_000,

@@ -28,7 +28,7 @@ from workers.serve import Gateway
 
 @pytest.fixture
 def decode_memory_limit_mb() -> int:
-    return 8192  # the pool on (off by default), as an operator would set it
+    return 8192  # the default: decoding in the pool, under its ceiling
 
 
 @pytest.fixture
