@@ -221,7 +221,7 @@ def _attempt(kind: ResultKind, build: Callable[[], list[Dataset]]) -> list[_Arti
     return [
         _Artifact(
             kind,
-            data=_part10(ds),
+            data=part10(ds),
             name=f"{kind.value}-{index}.dcm",
             sop_instance_uid=str(ds.SOPInstanceUID),
             series_instance_uid=str(ds.SeriesInstanceUID),
@@ -260,7 +260,8 @@ def _semd(report: ReportInput, context: ReportContext, key_image: Dataset | None
     )
 
 
-def _part10(dataset: Dataset) -> bytes:
+def part10(dataset: Dataset) -> bytes:
+    """The object as a DICOM part-10 file, Explicit VR Little Endian unless it says."""
     if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = dataset.SOPClassUID
