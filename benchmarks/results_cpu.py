@@ -51,7 +51,7 @@ OBJECTS = ("SR", "SC", "GSPS", "SEG", "SEMD key image", "SEMD document", "SEMD v
 def _reread(report: ReportInput) -> ReportInput:
     """The report with its sources read back from part-10 bytes: fresh datasets, nothing
     decoded yet."""
-    sources = [dcmread(io.BytesIO(part10(ds))) for ds in report.sources]
+    sources: list[Dataset] = [dcmread(io.BytesIO(part10(ds))) for ds in report.sources]
     return dataclasses.replace(report, sources=sources)
 
 

@@ -48,7 +48,8 @@ def display_bytes(source: Dataset) -> np.ndarray:
     values = np.asarray(apply_modality_lut(levels, source), dtype=np.float32)
     shown = apply_window(values, *window)
     table = _to_bytes(1.0 - shown if _inverted(source) else shown)
-    return table[raw.view(unsigned)]
+    shown_bytes: np.ndarray = table[raw.view(unsigned)]
+    return shown_bytes
 
 
 def _to_bytes(shown: np.ndarray) -> np.ndarray:
