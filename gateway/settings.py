@@ -316,6 +316,13 @@ class Settings(BaseSettings):
         description="Official SEMD XSD + schematron folder; when set, each SEMD is validated "
         "before it is sent and an invalid one is withheld with the reasons.",
     )
+    semd_key_image_max_px: int = Field(
+        default=1024,
+        ge=256,
+        le=4096,
+        description="Longest side, in pixels, of the flag image embedded in the SEMD as PNG; "
+        "larger flag images are scaled down (a viewer's size, not the source's).",
+    )
     outbox_poll_s: float = Field(default=1.0, gt=0, description="How often due deliveries run.")
     outbox_backoff_s: float = Field(
         default=2.0, gt=0, description="First retry delay; doubles per attempt."

@@ -82,9 +82,12 @@ def _input(
     )
 
 
-def chest_xray_input(positive: bool = True, seed: int = 3) -> ReportInput:
-    """Fluorography (DX, 1024²) with one nodule, found with probability 0.91 (or none)."""
-    study = synthetic.chest_xray_study(seed, with_lesion=positive)
+def chest_xray_input(
+    positive: bool = True, seed: int = 3, size: tuple[int, int] = (1024, 1024)
+) -> ReportInput:
+    """Fluorography (DX, 1024² unless ``size``) with one nodule, found with probability 0.91
+    (or none)."""
+    study = synthetic.chest_xray_study(seed, with_lesion=positive, size=size)
     manifest = device("aigw-ref-cxr")
     image, truth = study.datasets[0], study.truth[0]
     answer = finding(manifest, 0.08, False)
@@ -104,10 +107,13 @@ def chest_xray_input(positive: bool = True, seed: int = 3) -> ReportInput:
     return _input(101, manifest, "fluorography", [image], [answer])
 
 
-def ct_chest_input(positive: bool = True, seed: int = 5) -> ReportInput:
-    """CT chest, 40 axial slices of 256², one nodule segmented (mask on the source grid)."""
+def ct_chest_input(
+    positive: bool = True, seed: int = 5, n_slices: int = 40, size: tuple[int, int] = (256, 256)
+) -> ReportInput:
+    """CT chest, 40 axial slices of 256² unless told, one nodule segmented (mask on the
+    source grid)."""
     study = synthetic.ct_chest_study(
-        seed, n_slices=40, size=(256, 256), with_nodule=positive, with_localizer=False
+        seed, n_slices=n_slices, size=size, with_nodule=positive, with_localizer=False
     )
     manifest = device("aigw-ref-ct-chest")
     slices = sorted(

@@ -61,6 +61,7 @@ def report_context(parts: Parts) -> ReportContext:
         destinations=load_destinations(settings.destinations_file),
         semd_config=semd_config(settings),
         semd_reference_dir=settings.semd_reference_dir,
+        semd_key_image_max_px=settings.semd_key_image_max_px,
         uid_root=settings.uid_root,
     )
 

@@ -65,6 +65,7 @@ class ReportContext:
     destinations: Destinations
     semd_config: SemdConfig | None
     semd_reference_dir: Path | None = None
+    semd_key_image_max_px: int = 1024  # settings.semd_key_image_max_px
     uid_root: str | None = None  # settings.uid_root: the organisation's root for result UIDs
 
 
@@ -77,6 +78,8 @@ class _Artifact:
     series_instance_uid: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # withheld: why
+    # The object as built, kept for the SEMD's key image: its pixels need no second parse.
+    dataset: Dataset | None = field(default=None, repr=False)
 
 
 def build_results(context: ReportContext, job_id: int) -> int:
@@ -200,7 +203,7 @@ def build_artifacts(report: ReportInput, context: ReportContext) -> list[_Artifa
     artifacts += _attempt(ResultKind.GSPS, lambda: _optional(gsps.build_gsps(report)))
     if any(f.mask is not None for f in report.findings):
         artifacts += _attempt(ResultKind.SEG, lambda: _optional(seg.build_seg(report)))
-    key_image = next((a.data for a in flag_images if a.data is not None), None)
+    key_image = next((a.dataset for a in flag_images if a.dataset is not None), None)
     artifacts.append(_semd(report, context, key_image))
     return artifacts
 
@@ -218,20 +221,23 @@ def _attempt(kind: ResultKind, build: Callable[[], list[Dataset]]) -> list[_Arti
     return [
         _Artifact(
             kind,
-            data=_part10(ds),
+            data=part10(ds),
             name=f"{kind.value}-{index}.dcm",
             sop_instance_uid=str(ds.SOPInstanceUID),
             series_instance_uid=str(ds.SeriesInstanceUID),
+            dataset=ds,
         )
         for index, ds in enumerate(datasets, start=1)
     ]
 
 
-def _semd(report: ReportInput, context: ReportContext, key_image_dcm: bytes | None) -> _Artifact:
+def _semd(report: ReportInput, context: ReportContext, key_image: Dataset | None) -> _Artifact:
     if context.semd_config is None:
         return _Artifact(ResultKind.SEMD, reason="SEMD not configured (no semd_file)")
     try:
-        png = flags.render_png(dcmread(io.BytesIO(key_image_dcm))) if key_image_dcm else None
+        png = None
+        if key_image is not None:
+            png = flags.render_png(key_image, context.semd_key_image_max_px)
         document = semd.build_semd(report, context.semd_config, png)
     except SemdMissing as exc:
         return _Artifact(ResultKind.SEMD, reason=str(exc), meta={"missing": exc.missing})
@@ -254,7 +260,8 @@ def _semd(report: ReportInput, context: ReportContext, key_image_dcm: bytes | No
     )
 
 
-def _part10(dataset: Dataset) -> bytes:
+def part10(dataset: Dataset) -> bytes:
+    """The object as a DICOM part-10 file, Explicit VR Little Endian unless it says."""
     if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = dataset.SOPClassUID

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.pixels.processing import apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from gateway.inference.decode import decode_image
 
@@ -31,6 +31,29 @@ def display_pixels(source: Dataset) -> np.ndarray:
         centre, width = percentile_window(values)
         shown = apply_window(values, centre, width, "LINEAR_EXACT")
     return 1.0 - shown if _inverted(source) else shown
+
+
+def display_bytes(source: Dataset) -> np.ndarray:
+    """:func:`display_pixels` as 8-bit grey, 0 black and 255 white (rounded to nearest)."""
+    try:
+        raw = np.asarray(source.pixel_array)
+    except Exception:  # decoders raise anything: display_pixels says what, as DecodeError
+        return _to_bytes(display_pixels(source))
+    window = source_window(source)
+    if window is None or raw.ndim != 2 or raw.dtype.kind not in "iu" or raw.itemsize > 2:
+        return _to_bytes(display_pixels(source))  # per-pixel statistics or an odd layout
+    unsigned = np.dtype(f"u{raw.itemsize}")
+    # Every value the stored type can hold, in the order of its unsigned reading.
+    levels = np.arange(2 ** (8 * raw.itemsize), dtype=unsigned).view(raw.dtype)
+    values = np.asarray(apply_modality_lut(levels, source), dtype=np.float32)
+    shown = apply_window(values, *window)
+    table = _to_bytes(1.0 - shown if _inverted(source) else shown)
+    shown_bytes: np.ndarray = table[raw.view(unsigned)]
+    return shown_bytes
+
+
+def _to_bytes(shown: np.ndarray) -> np.ndarray:
+    return np.rint(shown * 255.0).astype(np.uint8)
 
 
 def source_window(source: Dataset) -> tuple[float, float, str] | None:

@@ -158,6 +158,21 @@ def test_chest_flag_marks_the_nodule_under_a_banner(chest: ReportInput) -> None:
         assert expected in text
 
 
+def test_key_image_png_is_scaled_to_the_viewer_size_with_its_mark(chest: ReportInput) -> None:
+    (ds,) = flags.build_flag_images(chest)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    assert max(rows, cols) > 400  # else nothing to scale down
+    small = np.asarray(Image.open(io.BytesIO(flags.render_png(ds, max_side=400))))
+    assert max(small.shape[:2]) == 400
+    assert small.shape[0] / small.shape[1] == pytest.approx(rows / cols, rel=0.01)
+    tinted = small[..., 0].astype(int) - small[..., 2] > 60  # the mark's colour, blended
+    source = chest.sources[0]
+    image_rows = round(int(source.Rows) * small.shape[1] / int(source.Columns))
+    assert tinted[-image_rows:].sum() > 20  # below the banner (whose text may be tinted too)
+    full = Image.open(io.BytesIO(flags.render_png(ds, max_side=max(rows, cols))))
+    assert full.size == (cols, rows)  # never scaled up, nor when it already fits
+
+
 def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -> None:
     (ds,) = flags.build_flag_images(chest_negative)
     source = chest_negative.sources[0]

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pydicom
 
-from gateway.results.windowing import display_pixels
+from gateway.results.windowing import display_bytes, display_pixels
 from tests import report_fixtures
 from tests.services import require_shared_data
 
@@ -31,3 +31,49 @@ def test_without_a_window_the_percentiles_are_used() -> None:
     assert shown.min() == 0.0 and shown.max() == 1.0
     assert 0.002 < float((shown == 0.0).mean()) < 0.02  # 0.5 % clipped each side, no more
     assert 0.002 < float((shown == 1.0).mean()) < 0.02
+
+
+def _as_bytes(shown: np.ndarray) -> np.ndarray:
+    return np.rint(shown * 255.0).astype(np.uint8)
+
+
+def _variants() -> dict[str, pydicom.Dataset]:
+    chest = report_fixtures.chest_xray_input(positive=True).sources[0]
+    ct = report_fixtures.ct_chest_input(positive=False, n_slices=4).sources[1]
+    sigmoid = copy.deepcopy(ct)
+    sigmoid.VOILUTFunction = "SIGMOID"
+    scaled = copy.deepcopy(ct)
+    scaled.RescaleSlope, scaled.RescaleIntercept = 0.5, -1000.25  # not exact in float32
+    signed = copy.deepcopy(ct)  # int16 with negative stored values (HU without intercept)
+    hounsfield = ct.pixel_array.astype(np.int16) - 1024
+    signed.PixelRepresentation, signed.BitsStored, signed.HighBit = 1, 16, 15
+    signed.RescaleIntercept = 0
+    signed.PixelData = hounsfield.tobytes()
+    inverted = copy.deepcopy(chest)
+    inverted.PhotometricInterpretation = "MONOCHROME1"
+    unwindowed = copy.deepcopy(chest)
+    del unwindowed.WindowCenter, unwindowed.WindowWidth
+    return {
+        "dx": chest,
+        "ct": ct,
+        "sigmoid": sigmoid,
+        "scaled": scaled,
+        "signed": signed,
+        "inverted": inverted,
+        "unwindowed": unwindowed,
+    }
+
+
+def test_display_bytes_are_the_display_pixels_rounded() -> None:
+    """The table of stored values gives the very bytes that windowing each pixel gives."""
+    for name, source in _variants().items():
+        expected = _as_bytes(display_pixels(source))
+        got = display_bytes(source)
+        assert got.dtype == np.uint8 and got.shape == expected.shape, name
+        assert np.array_equal(got, expected), name
+        assert int(got.std()) > 0, name  # a picture, not a constant
+
+
+def test_display_bytes_of_a_real_monochrome1_radiograph() -> None:
+    source = pydicom.dcmread(require_shared_data() / "DX_thorax_Fuji_ForPresentation_small.dcm")
+    assert np.array_equal(display_bytes(source), _as_bytes(display_pixels(source)))
