@@ -268,8 +268,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="A worker running a job renews its heartbeat every third of this; another "
-        "delivery of the job's task while the heartbeat is fresh is skipped (Redis delivers an "
+        description="A worker running a job renews its heartbeat every third of this; a copy "
+        "of the same delivery while the heartbeat is fresh is skipped (Redis delivers an "
         "unacknowledged task again after broker_visibility_timeout_s even while it runs). "
         "Capped at half the visibility timeout. aigw serve sends a running job again once "
         "its heartbeat is three leases old.",

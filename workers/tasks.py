@@ -50,7 +50,9 @@ def register_tasks(
         ctx = context()
         retries = int(task.request.retries or 0)
         try:
-            state = run_job(ctx, job_id)
+            # Redis may deliver this very message again while it runs (visibility timeout):
+            # the copy has the same task id and retry count, and is skipped.
+            state = run_job(ctx, job_id, runner=f"{task.request.id}:{retries}")
         except TransientError as exc:
             if retries < max_retries:
                 log.warning(

@@ -279,6 +279,7 @@ class JobRow(Base):
     # Renewed by the worker running it (gateway.inference.lease): a fresh heartbeat means a
     # live runner holds the job, so another delivery of its task is skipped.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    runner: Mapped[str | None] = mapped_column(String(200))  # the delivery that runs it
     # When its task (infer while queued or running, report while inferred without results)
     # is next due to be sent (see gateway.jobs.redrive), how often it was sent, and why the
     # last send or run failed transiently. NULL: due only after the state's grace.

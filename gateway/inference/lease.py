@@ -1,12 +1,14 @@
-"""A running job's lease: the worker that runs a job renews ``jobs.heartbeat_at`` while it
-runs, so that another delivery of the same task can tell a live runner from a dead one.
+"""A running job's lease: the delivery that runs a job (``jobs.runner``: its task id and
+retry count) renews ``jobs.heartbeat_at`` while it runs, so that the same delivery arriving
+again can tell a live run from a dead one.
 
 Redis delivers an unacknowledged task again once ``broker_visibility_timeout_s`` has passed,
 even while its worker is still running it (a CT on a loaded node can take longer). That
-delivery finds the heartbeat fresh and is skipped, instead of running the job a second time.
-A worker killed mid-job stops renewing: the broker's own redelivery (after the visibility
-timeout, which is longer than the lease) or ``aigw serve``'s redrive (after three leases)
-finds the heartbeat stale and the job is taken over.
+second copy is the same delivery: it finds the heartbeat fresh and is skipped instead of
+running the job a second time. Any other delivery — the task's own retry after a transient
+error, a task sent again by ``aigw serve`` — takes the job over as before (the pipeline is
+idempotent). A worker killed mid-job stops renewing: the broker's redelivery (after the
+visibility timeout, longer than the lease) or the redrive (after three leases) takes it over.
 """
 
 from __future__ import annotations
@@ -36,21 +38,29 @@ def lease_seconds(settings: Settings) -> float:
     return min(settings.job_lease_s, settings.broker_visibility_timeout_s / 2)
 
 
-def held_by_a_live_runner(job: JobRow, now: datetime, lease_s: float) -> bool:
-    """Whether another runner renewed this running job's heartbeat within the lease."""
+def a_live_run_of(job: JobRow, runner: str | None, now: datetime, lease_s: float) -> bool:
+    """Whether ``runner`` is a second copy of the delivery that is running this job now
+    (same runner, heartbeat renewed within the lease). A delivery without a name (a direct
+    call) is never a copy."""
     return (
-        job.state == JobState.RUNNING.value
+        runner is not None
+        and job.runner == runner
+        and job.state == JobState.RUNNING.value
         and job.heartbeat_at is not None
         and job.heartbeat_at > now - timedelta(seconds=lease_s)
     )
 
 
 @contextmanager
-def heartbeat(db: Database, job_id: int, lease_s: float) -> Iterator[None]:
-    """Renew the job's heartbeat every third of the lease while the block runs."""
+def heartbeat(db: Database, job_id: int, runner: str | None, lease_s: float) -> Iterator[None]:
+    """Renew the job's heartbeat every third of the lease while the block runs, for as long
+    as this runner holds it."""
     stop = threading.Event()
     thread = threading.Thread(
-        target=_beat, args=(db, job_id, lease_s / 3, stop), name=f"heartbeat-{job_id}", daemon=True
+        target=_beat,
+        args=(db, job_id, runner, lease_s / 3, stop),
+        name=f"heartbeat-{job_id}",
+        daemon=True,
     )
     thread.start()
     try:
@@ -60,16 +70,19 @@ def heartbeat(db: Database, job_id: int, lease_s: float) -> Iterator[None]:
         thread.join(timeout=lease_s)
 
 
-def _beat(db: Database, job_id: int, every_s: float, stop: threading.Event) -> None:
+def _beat(
+    db: Database, job_id: int, runner: str | None, every_s: float, stop: threading.Event
+) -> None:
+    held = JobRow.runner.is_(None) if runner is None else JobRow.runner == runner
     while not stop.wait(every_s):
         try:
             with db.transaction() as connection:
                 connection.execute(
                     update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.state == JobState.RUNNING.value)
+                    .where(JobRow.id == job_id, JobRow.state == JobState.RUNNING.value, held)
                     .values(heartbeat_at=utcnow())
                 )
         except DatabaseError as exc:
-            # The run goes on; a missed beat at worst lets another runner take the job over,
-            # and its results replace these in one transaction (the pipeline is idempotent).
+            # The run goes on; a missed beat at worst lets the same delivery's copy run the
+            # job again, and its results replace these in one transaction.
             log.warning("job heartbeat not renewed", extra={"job_id": job_id, "error": str(exc)})

@@ -30,7 +30,7 @@ from gateway.index.tables import FindingRow, JobRow, utcnow
 from gateway.inference.decode import DecodeError, Image2D, Volume, read_dataset
 from gateway.inference.decode_pool import DecodePool, decode_datasets
 from gateway.inference.findings import Finding, Location
-from gateway.inference.lease import heartbeat, held_by_a_live_runner
+from gateway.inference.lease import a_live_run_of, heartbeat
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget, check_job
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
@@ -83,16 +83,17 @@ class Stopwatch:
             self.ms[name] = round((time.perf_counter() - start) * 1000, 2)
 
 
-def run_job(context: InferenceContext, job_id: int) -> str:
-    """Run one job to its end state and return it."""
+def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -> str:
+    """Run one job to its end state and return it. ``runner`` names the delivery (the task
+    and its retry count): a second copy of a delivery still running the job is skipped."""
     try:
-        job = _start(context.db, job_id, context.lease_s)
+        job = _start(context.db, job_id, context.lease_s, runner)
     except DatabaseError as exc:
         raise TransientError(f"database: {exc}") from exc
     if job is None:
         return "skipped"
     try:
-        with heartbeat(context.db, job_id, context.lease_s):
+        with heartbeat(context.db, job_id, runner, context.lease_s):
             findings, timings = _pipeline(context, job)
         _record(context.db, job_id, findings, timings)
         return JobState.INFERRED.value
@@ -111,15 +112,16 @@ class _Job:
     device_key: str
 
 
-def _start(db: Database, job_id: int, lease_s: float) -> _Job | None:
+def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Job | None:
     with db.session() as session:
         job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
         if job is None or job.state in DONE_STATES:
             return None
-        if held_by_a_live_runner(job, utcnow(), lease_s):
-            log.info("job held by a live runner: delivery skipped", extra={"job_id": job_id})
+        if a_live_run_of(job, runner, utcnow(), lease_s):
+            log.info("a copy of the delivery running this job: skipped", extra={"job_id": job_id})
             return None
         set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
+        job.runner = runner
         return _Job(job.id, tuple(job.series_uids or [job.series_uid]), job.device_key)
 
 

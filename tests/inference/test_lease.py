@@ -1,7 +1,8 @@
-"""A running job's lease: a second delivery of its task while the runner's heartbeat is
-fresh is skipped (Redis redelivers an unacknowledged task after the visibility timeout even
-while its worker runs it); a stale heartbeat is taken over, and ``aigw serve``'s redrive
-sends such a job again."""
+"""A running job's lease: a copy of the delivery that is running a job (Redis delivers an
+unacknowledged task again after the visibility timeout even while its worker runs it) is
+skipped while the run's heartbeat is fresh; any other delivery (the task's retry after a
+transient error) takes the job over at once; a stale heartbeat is taken over, and
+``aigw serve``'s redrive sends such a job again."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _job(gateway: Gateway, job_id: int) -> JobRow:
         return job
 
 
-def _set_running(gateway: Gateway, job_id: int, beat_age_s: float) -> None:
+def _set_running(gateway: Gateway, job_id: int, beat_age_s: float, runner: str = "t1:0") -> None:
     with gateway.parts.db.transaction() as connection:
         connection.execute(
             update(JobRow)
@@ -43,13 +44,14 @@ def _set_running(gateway: Gateway, job_id: int, beat_age_s: float) -> None:
             .values(
                 state=JobState.RUNNING.value,
                 heartbeat_at=utcnow() - timedelta(seconds=beat_age_s),
+                runner=runner,
                 next_attempt_at=None,
                 finished_at=None,
             )
         )
 
 
-def test_a_delivery_during_a_live_run_is_skipped_and_a_dead_runner_is_taken_over(
+def test_a_copy_of_a_live_runs_delivery_is_skipped_and_a_dead_runner_is_taken_over(
     test_device_gateway: Gateway,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -62,15 +64,31 @@ def test_a_delivery_during_a_live_run_is_skipped_and_a_dead_runner_is_taken_over
     assert context.lease_s == 30.0
     attempts = _job(gateway, job.job_id).attempts
 
-    _set_running(gateway, job.job_id, beat_age_s=1)  # a live runner renewed it a second ago
-    assert run_job(context, job.job_id) == "skipped"
+    _set_running(gateway, job.job_id, beat_age_s=1)  # a live run renewed it a second ago
+    assert run_job(context, job.job_id, runner="t1:0") == "skipped"  # its copy
     held = _job(gateway, job.job_id)
     assert (held.state, held.attempts) == ("running", attempts)
 
     _set_running(gateway, job.job_id, beat_age_s=31)  # its runner stopped renewing: dead
-    assert run_job(context, job.job_id) == "inferred"
+    assert run_job(context, job.job_id, runner="t1:0") == "inferred"
     taken = _job(gateway, job.job_id)
-    assert (taken.state, taken.attempts) == ("inferred", attempts + 1)
+    assert (taken.state, taken.attempts, taken.runner) == ("inferred", attempts + 1, "t1:0")
+
+
+def test_the_retry_after_a_transient_error_takes_over_at_once(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A run that met an unavailable store or database leaves its job running with a fresh
+    heartbeat; the task's retry (its retry count one higher) must not wait for the lease."""
+    gateway = test_device_gateway
+    study = chest_xray_study(seed=34, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
+    _send(gateway, write_study(study, tmp_path / "in"))
+    _, (job,) = _finished(gateway, study.study_instance_uid)
+    attempts = _job(gateway, job.job_id).attempts
+    _set_running(gateway, job.job_id, beat_age_s=1, runner="t1:0")
+    assert run_job(inference_context(gateway.parts), job.job_id, runner="t1:1") == "inferred"
+    assert _job(gateway, job.job_id).attempts == attempts + 1
 
 
 def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
@@ -84,7 +102,7 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
     _set_running(gateway, job.job_id, beat_age_s=100)
     before = _job(gateway, job.job_id).heartbeat_at
     assert before is not None
-    with heartbeat(gateway.parts.db, job.job_id, lease_s=0.3):
+    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):
         time.sleep(0.5)
     renewed = _job(gateway, job.job_id).heartbeat_at
     assert renewed is not None and renewed > before + timedelta(seconds=90)
@@ -93,9 +111,15 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
         connection.execute(
             update(JobRow).where(JobRow.id == job.job_id).values(state=JobState.INFERRED.value)
         )
-    with heartbeat(gateway.parts.db, job.job_id, lease_s=0.3):
+    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):
         time.sleep(0.5)
     assert _job(gateway, job.job_id).heartbeat_at == renewed  # a finished job is left alone
+
+    _set_running(gateway, job.job_id, beat_age_s=100, runner="t2:0")  # taken over by another
+    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):
+        time.sleep(0.5)
+    stale = _job(gateway, job.job_id).heartbeat_at
+    assert stale is not None and stale < utcnow() - timedelta(seconds=90)  # not the old one's
 
 
 def test_the_redrive_sends_a_running_job_again_only_when_its_heartbeat_is_stale(
