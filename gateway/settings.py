@@ -272,7 +272,7 @@ class Settings(BaseSettings):
         "of the same delivery while the heartbeat is fresh is skipped (Redis delivers an "
         "unacknowledged task again after broker_visibility_timeout_s even while it runs). "
         "Capped at half the visibility timeout. aigw serve sends a running job again once "
-        "its heartbeat is three leases old.",
+        "its heartbeat is older than the visibility timeout plus three leases.",
     )
     redrive_poll_s: float = Field(
         default=1.0,

@@ -19,7 +19,7 @@ from gateway.delivery.outbox import OutboxDispatcher
 from gateway.delivery.send import Delivery
 from gateway.devices.registry import DeviceRegistry
 from gateway.index.tables import utcnow
-from gateway.inference.lease import STALE_LEASES, lease_seconds
+from gateway.inference.lease import runner_stale_s
 from gateway.jobs.broker import BrokerProbe, BrokerWatch
 from gateway.jobs.dispatch import Dispatcher
 from gateway.jobs.redrive import JobRedrive, RedrivePolicy
@@ -90,7 +90,7 @@ def job_redrive(parts: Parts, tasks: CeleryTasks) -> JobRedrive:
         requeue_after_s=settings.job_requeue_after_s,
         # A dead worker's task comes back from the broker by itself first.
         running_grace_s=settings.job_requeue_after_s + settings.broker_visibility_timeout_s,
-        runner_stale_s=STALE_LEASES * lease_seconds(settings),
+        runner_stale_s=runner_stale_s(settings),
     )
     return JobRedrive(parts.db, tasks, BrokerWatch(BrokerProbe(settings.broker_url)), policy)
 

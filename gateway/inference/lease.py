@@ -8,7 +8,8 @@ second copy is the same delivery: it finds the heartbeat fresh and is skipped in
 running the job a second time. Any other delivery — the task's own retry after a transient
 error, a task sent again by ``aigw serve`` — takes the job over as before (the pipeline is
 idempotent). A worker killed mid-job stops renewing: the broker's redelivery (after the
-visibility timeout, longer than the lease) or the redrive (after three leases) takes it over.
+visibility timeout, longer than the lease) takes it over, or, where that copy was skipped
+while the run lived, the redrive does (:func:`runner_stale_s`).
 """
 
 from __future__ import annotations
@@ -25,17 +26,28 @@ from gateway.errors import DatabaseError
 from gateway.index.database import Database
 from gateway.index.tables import JobRow, utcnow
 from gateway.jobs.states import JobState
+from gateway.jobs.task_queue import unacked_restore_interval_s
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STALE_LEASES = 3  # aigw serve sends a running job again when its heartbeat is this many leases old
+STALE_LEASES = 3  # leases past the broker's own redelivery before aigw serve sends a job again
 
 
 def lease_seconds(settings: Settings) -> float:
     """The lease in force: ``job_lease_s``, capped at half the visibility timeout, so that
     the broker's redelivery after a worker's death always finds the lease run out."""
     return min(settings.job_lease_s, settings.broker_visibility_timeout_s / 2)
+
+
+def runner_stale_s(settings: Settings) -> float:
+    """How old a running job's heartbeat is when ``aigw serve`` sends its task again: only
+    after the broker's own redelivery had its chance (the visibility timeout and one restore
+    interval), then three leases — else the two deliveries would both run it."""
+    visibility = settings.broker_visibility_timeout_s
+    return (
+        visibility + unacked_restore_interval_s(settings) + STALE_LEASES * lease_seconds(settings)
+    )
 
 
 def a_live_run_of(job: JobRow, runner: str | None, now: datetime, lease_s: float) -> bool:

@@ -31,6 +31,12 @@ class InferPayload(BaseModel):
     job_id: int
 
 
+def unacked_restore_interval_s(settings: Settings) -> int:
+    """How often the Redis transport looks for tasks whose worker died (kombu's default is
+    10 × its interval, 100 s, whatever the visibility timeout): as often as it allows."""
+    return min(10, settings.broker_visibility_timeout_s)
+
+
 def create_celery(settings: Settings) -> Celery:
     app = Celery("aigw", broker=settings.broker_url, set_as_current=False)
     app.amqp.Connection = bounded_retries(settings.retry_max_backoff_s)
@@ -71,7 +77,7 @@ def create_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             # kombu looks for abandoned tasks every 10 × this interval by default (100 s),
             # whatever the visibility timeout: look as often as the timeout allows.
-            "unacked_restore_interval": min(10, settings.broker_visibility_timeout_s),
+            "unacked_restore_interval": unacked_restore_interval_s(settings),
             "unacked_restore_throttle": 1,
         },
     )
