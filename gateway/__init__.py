@@ -4,6 +4,8 @@ Kernel (imported by every stage, imports none of them)
 ------------------------------------------------------
 settings
     The one :class:`~gateway.settings.Settings` object, YAML overlaid by ``AIGW_*``.
+packaged
+    The default configuration and reference devices shipped inside the packages.
 errors
     The gateway's own exceptions; outside errors are translated into them at one boundary.
 logs
@@ -46,7 +48,9 @@ demo
 The edge
 --------
 api
-    The REST API, health and metrics; ``create_app`` mounts the dashboard too.
+    The REST API, health and metrics; ``create_app`` mounts the dashboard and DICOMweb too.
+dicomweb
+    STOW-RS, QIDO-RS and WADO-RS (PS3.18), region-scoped like the API.
 dashboard
     Server-rendered regional pages.
 cli

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from pydantic_settings import (
 from pydicom.uid import PYDICOM_ROOT_UID
 
 from gateway.errors import ConfigError
+from gateway.packaged import packaged_default
 from models.yaml_file import read_mapping
 
 DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
@@ -35,10 +35,6 @@ DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
 # hash to it within DICOM's 64 characters, hence the limit on its length.
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 UID_ROOT_MAX = 40
-# Package data: the default configuration and the reference devices, wherever installed.
-PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
-PACKAGED_DEVICES = Path(str(resources.files("models") / "zoo"))
-_PACKAGED_NAMES = ((Path("configs"), PACKAGED_CONFIGS), (Path("models/zoo"), PACKAGED_DEVICES))
 # The settings naming a configuration file or folder that may be a packaged default.
 DEFAULT_PATH_SETTINGS = (
     "sources_file",
@@ -48,22 +44,6 @@ DEFAULT_PATH_SETTINGS = (
     "semd_file",
     "devices_dir",
 )
-
-
-def packaged_default(path: Path) -> Path:
-    """``path`` itself when it is absolute or exists; for a name under ``configs/`` or
-    ``models/zoo`` that the working directory lacks, the packaged file of that name.
-
-    Anything else is returned unchanged, so a missing file is reported as it was written.
-    """
-    if path.is_absolute() or path.exists():
-        return path
-    for name, packaged in _PACKAGED_NAMES:
-        if path == name or name in path.parents:
-            candidate = packaged / path.relative_to(name)
-            if candidate.exists():
-                return candidate
-    return path
 
 
 class StuckBounds(BaseModel):

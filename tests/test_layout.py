@@ -14,7 +14,7 @@ import pytest
 from tests.services import ROOT
 
 KERNEL = frozenset(
-    {"settings", "errors", "logs", "uids", "dimse_status", "yaml_files", "pixel_data"}
+    {"settings", "errors", "logs", "uids", "dimse_status", "yaml_files", "pixel_data", "packaged"}
 )
 EDGE = frozenset({"gateway.api", "gateway.dicomweb", "gateway.dashboard", "gateway.cli"})
 LIBRARIES = frozenset({"models", "pacs_adapters"})

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.settings import (
-    DEFAULT_PATH_SETTINGS,
-    PACKAGED_CONFIGS,
-    PACKAGED_DEVICES,
-    Settings,
-    load_settings,
-)
+from gateway.packaged import PACKAGED_CONFIGS, PACKAGED_DEVICES
+from gateway.settings import DEFAULT_PATH_SETTINGS, Settings, load_settings
 from workers.cli import main as cli
 
 

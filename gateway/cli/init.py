@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from gateway.errors import ConfigError
-from gateway.settings import PACKAGED_CONFIGS
+from gateway.packaged import PACKAGED_CONFIGS
 
 SETTINGS_FILE = "gateway.yaml"
 # The settings whose file `aigw init` copies, as the packaged gateway.yaml names them.

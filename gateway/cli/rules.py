@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from gateway.errors import ConfigError
+from gateway.packaged import packaged_default
 from gateway.routing import DEFAULT_DEVICES, DEFAULT_RULES, explain_files, load_devices, load_rules
 from gateway.routing.rules import priority_word
-from gateway.settings import packaged_default
 from models.manifest import ManifestError
 
 

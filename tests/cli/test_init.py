@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from gateway.cli.init import FILE_SETTINGS
 from gateway.ingest.sources import load_directory
+from gateway.packaged import PACKAGED_CONFIGS
 from gateway.routing import load_rules
-from gateway.settings import PACKAGED_CONFIGS, load_settings
+from gateway.settings import load_settings
 from workers.cli import main as cli
 
 WRITTEN = {
