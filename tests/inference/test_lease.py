@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from gateway.demo.synthetic import chest_xray_study, write_study
+from gateway.index.read_model import JobItem
 from gateway.index.tables import JobRow, utcnow
 from gateway.inference.lease import heartbeat, lease_seconds
 from gateway.inference.pipeline import run_job
@@ -26,6 +27,16 @@ from tests.inference.test_inference_flow import (  # noqa: F401 (the fixtures)
 )
 from workers.serve import Gateway
 from workers.worker import inference_context
+
+
+def _analysed_job(gateway: Gateway, tmp_path: Path, seed: int) -> JobItem:
+    """A fluorography study sent, analysed by the test device, and its one job."""
+    study = chest_xray_study(
+        seed=seed, kind="fluorography", modality="DX", sop="dx", size=(256, 256)
+    )
+    _send(gateway, write_study(study, tmp_path / "in"))
+    _, (job,) = _finished(gateway, study.study_instance_uid)
+    return job
 
 
 def _job(gateway: Gateway, job_id: int) -> JobRow:
@@ -56,9 +67,7 @@ def test_a_copy_of_a_live_runs_delivery_is_skipped_and_a_dead_runner_is_taken_ov
     tmp_path: Path,
 ) -> None:
     gateway = test_device_gateway
-    study = chest_xray_study(seed=31, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
-    _send(gateway, write_study(study, tmp_path / "in"))
-    _, (job,) = _finished(gateway, study.study_instance_uid)
+    job = _analysed_job(gateway, tmp_path, seed=31)
     assert job.state == "inferred"
     context = inference_context(gateway.parts)
     assert context.lease_s == 30.0
@@ -82,9 +91,7 @@ def test_the_retry_after_a_transient_error_takes_over_at_once(
     """A run that met an unavailable store or database leaves its job running with a fresh
     heartbeat; the task's retry (its retry count one higher) must not wait for the lease."""
     gateway = test_device_gateway
-    study = chest_xray_study(seed=34, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
-    _send(gateway, write_study(study, tmp_path / "in"))
-    _, (job,) = _finished(gateway, study.study_instance_uid)
+    job = _analysed_job(gateway, tmp_path, seed=34)
     attempts = _job(gateway, job.job_id).attempts
     _set_running(gateway, job.job_id, beat_age_s=1, runner="t1:0")
     assert run_job(inference_context(gateway.parts), job.job_id, runner="t1:1") == "inferred"
@@ -96,9 +103,7 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
     tmp_path: Path,
 ) -> None:
     gateway = test_device_gateway
-    study = chest_xray_study(seed=32, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
-    _send(gateway, write_study(study, tmp_path / "in"))
-    _, (job,) = _finished(gateway, study.study_instance_uid)
+    job = _analysed_job(gateway, tmp_path, seed=32)
     _set_running(gateway, job.job_id, beat_age_s=100)
     before = _job(gateway, job.job_id).heartbeat_at
     assert before is not None
@@ -127,9 +132,7 @@ def test_the_redrive_sends_a_running_job_again_only_when_its_heartbeat_is_stale(
     tmp_path: Path,
 ) -> None:
     gateway = test_device_gateway
-    study = chest_xray_study(seed=33, kind="fluorography", modality="DX", sop="dx", size=(256, 256))
-    _send(gateway, write_study(study, tmp_path / "in"))
-    _, (job,) = _finished(gateway, study.study_instance_uid)
+    job = _analysed_job(gateway, tmp_path, seed=33)
 
     def due(runner_stale_s: float | None) -> bool:
         query = select(JobRow.id).where(
