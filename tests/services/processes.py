@@ -26,21 +26,59 @@ class ServiceUnavailable(ServiceError):
     this reason (``tests/conftest.py``), a benchmark stops and says it."""
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are handed out below the kernel's ephemeral range: a port chosen by binding port 0
+# and then released could be handed by the kernel to anything else that binds port 0 or
+# connects out before the child process binds it (CI lost a run to "Address already in use"
+# with two pytest-xdist workers). Each xdist worker draws from its own block, and a run's
+# starting point within the block follows its pid, so concurrent runs rarely meet; a port
+# something already listens on is skipped.
+_PORT_FLOOR = 10000
+_BLOCKS = 8
+_next_in_block: list[int] = []
+
+
+def _block() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % _BLOCKS if worker.isdigit() else 0
+    size = (_ephemeral_low() - _PORT_FLOOR) // _BLOCKS
+    return _PORT_FLOOR + index * size, size
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    start, size = _block()
+    if size < 64:  # an unusual ephemeral range: let the kernel choose
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    if not _next_in_block:
+        _next_in_block.append(os.getpid() % size)
+    for _ in range(size):
+        offset = _next_in_block[0]
+        _next_in_block[0] = (offset + 1) % size
+        if _bindable(start + offset):
+            return start + offset
+    raise ServiceError(f"no free port in {start}–{start + size - 1}")
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (held open together while they are chosen)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+    """``count`` distinct free ports (consecutive draws never repeat within a block)."""
+    return [free_port() for _ in range(count)]
 
 
 def listening_sockets(port: int) -> int:
