@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.uid import generate_uid
 
 from gateway.results.header import device_uid, series_description, tracking_uid
 from gateway.results.input import ReportFinding, ReportInput
@@ -227,6 +228,37 @@ def test_ct_sr_outlines_the_nodule_on_the_centre_slice(tmp_path: Path) -> None:
     assert image == report.sources[int(finding.location.centre[0])].SOPInstanceUID
     assert points == _box_as_dicom(finding)
     assert _procedure(sr) == "25045-6"
+
+
+def test_ct_series_image_library_states_shared_descriptors_once(tmp_path: Path) -> None:
+    """One Image Library Group for the series: its descriptors (modality, spacing,
+    orientation) once, and each slice's entry with only its own position, in mm."""
+    report = report_fixtures.ct_chest_input(positive=True)
+    sr = _write_and_validate(build_sr(report), tmp_path)
+    (group,) = _named(sr, "126200")  # Image Library Group
+    shared = [i for i in group.ContentSequence if i.ValueType != "IMAGE"]
+    entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    names = [i.ConceptNameCodeSequence[0].CodeValue for i in shared]
+    assert "121139" in names and "111026" in names  # Modality, Horizontal Pixel Spacing
+    assert not {"110901", "110902", "110903"} & set(names)  # no position at group level
+    assert len(entries) == len(report.sources)
+    for entry, source in zip(entries, report.sources, strict=True):
+        positions = [_num(i) for i in entry.ContentSequence]
+        assert [value for value, _ in positions] == [float(v) for v in source.ImagePositionPatient]
+        assert {unit for _, unit in positions} == {"mm"}
+
+
+def test_ct_sr_from_two_series_keeps_one_group_per_series(tmp_path: Path) -> None:
+    report = report_fixtures.ct_chest_input(positive=True)
+    other_series = generate_uid()
+    for source in report.sources[::2]:
+        source.SeriesInstanceUID = other_series
+    sr = _write_and_validate(build_sr(report), tmp_path)
+    groups = _named(sr, "126200")
+    assert [sum(i.ValueType == "IMAGE" for i in g.ContentSequence) for g in groups] == [
+        len(report.sources[::2]),
+        len(report.sources[1::2]),
+    ]
 
 
 def test_mammography_sr_lists_all_views_and_marks_one(tmp_path: Path) -> None:
