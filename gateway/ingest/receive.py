@@ -331,6 +331,7 @@ def _study_for(connection: Connection, study_tags: StudyTags, sender: Sender, no
                 region_code=sender.source.region,
                 state=StudyState.RECEIVING.value,
                 patient_id=study_tags.patient_id,
+                patient_name=study_tags.patient_name,
                 patient_sex=study_tags.patient_sex,
                 patient_age_years=study_tags.patient_age_years,
                 study_date=study_tags.study_date,
