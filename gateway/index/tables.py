@@ -100,6 +100,7 @@ class StudyRow(Base):
     patient_id: Mapped[str | None] = mapped_column(String(64))
     # For QIDO-RS matching and the prior query's same-patient check; never logged.
     patient_name: Mapped[str | None] = mapped_column(String(200))
+    patient_name_folded: Mapped[str | None] = mapped_column(String(200))  # patient_names
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     patient_age_years: Mapped[int | None] = mapped_column(Integer)
     study_date: Mapped[str | None] = mapped_column(String(8))

@@ -28,6 +28,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.index.database import Database
+from gateway.index.patient_names import folded
 from gateway.index.study_state import StudyState, record_event
 from gateway.index.tables import JobRow, SeriesRow, StudyEventRow, StudyRow, utcnow
 from gateway.ingest.receive import Ingest, Sender
@@ -216,6 +217,7 @@ class PriorFetch:
                     state=StudyState.RECEIVING.value,
                     patient_id=current.patient_id,
                     patient_name=current.patient_name,
+                    patient_name_folded=folded(current.patient_name),
                     study_date=match.study_date,
                     study_description=match.study_description,
                     first_received_at=now,
@@ -335,16 +337,12 @@ def _choose(
 
 
 def _same_name(theirs: str | None, ours: str | None) -> bool:
-    """Both known and different (PN components, case and trailing empties aside): another
-    patient under the same ID."""
+    """False only when both are known and differ (case, spacing and trailing empty
+    components aside): another patient under the same ID."""
+    theirs, ours = folded(theirs), folded(ours)
     if not theirs or not ours:
         return True
-    return _normal_name(theirs) == _normal_name(ours)
-
-
-def _normal_name(name: str) -> str:
-    groups = name.split("=")[0]  # the alphabetic representation
-    return "^".join(part.strip() for part in groups.split("^")).rstrip("^").casefold()
+    return theirs.split("=")[0] == ours.split("=")[0]  # the alphabetic representations
 
 
 def _has_instances(db: Database, study_uid: str) -> bool:
