@@ -52,7 +52,11 @@ StudyDateQuery = Annotated[
     str | None, Query(max_length=17, pattern=r"^([0-9]{8})?(-([0-9]{8})?)?$")
 ]
 Digits = Annotated[str | None, Query(max_length=9, pattern=r"^[0-9]+$")]
-Names = Annotated[list[str] | None, Query(max_length=4096)]
+# Attribute names, comma-separated (PS3.18 10.6.1.2.3); the key may be repeated, and
+# parse_query reads every value. Declared as one string: a query string cannot tell a
+# one-item array from a string, and a contract run that thinks it can reports a false
+# "schema-violating request accepted".
+Names = Annotated[str | None, Query(max_length=4096)]
 
 DATASETS = {
     "description": "Matches as the DICOM JSON Model (an empty array when nothing matches).",
