@@ -47,7 +47,7 @@ def archive() -> Iterator[Callable[[list[Dataset], Any], Peer]]:
         ae = AE(ae_title="ARCHIVE")
         ae.add_supported_context(STUDY_ROOT_FIND)
         ae.add_supported_context(STUDY_ROOT_MOVE)
-        handlers = [(evt.EVT_C_FIND, on_find)]
+        handlers: list[Any] = [(evt.EVT_C_FIND, on_find)]
         if on_move is not None:
             handlers.append((evt.EVT_C_MOVE, on_move))
         port = free_port()
