@@ -18,6 +18,6 @@ def folded(name: str | None) -> str | None:
 
 
 def folded_pattern(pattern: str) -> str:
-    """A QIDO-RS PatientName value folded like the names it is matched against; ``*`` and
-    ``?`` keep their meaning."""
-    return pattern.strip().casefold()
+    """A QIDO-RS PatientName value folded like the names it is matched against (``*`` and
+    ``?`` keep their meaning); an empty value matches no name."""
+    return folded(pattern) or ""

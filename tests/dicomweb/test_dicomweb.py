@@ -400,6 +400,7 @@ def test_qido_at_the_root_matches_patient_names_by_wildcard_inside_the_region(
     assert [i["00080018"]["Value"][0] for i in instances] == [petrov_h.SOPInstanceUID]
     studies = reader.search_for_studies(search_filters={"PatientName": "Petrov^Petr"})
     assert [s["0020000D"]["Value"][0] for s in studies] == [petrov_h.StudyInstanceUID]
+    assert reader.search_for_studies(search_filters={"PatientName": "PETROV^PETR^^"}) == studies
     assert len(reader.search_for_series()) == 2
     assert len(reader.search_for_instances(search_filters={"Modality": "DX"})) == 2
 
