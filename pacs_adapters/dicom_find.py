@@ -116,8 +116,9 @@ def _identifiers(assoc: Association, query: Dataset, limit: int) -> list[Dataset
 
 def _archive_study(identifier: Dataset) -> ArchiveStudy | None:
     try:
-        uid = _bounded(identifier, "StudyInstanceUID", 64)
-        if uid is None or not _UID.fullmatch(uid):
+        # Read whole: an over-long UID is skipped, never cut into another valid one.
+        uid = _bounded(identifier, "StudyInstanceUID", 1024)
+        if uid is None or len(uid) > 64 or not _UID.fullmatch(uid):
             return None
         date = _bounded(identifier, "StudyDate", 8)
         modalities = identifier.get("ModalitiesInStudy") or ()
@@ -131,7 +132,8 @@ def _archive_study(identifier: Dataset) -> ArchiveStudy | None:
             study_description=_bounded(identifier, "StudyDescription", 200),
         )
     except Exception as exc:  # a damaged element can raise nearly anything from pydicom
-        log.warning("C-FIND: an unreadable match skipped", extra={"error": str(exc)[:200]})
+        # The class only: a message may quote a value, and values here are patient data.
+        log.warning("C-FIND: an unreadable match skipped", extra={"error": type(exc).__name__})
         return None
 
 

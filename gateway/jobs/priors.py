@@ -249,10 +249,11 @@ class PriorFetch:
         limit = self.settings.max_instance_bytes
 
         def receive(instance: bytes | Path) -> int:
+            size = instance.stat().st_size if isinstance(instance, Path) else len(instance)
+            if size > limit:
+                return _OUT_OF_RESOURCES
             if isinstance(instance, Path):
                 return int(self.ingest.receive_file(instance, sender).status)
-            if len(instance) > limit:
-                return _OUT_OF_RESOURCES
             return int(self.ingest.receive(instance, sender).status)
 
         return receive

@@ -75,6 +75,7 @@ def test_a_patients_studies_are_read_bounded_and_bad_ones_skipped(
     peer = archive(
         [
             _match("1.2.x.4", StudyDate="20240101"),  # not a UID: skipped
+            _match("1." + "2" * 70, StudyDate="20240101"),  # too long: skipped, never cut
             _match(good, StudyDate="2024-01-01", StudyDescription="D" * 64, PatientName="A^B"),
             _match(make_uid("answers", "ct"), StudyDate="20230101", ModalitiesInStudy="CT\\SR"),
         ]
