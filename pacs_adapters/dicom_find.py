@@ -17,12 +17,18 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from pacs_adapters.dicom_scu import Peer, ScuError
 
 log = logging.getLogger(__name__)
+
+# pynetdicom logs every query and answer identifier at INFO, and ours hold Patient ID and
+# Patient's Name: never logged, whatever a logger's level (process-wide, as pynetdicom's
+# configuration is).
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Model - FIND
 

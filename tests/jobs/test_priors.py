@@ -8,6 +8,7 @@ no job of its own; an archive that does not answer leaves the job without priors
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -192,8 +193,9 @@ def setup(
 
 
 def test_the_newest_fitting_prior_is_fetched_into_the_jobs_input_and_starts_no_job(
-    setup: Setup, patient: Patient
+    setup: Setup, patient: Patient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     port = setup.gateway.parts.settings.dicom_port
     sent = storescu(port, patient.current, calling_ae=ARCHIVE_AE)
     assert sent.returncode == 0, sent.stderr
@@ -231,6 +233,10 @@ def test_the_newest_fitting_prior_is_fetched_into_the_jobs_input_and_starts_no_j
     (reason,) = [e.detail.get("reason") for e in setup.events(patient.prior_uid, "state")][-1:]
     assert reason == PRIOR_REASON
     assert prior_jobs == []
+    # The name is indexed (QIDO-RS matches it) and never logged, nor the Patient ID.
+    assert prior.patient_name == NAME
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert NAME not in logged and PATIENT not in logged
 
 
 def test_an_archive_that_does_not_answer_leaves_the_job_without_priors(
