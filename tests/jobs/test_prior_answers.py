@@ -18,10 +18,12 @@ from sqlalchemy import select
 
 from gateway.index.database import Database
 from gateway.index.object_store import FolderStore
+from gateway.index.study_state import StudyState
 from gateway.index.tables import JobRow, StudyEventRow, StudyRow, utcnow
 from gateway.ingest.receive import Ingest
 from gateway.ingest.sources import load_directory, sync_directory
 from gateway.jobs.priors import PRIORS_EVENT, PriorFetch
+from gateway.jobs.states import JobState
 from gateway.settings import Settings
 from models.manifest import DeviceManifest
 from pacs_adapters.dicom_find import STUDY_ROOT_FIND, ArchiveStudy, patient_studies
@@ -120,7 +122,7 @@ def fetch_for(tmp_path: Path) -> Iterator[Callable[..., tuple[PriorFetch, Databa
             study_uid=CURRENT_UID,
             source_id=source_ids["a"],
             region_code="38",
-            state="routed",
+            state=StudyState.ROUTED.value,
             patient_id="PAT-1",
             patient_name="Ivanov^Ivan",
             study_date="20260110",
@@ -141,7 +143,7 @@ def fetch_for(tmp_path: Path) -> Iterator[Callable[..., tuple[PriorFetch, Databa
                 rule="r",
                 priority=3,
                 queue="q",
-                state="running",
+                state=JobState.RUNNING.value,
                 created_at=now,
             )
         )
