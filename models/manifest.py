@@ -160,6 +160,21 @@ class OnnxFile(_Strict):
         return self
 
 
+class Priors(_Strict):
+    """The patient's earlier studies the device wants beside the current one: found at the
+    source's archive (study-level C-FIND by Patient ID) and fetched before the job runs."""
+
+    max: int = Field(default=1, ge=1, le=5, description="At most this many, newest first.")
+    within_years: int = Field(
+        default=5, ge=1, le=50, description="Studied at most this long before the current."
+    )
+    same_modality: bool = Field(
+        default=True,
+        description="Only studies with a modality the device accepts (ModalitiesInStudy); "
+        "their series of other modalities are not handed over either.",
+    )
+
+
 class DeviceManifest(_Strict):
     id: Identifier
     version: Version
@@ -176,6 +191,9 @@ class DeviceManifest(_Strict):
     outputs: list[OutputSpec] = Field(min_length=1)
     onnx: OnnxFile
     provenance: Provenance
+    priors: Priors | None = Field(
+        default=None, description="Fetch the patient's prior studies for each job; None: none."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DeviceManifest:

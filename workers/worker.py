@@ -22,6 +22,8 @@ from gateway.inference.decode_pool import DecodePool
 from gateway.inference.lease import lease_seconds
 from gateway.inference.pipeline import InferenceContext
 from gateway.inference.pixel_checks import PixelBudget
+from gateway.ingest.receive import Ingest
+from gateway.jobs.priors import PriorFetch
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
 from gateway.results.build import ReportContext
 from gateway.results.semd.config import SemdConfig, load_semd_config
@@ -48,6 +50,9 @@ def inference_context(parts: Parts) -> InferenceContext:
             DecodePool(settings.decode_memory_limit_mb, settings.worker_concurrency)
             if settings.decode_memory_limit_mb
             else None
+        ),
+        priors=PriorFetch(
+            settings, parts.db, Ingest(parts.db, parts.store), parts.directory, parts.source_ids
         ),
     )
 

@@ -12,6 +12,8 @@ stow
     Instances Response.
 qido
     QIDO-RS: query keys parsed and matched, answers as the DICOM JSON Model.
+qido_root
+    QIDO-RS at the root: every series or instance of the region's matching studies.
 wado
     WADO-RS: objects as stored (multipart/related) and their metadata.
 catalog

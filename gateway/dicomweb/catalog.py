@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from gateway.index.patient_names import folded_pattern
 from gateway.index.tables import InstanceRow, JobRow, ResultRow, SeriesRow, StudyRow
 
 DICOM_RESULT_KINDS = ("sr", "sc", "gsps", "seg")
@@ -38,6 +39,7 @@ class StudyMatch:
     region: str | None
     study_uids: list[str] = field(default_factory=list)
     patient_id: str | None = None
+    patient_name: str | None = None  # wildcards allowed; matched case-insensitively
     accession_number: str | None = None
     date_from: str | None = None
     date_to: str | None = None
@@ -51,6 +53,7 @@ class StudyRecord:
     study_uid: str
     region: str
     patient_id: str | None
+    patient_name: str | None
     patient_sex: str | None
     patient_age_years: int | None
     study_date: str | None
@@ -142,6 +145,9 @@ def _study_conditions(match: StudyMatch) -> list[ColumnElement[bool]]:
         conditions.append(StudyRow.study_uid.in_(match.study_uids))
     if match.patient_id is not None:
         conditions.append(_text_match(StudyRow.patient_id, match.patient_id))
+    if match.patient_name is not None:
+        pattern = folded_pattern(match.patient_name)
+        conditions.append(_text_match(StudyRow.patient_name_folded, pattern))
     if match.accession_number is not None:
         conditions.append(_text_match(StudyRow.accession_number, match.accession_number))
     if match.date_from is not None:
@@ -170,6 +176,7 @@ def _study_record(
         study_uid=row.study_uid,
         region=row.region_code,
         patient_id=row.patient_id,
+        patient_name=row.patient_name,
         patient_sex=row.patient_sex,
         patient_age_years=row.patient_age_years,
         study_date=row.study_date,

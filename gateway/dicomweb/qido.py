@@ -1,14 +1,15 @@
-"""QIDO-RS (PS3.18 10.6): studies, a study's series, a study's or a series' instances, as
-the DICOM JSON Model, answered from the index.
+"""QIDO-RS (PS3.18 10.6): studies, a study's series, a study's or a series' instances, and
+at the root every series or instance (:mod:`qido_root`), as the DICOM JSON Model, answered
+from the index.
 
 Matching (PS3.4 C.2.2.2): UIDs by list (``a,b`` or ``a\\b``), Patient ID and Accession
-Number by single value or wildcard (``*``, ``?``), Study Date by range (``from-to``,
-``-to``, ``from-``). ``fuzzymatching`` is ignored, like any key the gateway does not
-match on; each answer's ``Warning`` header names what was ignored. A study outside the
-caller's region is never matched. Every answer holds the attributes the index keeps
-(which cover the required ones of PS3.18 Table 10.6.3-3 but Patient's Name, kept only in
-the objects, so it is present and empty); ``includefield`` adds, at the instance level,
-attributes read from each object's header.
+Number by single value or wildcard (``*``, ``?``), Patient's Name likewise but insensitive
+to case (as PS3.4 C.2.2.2.1 allows for PN), Study Date by range (``from-to``, ``-to``,
+``from-``). ``fuzzymatching`` is ignored, like any key the gateway does not match on; each
+answer's ``Warning`` header names what was ignored. A study outside the caller's region is
+never matched. Every answer holds the attributes the index keeps (which cover the required
+ones of PS3.18 Table 10.6.3-3); ``includefield`` adds, at the instance level, attributes
+read from each object's header.
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
+_STUDY_KEYS = {
+    "StudyInstanceUID",
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
+    "StudyDate",
+    "ModalitiesInStudy",
+}
 MATCH_KEYS = {
-    "studies": {
-        "StudyInstanceUID",
-        "PatientID",
-        "AccessionNumber",
-        "StudyDate",
-        "ModalitiesInStudy",
-    },
+    "studies": _STUDY_KEYS,
     "series": {"SeriesInstanceUID", "Modality"},
     "instances": {"SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"},
+    # At the root the study's keys match too (PS3.18 10.6.1.2), and an instance's series'.
+    "all_series": _STUDY_KEYS | {"SeriesInstanceUID", "Modality"},
+    "all_instances": _STUDY_KEYS
+    | {"SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID"},
 }
 CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 # Values never copied into an answer by includefield: bulk data belongs to WADO-RS.
@@ -122,6 +129,7 @@ def study_match(query: Query, region: str | None) -> StudyMatch:
         region=region,
         study_uids=query.uids("StudyInstanceUID"),
         patient_id=query.values.get("PatientID"),
+        patient_name=query.values.get("PatientName"),
         accession_number=query.values.get("AccessionNumber"),
         date_from=date_from,
         date_to=date_to,
@@ -150,7 +158,7 @@ def study_dataset(record: StudyRecord, base: str) -> Dataset:
     ds.AccessionNumber = record.accession_number or ""
     ds.ModalitiesInStudy = record.modalities or ""
     ds.StudyDescription = record.study_description or ""
-    ds.PatientName = ""  # kept in the objects only
+    ds.PatientName = record.patient_name or ""
     ds.PatientID = record.patient_id or ""
     ds.PatientSex = record.patient_sex or ""
     if record.patient_age_years is not None:
@@ -243,10 +251,12 @@ def instance_datasets(
         for key in ("SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
         if query.uids(key)
     }
+    modality = query.values.get("Modality")
     matched = [
         r
         for r in records
-        if all(
+        if (modality is None or r.modality == modality)
+        and all(
             value in wanted.get(key, {value})
             for key, value in (
                 ("SeriesInstanceUID", r.series_uid),

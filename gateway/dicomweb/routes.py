@@ -5,7 +5,7 @@ whose ``responses=`` the API passes in: this package comes before it)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
@@ -40,14 +40,23 @@ from gateway.dicomweb.qido import (
 from gateway.dicomweb.qido import (
     Query as Qido,
 )
+from gateway.dicomweb.qido_root import MAX_STUDIES_SCANNED, search_root
 
 ErrorDocs = Callable[..., dict[int | str, dict[str, Any]]]
 
 Uid = Annotated[str, Path(max_length=64, pattern=UID_PATTERN)]
 UidList = Annotated[str | None, Query(max_length=4096, pattern=r"^[0-9.,\\]*$")]
 Text = Annotated[str | None, Query(max_length=64)]
+Name = Annotated[str | None, Query(max_length=200)]
+StudyDateQuery = Annotated[
+    str | None, Query(max_length=17, pattern=r"^([0-9]{8})?(-([0-9]{8})?)?$")
+]
 Digits = Annotated[str | None, Query(max_length=9, pattern=r"^[0-9]+$")]
-Names = Annotated[list[str] | None, Query(max_length=4096)]
+# Attribute names, comma-separated (PS3.18 10.6.1.2.3); the key may be repeated, and
+# parse_query reads every value. Declared as one string: a query string cannot tell a
+# one-item array from a string, and a contract run that thinks it can reports a false
+# "schema-violating request accepted".
+Names = Annotated[str | None, Query(max_length=4096)]
 
 DATASETS = {
     "description": "Matches as the DICOM JSON Model (an empty array when nothing matches).",
@@ -71,6 +80,7 @@ def dicomweb_router(errors: ErrorDocs) -> APIRouter:
     router = APIRouter(prefix="/dicom-web", tags=["dicomweb"], responses=errors(401, 422, 503))
     _stow(router, errors)
     _qido(router, errors)
+    _qido_root(router, errors)
     _wado(router, errors)
     return router
 
@@ -136,10 +146,9 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
         request: Request,
         StudyInstanceUID: UidList = None,
         PatientID: Text = None,
+        PatientName: Name = None,
         AccessionNumber: Text = None,
-        StudyDate: Annotated[
-            str | None, Query(max_length=17, pattern=r"^([0-9]{8})?(-([0-9]{8})?)?$")
-        ] = None,
+        StudyDate: StudyDateQuery = None,
         ModalitiesInStudy: Text = None,
         limit: Digits = None,
         offset: Digits = None,
@@ -214,6 +223,71 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
     ) -> Response:
         """The series' instances."""
         return _instances(context, caller, request, study, series)
+
+
+def _qido_root(router: APIRouter, errors: ErrorDocs) -> None:
+    get: dict[str, Any] = {"response_class": Response, "responses": {200: DATASETS, **errors(400)}}
+
+    @router.get("/series", summary="QIDO-RS: search for series in every study", **get)
+    def search_all_series(
+        context: Context,
+        caller: Caller,
+        request: Request,
+        StudyInstanceUID: UidList = None,
+        PatientID: Text = None,
+        PatientName: Name = None,
+        AccessionNumber: Text = None,
+        StudyDate: StudyDateQuery = None,
+        ModalitiesInStudy: Text = None,
+        SeriesInstanceUID: UidList = None,
+        Modality: Text = None,
+        limit: Digits = None,
+        offset: Digits = None,
+        includefield: Names = None,
+        fuzzymatching: Annotated[str | None, Query(max_length=5)] = None,
+    ) -> Response:
+        """Series of the caller's region's studies, each with its study's attributes."""
+        return _root(context, caller, request, "series")
+
+    @router.get("/instances", summary="QIDO-RS: search for instances in every study", **get)
+    def search_all_instances(
+        context: Context,
+        caller: Caller,
+        request: Request,
+        StudyInstanceUID: UidList = None,
+        PatientID: Text = None,
+        PatientName: Name = None,
+        AccessionNumber: Text = None,
+        StudyDate: StudyDateQuery = None,
+        ModalitiesInStudy: Text = None,
+        SeriesInstanceUID: UidList = None,
+        Modality: Text = None,
+        SOPInstanceUID: UidList = None,
+        SOPClassUID: UidList = None,
+        limit: Digits = None,
+        offset: Digits = None,
+        includefield: Names = None,
+        fuzzymatching: Annotated[str | None, Query(max_length=5)] = None,
+    ) -> Response:
+        """Instances of the caller's region's studies, results among them."""
+        return _root(context, caller, request, "instances")
+
+
+def _root(
+    context: ApiContext, caller: Principal, request: Request, level: Literal["series", "instances"]
+) -> Response:
+    query = _query(context, request, f"all_{level}")
+    answer = search_root(context.db, context.store, query, caller.region, level, _base(request))
+    audit_read(
+        context,
+        request,
+        caller,
+        study_uid=None,
+        region=caller.region,
+        detail={"count": len(answer.datasets), "study_uids": answer.study_uids},
+    )
+    more = f'299 aigw "only the first {MAX_STUDIES_SCANNED} studies searched"'
+    return _answer(answer.datasets, query, more if answer.truncated else None)
 
 
 def _wado(router: APIRouter, errors: ErrorDocs) -> None:
@@ -306,8 +380,8 @@ def _instances(
     return _answer(found, query)
 
 
-def _answer(datasets: list[Dataset], query: Qido) -> Response:
-    warning = query.warning()
+def _answer(datasets: list[Dataset], query: Qido, more: str | None = None) -> Response:
+    warning = ", ".join(w for w in (query.warning(), more) if w)
     return Response(
         encode_many(datasets),
         media_type=DICOM_JSON,

@@ -20,6 +20,8 @@ instances
 read_model
     The read side the CLI, the API and the dashboard share: filtered studies with counts,
     one study in full, its timeline, jobs with findings, results.
+patient_names
+    Patient's Name folded for matching (QIDO-RS, the prior query's same-patient check).
 recovery
     Crash recovery at start-up: objects without index rows, interrupted writes.
 """

@@ -149,6 +149,8 @@ class JobItem(_Public):
     started_at: datetime | None
     finished_at: datetime | None
     findings: list[FindingItem]
+    # The prior studies handed to the job (its device asked for priors); None: not asked.
+    prior_study_uids: list[str] | None = None
 
 
 class StudyDetail(StudyItem):
@@ -376,6 +378,7 @@ def _jobs(session: Session, query: AnySelect, uids: dict[int, str]) -> list[JobI
             study_uid=uids[j.study_id],
             series_uid=j.series_uid,
             series_uids=list(j.series_uids or [j.series_uid]),
+            prior_study_uids=j.prior_study_uids,
             device=j.device_key,
             study_type=j.study_type,
             service_code=j.service_code,

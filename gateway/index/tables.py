@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -96,6 +98,9 @@ class StudyRow(Base):
     region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"), index=True)
     state: Mapped[str] = mapped_column(String(32), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    # For QIDO-RS matching and the prior query's same-patient check; never logged.
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    patient_name_folded: Mapped[str | None] = mapped_column(String(200))  # patient_names
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     patient_age_years: Mapped[int | None] = mapped_column(Integer)
     study_date: Mapped[str | None] = mapped_column(String(8))
@@ -111,6 +116,9 @@ class StudyRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Fetched from the archive as a prior for a job (gateway.jobs.priors): stored like any
+    # study, never routed.
+    prior: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     source: Mapped[SourceRow] = relationship()
     series: Mapped[list[SeriesRow]] = relationship(back_populates="study")
@@ -286,6 +294,8 @@ class JobRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The prior studies handed to the job (gateway.jobs.priors); NULL: not looked for yet.
+    prior_study_uids: Mapped[list[str] | None] = mapped_column(JSON)
 
     findings: Mapped[list[FindingRow]] = relationship(
         back_populates="job", order_by="FindingRow.id"

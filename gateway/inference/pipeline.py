@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy import delete
@@ -60,6 +60,8 @@ class InferenceContext:
     lease_s: float = 30.0  # gateway.inference.lease
     budget: PixelBudget = field(default_factory=PixelBudget)
     decoder: DecodePool | None = None  # None: decode in this process, without a ceiling
+    # (job id, manifest) → the series of the job's prior studies (gateway.jobs.priors)
+    priors: Callable[[int, DeviceManifest], tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -94,6 +96,7 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         return "skipped"
     try:
         with heartbeat(context.db, job_id, runner, context.lease_s):
+            job = _with_priors(context, job)
             findings, timings = _pipeline(context, job)
         _record(context.db, job_id, findings, timings)
         return JobState.INFERRED.value
@@ -110,6 +113,15 @@ class _Job:
     id: int
     series_uids: tuple[str, ...]
     device_key: str
+    # The series of the prior studies its device asked for; the reference devices read none.
+    prior_series_uids: tuple[str, ...] = ()
+
+
+def _with_priors(context: InferenceContext, job: _Job) -> _Job:
+    if context.priors is None:
+        return job
+    manifest = context.registry.manifest(job.device_key)
+    return replace(job, prior_series_uids=context.priors(job.id, manifest))
 
 
 def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Job | None:

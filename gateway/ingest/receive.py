@@ -26,6 +26,7 @@ from gateway.dimse_status import Status
 from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore, StagedObject, instance_key
+from gateway.index.patient_names import folded
 from gateway.index.study_state import OPEN_STATES, StudyState, record_event
 from gateway.index.tables import InstanceRow, SeriesRow, StudyRow, utcnow
 from gateway.ingest.pixels import check_pixel_data
@@ -331,6 +332,8 @@ def _study_for(connection: Connection, study_tags: StudyTags, sender: Sender, no
                 region_code=sender.source.region,
                 state=StudyState.RECEIVING.value,
                 patient_id=study_tags.patient_id,
+                patient_name=study_tags.patient_name,
+                patient_name_folded=folded(study_tags.patient_name),
                 patient_sex=study_tags.patient_sex,
                 patient_age_years=study_tags.patient_age_years,
                 study_date=study_tags.study_date,

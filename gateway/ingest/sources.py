@@ -52,9 +52,17 @@ class Region(BaseModel):
     name: str = Field(min_length=1)
 
 
+class Retrieve(StrEnum):
+    """How a prior study is fetched from the archive."""
+
+    MOVE = "move"  # C-MOVE to the gateway's own SCP (the archive opens the association)
+    GET = "get"  # C-GET: the instances come back on the gateway's own association
+
+
 class ArchiveQuery(BaseModel):
-    """The source's archive as a C-FIND SCP: asked how many instances a study has
-    (NumberOfStudyRelatedInstances), so the study completes once that many are held."""
+    """The source's archive as a Query/Retrieve SCP: asked how many instances a study has
+    (NumberOfStudyRelatedInstances), so the study completes once that many are held, and
+    for a patient's prior studies (C-FIND, then C-MOVE or C-GET) when a device wants them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +80,17 @@ class ArchiveQuery(BaseModel):
         gt=0,
         description="An answer is asked again after this long while fewer instances are "
         "held; an archive that did not answer is asked again after this long.",
+    )
+    retrieve: Retrieve = Field(
+        default=Retrieve.MOVE, description="How priors are fetched: C-MOVE or C-GET."
+    )
+    move_destination: AETitle | None = Field(
+        default=None,
+        description="The AE title the archive knows the gateway's SCP by (C-MOVE's "
+        "destination); the gateway's own by default.",
+    )
+    retrieve_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="A whole C-MOVE or C-GET of one study."
     )
 
 

@@ -1,7 +1,8 @@
 """The attributes the index keeps, read once from a received dataset and validated.
 
 Routing, inference and reports later read these columns instead of re-parsing objects.
-Only identifiers the later stages need are kept; names and birth dates stay in the object.
+Only what the later stages need is kept: Patient's Name for QIDO-RS matching and the prior
+query (never logged); birth dates stay in the object.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class StudyTags(BaseModel):
 
     study_uid: str
     patient_id: str | None = None
+    patient_name: str | None = None
     patient_sex: str | None = None
     patient_age_years: int | None = None
     study_date: str | None = None
@@ -90,6 +92,7 @@ def _read(dataset: Dataset) -> InstanceTags:
     study = StudyTags(
         study_uid=uids["StudyInstanceUID"] or "",
         patient_id=_text(dataset, "PatientID"),
+        patient_name=_text(dataset, "PatientName", 200),
         patient_sex=_text(dataset, "PatientSex", 16),
         patient_age_years=patient_age_years(dataset),
         study_date=_text(dataset, "StudyDate", 8),

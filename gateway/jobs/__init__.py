@@ -14,4 +14,7 @@ broker
 redrive
     :class:`JobRedrive`: claims due jobs and sends their infer or report task; after a
     broker outage or restart, everything whose message may be lost is due at once.
+priors
+    :class:`PriorFetch`: a job whose device wants priors gets the patient's earlier studies
+    from the source's archive (C-FIND, then C-MOVE or C-GET), stored as priors.
 """

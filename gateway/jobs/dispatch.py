@@ -3,6 +3,7 @@
 This is the completion hook of :mod:`gateway.ingest.assembly`, which offers each completion
 until it has been routed (a hook that raises is offered again after a backoff). It is
 idempotent: a completion offered again finds the study already routed and does nothing.
+A study fetched as a prior for another study's job starts no job: it is not applicable.
 The jobs are recorded due; :mod:`gateway.jobs.redrive` sends their tasks (kicked at once
 after the commit), so a broker that is away delays them and loses none.
 """
@@ -28,6 +29,9 @@ from gateway.routing import PlannedJob, RoutingDecision, facts_from_index, load_
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A study fetched as a job's prior (gateway.jobs.priors) is held, never analysed itself.
+PRIOR_REASON = "a prior study, fetched for comparison"
 
 
 def job_row(
@@ -92,8 +96,12 @@ class Dispatcher:
             if study.state != StudyState.COMPLETE or study.completed_at != completed.completed_at:
                 return []  # already routed, or reopened since: this completion is stale
             now = utcnow()
-            if not decision.jobs:
-                reason = decision.not_applicable_reason or "no rule matched"
+            if not decision.jobs or study.prior:
+                reason = (
+                    PRIOR_REASON
+                    if study.prior
+                    else decision.not_applicable_reason or "no rule matched"
+                )
                 set_state(session, study, StudyState.NOT_APPLICABLE, now, detail={"reason": reason})
                 log.info(
                     "study not applicable", extra={"study_uid": study.study_uid, "reason": reason}

@@ -335,7 +335,8 @@ def test_who_may_store_and_what_is_refused(server: Running, tmp_path: Path) -> N
         assert http.get("/studies", params={"StudyDate": "2020-99"}).status_code == 422
         assert http.get("/studies", params={"limit": "x"}).status_code == 422
         warned = http.get("/studies", params={"PatientName": "X*", "fuzzymatching": "true"})
-        assert warned.status_code == 200 and "PatientName" in warned.headers["warning"]
+        assert warned.status_code == 200 and "fuzzymatching" in warned.headers["warning"]
+        assert "PatientName" not in warned.headers["warning"]  # matched on, not ignored
     with server.db.session() as session:
         assert len(session.scalars(select(InstanceRow)).all()) == 1
 
@@ -363,6 +364,63 @@ def test_the_gateways_results_are_served_beside_the_originals(
     assert sorted(_sha(p) for p in whole) == sorted([_sha(data), _sha(flag)])
     count = reader.search_for_studies()[0]["00201208"]["Value"]
     assert count == [2]
+
+
+def _named(tmp_path: Path, seed: int, name: str) -> bytes:
+    study = chest_xray_study(seed, size=(128, 128))
+    out = io.BytesIO()
+    study.datasets[0].PatientName = name  # UTF-8: the synthetic studies say ISO_IR 192
+    study.datasets[0].save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_qido_at_the_root_matches_patient_names_by_wildcard_inside_the_region(
+    server: Running, tmp_path: Path
+) -> None:
+    ivanov, petrov = _named(tmp_path, 31, "Иванов^Иван"), _named(tmp_path, 32, "PETROV^PETR")
+    ivanova = _named(tmp_path, 33, "Иванова^Анна")
+    _store_raw(_client(server, _token(server, "service", None, "irk-cami")), [ivanov, petrov])
+    _store_raw(_client(server, _token(server, "service", None, "tula-cami")), [ivanova])
+    ivanov_h, petrov_h, ivanova_h = (
+        pydicom.dcmread(io.BytesIO(b)) for b in (ivanov, petrov, ivanova)
+    )
+
+    reader = _client(server, _token(server, "viewer", "38", None))
+    series = reader.search_for_series(search_filters={"PatientName": "иванов*"})
+    assert [s["0020000E"]["Value"][0] for s in series] == [ivanov_h.SeriesInstanceUID]
+    (found,) = [pydicom.Dataset.from_json(s) for s in series]
+    assert (found.StudyInstanceUID, str(found.PatientName)) == (
+        ivanov_h.StudyInstanceUID,
+        "Иванов^Иван",
+    )  # the study's attributes come with each series at the root
+    assert reader.search_for_series(search_filters={"PatientName": "ИВАНОВ^ИВА?"}) == series
+    assert reader.search_for_series(search_filters={"PatientName": "иванов"}) == []
+
+    instances = reader.search_for_instances(search_filters={"PatientName": "*petr*"})
+    assert [i["00080018"]["Value"][0] for i in instances] == [petrov_h.SOPInstanceUID]
+    studies = reader.search_for_studies(search_filters={"PatientName": "Petrov^Petr"})
+    assert [s["0020000D"]["Value"][0] for s in studies] == [petrov_h.StudyInstanceUID]
+    assert reader.search_for_studies(search_filters={"PatientName": "PETROV^PETR^^"}) == studies
+    assert len(reader.search_for_series()) == 2
+    assert len(reader.search_for_instances(search_filters={"Modality": "DX"})) == 2
+
+    # Tula's patient is another region's: matched by nothing here, found by an admin.
+    assert reader.search_for_series(search_filters={"PatientName": "Иванова*"}) == []
+    admin = _client(server, _token(server, "admin", None, None))
+    everyone = admin.search_for_instances(search_filters={"PatientName": "иван*"})
+    assert {i["00080018"]["Value"][0] for i in everyone} == {
+        ivanov_h.SOPInstanceUID,
+        ivanova_h.SOPInstanceUID,
+    }
+    paged = admin.search_for_series(limit=1, offset=1)
+    assert [s["0020000E"]["Value"][0] for s in paged] == [petrov_h.SeriesInstanceUID]
+    with server.db.session() as session:
+        reads = session.scalars(
+            select(AuditRow).where(
+                AuditRow.event == "read", AuditRow.action == "GET /dicom-web/series"
+            )
+        ).all()
+    assert reads and reads[0].detail["study_uids"] == [ivanov_h.StudyInstanceUID]
 
 
 def _multipart(parts: list[bytes], boundary: str) -> bytes:
