@@ -97,7 +97,7 @@ def create_app(
         db=db,
         store=store,
         settings=settings,
-        registry=registry or DeviceRegistry(db, store),
+        registry=registry or DeviceRegistry(db, store, settings.ae_title),
         metrics=metrics_registry(db, edge, settings.stuck_after_s),
     )
     install_error_handlers(app)
