@@ -27,9 +27,10 @@ from pydicom import DataElement, Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+# Type 2 and never sent with a value (Annex E: Z, zero length).
+EMPTIED = ("PatientBirthDate",)
 # Never sent, whatever dicognito made of them.
 REMOVED = (
-    "PatientBirthDate",
     "PatientBirthTime",
     "PatientBirthName",
     "PatientMotherBirthName",
@@ -135,6 +136,9 @@ def deidentify(dataset: Dataset, seed: str, into: Pseudonyms, accept_burned_in: 
     dataset.remove_private_tags()
     for keyword in (*REMOVED, *FREE_TEXT):
         _remove_everywhere(dataset, keyword)
+    for keyword in EMPTIED:
+        if keyword in dataset:
+            dataset[keyword].value = ""
     for keyword in DESCRIPTORS:
         if keyword in dataset and any(t in str(dataset.get(keyword, "")).upper() for t in identity):
             del dataset[keyword]
@@ -152,7 +156,7 @@ def identifying_left(dataset: Dataset, originals: set[str]) -> list[str]:
     found: list[str] = []
 
     def visit(ds: Dataset, element: DataElement) -> None:
-        if element.keyword in REMOVED:
+        if element.keyword in REMOVED or (element.keyword in EMPTIED and element.value):
             found.append(element.keyword)
         elif element.VR in _TEXT_VRS and any(
             str(v).strip() in originals for v in _values(element) if str(v).strip()

@@ -1,0 +1,219 @@
+"""External devices end to end, with real DICOM both ways: the gateway (in this process, as
+``aigw serve`` runs it) sends a synthetic fluorography study to a stand-in vendor's SCP,
+which fails the test if anything identifying reached it and answers with an SR TID 1500
+and an SC; the results are stored under the original study and patient, their findings
+counted. Then what goes wrong: the vendor down (retried, then delivered), silent (the
+deadline fails the job; a late answer is kept and marked), a reference to an instance that
+was not sent, and senders that are no device."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from gateway.demo.synthetic import SyntheticStudy, chest_xray_study, write_study
+from gateway.index.tables import FindingRow, JobRow, ResultRow
+from gateway.settings import Settings
+from pacs_adapters.dicom_scu import Peer, send
+from tests.external.devices import write_device, write_sources
+from tests.external.vendor import StandInVendor
+from tests.services import ROOT
+from tests.services.processes import free_port
+from workers.serve import Gateway
+
+
+@dataclass
+class Setup:
+    gateway: Gateway
+    vendor: StandInVendor
+    study: SyntheticStudy
+
+    def send_study(self, tmp: Path) -> None:
+        files = write_study(self.study, tmp / "in")
+        port = self.gateway.parts.settings.dicom_port
+        assert send(files, Peer("127.0.0.1", port, "AIGW", "IRK_CAMI")).sent == len(files)
+
+    def job(self) -> JobRow | None:
+        with self.gateway.parts.db.session() as session:
+            job = session.scalars(select(JobRow)).first()
+            if job is not None:
+                session.expunge(job)
+            return job
+
+    def results(self) -> list[ResultRow]:
+        with self.gateway.parts.db.session() as session:
+            rows = list(session.scalars(select(ResultRow).order_by(ResultRow.id)))
+            session.expunge_all()
+            return rows
+
+    def findings(self) -> list[FindingRow]:
+        with self.gateway.parts.db.session() as session:
+            rows = list(session.scalars(select(FindingRow)))
+            session.expunge_all()
+            return rows
+
+
+def _originals(study: SyntheticStudy) -> set[str]:
+    ds = study.datasets[0]
+    values = {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)}
+    values |= {str(ds.InstitutionName), str(ds.OtherPatientIDsSequence[0].PatientID)}
+    return {v for v in values if v}
+
+
+def _wait(condition: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def setup(
+    make_settings: Callable[..., Settings], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Setup]:
+    from workers.app import build_gateway
+
+    options: dict[str, Any] = getattr(request, "param", {})
+    vendor_port = free_port()
+    sources, regions = write_sources(tmp_path / "config")
+    settings = make_settings(
+        sources_file=sources,
+        regions_file=regions,
+        routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
+        devices_dir=write_device(
+            tmp_path / "devices", vendor_port, options.get("deadline_s", 60.0)
+        ),
+        quiet_period_s=0.3,
+        retry_backoff_s=0.2,
+        retry_max_backoff_s=0.5,
+        job_max_retries=1,
+        redrive_poll_s=0.2,
+        delivery_timeout_s=5.0,
+    )
+    study = chest_xray_study(31, size=(256, 256))
+    vendor = StandInVendor(
+        vendor_port, settings.dicom_port, _originals(study), answer=options.get("answer", True)
+    )
+    if not options.get("vendor_down"):
+        vendor.start()
+    gateway = build_gateway(settings)
+    gateway.start()
+    try:
+        yield Setup(gateway, vendor, study)
+    finally:
+        gateway.stop()
+        vendor.stop()
+
+
+def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients(
+    setup: Setup, tmp_path: Path
+) -> None:
+    setup.send_study(tmp_path)
+    rows = _wait(lambda: len(setup.results()) >= 2 and setup.results())
+    assert setup.vendor.violations == []
+    assert len(setup.vendor.received) == 1
+    sent = setup.vendor.received[0]
+    original = setup.study.datasets[0]
+    assert sent.PatientIdentityRemoved == "YES"
+    assert sent.StudyInstanceUID != original.StudyInstanceUID
+    assert sent.PatientSex == original.PatientSex
+    assert setup.vendor.answers == [0x0000, 0x0000]
+
+    assert sorted(row.kind for row in rows) == ["sc", "sr"]
+    job = setup.job()
+    assert job is not None and job.state == "inferred"
+    store = setup.gateway.parts.store
+    for row in rows:
+        assert row.job_id == job.id and row.meta["external"] and not row.meta["late"]
+        stored = pydicom.dcmread(io.BytesIO(store.get(row.object_key)))
+        assert stored.StudyInstanceUID == original.StudyInstanceUID
+        assert stored.PatientName == original.PatientName
+        assert stored.PatientID == original.PatientID
+        assert "PatientIdentityRemoved" not in stored
+    sr = next(r for r in rows if r.kind == "sr")
+    stored_sr = pydicom.dcmread(io.BytesIO(store.get(sr.object_key)))
+    evidence = stored_sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == original.StudyInstanceUID
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[
+        0
+    ].ReferencedSOPInstanceUID == (original.SOPInstanceUID)
+    (finding,) = setup.findings()
+    assert (finding.label_code, finding.positive, finding.probability) == ("427359005", True, 0.91)
+    assert finding.location is not None
+    assert finding.location["sop_instance_uid"] == original.SOPInstanceUID
+    assert finding.location["box"] == [[20.0, 50.0], [10.0, 40.0]]
+
+    # The same series sent again is the same pseudonymised UIDs: the vendor sees one copy.
+    from gateway.external.send import send_job
+    from workers.worker import send_context
+
+    with setup.gateway.parts.db.session() as session:
+        again = session.get(JobRow, job.id)
+        assert again is not None
+        again.state = "queued"
+    assert send_job(send_context(setup.gateway.parts), job.id) == "sent"
+    assert setup.vendor.received[1].SOPInstanceUID == sent.SOPInstanceUID
+    assert setup.vendor.received[1].PatientID == sent.PatientID
+
+
+@pytest.mark.parametrize("setup", [{"vendor_down": True}], indirect=True)
+def test_a_vendor_that_is_down_is_retried_and_then_gets_the_study(
+    setup: Setup, tmp_path: Path
+) -> None:
+    setup.send_study(tmp_path)
+    job = _wait(lambda: (j := setup.job()) is not None and j.last_error and j)
+    assert job.state in ("queued", "running") and "VENDOR_AI@127.0.0.1" in job.last_error
+    setup.vendor.start()
+    rows = _wait(lambda: len(setup.results()) >= 2 and setup.results())
+    assert sorted(row.kind for row in rows) == ["sc", "sr"]
+    assert setup.vendor.violations == []
+
+
+@pytest.mark.parametrize("setup", [{"answer": False, "deadline_s": 1.0}], indirect=True)
+def test_a_silent_vendor_fails_the_job_at_its_deadline_and_a_late_answer_is_kept(
+    setup: Setup, tmp_path: Path
+) -> None:
+    setup.send_study(tmp_path)
+    job = _wait(lambda: (j := setup.job()) is not None and j.state == "failed" and j)
+    assert job.reason == "no answer from Vendor CXR within 1 s"
+    setup.vendor.send_results()
+    assert setup.vendor.answers == [0x0000, 0x0000]
+    rows = setup.results()
+    assert sorted(row.kind for row in rows) == ["sc", "sr"]
+    assert all(row.meta["late"] for row in rows)
+    job = setup.job()
+    assert job is not None and job.state == "failed"
+    assert setup.findings() == []  # a late answer is kept, not counted
+
+
+@pytest.mark.parametrize("setup", [{"answer": False}], indirect=True)
+def test_a_result_referencing_an_instance_not_sent_is_refused(setup: Setup, tmp_path: Path) -> None:
+    setup.send_study(tmp_path)
+    _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
+    setup.vendor.send_results(extra_reference="1.2.826.0.1.3680043.8.498.1")
+    assert setup.vendor.answers == [0x0000, 0xC000]
+    assert [row.kind for row in setup.results()] == ["sr"]
+
+
+@pytest.mark.parametrize("setup", [{"answer": False}], indirect=True)
+def test_a_sender_that_is_no_device_is_refused(setup: Setup, tmp_path: Path) -> None:
+    setup.send_study(tmp_path)
+    _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
+    setup.vendor.send_results(calling_ae="STRANGER")  # no source at all: no association
+    assert setup.vendor.answers == [None, None]
+    setup.vendor.send_results(calling_ae="OTHER_AI")  # a device source, but no device's
+    assert setup.vendor.answers[2:] == [0xC000, 0xC000]
+    assert setup.results() == []
+    job = setup.job()
+    assert job is not None and job.state == "sent"
