@@ -30,7 +30,7 @@ from gateway.monitoring.notices import MalfunctionParams
 from gateway.monitoring.sender import MonitoringSender
 from gateway.settings import Settings
 from workers.serve import Gateway, Parts, Service, retry_backoff
-from workers.worker import EmbeddedWorker
+from workers.worker import EmbeddedWorker, report_context
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def build_gateway(settings: Settings, clock: Callable[[], datetime] = utcnow) ->
         parts,
         on_complete=linker,
         services=services,
-        device_results=ResultReceiver(parts.db, parts.store, registry, destinations),
+        device_results=ResultReceiver(report_context(parts)),
     )
 
 

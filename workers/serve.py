@@ -25,8 +25,6 @@ from sqlalchemy.exc import IntegrityError
 from gateway.access.audit import record_association
 from gateway.access.http import https_options
 from gateway.api import create_app
-from gateway.delivery.destinations import load_destinations
-from gateway.devices.registry import DeviceRegistry
 from gateway.external.receive import ResultReceiver
 from gateway.index.database import Database
 from gateway.index.due import Backoff
@@ -242,11 +240,9 @@ def build_assembler(parts: Parts, on_complete: CompletionHook = log_completion) 
 
 def device_results(parts: Parts) -> ResultReceiver:
     """The external devices' receive path, for an SCP process."""
-    settings = parts.settings
-    registry = DeviceRegistry(parts.db, parts.store, settings.ae_title)
-    return ResultReceiver(
-        parts.db, parts.store, registry, load_destinations(settings.destinations_file)
-    )
+    from workers.worker import report_context  # worker imports this module
+
+    return ResultReceiver(report_context(parts))
 
 
 def audit_associations(parts: Parts) -> AuditHook:

@@ -26,22 +26,20 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from sqlalchemy import exists, select
 
-from gateway.delivery.destinations import Destinations, ResultKind
+from gateway.delivery.destinations import ResultKind
 from gateway.delivery.outbox import enqueue
 from gateway.devices.modes import DeviceMode
-from gateway.devices.registry import DeviceRegistry
 from gateway.dimse_status import Status
 from gateway.errors import DatabaseError, StorageError
 from gateway.external import pseudonyms
 from gateway.external.pseudonyms import Link, Sent
 from gateway.external.tid1500 import read_findings
-from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
-from gateway.index.object_store import ObjectStore
 from gateway.index.study_state import record_event
 from gateway.index.tables import JobRow, ResultRow, SourceRow, StudyRow, utcnow
 from gateway.inference.findings import Finding
 from gateway.jobs.states import JobState, set_job_state
+from gateway.results.build import ReportContext, build_semd_of_findings
 from models.manifest import DeviceManifest
 
 log = logging.getLogger(__name__)
@@ -116,15 +114,10 @@ class ResultReceiver:
     """The external receive path; the SCP calls :meth:`receive_file` for every C-STORE of a
     ``kind: device`` source."""
 
-    def __init__(
-        self,
-        db: Database,
-        store: ObjectStore,
-        registry: DeviceRegistry,
-        destinations: Destinations,
-    ) -> None:
-        self.db, self.store, self.registry = db, store, registry
-        self.destinations = destinations
+    def __init__(self, context: ReportContext) -> None:
+        self.context = context
+        self.db, self.store, self.registry = context.db, context.store, context.registry
+        self.destinations = context.destinations
 
     def receive_file(self, path: Path, calling_ae: str, sop_class: str, sop_uid: str) -> Received:
         try:
@@ -158,6 +151,8 @@ class ResultReceiver:
         key = f"results/{match.link.study_uid}/job-{match.job_id}/external-{sop_uid}.dcm"
         self.store.put(key, data)
         late = self._record(match.job_id, kind, key, data, dataset, findings)
+        if findings and not late:
+            self._semd(match.job_id)
         log.info(
             "vendor result stored",
             extra={
@@ -168,6 +163,16 @@ class ResultReceiver:
             },
         )
         return Received(Status.SUCCESS)
+
+    def _semd(self, job_id: int) -> None:
+        """The SEMD from the vendor's findings, as for our own devices' results. Its failure
+        does not refuse the vendor's object, which is stored already."""
+        try:
+            build_semd_of_findings(self.context, job_id)
+        except (DatabaseError, StorageError):
+            raise
+        except Exception:
+            log.exception("SEMD of a vendor's findings not built", extra={"job_id": job_id})
 
     def _devices_of(self, calling_ae: str) -> list[DeviceManifest]:
         manifests = [

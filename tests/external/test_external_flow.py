@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
+import yaml
 from sqlalchemy import select
 
 from gateway.demo.synthetic import SyntheticStudy, chest_xray_study, write_study
@@ -26,6 +28,7 @@ from pacs_adapters.dicom_scu import Peer, send
 from tests.external.devices import write_device, write_sources
 from tests.external.vendor import StandInVendor
 from tests.services import ROOT
+from tests.services.orthanc import Orthanc as OrthancProcess
 from tests.services.processes import free_port
 from workers.serve import Gateway
 
@@ -35,6 +38,7 @@ class Setup:
     gateway: Gateway
     vendor: StandInVendor
     study: SyntheticStudy
+    archive: OrthancProcess | None = None
 
     def send_study(self, tmp: Path) -> None:
         files = write_study(self.study, tmp / "in")
@@ -87,7 +91,28 @@ def setup(
     options: dict[str, Any] = getattr(request, "param", {})
     vendor_port = free_port()
     sources, regions = write_sources(tmp_path / "config")
+    archive = None
+    if options.get("orthanc"):  # the regional archive the results end up in
+        archive = OrthancProcess(tmp_path / "orthanc", "IRK_ARCHIVE")
+        archive.start()
+        destinations = {
+            "destinations": [
+                {
+                    "name": "irk-archive",
+                    "protocol": "dicom",
+                    "host": "127.0.0.1",
+                    "port": archive.dicom_port,
+                    "ae_title": "IRK_ARCHIVE",
+                }
+            ],
+            "sources": {"irk-cami": ["irk-archive"]},
+        }
+        (tmp_path / "destinations.yaml").write_text(yaml.safe_dump(destinations))
     settings = make_settings(
+        destinations_file=tmp_path / "destinations.yaml",
+        semd_file=ROOT / "gateway" / "configs" / "semd.yaml",
+        outbox_poll_s=0.2,
+        outbox_backoff_s=0.2,
         sources_file=sources,
         regions_file=regions,
         routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
@@ -110,17 +135,20 @@ def setup(
     gateway = build_gateway(settings)
     gateway.start()
     try:
-        yield Setup(gateway, vendor, study)
+        yield Setup(gateway, vendor, study, archive)
     finally:
         gateway.stop()
         vendor.stop()
+        if archive is not None:
+            archive.stop()
 
 
+@pytest.mark.parametrize("setup", [{"orthanc": True}], indirect=True)
 def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients(
     setup: Setup, tmp_path: Path
 ) -> None:
     setup.send_study(tmp_path)
-    rows = _wait(lambda: len(setup.results()) >= 2 and setup.results())
+    rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
     assert setup.vendor.violations == []
     assert len(setup.vendor.received) == 1
     sent = setup.vendor.received[0]
@@ -130,11 +158,15 @@ def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients
     assert sent.PatientSex == original.PatientSex
     assert setup.vendor.answers == [0x0000, 0x0000]
 
-    assert sorted(row.kind for row in rows) == ["sc", "sr"]
+    assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
+    semd = next(r for r in rows if r.kind == "semd")
+    assert semd.state == "stored", semd.reason
     job = setup.job()
     assert job is not None and job.state == "inferred"
     store = setup.gateway.parts.store
     for row in rows:
+        if row.kind == "semd":
+            continue
         assert row.job_id == job.id and row.meta["external"] and not row.meta["late"]
         stored = pydicom.dcmread(io.BytesIO(store.get(row.object_key)))
         assert stored.StudyInstanceUID == original.StudyInstanceUID
@@ -153,6 +185,15 @@ def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients
     assert finding.location is not None
     assert finding.location["sop_instance_uid"] == original.SOPInstanceUID
     assert finding.location["box"] == [[20.0, 50.0], [10.0, 40.0]]
+
+    # Delivered to the archive under the original study and patient.
+    assert setup.archive is not None
+    archive = httpx.Client(base_url=setup.archive.url, timeout=30)
+    found = _wait(lambda: archive.post("/tools/lookup", content=original.StudyInstanceUID).json())
+    orthanc_study = archive.get(f"/studies/{found[0]['ID']}").json()
+    assert orthanc_study["PatientMainDicomTags"]["PatientID"] == original.PatientID
+    _wait(lambda: len(archive.get(f"/studies/{found[0]['ID']}/instances").json()) == 2)
+    archive.close()
 
     # The same series sent again is the same pseudonymised UIDs: the vendor sees one copy.
     from gateway.external.send import send_job
@@ -175,8 +216,8 @@ def test_a_vendor_that_is_down_is_retried_and_then_gets_the_study(
     job = _wait(lambda: (j := setup.job()) is not None and j.last_error and j)
     assert job.state in ("queued", "running") and "VENDOR_AI@127.0.0.1" in job.last_error
     setup.vendor.start()
-    rows = _wait(lambda: len(setup.results()) >= 2 and setup.results())
-    assert sorted(row.kind for row in rows) == ["sc", "sr"]
+    rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
+    assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
     assert setup.vendor.violations == []
 
 
@@ -203,7 +244,7 @@ def test_a_result_referencing_an_instance_not_sent_is_refused(setup: Setup, tmp_
     _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
     setup.vendor.send_results(extra_reference="1.2.826.0.1.3680043.8.498.1")
     assert setup.vendor.answers == [0x0000, 0xC000]
-    assert [row.kind for row in setup.results()] == ["sr"]
+    assert [row.kind for row in setup.results()] == ["sr", "semd"]  # not the SC
 
 
 @pytest.mark.parametrize("setup", [{"answer": False}], indirect=True)
