@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, ConfigDict, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile
 
@@ -52,6 +52,7 @@ class DevicePublic(BaseModel):
     enabled: bool
     regions: list[str]
     study_types: list[str]
+    runtime: str = Field(default="onnx", description="onnx, or external: the vendor's service")
 
 
 class DeviceDetail(DevicePublic):
@@ -91,6 +92,7 @@ def _public(device: RegisteredDevice, who: Principal) -> DevicePublic:
         enabled=device.enabled,
         regions=[r for r in device.regions if who.sees_region(r)],
         study_types=[t.type for t in m.study_types],
+        runtime=m.runtime.value,
     )
 
 
