@@ -21,6 +21,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from gateway.dashboard.waiting import Step, waiting_studies
 from gateway.demo.synthetic import SyntheticStudy, chest_xray_study, write_study
 from gateway.index.tables import FindingRow, JobRow, ResultRow
 from gateway.settings import Settings
@@ -258,3 +259,5 @@ def test_a_sender_that_is_no_device_is_refused(setup: Setup, tmp_path: Path) -> 
     assert setup.results() == []
     job = setup.job()
     assert job is not None and job.state == "sent"
+    (waiting,) = waiting_studies(setup.gateway.parts.db)  # the dashboard says why it waits
+    assert (waiting.step, waiting.studies) == (Step.SENT, 1)

@@ -122,7 +122,7 @@ def test_the_same_seed_gives_the_same_pseudonyms_and_burned_in_text_stays() -> N
 def test_the_vendors_tid1500_findings_are_read_as_ours() -> None:
     study = chest_xray_study(6, size=(64, 64))
     device = DeviceManifest.model_validate(manifest(104))
-    (finding,) = read_findings(sr_of(study.datasets), device)
+    (finding,) = read_findings(sr_of(list(study.datasets)), device)
     assert finding.label_ru == "Очаговое образование лёгкого"
     assert finding.positive and finding.probability == 0.91 and finding.threshold == 0.5
     assert finding.location.sop_instance_uid == study.datasets[0].SOPInstanceUID
