@@ -1,6 +1,7 @@
 """How many studies wait, and why: each study that the gateway still owes a step counted
 once, at its earliest step (routing, queued for analysis, in analysis, with an external
-device's vendor, results being built, results being delivered), with the oldest wait and the last transient error of the step."""
+device's vendor, results being built, results being delivered), with the oldest wait and
+the last transient error of the step."""
 
 from __future__ import annotations
 
