@@ -205,11 +205,10 @@ class ResultReceiver:
             raise Refused(Status.CANNOT_UNDERSTAND, f"references {len(unknown)} instances not sent")
         jobs = {sent[uid].job_id for uid in instances}
         if not instances:  # nothing referenced: the study's latest job for this device
-            jobs = {max(s.job_id for s in sent.values() if s.job_id is not None)}
-        if len(jobs) != 1 or None in jobs:
-            raise Refused(Status.CANNOT_UNDERSTAND, "references instances of several analyses")
-        job_id = jobs.pop()
-        assert job_id is not None
+            jobs = {max((s.job_id for s in sent.values() if s.job_id is not None), default=None)}
+        job_id = jobs.pop() if len(jobs) == 1 else None
+        if job_id is None:
+            raise Refused(Status.CANNOT_UNDERSTAND, "not the instances of one analysis")
         return _Match(link, job_id, sent)
 
     def _original(self, job_id: int) -> Dataset:
