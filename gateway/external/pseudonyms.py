@@ -78,12 +78,14 @@ def link_by_pseudonym(
     session: Session, pseudo_study_uid: str, device_ids: list[str]
 ) -> Link | None:
     """The study a vendor's object names by its pseudonymised Study Instance UID."""
-    row = session.scalar(
-        select(PseudonymStudyRow).where(
+    row = session.scalars(
+        select(PseudonymStudyRow)
+        .where(
             PseudonymStudyRow.pseudo_study_uid == pseudo_study_uid,
             PseudonymStudyRow.device_id.in_(device_ids),
         )
-    )
+        .order_by(PseudonymStudyRow.id.desc())
+    ).first()
     return _link(row) if row is not None else None
 
 

@@ -473,13 +473,18 @@ class PseudonymStudyRow(Base):
     ``pseudo_patient_id``. Never logged: it is the key to re-identification."""
 
     __tablename__ = "pseudonym_studies"
-    __table_args__ = (UniqueConstraint("study_uid", "device_id"),)
+    # Per device: a device sent studies as they are (deidentify: false) has pseudonyms
+    # equal to the originals, which another such device shares.
+    __table_args__ = (
+        UniqueConstraint("study_uid", "device_id"),
+        UniqueConstraint("pseudo_study_uid", "device_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(String(64))
     seed: Mapped[str] = mapped_column(String(64))
-    pseudo_study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    pseudo_study_uid: Mapped[str] = mapped_column(String(64))
     pseudo_patient_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -26,8 +26,10 @@ from gateway.demo.synthetic import SyntheticStudy, chest_xray_study, write_study
 from gateway.index.tables import FindingRow, JobRow, ResultRow
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
+from pacs_adapters.tls import server_context
 from tests.external.devices import write_device, write_sources
 from tests.external.vendor import StandInVendor
+from tests.ingest.tls_certs import Pki
 from tests.services import ROOT
 from tests.services.orthanc import Orthanc as OrthancProcess
 from tests.services.processes import free_port
@@ -109,6 +111,17 @@ def setup(
             "sources": {"irk-cami": ["irk-archive"]},
         }
         (tmp_path / "destinations.yaml").write_text(yaml.safe_dump(destinations))
+    service: dict[str, Any] = {}
+    vendor_tls = None
+    if options.get("tls"):  # mutual TLS toward the vendor
+        pki = Pki(tmp_path / "pki")
+        ours = pki.issue("aigw-gateway")
+        vendor_tls = server_context(pki.server.cert, pki.server.key, pki.ca)
+        service["tls"] = {
+            "ca_file": str(pki.ca),
+            "client_cert": str(ours.cert),
+            "client_key": str(ours.key),
+        }
     settings = make_settings(
         destinations_file=tmp_path / "destinations.yaml",
         semd_file=ROOT / "gateway" / "configs" / "semd.yaml",
@@ -118,7 +131,7 @@ def setup(
         regions_file=regions,
         routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
         devices_dir=write_device(
-            tmp_path / "devices", vendor_port, options.get("deadline_s", 60.0)
+            tmp_path / "devices", vendor_port, options.get("deadline_s", 60.0), **service
         ),
         quiet_period_s=0.3,
         retry_backoff_s=0.2,
@@ -129,7 +142,11 @@ def setup(
     )
     study = chest_xray_study(31, size=(256, 256))
     vendor = StandInVendor(
-        vendor_port, settings.dicom_port, _originals(study), answer=options.get("answer", True)
+        vendor_port,
+        settings.dicom_port,
+        _originals(study),
+        answer=options.get("answer", True),
+        tls=vendor_tls,
     )
     if not options.get("vendor_down"):
         vendor.start()
@@ -220,6 +237,14 @@ def test_a_vendor_that_is_down_is_retried_and_then_gets_the_study(
     rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
     assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
     assert setup.vendor.violations == []
+
+
+@pytest.mark.parametrize("setup", [{"tls": True}], indirect=True)
+def test_a_vendor_reached_over_tls_gets_the_study_and_answers(setup: Setup, tmp_path: Path) -> None:
+    setup.send_study(tmp_path)
+    rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
+    assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
+    assert len(setup.vendor.received) == 1 and setup.vendor.violations == []
 
 
 @pytest.mark.parametrize("setup", [{"answer": False, "deadline_s": 1.0}], indirect=True)

@@ -5,6 +5,7 @@ C-STORE to the gateway under its own calling AE."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class StandInVendor:
     received: list[Dataset] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     answers: list[int | None] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # the vendor's SCP over DICOM TLS
     _server: Any = None
 
     def start(self) -> None:
@@ -54,6 +56,7 @@ class StandInVendor:
         self._server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
+            ssl_context=self.tls,
             evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_RELEASED, self._released)],
         )
 

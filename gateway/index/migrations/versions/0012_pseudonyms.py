@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("study_uid", "device_id"),
-        sa.UniqueConstraint("pseudo_study_uid"),
+        sa.UniqueConstraint("pseudo_study_uid", "device_id"),
     )
     op.create_table(
         "pseudonyms",
