@@ -89,6 +89,9 @@ _DEIDENTIFIED = (
 )
 
 
+_WAITING = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.SENT.value)
+
+
 class Refused(Exception):
     """The object is not taken; ``status`` is the answer, the message the reason."""
 
@@ -135,6 +138,9 @@ class ResultReceiver:
         except (DatabaseError, StorageError) as exc:
             log.warning("vendor result not stored", extra={"error": exc.__class__.__name__})
             return Received(Status.OUT_OF_RESOURCES, "the gateway cannot store it now")
+        except RecursionError:  # sequences nested past any sense
+            log.warning("vendor result refused", extra={"calling_ae": calling_ae})
+            return Received(Status.CANNOT_UNDERSTAND, "nested too deep")
 
     def _receive(self, path: Path, calling_ae: str, sop_class: str, sop_uid: str) -> Received:
         manifests = self._devices_of(calling_ae)
@@ -245,7 +251,9 @@ class ResultReceiver:
             ):
                 return False  # the vendor sent it again: one copy
             late = job.state == JobState.FAILED.value
-            if job.state in (JobState.RUNNING.value, JobState.SENT.value):
+            # Queued too: a send whose association broke after the vendor had everything
+            # is queued again, and the vendor's answer makes the resend unnecessary.
+            if job.state in _WAITING:
                 set_job_state(session, job, JobState.INFERRED, {"external": True})
             if not late:
                 session.add_all(f.to_row(job_id) for f in findings)

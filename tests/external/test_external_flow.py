@@ -9,6 +9,7 @@ was not sent, and senders that are no device."""
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,8 +164,9 @@ def setup(
 
 @pytest.mark.parametrize("setup", [{"orthanc": True}], indirect=True)
 def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients(
-    setup: Setup, tmp_path: Path
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     setup.send_study(tmp_path)
     rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
     assert setup.vendor.violations == []
@@ -203,6 +205,11 @@ def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients
     assert finding.location is not None
     assert finding.location["sop_instance_uid"] == original.SOPInstanceUID
     assert finding.location["box"] == [[20.0, 50.0], [10.0, 40.0]]
+
+    # Nothing of the patient, and nothing of the key to re-identify them, is logged.
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    for secret in (*_originals(setup.study), str(sent.PatientID), str(sent.StudyInstanceUID)):
+        assert secret not in logged
 
     # Delivered to the archive under the original study and patient.
     assert setup.archive is not None
