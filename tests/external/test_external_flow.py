@@ -32,6 +32,7 @@ from tests.external.devices import write_device, write_sources
 from tests.external.vendor import StandInVendor
 from tests.ingest.tls_certs import Pki
 from tests.services import ROOT
+from tests.services.dcmtk import dciodvfy_errors
 from tests.services.orthanc import Orthanc as OrthancProcess
 from tests.services.processes import free_port
 from workers.serve import Gateway
@@ -200,6 +201,7 @@ def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients
     assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[
         0
     ].ReferencedSOPInstanceUID == (original.SOPInstanceUID)
+    assert dciodvfy_errors(stored_sr, tmp_path) == []  # still a valid SR once re-identified
     (finding,) = setup.findings()
     assert (finding.label_code, finding.positive, finding.probability) == ("427359005", True, 0.91)
     assert finding.location is not None
