@@ -181,7 +181,11 @@ class Gateway:
 
     def _start_http(self, settings: Settings) -> None:
         app = create_app(
-            self.parts.db, self.parts.store, settings=settings, edge=self.edge_counters
+            self.parts.db,
+            self.parts.store,
+            settings=settings,
+            edge=self.edge_counters,
+            device_results=self.device_results,
         )
         config = uvicorn.Config(
             app,

@@ -20,8 +20,10 @@ import httpx
 import pydicom
 import pytest
 import yaml
+from requests import HTTPError
 from sqlalchemy import select
 
+from gateway.access.tokens import create_token
 from gateway.dashboard.waiting import Step, waiting_studies
 from gateway.demo.synthetic import SyntheticStudy, chest_xray_study, write_study
 from gateway.index.tables import FindingRow, JobRow, ResultRow
@@ -129,6 +131,7 @@ def setup(
         semd_file=ROOT / "gateway" / "configs" / "semd.yaml",
         outbox_poll_s=0.2,
         outbox_backoff_s=0.2,
+        http_port=free_port() if options.get("http") else 0,
         sources_file=sources,
         regions_file=regions,
         routing_file=ROOT / "gateway" / "configs" / "routing.yaml",
@@ -295,3 +298,23 @@ def test_a_sender_that_is_no_device_is_refused(setup: Setup, tmp_path: Path) -> 
     assert job is not None and job.state == "sent"
     (waiting,) = waiting_studies(setup.gateway.parts.db)  # the dashboard says why it waits
     assert (waiting.step, waiting.studies) == (Step.SENT, 1)
+
+
+@pytest.mark.parametrize("setup", [{"answer": False, "http": True}], indirect=True)
+def test_results_sent_back_by_stow_rs_take_the_same_path(setup: Setup, tmp_path: Path) -> None:
+    setup.send_study(tmp_path)
+    _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
+    db, settings = setup.gateway.parts.db, setup.gateway.parts.settings
+    url = f"http://127.0.0.1:{settings.http_port}/dicom-web"
+    _, stranger = create_token(db, "service", name="other-ai", source="other-ai")
+    with pytest.raises(HTTPError):  # a device source, but no registered device's: all refused
+        setup.vendor.stow_results(url, stranger)
+    assert setup.results() == []
+    _, secret = create_token(db, "service", name="vendor", source="vendor-cxr")
+    answer = setup.vendor.stow_results(url, secret)
+    assert len(answer.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in answer
+    rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
+    assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
+    job = setup.job()
+    assert job is not None and job.state == "inferred"
+    assert len(setup.findings()) == 1

@@ -5,6 +5,7 @@ C-STORE to the gateway under its own calling AE."""
 
 from __future__ import annotations
 
+import io
 import ssl
 import threading
 import time
@@ -13,7 +14,8 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from pydicom import Dataset
+from dicomweb_client.api import DICOMwebClient
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -112,6 +114,12 @@ class StandInVendor:
         finally:
             assoc.release()
 
+    def stow_results(self, url: str, token: str) -> Any:
+        """The SR and the SC back by STOW-RS instead; the Store Instances Response."""
+        client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"})
+        objects = [sr_of(self.received), sc_of(self.received[0], None)]
+        return client.store_instances([_as_file(ds) for ds in objects])
+
 
 def sr_of(received: list[Dataset]) -> Dataset:
     """A TID 1500 measurement report: one nodule, probability 0.91, outlined on the image."""
@@ -186,6 +194,8 @@ def sc_of(image: Dataset, extra_reference: str | None) -> Dataset:
     sc.PixelData = np.full((64, 64), 128, dtype=np.uint8).tobytes()
     sc.file_meta = FileMetaDataset()
     sc.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sc.file_meta.MediaStorageSOPClassUID = sc.SOPClassUID
+    sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
     return sc
 
 
@@ -193,3 +203,11 @@ def _reference(sop_class: str, sop_uid: str) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_uid
     return item
+
+
+def _as_file(dataset: Dataset) -> Dataset:
+    """The object as a Part-10 file reads back (preamble and all): what STOW-RS carries."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer)
