@@ -24,7 +24,7 @@ from pathlib import Path
 from pydicom import DataElement, Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from sqlalchemy import exists, select
+from sqlalchemy import delete, exists, select
 
 from gateway.delivery.destinations import ResultKind
 from gateway.delivery.outbox import enqueue
@@ -36,10 +36,11 @@ from gateway.external.pseudonyms import Link, Sent
 from gateway.external.tid1500 import read_findings
 from gateway.index.instances import current_instance_keys
 from gateway.index.study_state import record_event
-from gateway.index.tables import JobRow, ResultRow, SourceRow, StudyRow, utcnow
+from gateway.index.tables import FindingRow, JobRow, ResultRow, SourceRow, StudyRow, utcnow
 from gateway.inference.findings import Finding
 from gateway.jobs.states import JobState, set_job_state
 from gateway.results.build import ReportContext, build_semd_of_findings
+from gateway.uids import is_valid_uid
 from models.manifest import DeviceManifest
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,8 @@ class ResultReceiver:
             # is queued again, and the vendor's answer makes the resend unnecessary.
             if job.state in _WAITING:
                 set_job_state(session, job, JobState.INFERRED, {"external": True})
-            if not late:
+            if findings and not late:  # the vendor's latest SR says what it found
+                session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))
                 session.add_all(f.to_row(job_id) for f in findings)
             row = ResultRow(
                 job_id=job_id,
@@ -310,6 +312,10 @@ def _parse(path: Path, sop_class: str, sop_uid: str) -> Dataset:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if keyword not in dataset:
             raise Refused(Status.MISSING_ATTRIBUTE, f"no {keyword}")
+    # The SOP Instance UID names the stored object: nothing but a UID may get that far.
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not is_valid_uid(str(dataset.get(keyword, ""))):
+            raise Refused(Status.INVALID_UID, f"{keyword} is not a valid UID")
     return dataset
 
 

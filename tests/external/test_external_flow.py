@@ -31,7 +31,7 @@ from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
 from pacs_adapters.tls import server_context
 from tests.external.devices import write_device, write_sources
-from tests.external.vendor import StandInVendor
+from tests.external.vendor import StandInVendor, sc_of
 from tests.ingest.tls_certs import Pki
 from tests.services import ROOT
 from tests.services.dcmtk import dciodvfy_errors
@@ -283,6 +283,17 @@ def test_a_result_referencing_an_instance_not_sent_is_refused(setup: Setup, tmp_
     setup.vendor.send_results(extra_reference="1.2.826.0.1.3680043.8.498.1")
     assert setup.vendor.answers == [0x0000, 0xC000]
     assert [row.kind for row in setup.results()] == ["sr", "semd"]  # not the SC
+
+    # A UID that is a path, not a UID, goes nowhere near the object store.
+    hostile = sc_of(setup.vendor.received[0], None)
+    hostile.SOPInstanceUID = hostile.file_meta.MediaStorageSOPInstanceUID = "1.2/../../../x"
+    path = tmp_path / "hostile.dcm"
+    hostile.save_as(path, enforce_file_format=True)
+    receiver = setup.gateway.device_results
+    assert receiver is not None
+    answer = receiver.receive_file(path, "VENDOR_AI", str(hostile.SOPClassUID), "1.2/../../../x")
+    assert answer.status == 0xC002
+    assert [row.kind for row in setup.results()] == ["sr", "semd"]
 
 
 @pytest.mark.parametrize("setup", [{"answer": False}], indirect=True)
