@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pydicom
+from pydicom.uid import UID
 import pytest
 import yaml
 from requests import HTTPError
@@ -286,7 +287,7 @@ def test_a_result_referencing_an_instance_not_sent_is_refused(setup: Setup, tmp_
 
     # A UID that is a path, not a UID, goes nowhere near the object store.
     hostile = sc_of(setup.vendor.received[0], None)
-    hostile.SOPInstanceUID = hostile.file_meta.MediaStorageSOPInstanceUID = "1.2/../../../x"
+    hostile.SOPInstanceUID = hostile.file_meta.MediaStorageSOPInstanceUID = UID("1.2/../../../x")
     path = tmp_path / "hostile.dcm"
     hostile.save_as(path, enforce_file_format=True)
     receiver = setup.gateway.device_results
