@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pydicom
-from pydicom.uid import UID
 import pytest
 import yaml
+from pydicom.uid import UID
 from requests import HTTPError
 from sqlalchemy import select
 
