@@ -82,6 +82,10 @@ class BurnedInAnnotation(Exception):
     """The series has text in its pixels (BurnedInAnnotation YES) and may not leave."""
 
 
+class NotDeidentified(Exception):
+    """:func:`identifying_left` found something: the dataset may not leave."""
+
+
 @dataclass
 class Pseudonyms:
     """What one seed made of a study: every UID's pseudonym, by the attribute it was in."""

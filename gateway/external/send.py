@@ -27,7 +27,14 @@ from gateway.devices.endpoint import vendor_peer
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, StorageError
 from gateway.external import pseudonyms
-from gateway.external.deidentify import BurnedInAnnotation, Pseudonyms, deidentify
+from gateway.external.deidentify import (
+    BurnedInAnnotation,
+    NotDeidentified,
+    Pseudonyms,
+    deidentify,
+    identifying_left,
+    originals_of,
+)
 from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
@@ -94,7 +101,13 @@ def send_job(context: SendContext, job_id: int, runner: str | None = None) -> st
         mark_sent(context.db, job_id, deadline, detail)
         log.info("job sent to its vendor", extra={"job_id": job_id, "instances": count})
         return JobState.SENT.value
-    except (BurnedInAnnotation, RegistryError, TlsConfigError, _NothingToSend) as exc:
+    except (
+        BurnedInAnnotation,
+        NotDeidentified,
+        RegistryError,
+        TlsConfigError,
+        _NothingToSend,
+    ) as exc:
         fail_job(context.db, job_id, str(exc))
         log.warning("job failed", extra={"job_id": job_id, "reason": str(exc)})
         return JobState.FAILED.value
@@ -159,13 +172,16 @@ def _pseudonymised(
             seed = pseudonyms.seed_of(session, job.study_uid, device_id)
         made = Pseudonyms()
         copies = [copy.deepcopy(ds) for ds in datasets]
-        for dataset in copies:
+        for original, dataset in zip(datasets, copies, strict=True):
             try:
                 deidentify(dataset, seed, made, accept_burned_in)
             except BurnedInAnnotation as exc:
                 raise BurnedInAnnotation(
                     f"{exc} in the series: the device's manifest does not accept burned-in text"
                 ) from exc
+            left = identifying_left(dataset, originals_of(original))
+            if left:  # never sent; the names of the attributes only, not their values
+                raise NotDeidentified(f"de-identification left {sorted(set(left))}")
         try:
             with db.session() as session:
                 pseudonyms.record(
