@@ -127,3 +127,12 @@ def test_the_vendors_tid1500_findings_are_read_as_ours() -> None:
     assert finding.positive and finding.probability == 0.91 and finding.threshold == 0.5
     assert finding.location.sop_instance_uid == study.datasets[0].SOPInstanceUID
     assert finding.location.centre == (35.0, 25.0)
+
+
+def test_anything_identifying_that_the_profile_missed_is_found() -> None:
+    study = chest_xray_study(7, size=(64, 64))
+    original = study.datasets[0]
+    dataset = copy.deepcopy(original)
+    dataset.DerivationDescription = str(original.PatientID)  # free text nobody cleans
+    deidentify(dataset, "s", Pseudonyms(), False)
+    assert identifying_left(dataset, originals_of(original)) == ["DerivationDescription"]
