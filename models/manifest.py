@@ -4,6 +4,10 @@ One YAML file per device version, validated by this schema before anything is re
 A manifest is untrusted input: every field is checked, unknown fields are refused, and
 cross-field rules (service codes match study types, thresholds in [0, 1], ONNX names unique)
 are enforced here so later stages can rely on them.
+
+``runtime: onnx`` (the default) is a model file the gateway runs; ``runtime: external`` is
+the vendor's own service, reached over DICOM (the ``external`` section): it has no model
+file and no input tensor, and its ``outputs`` name the labels the vendor reports.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from models.yaml_file import load_model
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+([.-][A-Za-z0-9]+)*$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+AETitle = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]+$")]
 OnnxName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")]
 
 
@@ -175,7 +180,57 @@ class Priors(_Strict):
     )
 
 
+class Runtime(StrEnum):
+    ONNX = "onnx"  # a model file the gateway holds and runs
+    EXTERNAL = "external"  # the vendor's own service, reached over the network
+
+
+class ExternalTls(_Strict):
+    """DICOM TLS toward the vendor's SCP: its CA, and our client certificate if it asks."""
+
+    ca_file: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ExternalTls:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key come together")
+        return self
+
+
+class ExternalService(_Strict):
+    """Where the vendor's service is, and what it is held to."""
+
+    protocol: Literal["dicom"] = Field(
+        default="dicom", description="dicom: C-STORE out, results back by C-STORE"
+    )
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$")
+    port: int = Field(ge=1, le=65535)
+    ae_title: AETitle = Field(description="The vendor's SCP")
+    calling_ae: AETitle = Field(description="The AE title the vendor sends results back with")
+    tls: ExternalTls | None = None
+    deadline_s: float = Field(default=900, gt=0, le=7 * 86400)
+    deidentify: bool = Field(
+        default=True, description="false only for a vendor inside the region's own network"
+    )
+    accept_burned_in: bool = Field(
+        default=False,
+        description="Send series whose BurnedInAnnotation is YES (text in the pixels)",
+    )
+
+
 class DeviceManifest(_Strict):
+    # ``input`` and ``onnx`` are read through properties (every ONNX stage may rely on
+    # them); an external device has neither, so the fields themselves are optional.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
     id: Identifier
     version: Version
     name: str = Field(min_length=1, max_length=128)
@@ -187,9 +242,11 @@ class DeviceManifest(_Strict):
     group: DeviceGroup = DeviceGroup.IMAGE_ANALYSIS
     study_types: list[StudyTypeEntry] = Field(min_length=1)
     accepts: Acceptance
-    input: InputSpec
+    runtime: Runtime = Runtime.ONNX
+    input_spec: InputSpec | None = Field(default=None, alias="input")
     outputs: list[OutputSpec] = Field(min_length=1)
-    onnx: OnnxFile
+    onnx_file: OnnxFile | None = Field(default=None, alias="onnx")
+    external: ExternalService | None = None
     provenance: Provenance
     priors: Priors | None = Field(
         default=None, description="Fetch the patient's prior studies for each job; None: none."
@@ -199,7 +256,9 @@ class DeviceManifest(_Strict):
     def _consistent(self) -> DeviceManifest:
         if self.registration is None and self.provenance.clinical_use:
             raise ValueError("a device for clinical use needs its registration (РУ)")
-        names = [self.input.name, *(o.name for o in self.outputs)]
+        self._runtime_sections()
+        names = [o.name for o in self.outputs]
+        names += [self.input_spec.name] if self.input_spec else []
         names += [o.size_output for o in self.outputs if o.size_output]
         if len(names) != len(set(names)):
             raise ValueError(f"ONNX input/output names must be unique: {names}")
@@ -213,9 +272,46 @@ class DeviceManifest(_Strict):
                 raise ValueError(f"detection output {output.name} needs size_output")
         return self
 
+    def _runtime_sections(self) -> None:
+        if self.runtime == Runtime.EXTERNAL:
+            if self.external is None:
+                raise ValueError("runtime external needs its external section")
+            if self.onnx_file is not None or self.input_spec is not None:
+                raise ValueError("an external device has no onnx file and no input tensor")
+        else:
+            if self.external is not None:
+                raise ValueError("an external section needs runtime: external")
+            if self.onnx_file is None or self.input_spec is None:
+                raise ValueError("runtime onnx needs its onnx file and input")
+
     @property
     def key(self) -> str:
         return f"{self.id}@{self.version}"
+
+    @property
+    def is_external(self) -> bool:
+        return self.runtime == Runtime.EXTERNAL
+
+    @property
+    def input(self) -> InputSpec:
+        """The ONNX graph's input; only ONNX devices have one (the stages that read it never
+        see an external device's job)."""
+        if self.input_spec is None:
+            raise ManifestError(f"{self.key} runs as its vendor's service: no input tensor")
+        return self.input_spec
+
+    @property
+    def onnx(self) -> OnnxFile:
+        if self.onnx_file is None:
+            raise ManifestError(f"{self.key} runs as its vendor's service: no ONNX file")
+        return self.onnx_file
+
+    @property
+    def service(self) -> ExternalService:
+        """An external device's service."""
+        if self.external is None:
+            raise ManifestError(f"{self.key} is an ONNX device: no external service")
+        return self.external
 
 
 def load_manifest(path: Path) -> DeviceManifest:

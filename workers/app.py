@@ -18,6 +18,7 @@ from gateway.delivery.destinations import Destinations, load_destinations
 from gateway.delivery.outbox import OutboxDispatcher
 from gateway.delivery.send import Delivery
 from gateway.devices.registry import DeviceRegistry
+from gateway.external.receive import ResultReceiver
 from gateway.index.tables import utcnow
 from gateway.inference.lease import runner_stale_s
 from gateway.jobs.broker import BrokerProbe, BrokerWatch
@@ -29,7 +30,7 @@ from gateway.monitoring.notices import MalfunctionParams
 from gateway.monitoring.sender import MonitoringSender
 from gateway.settings import Settings
 from workers.serve import Gateway, Parts, Service, retry_backoff
-from workers.worker import EmbeddedWorker
+from workers.worker import EmbeddedWorker, report_context
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 def prepare_registry(parts: Parts) -> DeviceRegistry:
     """Register the seed devices (the reference zoo) and apply regions.yaml's enablement and
     the modes device versions start in (a mode set for a version stands)."""
-    registry = DeviceRegistry(parts.db, parts.store)
+    registry = DeviceRegistry(parts.db, parts.store, parts.settings.ae_title)
     devices_dir = parts.settings.devices_dir
     if devices_dir is not None and devices_dir.is_dir():
         added = registry.register_folder(devices_dir)
@@ -77,7 +78,12 @@ def build_gateway(settings: Settings, clock: Callable[[], datetime] = utcnow) ->
     dispatcher = Dispatcher(settings, parts.db, registry, after_record=redrive.kick)
     # Radiologists' assessment objects become verdicts before the study is routed again.
     linker = AssessmentLinker(parts.db, parts.store, settings.uid_root, then=dispatcher)
-    return Gateway(parts, on_complete=linker, services=services)
+    return Gateway(
+        parts,
+        on_complete=linker,
+        services=services,
+        device_results=ResultReceiver(report_context(parts)),
+    )
 
 
 def job_redrive(parts: Parts, tasks: CeleryTasks) -> JobRedrive:

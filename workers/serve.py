@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.access.audit import record_association
 from gateway.access.http import https_options
 from gateway.api import create_app
+from gateway.external.receive import ResultReceiver
 from gateway.index.database import Database
 from gateway.index.due import Backoff
 from gateway.index.object_store import ObjectStore, create_store
@@ -35,7 +36,7 @@ from gateway.ingest.orthanc_follow import OrthancFollower
 from gateway.ingest.receive import Ingest
 from gateway.ingest.refusals import AssociationDecision, AuditHook, EdgeCounters
 from gateway.ingest.release import ReleaseCompletion
-from gateway.ingest.scp import DicomServer
+from gateway.ingest.scp import DeviceResults, DicomServer
 from gateway.ingest.sources import SourceDirectory, load_directory, sync_directory
 from gateway.logs import configure_logging
 from gateway.settings import Settings
@@ -104,8 +105,10 @@ class Gateway:
         on_complete: CompletionHook = log_completion,
         services: Sequence[Service] = (),
         before_accepting: Sequence[Callable[[], object]] = (),
+        device_results: DeviceResults | None = None,
     ) -> None:
         self.parts = parts
+        self.device_results = device_results
         self.services = list(services)
         self.before_accepting = list(before_accepting)
         self.stop_event = threading.Event()
@@ -135,6 +138,7 @@ class Gateway:
             counters=self.edge_counters,
             audit=audit_associations(self.parts),
             releases=ReleaseCompletion(self.assembler.complete, self.assembler.wake),
+            device_results=self.device_results,
         )
         if shared:
             self._start_children(settings)
@@ -177,7 +181,11 @@ class Gateway:
 
     def _start_http(self, settings: Settings) -> None:
         app = create_app(
-            self.parts.db, self.parts.store, settings=settings, edge=self.edge_counters
+            self.parts.db,
+            self.parts.store,
+            settings=settings,
+            edge=self.edge_counters,
+            device_results=self.device_results,
         )
         config = uvicorn.Config(
             app,
@@ -234,6 +242,13 @@ def build_assembler(parts: Parts, on_complete: CompletionHook = log_completion) 
     )
 
 
+def device_results(parts: Parts) -> ResultReceiver:
+    """The external devices' receive path, for an SCP process."""
+    from workers.worker import report_context  # worker imports this module
+
+    return ResultReceiver(report_context(parts))
+
+
 def audit_associations(parts: Parts) -> AuditHook:
     """Every association decision of the edge, into the audit log."""
 
@@ -260,6 +275,7 @@ def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None
         audit=audit_associations(parts),
         # Completes in the index; the main process's assembler hands over on its next tick.
         releases=ReleaseCompletion(build_assembler(parts).complete),
+        device_results=device_results(parts),
     )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
     server.serve_forever()

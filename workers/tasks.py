@@ -1,5 +1,7 @@
 """Celery tasks. ``infer`` runs one job through the inference pipeline and, when it has
 findings, queues ``report``, which builds and stores the job's results and their outbox rows.
+A job of an external device is sent to its vendor instead (:mod:`gateway.external.send`)
+and ends the task ``sent``: its results come back through the SCP, not through ``report``.
 
 ``acks_late`` with ``reject_on_worker_lost``: a task whose worker dies is delivered again,
 and the pipeline is idempotent, so it completes once. Transient errors (database, object
@@ -21,6 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import Retry
 
 from gateway.errors import DatabaseError, StorageError
+from gateway.external.send import SendContext, is_external_job, send_job
 from gateway.index.due import DEFAULT_BACKOFF, Backoff
 from gateway.inference.pipeline import InferenceContext, TransientError, run_job
 from gateway.jobs.states import JobState, fail_job, hand_back, missing_inputs, report_due
@@ -36,6 +39,7 @@ def register_tasks(
     reports: Callable[[], ReportContext],
     max_retries: int,
     backoff: Backoff = DEFAULT_BACKOFF,
+    sending: Callable[[], SendContext] | None = None,
 ) -> None:
     @app.task(  # type: ignore[untyped-decorator]
         name=INFER_TASK,
@@ -52,7 +56,11 @@ def register_tasks(
         try:
             # Redis may deliver this very message again while it runs (visibility timeout):
             # the copy has the same task id and retry count, and is skipped.
-            state = run_job(ctx, job_id, runner=f"{task.request.id}:{retries}")
+            runner = f"{task.request.id}:{retries}"
+            if sending is not None and is_external_job(ctx.db, ctx.registry, job_id):
+                state = send_job(sending(), job_id, runner=runner)
+            else:
+                state = run_job(ctx, job_id, runner=runner)
         except TransientError as exc:
             if retries < max_retries:
                 log.warning(

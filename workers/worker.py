@@ -18,6 +18,7 @@ from celery.app.trace import setup_worker_optimizations
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
+from gateway.external.send import SendContext
 from gateway.inference.decode_pool import DecodePool
 from gateway.inference.lease import lease_seconds
 from gateway.inference.pipeline import InferenceContext
@@ -71,6 +72,18 @@ def report_context(parts: Parts) -> ReportContext:
     )
 
 
+def send_context(parts: Parts) -> SendContext:
+    settings = parts.settings
+    return SendContext(
+        db=parts.db,
+        store=parts.store,
+        registry=DeviceRegistry(parts.db, parts.store, settings.ae_title),
+        calling_ae=settings.ae_title,
+        timeout_s=settings.delivery_timeout_s,
+        lease_s=lease_seconds(settings),
+    )
+
+
 def semd_config(settings: Settings) -> SemdConfig | None:
     """The SEMD configuration; without the file SEMDs are withheld (and say so)."""
     if not settings.semd_file.is_file():
@@ -104,12 +117,14 @@ class EmbeddedWorker:
         context = inference_context(parts)
         self._decoder = context.decoder
         reports = report_context(parts)
+        sending = send_context(parts)
         register_tasks(
             app,
             lambda: context,
             lambda: reports,
             parts.settings.job_max_retries,
             retry_backoff(parts.settings),
+            lambda: sending,
         )
         # What app.Worker does first: the pool's threads run tasks through this app (it
         # becomes the process's current app) on Celery's fast tracing path.
@@ -146,8 +161,14 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     if context.decoder is not None:
         context.decoder.warm()
     reports = report_context(parts)
+    sending = send_context(parts)
     register_tasks(
-        app, lambda: context, lambda: reports, settings.job_max_retries, retry_backoff(settings)
+        app,
+        lambda: context,
+        lambda: reports,
+        settings.job_max_retries,
+        retry_backoff(settings),
+        lambda: sending,
     )
     worker = app.Worker(
         pool="threads",

@@ -21,6 +21,7 @@ from gateway.devices.registry import DeviceRegistry
 from gateway.errors import ConfigError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
+from gateway.ingest.scp import DeviceResults
 from gateway.settings import Settings
 from pacs_adapters.tls import TlsConfigError, server_context
 
@@ -42,6 +43,9 @@ class ApiContext:
     settings: Settings
     registry: DeviceRegistry
     metrics: CollectorRegistry
+    # An external device's results sent by STOW-RS (a token bound to a ``kind: device``
+    # source) go here, as its C-STOREs do; None: refused.
+    device_results: DeviceResults | None = None
 
 
 def get_context(request: Request) -> ApiContext:

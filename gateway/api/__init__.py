@@ -69,6 +69,7 @@ from gateway.dicomweb import dicomweb_router
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
 from gateway.ingest.refusals import EdgeCounters
+from gateway.ingest.scp import DeviceResults
 from gateway.settings import Settings
 
 __all__ = ["ApiContext", "create_app"]
@@ -80,10 +81,12 @@ def create_app(
     settings: Settings | None = None,
     registry: DeviceRegistry | None = None,
     edge: EdgeCounters | None = None,
+    device_results: DeviceResults | None = None,
 ) -> FastAPI:
     """The app over ``db`` and ``store``. ``settings`` default to the environment's (pass
     the process's own); ``registry`` to a registry over the same parts; ``edge`` is the
-    DICOM SCP's refusal counters when the SCP runs in this process."""
+    DICOM SCP's refusal counters when the SCP runs in this process; ``device_results`` the
+    external devices' receive path, for their results sent by STOW-RS."""
 
     settings = settings or Settings()
     app = FastAPI(
@@ -97,8 +100,9 @@ def create_app(
         db=db,
         store=store,
         settings=settings,
-        registry=registry or DeviceRegistry(db, store),
+        registry=registry or DeviceRegistry(db, store, settings.ae_title),
         metrics=metrics_registry(db, edge, settings.stuck_after_s),
+        device_results=device_results,
     )
     install_error_handlers(app)
     app.add_middleware(SecurityHeaders)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, ConfigDict, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile
 
@@ -52,6 +52,7 @@ class DevicePublic(BaseModel):
     enabled: bool
     regions: list[str]
     study_types: list[str]
+    runtime: str = Field(default="onnx", description="onnx, or external: the vendor's service")
 
 
 class DeviceDetail(DevicePublic):
@@ -91,6 +92,7 @@ def _public(device: RegisteredDevice, who: Principal) -> DevicePublic:
         enabled=device.enabled,
         regions=[r for r in device.regions if who.sees_region(r)],
         study_types=[t.type for t in m.study_types],
+        runtime=m.runtime.value,
     )
 
 
@@ -207,14 +209,15 @@ UPLOAD_SCHEMA = {
     responses=responses(400, 403, 413),
 )
 async def register(context: Context, caller: Caller, request: Request) -> Registered:
-    """Register a device version from an upload: ``manifest`` (YAML) and ``model`` (ONNX).
-    Both are validated as by ``aigw models register``; a bad one changes nothing."""
+    """Register a device version from an upload: ``manifest`` (YAML) and ``model`` (ONNX;
+    none for an external device). Both are validated as by ``aigw models register``; a bad
+    one changes nothing."""
     _require_admin(caller)
     limit = context.settings.api_max_upload_bytes
     await limited_body(request, limit)
     form = await request.form(max_part_size=limit)
     manifest_part, model_part = form.get("manifest"), form.get("model")
-    if not isinstance(manifest_part, UploadFile) or not isinstance(model_part, UploadFile):
+    if not isinstance(manifest_part, UploadFile):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             "multipart form needs two files: manifest (YAML) and model (ONNX)",
@@ -226,9 +229,12 @@ async def register(context: Context, caller: Caller, request: Request) -> Regist
         try:
             manifest = load_manifest(manifest_path)
             shown = f"{manifest.key} (uploaded)"
-            model_path = Path(folder) / manifest.onnx.file  # inside: the manifest checks
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            model_path.write_bytes(await model_part.read())
+            if not manifest.is_external:
+                if not isinstance(model_part, UploadFile):
+                    raise ManifestError("an ONNX device's upload needs its model (ONNX)")
+                model_path = Path(folder) / manifest.onnx.file  # inside: the manifest checks
+                model_path.parent.mkdir(parents=True, exist_ok=True)
+                model_path.write_bytes(await model_part.read())
             device, new = context.registry.register(manifest_path)
         except (ManifestError, RegistryError) as exc:
             message = str(exc).replace(str(manifest_path), shown).replace(folder, "(upload)")
@@ -239,9 +245,16 @@ async def register(context: Context, caller: Caller, request: Request) -> Regist
             request,
             caller,
             AuditEvent.DEVICE_REGISTERED,
-            detail={"device": device.key, "model_sha256": device.manifest.onnx.sha256},
+            detail=_registered_detail(device),
         )
     return Registered(device=_public(device, caller), new=new)
+
+
+def _registered_detail(device: RegisteredDevice) -> dict[str, object]:
+    detail: dict[str, object] = {"device": device.key, "runtime": device.manifest.runtime.value}
+    if not device.manifest.is_external:
+        detail["model_sha256"] = device.manifest.onnx.sha256
+    return detail
 
 
 def _require_admin(who: Principal) -> None:

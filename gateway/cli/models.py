@@ -27,7 +27,7 @@ def _registry(config_file: Path | None, data_dir: Path | None) -> DeviceRegistry
     settings = settings_from(config_file, data_dir=data_dir)
     db = Database(settings.resolved_database_url)
     db.migrate()
-    return DeviceRegistry(db, create_store(settings))
+    return DeviceRegistry(db, create_store(settings), settings.ae_title)
 
 
 @models.command("register")

@@ -1,6 +1,7 @@
 """How many studies wait, and why: each study that the gateway still owes a step counted
-once, at its earliest step (routing, queued for analysis, in analysis, results being built,
-results being delivered), with the oldest wait and the last transient error of the step."""
+once, at its earliest step (routing, queued for analysis, in analysis, with an external
+device's vendor, results being built, results being delivered), with the oldest wait and
+the last transient error of the step."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ class Step(IntEnum):
     ROUTING = 1
     QUEUED = 2
     RUNNING = 3
-    REPORTING = 4
-    DELIVERING = 5
+    SENT = 4
+    REPORTING = 5
+    DELIVERING = 6
 
 
 STEP_TITLES = {
     Step.ROUTING: "ожидают маршрутизации",
     Step.QUEUED: "в очереди на анализ",
     Step.RUNNING: "идёт анализ",
+    Step.SENT: "ожидают ответа ИИ-сервиса",
     Step.REPORTING: "формируются результаты",
     Step.DELIVERING: "доставляются результаты",
 }
@@ -97,6 +100,9 @@ def _queries() -> dict[Step, Any]:  # Select over (study id, since, last error)
         Step.RUNNING: select(JobRow.study_id, JobRow.started_at, JobRow.last_error)
         .join(StudyRow)
         .where(JobRow.state == JobState.RUNNING.value),
+        Step.SENT: select(JobRow.study_id, JobRow.started_at, JobRow.last_error)
+        .join(StudyRow)
+        .where(JobRow.state == JobState.SENT.value),
         Step.REPORTING: select(JobRow.study_id, JobRow.finished_at, JobRow.last_error)
         .join(StudyRow)
         .where(unreported()),

@@ -2,11 +2,16 @@
 
 Registering is all-or-nothing: the manifest and the model are validated first
 (``models.onnx_check``), the ONNX file is written to the object store, and only then is the
-row committed. A bad manifest or model leaves the registry as it was.
+row committed. A bad manifest or model leaves the registry as it was. An external device
+(``runtime: external``) has no model file: its manifest is validated the same way, its
+row's digest is the manifest's, and its service is asked for a C-ECHO — one that does not
+answer is a warning, never a refusal (the vendor may be down today).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from pathlib import Path
@@ -15,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from gateway.devices.endpoint import echo_warning
 from gateway.errors import GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
@@ -42,9 +48,10 @@ class RegisteredDevice(BaseModel):
 
 
 class DeviceRegistry:
-    def __init__(self, db: Database, store: ObjectStore) -> None:
+    def __init__(self, db: Database, store: ObjectStore, calling_ae: str = "AIGW") -> None:
         self.db = db
         self.store = store
+        self.calling_ae = calling_ae  # ours, toward an external device's service (C-ECHO)
         self._manifests: dict[str, DeviceManifest] = {}
         self._manifests_lock = threading.Lock()
 
@@ -52,20 +59,8 @@ class DeviceRegistry:
         """Validate and register; returns the device and whether it was new. Registering the
         same id, version and file again changes nothing; the same id and version with another
         file is refused (publish a new version instead)."""
-        # onnx (and its ml_dtypes) costs seconds to import: only registration needs it, not
-        # every CLI command and API process that imports the registry.
-        from models.onnx_check import ModelError, validate_model
-
-        try:
-            manifest = load_manifest(manifest_path)
-            onnx_path = manifest_path.parent / manifest.onnx.file
-            data = onnx_path.read_bytes()
-            report = validate_model(manifest, data)
-        except (ManifestError, ModelError) as exc:
-            raise RegistryError(f"{manifest_path}: {exc}") from exc
-        except OSError as exc:
-            raise RegistryError(f"{manifest_path}: cannot read the ONNX file: {exc}") from exc
-        key = f"models/{manifest.id}/{manifest.version}/model.onnx"
+        manifest, data, digest = self._validated(manifest_path)
+        key = f"models/{manifest.id}/{manifest.version}/model.onnx" if data is not None else ""
         with self.db.session() as session:
             existing = session.scalars(
                 select(DeviceRow).where(
@@ -73,14 +68,16 @@ class DeviceRegistry:
                 )
             ).one_or_none()
             if existing is not None:
-                if existing.sha256 != report.sha256:
+                if existing.sha256 != digest:
+                    what = "ONNX file" if data is not None else "manifest"
                     raise RegistryError(
-                        f"{manifest.key} is already registered with another ONNX file "
+                        f"{manifest.key} is already registered with another {what} "
                         f"(sha256 {existing.sha256[:12]}…); publish a new version"
                     )
                 return self._public(existing, session), False
             try:
-                self.store.put(key, data)
+                if data is not None:
+                    self.store.put(key, data)
             except StorageError as exc:
                 raise RegistryError(f"{manifest.key}: cannot store the model: {exc}") from exc
             row = DeviceRow(
@@ -92,14 +89,39 @@ class DeviceRegistry:
                 registration_number=manifest.registration.number if manifest.registration else None,
                 manifest=manifest.model_dump(mode="json"),
                 onnx_key=key,
-                sha256=report.sha256,
+                sha256=digest,
                 enabled=True,
                 registered_at=utcnow(),
             )
             session.add(row)
             session.flush()
-            log.info("device registered", extra={"device": manifest.key, "sha256": report.sha256})
-            return self._public(row, session), True
+            log.info("device registered", extra={"device": manifest.key, "sha256": digest})
+            public = self._public(row, session), True
+        if manifest.is_external:
+            warning = echo_warning(manifest, self.calling_ae)
+            if warning:
+                log.warning("external device does not answer", extra={"reason": warning})
+        return public
+
+    @staticmethod
+    def _validated(manifest_path: Path) -> tuple[DeviceManifest, bytes | None, str]:
+        """The manifest, its model (None for an external device) and the digest its row
+        keeps: the model's, or for an external device the manifest's own."""
+        # onnx (and its ml_dtypes) costs seconds to import: only registration needs it, not
+        # every CLI command and API process that imports the registry.
+        from models.onnx_check import ModelError, validate_model
+
+        try:
+            manifest = load_manifest(manifest_path)
+            if manifest.is_external:
+                canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True)
+                return manifest, None, hashlib.sha256(canonical.encode()).hexdigest()
+            data = (manifest_path.parent / manifest.onnx.file).read_bytes()
+            return manifest, data, validate_model(manifest, data).sha256
+        except (ManifestError, ModelError) as exc:
+            raise RegistryError(f"{manifest_path}: {exc}") from exc
+        except OSError as exc:
+            raise RegistryError(f"{manifest_path}: cannot read the ONNX file: {exc}") from exc
 
     def register_folder(self, folder: Path) -> list[str]:
         """Register every ``*/manifest.yaml`` under ``folder`` (the reference zoo, a vendor

@@ -6,7 +6,10 @@ parsing and validation, the object written and the index row committed before th
 counts as stored. The sender is the source its token is bound to (``aigw tokens create
 --source``), checked like a DICOM peer: the source must still be configured and admit the
 client's address. What the gateway checks on top, before anything is stored: the SOP class
-is one the SCP accepts, and the study is the URL's (when the URL names one).
+is one the SCP accepts, and the study is the URL's (when the URL names one). A token bound
+to a ``kind: device`` source is an external device returning results: its parts go to the
+external receive path (:class:`~gateway.ingest.scp.DeviceResults`) exactly as its C-STOREs
+would, never into ingest.
 
 The answer is the Store Instances Response (PS3.18 10.5.3): 200 when every instance was
 stored, 202 when some failed, 409 when all failed, each failure with its reason code.
@@ -21,7 +24,8 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 from fastapi.responses import Response
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -42,11 +46,12 @@ from gateway.errors import GatewayError, InvalidInstance
 from gateway.index.tables import SourceRow
 from gateway.ingest.receive import Ingest, Outcome, Sender
 from gateway.ingest.scp import storage_sop_classes
-from gateway.ingest.sources import SourceDirectory, load_directory
+from gateway.ingest.sources import SourceDirectory, SourceKind, load_directory
 from gateway.ingest.tags import InstanceTags
 
 log = logging.getLogger(__name__)
 
+_SOP_TAGS = ["SOPClassUID", "SOPInstanceUID"]
 # What the instance rows of STOW-RS arrivals say in place of a calling AE title.
 STOW_SENDER = "STOW-RS"
 
@@ -58,6 +63,7 @@ class PartResult:
     status: Status
     reason: str
     tags: InstanceTags | None = None
+    sop: tuple[str, str] | None = None  # (class, instance) of a device's result
 
 
 async def store_instances(
@@ -173,6 +179,8 @@ def _check_declared_length(request: Request, limit: int) -> None:
 def _ingest_all(
     context: ApiContext, sender: Sender, parts: list[Part], study_uid: str | None
 ) -> list[PartResult]:
+    if sender.source.kind == SourceKind.DEVICE:
+        return [_device_result(context, sender, part) for part in parts]
     ingest = Ingest(context.db, context.store)
     allowed = frozenset(storage_sop_classes(context.settings))
     return [_ingest_one(ingest, sender, part, allowed, study_uid) for part in parts]
@@ -205,6 +213,21 @@ def _ingest_one(
 
     outcome: Outcome = ingest.receive_file(part.path, sender, admit=admit)
     return PartResult(outcome.status, outcome.reason, seen[0] if seen else None)
+
+
+def _device_result(context: ApiContext, sender: Sender, part: Part) -> PartResult:
+    """An external device's result, to the external receive path."""
+    if part.media_type.value != DICOM or part.path is None:
+        return PartResult(Status.CANNOT_UNDERSTAND, "not a DICOM part within the limits")
+    try:  # the dataset's own, as a C-STORE request would name them
+        header = dcmread(part.path, stop_before_pixels=True, specific_tags=_SOP_TAGS)
+        sop = (str(header.SOPClassUID), str(header.SOPInstanceUID))
+    except (InvalidDicomError, OSError, AttributeError, ValueError, EOFError):
+        return PartResult(Status.CANNOT_UNDERSTAND, "not a DICOM object with its SOP UIDs")
+    if context.device_results is None:
+        return PartResult(Status.CANNOT_UNDERSTAND, "no external device receives here", sop=sop)
+    answer = context.device_results.receive_file(part.path, sender.source.ae_title, *sop)
+    return PartResult(answer.status, answer.reason, sop=sop)
 
 
 def _audit(
@@ -245,9 +268,11 @@ def _response(results: list[PartResult], base: str, study_uid: str | None) -> Da
     referenced, failed = [], []
     for result in results:
         item = Dataset()
-        item.ReferencedSOPClassUID = result.tags.sop_class_uid if result.tags else ""
-        item.ReferencedSOPInstanceUID = result.tags.sop_instance_uid if result.tags else ""
-        if result.status.is_success and result.tags is not None:
+        sop = (result.tags.sop_class_uid, result.tags.sop_instance_uid) if result.tags else None
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop or result.sop or ("", "")
+        if result.status.is_success and result.tags is None and result.sop is not None:
+            referenced.append(item)  # a device's result: kept under the original study
+        elif result.status.is_success and result.tags is not None:
             tags = result.tags
             item.RetrieveURL = (
                 f"{base}/dicom-web/studies/{tags.study.study_uid}/series/{tags.series_uid}"

@@ -475,3 +475,40 @@ class VerdictRow(Base):
     object_uid: Mapped[str | None] = mapped_column(String(64), index=True)  # a DICOM assessment
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PseudonymStudyRow(Base):
+    """A study as one external device (vendor) sees it: de-identified with ``seed``, so a
+    resent series gets the same pseudonymised UIDs, under ``pseudo_study_uid`` and
+    ``pseudo_patient_id``. Never logged: it is the key to re-identification."""
+
+    __tablename__ = "pseudonym_studies"
+    # Per device: a device sent studies as they are (deidentify: false) has pseudonyms
+    # equal to the originals, which another such device shares.
+    __table_args__ = (
+        UniqueConstraint("study_uid", "device_id"),
+        UniqueConstraint("pseudo_study_uid", "device_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[str] = mapped_column(String(64))
+    pseudo_study_uid: Mapped[str] = mapped_column(String(64))
+    pseudo_patient_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PseudonymRow(Base):
+    """One UID of a study sent to a vendor and the UID it was given there; ``job_id`` names
+    the job that sent an instance (or series), so what comes back finds its job."""
+
+    __tablename__ = "pseudonyms"
+    __table_args__ = (UniqueConstraint("link_id", "original_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    link_id: Mapped[int] = mapped_column(ForeignKey("pseudonym_studies.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # study, series, instance, other
+    original_uid: Mapped[str] = mapped_column(String(64))
+    pseudo_uid: Mapped[str] = mapped_column(String(64), index=True)

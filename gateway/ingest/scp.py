@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.uid import AllTransferSyntaxes
@@ -36,7 +37,7 @@ from gateway.ingest.refusals import (
     Refusal,
 )
 from gateway.ingest.release import ReleaseCompletion
-from gateway.ingest.sources import Source, SourceCheck, SourceDirectory
+from gateway.ingest.sources import Source, SourceCheck, SourceDirectory, SourceKind
 from gateway.ingest.tls import TlsIdentity, listener_context
 from gateway.settings import Settings
 
@@ -66,6 +67,12 @@ STORAGE_SOP_CLASSES: dict[str, str] = {
     "Key Object Selection Document Storage": "1.2.840.10008.5.1.4.1.1.88.59",
 }
 
+# What external devices return besides SR and SC (accepted only where a device source is).
+RESULT_SOP_CLASSES: dict[str, str] = {
+    "Segmentation Storage": "1.2.840.10008.5.1.4.1.1.66.4",
+    "Grayscale Softcopy Presentation State Storage": "1.2.840.10008.5.1.4.1.1.11.1",
+}
+
 # A-ASSOCIATE-RJ (PS3.8 §9.3.4): result, source, reason.
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -88,6 +95,23 @@ _BY_CHECK = {
     SourceCheck.PEER_ADDRESS: Refusal.PEER_ADDRESS,
     SourceCheck.TLS_IDENTITY: Refusal.TLS_IDENTITY,
 }
+
+
+class DeviceAnswer(Protocol):
+    @property
+    def status(self) -> Status: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class DeviceResults(Protocol):
+    """Where a ``kind: device`` source's C-STOREs go (the external stage's receive path,
+    passed in by the composition root: ``external`` comes after ``ingest``)."""
+
+    def receive_file(
+        self, path: Path, calling_ae: str, sop_class: str, sop_uid: str
+    ) -> DeviceAnswer: ...
 
 
 @dataclass(frozen=True)
@@ -201,6 +225,7 @@ def _on_store(
     report: EdgeReport,
     max_instance: int,
     releases: ReleaseCompletion | None,
+    device_results: DeviceResults | None = None,
 ) -> Dataset:
     assoc = event.assoc
     calling, address = _ae(assoc.requestor.ae_title), str(assoc.requestor.address)
@@ -219,10 +244,12 @@ def _on_store(
         source = directory.match(calling, address, guarded.identity)
         if source is None:  # the association was accepted, so configuration changed since
             return _response(Status.OUT_OF_RESOURCES, "source no longer configured")
+        expected = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+        if source.kind == SourceKind.DEVICE:
+            return _device_store(event, device_results, calling, *expected)
         sender = Sender(
             source=source, source_id=source_ids[source.name], calling_ae=calling, address=address
         )
-        expected = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
         spooled = event.dataset_path  # None when chunked receiving is off
         if spooled is not None:
             outcome = ingest.receive_file(Path(spooled), sender, *expected)
@@ -235,6 +262,24 @@ def _on_store(
         # Not the data's fault as far as we know: answer "try again later", keep serving.
         log.exception("C-STORE handler failed", extra={"calling_ae": calling})
         return _response(Status.OUT_OF_RESOURCES, "internal error")
+
+
+def _device_store(
+    event: Event, results: DeviceResults | None, calling: str, sop_class: str, sop_uid: str
+) -> Dataset:
+    """A vendor's result: to the external receive path, never into study assembly."""
+    if results is None:
+        log.warning("device source without a receive path", extra={"calling_ae": calling})
+        return _response(Status.CANNOT_UNDERSTAND, "no external device receives here")
+    spooled = event.dataset_path
+    if spooled is not None:
+        answer = results.receive_file(Path(spooled), calling, sop_class, sop_uid)
+        return _response(answer.status, answer.reason)
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as copy:
+        copy.write(event.encoded_dataset(include_meta=True))
+        copy.flush()
+        answer = results.receive_file(Path(copy.name), calling, sop_class, sop_uid)
+    return _response(answer.status, answer.reason)
 
 
 def _on_released(event: Event, releases: ReleaseCompletion) -> None:
@@ -293,19 +338,28 @@ class DicomServer:
         counters: EdgeCounters | None = None,
         audit: AuditHook | None = None,
         releases: ReleaseCompletion | None = None,
+        device_results: DeviceResults | None = None,
     ) -> None:
         _check_tls_sources(settings, directory)
         self.settings = settings
         self.releases = releases
         self.report = EdgeReport(counters or EdgeCounters(), audit)
-        self.ae = _build_ae(settings)
+        self.ae = _build_ae(settings, results=directory.has_devices)
         gatekeeper = Gatekeeper(settings.ae_title, directory, store, settings.max_associations)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, _on_requested, [gatekeeper, self.report]),
             (
                 evt.EVT_C_STORE,
                 _on_store,
-                [ingest, directory, source_ids, self.report, settings.max_instance_bytes, releases],
+                [
+                    ingest,
+                    directory,
+                    source_ids,
+                    self.report,
+                    settings.max_instance_bytes,
+                    releases,
+                    device_results,
+                ],
             ),
         ]
         if releases is not None:
@@ -396,7 +450,7 @@ def _check_tls_sources(settings: Settings, directory: SourceDirectory) -> None:
         )
 
 
-def _build_ae(settings: Settings) -> AE:
+def _build_ae(settings: Settings, results: bool = False) -> AE:
     # Received C-STORE datasets go to a temporary file (in $TMPDIR), not memory: a 1 GB
     # tomosynthesis instance must not cost 1 GB per association. pynetdicom keeps this in a
     # process-global flag; it is set here, where every SCP of the process is built, and
@@ -412,10 +466,15 @@ def _build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.network_timeout_s
     ae.require_called_aet = False  # the gatekeeper checks it and logs why
     ae.add_supported_context(VERIFICATION)
-    for sop_class in storage_sop_classes(settings):
+    for sop_class in storage_sop_classes(settings, results):
         ae.add_supported_context(sop_class, AllTransferSyntaxes)
     return ae
 
 
-def storage_sop_classes(settings: Settings) -> list[str]:
-    return list(dict.fromkeys([*STORAGE_SOP_CLASSES.values(), *settings.extra_storage_sop_classes]))
+def storage_sop_classes(settings: Settings, results: bool = False) -> list[str]:
+    """What the SCP accepts; with ``results`` (a device source is configured) also what
+    external devices return."""
+    extra = list(RESULT_SOP_CLASSES.values()) if results else []
+    return list(
+        dict.fromkeys([*STORAGE_SOP_CLASSES.values(), *extra, *settings.extra_storage_sop_classes])
+    )

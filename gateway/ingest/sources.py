@@ -107,12 +107,22 @@ class OrthancFollow(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, le=300)
 
 
+class SourceKind(StrEnum):
+    """What a sender is: an archive sends studies; a device (an external AI device's
+    service) sends results of the studies we sent it, which never enter study assembly."""
+
+    ARCHIVE = "archive"
+    DEVICE = "device"
+
+
 class Source(BaseModel):
-    """One sender: an archive (ЦАМИ / PACS) of a medical organisation."""
+    """One sender: an archive (ЦАМИ / PACS) of a medical organisation, or an external AI
+    device's service returning results (``kind: device``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: SourceKind = SourceKind.ARCHIVE
     title: str = Field(default="", description="Human-readable name of the organisation.")
     ae_title: AETitle
     hosts: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
@@ -154,6 +164,8 @@ class Source(BaseModel):
     def _oid_is_an_oid(self) -> Source:
         if self.frmo_oid is not None and not is_valid_uid(self.frmo_oid):
             raise ValueError(f"frmo_oid {self.frmo_oid!r} is not a dotted-number OID")
+        if self.kind == SourceKind.DEVICE and (self.query or self.orthanc):
+            raise ValueError("a device source sends results: it has no query or orthanc")
         return self
 
     @field_validator("tls_fingerprint_sha256")
@@ -316,6 +328,10 @@ class SourceDirectory:
             )
         reasons = [s.tls_mismatch(identity) or "" for s in placed]
         return SourceCheck.TLS_IDENTITY, "; ".join(reasons)
+
+    @property
+    def has_devices(self) -> bool:
+        return any(s.kind == SourceKind.DEVICE for s in self.sources)
 
     @property
     def names_tls_identities(self) -> list[str]:

@@ -11,6 +11,9 @@ this is for the message that never arrived).
 Each round first looks at the broker (:class:`~gateway.jobs.broker.BrokerWatch`): while it
 is down nothing is sent; when it returns, or restarted, every job whose message may have
 been lost is made due now, so the backlog moves within a round of the broker's return.
+
+Each round also ends every ``sent`` job past its deadline (an external device that did not
+answer in time): that needs no broker, so it runs even while the broker is down.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from gateway.index.database import Database
 from gateway.index.due import Backoff, claim_rows, settle
 from gateway.index.tables import JobRow, utcnow
 from gateway.jobs.broker import MEMORY_IDENTITY, BrokerChange, BrokerWatch
-from gateway.jobs.states import due_to_infer, due_to_report, make_due_now
+from gateway.jobs.states import due_to_infer, due_to_report, fail_overdue, make_due_now
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,9 @@ class JobRedrive:
 
     def run_once(self) -> int:
         """One round: look at the broker, then send every due task; returns how many."""
+        overdue = fail_overdue(self.db, utcnow())
+        if overdue:
+            log.warning("external devices did not answer in time", extra={"jobs": overdue})
         change = self.watch.observe()
         if change == BrokerChange.DOWN:
             return 0

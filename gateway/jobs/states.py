@@ -1,8 +1,11 @@
 """Jobs: one (series, device) analysis each, with states and timeline entries.
 
 ``queued → running → inferred`` (results and delivery follow), or ``failed`` with the reason
-and the attempt count; a run that met a transient error (database, object store) goes back
-to ``queued`` with the error and a time it is due again, never to ``failed``. Every
+and the attempt count; a job of an external device goes ``running → sent`` once the vendor
+has the study, and waits there without holding a worker until its results arrive
+(``inferred``) or its deadline passes (``failed``: "no answer from <device> within N s").
+A run that met a transient error (database, object store) goes back to ``queued`` with the
+error and a time it is due again, never to ``failed``. Every
 transition is also written on the study's timeline, so a study's whole life reads in one
 place.
 
@@ -18,7 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.errors import StorageError
@@ -26,7 +29,7 @@ from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
 from gateway.index.study_state import record_event
-from gateway.index.tables import JobRow, ResultRow, utcnow
+from gateway.index.tables import DeviceRow, JobRow, ResultRow, utcnow
 
 
 class JobState(StrEnum):
@@ -34,6 +37,8 @@ class JobState(StrEnum):
     RUNNING = "running"
     INFERRED = "inferred"
     FAILED = "failed"
+    # An external device has the study; due (next_attempt_at) is its deadline.
+    SENT = "sent"
 
 
 DONE_STATES = frozenset({JobState.INFERRED.value, JobState.FAILED.value})
@@ -50,8 +55,12 @@ def set_job_state(
     """Move the job to ``state``; ``due_at``: when its task is next due (back to queued)."""
     now = utcnow()
     job.state = state.value
-    # Running, inferred and failed jobs are due only after their grace or when made due.
-    job.next_attempt_at = (due_at or now) if state == JobState.QUEUED else None
+    # Running, inferred and failed jobs are due only after their grace or when made due; a
+    # sent job at its deadline.
+    if state == JobState.QUEUED:
+        job.next_attempt_at = due_at or now
+    else:
+        job.next_attempt_at = due_at if state == JobState.SENT else None
     if state == JobState.RUNNING:
         job.started_at = now
         job.heartbeat_at = now
@@ -99,6 +108,48 @@ def hand_back(db: Database, job_id: int, error: str, retry_in_s: float) -> bool:
         else:
             set_job_state(session, job, JobState.QUEUED, {"retry_in_s": retry_in_s}, due_at=due)
         return True
+
+
+def mark_sent(db: Database, job_id: int, deadline: datetime, detail: dict[str, Any]) -> bool:
+    """The vendor has the job's series: ``sent`` until ``deadline``; False when the job
+    moved on meanwhile (another delivery finished it, results came back already)."""
+    with db.session() as session:
+        job = session.get(JobRow, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING.value:
+            return False
+        set_job_state(session, job, JobState.SENT, detail, due_at=deadline)
+        return True
+
+
+def fail_overdue(db: Database, now: datetime, limit: int = 200) -> int:
+    """Every ``sent`` job past its deadline ends ``failed`` with "no answer from <device>
+    within N s" (a malfunction, counted as one); returns how many."""
+    with db.session() as session:
+        query = (
+            select(JobRow)
+            .where(JobRow.state == JobState.SENT.value, JobRow.next_attempt_at <= now)
+            .order_by(JobRow.id)
+            .limit(limit)
+        )
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        jobs = list(session.scalars(query))
+        for job in jobs:
+            name, deadline_s = _device_and_deadline(session, job.device_key)
+            reason = f"no answer from {name} within {deadline_s:g} s"
+            set_job_state(session, job, JobState.FAILED, {"deadline_s": deadline_s}, reason)
+        return len(jobs)
+
+
+def _device_and_deadline(session: Session, device_key: str) -> tuple[str, float]:
+    device_id, _, version = device_key.partition("@")
+    manifest = session.scalar(
+        select(DeviceRow.manifest).where(
+            DeviceRow.device_id == device_id, DeviceRow.version == version
+        )
+    )
+    external = (manifest or {}).get("external") or {}
+    return str((manifest or {}).get("name") or device_key), float(external.get("deadline_s", 0))
 
 
 def report_due(db: Database, job_id: int, error: str | None, retry_in_s: float = 0.0) -> None:

@@ -114,6 +114,29 @@ def build_results(context: ReportContext, job_id: int) -> int:
         return 0
 
 
+def build_semd_of_findings(context: ReportContext, job_id: int) -> bool:
+    """An external device's job: the SEMD from the findings its vendor's SR gave, recorded
+    beside the vendor's own objects and queued like ours (once per job). False when the
+    job has one already."""
+    with context.db.session() as session:
+        if session.scalar(
+            select(
+                exists().where(ResultRow.job_id == job_id, ResultRow.kind == ResultKind.SEMD.value)
+            )
+        ):
+            return False
+    report = gather_input(context, job_id)
+    artifact = _semd(report, context, None)
+    study_uid = str(report.sources[0].StudyInstanceUID)
+    if artifact.data is not None:
+        context.store.put(_key(study_uid, job_id, artifact.name), artifact.data)
+    try:
+        _record(context, job_id, study_uid, report.organisation.name, [artifact], adding=True)
+    except IntegrityError:  # a concurrent SR of the same job recorded it first
+        return False
+    return True
+
+
 def _inputs_present(context: ReportContext, job_id: int) -> bool:
     with context.db.session() as session:
         job = session.get(JobRow, job_id)
@@ -169,7 +192,7 @@ def gather_input(context: ReportContext, job_id: int) -> ReportInput:
         started = job.started_at or completed
     manifest = context.registry.manifest(device_key)
     sources: list[Dataset] = [dcmread(io.BytesIO(context.store.get(key))) for key in keys]
-    if manifest.input.dims == 3:
+    if manifest.input_spec is not None and manifest.input_spec.dims == 3:
         sources = volume_order(sources)
     findings = [_with_mask(finding, context.store) for finding in recorded]
     return ReportInput(
@@ -281,14 +304,23 @@ def _key(study_uid: str, job_id: int, name: str) -> str:
 
 
 def _record(
-    context: ReportContext, job_id: int, study_uid: str, source: str, artifacts: list[_Artifact]
+    context: ReportContext,
+    job_id: int,
+    study_uid: str,
+    source: str,
+    artifacts: list[_Artifact],
+    adding: bool = False,
 ) -> int:
+    """``adding``: beside results the job has (an external device's objects), once per kind."""
     now = utcnow()
     stored = 0
     with context.db.session() as session:
         job = session.get(JobRow, job_id, with_for_update=True)
         assert job is not None
-        if session.scalar(select(exists().where(ResultRow.job_id == job_id))):
+        recorded = exists().where(ResultRow.job_id == job_id)
+        if adding:
+            recorded = recorded.where(ResultRow.kind.in_([a.kind.value for a in artifacts]))
+        if session.scalar(select(recorded)):
             return 0  # a concurrent report task recorded them first
         shadow = job.mode == DeviceMode.SHADOW
         for artifact in artifacts:

@@ -25,8 +25,10 @@ from tests.control_plane_data import (
     client_for,
     running_api,
 )
+from tests.external.devices import manifest as external_manifest
 from tests.onnx_models import classifier_with_heatmap, manifest_dict
 from tests.services import Postgres, postgres_server
+from tests.services.processes import free_port
 
 UPLOAD_LIMIT = 4 * 1024 * 1024
 
@@ -132,6 +134,13 @@ def test_registry_actions(running: tuple[Running, Seed], tmp_path: Path) -> None
         assert created.json() == {"device": created.json()["device"], "new": True}
         assert api.get("/api/v1/devices/dev-new@2.0.0").json()["version"] == "2.0.0"
         assert server.registry.model_bytes("dev-new@2.0.0") == model
+
+        # An external device (the vendor's service) is uploaded without a model.
+        vendor = yaml.safe_dump(external_manifest(free_port()), allow_unicode=True)
+        external = api.post("/api/v1/devices", files={"manifest": ("manifest.yaml", vendor)})
+        assert external.status_code == 201, external.text
+        assert external.json()["device"]["runtime"] == "external"
+        assert api.get("/api/v1/devices/vendor-cxr").json()["manifest"]["external"]["port"] > 0
 
 
 def test_outbox_status_and_retry_now(running: tuple[Running, Seed]) -> None:

@@ -1,7 +1,7 @@
 """priors and the patient's name
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-06 09:00:00.000000
 
 ``studies.patient_name``: Patient's Name as received, for QIDO-RS answers and matching
@@ -11,14 +11,13 @@ checking that an archive's prior study is the same patient's; never logged.
 C-GET); such a study is stored like any other but starts no job of its own.
 ``jobs.prior_study_uids``: the priors handed to the job; NULL while none were looked for.
 
-Revises 0011: 0012 is another branch's number; whichever merges second chains after it.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
