@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -75,6 +75,11 @@ class ObjectStore(Protocol):
 
     def publish(self, staged: StagedObject, key: str) -> None:
         """Give a staged object its key; when this returns, it survives a crash under it."""
+
+    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
+        """:meth:`publish` for several objects at once (a group commit): when this returns,
+        every one survives a crash under its key; on failure some may be published, and the
+        caller deletes the keys it will not index."""
 
     def discard(self, staged: StagedObject) -> None:
         """Drop what :meth:`stage` left if it was never published."""
@@ -174,19 +179,50 @@ class FolderStore:
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
 
     def publish(self, staged: StagedObject, key: str) -> None:
+        self.publish_group([(staged, key)])
+
+    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
+        # Renames first, then one fsync per directory: the instances of a series share one.
+        directories: dict[Path, None] = {}
+        for staged, key in group:
+            directories[self._rename_into_place(staged, key)] = None
+        for directory in directories:
+            try:
+                _fsync_dir(directory)
+            except OSError as exc:
+                raise StorageError(f"cannot sync {directory.name}: {exc.strerror or exc}") from exc
+
+    def _rename_into_place(self, staged: StagedObject, key: str) -> Path:
+        """The staged file under its key, not yet durable there; returns its directory."""
         if staged.temp is None:  # already published once (a retried transaction)
-            if staged.source is not None:
-                self.put_file(key, staged.source)
-            else:
-                self.put(key, staged.data)
-            return
+            self._write_unsynced_entry(staged, key)
+            return self._path(key).parent
         final = self._path(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged.temp, final)  # same file system: atomic
             staged.temp = None
-            _fsync_dir(final.parent)
         except OSError as exc:
+            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+        return final.parent
+
+    def _write_unsynced_entry(self, staged: StagedObject, key: str) -> None:
+        # The data is fsynced; only the directory entry waits for publish_group's sync.
+        final = self._path(key)
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if staged.source is not None:
+                _copy_synced(staged.source, temp)
+            else:
+                with open(temp, "wb") as handle:
+                    handle.write(staged.data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
 
     def discard(self, staged: StagedObject) -> None:
@@ -383,6 +419,10 @@ class S3Store:
                 self._put_stream(key, stream, staged.size)
         except OSError as exc:
             raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
+
+    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
+        for staged, key in group:  # each PUT is durable when it returns
+            self.publish(staged, key)
 
     def discard(self, staged: StagedObject) -> None:
         pass

@@ -21,6 +21,14 @@ refusals
     by SCP processes, the association decision the audit log records.
 receive
     :class:`Ingest`: one instance durably into the object store and the index, or a status.
+outcome
+    :class:`Sender` (who sent an instance) and :class:`Outcome` (what became of it).
+group_commit
+    :class:`GroupCommit`: instances arriving together across associations share one write;
+    each is answered only after it.
+indexing
+    :func:`write_group`: one index transaction (Core statements) for a group of staged
+    instances, their objects published with one directory fsync per series.
 pixels
     Pixel Data impossible on its face (cut short, native length not Rows × Columns × frames
     × samples × bytes, fewer fragments than frames), refused before it is stored.

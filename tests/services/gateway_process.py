@@ -23,6 +23,7 @@ def gateway_env(**settings: str) -> dict[str, str]:
     env["AIGW_SOURCES_FILE"] = str(ROOT / "gateway" / "configs" / "sources.yaml")
     env["AIGW_REGIONS_FILE"] = str(ROOT / "gateway" / "configs" / "regions.yaml")
     env["AIGW_LOG_JSON"] = "true"
+    env["AIGW_SCP_PROCESSES"] = "1"  # the default is the cores; a test that wants more says so
     env.update({f"AIGW_{key.upper()}": value for key, value in settings.items()})
     return env
 
