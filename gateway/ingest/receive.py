@@ -104,15 +104,18 @@ class Ingest:
                     study_uid,
                 )
             try:
-                digest = received.sha256()
-                # The slow part of the write (data + fsync) happens here, in this thread and
-                # before any lock; the group's transaction only gives the object its key.
+                # The slow part of the write (data + fsync) starts here, before any lock (the
+                # folder store syncs a spooled file in the background while this thread hashes
+                # it); the group's transaction only gives the object its key.
                 staged = received.stage(self.store)
             except StorageError as exc:
                 return self._refuse(
                     Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, study_uid
                 )
+            try:
+                digest = received.sha256()
             except OSError as exc:  # the spooled file could not be read back
+                self.store.discard(staged)
                 return self._refuse(
                     Status.OUT_OF_RESOURCES,
                     f"spooled instance unreadable: {exc.strerror or exc}",
