@@ -11,6 +11,8 @@ scp
 connections
     Connections before they are associations: one selector thread accepts, caps connections
     per peer, completes TLS handshakes and reads the A-ASSOCIATE-RQ under a deadline.
+reactor
+    pynetdicom's association and DUL loops woken by their messages instead of 1 ms polls.
 pdu_limits
     What one association may make the SCP hold: PDU lengths checked before their bodies are
     read, command and dataset sizes, unanswered requests.

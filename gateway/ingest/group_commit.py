@@ -74,6 +74,12 @@ class GroupCommit(Generic[M, R]):
         self._preparing = 0
         self.groups_written = 0  # for tests and the benchmark: members ÷ groups
 
+    @property
+    def queued(self) -> int:
+        """Members submitted and waiting for a write (not those being written)."""
+        with self._cond:
+            return len(self._queue)
+
     @contextmanager
     def arriving(self) -> Iterator[Ticket[M, R]]:
         """Hold a ticket while preparing a member; submit through it (or not: a refusal)."""

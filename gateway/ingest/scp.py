@@ -296,6 +296,7 @@ class DicomServer:
     ) -> None:
         _check_tls_sources(settings, directory)
         self.settings = settings
+        self.ingest = ingest
         self.releases = releases
         self.report = EdgeReport(counters or EdgeCounters(), audit)
         self.ae = _build_ae(settings)
