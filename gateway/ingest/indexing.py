@@ -25,9 +25,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.dimse_status import Status
@@ -43,25 +43,27 @@ STUDIES = cast(Table, StudyRow.__table__)
 SERIES = cast(Table, SeriesRow.__table__)
 INSTANCES = cast(Table, InstanceRow.__table__)
 
-_VERSIONS = select(INSTANCES.c.sop_instance_uid, INSTANCES.c.version, INSTANCES.c.sha256).where(
-    INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
-)
-_STUDIES = select(STUDIES.c.study_uid, STUDIES.c.id, STUDIES.c.state).where(
-    STUDIES.c.study_uid.in_(bindparam("uids", expanding=True))
-)
-_SERIES = select(SERIES.c.series_uid, SERIES.c.id, SERIES.c.study_id).where(
-    SERIES.c.series_uid.in_(bindparam("uids", expanding=True))
-)
+_VERSIONS = select(INSTANCES.c.sop_instance_uid, INSTANCES.c.version, INSTANCES.c.sha256)
+_STUDIES = select(STUDIES.c.study_uid, STUDIES.c.id, STUDIES.c.state)
+_SERIES = select(SERIES.c.series_uid, SERIES.c.id, SERIES.c.study_id)
+# One UID: an equality, compiled once; several: IN, whose expanding parameter SQLAlchemy
+# renders again on each execution (most groups hold one study and one series).
+_READS = {
+    name: (
+        query.where(column == bindparam("uid")),
+        query.where(column.in_(bindparam("uids", expanding=True))),
+    )
+    for name, query, column in (
+        ("versions", _VERSIONS, INSTANCES.c.sop_instance_uid),
+        ("studies", _STUDIES, STUDIES.c.study_uid),
+        ("series", _SERIES, SERIES.c.series_uid),
+    )
+}
 _INSERT_INSTANCES = insert(INSTANCES)
-_TOUCH_STUDIES = (
-    update(STUDIES)
-    .where(STUDIES.c.id.in_(bindparam("ids", expanding=True)))
-    .values(last_received_at=bindparam("now"))
-)
-_TOUCH_SERIES = (
-    update(SERIES)
-    .where(SERIES.c.id.in_(bindparam("ids", expanding=True)))
-    .values(last_received_at=bindparam("now"))
+# executemany, one row per id: no expanding IN to render again on each group
+_TOUCH = tuple(
+    update(table).where(table.c.id == bindparam("row_id")).values(last_received_at=bindparam("now"))
+    for table in (STUDIES, SERIES)
 )
 _ATTEMPTS = 3
 
@@ -144,20 +146,26 @@ def _read_group(connection: Connection, members: Sequence[Member]) -> _Group:
     studies = sorted({m.tags.study.study_uid for m in members})
     series = sorted({m.tags.series_uid for m in members})
     versions: dict[str, list[tuple[int, str]]] = {uid: [] for uid in sops}
-    for sop, version, sha in connection.execute(_VERSIONS, {"uids": sops}):
+    for sop, version, sha in _read(connection, "versions", sops):
         versions[sop].append((int(version), str(sha)))
     return _Group(
         now=utcnow(),
         versions=versions,
         studies={
-            uid: (int(id_), str(state))
-            for uid, id_, state in connection.execute(_STUDIES, {"uids": studies})
+            uid: (int(id_), str(state)) for uid, id_, state in _read(connection, "studies", studies)
         },
         series={
             uid: (int(id_), int(study_id))
-            for uid, id_, study_id in connection.execute(_SERIES, {"uids": series})
+            for uid, id_, study_id in _read(connection, "series", series)
         },
     )
+
+
+def _read(connection: Connection, name: str, uids: list[str]) -> Sequence[Row[Any, Any, Any]]:
+    one, many = _READS[name]
+    if len(uids) == 1:
+        return connection.execute(one, {"uid": uids[0]}).all()
+    return connection.execute(many, {"uids": uids}).all()
 
 
 def _place(connection: Connection, group: _Group, member: Member) -> Outcome:
@@ -286,10 +294,9 @@ def _series_for(connection: Connection, group: _Group, tags: InstanceTags, study
 def _touch(connection: Connection, group: _Group) -> None:
     # Last, and in id order: on PostgreSQL these lock the rows until the commit, and every
     # instance of the study waits for them.
-    if group.touched_studies:
-        connection.execute(_TOUCH_STUDIES, {"ids": sorted(group.touched_studies), "now": group.now})
-    if group.touched_series:
-        connection.execute(_TOUCH_SERIES, {"ids": sorted(group.touched_series), "now": group.now})
+    for statement, ids in zip(_TOUCH, (group.touched_studies, group.touched_series), strict=True):
+        if ids:
+            connection.execute(statement, [{"row_id": i, "now": group.now} for i in sorted(ids)])
 
 
 def _instance_values(

@@ -151,8 +151,10 @@ class Ingest:
             return _all_failed(members, f"database: {exc}")
         except OSError as exc:  # a spooled file read again for a retried transaction
             return _all_failed(members, f"spooled instance unreadable: {exc.strerror or exc}")
+        if not log.isEnabledFor(logging.DEBUG):  # the index is the record of what arrived
+            return outcomes
         stored = sum(1 for o in outcomes if o.status.is_success and not o.duplicate)
-        log.info(
+        log.debug(
             "instances stored",
             extra={
                 "instances": stored,
