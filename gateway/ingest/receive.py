@@ -88,58 +88,69 @@ class Ingest:
         admit: Admit | None = None,
     ) -> Outcome:
         with self.group.arriving() as ticket:
+            prepared = self._prepare(
+                received, sender, expected_sop_class, expected_sop_instance, admit
+            )
+            if isinstance(prepared, Outcome):
+                return prepared
             try:
-                tags = read_tags(_parse(received))
-                _check_matches_request(tags, expected_sop_class, expected_sop_instance)
-                if admit is not None:
-                    admit(tags)
-            except InvalidInstance as exc:
-                return self._refuse(exc.status, exc.reason, sender)
-            study_uid = tags.study.study_uid
-            if not self.store.has_room():
-                return self._refuse(
-                    Status.OUT_OF_RESOURCES,
-                    "object store below free-space floor",
-                    sender,
-                    study_uid,
-                )
-            try:
-                # The slow part of the write (data + fsync) starts here, before any lock (the
-                # folder store syncs a spooled file in the background while this thread hashes
-                # it); the group's transaction only gives the object its key.
-                staged = received.stage(self.store)
-            except StorageError as exc:
-                return self._refuse(
-                    Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, study_uid
-                )
-            try:
-                digest = received.sha256()
-            except OSError as exc:  # the spooled file could not be read back
-                self.store.discard(staged)
-                return self._refuse(
-                    Status.OUT_OF_RESOURCES,
-                    f"spooled instance unreadable: {exc.strerror or exc}",
-                    sender,
-                    study_uid,
-                )
-            try:
-                outcome = ticket.submit(Member(staged, digest, tags, sender))
+                outcome = ticket.submit(prepared)
             finally:
-                self.store.discard(staged)
+                self.store.discard(prepared.staged)
         if not outcome.status.is_success:
-            return self._refuse(outcome.status, outcome.reason, sender, study_uid)
+            return self._refuse(outcome.status, outcome.reason, sender, outcome.study_uid)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "instance stored",
                 extra={
-                    "study_uid": study_uid,
-                    "sop_instance_uid": tags.sop_instance_uid,
+                    "study_uid": outcome.study_uid,
+                    "sop_instance_uid": prepared.tags.sop_instance_uid,
                     "version": outcome.version,
                     "duplicate": outcome.duplicate,
                     "source": sender.source.name,
                 },
             )
         return outcome
+
+    def _prepare(
+        self,
+        received: _Received,
+        sender: Sender,
+        expected_sop_class: str | None,
+        expected_sop_instance: str | None,
+        admit: Admit | None,
+    ) -> Member | Outcome:
+        """Parse, validate, stage and hash one instance in its own thread: a member for the
+        group commit, or the refusal to answer."""
+        try:
+            tags = read_tags(_parse(received))
+            _check_matches_request(tags, expected_sop_class, expected_sop_instance)
+            if admit is not None:
+                admit(tags)
+        except InvalidInstance as exc:
+            return self._refuse(exc.status, exc.reason, sender)
+        study_uid = tags.study.study_uid
+        if not self.store.has_room():
+            return self._refuse(
+                Status.OUT_OF_RESOURCES, "object store below free-space floor", sender, study_uid
+            )
+        try:
+            # The slow part of the write (data + fsync) starts here, before any lock (the
+            # folder store syncs a spooled file in the background while this thread hashes
+            # it); the group's transaction only gives the object its key.
+            staged = received.stage(self.store)
+        except StorageError as exc:
+            return self._refuse(Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, study_uid)
+        try:
+            return Member(staged, received.sha256(), tags, sender)
+        except OSError as exc:  # the spooled file could not be read back
+            self.store.discard(staged)
+            return self._refuse(
+                Status.OUT_OF_RESOURCES,
+                f"spooled instance unreadable: {exc.strerror or exc}",
+                sender,
+                study_uid,
+            )
 
     def _write_group(self, members: list[Member]) -> list[Outcome]:
         """One transaction for ``members``; a failure of it answers each of them."""
