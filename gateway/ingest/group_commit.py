@@ -112,8 +112,9 @@ class GroupCommit(Generic[M, R]):
         return slot.result  # type: ignore[return-value]  # set with done, error absent
 
     def _lead(self) -> None:
-        group = self._take()
+        group: list[_Slot[M, R]] = []
         try:
+            group = self._take()
             results = list(self._write([slot.member for slot in group]))
             if len(results) != len(group):
                 raise RuntimeError(f"{len(results)} results for {len(group)} members")
