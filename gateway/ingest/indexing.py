@@ -120,7 +120,7 @@ def _transaction(db: Database, store: ObjectStore, members: Sequence[Member]) ->
             order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))
             outcomes = {index: _place(connection, group, members[index]) for index in order}
             if group.rows:
-                connection.execute(_INSERT_INSTANCES, group.rows)
+                _execute(connection, _INSERT_INSTANCES, group.rows)
             published = [key for _staged, key in group.publish]
             try:
                 store.publish_group(group.publish)
@@ -296,7 +296,13 @@ def _touch(connection: Connection, group: _Group) -> None:
     # instance of the study waits for them.
     for statement, ids in zip(_TOUCH, (group.touched_studies, group.touched_series), strict=True):
         if ids:
-            connection.execute(statement, [{"row_id": i, "now": group.now} for i in sorted(ids)])
+            _execute(connection, statement, [{"row_id": i, "now": group.now} for i in sorted(ids)])
+
+
+def _execute(connection: Connection, statement: Any, rows: list[dict[str, object]]) -> None:
+    # One row as a plain execute: SQLAlchemy's executemany path costs more per call, and most
+    # groups hold one instance of one study and series.
+    connection.execute(statement, rows[0] if len(rows) == 1 else rows)
 
 
 def _instance_values(
