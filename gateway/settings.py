@@ -105,10 +105,19 @@ class Settings(BaseSettings):
         "its A-ASSOCIATE-RQ has arrived.",
     )
     scp_processes: int = Field(
-        default=1,
+        default_factory=lambda: min(64, os.cpu_count() or 1),
         ge=1,
         le=64,
-        description="SCP processes sharing the port (SO_REUSEPORT); >1 gets past the GIL.",
+        description="SCP processes sharing the port (SO_REUSEPORT); >1 gets past the GIL. "
+        "Default: the machine's cores.",
+    )
+    ingest_commit_window_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="Group commit: how long the instance that opens a group waits for "
+        "instances other associations are still receiving, so that all share one index "
+        "transaction and fsync; it never waits when none is on its way.",
     )
     network_timeout_s: float = Field(default=60.0, gt=0)
     dicom_request_timeout_s: float = Field(

@@ -52,6 +52,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "quiet_period_s": 60.0,
             "assembly_poll_s": 0.1,
             "log_json": True,
+            "scp_processes": 1,  # the default is the cores; tests that want more say so
         }
         values.update(overrides)
         return Settings.model_validate(values)

@@ -130,7 +130,7 @@ class Gateway:
         shared = settings.scp_processes > 1
         self.scp = DicomServer(
             settings,
-            Ingest(self.parts.db, self.parts.store),
+            Ingest(self.parts.db, self.parts.store, settings.ingest_commit_window_ms),
             self.parts.directory,
             self.parts.source_ids,
             self.parts.store,
@@ -266,7 +266,7 @@ def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None
     parts = Parts.build(settings, migrate=False)
     server = DicomServer(
         settings,
-        Ingest(parts.db, parts.store),
+        Ingest(parts.db, parts.store, settings.ingest_commit_window_ms),
         parts.directory,
         parts.source_ids,
         parts.store,

@@ -8,6 +8,8 @@ tables
     The SQLAlchemy tables (Alembic migrations in ``migrations/`` create exactly these).
 object_store
     Where instances and results are kept byte for byte: a folder or S3.
+durable_files
+    Data and directory fsyncs; a staged file's data synced in the background.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
 due

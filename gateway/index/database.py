@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -26,10 +28,11 @@ class Database:
         self.url = url
         self.engine = _create_engine(url, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time: threads of this process queue here instead of
-        # sleep-polling in SQLite's busy handler (other processes still do that).
+        # SQLite has one writer at a time: writers queue here instead of sleep-polling in
+        # SQLite's busy handler (1, 2, 5, 10… ms between tries), threads of this process on
+        # a lock and SCP processes on a file lock beside the database.
         self.write_lock: AbstractContextManager[Any] = (
-            threading.Lock() if self.is_sqlite else nullcontext()
+            SqliteWriteLock(_sqlite_path(url)) if self.is_sqlite else nullcontext()
         )
 
     @property
@@ -92,11 +95,45 @@ def translated() -> Iterator[None]:
         raise DatabaseError(f"{exc.__class__.__name__}: {first}") from exc
 
 
+class SqliteWriteLock:
+    """One writer at a time across the threads of this process (a lock) and the processes
+    sharing the database file (``flock`` on ``<database>.write-lock``, which wakes the next
+    waiter at once when released)."""
+
+    def __init__(self, database: Path | None) -> None:
+        self._threads = threading.Lock()
+        self._file = database.with_name(database.name + ".write-lock") if database else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._file is not None:
+                if self._fd is None:
+                    self._fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+def _sqlite_path(url: str) -> Path | None:
+    path = url.split("///", 1)[-1] if "///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _create_engine(url: str, pool_size: int) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)

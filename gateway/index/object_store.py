@@ -13,7 +13,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -23,6 +24,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from gateway.errors import StorageError
+from gateway.index.durable_files import BackgroundSync, copy_synced, fsync_dir, wait_quietly
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
 
@@ -54,6 +56,7 @@ class StagedObject:
     temp: Path | None = None  # folder store: the fsynced temp file, until published
     source: Path | None = None  # staged from this file (``data`` is empty); read again on retry
     size: int = -1
+    synced: Future[None] | None = None  # folder store: the temp file's fsync, in the background
 
     def __post_init__(self) -> None:
         if self.size < 0:
@@ -75,6 +78,11 @@ class ObjectStore(Protocol):
 
     def publish(self, staged: StagedObject, key: str) -> None:
         """Give a staged object its key; when this returns, it survives a crash under it."""
+
+    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
+        """:meth:`publish` for several objects at once (a group commit): when this returns,
+        every one survives a crash under its key; on failure some may be published, and the
+        caller deletes the keys it will not index."""
 
     def discard(self, staged: StagedObject) -> None:
         """Drop what :meth:`stage` left if it was never published."""
@@ -107,6 +115,7 @@ class FolderStore:
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.min_free_bytes = min_free_bytes
+        self._syncs = BackgroundSync()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -125,7 +134,7 @@ class FolderStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
@@ -152,12 +161,12 @@ class FolderStore:
         try:
             staging.mkdir(exist_ok=True)
             size = path.stat().st_size
-            _link_or_copy(path, temp)
+            synced = self._syncs.stage(path, temp)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write staged object: {exc.strerror or exc}") from exc
-        return StagedObject(b"", temp, source=path, size=size)
+        return StagedObject(b"", temp, source=path, size=size, synced=synced)
 
     def put_file(self, key: str, path: Path) -> None:
         """:meth:`put` from a file, without holding it in memory."""
@@ -165,31 +174,66 @@ class FolderStore:
         temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            _copy_synced(path, temp)
+            copy_synced(path, temp)
             os.replace(temp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
 
     def publish(self, staged: StagedObject, key: str) -> None:
+        self.publish_group([(staged, key)])
+
+    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
+        # Renames first, then one fsync per directory: the instances of a series share one.
+        directories: dict[Path, None] = {}
+        for staged, key in group:
+            directories[self._rename_into_place(staged, key)] = None
+        for directory in directories:
+            try:
+                fsync_dir(directory)
+            except OSError as exc:
+                raise StorageError(f"cannot sync {directory.name}: {exc.strerror or exc}") from exc
+
+    def _rename_into_place(self, staged: StagedObject, key: str) -> Path:
+        """The staged file under its key, not yet durable there; returns its directory."""
         if staged.temp is None:  # already published once (a retried transaction)
-            if staged.source is not None:
-                self.put_file(key, staged.source)
-            else:
-                self.put(key, staged.data)
-            return
+            self._write_unsynced_entry(staged, key)
+            return self._path(key).parent
         final = self._path(key)
         try:
+            if staged.synced is not None:  # its data durable before its name is
+                staged.synced.result()
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged.temp, final)  # same file system: atomic
             staged.temp = None
-            _fsync_dir(final.parent)
         except OSError as exc:
+            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+        return final.parent
+
+    def _write_unsynced_entry(self, staged: StagedObject, key: str) -> None:
+        # The data is fsynced; only the directory entry waits for publish_group's sync.
+        final = self._path(key)
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if staged.source is not None:
+                copy_synced(staged.source, temp)
+            else:
+                with open(temp, "wb") as handle:
+                    handle.write(staged.data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
 
     def discard(self, staged: StagedObject) -> None:
+        if staged.synced is not None:
+            wait_quietly(staged.synced)  # a copy still being written would outlive the unlink
         if staged.temp is not None:
             with contextlib.suppress(OSError):
                 staged.temp.unlink(missing_ok=True)
@@ -265,36 +309,6 @@ def _chunks_of(handle: BinaryIO, key: str, chunk: int) -> Iterator[bytes]:
                 yield block
         except OSError as exc:
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link when both are on one file system (no second copy of a large instance),
-    else a copy; fsynced either way."""
-    try:
-        os.link(source, target)
-    except OSError:
-        _copy_synced(source, target)
-        return
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_synced(source: Path, target: Path) -> None:
-    with open(source, "rb") as reader, open(target, "wb") as writer:
-        shutil.copyfileobj(reader, writer, 1024 * 1024)
-        writer.flush()
-        os.fsync(writer.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class S3Store:
@@ -383,6 +397,10 @@ class S3Store:
                 self._put_stream(key, stream, staged.size)
         except OSError as exc:
             raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
+
+    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
+        for staged, key in group:  # each PUT is durable when it returns
+            self.publish(staged, key)
 
     def discard(self, staged: StagedObject) -> None:
         pass

@@ -11,6 +11,8 @@ scp
 connections
     Connections before they are associations: one selector thread accepts, caps connections
     per peer, completes TLS handshakes and reads the A-ASSOCIATE-RQ under a deadline.
+reactor
+    pynetdicom's association and DUL loops woken by their messages instead of 1 ms polls.
 pdu_limits
     What one association may make the SCP hold: PDU lengths checked before their bodies are
     read, command and dataset sizes, unanswered requests.
@@ -21,6 +23,14 @@ refusals
     by SCP processes, the association decision the audit log records.
 receive
     :class:`Ingest`: one instance durably into the object store and the index, or a status.
+outcome
+    :class:`Sender` (who sent an instance) and :class:`Outcome` (what became of it).
+group_commit
+    :class:`GroupCommit`: instances arriving together across associations share one write;
+    each is answered only after it.
+indexing
+    :func:`write_group`: one index transaction (Core statements) for a group of staged
+    instances, their objects published with one directory fsync per series.
 pixels
     Pixel Data impossible on its face (cut short, native length not Rows × Columns × frames
     × samples × bytes, fewer fragments than frames), refused before it is stored.

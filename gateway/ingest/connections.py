@@ -46,6 +46,7 @@ from gateway.ingest.pdu_limits import (
     MessageLimits,
     abort_pdu,
 )
+from gateway.ingest.reactor import EdgeAssociation, WakingQueue
 from gateway.ingest.refusals import EdgeReport, Refusal
 from gateway.ingest.tls import TlsIdentity, identity_of
 
@@ -104,7 +105,7 @@ class EdgeListener(AssociationServer):
     ) -> Association:
         """Start pynetdicom's acceptor on an admitted connection (as its RequestHandler
         does, with our socket wrapper)."""
-        assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc = EdgeAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self
         # pynetdicom finds a server's associations by this thread name.
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
@@ -117,6 +118,10 @@ class EdgeListener(AssociationServer):
             on_abort=on_abort,
         )
         assoc.set_socket(guarded)
+        # The DUL thread waits in guarded.ready for data or for a primitive to send, instead
+        # of sleeping 1 ms between looks (gateway.ingest.reactor).
+        assoc.dul.to_provider_queue = WakingQueue(guarded.wake)
+        assoc.dul._run_loop_delay = 0
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.ae_title
         assoc.acceptor.address_info = AddressInformation.from_tuple(self.server_address)

@@ -17,13 +17,20 @@ longer than we accept before reading its body, and walks each P-DATA-TF's value 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import socket
+import ssl
 import struct
+import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from pynetdicom.transport import AssociationSocket
 
+from gateway.ingest.reactor import IDLE_WAKE_S
 from gateway.ingest.refusals import Refusal
 from gateway.ingest.tls import TlsIdentity
 
@@ -192,10 +199,42 @@ class GuardedSocket(AssociationSocket):
         self.limits = limits
         self.identity = identity
         self._on_abort = on_abort
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._close_wake = weakref.finalize(self, _close_fds, self._wake_read, self._wake_write)
+
+    def wake(self) -> None:
+        """Make a DUL thread waiting in :attr:`ready` look again (something is to be sent)."""
+        # OSError: already woken (the pipe is full), or closed with the association.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"\0")
 
     @property
     def ready(self) -> bool:
-        return bool(self._unread) or self._body is not None or super().ready
+        """Whether a PDU can be read; waits up to ``IDLE_WAKE_S`` for one, or for
+        :meth:`wake` (pynetdicom's DUL asks without waiting and then sleeps 1 ms)."""
+        if self._unread or self._body is not None:
+            return True
+        connection = self.socket
+        if connection is None or not self._is_connected:
+            time.sleep(IDLE_WAKE_S)  # the DUL loops until it is stopped: keep it paced
+            return False
+        if isinstance(connection, ssl.SSLSocket) and connection.pending():
+            return True
+        try:
+            watched = [connection.fileno(), self._wake_read]
+            readable, _, _ = select.select(watched, [], [], IDLE_WAKE_S)
+        except (OSError, TimeoutError, ValueError):
+            self.event_queue.put("Evt17")  # transport closed, as pynetdicom's ready says
+            return False
+        if self._wake_read in readable:
+            _drain(self._wake_read)
+        return watched[0] in readable
+
+    def close(self) -> None:
+        super().close()
+        self._close_wake()
 
     def recv(self, nr_bytes: int) -> bytearray:
         # pynetdicom's reader asks for 6 header bytes, then for the body the header declares
@@ -259,3 +298,15 @@ class GuardedSocket(AssociationSocket):
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # the peer is gone already; pynetdicom closes the socket
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):  # BlockingIOError: empty now
+        while os.read(fd, 4096):
+            pass
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

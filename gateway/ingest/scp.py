@@ -342,6 +342,7 @@ class DicomServer:
     ) -> None:
         _check_tls_sources(settings, directory)
         self.settings = settings
+        self.ingest = ingest
         self.releases = releases
         self.report = EdgeReport(counters or EdgeCounters(), audit)
         self.ae = _build_ae(settings, results=directory.has_devices)
@@ -456,6 +457,10 @@ def _build_ae(settings: Settings, results: bool = False) -> AE:
     # process-global flag; it is set here, where every SCP of the process is built, and
     # nothing in the gateway receives C-STORE any other way (SCUs only send).
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom's "standard" handlers describe every PDU and DIMSE message in INFO and DEBUG
+    # lines that gateway.logs drops (pynetdicom logs at WARNING and above): formatting them
+    # cost CPU on every P-DATA of every C-STORE. Process-global too, set in the same place.
+    _config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_bytes
     # The gatekeeper enforces the limit (and logs, counts and audits it); pynetdicom's own

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
 from gateway.dimse_status import Status
@@ -21,6 +23,39 @@ from gateway.uids import is_valid_uid
 # Read UIDs whole so that an over-long one is refused, not silently cut to 64 characters.
 _UID_READ_LIMIT = 1024
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
+_TAGS: dict[str, int] = {
+    keyword: int(tag)
+    for keyword in (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "PatientID",
+        "PatientSex",
+        "PatientAge",
+        "PatientBirthDate",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyDescription",
+        "Modality",
+        "BodyPartExamined",
+        "SeriesDescription",
+        "SeriesNumber",
+        "InstanceNumber",
+        "ImageType",
+        "SliceThickness",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+        "PhotometricInterpretation",
+        "ViewPosition",
+        "ProtocolName",
+    )
+    if (tag := tag_for_keyword(keyword)) is not None
+}
 
 
 class StudyTags(BaseModel):
@@ -137,8 +172,18 @@ def patient_age_years(dataset: Dataset) -> int | None:
     return None
 
 
+def _value(dataset: Dataset, keyword: str) -> Any:
+    # By tag number: a keyword goes through Dataset.__getattr__ and the dictionary each time,
+    # which cost more than the value itself on every C-STORE.
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        return dataset.get(keyword)
+    element = dataset.get(tag)
+    return None if element is None else element.value
+
+
 def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
-    value = dataset.get(keyword)
+    value = _value(dataset, keyword)
     if value is None or value == "":
         return None
     if isinstance(value, MultiValue | list | tuple):
@@ -151,7 +196,7 @@ def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:
     try:
-        value = dataset.get(keyword)
+        value = _value(dataset, keyword)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
@@ -159,7 +204,7 @@ def _integer(dataset: Dataset, keyword: str) -> int | None:
 
 def _number(dataset: Dataset, keyword: str) -> float | None:
     try:
-        value = dataset.get(keyword)
+        value = _value(dataset, keyword)
         return float(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None

@@ -3,6 +3,7 @@ transient DatabaseError, except a unique-constraint conflict, which callers hand
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,29 @@ def test_sqlite_migrations_match_the_models(tmp_path: Path) -> None:
         assert [op[0] for op in diff] == ["add_index"]  # the comparison can see a drift
     finally:
         db.dispose()
+
+
+def test_sqlite_writers_of_two_processes_queue_on_one_file_lock(tmp_path: Path) -> None:
+    # Two Database objects open the lock file separately, as two SCP processes do: flock
+    # excludes across open files, so the second writer waits for the first's release.
+    first = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    second = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    order: list[str] = []
+    second_waiting = threading.Event()
+
+    def second_writer() -> None:
+        second_waiting.set()
+        with second.write_lock:
+            order.append("second")
+
+    with first.write_lock:
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        second_waiting.wait(timeout=30)
+        thread.join(timeout=0.2)  # it cannot get in while the first holds the lock
+        order.append("first")
+    thread.join(timeout=30)
+    assert order == ["first", "second"]
+    assert (tmp_path / "index.db.write-lock").exists()
+    first.dispose()
+    second.dispose()

@@ -23,8 +23,15 @@ Modules:
 """
 
 from tests.services.broker import RedisServer, redis_server
-from tests.services.dcmtk import DCMTK_ENV, Storescp, dciodvfy_errors, storescu, storescu_command
-from tests.services.gateway_process import GatewayProcess, gateway_env
+from tests.services.dcmtk import (
+    DCMTK_ENV,
+    Storescp,
+    acknowledged_files,
+    dciodvfy_errors,
+    storescu,
+    storescu_command,
+)
+from tests.services.gateway_process import GatewayProcess, gateway_env, indexed_rows
 from tests.services.orthanc import Orthanc
 from tests.services.postgres import Postgres, postgres_server
 from tests.services.processes import (
@@ -59,10 +66,12 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailable",
     "Storescp",
+    "acknowledged_files",
     "ct_instance",
     "dciodvfy_errors",
     "free_port",
     "gateway_env",
+    "indexed_rows",
     "listening_sockets",
     "make_uid",
     "postgres_server",

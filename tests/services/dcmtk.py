@@ -110,3 +110,15 @@ def dciodvfy_errors(dataset: pydicom.Dataset, folder: Path) -> list[str]:
     result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
+
+
+def acknowledged_files(storescu_log: str) -> list[Path]:
+    """Files for which ``storescu -v`` printed a successful C-STORE response."""
+    acked, current = [], None
+    for line in storescu_log.splitlines():
+        if line.startswith("I: Sending file: "):
+            current = Path(line.removeprefix("I: Sending file: ").strip())
+        elif line.startswith("I: Received Store Response (Success)") and current is not None:
+            acked.append(current)
+            current = None
+    return acked

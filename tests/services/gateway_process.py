@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ def gateway_env(**settings: str) -> dict[str, str]:
     env["AIGW_SOURCES_FILE"] = str(ROOT / "gateway" / "configs" / "sources.yaml")
     env["AIGW_REGIONS_FILE"] = str(ROOT / "gateway" / "configs" / "regions.yaml")
     env["AIGW_LOG_JSON"] = "true"
+    env["AIGW_SCP_PROCESSES"] = "1"  # the default is the cores; a test that wants more says so
     env.update({f"AIGW_{key.upper()}": value for key, value in settings.items()})
     return env
 
@@ -86,3 +88,14 @@ class GatewayProcess:
         if not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def indexed_rows(db_file: Path) -> int:
+    """Instance rows in an embedded gateway's index, read without disturbing it."""
+    if not db_file.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=1) as connection:
+            return int(connection.execute("SELECT count(*) FROM instances").fetchone()[0])
+    except sqlite3.OperationalError:  # schema not there yet
+        return 0

@@ -32,8 +32,10 @@ from tests.services import (
     GatewayProcess,
     Postgres,
     S3Server,
+    acknowledged_files,
     free_port,
     gateway_env,
+    indexed_rows,
     make_uid,
     postgres_server,
     require_tool,
@@ -206,28 +208,6 @@ def test_database_stopped_then_restarted(
 # --- kill -9 ---------------------------------------------------------------------------------
 
 
-def _acknowledged(storescu_log: str) -> list[Path]:
-    """Files for which storescu -v printed a successful C-STORE response."""
-    acked, current = [], None
-    for line in storescu_log.splitlines():
-        if line.startswith("I: Sending file: "):
-            current = Path(line.removeprefix("I: Sending file: ").strip())
-        elif line.startswith("I: Received Store Response (Success)") and current is not None:
-            acked.append(current)
-            current = None
-    return acked
-
-
-def _count_rows(db_file: Path) -> int:
-    if not db_file.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=1) as connection:
-            return int(connection.execute("SELECT count(*) FROM instances").fetchone()[0])
-    except sqlite3.OperationalError:  # schema not there yet
-        return 0
-
-
 def _wait_until_settled(db: Database, study_uid: str, completions: int) -> list[str | None]:
     """Wait (up to 60 s) until the study has completed at least ``completions`` times and is
     no longer open; it may go on past ``complete`` (routed, not_applicable) as later stages
@@ -263,7 +243,7 @@ def _timeline(db: Database, study_uid: str) -> list[str | None]:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_kill_9_mid_study_loses_nothingacknowledged_files(tmp_path: Path) -> None:
     tool = require_tool("storescu")
     data_dir = tmp_path / "var"
     data_dir.mkdir()
@@ -296,13 +276,13 @@ def test_kill_9_mid_study_loses_nothing_acknowledged(tmp_path: Path) -> None:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "TCP_NODELAY": "1"},
             )
-            while _count_rows(db_file) < 20 and sender.poll() is None:
+            while indexed_rows(db_file) < 20 and sender.poll() is None:
                 time.sleep(0.01)
             first.kill()
             sender.wait(timeout=60)
     finally:
         first.stop()
-    acked = _acknowledged(log_path.read_text())
+    acked = acknowledged_files(log_path.read_text())
     assert 0 < len(acked) < len(files), "the kill must land mid-study"
     assert sender.returncode != 0
 

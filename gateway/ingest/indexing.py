@@ -1,0 +1,345 @@
+"""One index transaction for a group of received instances: the write side of group commit.
+
+The members' bytes are already durable in staging (data fsynced); here, in one transaction:
+
+1. what the index holds of the group's SOP Instances, studies and series is read at once
+   (three queries, not three per instance);
+2. each member is placed: an identical copy already held → success, nothing written; a series
+   that belongs to another study → refused, nothing written for it; else its study and series
+   are found or created (a complete study is reopened as ``superseded``);
+3. the new instance rows are inserted (one statement), **before** any object is published, so
+   the unique constraints order concurrent copies of one SOP Instance and a row never points
+   at another writer's bytes;
+4. the objects are published under their keys, one directory fsync per series folder;
+5. ``last_received_at`` is written once per study and series (in id order: two writers lock
+   the rows in the same order) and the transaction commits: one durable commit for the group.
+
+If anything fails after a publish, the published objects are deleted (recovery would remove
+them at start-up anyway: their senders were never told success). SQLAlchemy Core throughout,
+with statements built once: this runs for every instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.dimse_status import Status
+from gateway.errors import InvalidInstance, StorageError
+from gateway.index.database import Database
+from gateway.index.object_store import ObjectStore, StagedObject, instance_key
+from gateway.index.patient_names import folded
+from gateway.index.study_state import OPEN_STATES, StudyState, record_event
+from gateway.index.tables import InstanceRow, SeriesRow, StudyRow, utcnow
+from gateway.ingest.outcome import Outcome, Sender
+from gateway.ingest.tags import InstanceTags
+
+STUDIES = cast(Table, StudyRow.__table__)
+SERIES = cast(Table, SeriesRow.__table__)
+INSTANCES = cast(Table, InstanceRow.__table__)
+
+_VERSIONS = select(INSTANCES.c.sop_instance_uid, INSTANCES.c.version, INSTANCES.c.sha256)
+_STUDIES = select(STUDIES.c.study_uid, STUDIES.c.id, STUDIES.c.state)
+_SERIES = select(SERIES.c.series_uid, SERIES.c.id, SERIES.c.study_id)
+# One UID: an equality, compiled once; several: IN, whose expanding parameter SQLAlchemy
+# renders again on each execution (most groups hold one study and one series).
+_READS = {
+    name: (
+        query.where(column == bindparam("uid")),
+        query.where(column.in_(bindparam("uids", expanding=True))),
+    )
+    for name, query, column in (
+        ("versions", _VERSIONS, INSTANCES.c.sop_instance_uid),
+        ("studies", _STUDIES, STUDIES.c.study_uid),
+        ("series", _SERIES, SERIES.c.series_uid),
+    )
+}
+_INSERT_INSTANCES = insert(INSTANCES)
+# executemany, one row per id: no expanding IN to render again on each group
+_TOUCH = tuple(
+    update(table).where(table.c.id == bindparam("row_id")).values(last_received_at=bindparam("now"))
+    for table in (STUDIES, SERIES)
+)
+_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance waiting for its group's commit: durable in staging, validated."""
+
+    staged: StagedObject
+    digest: str
+    tags: InstanceTags
+    sender: Sender
+
+
+def write_group(db: Database, store: ObjectStore, members: Sequence[Member]) -> list[Outcome]:
+    """Index and publish ``members`` in one transaction; one outcome each, in their order.
+
+    A member refused on its own (its series belongs to another study) gets its status and
+    the others go on; a failure of the transaction (database, object store) raises, and then
+    nothing of the group is indexed or left published.
+    """
+    for _attempt in range(_ATTEMPTS):
+        try:
+            return _transaction(db, store, members)
+        except IntegrityError:
+            # Another process stored one of these studies, series or SOP versions first; the
+            # retry reads its rows and takes the next step from there.
+            continue
+    raise StorageError("index kept conflicting with concurrent writers")
+
+
+@dataclass
+class _Group:
+    """What one transaction has read and written, so that members of a series ask once."""
+
+    now: datetime
+    versions: dict[str, list[tuple[int, str]]]
+    studies: dict[str, tuple[int, str]]
+    series: dict[str, tuple[int, int]]
+    rows: list[dict[str, object]] = field(default_factory=list)
+    publish: list[tuple[StagedObject, str]] = field(default_factory=list)
+    touched_studies: set[int] = field(default_factory=set)
+    touched_series: set[int] = field(default_factory=set)
+
+
+def _transaction(db: Database, store: ObjectStore, members: Sequence[Member]) -> list[Outcome]:
+    published: list[str] = []
+    try:
+        with db.write_lock, db.transaction() as connection:
+            group = _read_group(connection, members)
+            # One order for every writer: two groups never wait on each other's rows crosswise.
+            order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))
+            outcomes = {index: _place(connection, group, members[index]) for index in order}
+            if group.rows:
+                _execute(connection, _INSERT_INSTANCES, group.rows)
+            published = [key for _staged, key in group.publish]
+            try:
+                store.publish_group(group.publish)
+                _touch(connection, group)
+            except BaseException:
+                # Removed while the rows are still locked: a concurrent writer of the same
+                # SOP version waits on them and must not find its own object deleted.
+                _remove_all(store, published)
+                published = []
+                raise
+        return [outcomes[index] for index in range(len(members))]
+    except BaseException:
+        _remove_all(store, published)  # the commit itself failed
+        raise
+
+
+def _sort_key(tags: InstanceTags) -> tuple[str, str, str]:
+    return (tags.study.study_uid, tags.series_uid, tags.sop_instance_uid)
+
+
+def _read_group(connection: Connection, members: Sequence[Member]) -> _Group:
+    sops = sorted({m.tags.sop_instance_uid for m in members})
+    studies = sorted({m.tags.study.study_uid for m in members})
+    series = sorted({m.tags.series_uid for m in members})
+    versions: dict[str, list[tuple[int, str]]] = {uid: [] for uid in sops}
+    for sop, version, sha in _read(connection, "versions", sops):
+        versions[sop].append((int(version), str(sha)))
+    return _Group(
+        now=utcnow(),
+        versions=versions,
+        studies={
+            uid: (int(id_), str(state)) for uid, id_, state in _read(connection, "studies", studies)
+        },
+        series={
+            uid: (int(id_), int(study_id))
+            for uid, id_, study_id in _read(connection, "series", series)
+        },
+    )
+
+
+def _read(connection: Connection, name: str, uids: list[str]) -> Sequence[Row[Any, Any, Any]]:
+    one, many = _READS[name]
+    if len(uids) == 1:
+        return connection.execute(one, {"uid": uids[0]}).all()
+    return connection.execute(many, {"uids": uids}).all()
+
+
+def _place(connection: Connection, group: _Group, member: Member) -> Outcome:
+    tags = member.tags
+    study_uid = tags.study.study_uid
+    held = group.versions[tags.sop_instance_uid]
+    if any(sha == member.digest for _version, sha in held):
+        return Outcome(Status.SUCCESS, "duplicate of a stored instance", study_uid, duplicate=True)
+    try:
+        _check_series(group, tags)
+    except InvalidInstance as exc:
+        return Outcome(exc.status, exc.reason, study_uid)
+    study_id = _study_for(connection, group, member)
+    series_id = _series_for(connection, group, tags, study_id)
+    version = max((v for v, _sha in held), default=0) + 1
+    held.append((version, member.digest))
+    key = instance_key(study_uid, tags.series_uid, tags.sop_instance_uid, version)
+    group.rows.append(_instance_values(series_id, member, key, version, group.now))
+    group.publish.append((member.staged, key))
+    group.touched_studies.add(study_id)
+    group.touched_series.add(series_id)
+    if version > 1:
+        record_event(
+            connection,
+            study_id,
+            "instance_version",
+            group.now,
+            detail={
+                "sop_instance_uid": tags.sop_instance_uid,
+                "version": version,
+                "object_key": key,
+            },
+        )
+    return Outcome(Status.SUCCESS, "", study_uid, version=version)
+
+
+def _check_series(group: _Group, tags: InstanceTags) -> None:
+    """Refused before anything is written for it: a series held under another study."""
+    series = group.series.get(tags.series_uid)
+    if series is None:
+        return
+    study = group.studies.get(tags.study.study_uid)
+    if study is None or study[0] != series[1]:
+        raise InvalidInstance(
+            "series already belongs to another study", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        )
+
+
+def _study_for(connection: Connection, group: _Group, member: Member) -> int:
+    """The study's id, created if new; a study already complete is reopened (superseded)."""
+    study_tags, sender, now = member.tags.study, member.sender, group.now
+    found = group.studies.get(study_tags.study_uid)
+    if found is None:
+        study_id = connection.execute(
+            insert(STUDIES)
+            .values(
+                study_uid=study_tags.study_uid,
+                source_id=sender.source_id,
+                region_code=sender.source.region,
+                state=StudyState.RECEIVING.value,
+                patient_id=study_tags.patient_id,
+                patient_name=study_tags.patient_name,
+                patient_name_folded=folded(study_tags.patient_name),
+                patient_sex=study_tags.patient_sex,
+                patient_age_years=study_tags.patient_age_years,
+                study_date=study_tags.study_date,
+                study_time=study_tags.study_time,
+                accession_number=study_tags.accession_number,
+                study_description=study_tags.study_description,
+                first_received_at=now,
+                last_received_at=now,
+                state_changed_at=now,
+            )
+            .returning(STUDIES.c.id)
+        ).scalar_one()
+        record_event(
+            connection,
+            study_id,
+            "state",
+            now,
+            state=StudyState.RECEIVING,
+            detail={"source": sender.source.name, "calling_ae": sender.calling_ae},
+        )
+        group.studies[study_tags.study_uid] = (int(study_id), StudyState.RECEIVING.value)
+        return int(study_id)
+    study_id, state = found
+    if state not in OPEN_STATES:
+        connection.execute(
+            update(STUDIES)
+            .where(STUDIES.c.id == study_id)
+            .values(state=StudyState.SUPERSEDED.value, state_changed_at=now)
+        )
+        record_event(
+            connection,
+            study_id,
+            "state",
+            now,
+            state=StudyState.SUPERSEDED,
+            detail={"reason": "instances arrived after completion", "previous_state": state},
+        )
+        group.studies[study_tags.study_uid] = (study_id, StudyState.SUPERSEDED.value)
+    return study_id
+
+
+def _series_for(connection: Connection, group: _Group, tags: InstanceTags, study_id: int) -> int:
+    found = group.series.get(tags.series_uid)
+    if found is not None:
+        return found[0]
+    series_id = connection.execute(
+        insert(SERIES)
+        .values(
+            study_id=study_id,
+            series_uid=tags.series_uid,
+            modality=tags.modality,
+            body_part=tags.body_part,
+            series_description=tags.series_description,
+            series_number=tags.series_number,
+            protocol_name=tags.protocol_name,
+            first_received_at=group.now,
+            last_received_at=group.now,
+        )
+        .returning(SERIES.c.id)
+    ).scalar_one()
+    group.series[tags.series_uid] = (int(series_id), study_id)
+    return int(series_id)
+
+
+def _touch(connection: Connection, group: _Group) -> None:
+    # Last, and in id order: on PostgreSQL these lock the rows until the commit, and every
+    # instance of the study waits for them.
+    for statement, ids in zip(_TOUCH, (group.touched_studies, group.touched_series), strict=True):
+        if ids:
+            _execute(connection, statement, [{"row_id": i, "now": group.now} for i in sorted(ids)])
+
+
+def _execute(connection: Connection, statement: Any, rows: list[dict[str, object]]) -> None:
+    # One row as a plain execute: SQLAlchemy's executemany path costs more per call, and most
+    # groups hold one instance of one study and series.
+    connection.execute(statement, rows[0] if len(rows) == 1 else rows)
+
+
+def _instance_values(
+    series_id: int, member: Member, key: str, version: int, now: datetime
+) -> dict[str, object]:
+    tags, sender = member.tags, member.sender
+    return {
+        "series_id": series_id,
+        "sop_instance_uid": tags.sop_instance_uid,
+        "version": version,
+        "object_key": key,
+        "sop_class_uid": tags.sop_class_uid,
+        "transfer_syntax_uid": tags.transfer_syntax_uid,
+        "size_bytes": member.staged.size,
+        "sha256": member.digest,
+        "instance_number": tags.instance_number,
+        "image_type": tags.image_type,
+        "slice_thickness": tags.slice_thickness,
+        "image_position": tags.image_position,
+        "image_orientation": tags.image_orientation,
+        "rows": tags.rows,
+        "columns": tags.columns,
+        "number_of_frames": tags.number_of_frames,
+        "photometric_interpretation": tags.photometric_interpretation,
+        "view_position": tags.view_position,
+        "calling_ae": sender.calling_ae,
+        "peer_address": sender.address,
+        "received_at": now,
+    }
+
+
+def _remove_all(store: ObjectStore, keys: Sequence[str]) -> None:
+    for key in keys:
+        try:
+            store.delete(key)
+        except StorageError:
+            log.warning("orphan object left for recovery", extra={"object_key": key})
