@@ -1,8 +1,12 @@
-"""Decoding in child processes under a memory ceiling: the second line behind the checks.
+"""Decode ▸ preprocess in child processes under a memory ceiling: the CPU half of the
+pipeline, off the GIL, and the second line behind the pixel checks.
 
-The pixel checks stop every header bomb we know of before a decoder runs; this bounds what
-one we do not know can take. Decoding happens in a small pool of spawned processes, each
-with ``RLIMIT_AS`` set to ``decode_memory_limit_mb``: an allocation past it raises
+A pool of ``decode_processes`` children (the cores, by default) runs each job's decode and
+preprocess (:mod:`gateway.inference.prepare`) and hands back the model's inputs, so jobs on
+the worker's threads decode in parallel while the batcher runs the model. The pixel checks
+stop every header bomb we know of before a decoder runs; the pool bounds what one we do not
+know can take: each child's address space may grow by ``decode_memory_limit_mb`` beyond
+what it holds after its imports (``RLIMIT_AS``): an allocation past it raises
 MemoryError in the child (numpy) or fails inside the codec (openjpeg, libjpeg, charls), and
 a child that dies anyway (killed, a crashed codec) breaks only the pool, which is replaced.
 Either way the job fails with the reason and the worker goes on; nothing is retried, so the
@@ -11,27 +15,28 @@ queue's exactly-once handling is untouched (the pipeline, not the pool, records 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing
 import resource
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-
-from pydicom import Dataset
+from typing import TypeVar
 
 from gateway.inference.decode import (
+    Decoded,
     DecodeError,
-    Image2D,
-    Volume,
-    decode_image,
-    decode_volume,
+    decode_datasets,
     read_dataset,
 )
+from gateway.inference.prepare import PreparedJob, prepare_blobs
+from models.manifest import InputSpec
 
 log = logging.getLogger(__name__)
 
-Decoded = tuple[list[Image2D], Volume | None]
+Result = TypeVar("Result")
 
 
 def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
@@ -39,15 +44,23 @@ def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
     return decode_datasets([read_dataset(blob) for blob in blobs], dims)
 
 
-def decode_datasets(datasets: list[Dataset], dims: int) -> Decoded:
-    if dims == 3:
-        return [], decode_volume(datasets)
-    return [decode_image(d) for d in datasets], None
-
-
 def _limit_memory(limit_bytes: int) -> None:
-    """Pool initializer: the ceiling on this child's address space."""
-    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    """Pool initializer: one thread for torch (a child per core already), its import done
+    now, then the ceiling on what this child's address space may grow by. The ceiling
+    counts from here: torch maps ~1 GB of address space on import, which is not decoding's."""
+    from models.preprocess import _torch
+
+    _torch().set_num_threads(1)
+    grown_to = _address_space_bytes() + limit_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (grown_to, grown_to))
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _ready() -> bool:
@@ -61,12 +74,22 @@ def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
         raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
 
 
+def _prepare_in_child(blobs: list[bytes], spec: InputSpec) -> PreparedJob:
+    try:
+        return prepare_blobs(blobs, spec)
+    except MemoryError as exc:
+        raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """Not fork: the worker is multi-threaded (Celery, SCP, HTTP). A fork server, started
     once per process with the decoders imported, then forks each child from itself: ~3 s
     once instead of a fresh interpreter's imports for every pool."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gateway.inference.decode_pool"])
+    preload = ["gateway.inference.decode_pool"]
+    if importlib.util.find_spec("torch") is not None:  # preprocessing's resize
+        preload.append("torch")
+    context.set_forkserver_preload(preload)
     return context
 
 
@@ -82,9 +105,17 @@ class DecodePool:
         self._executor: ProcessPoolExecutor | None = None
 
     def decode(self, blobs: list[bytes], dims: int) -> Decoded:
+        """One job's pixels (the results stage's and the tests' use)."""
+        return self._call(_decode_in_child, blobs, dims)
+
+    def prepare(self, blobs: list[bytes], spec: InputSpec) -> PreparedJob:
+        """One job decoded and preprocessed in a child: its model inputs, not its pixels."""
+        return self._call(_prepare_in_child, blobs, spec)
+
+    def _call(self, work: Callable[..., Result], *args: object) -> Result:
         executor = self._current()
         try:
-            return executor.submit(_decode_in_child, blobs, dims).result()
+            return executor.submit(work, *args).result()
         except BrokenProcessPool as exc:
             self._replace(executor)
             raise DecodeError(
@@ -101,7 +132,9 @@ class DecodePool:
     def warm(self) -> None:
         """Start the children now, not in the first job: a job that takes longer than the
         broker's visibility timeout is delivered to a second worker as well."""
-        self._current().submit(_ready)
+        executor = self._current()
+        for _ in range(self.processes):
+            executor.submit(_ready)
 
     def close(self) -> None:
         with self._lock:

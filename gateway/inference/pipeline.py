@@ -2,7 +2,14 @@
 
 load (object store) ▸ decode (each codestream's header checked against its dataset and
 the pixel budget, then pydicom + plugins) ▸ preprocess (MONAI, as in training)
-▸ infer (onnxruntime, micro-batched) ▸ postprocess (findings in source coordinates) ▸ record.
+▸ infer (onnxruntime, batched with other jobs' inputs) ▸ postprocess (findings in source
+coordinates) ▸ record.
+
+The worker's threads each run one job through this sequence; what makes it a pipeline
+across jobs is where two stages run: decode ▸ preprocess in the process pool
+(:mod:`gateway.inference.decode_pool`, one child per core), infer in the device's batcher
+(:mod:`gateway.inference.batcher`, one session per device per process, batches formed
+from every job waiting), so one job decodes while another's batch runs.
 
 Idempotent: a job already finished is left alone; a job re-run after a worker died replaces
 its findings in the same transaction that finishes it, so redelivery never duplicates.
@@ -27,16 +34,17 @@ from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
 from gateway.index.tables import FindingRow, JobRow, utcnow
-from gateway.inference.decode import DecodeError, Image2D, Volume, read_dataset
-from gateway.inference.decode_pool import DecodePool, decode_datasets
+from gateway.inference.batcher import Batcher, BatchLimits, Outputs
+from gateway.inference.decode import DecodeError, read_dataset
+from gateway.inference.decode_pool import DecodePool
 from gateway.inference.findings import Finding, Location
 from gateway.inference.lease import a_live_run_of, heartbeat
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget, check_job
+from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
 from models.manifest import DeviceManifest
-from models.postprocess import InputMeta, RawFinding, interpret
-from models.preprocess import Prepared, prepare_2d, prepare_3d
+from models.postprocess import RawFinding, interpret
 from models.runtime import SessionCache
 
 log = logging.getLogger(__name__)
@@ -60,14 +68,11 @@ class InferenceContext:
     lease_s: float = 30.0  # gateway.inference.lease
     budget: PixelBudget = field(default_factory=PixelBudget)
     decoder: DecodePool | None = None  # None: decode in this process, without a ceiling
+    batcher: Batcher | None = None  # None: one made with max_batch and no wait
 
-
-@dataclass
-class JobInput:
-    """What the decode stage produced: the images or the volume of one series."""
-
-    images: list[Image2D]
-    volume: Volume | None
+    def __post_init__(self) -> None:
+        if self.batcher is None:
+            self.batcher = Batcher(BatchLimits(self.max_batch, 0.0, 4 * self.max_batch))
 
 
 class Stopwatch:
@@ -110,6 +115,7 @@ class _Job:
     id: int
     series_uids: tuple[str, ...]
     device_key: str
+    priority: int  # gateway.routing.Priority: urgent studies are batched first
 
 
 def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Job | None:
@@ -122,7 +128,8 @@ def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Jo
             return None
         set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
         job.runner = runner
-        return _Job(job.id, tuple(job.series_uids or [job.series_uid]), job.device_key)
+        series = tuple(job.series_uids or [job.series_uid])
+        return _Job(job.id, series, job.device_key, job.priority)
 
 
 def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict[str, float]]:
@@ -130,21 +137,35 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
     manifest = context.registry.manifest(job.device_key)
     with watch.stage("load"):
         blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
-    with watch.stage("decode"):
-        decoded = _decode(blobs, manifest, context.budget, context.decoder)
-    with watch.stage("preprocess"):
-        prepared, metas = _preprocess(decoded, manifest)
+    with watch.stage("decode"):  # ▸ preprocess: one unit of work in the process pool
+        prepared = _decode_and_preprocess(blobs, manifest, context.budget, context.decoder)
+    # decode is the pool's whole round trip (checks, queueing, transfer) less preprocess
+    watch.ms["preprocess"] = prepared.stage_ms.get("preprocess", 0.0)
+    watch.ms["decode"] = round(max(watch.ms["decode"] - watch.ms["preprocess"], 0.0), 2)
     with watch.stage("infer"):
-        session = context.sessions.session(
-            job.device_key, lambda: context.registry.model_bytes(job.device_key)
-        )
-        batch = np.stack([p.tensor for p in prepared])
-        outputs = context.sessions.run(session, manifest.input.name, batch, context.max_batch)
+        outputs = _infer(context, job, manifest, prepared)
     with watch.stage("postprocess"):
-        raw = interpret(manifest, outputs, metas)
-        located = [_locate(finding, decoded) for finding in raw]
+        raw = interpret(manifest, outputs, prepared.metas)
+        located = [_locate(finding, prepared) for finding in raw]
         findings = _store_masks(context.store, job.id, raw, located)
     return findings, watch.ms
+
+
+def _infer(
+    context: InferenceContext, job: _Job, manifest: DeviceManifest, prepared: PreparedJob
+) -> Outputs:
+    """The job's inputs in its device's next batch (the session is made here, so a model
+    that will not load fails this job, not the batcher)."""
+    session = context.sessions.session(
+        job.device_key, lambda: context.registry.model_bytes(job.device_key)
+    )
+    name, max_batch = manifest.input.name, context.max_batch
+
+    def run(batch: np.ndarray) -> Outputs:
+        return context.sessions.run(session, name, batch, max_batch)
+
+    assert context.batcher is not None  # made in __post_init__
+    return context.batcher.infer(job.device_key, run, prepared.inputs, job.priority)
 
 
 def _store_masks(
@@ -170,12 +191,12 @@ def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _decode(
+def _decode_and_preprocess(
     blobs: list[bytes],
     manifest: DeviceManifest,
     budget: PixelBudget | None = None,
     decoder: DecodePool | None = None,
-) -> JobInput:
+) -> PreparedJob:
     datasets = [read_dataset(blob) for blob in blobs]
     if len(datasets) < manifest.accepts.min_instances:
         raise JobFailure(
@@ -183,29 +204,11 @@ def _decode(
         )
     check_job(datasets, budget or PixelBudget())  # before a decoder allocates what a header claims
     if decoder is None:
-        images, volume = decode_datasets(datasets, manifest.input.dims)
-    else:
-        images, volume = decoder.decode(blobs, manifest.input.dims)
-    return JobInput(images, volume)
+        return prepare_blobs(blobs, manifest.input)
+    return decoder.prepare(blobs, manifest.input)
 
 
-def _preprocess(
-    decoded: JobInput, manifest: DeviceManifest
-) -> tuple[list[Prepared], list[InputMeta]]:
-    spec = manifest.input
-    if decoded.volume is not None:
-        prepared = [prepare_3d(decoded.volume.voxels, spec)]
-        return prepared, [InputMeta(prepared[0].geometry, decoded.volume.spacing_mm)]
-    prepared = []
-    metas = []
-    for image in decoded.images:
-        item = prepare_2d(image.pixels, image.photometric, spec)
-        prepared.append(item)
-        metas.append(InputMeta(item.geometry, image.spacing_mm))
-    return prepared, metas
-
-
-def _locate(finding: RawFinding, decoded: JobInput) -> Finding:
+def _locate(finding: RawFinding, prepared: PreparedJob) -> Finding:
     return Finding(
         label_code=finding.label.code,
         label_scheme=finding.label.scheme,
@@ -214,26 +217,25 @@ def _locate(finding: RawFinding, decoded: JobInput) -> Finding:
         probability=round(finding.probability, 4),
         threshold=finding.label.threshold,
         positive=finding.positive,
-        location=_location(finding, decoded),
+        location=_location(finding, prepared),
         measurements=finding.measurements,
     )
 
 
-def _location(finding: RawFinding, decoded: JobInput) -> Location:
+def _location(finding: RawFinding, prepared: PreparedJob) -> Location:
     """Where the device located the finding, in source pixels; the image of a 2D input even
     when it did not localise, nothing for an unlocalised 3D finding."""
+    images, slices = prepared.image_uids, prepared.volume_uids
     if finding.centre is None:
-        if not decoded.images:
+        if not images:
             return Location()
-        return Location(sop_instance_uid=decoded.images[finding.input_index].sop_instance_uid)
+        return Location(sop_instance_uid=images[finding.input_index])
     centre = tuple(round(c, 2) for c in finding.centre)
     box = tuple((round(a, 2), round(b, 2)) for a, b in finding.box or ())
-    if decoded.volume is None:
-        uid = decoded.images[finding.input_index].sop_instance_uid
-        return Location(centre=centre, box=box, sop_instance_uid=uid)
-    uids = decoded.volume.sop_instance_uids
-    index = min(max(round(finding.centre[0]), 0), len(uids) - 1)
-    return Location(centre=centre, box=box, slice_index=index, sop_instance_uid=uids[index])
+    if not slices:
+        return Location(centre=centre, box=box, sop_instance_uid=images[finding.input_index])
+    index = min(max(round(finding.centre[0]), 0), len(slices) - 1)
+    return Location(centre=centre, box=box, slice_index=index, sop_instance_uid=slices[index])
 
 
 def _record(db: Database, job_id: int, findings: list[Finding], timings: dict[str, float]) -> None:
