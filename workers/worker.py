@@ -123,19 +123,24 @@ class EmbeddedWorker:
         settings = parts.settings
         self._context = inference_context(parts)
         reports = report_context(parts)
-        register_tasks(
-            app,
-            lambda: self._context,
-            lambda: reports,
-            settings.job_max_retries,
-            retry_backoff(settings),
-        )
+        # A second app for the results pool: a worker's queue selection is the app's
+        # (app.amqp.queues), so two pools on one app would both consume the last one's
+        # queues. The memory transport's queues are the process's, so both apps see them.
+        results_app = create_celery(settings)
+        for each in (app, results_app):
+            register_tasks(
+                each,
+                lambda: self._context,
+                lambda: reports,
+                settings.job_max_retries,
+                retry_backoff(settings),
+            )
         # What app.Worker does first: the pool's threads run tasks through this app (it
         # becomes the process's current app) on Celery's fast tracing path.
         setup_worker_optimizations(app)
         self.workers = [
             _controller(app, inference_queues(settings), settings.worker_concurrency, settings),
-            _controller(app, list(RESULTS_QUEUES), settings.report_concurrency, settings),
+            _controller(results_app, list(RESULTS_QUEUES), settings.report_concurrency, settings),
         ]
         self._threads = [
             threading.Thread(target=worker.start, name=f"celery-{name}", daemon=True)
@@ -200,9 +205,16 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     beside: WorkController | None = None
     if not infer_queues:  # a results-only worker
         main_queues, main_concurrency = results_queues, concurrency or settings.report_concurrency
-    elif results_queues:
-        setup_worker_optimizations(app)
-        beside = _controller(app, results_queues, settings.report_concurrency, settings)
+    elif results_queues:  # its own app: a worker's queue selection is its app's
+        results_app = create_celery(settings)
+        register_tasks(
+            results_app,
+            lambda: context,
+            lambda: reports,
+            settings.job_max_retries,
+            retry_backoff(settings),
+        )
+        beside = _controller(results_app, results_queues, settings.report_concurrency, settings)
         threading.Thread(target=beside.start, name="celery-results", daemon=True).start()
     worker = app.Worker(
         pool="threads",

@@ -27,7 +27,7 @@ def _blob(seed: int, size: int = 64) -> bytes:
 
 @pytest.fixture
 def pool() -> Iterator[DecodePool]:
-    decoding = DecodePool(memory_limit_mb=600, processes=1)
+    decoding = DecodePool(memory_limit_mb=200, processes=1)  # beyond the child's imports
     yield decoding
     decoding.close()
 
