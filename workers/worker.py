@@ -163,7 +163,7 @@ class EmbeddedWorker:
             worker.stop(in_sighandler=False)
         for thread in self._threads:
             thread.join(timeout=15)
-        close_context(self._context)
+        self._context.close()
 
 
 def _controller(
@@ -178,13 +178,6 @@ def _controller(
         without_gossip=True,
         loglevel=settings.log_level,
     )
-
-
-def close_context(context: InferenceContext) -> None:
-    if context.batcher is not None:
-        context.batcher.close()
-    if context.decoder is not None:
-        context.decoder.close()
 
 
 def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: int | None) -> None:
@@ -228,4 +221,4 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     finally:
         if beside is not None:
             beside.stop(in_sighandler=False)
-        close_context(context)
+        context.close()

@@ -199,6 +199,12 @@ class Batcher:
                 batcher = self._devices[key] = DeviceBatcher(key, run, self.limits)
             return batcher
 
+    def batch_sizes(self, key: str) -> list[int]:
+        """Inputs per batch the device has run so far in this process (the benchmark's)."""
+        with self._lock:
+            batcher = self._devices.get(key)
+        return list(batcher.batches) if batcher is not None else []
+
     def infer(self, key: str, run: RunBatch, inputs: np.ndarray, priority: int = 0) -> Outputs:
         """One job's outputs, run in a batch with whatever else the device has waiting.
         ``run`` is used only when the device's batcher starts."""

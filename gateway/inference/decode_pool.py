@@ -31,6 +31,7 @@ from gateway.inference.decode import (
     decode_datasets,
     read_dataset,
 )
+from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
 from models.manifest import InputSpec
 
@@ -74,9 +75,9 @@ def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
         raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
 
 
-def _prepare_in_child(blobs: list[bytes], spec: InputSpec) -> PreparedJob:
+def _prepare_in_child(blobs: list[bytes], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
     try:
-        return prepare_blobs(blobs, spec)
+        return prepare_blobs(blobs, spec, budget)
     except MemoryError as exc:
         raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
 
@@ -108,9 +109,10 @@ class DecodePool:
         """One job's pixels (the results stage's and the tests' use)."""
         return self._call(_decode_in_child, blobs, dims)
 
-    def prepare(self, blobs: list[bytes], spec: InputSpec) -> PreparedJob:
-        """One job decoded and preprocessed in a child: its model inputs, not its pixels."""
-        return self._call(_prepare_in_child, blobs, spec)
+    def prepare(self, blobs: list[bytes], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
+        """One job checked, decoded and preprocessed in a child: its model inputs, not its
+        pixels (the worker's threads parse nothing)."""
+        return self._call(_prepare_in_child, blobs, spec, budget)
 
     def _call(self, work: Callable[..., Result], *args: object) -> Result:
         executor = self._current()

@@ -3,7 +3,8 @@
 load (object store) ▸ decode (each codestream's header checked against its dataset and
 the pixel budget, then pydicom + plugins) ▸ preprocess (MONAI, as in training)
 ▸ infer (onnxruntime, batched with other jobs' inputs) ▸ postprocess (findings in source
-coordinates) ▸ record.
+coordinates) ▸ record (:mod:`gateway.inference.record`: one transaction with the other
+jobs that end at the same moment).
 
 The worker's threads each run one job through this sequence; what makes it a pipeline
 across jobs is where two stages run: decode ▸ preprocess in the process pool
@@ -26,22 +27,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import delete
 
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import FindingRow, JobRow, utcnow
+from gateway.index.tables import JobRow, utcnow
 from gateway.inference.batcher import Batcher, BatchLimits, Outputs
-from gateway.inference.decode import DecodeError, read_dataset
+from gateway.inference.decode import DecodeError
 from gateway.inference.decode_pool import DecodePool
 from gateway.inference.findings import Finding, Location
 from gateway.inference.lease import a_live_run_of, heartbeat
 from gateway.inference.masks import encode_mask, mask_key
-from gateway.inference.pixel_checks import PixelBudget, check_job
+from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
+from gateway.inference.record import GroupRecorder, Outcome
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
 from models.manifest import DeviceManifest
 from models.postprocess import RawFinding, interpret
@@ -69,10 +70,22 @@ class InferenceContext:
     budget: PixelBudget = field(default_factory=PixelBudget)
     decoder: DecodePool | None = None  # None: decode in this process, without a ceiling
     batcher: Batcher | None = None  # None: one made with max_batch and no wait
+    recorder: GroupRecorder | None = None  # None: one made on db
 
     def __post_init__(self) -> None:
         if self.batcher is None:
             self.batcher = Batcher(BatchLimits(self.max_batch, 0.0, 4 * self.max_batch))
+        if self.recorder is None:
+            self.recorder = GroupRecorder(self.db)
+
+    def close(self) -> None:
+        """Stop the batchers, the recorder and the decode pool (a worker that stops)."""
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
 
 class Stopwatch:
@@ -100,7 +113,7 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
     try:
         with heartbeat(context.db, job_id, runner, context.lease_s):
             findings, timings = _pipeline(context, job)
-        _record(context.db, job_id, findings, timings)
+        _record(context, job_id, findings, timings)
         return JobState.INFERRED.value
     except (JobFailure, DecodeError, RegistryError) as exc:
         fail_job(context.db, job_id, str(exc))
@@ -197,15 +210,14 @@ def _decode_and_preprocess(
     budget: PixelBudget | None = None,
     decoder: DecodePool | None = None,
 ) -> PreparedJob:
-    datasets = [read_dataset(blob) for blob in blobs]
-    if len(datasets) < manifest.accepts.min_instances:
+    """The pixel checks, decode and preprocess: in a pool child, or here without a pool."""
+    if len(blobs) < manifest.accepts.min_instances:
         raise JobFailure(
-            f"{len(datasets)} instances, the device needs at least {manifest.accepts.min_instances}"
+            f"{len(blobs)} instances, the device needs at least {manifest.accepts.min_instances}"
         )
-    check_job(datasets, budget or PixelBudget())  # before a decoder allocates what a header claims
     if decoder is None:
-        return prepare_blobs(blobs, manifest.input)
-    return decoder.prepare(blobs, manifest.input)
+        return prepare_blobs(blobs, manifest.input, budget)
+    return decoder.prepare(blobs, manifest.input, budget or PixelBudget())
 
 
 def _locate(finding: RawFinding, prepared: PreparedJob) -> Finding:
@@ -238,16 +250,9 @@ def _location(finding: RawFinding, prepared: PreparedJob) -> Location:
     return Location(centre=centre, box=box, slice_index=index, sop_instance_uid=slices[index])
 
 
-def _record(db: Database, job_id: int, findings: list[Finding], timings: dict[str, float]) -> None:
-    with db.session() as session:
-        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
-        if job is None or job.state in DONE_STATES:
-            return
-        session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))
-        session.add_all(finding.to_row(job_id) for finding in findings)
-        job.timings_ms = timings
-        positive = any(f.positive for f in findings)
-        set_job_state(
-            session, job, JobState.INFERRED, {"positive": positive, "timings_ms": timings}
-        )
+def _record(
+    context: InferenceContext, job_id: int, findings: list[Finding], timings: dict[str, float]
+) -> None:
+    assert context.recorder is not None  # made in __post_init__
+    context.recorder.record(Outcome(job_id, findings, timings))
     log.info("job inferred", extra={"job_id": job_id, "timings_ms": timings})

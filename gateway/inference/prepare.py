@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.inference.decode import Decoded, decode_datasets, read_dataset
+from gateway.inference.pixel_checks import PixelBudget, check_job
 from models.manifest import InputSpec
 from models.postprocess import InputMeta
 from models.preprocess import prepare_2d, prepare_3d
@@ -31,11 +32,16 @@ class PreparedJob:
     stage_ms: dict[str, float] = field(default_factory=dict)  # decode, preprocess
 
 
-def prepare_blobs(blobs: list[bytes], spec: InputSpec) -> PreparedJob:
-    """The stored instances of one job, decoded and preprocessed (in a pool child, or in
-    the worker's process when the pool is off)."""
+def prepare_blobs(
+    blobs: list[bytes], spec: InputSpec, budget: PixelBudget | None = None
+) -> PreparedJob:
+    """The stored instances of one job, checked against the pixel budget, decoded and
+    preprocessed (in a pool child, or in the worker's process when the pool is off). The
+    checks come first wherever this runs: before a decoder allocates what a header claims."""
     began = time.perf_counter()
-    decoded = decode_datasets([read_dataset(blob) for blob in blobs], spec.dims)
+    datasets = [read_dataset(blob) for blob in blobs]
+    check_job(datasets, budget or PixelBudget())
+    decoded = decode_datasets(datasets, spec.dims)
     decoded_at = time.perf_counter()
     prepared = preprocess(decoded, spec)
     ms = {
