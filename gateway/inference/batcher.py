@@ -5,8 +5,12 @@ A job's prepared inputs (N × C × …, N images or one volume) are a *request* 
 queue. One thread per device takes requests in order of priority (urgent studies first),
 then arrival, until the batch holds ``max_batch`` inputs or the oldest waiting request has
 waited ``max_wait_s``, runs them as one batch, and hands each job back its own rows of every
-output. Why a thread per device rather than a lock: onnxruntime runs one batch with all
-the cores it has; the threads that submit are free to wait while their neighbours' jobs
+output. Unlike Triton's batcher, this one knows what is on the way: a job announces itself
+when it starts decoding (:meth:`Batcher.arrival`), and a batch waits only while some job of
+its device is still decoding — a lone job never waits for company that is not coming.
+
+Why a thread per device rather than a lock: onnxruntime runs one batch with all the cores it
+has; the threads that submit are free to wait while their neighbours' jobs
 decode in the process pool.
 
 Only inputs of one shape share a batch (a 3D device's volumes rarely do); a request of
@@ -23,8 +27,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +46,7 @@ class _Request:
     inputs: np.ndarray = field(compare=False)
     future: Future[Outputs] = field(compare=False)
     arrived: float = field(compare=False)
+    run: RunBatch = field(compare=False)  # the device's session (one per device key)
 
     @property
     def size(self) -> int:
@@ -60,10 +66,11 @@ class BatchLimits:
 class DeviceBatcher:
     """The queue and the batching thread of one device's session."""
 
-    def __init__(self, name: str, run: RunBatch, limits: BatchLimits) -> None:
-        self.name, self._run, self.limits = name, run, limits
+    def __init__(self, name: str, limits: BatchLimits) -> None:
+        self.name, self.limits = name, limits
         self._heap: list[_Request] = []
         self._queued = 0
+        self._coming = 0  # jobs announced and not yet submitted
         self._arrivals = itertools.count()
         self._changed = threading.Condition()
         self._closed = False
@@ -71,12 +78,27 @@ class DeviceBatcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, inputs: np.ndarray, priority: int = 0) -> Future[Outputs]:
+    def expect(self) -> None:
+        """A job of this device started decoding: batches may wait for it."""
+        with self._changed:
+            self._coming += 1
+
+    def cancel(self) -> None:
+        """An announced job will not come (it failed before inference)."""
+        with self._changed:
+            self._coming -= 1
+            self._changed.notify_all()
+
+    def submit(
+        self, inputs: np.ndarray, run: RunBatch, priority: int = 0, expected: bool = False
+    ) -> Future[Outputs]:
         """Queue one job's inputs; the future holds that job's outputs, in input order.
-        Blocks while the queue is full (unless it is empty: a job larger than the bound
-        still runs, alone)."""
+        ``expected``: the job announced itself with :meth:`expect`. Blocks while the queue
+        is full (unless it is empty: a job larger than the bound still runs, alone)."""
         future: Future[Outputs] = Future()
         with self._changed:
+            if expected:
+                self._coming -= 1
             while self._queued and self._queued + len(inputs) > self.limits.max_queued:
                 if self._closed:
                     break
@@ -84,7 +106,8 @@ class DeviceBatcher:
             if self._closed:
                 raise RuntimeError(f"the batcher of {self.name} is closed")
             rank = (-priority, next(self._arrivals))
-            heapq.heappush(self._heap, _Request(rank, inputs, future, time.monotonic()))
+            request = _Request(rank, inputs, future, time.monotonic(), run)
+            heapq.heappush(self._heap, request)
             self._queued += len(inputs)
             self._changed.notify_all()
         return future
@@ -103,8 +126,8 @@ class DeviceBatcher:
             self._execute(batch)
 
     def _next_batch(self) -> list[_Request] | None:
-        """Wait until a batch is due — full, or its oldest request has waited long enough —
-        then take it off the queue."""
+        """Wait until a batch is due — full, its oldest request has waited long enough, or
+        no other job of the device is on the way — then take it off the queue."""
         with self._changed:
             while True:
                 if not self._heap:
@@ -114,7 +137,8 @@ class DeviceBatcher:
                     continue
                 oldest = min(request.arrived for request in self._heap)
                 left = oldest + self.limits.max_wait_s - time.monotonic()
-                if self._queued >= self.limits.max_batch or left <= 0 or self._closed:
+                full = self._queued >= self.limits.max_batch
+                if full or left <= 0 or self._closed or self._coming <= 0:
                     batch = self._take()
                     self._changed.notify_all()  # room in the queue for waiting submitters
                     return batch
@@ -148,7 +172,7 @@ class DeviceBatcher:
             self._run_alone(batch[0])
             return
         try:
-            outputs = self._run(np.concatenate([request.inputs for request in batch]))
+            outputs = batch[0].run(np.concatenate([request.inputs for request in batch]))
             parts = _scatter(outputs, [request.size for request in batch])
         except Exception as exc:
             log.warning(
@@ -163,7 +187,7 @@ class DeviceBatcher:
 
     def _run_alone(self, request: _Request) -> None:
         try:
-            outputs = self._run(request.inputs)
+            outputs = request.run(request.inputs)
         except Exception as exc:
             request.future.set_exception(exc)
         else:
@@ -183,6 +207,19 @@ def _scatter(outputs: Outputs, sizes: list[int]) -> list[Outputs]:
     ]
 
 
+class Arrival:
+    """One job on its way to its device's batcher: announced on entry, submitted once, and
+    withdrawn on exit if it never was (its decode failed)."""
+
+    def __init__(self, batcher: DeviceBatcher) -> None:
+        self.batcher = batcher
+        self.submitted = False
+
+    def infer(self, inputs: np.ndarray, run: RunBatch, priority: int = 0) -> Outputs:
+        self.submitted = True
+        return self.batcher.submit(inputs, run, priority, expected=True).result()
+
+
 class Batcher:
     """One :class:`DeviceBatcher` per device (its key names the version) in this process,
     started on the device's first job."""
@@ -192,23 +229,31 @@ class Batcher:
         self._devices: dict[str, DeviceBatcher] = {}
         self._lock = threading.Lock()
 
-    def device(self, key: str, run: RunBatch) -> DeviceBatcher:
+    def device(self, key: str) -> DeviceBatcher:
         with self._lock:
             batcher = self._devices.get(key)
             if batcher is None:
-                batcher = self._devices[key] = DeviceBatcher(key, run, self.limits)
+                batcher = self._devices[key] = DeviceBatcher(key, self.limits)
             return batcher
+
+    @contextmanager
+    def arrival(self, key: str) -> Iterator[Arrival]:
+        """Announce a job to its device's batcher for as long as the block runs (its
+        decode); :meth:`Arrival.infer` inside the block runs it in a batch."""
+        batcher = self.device(key)
+        batcher.expect()
+        arrival = Arrival(batcher)
+        try:
+            yield arrival
+        finally:
+            if not arrival.submitted:
+                batcher.cancel()
 
     def batch_sizes(self, key: str) -> list[int]:
         """Inputs per batch the device has run so far in this process (the benchmark's)."""
         with self._lock:
             batcher = self._devices.get(key)
         return list(batcher.batches) if batcher is not None else []
-
-    def infer(self, key: str, run: RunBatch, inputs: np.ndarray, priority: int = 0) -> Outputs:
-        """One job's outputs, run in a batch with whatever else the device has waiting.
-        ``run`` is used only when the device's batcher starts."""
-        return self.device(key, run).submit(inputs, priority).result()
 
     def close(self) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -148,15 +148,20 @@ def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Jo
 def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict[str, float]]:
     watch = Stopwatch()
     manifest = context.registry.manifest(job.device_key)
-    with watch.stage("load"):
-        blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
-    with watch.stage("decode"):  # ▸ preprocess: one unit of work in the process pool
-        prepared = _decode_and_preprocess(blobs, manifest, context.budget, context.decoder)
-    # decode is the pool's whole round trip (checks, queueing, transfer) less preprocess
-    watch.ms["preprocess"] = prepared.stage_ms.get("preprocess", 0.0)
-    watch.ms["decode"] = round(max(watch.ms["decode"] - watch.ms["preprocess"], 0.0), 2)
-    with watch.stage("infer"):
-        outputs = _infer(context, job, manifest, prepared)
+    assert context.batcher is not None  # made in __post_init__
+    # Announced to the device's batcher from here: a batch not yet full waits for this job.
+    with context.batcher.arrival(job.device_key) as arrival:
+        with watch.stage("load"):
+            blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
+        with watch.stage("decode"):  # ▸ preprocess: one unit of work in the process pool
+            prepared = _decode_and_preprocess(blobs, manifest, context.budget, context.decoder)
+        # decode is the pool's whole round trip (queueing, transfer) less preprocess
+        watch.ms["preprocess"] = prepared.stage_ms.get("preprocess", 0.0)
+        watch.ms["decode"] = round(max(watch.ms["decode"] - watch.ms["preprocess"], 0.0), 2)
+        with watch.stage("infer"):
+            outputs = arrival.infer(
+                prepared.inputs, _session_run(context, job, manifest), job.priority
+            )
     with watch.stage("postprocess"):
         raw = interpret(manifest, outputs, prepared.metas)
         located = [_locate(finding, prepared) for finding in raw]
@@ -164,11 +169,11 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
     return findings, watch.ms
 
 
-def _infer(
-    context: InferenceContext, job: _Job, manifest: DeviceManifest, prepared: PreparedJob
-) -> Outputs:
-    """The job's inputs in its device's next batch (the session is made here, so a model
-    that will not load fails this job, not the batcher)."""
+def _session_run(
+    context: InferenceContext, job: _Job, manifest: DeviceManifest
+) -> Callable[[np.ndarray], Outputs]:
+    """The device's session as the batcher runs it (made here, so a model that will not
+    load fails this job, not the batcher)."""
     session = context.sessions.session(
         job.device_key, lambda: context.registry.model_bytes(job.device_key)
     )
@@ -177,8 +182,7 @@ def _infer(
     def run(batch: np.ndarray) -> Outputs:
         return context.sessions.run(session, name, batch, max_batch)
 
-    assert context.batcher is not None  # made in __post_init__
-    return context.batcher.infer(job.device_key, run, prepared.inputs, job.priority)
+    return run
 
 
 def _store_masks(

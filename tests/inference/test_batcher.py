@@ -1,11 +1,13 @@
 """The per-device batcher: batches form across jobs, a batch that is not full still runs
-after its wait, urgent jobs go first, each job gets its own outputs back, a job the model
-refuses fails alone, and the queue holds what its bound allows."""
+after its wait (and at once when no other job is on the way), urgent jobs go first, each
+job gets its own outputs back, a job the model refuses fails alone, and the queue holds
+what its bound allows."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,18 +56,38 @@ def make() -> Iterator[list[DeviceBatcher]]:
         batcher.close()
 
 
-def start(made: list[DeviceBatcher], model: Model, **limits: float) -> DeviceBatcher:
-    batcher = DeviceBatcher("device@1", model, BatchLimits(**limits))  # type: ignore[arg-type]
-    made.append(batcher)
-    return batcher
+class Device:
+    """A batcher and the model it runs, submitting as the pipeline does."""
+
+    def __init__(self, model: Model, limits: BatchLimits) -> None:
+        self.model = model
+        self.batcher = DeviceBatcher("device@1", limits)
+
+    def submit(self, inputs: np.ndarray, priority: int = 0, expected: bool = False) -> Any:
+        return self.batcher.submit(inputs, self.model, priority, expected)
+
+    def announce(self, jobs: int) -> None:
+        for _ in range(jobs):
+            self.batcher.expect()
+
+
+def start(made: list[DeviceBatcher], model: Model, **limits: float) -> Device:
+    device = Device(model, BatchLimits(**limits))  # type: ignore[arg-type]
+    made.append(device.batcher)
+    return device
 
 
 def test_jobs_waiting_together_share_one_batch_and_each_gets_its_own_rows(
     model: Model, make: list[DeviceBatcher]
 ) -> None:
-    # The wait is an hour: only a full batch can start it.
+    # The wait is an hour and three jobs are on the way: only a full batch can start it.
     batcher = start(make, model, max_batch=4, max_wait_s=3600)
-    futures = [batcher.submit(job(1)), batcher.submit(job(2, images=2)), batcher.submit(job(3))]
+    batcher.announce(3)
+    futures = [
+        batcher.submit(job(1), expected=True),
+        batcher.submit(job(2, images=2), expected=True),
+        batcher.submit(job(3), expected=True),
+    ]
     outputs = [future.result(RESULT_S) for future in futures]
     assert model.batches == [[1.0, 2.0, 2.0, 3.0]]
     assert [list(o["score"]) for o in outputs] == [[16.0], [32.0, 32.0], [48.0]]
@@ -76,8 +98,27 @@ def test_a_batch_that_is_not_full_runs_when_its_wait_is_over(
     model: Model, make: list[DeviceBatcher]
 ) -> None:
     batcher = start(make, model, max_batch=16, max_wait_s=0.02)
-    outputs = batcher.submit(job(5)).result(RESULT_S)
+    batcher.announce(2)  # the second never comes within the wait
+    outputs = batcher.submit(job(5), expected=True).result(RESULT_S)
     assert list(outputs["score"]) == [80.0] and model.batches == [[5.0]]
+
+
+def test_a_lone_job_does_not_wait_for_company_that_is_not_coming(
+    model: Model, make: list[DeviceBatcher]
+) -> None:
+    batcher = start(make, model, max_batch=16, max_wait_s=3600)
+    outputs = batcher.submit(job(6)).result(RESULT_S)  # nothing announced: runs at once
+    assert list(outputs["score"]) == [96.0]
+
+
+def test_a_job_announced_and_withdrawn_lets_the_batch_go(
+    model: Model, make: list[DeviceBatcher]
+) -> None:
+    batcher = start(make, model, max_batch=16, max_wait_s=3600)
+    batcher.announce(2)
+    waiting = batcher.submit(job(7), expected=True)  # waits for the other announced job
+    batcher.batcher.cancel()  # whose decode failed
+    assert list(waiting.result(RESULT_S)["score"]) == [112.0]
 
 
 def test_urgent_jobs_go_first_and_equal_priorities_keep_their_order(
@@ -99,7 +140,8 @@ def test_a_job_the_model_refuses_fails_alone_and_its_batch_mates_get_their_outpu
     model: Model, make: list[DeviceBatcher]
 ) -> None:
     batcher = start(make, model, max_batch=3, max_wait_s=3600)
-    good, bad, other = batcher.submit(job(1)), batcher.submit(job(-1)), batcher.submit(job(2))
+    batcher.announce(3)
+    good, bad, other = (batcher.submit(job(mark), expected=True) for mark in (1, -1, 2))
     with pytest.raises(ValueError, match="refuses"):
         bad.result(RESULT_S)
     assert list(good.result(RESULT_S)["score"]) == [16.0]
@@ -160,11 +202,14 @@ def test_a_real_session_batched_across_jobs_gives_each_job_what_it_gets_alone(
     def run(batch: np.ndarray) -> Outputs:
         return sessions.run(session, "image", batch, 16)
 
-    batcher = DeviceBatcher("cxr@1", run, BatchLimits(max_batch=8, max_wait_s=3600))
+    batcher = DeviceBatcher("cxr@1", BatchLimits(max_batch=8, max_wait_s=3600))
     make.append(batcher)
     rng = np.random.default_rng(13)
     jobs = [rng.random((n, 1, 32, 32), dtype=np.float32) for n in (1, 4, 2, 1)]
-    batched = [future.result(RESULT_S) for future in [batcher.submit(j) for j in jobs]]
+    for _ in jobs:
+        batcher.expect()
+    futures = [batcher.submit(j, run, expected=True) for j in jobs]
+    batched = [future.result(RESULT_S) for future in futures]
     assert batcher.batches == [8]
     for inputs, outputs in zip(jobs, batched, strict=True):
         alone = run(inputs)
