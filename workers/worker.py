@@ -52,7 +52,7 @@ def inference_context(parts: Parts) -> InferenceContext:
         lease_s=lease_seconds(settings),
         budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),
         decoder=(
-            DecodePool(settings.decode_memory_limit_mb, settings.decode_processes)
+            DecodePool(settings.decode_memory_limit_mb, settings.decode_processes, settings)
             if settings.decode_memory_limit_mb
             else None
         ),

@@ -18,7 +18,7 @@ from benchmarks.inference.gateway_parts import (
     build_bench,
     create_jobs,
     ingest_and_route,
-    job_blobs,
+    job_keys,
     prepared_tensors,
 )
 from benchmarks.inference.report import STAGE_OVERLAP_TARGET, TARGET_2D_RATIO
@@ -66,12 +66,12 @@ def bench_device(
     planned: list[PlannedStudy] = []
     stored_bytes = 0
     pool: list[np.ndarray] = []  # bare inputs: the pipeline's decode and preprocess
-    blobs: list[list[bytes]] = []  # each job's instances, for decode ▸ preprocess alone
+    keys: list[list[str]] = []  # each job's instances, for load ▸ decode ▸ preprocess alone
     for number in range(plan.studies):
         instances = clone(bases[number % len(bases)], number)
         stored_bytes += sum(len(data) for data in instances)
         planned.append(ingest_and_route(bench, instances))
-        blobs.append(job_blobs(instances, planned[-1]))
+        keys.append(job_keys(bench, planned[-1]))
         if number < len(bases):
             pool += prepared_tensors(instances, planned[-1], manifest)
     images_per_job = planned[0].images
@@ -115,7 +115,7 @@ def bench_device(
             )
         sequential.append(pipeline(1))
         concurrent.append(pipeline(concurrency))
-        prepares.append(run_prepare(context, manifest, blobs, total_images))
+        prepares.append(run_prepare(context, manifest, keys, total_images))
         formed = min(max(round(concurrent[-1].mean_batch), 1), context.max_batch)
         same_batch.append(
             run_bare(session, manifest, pool, formed, total_images, plan.bare_min_seconds)

@@ -19,6 +19,7 @@ from benchmarks.environment import (
 )
 from benchmarks.errors import BenchmarkError
 from gateway.devices.registry import RegisteredDevice, RegistryError
+from gateway.index.instances import current_instance_keys
 from gateway.index.tables import StudyRow
 from gateway.inference.decode import read_dataset
 from gateway.inference.pipeline import InferenceContext
@@ -122,6 +123,12 @@ def create_jobs(bench: Bench, studies: Sequence[PlannedStudy], tag: int) -> list
         session.flush()
         ids = [row.id for row in rows]
     return ids
+
+
+def job_keys(bench: Bench, planned: PlannedStudy) -> list[str]:
+    """The object-store keys the job reads, as the pipeline asks for them."""
+    with bench.parts.db.session() as session:
+        return current_instance_keys(session, tuple(planned.job.series_uids))
 
 
 def job_blobs(instances: Sequence[bytes], planned: PlannedStudy) -> list[bytes]:

@@ -88,8 +88,8 @@ def run_bare(
 
 @dataclass
 class PrepareRun:
-    """Decode ▸ preprocess alone: every job's instances through the worker's process pool
-    (one child per core), from as many threads as the pool has children."""
+    """Load ▸ decode ▸ preprocess alone: every job's instances through the worker's process
+    pool (one child per core), from as many threads as the pool has children."""
 
     processes: int
     jobs: int
@@ -112,18 +112,19 @@ class PrepareRun:
 
 
 def run_prepare(
-    context: InferenceContext, manifest: DeviceManifest, jobs: Sequence[list[bytes]], images: int
+    context: InferenceContext, manifest: DeviceManifest, jobs: Sequence[list[str]], images: int
 ) -> PrepareRun:
-    """The decode ▸ preprocess stage of every job, as the pipeline runs it, with nothing
-    after it."""
+    """The pool's unit of work — load ▸ checks ▸ decode ▸ preprocess — for every job, as
+    the pipeline runs it, with nothing before or after it."""
     decoder = context.decoder
     processes = decoder.processes if decoder is not None else 1
 
-    def one(blobs: list[bytes]) -> None:
-        if decoder is None:
-            prepare_blobs(blobs, manifest.input, context.budget)
+    def one(keys: list[str]) -> None:
+        if decoder is not None and decoder.settings is not None:
+            decoder.load_and_prepare(keys, manifest.input, context.budget)
         else:
-            decoder.prepare(blobs, manifest.input, context.budget)
+            blobs = [context.store.get(key) for key in keys]
+            prepare_blobs(blobs, manifest.input, context.budget)
 
     with timed() as phase, ThreadPoolExecutor(processes) as pool:
         list(pool.map(one, jobs))

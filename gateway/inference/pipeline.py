@@ -151,13 +151,11 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
     assert context.batcher is not None  # made in __post_init__
     # Announced to the device's batcher from here: a batch not yet full waits for this job.
     with context.batcher.arrival(job.device_key) as arrival:
-        with watch.stage("load"):
-            blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
-        with watch.stage("decode"):  # ▸ preprocess: one unit of work in the process pool
-            prepared = _decode_and_preprocess(blobs, manifest, context.budget, context.decoder)
-        # decode is the pool's whole round trip (queueing, transfer) less preprocess
-        watch.ms["preprocess"] = prepared.stage_ms.get("preprocess", 0.0)
-        watch.ms["decode"] = round(max(watch.ms["decode"] - watch.ms["preprocess"], 0.0), 2)
+        with watch.stage("load"):  # the keys; the bytes are read where they are decoded
+            keys = _object_keys(context.db, job.series_uids)
+        with watch.stage("decode"):  # load ▸ checks ▸ decode ▸ preprocess: in the pool
+            prepared = _decode_and_preprocess(context, keys, manifest)
+        _split_pool_time(watch.ms, prepared.stage_ms)
         with watch.stage("infer"):
             outputs = arrival.infer(
                 prepared.inputs, _session_run(context, job, manifest), job.priority
@@ -209,19 +207,30 @@ def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
 
 
 def _decode_and_preprocess(
-    blobs: list[bytes],
-    manifest: DeviceManifest,
-    budget: PixelBudget | None = None,
-    decoder: DecodePool | None = None,
+    context: InferenceContext, keys: list[str], manifest: DeviceManifest
 ) -> PreparedJob:
-    """The pixel checks, decode and preprocess: in a pool child, or here without a pool."""
-    if len(blobs) < manifest.accepts.min_instances:
+    """The job's instances read, checked against the pixel budget, decoded and
+    preprocessed: in a pool child, or here without a pool."""
+    if len(keys) < manifest.accepts.min_instances:
         raise JobFailure(
-            f"{len(blobs)} instances, the device needs at least {manifest.accepts.min_instances}"
+            f"{len(keys)} instances, the device needs at least {manifest.accepts.min_instances}"
         )
-    if decoder is None:
-        return prepare_blobs(blobs, manifest.input, budget)
-    return decoder.prepare(blobs, manifest.input, budget or PixelBudget())
+    decoder = context.decoder
+    if decoder is not None and decoder.settings is not None:
+        return decoder.load_and_prepare(keys, manifest.input, context.budget)
+    blobs = [context.store.get(key) for key in keys]
+    if decoder is not None:
+        return decoder.prepare(blobs, manifest.input, context.budget)
+    return prepare_blobs(blobs, manifest.input, context.budget)
+
+
+def _split_pool_time(ms: dict[str, float], child: dict[str, float]) -> None:
+    """The decode stage's wall time is the pool's round trip: the child's own load and
+    preprocess are moved to their stages; decode keeps the rest (queueing and transfer)."""
+    ms["load"] = round(ms["load"] + child.get("load", 0.0), 2)
+    ms["preprocess"] = child.get("preprocess", 0.0)
+    pool_ms = ms["decode"] - child.get("load", 0.0) - ms["preprocess"]
+    ms["decode"] = round(max(pool_ms, 0.0), 2)
 
 
 def _locate(finding: RawFinding, prepared: PreparedJob) -> Finding:
