@@ -19,7 +19,7 @@ pixel_checks
 codestreams
     JPEG / JPEG-LS SOF, JPEG 2000 / HTJ2K SIZ (raw or JP2) and RLE headers, read bounded.
 decode_pool
-    Checks, decode and preprocess in child processes (``decode_processes``, the cores)
+    Load, checks, decode and preprocess in child processes (``decode_processes``, the cores)
     under ``RLIMIT_AS`` (``decode_memory_limit_mb``).
 decode
     Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.

@@ -1,9 +1,10 @@
-"""Decode ▸ preprocess in child processes under a memory ceiling: the CPU half of the
-pipeline, off the GIL, and the second line behind the pixel checks.
+"""Load ▸ decode ▸ preprocess in child processes under a memory ceiling: the CPU half of
+the pipeline, off the GIL, and the second line behind the pixel checks.
 
-A pool of ``decode_processes`` children (the cores, by default) runs each job's decode and
-preprocess (:mod:`gateway.inference.prepare`) and hands back the model's inputs, so jobs on
-the worker's threads decode in parallel while the batcher runs the model. The pixel checks
+A pool of ``decode_processes`` children (the cores, by default) runs each job's load (from
+the child's own object store), checks, decode and preprocess (:mod:`gateway.inference.prepare`)
+and hands back the model's inputs, so jobs on the worker's threads decode in parallel while
+the batcher runs the model. The pixel checks
 stop every header bomb we know of before a decoder runs; the pool bounds what one we do not
 know can take: each child's address space may grow by ``decode_memory_limit_mb`` beyond
 what it holds after its imports (``RLIMIT_AS``): an allocation past it raises
