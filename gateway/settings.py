@@ -204,20 +204,9 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         default=True, description="aigw serve also runs a worker thread (the embedded default)."
     )
-    worker_concurrency: int = Field(
-        default=2,
-        ge=1,
-        le=64,
-        description="Inference tasks a worker runs at once (each job on its own thread; "
-        "their decodes run in the decode pool, their inputs meet in the device's batcher).",
-    )
+    worker_concurrency: int = Field(default=2, ge=1, le=64, description="Inference jobs in flight.")
     report_concurrency: int = Field(
-        default=2,
-        ge=1,
-        le=64,
-        description="Results tasks (SR, flag images, GSPS, SEG, SEMD) a worker runs at once, "
-        "in their own pool on the 'reports' and 'cpu' queues: they never take an inference "
-        "thread.",
+        default=2, ge=1, le=64, description="Results tasks at once, in their own pool."
     )
     device_queues: dict[str, str] = Field(
         default_factory=dict, description="Device id → Celery queue (GPU pool); default 'infer'."
@@ -231,26 +220,10 @@ class Settings(BaseSettings):
         description="onnxruntime providers in order of preference; missing ones are skipped.",
     )
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
-    inference_max_wait_ms: float = Field(
-        default=5.0,
-        ge=0,
-        le=1000,
-        description="How long a device's batcher holds a batch that is not full for more "
-        "jobs' inputs (counted from the oldest waiting job); 0 runs what is waiting at once.",
-    )
-    inference_queue_images: int = Field(
-        default=64,
-        ge=1,
-        le=65536,
-        description="Inputs (images or volumes) waiting per device in a worker process; a job "
-        "that would pass it waits to enter, so memory is bounded by the queue.",
-    )
-    decode_processes: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)),
-        ge=1,
-        le=256,
-        description="Child processes that decode and preprocess jobs (default: the cores "
-        "this process may use).",
+    inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # README: the batcher
+    inference_queue_images: int = Field(default=64, ge=1, le=65536)  # inputs waiting per device
+    decode_processes: int = Field(  # the cores this process may use
+        default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, le=256
     )
     max_pixels_per_frame: int = Field(
         default=40_000_000,
@@ -261,9 +234,8 @@ class Settings(BaseSettings):
     decode_memory_limit_mb: int = Field(
         default=8192,
         ge=0,
-        description="Decoding and preprocessing run in a pool of decode_processes children, "
-        "each allowed to grow by this much address space beyond its imports (RLIMIT_AS), so "
-        "a job over it fails alone. 0 decodes in the worker's own threads, without a ceiling.",
+        description="Growth past its imports each decode_processes child may take (RLIMIT_AS); "
+        "0 decodes in the worker's own threads, without a ceiling.",
     )
     max_pixels_per_job: int = Field(
         default=640_000_000,
