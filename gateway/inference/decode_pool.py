@@ -141,7 +141,15 @@ class DecodePool:
     ) -> None:
         self.memory_limit_mb = memory_limit_mb
         self.processes = processes
-        self.settings = settings  # given: the children load from the object store
+        # Given: the children load from the object store. As the base class, which pickles
+        # (load_settings makes a subclass of its own for the YAML source, which does not).
+        self.settings = (
+            Settings.model_construct(
+                **{name: getattr(settings, name) for name in Settings.model_fields}
+            )
+            if settings is not None
+            else None
+        )
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
 
