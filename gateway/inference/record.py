@@ -94,7 +94,11 @@ class GroupRecorder:
         self.groups.append(len(group))
         try:
             with self.db.session() as session:
-                written = [write_outcome(session, outcome) for outcome, _ in group]
+                # Rows locked in id order: two workers' groups never wait on each other in
+                # a cycle (PostgreSQL would end one as a deadlock).
+                order = sorted(range(len(group)), key=lambda i: group[i][0].job_id)
+                wrote = {i: write_outcome(session, group[i][0]) for i in order}
+                written = [wrote[i] for i in range(len(group))]
         except Exception as exc:
             if len(group) == 1:
                 group[0][1].set_exception(exc)
