@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from celery import Celery
 from celery.app.trace import setup_worker_optimizations
 from celery.worker import WorkController
+from kombu.asynchronous import set_event_loop
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
@@ -169,6 +170,11 @@ class EmbeddedWorker:
 def _controller(
     app: Celery, queues: list[str], concurrency: int, settings: Settings
 ) -> WorkController:
+    """A pool of its own. Each gets its own event loop: kombu keeps one loop per process
+    (``kombu.asynchronous``'s current loop, used on Redis), and a second controller built
+    while the first one's loop is current shares it — with its own timer never ticked, so
+    its retries (tasks with a countdown) were received and never run."""
+    set_event_loop(None)
     return app.WorkController(
         pool="threads",
         concurrency=concurrency,
@@ -209,6 +215,7 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
         )
         beside = _controller(results_app, results_queues, settings.report_concurrency, settings)
         threading.Thread(target=beside.start, name="celery-results", daemon=True).start()
+    set_event_loop(None)  # the inference pool's own loop, not the results pool's
     worker = app.Worker(
         pool="threads",
         concurrency=main_concurrency,

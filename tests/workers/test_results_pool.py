@@ -112,3 +112,18 @@ def test_a_worker_given_queues_sends_each_to_its_pool() -> None:
         list(RESULTS_QUEUES),
     )
     assert split_queues(["reports"]) == ([], ["reports"])
+
+
+def test_each_pool_on_redis_has_its_own_event_loop(make_settings: Callable[..., Settings]) -> None:
+    """kombu keeps one current event loop per process: the second pool built on Redis took
+    the first one's, whose timer never ran its own countdowns (retries were received and
+    never run)."""
+    from gateway.jobs.task_queue import create_celery
+    from workers.worker import _controller, inference_queues
+
+    settings = make_settings(broker_url="redis://127.0.0.1:1/0")  # never connected here
+    results = _controller(create_celery(settings), list(RESULTS_QUEUES), 1, settings)
+    infer = _controller(create_celery(settings), inference_queues(settings), 1, settings)
+    assert results.hub is not None and infer.hub is not None
+    assert infer.hub is not results.hub
+    assert infer.hub.timer is infer.timer and results.hub.timer is results.timer
