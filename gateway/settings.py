@@ -213,7 +213,10 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         default=True, description="aigw serve also runs a worker thread (the embedded default)."
     )
-    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    worker_concurrency: int = Field(default=2, ge=1, le=64, description="Inference jobs in flight.")
+    report_concurrency: int = Field(
+        default=2, ge=1, le=64, description="Results tasks at once, in their own pool."
+    )
     device_queues: dict[str, str] = Field(
         default_factory=dict, description="Device id → Celery queue (GPU pool); default 'infer'."
     )
@@ -226,6 +229,11 @@ class Settings(BaseSettings):
         description="onnxruntime providers in order of preference; missing ones are skipped.",
     )
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
+    inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # README: the batcher
+    inference_queue_images: int = Field(default=64, ge=1, le=65536)  # inputs waiting per device
+    decode_processes: int = Field(  # the cores this process may use
+        default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, le=256
+    )
     max_pixels_per_frame: int = Field(
         default=40_000_000,
         ge=1,
@@ -235,9 +243,8 @@ class Settings(BaseSettings):
     decode_memory_limit_mb: int = Field(
         default=8192,
         ge=0,
-        description="Decoding runs in a pool of worker_concurrency child processes, each "
-        "limited to this address space (RLIMIT_AS), so a job over it fails alone. 0 decodes "
-        "in the worker's own process, without a ceiling.",
+        description="Growth past its imports each decode_processes child may take (RLIMIT_AS); "
+        "0 decodes in the worker's own threads, without a ceiling.",
     )
     max_pixels_per_job: int = Field(
         default=640_000_000,

@@ -1,10 +1,15 @@
 """Worker start-up: the in-process worker of the embedded default, and ``aigw worker``.
 
 A worker process builds its own inference context from the settings (database, object
-store, registry, onnxruntime sessions); a GPU node runs one worker per GPU, each pinned with
-``CUDA_VISIBLE_DEVICES`` and listening on its pool's queue. ``aigw worker`` may start before
-any of its dependencies: it waits for the database (and for the gateway to have migrated
-it), the object store and the broker, each with one log line, then starts.
+store, registry, onnxruntime sessions, the decode pool and the devices' batchers); a GPU node
+runs one worker per GPU, each pinned with ``CUDA_VISIBLE_DEVICES`` and listening on its
+pool's queue. Inference and results run in two pools of threads, each consuming its own
+queues (``worker_concurrency`` on the infer queues, ``report_concurrency`` on ``reports``
+and ``cpu``): a study's results, seconds of CPU, never hold a thread a job could use.
+
+``aigw worker`` may start before any of its dependencies: it waits for the database (and for
+the gateway to have migrated it), the object store and the broker, each with one log line,
+then starts.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from collections.abc import Sequence
 
 from celery import Celery
 from celery.app.trace import setup_worker_optimizations
+from celery.worker import WorkController
+from kombu.asynchronous import set_event_loop
 
 from gateway.delivery.destinations import load_destinations
 from gateway.devices.registry import DeviceRegistry
 from gateway.external.send import SendContext
+from gateway.inference.batcher import Batcher, BatchLimits
 from gateway.inference.decode_pool import DecodePool
 from gateway.inference.lease import lease_seconds
 from gateway.inference.pipeline import InferenceContext
@@ -48,12 +56,19 @@ def inference_context(parts: Parts) -> InferenceContext:
         lease_s=lease_seconds(settings),
         budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),
         decoder=(
-            DecodePool(settings.decode_memory_limit_mb, settings.worker_concurrency)
+            DecodePool(settings.decode_memory_limit_mb, settings.decode_processes, settings)
             if settings.decode_memory_limit_mb
             else None
         ),
         priors=PriorFetch(
             settings, parts.db, Ingest(parts.db, parts.store), parts.directory, parts.source_ids
+        ),
+        batcher=Batcher(
+            BatchLimits(
+                max_batch=settings.inference_max_batch,
+                max_wait_s=settings.inference_max_wait_ms / 1000,
+                max_queued=settings.inference_queue_images,
+            )
         ),
     )
 
@@ -95,18 +110,28 @@ def semd_config(settings: Settings) -> SemdConfig | None:
     return load_semd_config(settings.semd_file)
 
 
+def inference_queues(settings: Settings) -> list[str]:
+    return list(dict.fromkeys([DEFAULT_INFER_QUEUE, *settings.device_queues.values()]))
+
+
+RESULTS_QUEUES = (REPORTS_QUEUE, CPU_QUEUE)
+
+
 def all_queues(settings: Settings) -> list[str]:
-    return list(
-        dict.fromkeys(
-            [DEFAULT_INFER_QUEUE, *settings.device_queues.values(), REPORTS_QUEUE, CPU_QUEUE]
-        )
-    )
+    return [*inference_queues(settings), *RESULTS_QUEUES]
+
+
+def split_queues(queues: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The inference queues and the results queues among ``queues``: each pool takes its own."""
+    results = [queue for queue in queues if queue in RESULTS_QUEUES]
+    return [queue for queue in queues if queue not in RESULTS_QUEUES], results
 
 
 class EmbeddedWorker:
-    """A Celery worker in a thread of ``aigw serve``, on the in-memory broker.
+    """The Celery workers in threads of ``aigw serve``, on the in-memory broker: one pool
+    for inference, one for results.
 
-    It is Celery's bare ``WorkController``, embedded as ``celery.contrib.testing`` embeds
+    Each is Celery's bare ``WorkController``, embedded as ``celery.contrib.testing`` embeds
     one, not the worker program ``app.Worker``: that one also prints a banner, renames the
     process, tries to take over the process's signals, and warns about running as root with
     advice (``--uid``) meant for a worker process, not for a thread that takes only JSON
@@ -114,46 +139,76 @@ class EmbeddedWorker:
     """
 
     def __init__(self, app: Celery, parts: Parts) -> None:
-        context = inference_context(parts)
-        self._decoder = context.decoder
+        settings = parts.settings
+        self._context = inference_context(parts)
         reports = report_context(parts)
         sending = send_context(parts)
-        register_tasks(
-            app,
-            lambda: context,
-            lambda: reports,
-            parts.settings.job_max_retries,
-            retry_backoff(parts.settings),
-            lambda: sending,
-        )
+        # A second app for the results pool: a worker's queue selection is the app's
+        # (app.amqp.queues), so two pools on one app would both consume the last one's
+        # queues. The memory transport's queues are the process's, so both apps see them.
+        results_app = create_celery(settings)
+        for each in (app, results_app):
+            register_tasks(
+                each,
+                lambda: self._context,
+                lambda: reports,
+                settings.job_max_retries,
+                retry_backoff(settings),
+                lambda: sending,
+            )
         # What app.Worker does first: the pool's threads run tasks through this app (it
         # becomes the process's current app) on Celery's fast tracing path.
         setup_worker_optimizations(app)
-        self.worker = app.WorkController(
-            pool="threads",
-            concurrency=parts.settings.worker_concurrency,
-            queues=all_queues(parts.settings),
-            without_heartbeat=True,
-            without_mingle=True,
-            without_gossip=True,
-            loglevel=parts.settings.log_level,
-        )
-        self._thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
+        self.workers = [
+            _controller(app, inference_queues(settings), settings.worker_concurrency, settings),
+            _controller(results_app, list(RESULTS_QUEUES), settings.report_concurrency, settings),
+        ]
+        self._threads = [
+            threading.Thread(target=worker.start, name=f"celery-{name}", daemon=True)
+            for worker, name in zip(self.workers, ("infer", "results"), strict=True)
+        ]
+
+    @property
+    def worker(self) -> WorkController:
+        """The inference pool's controller."""
+        return self.workers[0]
 
     def start(self) -> None:
-        if self._decoder is not None:
-            self._decoder.warm()
-        self._thread.start()
+        if self._context.decoder is not None:
+            self._context.decoder.warm()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self.worker.stop(in_sighandler=False)
-        self._thread.join(timeout=15)
-        if self._decoder is not None:
-            self._decoder.close()
+        for worker in self.workers:
+            worker.stop(in_sighandler=False)
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._context.close()
+
+
+def _controller(
+    app: Celery, queues: list[str], concurrency: int, settings: Settings
+) -> WorkController:
+    """A pool of its own. Each gets its own event loop: kombu keeps one loop per process
+    (``kombu.asynchronous``'s current loop, used on Redis), and a second controller built
+    while the first one's loop is current shares it — with its own timer never ticked, so
+    its retries (tasks with a countdown) were received and never run."""
+    set_event_loop(None)
+    return app.WorkController(
+        pool="threads",
+        concurrency=concurrency,
+        queues=queues,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel=settings.log_level,
+    )
 
 
 def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: int | None) -> None:
-    """``aigw worker``: a separate worker process (distributed mode)."""
+    """``aigw worker``: a separate worker process (distributed mode). The inference pool is
+    the worker program; the results pool runs beside it in a thread and stops with it."""
     parts = Parts.build(settings, migrate=False)
     wait_for_broker(settings.broker_url, retry_backoff(settings))
     app = create_celery(settings)
@@ -170,11 +225,34 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
         retry_backoff(settings),
         lambda: sending,
     )
+    infer_queues, results_queues = split_queues(list(queues or all_queues(settings)))
+    main_queues, main_concurrency = infer_queues, concurrency or settings.worker_concurrency
+    beside: WorkController | None = None
+    if not infer_queues:  # a results-only worker
+        main_queues, main_concurrency = results_queues, concurrency or settings.report_concurrency
+    elif results_queues:  # its own app: a worker's queue selection is its app's
+        results_app = create_celery(settings)
+        register_tasks(
+            results_app,
+            lambda: context,
+            lambda: reports,
+            settings.job_max_retries,
+            retry_backoff(settings),
+            lambda: sending,
+        )
+        beside = _controller(results_app, results_queues, settings.report_concurrency, settings)
+        threading.Thread(target=beside.start, name="celery-results", daemon=True).start()
+    set_event_loop(None)  # the inference pool's own loop, not the results pool's
     worker = app.Worker(
         pool="threads",
-        concurrency=concurrency or settings.worker_concurrency,
-        queues=list(queues or all_queues(settings)),
+        concurrency=main_concurrency,
+        queues=main_queues,
         loglevel=settings.log_level,
     )
-    log.info("worker starting", extra={"queues": list(queues or all_queues(settings))})
-    worker.start()
+    log.info("worker starting", extra={"queues": infer_queues, "results_queues": results_queues})
+    try:
+        worker.start()
+    finally:
+        if beside is not None:
+            beside.stop(in_sighandler=False)
+        context.close()

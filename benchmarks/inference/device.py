@@ -1,5 +1,6 @@
 """One device's figures: its studies generated, ingested and routed, a warm-up, then bare,
-sequential and concurrent phases in rounds; the median round counts."""
+sequential, concurrent, decode ▸ preprocess alone and bare-at-the-batcher's-batch phases in
+rounds; the median round counts."""
 
 from __future__ import annotations
 
@@ -17,16 +18,20 @@ from benchmarks.inference.gateway_parts import (
     build_bench,
     create_jobs,
     ingest_and_route,
+    job_keys,
     prepared_tensors,
 )
-from benchmarks.inference.report import TARGET_2D_RATIO
+from benchmarks.inference.report import STAGE_OVERLAP_TARGET, TARGET_2D_RATIO
 from benchmarks.inference.runs import (
     BareRun,
     PipelineRun,
+    PrepareRun,
     compare,
     median_run,
     run_bare,
     run_pipeline,
+    run_prepare,
+    stage_overlap,
 )
 from benchmarks.inference.studies import clone, study_spec
 from models.manifest import load_manifest
@@ -41,6 +46,7 @@ class Plan:
     quick: bool
     seed: int
     sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    threads: int | None = None  # the concurrent phase's threads; None: worker_concurrency
 
 
 def bench_device(
@@ -60,10 +66,12 @@ def bench_device(
     planned: list[PlannedStudy] = []
     stored_bytes = 0
     pool: list[np.ndarray] = []  # bare inputs: the pipeline's decode and preprocess
+    keys: list[list[str]] = []  # each job's instances, for load ▸ decode ▸ preprocess alone
     for number in range(plan.studies):
         instances = clone(bases[number % len(bases)], number)
         stored_bytes += sum(len(data) for data in instances)
         planned.append(ingest_and_route(bench, instances))
+        keys.append(job_keys(bench, planned[-1]))
         if number < len(bases):
             pool += prepared_tensors(instances, planned[-1], manifest)
     images_per_job = planned[0].images
@@ -83,7 +91,7 @@ def bench_device(
     batches = sorted(
         {1, pipeline_batch} | ({context.max_batch} if manifest.input.dims == 2 else set())
     )
-    concurrency = bench.settings.worker_concurrency
+    concurrency = plan.threads or bench.settings.worker_concurrency
     total_images = images * plan.studies
     tags = iter(range(1_000_000))
 
@@ -97,6 +105,9 @@ def bench_device(
     bare_runs: dict[int, list[BareRun]] = {b: [] for b in batches}
     sequential: list[PipelineRun] = []
     concurrent: list[PipelineRun] = []
+    prepares: list[PrepareRun] = []
+    overlaps: list[dict[str, Any]] = []
+    same_batch: list[BareRun] = []
     for number in range(plan.rounds):
         for batch in batches:
             bare_runs[batch].append(
@@ -104,11 +115,20 @@ def bench_device(
             )
         sequential.append(pipeline(1))
         concurrent.append(pipeline(concurrency))
+        prepares.append(run_prepare(context, manifest, keys, total_images))
+        formed = min(max(round(concurrent[-1].mean_batch), 1), context.max_batch)
+        same_batch.append(
+            run_bare(session, manifest, pool, formed, total_images, plan.bare_min_seconds)
+        )
+        overlaps.append(stage_overlap(concurrent[-1], prepares[-1], same_batch[-1]))
         line = (
             f"  round {number + 1}/{plan.rounds}: bare "
             + ", ".join(f"b{b} {bare_runs[b][-1].images_per_s:.1f}" for b in batches)
             + f" /s; pipeline ×1 {sequential[-1].images_per_s:.1f}, "
-            f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s"
+            f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s (batches of "
+            f"{concurrent[-1].mean_batch:.1f}); decode+preprocess alone "
+            f"{prepares[-1].images_per_s:.1f} /s, bare b{formed} "
+            f"{same_batch[-1].images_per_s:.1f} /s; overlap {overlaps[-1]['value']}"
         )
         print(line, flush=True)
 
@@ -143,6 +163,9 @@ def bench_device(
         "bare": {f"batch_{b}": bare[b].as_dict() for b in batches},
         "pipeline": shipped["pipeline"],
         "ratio": shipped["ratio"],
+        "stage_overlap": _median_overlap(overlaps),
+        "stage_overlap_rounds": [overlap["value"] for overlap in overlaps],
+        "pipeline_vs_bare_same_batch": _same_batch_ratios(concurrent, same_batch),
         "target": TARGET_2D_RATIO if is_2d else None,
         "meets_target": shipped["ratio"]["pipeline_vs_bare"] >= TARGET_2D_RATIO if is_2d else None,
     }
@@ -156,3 +179,25 @@ def bench_device(
     result["wall_s"] = round(time.perf_counter() - started, 1)
     bench.parts.db.dispose()
     return result
+
+
+def _median_overlap(overlaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median stage overlap (each round's figures come from that round:
+    a slow spell on a shared machine hits the pipeline and the stages alone alike)."""
+    ordered = sorted(overlaps, key=lambda overlap: float(overlap["value"]))
+    return {**ordered[(len(ordered) - 1) // 2], "target": STAGE_OVERLAP_TARGET}
+
+
+def _same_batch_ratios(concurrent: list[PipelineRun], bare: list[BareRun]) -> dict[str, Any]:
+    """The concurrent pipeline ÷ bare onnxruntime at the batch the batcher formed in the
+    same round, per round and the median."""
+    ratios = sorted(
+        run.images_per_s / ref.images_per_s for run, ref in zip(concurrent, bare, strict=True)
+    )
+    return {
+        "median": round(ratios[(len(ratios) - 1) // 2], 3),
+        "batches": [ref.batch for ref in bare],
+        "rounds": [
+            round(r.images_per_s / b.images_per_s, 3) for r, b in zip(concurrent, bare, strict=True)
+        ],
+    }

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-import gateway.inference.pipeline
+import gateway.inference.prepare
 from benchmarks.environment import (
     ROOT,
 )
 from benchmarks.errors import BenchmarkError
 from gateway.devices.registry import RegisteredDevice, RegistryError
+from gateway.index.instances import current_instance_keys
 from gateway.index.tables import StudyRow
 from gateway.inference.decode import read_dataset
 from gateway.inference.pipeline import InferenceContext
@@ -124,13 +125,24 @@ def create_jobs(bench: Bench, studies: Sequence[PlannedStudy], tag: int) -> list
     return ids
 
 
+def job_keys(bench: Bench, planned: PlannedStudy) -> list[str]:
+    """The object-store keys the job reads, as the pipeline asks for them."""
+    with bench.parts.db.session() as session:
+        return current_instance_keys(session, tuple(planned.job.series_uids))
+
+
+def job_blobs(instances: Sequence[bytes], planned: PlannedStudy) -> list[bytes]:
+    """The stored instances the job reads (its series)."""
+    chosen = set(planned.job.series_uids)
+    return [data for data in instances if read_dataset(data).SeriesInstanceUID in chosen]
+
+
 def prepared_tensors(
     instances: Sequence[bytes], planned: PlannedStudy, manifest: DeviceManifest
 ) -> list[np.ndarray]:
     """The model inputs of one job, made by the pipeline's own decode and preprocess stages
     (looked up when called)."""
-    chosen = set(planned.job.series_uids)
-    blobs = [data for data in instances if read_dataset(data).SeriesInstanceUID in chosen]
-    decoded = gateway.inference.pipeline._decode(blobs, manifest)
-    prepared, _metas = gateway.inference.pipeline._preprocess(decoded, manifest)
-    return [item.tensor for item in prepared]
+    prepared = gateway.inference.prepare.prepare_blobs(
+        job_blobs(instances, planned), manifest.input
+    )
+    return list(prepared.inputs)

@@ -1,5 +1,6 @@
-"""The timed runs of one device: bare ``session.run`` back to back, and ``run_job`` over a
-phase's jobs, sequentially or from a thread pool; their figures and ratios."""
+"""The timed runs of one device: bare ``session.run`` back to back, decode ▸ preprocess
+alone in the worker's process pool, and ``run_job`` over a phase's jobs, sequentially or
+from a thread pool; their figures, the ratios and the stage overlap."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from benchmarks.inference.gateway_parts import Bench
 from benchmarks.measure import Phase, percentile, sig, timed
 from gateway.index.tables import JobRow
 from gateway.inference.pipeline import InferenceContext, run_job
+from gateway.inference.prepare import prepare_blobs
 from models.manifest import DeviceManifest
 
 STAGES = ("load", "decode", "preprocess", "infer", "postprocess")
@@ -85,6 +87,51 @@ def run_bare(
 
 
 @dataclass
+class PrepareRun:
+    """Load ▸ decode ▸ preprocess alone: every job's instances through the worker's process
+    pool (one child per core), from as many threads as the pool has children."""
+
+    processes: int
+    jobs: int
+    images: int
+    phase: Phase
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.phase.wall_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "processes": self.processes,
+            "jobs": self.jobs,
+            "images": self.images,
+            "images_per_s": sig(self.images_per_s),
+            "wall_s": sig(self.phase.wall_s),
+            "other_load_cores": sig(self.phase.other_load),
+        }
+
+
+def run_prepare(
+    context: InferenceContext, manifest: DeviceManifest, jobs: Sequence[list[str]], images: int
+) -> PrepareRun:
+    """The pool's unit of work — load ▸ checks ▸ decode ▸ preprocess — for every job, as
+    the pipeline runs it, with nothing before or after it."""
+    decoder = context.decoder
+    processes = decoder.processes if decoder is not None else 1
+
+    def one(keys: list[str]) -> None:
+        if decoder is not None and decoder.settings is not None:
+            decoder.load_and_prepare(keys, manifest.input, context.budget)
+        else:
+            blobs = [context.store.get(key) for key in keys]
+            prepare_blobs(blobs, manifest.input, context.budget)
+
+    with timed() as phase, ThreadPoolExecutor(processes) as pool:
+        list(pool.map(one, jobs))
+    return PrepareRun(processes, len(jobs), images, phase[0])
+
+
+@dataclass
 class PipelineRun:
     threads: int
     jobs: int
@@ -92,6 +139,11 @@ class PipelineRun:
     job_latencies_s: list[float]
     timings_ms: list[dict[str, float]]
     phase: Phase
+    batches: list[int]  # inputs per onnxruntime run the device's batcher formed
+
+    @property
+    def mean_batch(self) -> float:
+        return statistics.fmean(self.batches) if self.batches else 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -121,6 +173,8 @@ class PipelineRun:
             "cpu_ms_per_image": sig(1000 * self.phase.cpu_s / self.images),
             "stages_ms_per_job": stages,
             "stage_share": {name: sig(value / total) for name, value in stages.items()},
+            "batches": len(self.batches),
+            "mean_batch": sig(self.mean_batch),
             "wall_s": sig(self.phase.wall_s),
             "other_load_cores": sig(self.phase.other_load),
         }
@@ -135,6 +189,8 @@ def run_pipeline(
 ) -> PipelineRun:
     """``run_job`` for every job, one after another or from a pool of ``threads``."""
     chosen = context or bench.context
+    assert chosen.batcher is not None
+    before = len(chosen.batcher.batch_sizes(bench.device.key))
 
     def one(job_id: int) -> tuple[str, float]:
         began = time.perf_counter()
@@ -153,15 +209,35 @@ def run_pipeline(
         timings = [dict(r.timings_ms) for r in rows]
     if failed:
         raise BenchmarkError(f"{bench.manifest.key}: {'; '.join(failed)}")
-    return PipelineRun(
-        threads, len(job_ids), images, [latency for _, latency in results], timings, phase[0]
-    )
+    batches = chosen.batcher.batch_sizes(bench.device.key)[before:]
+    latencies = [latency for _, latency in results]
+    return PipelineRun(threads, len(job_ids), images, latencies, timings, phase[0], batches)
 
 
 def median_run(runs: Sequence[Run]) -> Run:
     """The round with the median throughput (the lower middle of an even count)."""
     ordered = sorted(runs, key=lambda run: run.images_per_s)
     return ordered[(len(ordered) - 1) // 2]
+
+
+def stage_overlap(
+    concurrent: PipelineRun, prepare: PrepareRun, same_batch: BareRun
+) -> dict[str, Any]:
+    """Pipeline throughput ÷ the slowest stage run alone on the same cores: decode ▸
+    preprocess with every core (the process pool), or bare inference at the batch the
+    batcher formed. 1 means the stages overlap perfectly and the slowest one sets the pace."""
+    alone = {
+        "decode_preprocess": prepare.images_per_s,
+        f"bare_inference_b{same_batch.batch}": same_batch.images_per_s,
+    }
+    slowest = min(alone, key=lambda name: alone[name])
+    return {
+        "value": sig(concurrent.images_per_s / alone[slowest]),
+        "slowest_stage": slowest,
+        "stages_alone_images_per_s": {name: sig(value) for name, value in alone.items()},
+        "pipeline_images_per_s": sig(concurrent.images_per_s),
+        "decode_preprocess_alone": prepare.as_dict(),
+    }
 
 
 def compare(

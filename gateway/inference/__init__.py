@@ -4,6 +4,13 @@ Modules
 -------
 pipeline
     :func:`run_job`: load ▸ decode ▸ preprocess ▸ onnxruntime ▸ postprocess ▸ record.
+prepare
+    Decode ▸ preprocess of one job as one unit of work: the model's inputs, not the pixels.
+batcher
+    One session per device per process, batches formed across jobs (max batch, max wait,
+    urgent first), each job's outputs handed back to it.
+record
+    A job's findings and end state, committed with the other jobs ending at that moment.
 findings
     :class:`Finding` and its :class:`Location`: what inference records and results read.
 pixel_checks
@@ -12,7 +19,8 @@ pixel_checks
 codestreams
     JPEG / JPEG-LS SOF, JPEG 2000 / HTJ2K SIZ (raw or JP2) and RLE headers, read bounded.
 decode_pool
-    Decoding in spawned child processes under ``RLIMIT_AS`` (``decode_memory_limit_mb``).
+    Load, checks, decode and preprocess in child processes (``decode_processes``, the cores)
+    under ``RLIMIT_AS`` (``decode_memory_limit_mb``).
 decode
     Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.
 masks

@@ -80,6 +80,16 @@ def decode_volume(datasets: list[Dataset]) -> Volume:
         return _decode_volume(datasets)
 
 
+Decoded = tuple[list[Image2D], Volume | None]
+
+
+def decode_datasets(datasets: list[Dataset], dims: int) -> Decoded:
+    """One job's instances: 2D images, or one volume (``dims`` 3)."""
+    if dims == 3:
+        return [], decode_volume(datasets)
+    return [decode_image(d) for d in datasets], None
+
+
 @contextmanager
 def _unreadable_as_decode_error(dataset: Dataset) -> Iterator[None]:
     """pydicom converts values when they are first read, so a damaged attribute (a US of

@@ -1,8 +1,13 @@
-"""Decoding in child processes under a memory ceiling: the second line behind the checks.
+"""Load ▸ decode ▸ preprocess in child processes under a memory ceiling: the CPU half of
+the pipeline, off the GIL, and the second line behind the pixel checks.
 
-The pixel checks stop every header bomb we know of before a decoder runs; this bounds what
-one we do not know can take. Decoding happens in a small pool of spawned processes, each
-with ``RLIMIT_AS`` set to ``decode_memory_limit_mb``: an allocation past it raises
+A pool of ``decode_processes`` children (the cores, by default) runs each job's load (from
+the child's own object store), checks, decode and preprocess (:mod:`gateway.inference.prepare`)
+and hands back the model's inputs, so jobs on the worker's threads decode in parallel while
+the batcher runs the model. The pixel checks
+stop every header bomb we know of before a decoder runs; the pool bounds what one we do not
+know can take: each child's address space may grow by ``decode_memory_limit_mb`` beyond
+what it holds after its imports (``RLIMIT_AS``): an allocation past it raises
 MemoryError in the child (numpy) or fails inside the codec (openjpeg, libjpeg, charls), and
 a child that dies anyway (killed, a crashed codec) breaks only the pool, which is replaced.
 Either way the job fails with the reason and the worker goes on; nothing is retried, so the
@@ -11,27 +16,34 @@ queue's exactly-once handling is untouched (the pipeline, not the pool, records 
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 import multiprocessing
 import resource
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
-from pydicom import Dataset
-
+from gateway.errors import StorageError
+from gateway.index.object_store import ObjectStore, create_store
 from gateway.inference.decode import (
+    Decoded,
     DecodeError,
-    Image2D,
-    Volume,
-    decode_image,
-    decode_volume,
+    decode_datasets,
     read_dataset,
 )
+from gateway.inference.pixel_checks import PixelBudget
+from gateway.inference.prepare import PreparedJob, prepare_blobs
+from gateway.settings import Settings
+from models.manifest import InputSpec
 
 log = logging.getLogger(__name__)
 
-Decoded = tuple[list[Image2D], Volume | None]
+Result = TypeVar("Result")
 
 
 def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
@@ -39,15 +51,29 @@ def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
     return decode_datasets([read_dataset(blob) for blob in blobs], dims)
 
 
-def decode_datasets(datasets: list[Dataset], dims: int) -> Decoded:
-    if dims == 3:
-        return [], decode_volume(datasets)
-    return [decode_image(d) for d in datasets], None
+_child: dict[str, object] = {}  # in a child: its settings, then its own object store
 
 
-def _limit_memory(limit_bytes: int) -> None:
-    """Pool initializer: the ceiling on this child's address space."""
-    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+def _limit_memory(limit_bytes: int, settings: Settings | None = None) -> None:
+    """Pool initializer: one thread for torch (a child per core already), its import done
+    now, then the ceiling on what this child's address space may grow by. The ceiling
+    counts from here: torch maps ~1 GB of address space on import, which is not decoding's.
+    ``settings``: the child reads the job's instances from the object store itself."""
+    from models.preprocess import _torch
+
+    _torch().set_num_threads(1)
+    if settings is not None:
+        _child["settings"] = settings
+    grown_to = _address_space_bytes() + limit_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (grown_to, grown_to))
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _ready() -> bool:
@@ -61,12 +87,47 @@ def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
         raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
 
 
+def _prepare_in_child(blobs: list[bytes], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
+    try:
+        return prepare_blobs(blobs, spec, budget)
+    except MemoryError as exc:
+        raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
+
+
+def _child_store() -> ObjectStore:
+    store = _child.get("store")
+    if store is None:
+        settings = _child["settings"]
+        assert isinstance(settings, Settings)
+        store = _child["store"] = create_store(settings)
+    return store  # type: ignore[return-value]
+
+
+def _load_and_prepare_in_child(
+    keys: list[str], spec: InputSpec, budget: PixelBudget
+) -> PreparedJob:
+    """Load ▸ checks ▸ decode ▸ preprocess: the stored bytes never cross a pipe (a 2500×2048
+    radiograph is 10 MB to pickle, ~10 ms of the worker's time)."""
+    began = time.perf_counter()
+    try:
+        store = _child_store()
+        blobs = [store.get(key) for key in keys]
+    except MemoryError as exc:
+        raise DecodeError(f"loading needs more than the memory limit: {exc!r}"[:300]) from None
+    load_ms = round((time.perf_counter() - began) * 1000, 2)
+    prepared = _prepare_in_child(blobs, spec, budget)
+    return dataclasses.replace(prepared, stage_ms={**prepared.stage_ms, "load": load_ms})
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """Not fork: the worker is multi-threaded (Celery, SCP, HTTP). A fork server, started
     once per process with the decoders imported, then forks each child from itself: ~3 s
     once instead of a fresh interpreter's imports for every pool."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gateway.inference.decode_pool"])
+    preload = ["gateway.inference.decode_pool"]
+    if importlib.util.find_spec("torch") is not None:  # preprocessing's resize
+        preload.append("torch")
+    context.set_forkserver_preload(preload)
     return context
 
 
@@ -75,22 +136,51 @@ class DecodePool:
     started on first use, replaced when a child dies. Thread-safe (the worker's threads
     share it)."""
 
-    def __init__(self, memory_limit_mb: int, processes: int) -> None:
+    def __init__(
+        self, memory_limit_mb: int, processes: int, settings: Settings | None = None
+    ) -> None:
         self.memory_limit_mb = memory_limit_mb
         self.processes = processes
+        # Given: the children load from the object store. As the base class, which pickles
+        # (load_settings makes a subclass of its own for the YAML source, which does not).
+        self.settings = (
+            Settings.model_construct(
+                **{name: getattr(settings, name) for name in Settings.model_fields}
+            )
+            if settings is not None
+            else None
+        )
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
 
     def decode(self, blobs: list[bytes], dims: int) -> Decoded:
+        """One job's pixels (the results stage's and the tests' use)."""
+        return self._call(_decode_in_child, blobs, dims)
+
+    def prepare(self, blobs: list[bytes], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
+        """One job checked, decoded and preprocessed in a child: its model inputs, not its
+        pixels (the worker's threads parse nothing)."""
+        return self._call(_prepare_in_child, blobs, spec, budget)
+
+    def load_and_prepare(
+        self, keys: list[str], spec: InputSpec, budget: PixelBudget
+    ) -> PreparedJob:
+        """One job read from the object store, checked, decoded and preprocessed in a
+        child (the pool must have been given the settings)."""
+        if self.settings is None:
+            raise RuntimeError("this decode pool was not given the object store's settings")
+        return self._call(_load_and_prepare_in_child, keys, spec, budget)
+
+    def _call(self, work: Callable[..., Result], *args: object) -> Result:
         executor = self._current()
         try:
-            return executor.submit(_decode_in_child, blobs, dims).result()
+            return executor.submit(work, *args).result()
         except BrokenProcessPool as exc:
             self._replace(executor)
             raise DecodeError(
                 f"the decoding process died (memory limit {self.memory_limit_mb} MB): {exc}"
             ) from exc
-        except DecodeError:
+        except (DecodeError, StorageError):  # the job's fault; the store's, to retry
             raise
         except Exception as exc:  # MemoryError sending a result back, among others
             raise DecodeError(
@@ -101,7 +191,9 @@ class DecodePool:
     def warm(self) -> None:
         """Start the children now, not in the first job: a job that takes longer than the
         broker's visibility timeout is delivered to a second worker as well."""
-        self._current().submit(_ready)
+        executor = self._current()
+        for _ in range(self.processes):
+            executor.submit(_ready)
 
     def close(self) -> None:
         with self._lock:
@@ -116,7 +208,7 @@ class DecodePool:
                     max_workers=self.processes,
                     mp_context=_context(),
                     initializer=_limit_memory,
-                    initargs=(self.memory_limit_mb * 1024 * 1024,),
+                    initargs=(self.memory_limit_mb * 1024 * 1024, self.settings),
                 )
             return self._executor
 

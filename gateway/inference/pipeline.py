@@ -2,7 +2,15 @@
 
 load (object store) ▸ decode (each codestream's header checked against its dataset and
 the pixel budget, then pydicom + plugins) ▸ preprocess (MONAI, as in training)
-▸ infer (onnxruntime, micro-batched) ▸ postprocess (findings in source coordinates) ▸ record.
+▸ infer (onnxruntime, batched with other jobs' inputs) ▸ postprocess (findings in source
+coordinates) ▸ record (:mod:`gateway.inference.record`: one transaction with the other
+jobs that end at the same moment).
+
+The worker's threads each run one job through this sequence; what makes it a pipeline
+across jobs is where two stages run: decode ▸ preprocess in the process pool
+(:mod:`gateway.inference.decode_pool`, one child per core), infer in the device's batcher
+(:mod:`gateway.inference.batcher`, one session per device per process, batches formed
+from every job waiting), so one job decodes while another's batch runs.
 
 Idempotent: a job already finished is left alone; a job re-run after a worker died replaces
 its findings in the same transaction that finishes it, so redelivery never duplicates.
@@ -19,24 +27,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from sqlalchemy import delete
 
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import FindingRow, JobRow, utcnow
-from gateway.inference.decode import DecodeError, Image2D, Volume, read_dataset
-from gateway.inference.decode_pool import DecodePool, decode_datasets
+from gateway.index.tables import JobRow, utcnow
+from gateway.inference.batcher import Batcher, BatchLimits, Outputs
+from gateway.inference.decode import DecodeError
+from gateway.inference.decode_pool import DecodePool
 from gateway.inference.findings import Finding, Location
 from gateway.inference.lease import a_live_run_of, heartbeat
 from gateway.inference.masks import encode_mask, mask_key
-from gateway.inference.pixel_checks import PixelBudget, check_job
+from gateway.inference.pixel_checks import PixelBudget
+from gateway.inference.prepare import PreparedJob, prepare_blobs
+from gateway.inference.record import GroupRecorder, Outcome
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
 from models.manifest import DeviceManifest
-from models.postprocess import InputMeta, RawFinding, interpret
-from models.preprocess import Prepared, prepare_2d, prepare_3d
+from models.postprocess import RawFinding, interpret
 from models.runtime import SessionCache
 
 log = logging.getLogger(__name__)
@@ -62,14 +71,23 @@ class InferenceContext:
     decoder: DecodePool | None = None  # None: decode in this process, without a ceiling
     # (job id, manifest) → the series of the job's prior studies (gateway.jobs.priors)
     priors: Callable[[int, DeviceManifest], tuple[str, ...]] | None = None
+    batcher: Batcher | None = None  # None: one made with max_batch and no wait
+    recorder: GroupRecorder | None = None  # None: one made on db
 
+    def __post_init__(self) -> None:
+        if self.batcher is None:
+            self.batcher = Batcher(BatchLimits(self.max_batch, 0.0, 4 * self.max_batch))
+        if self.recorder is None:
+            self.recorder = GroupRecorder(self.db)
 
-@dataclass
-class JobInput:
-    """What the decode stage produced: the images or the volume of one series."""
-
-    images: list[Image2D]
-    volume: Volume | None
+    def close(self) -> None:
+        """Stop the batchers, the recorder and the decode pool (a worker that stops)."""
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
 
 class Stopwatch:
@@ -98,7 +116,7 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         with heartbeat(context.db, job_id, runner, context.lease_s):
             job = _with_priors(context, job)
             findings, timings = _pipeline(context, job)
-        _record(context.db, job_id, findings, timings)
+        _record(context, job_id, findings, timings)
         return JobState.INFERRED.value
     except (JobFailure, DecodeError, RegistryError) as exc:
         fail_job(context.db, job_id, str(exc))
@@ -113,6 +131,7 @@ class _Job:
     id: int
     series_uids: tuple[str, ...]
     device_key: str
+    priority: int  # gateway.routing.Priority: urgent studies are batched first
     # The series of the prior studies its device asked for; the reference devices read none.
     prior_series_uids: tuple[str, ...] = ()
 
@@ -134,29 +153,46 @@ def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Jo
             return None
         set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
         job.runner = runner
-        return _Job(job.id, tuple(job.series_uids or [job.series_uid]), job.device_key)
+        series = tuple(job.series_uids or [job.series_uid])
+        return _Job(job.id, series, job.device_key, job.priority)
 
 
 def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict[str, float]]:
     watch = Stopwatch()
     manifest = context.registry.manifest(job.device_key)
-    with watch.stage("load"):
-        blobs = [context.store.get(key) for key in _object_keys(context.db, job.series_uids)]
-    with watch.stage("decode"):
-        decoded = _decode(blobs, manifest, context.budget, context.decoder)
-    with watch.stage("preprocess"):
-        prepared, metas = _preprocess(decoded, manifest)
-    with watch.stage("infer"):
-        session = context.sessions.session(
-            job.device_key, lambda: context.registry.model_bytes(job.device_key)
-        )
-        batch = np.stack([p.tensor for p in prepared])
-        outputs = context.sessions.run(session, manifest.input.name, batch, context.max_batch)
+    assert context.batcher is not None  # made in __post_init__
+    # Announced to the device's batcher from here: a batch not yet full waits for this job.
+    with context.batcher.arrival(job.device_key) as arrival:
+        with watch.stage("load"):  # the keys; the bytes are read where they are decoded
+            keys = _object_keys(context.db, job.series_uids)
+        with watch.stage("decode"):  # load ▸ checks ▸ decode ▸ preprocess: in the pool
+            prepared = _decode_and_preprocess(context, keys, manifest)
+        _split_pool_time(watch.ms, prepared.stage_ms)
+        with watch.stage("infer"):
+            outputs = arrival.infer(
+                prepared.inputs, _session_run(context, job, manifest), job.priority
+            )
     with watch.stage("postprocess"):
-        raw = interpret(manifest, outputs, metas)
-        located = [_locate(finding, decoded) for finding in raw]
+        raw = interpret(manifest, outputs, prepared.metas)
+        located = [_locate(finding, prepared) for finding in raw]
         findings = _store_masks(context.store, job.id, raw, located)
     return findings, watch.ms
+
+
+def _session_run(
+    context: InferenceContext, job: _Job, manifest: DeviceManifest
+) -> Callable[[np.ndarray], Outputs]:
+    """The device's session as the batcher runs it (made here, so a model that will not
+    load fails this job, not the batcher)."""
+    session = context.sessions.session(
+        job.device_key, lambda: context.registry.model_bytes(job.device_key)
+    )
+    name, max_batch = manifest.input.name, context.max_batch
+
+    def run(batch: np.ndarray) -> Outputs:
+        return context.sessions.run(session, name, batch, max_batch)
+
+    return run
 
 
 def _store_masks(
@@ -182,42 +218,34 @@ def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _decode(
-    blobs: list[bytes],
-    manifest: DeviceManifest,
-    budget: PixelBudget | None = None,
-    decoder: DecodePool | None = None,
-) -> JobInput:
-    datasets = [read_dataset(blob) for blob in blobs]
-    if len(datasets) < manifest.accepts.min_instances:
+def _decode_and_preprocess(
+    context: InferenceContext, keys: list[str], manifest: DeviceManifest
+) -> PreparedJob:
+    """The job's instances read, checked against the pixel budget, decoded and
+    preprocessed: in a pool child, or here without a pool."""
+    if len(keys) < manifest.accepts.min_instances:
         raise JobFailure(
-            f"{len(datasets)} instances, the device needs at least {manifest.accepts.min_instances}"
+            f"{len(keys)} instances, the device needs at least {manifest.accepts.min_instances}"
         )
-    check_job(datasets, budget or PixelBudget())  # before a decoder allocates what a header claims
-    if decoder is None:
-        images, volume = decode_datasets(datasets, manifest.input.dims)
-    else:
-        images, volume = decoder.decode(blobs, manifest.input.dims)
-    return JobInput(images, volume)
+    decoder = context.decoder
+    if decoder is not None and decoder.settings is not None:
+        return decoder.load_and_prepare(keys, manifest.input, context.budget)
+    blobs = [context.store.get(key) for key in keys]
+    if decoder is not None:
+        return decoder.prepare(blobs, manifest.input, context.budget)
+    return prepare_blobs(blobs, manifest.input, context.budget)
 
 
-def _preprocess(
-    decoded: JobInput, manifest: DeviceManifest
-) -> tuple[list[Prepared], list[InputMeta]]:
-    spec = manifest.input
-    if decoded.volume is not None:
-        prepared = [prepare_3d(decoded.volume.voxels, spec)]
-        return prepared, [InputMeta(prepared[0].geometry, decoded.volume.spacing_mm)]
-    prepared = []
-    metas = []
-    for image in decoded.images:
-        item = prepare_2d(image.pixels, image.photometric, spec)
-        prepared.append(item)
-        metas.append(InputMeta(item.geometry, image.spacing_mm))
-    return prepared, metas
+def _split_pool_time(ms: dict[str, float], child: dict[str, float]) -> None:
+    """The decode stage's wall time is the pool's round trip: the child's own load and
+    preprocess are moved to their stages; decode keeps the rest (queueing and transfer)."""
+    ms["load"] = round(ms["load"] + child.get("load", 0.0), 2)
+    ms["preprocess"] = child.get("preprocess", 0.0)
+    pool_ms = ms["decode"] - child.get("load", 0.0) - ms["preprocess"]
+    ms["decode"] = round(max(pool_ms, 0.0), 2)
 
 
-def _locate(finding: RawFinding, decoded: JobInput) -> Finding:
+def _locate(finding: RawFinding, prepared: PreparedJob) -> Finding:
     return Finding(
         label_code=finding.label.code,
         label_scheme=finding.label.scheme,
@@ -226,38 +254,30 @@ def _locate(finding: RawFinding, decoded: JobInput) -> Finding:
         probability=round(finding.probability, 4),
         threshold=finding.label.threshold,
         positive=finding.positive,
-        location=_location(finding, decoded),
+        location=_location(finding, prepared),
         measurements=finding.measurements,
     )
 
 
-def _location(finding: RawFinding, decoded: JobInput) -> Location:
+def _location(finding: RawFinding, prepared: PreparedJob) -> Location:
     """Where the device located the finding, in source pixels; the image of a 2D input even
     when it did not localise, nothing for an unlocalised 3D finding."""
+    images, slices = prepared.image_uids, prepared.volume_uids
     if finding.centre is None:
-        if not decoded.images:
+        if not images:
             return Location()
-        return Location(sop_instance_uid=decoded.images[finding.input_index].sop_instance_uid)
+        return Location(sop_instance_uid=images[finding.input_index])
     centre = tuple(round(c, 2) for c in finding.centre)
     box = tuple((round(a, 2), round(b, 2)) for a, b in finding.box or ())
-    if decoded.volume is None:
-        uid = decoded.images[finding.input_index].sop_instance_uid
-        return Location(centre=centre, box=box, sop_instance_uid=uid)
-    uids = decoded.volume.sop_instance_uids
-    index = min(max(round(finding.centre[0]), 0), len(uids) - 1)
-    return Location(centre=centre, box=box, slice_index=index, sop_instance_uid=uids[index])
+    if not slices:
+        return Location(centre=centre, box=box, sop_instance_uid=images[finding.input_index])
+    index = min(max(round(finding.centre[0]), 0), len(slices) - 1)
+    return Location(centre=centre, box=box, slice_index=index, sop_instance_uid=slices[index])
 
 
-def _record(db: Database, job_id: int, findings: list[Finding], timings: dict[str, float]) -> None:
-    with db.session() as session:
-        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
-        if job is None or job.state in DONE_STATES:
-            return
-        session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))
-        session.add_all(finding.to_row(job_id) for finding in findings)
-        job.timings_ms = timings
-        positive = any(f.positive for f in findings)
-        set_job_state(
-            session, job, JobState.INFERRED, {"positive": positive, "timings_ms": timings}
-        )
+def _record(
+    context: InferenceContext, job_id: int, findings: list[Finding], timings: dict[str, float]
+) -> None:
+    assert context.recorder is not None  # made in __post_init__
+    context.recorder.record(Outcome(job_id, findings, timings))
     log.info("job inferred", extra={"job_id": job_id, "timings_ms": timings})

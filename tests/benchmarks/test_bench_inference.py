@@ -41,6 +41,8 @@ PIPELINE_FIELDS = {
     "cpu_ms_per_image",
     "stages_ms_per_job",
     "stage_share",
+    "batches",
+    "mean_batch",
     "wall_s",
     "other_load_cores",
 }
@@ -161,6 +163,26 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
     )
     assert set(device["ratio"]) >= RATIOS
     assert device["target"] == 0.7 and isinstance(device["meets_target"], bool)
+    for run in device["pipeline"].values():  # every job's inputs went through the batcher
+        assert run["mean_batch"] >= 1 and run["batches"] <= run["images"]
+
+    # Stage overlap: the concurrent pipeline against the slowest stage alone, same round.
+    overlap = device["stage_overlap"]
+    alone = overlap["stages_alone_images_per_s"]
+    assert "decode_preprocess" in alone and len(alone) == 2
+    assert overlap["slowest_stage"] in alone
+    assert alone[overlap["slowest_stage"]] == min(alone.values())
+    assert math.isclose(
+        overlap["value"],
+        overlap["pipeline_images_per_s"] / alone[overlap["slowest_stage"]],
+        rel_tol=0.01,
+    )
+    assert overlap["target"] == 0.8
+    assert len(device["stage_overlap_rounds"]) == report["parameters"]["rounds"]
+    assert report["target"]["stage_overlap_min"] == 0.8
+    assert [c["device"] for c in report["target"]["stage_overlap_checks"]] == [
+        d["device"] for d in report["devices"]
+    ]
 
     assert "prototype" not in device  # the obsolete phases are gone
 

@@ -7,11 +7,17 @@ import os
 import signal
 from collections.abc import Iterator
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 
+from gateway.errors import StorageError
+from gateway.index.object_store import create_store
 from gateway.inference.decode import DecodeError
 from gateway.inference.decode_pool import DecodePool
+from gateway.inference.pixel_checks import PixelBudget
+from gateway.settings import load_settings
+from models.manifest import InputSpec
 from tests.inference.hostile import radiograph
 
 
@@ -27,7 +33,7 @@ def _blob(seed: int, size: int = 64) -> bytes:
 
 @pytest.fixture
 def pool() -> Iterator[DecodePool]:
-    decoding = DecodePool(memory_limit_mb=600, processes=1)
+    decoding = DecodePool(memory_limit_mb=200, processes=1)  # beyond the child's imports
     yield decoding
     decoding.close()
 
@@ -48,3 +54,23 @@ def test_a_child_that_dies_fails_the_decode_and_the_pool_is_replaced(pool: Decod
         pool.decode([_blob(4)], 2)
     images, _volume = pool.decode([_blob(5)], 2)
     assert images[0].pixels.shape == (64, 64)
+
+
+def test_a_pool_given_the_settings_loads_each_job_in_its_child(tmp_path: Path) -> None:
+    """The children read the job's objects from their own store (no bytes cross a pipe),
+    with settings read from a YAML file (load_settings' own subclass, which does not pickle)."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\nmin_free_bytes: 0\n")
+    settings = load_settings(config)
+    store = create_store(settings)
+    store.put("studies/1/2/3.dcm", _blob(6))
+    pool = DecodePool(memory_limit_mb=600, processes=1, settings=settings)
+    try:
+        spec = InputSpec.model_validate({"name": "image", "dims": 2, "size": [32, 32]})
+        prepared = pool.load_and_prepare(["studies/1/2/3.dcm"], spec, PixelBudget())
+        assert prepared.inputs.shape == (1, 1, 32, 32)
+        assert set(prepared.stage_ms) == {"load", "decode", "preprocess"}
+        with pytest.raises(StorageError):
+            pool.load_and_prepare(["studies/1/2/missing.dcm"], spec, PixelBudget())
+    finally:
+        pool.close()

@@ -1,0 +1,114 @@
+"""The record stage: a job's findings and its end state, written in one transaction with
+whatever other jobs finished at the same moment (group commit).
+
+Each job's write is what it was alone — the row locked, left alone if another run already
+finished it, its old findings replaced, ``inferred`` set with its timings — so redelivery
+still never duplicates; only the commit (and its fsync) is shared. A group whose
+transaction fails is written again one job at a time, so one job's failure is its own.
+The caller waits for its job's commit: nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from gateway.index.database import Database
+from gateway.index.tables import FindingRow, JobRow
+from gateway.inference.findings import Finding
+from gateway.jobs.states import DONE_STATES, JobState, set_job_state
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 64  # jobs per transaction
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job's run produced, to be recorded."""
+
+    job_id: int
+    findings: list[Finding]
+    timings_ms: dict[str, float]
+
+
+def write_outcome(session: Session, outcome: Outcome) -> bool:
+    """One job's findings and state in ``session``; False when it had ended meanwhile."""
+    job = session.get(JobRow, outcome.job_id, with_for_update=True)  # one runner records
+    if job is None or job.state in DONE_STATES:
+        return False
+    session.execute(delete(FindingRow).where(FindingRow.job_id == outcome.job_id))
+    session.add_all(finding.to_row(outcome.job_id) for finding in outcome.findings)
+    job.timings_ms = outcome.timings_ms
+    positive = any(f.positive for f in outcome.findings)
+    detail = {"positive": positive, "timings_ms": outcome.timings_ms}
+    set_job_state(session, job, JobState.INFERRED, detail)
+    return True
+
+
+class GroupRecorder:
+    """One thread that records every outcome waiting, in one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: list[tuple[Outcome, Future[bool]]] = []
+        self._changed = threading.Condition()
+        self._closed = False
+        self.groups: list[int] = []  # jobs per transaction, for tests and the benchmark
+        self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
+        self._thread.start()
+
+    def record(self, outcome: Outcome) -> bool:
+        """Record ``outcome`` and return once it is committed (False: the job had ended);
+        raises what the database raised."""
+        future: Future[bool] = Future()
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the recorder is closed")
+            self._waiting.append((outcome, future))
+            self._changed.notify()
+        return future.result()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting and not self._closed:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[Outcome, Future[bool]]]) -> None:
+        self.groups.append(len(group))
+        try:
+            with self.db.session() as session:
+                # Rows locked in id order: two workers' groups never wait on each other in
+                # a cycle (PostgreSQL would end one as a deadlock).
+                order = sorted(range(len(group)), key=lambda i: group[i][0].job_id)
+                wrote = {i: write_outcome(session, group[i][0]) for i in order}
+                written = [wrote[i] for i in range(len(group))]
+        except Exception as exc:
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            log.warning(
+                "a group of job records failed; recorded one by one",
+                extra={"jobs": len(group), "error": str(exc)[:200]},
+            )
+            for one in group:
+                self._commit([one])
+            return
+        for (_outcome, future), done in zip(group, written, strict=True):
+            future.set_result(done)

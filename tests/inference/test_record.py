@@ -1,0 +1,69 @@
+"""The record stage's group commit: jobs that end together share one transaction, a job
+another run already finished is left alone, and one job whose write fails fails alone."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from gateway.inference.record import GroupRecorder, Outcome
+from tests.inference.test_inference_flow import (  # noqa: F401 (the fixtures)
+    decode_memory_limit_mb,
+    test_device_gateway,
+)
+from tests.inference.test_lease import _analysed_job, _job, _set_running
+from workers.serve import Gateway
+
+
+def test_a_group_is_one_transaction_and_a_failing_write_fails_alone(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    gateway = test_device_gateway
+    running, broken, finished = (
+        _analysed_job(gateway, tmp_path / str(seed), seed) for seed in (41, 42, 43)
+    )
+    _set_running(gateway, running.job_id, beat_age_s=1)
+    _set_running(gateway, broken.job_id, beat_age_s=1)
+    recorder = GroupRecorder(gateway.parts.db)
+    try:
+        group: list[tuple[Outcome, Future[bool]]] = [
+            (Outcome(running.job_id, [], {"infer": 1.0}), Future()),
+            (Outcome(broken.job_id, [], {"infer": object()}), Future()),  # type: ignore[dict-item]
+            (Outcome(finished.job_id, [], {"infer": 2.0}), Future()),
+        ]
+        recorder._commit(group)  # as the recorder's thread commits what is waiting
+    finally:
+        recorder.close()
+    assert group[0][1].result() is True
+    with pytest.raises(Exception, match="StatementError"):
+        group[1][1].result()
+    assert group[2][1].result() is False  # already inferred: left as it was
+    assert recorder.groups == [3, 1, 1, 1]  # together, then one by one after the failure
+    assert _job(gateway, running.job_id).state == "inferred"
+    assert _job(gateway, running.job_id).timings_ms == {"infer": 1.0}
+    assert _job(gateway, broken.job_id).state == "running"
+    assert _job(gateway, finished.job_id).timings_ms != {"infer": 2.0}
+
+
+def test_outcomes_recorded_from_many_threads_all_end_inferred(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    gateway = test_device_gateway
+    jobs = [_analysed_job(gateway, tmp_path / str(seed), seed) for seed in (51, 52, 53, 54)]
+    for job in jobs:
+        _set_running(gateway, job.job_id, beat_age_s=1)
+    recorder = GroupRecorder(gateway.parts.db)
+    try:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            done = list(pool.map(lambda job: recorder.record(Outcome(job.job_id, [], {})), jobs))
+    finally:
+        recorder.close()
+    assert done == [True] * len(jobs)
+    assert sum(recorder.groups) == len(jobs)
+    assert {_job(gateway, job.job_id).state for job in jobs} == {"inferred"}
