@@ -34,6 +34,7 @@ from benchmarks.inference.runs import (
     stage_overlap,
 )
 from benchmarks.inference.studies import clone, study_spec
+from benchmarks.measure import sig
 from models.manifest import load_manifest
 
 
@@ -195,9 +196,9 @@ def _same_batch_ratios(concurrent: list[PipelineRun], bare: list[BareRun]) -> di
         run.images_per_s / ref.images_per_s for run, ref in zip(concurrent, bare, strict=True)
     )
     return {
-        "median": round(ratios[(len(ratios) - 1) // 2], 3),
+        "median": sig(ratios[(len(ratios) - 1) // 2]),
         "batches": [ref.batch for ref in bare],
         "rounds": [
-            round(r.images_per_s / b.images_per_s, 3) for r, b in zip(concurrent, bare, strict=True)
+            sig(r.images_per_s / b.images_per_s) for r, b in zip(concurrent, bare, strict=True)
         ],
     }
