@@ -80,6 +80,9 @@ def stow_series(
         headers={"Authorization": f"Bearer {target.token}"},
         timeout=target.timeout_s,
     )
+    # The caller's task retries with its own backoff, without holding a worker for the
+    # library's (five tries, up to 30 s of sleeping).
+    client.set_http_retry_params(retry=False)
     stored = 0
     try:
         for start in range(0, len(datasets), max_instances):
@@ -107,9 +110,10 @@ def _checked(answer: Dataset, batch: Sequence[Dataset]) -> int:
     if failed:
         reason = failed[0].get("FailureReason", "?")
         raise StowError(f"STOW-RS failed {len(failed)} of {len(batch)} instances: reason {reason}")
-    taken = {str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get(
-        "ReferencedSOPSequence", []
-    )}
+    taken = {
+        str(item.get("ReferencedSOPInstanceUID", ""))
+        for item in answer.get("ReferencedSOPSequence", [])
+    }
     missing = [ds for ds in batch if str(ds.SOPInstanceUID) not in taken]
     if missing:
         raise StowError(f"STOW-RS did not report {len(missing)} of {len(batch)} instances stored")

@@ -49,12 +49,13 @@ def vendor_stow(
     if not token:  # the variable's name only: never its value
         raise NoVendorToken(f"{service.token_env} is not set: no token for {manifest.key}")
     tls = service.tls
+    pair = (tls.client_cert, tls.client_key) if tls else (None, None)
     return StowTarget(
         url=str(service.url).rstrip("/"),
         token=token,
         timeout_s=timeout_s,
         ca_file=tls.ca_file if tls else None,
-        client_cert=(tls.client_cert, tls.client_key) if tls and tls.client_cert and tls.client_key else None,
+        client_cert=(pair[0], pair[1]) if pair[0] and pair[1] else None,
     )
 
 

@@ -369,9 +369,8 @@ def test_a_stow_vendor_gets_the_series_by_stow_rs_and_answers_by_stow_rs(
     assert setup.vendor_web is not None
     vendor_web = httpx.Client(base_url=setup.vendor_web.url, timeout=30)
     held = vendor_web.get("/instances").json()
-    received = [
-        pydicom.dcmread(io.BytesIO(vendor_web.get(f"/instances/{i}/file").content))
-        for i in held
+    received: list[pydicom.Dataset] = [
+        pydicom.dcmread(io.BytesIO(vendor_web.get(f"/instances/{i}/file").content)) for i in held
     ]
     assert len(received) == len(setup.study.datasets)
     for dataset in received:
@@ -409,3 +408,19 @@ def test_a_stow_vendor_gets_the_series_by_stow_rs_and_answers_by_stow_rs(
     assert done is not None and done.state == "inferred"
     (finding,) = setup.findings()
     assert (finding.label_code, finding.positive) == ("427359005", True)
+
+
+@pytest.mark.parametrize("setup", [{"stow": True}], indirect=True)
+def test_a_stow_vendor_that_is_down_is_retried_and_then_gets_the_series(
+    setup: Setup, tmp_path: Path
+) -> None:
+    assert setup.vendor_web is not None
+    setup.vendor_web.stop()
+    setup.send_study(tmp_path)
+    job = _wait(lambda: (j := setup.job()) is not None and j.last_error and j)
+    assert job.state in ("queued", "running")
+    assert f"{setup.vendor_web.url}/dicom-web" in job.last_error
+    assert "vendor-token-of-the-test" not in job.last_error
+    setup.vendor_web.start()  # same folder and ports
+    _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
+    assert setup.vendor_web.instance_count() == len(setup.study.datasets)
