@@ -12,6 +12,7 @@ file and no input tensor, and its ``outputs`` name the labels the vendor reports
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    HttpUrl,
     StringConstraints,
     model_validator,
 )
@@ -199,15 +201,36 @@ class ExternalTls(_Strict):
         return self
 
 
-class ExternalService(_Strict):
-    """Where the vendor's service is, and what it is held to."""
+def _loopback(host: str | None) -> bool:
+    if host in ("localhost", None):
+        return host is not None
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    protocol: Literal["dicom"] = Field(
-        default="dicom", description="dicom: C-STORE out, results back by C-STORE"
+
+class ExternalService(_Strict):
+    """Where the vendor's service is, and what it is held to. ``dicom`` names the vendor's
+    SCP (host, port, ae_title); ``stow`` its DICOMweb base URL and the environment variable
+    holding its bearer token — the name only, so the secret is never in a manifest."""
+
+    protocol: Literal["dicom", "stow"] = Field(
+        default="dicom",
+        description="dicom: C-STORE out; stow: STOW-RS out. Results come back by C-STORE "
+        "or STOW-RS either way",
     )
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$")
-    port: int = Field(ge=1, le=65535)
-    ae_title: AETitle = Field(description="The vendor's SCP")
+    host: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$"
+    )
+    port: int | None = Field(default=None, ge=1, le=65535)
+    ae_title: AETitle | None = Field(default=None, description="The vendor's SCP")
+    url: HttpUrl | None = Field(default=None, description="The vendor's DICOMweb base URL")
+    token_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]{0,63}$",
+        description="The environment variable holding the vendor's bearer token",
+    )
     calling_ae: AETitle = Field(description="The AE title the vendor sends results back with")
     tls: ExternalTls | None = None
     deadline_s: float = Field(default=900, gt=0, le=7 * 86400)
@@ -218,6 +241,34 @@ class ExternalService(_Strict):
         default=False,
         description="Send series whose BurnedInAnnotation is YES (text in the pixels)",
     )
+
+    @model_validator(mode="after")
+    def _what_the_protocol_needs(self) -> ExternalService:
+        scp = {"host": self.host, "port": self.port, "ae_title": self.ae_title}
+        web = {"url": self.url, "token_env": self.token_env}
+        needed, foreign = (scp, web) if self.protocol == "dicom" else (web, scp)
+        missing = [name for name, value in needed.items() if value is None]
+        extra = [name for name, value in foreign.items() if value is not None]
+        if missing:
+            raise ValueError(f"protocol {self.protocol} needs {', '.join(missing)}")
+        if extra:
+            raise ValueError(f"protocol {self.protocol} takes no {', '.join(extra)}")
+        if self.url is not None and (self.url.username or self.url.password or self.url.query):
+            raise ValueError("url carries no credentials and no query: the token is token_env's")
+        if self.url is not None and self.tls is not None and self.url.scheme != "https":
+            raise ValueError("tls needs an https url")
+        if self.url is not None and self.url.scheme != "https" and not _loopback(self.url.host):
+            # The series (de-identified, still medical data) and the bearer token would
+            # cross the network in clear: plain http only to a service on this host.
+            raise ValueError("a vendor's url off this host must be https")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The vendor's service as logs and reasons name it (no secret in it)."""
+        if self.protocol == "stow":
+            return str(self.url)
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class DeviceManifest(_Strict):

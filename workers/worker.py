@@ -15,6 +15,7 @@ then starts.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 
@@ -96,6 +97,7 @@ def send_context(parts: Parts) -> SendContext:
         calling_ae=settings.ae_title,
         timeout_s=settings.delivery_timeout_s,
         lease_s=lease_seconds(settings),
+        environ=os.environ,
     )
 
 

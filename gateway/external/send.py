@@ -1,4 +1,5 @@
-"""A job of an external device: its series, de-identified, to the vendor by C-STORE; then
+"""A job of an external device: its series, de-identified, to the vendor by C-STORE
+(``protocol: dicom``) or STOW-RS, one bounded multipart request per series (``stow``); then
 the job waits ``sent`` (no worker held) until the results come back or the deadline passes.
 
 This runs in the infer task where an ONNX device's job runs the pipeline, and keeps its
@@ -16,14 +17,15 @@ import copy
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from sqlalchemy.exc import IntegrityError
 
-from gateway.devices.endpoint import vendor_peer
+from gateway.devices.endpoint import NoVendorToken, vendor_peer, vendor_stow
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, StorageError
 from gateway.external import pseudonyms
@@ -44,6 +46,7 @@ from gateway.inference.pipeline import TransientError
 from gateway.jobs.states import DONE_STATES, JobState, fail_job, mark_sent, set_job_state
 from models.manifest import DeviceManifest
 from pacs_adapters.dicom_scu import ScuError, send
+from pacs_adapters.dicomweb import StowError, stow_series
 from pacs_adapters.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,9 @@ class SendContext:
     calling_ae: str  # settings.ae_title
     timeout_s: float  # settings.delivery_timeout_s: connect, associate, each answer
     lease_s: float = 30.0  # gateway.inference.lease
+    # Where a ``stow`` vendor's token is read (by the variable the manifest names): the
+    # process environment, passed in by the entry point.
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ def send_job(context: SendContext, job_id: int, runner: str | None = None) -> st
     except (
         BurnedInAnnotation,
         NotDeidentified,
+        NoVendorToken,
         RegistryError,
         TlsConfigError,
         _NothingToSend,
@@ -111,7 +118,7 @@ def send_job(context: SendContext, job_id: int, runner: str | None = None) -> st
         fail_job(context.db, job_id, str(exc))
         log.warning("job failed", extra={"job_id": job_id, "reason": str(exc)})
         return JobState.FAILED.value
-    except (StorageError, DatabaseError, ScuError, OSError) as exc:
+    except (StorageError, DatabaseError, ScuError, StowError, OSError) as exc:
         raise TransientError(f"{exc.__class__.__name__}: {exc}") from exc
 
 
@@ -148,6 +155,12 @@ def _send(context: SendContext, job: _Job, manifest: DeviceManifest) -> int:
     else:
         _check_burned_in(datasets, service.accept_burned_in)
         _record_identity(context.db, job, manifest.id, datasets)
+    if service.protocol == "stow":
+        return _stow(context, manifest, datasets)
+    return _c_store(context, manifest, datasets)
+
+
+def _c_store(context: SendContext, manifest: DeviceManifest, datasets: list[Dataset]) -> int:
     peer = vendor_peer(manifest, context.calling_ae, context.timeout_s)
     with tempfile.TemporaryDirectory(prefix="aigw-external-") as folder:
         paths = []
@@ -158,8 +171,25 @@ def _send(context: SendContext, job: _Job, manifest: DeviceManifest) -> int:
         report = send(paths, peer)
     if report.failed or report.skipped:
         problems = list(report.failed.values()) + list(report.skipped.values())
-        raise ScuError(f"{len(problems)} instances not taken by {service.ae_title}: {problems[0]}")
+        endpoint = manifest.service.endpoint
+        raise ScuError(f"{len(problems)} instances not taken by {endpoint}: {problems[0]}")
     return report.sent
+
+
+def _stow(context: SendContext, manifest: DeviceManifest, datasets: list[Dataset]) -> int:
+    """Each series in its own requests; a failed one fails the send (TransientError), and
+    the retry sends every series again — the same UIDs, so the vendor keeps one copy."""
+    target = vendor_stow(manifest, context.environ, context.timeout_s)
+    series: dict[str, list[Dataset]] = {}
+    for dataset in datasets:
+        series.setdefault(str(dataset.SeriesInstanceUID), []).append(dataset)
+    stored = 0
+    for members in series.values():
+        try:
+            stored += stow_series(target, members)
+        except StowError as exc:
+            raise StowError(f"{manifest.service.endpoint}: {exc}") from exc
+    return stored
 
 
 def _pseudonymised(

@@ -13,6 +13,11 @@ DEVICE_ID = "vendor-cxr"
 
 
 def manifest(port: int, deadline_s: float = 60.0, **service: object) -> dict[str, object]:
+    """``service`` adds to or overrides the external section; ``protocol: stow`` drops the
+    SCP's address (the vendor is then its ``url``)."""
+    scp: dict[str, object] = {"host": "127.0.0.1", "port": port, "ae_title": VENDOR_AE}
+    if service.get("protocol") == "stow":
+        scp = {}
     return {
         "id": DEVICE_ID,
         "version": "2.1.0",
@@ -27,9 +32,7 @@ def manifest(port: int, deadline_s: float = 60.0, **service: object) -> dict[str
         "accepts": {"modalities": ["DX", "CR"], "body_parts": ["CHEST"]},
         "runtime": "external",
         "external": {
-            "host": "127.0.0.1",
-            "port": port,
-            "ae_title": VENDOR_AE,
+            **scp,
             "calling_ae": VENDOR_AE,
             "deadline_s": deadline_s,
             **service,

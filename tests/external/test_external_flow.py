@@ -32,7 +32,7 @@ from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
 from pacs_adapters.tls import server_context
 from tests.external.devices import write_device, write_sources
-from tests.external.vendor import StandInVendor, sc_of
+from tests.external.vendor import StandInVendor, identifying_in, sc_of
 from tests.ingest.tls_certs import Pki
 from tests.services import ROOT
 from tests.services.dcmtk import dciodvfy_errors
@@ -47,6 +47,7 @@ class Setup:
     vendor: StandInVendor
     study: SyntheticStudy
     archive: OrthancProcess | None = None
+    vendor_web: OrthancProcess | None = None  # the vendor's DICOMweb service (protocol stow)
 
     def send_study(self, tmp: Path) -> None:
         files = write_study(self.study, tmp / "in")
@@ -90,9 +91,16 @@ def _wait(condition: Callable[[], Any], timeout_s: float = 60.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+VENDOR_TOKEN_ENV = "AIGW_TEST_VENDOR_TOKEN"
+
+
 @pytest.fixture
 def setup(
-    make_settings: Callable[..., Settings], tmp_path: Path, request: pytest.FixtureRequest
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Setup]:
     from workers.app import build_gateway
 
@@ -117,6 +125,22 @@ def setup(
         }
         (tmp_path / "destinations.yaml").write_text(yaml.safe_dump(destinations))
     service: dict[str, Any] = {}
+    vendor_web = None
+    if options.get("stow"):  # the vendor's DICOMweb endpoint: Orthanc with its plugin
+        if not ORTHANC_DICOMWEB.is_file():
+            pytest.skip("Debian orthanc-dicomweb is not installed")
+        vendor_web = OrthancProcess(
+            tmp_path / "vendor-web",
+            "VENDOR_WEB",
+            config={"Plugins": [str(ORTHANC_DICOMWEB)], "DicomWeb": {"Enable": True}},
+        )
+        vendor_web.start()
+        monkeypatch.setenv(VENDOR_TOKEN_ENV, "vendor-token-of-the-test")
+        service = {
+            "protocol": "stow",
+            "url": f"{vendor_web.url}/dicom-web",
+            "token_env": VENDOR_TOKEN_ENV,
+        }
     vendor_tls = None
     if options.get("tls"):  # mutual TLS toward the vendor
         pki = Pki(tmp_path / "pki")
@@ -154,17 +178,18 @@ def setup(
         answer=options.get("answer", True),
         tls=vendor_tls,
     )
-    if not options.get("vendor_down"):
+    if not options.get("vendor_down") and vendor_web is None:
         vendor.start()
     gateway = build_gateway(settings)
     gateway.start()
     try:
-        yield Setup(gateway, vendor, study, archive)
+        yield Setup(gateway, vendor, study, archive, vendor_web)
     finally:
         gateway.stop()
         vendor.stop()
-        if archive is not None:
-            archive.stop()
+        for orthanc in (archive, vendor_web):
+            if orthanc is not None:
+                orthanc.stop()
 
 
 @pytest.mark.parametrize("setup", [{"orthanc": True}], indirect=True)
@@ -330,3 +355,72 @@ def test_results_sent_back_by_stow_rs_take_the_same_path(setup: Setup, tmp_path:
     job = setup.job()
     assert job is not None and job.state == "inferred"
     assert len(setup.findings()) == 1
+
+
+@pytest.mark.parametrize("setup", [{"stow": True, "http": True}], indirect=True)
+def test_a_stow_vendor_gets_the_series_by_stow_rs_and_answers_by_stow_rs(
+    setup: Setup, tmp_path: Path
+) -> None:
+    setup.send_study(tmp_path)
+    job = _wait(lambda: (j := setup.job()) is not None and j.state in ("sent", "failed") and j)
+    assert job.state == "sent", job.reason
+
+    # The vendor (Orthanc's DICOMweb) holds the series, with nothing identifying left.
+    assert setup.vendor_web is not None
+    vendor_web = httpx.Client(base_url=setup.vendor_web.url, timeout=30)
+    held = vendor_web.get("/instances").json()
+    received: list[pydicom.Dataset] = [
+        pydicom.dcmread(io.BytesIO(vendor_web.get(f"/instances/{i}/file").content)) for i in held
+    ]
+    assert len(received) == len(setup.study.datasets)
+    for dataset in received:
+        assert identifying_in(dataset, _originals(setup.study)) == []
+        assert dataset.PatientIdentityRemoved == "YES"
+        assert dataset.StudyInstanceUID != setup.study.datasets[0].StudyInstanceUID
+
+    # Sent again: the same pseudonymised UIDs, so the vendor still holds one copy.
+    from gateway.external.send import send_job
+    from workers.worker import send_context
+
+    with setup.gateway.parts.db.session() as session:
+        again = session.get(JobRow, job.id)
+        assert again is not None
+        again.state = "queued"
+    assert send_job(send_context(setup.gateway.parts), job.id) == "sent"
+    assert sorted(vendor_web.get("/instances").json()) == sorted(held)
+    vendor_web.close()
+
+    # The vendor answers by STOW-RS with its device token: stored as the patient's.
+    settings = setup.gateway.parts.settings
+    _, secret = create_token(setup.gateway.parts.db, "service", name="vendor", source="vendor-cxr")
+    setup.vendor.received = received
+    answer = setup.vendor.stow_results(f"http://127.0.0.1:{settings.http_port}/dicom-web", secret)
+    assert len(answer.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in answer
+    rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
+    assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
+    original = setup.study.datasets[0]
+    for row in rows:
+        if row.kind != "semd":
+            stored = pydicom.dcmread(io.BytesIO(setup.gateway.parts.store.get(row.object_key)))
+            assert stored.StudyInstanceUID == original.StudyInstanceUID
+            assert stored.PatientID == original.PatientID
+    done = setup.job()
+    assert done is not None and done.state == "inferred"
+    (finding,) = setup.findings()
+    assert (finding.label_code, finding.positive) == ("427359005", True)
+
+
+@pytest.mark.parametrize("setup", [{"stow": True}], indirect=True)
+def test_a_stow_vendor_that_is_down_is_retried_and_then_gets_the_series(
+    setup: Setup, tmp_path: Path
+) -> None:
+    assert setup.vendor_web is not None
+    setup.vendor_web.stop()
+    setup.send_study(tmp_path)
+    job = _wait(lambda: (j := setup.job()) is not None and j.last_error and j)
+    assert job.state in ("queued", "running")
+    assert f"{setup.vendor_web.url}/dicom-web" in job.last_error
+    assert "vendor-token-of-the-test" not in job.last_error
+    setup.vendor_web.start()  # same folder and ports
+    _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
+    assert setup.vendor_web.instance_count() == len(setup.study.datasets)

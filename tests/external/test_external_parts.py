@@ -1,7 +1,7 @@
 """The parts of the external stage on their own: the manifest's external section, the
 registration of a device without a model file (and its C-ECHO warning), de-identification
 of a real image (in place from the shared data) and of a synthetic study with a СНИЛС, and
-the vendor's TID 1500 findings read back."""
+the vendor's TID 1500 findings read back; a ``stow`` vendor's section and its token."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from gateway.demo.synthetic import chest_xray_study
+from gateway.devices.endpoint import NoVendorToken, echo_warning, vendor_stow
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.external.deidentify import (
     BurnedInAnnotation,
@@ -69,6 +70,38 @@ def test_registering_an_external_device_stores_no_model_and_warns_when_it_is_dow
     write_device(tmp_path / "devices", free_port(), deadline_s=5)  # same version, changed
     with pytest.raises(RegistryError, match="another manifest"):
         registry.register(folder / "vendor-cxr" / "manifest.yaml")
+
+
+def test_a_stow_vendor_has_a_url_and_its_token_from_the_environment(tmp_path: Path) -> None:
+    stowed = manifest(
+        104, protocol="stow", url="https://ai.vendor.example/dicom-web/", token_env="T"
+    )
+    device = DeviceManifest.model_validate(stowed)
+    assert device.service.host is None and echo_warning(device, "AIGW") is None
+    target = vendor_stow(device, {"T": "s3cret"}, 5.0)
+    assert (target.url, target.token) == ("https://ai.vendor.example/dicom-web", "s3cret")
+    assert "s3cret" not in repr(target)
+    with pytest.raises(NoVendorToken, match="T is not set"):
+        vendor_stow(device, {}, 5.0)
+    local = {**stowed["external"], "url": "http://127.0.0.1:8042/dicom-web"}  # type: ignore[dict-item]
+    assert DeviceManifest.model_validate({**stowed, "external": local}).service.url is not None
+    external: dict[str, object] = stowed["external"]  # type: ignore[assignment]
+    for broken in (
+        {**external, "url": "ftp://ai.vendor.example/"},
+        {**external, "url": "https://user:s3cret@ai.vendor.example/"},  # no inline secret
+        {**external, "url": "https://ai.vendor.example/?token=s3cret"},
+        {**external, "token_env": "lower-case"},
+        {k: v for k, v in external.items() if k != "token_env"},
+        {**external, "host": "127.0.0.1"},  # an SCP's address for a STOW-RS vendor
+        {**external, "url": "http://ai.vendor.example/", "tls": {"ca_file": "ca.pem"}},
+        {**external, "url": "http://ai.vendor.example/dicom-web"},  # in clear off this host
+        {**manifest(104)["external"], "url": "https://ai.vendor.example/"},  # type: ignore[dict-item]
+    ):
+        path = tmp_path / "manifest.yaml"
+        document = {**manifest(104), "external": broken}
+        path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+        with pytest.raises(ManifestError):
+            load_manifest(path)
 
 
 @pytest.mark.skipif(not REAL_DX.is_file(), reason="shared DICOM data absent")

@@ -70,21 +70,7 @@ class StandInVendor:
     def _store(self, event: Any) -> int:
         dataset = event.dataset
         dataset.file_meta = event.file_meta
-        found = [k for k in FORBIDDEN if k in dataset]
-        if dataset.get("PatientBirthDate"):
-            found.append("PatientBirthDate")
-
-        def visit(ds: Dataset, element: Any) -> None:
-            if element.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "DA", "CS", "UC"):
-                values = element.value if isinstance(element.value, list) else [element.value]
-                for value in values:
-                    text = str(value)
-                    if any(original in text for original in self.originals):
-                        found.append(element.keyword)
-
-        dataset.walk(visit)
-        if any(e.tag.is_private for e in dataset):
-            found.append("private attributes")
+        found = identifying_in(dataset, self.originals)
         self.violations += found
         self.received.append(dataset)
         return 0xC000 if found else 0x0000
@@ -119,6 +105,26 @@ class StandInVendor:
         client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"})
         objects = [sr_of(self.received), sc_of(self.received[0], None)]
         return client.store_instances([_as_file(ds) for ds in objects])
+
+
+def identifying_in(dataset: Dataset, originals: set[str]) -> list[str]:
+    """The attributes of ``dataset`` that would identify the patient to the vendor."""
+    found = [k for k in FORBIDDEN if k in dataset]
+    if dataset.get("PatientBirthDate"):
+        found.append("PatientBirthDate")
+
+    def visit(ds: Dataset, element: Any) -> None:
+        if element.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "DA", "CS", "UC"):
+            values = element.value if isinstance(element.value, list) else [element.value]
+            for value in values:
+                text = str(value)
+                if any(original in text for original in originals):
+                    found.append(element.keyword)
+
+    dataset.walk(visit)
+    if any(e.tag.is_private for e in dataset):
+        found.append("private attributes")
+    return found
 
 
 def sr_of(received: list[Dataset]) -> Dataset:
