@@ -37,6 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+_KEPT_BATCH_SIZES = 65536
 RunBatch = Callable[[np.ndarray], Outputs]
 
 
@@ -168,6 +169,8 @@ class DeviceBatcher:
 
     def _execute(self, batch: list[_Request]) -> None:
         self.batches.append(sum(request.size for request in batch))
+        if len(self.batches) > _KEPT_BATCH_SIZES:  # a worker runs for months: keep the recent
+            del self.batches[: _KEPT_BATCH_SIZES // 2]
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
