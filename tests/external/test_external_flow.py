@@ -135,7 +135,10 @@ def setup(
             config={"Plugins": [str(ORTHANC_DICOMWEB)], "DicomWeb": {"Enable": True}},
         )
         vendor_web.start()
-        monkeypatch.setenv(VENDOR_TOKEN_ENV, "vendor-token-of-the-test")
+        if options.get("no_token"):
+            monkeypatch.delenv(VENDOR_TOKEN_ENV, raising=False)
+        else:
+            monkeypatch.setenv(VENDOR_TOKEN_ENV, "vendor-token-of-the-test")
         service = {
             "protocol": "stow",
             "url": f"{vendor_web.url}/dicom-web",
@@ -424,3 +427,15 @@ def test_a_stow_vendor_that_is_down_is_retried_and_then_gets_the_series(
     setup.vendor_web.start()  # same folder and ports
     _wait(lambda: (j := setup.job()) is not None and j.state == "sent")
     assert setup.vendor_web.instance_count() == len(setup.study.datasets)
+
+
+@pytest.mark.parametrize("setup", [{"stow": True, "no_token": True}], indirect=True)
+def test_a_stow_vendor_whose_token_variable_is_unset_fails_the_job_and_gets_nothing(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """No retry mends a missing secret: the job fails at once, naming the variable."""
+    assert setup.vendor_web is not None
+    setup.send_study(tmp_path)
+    job = _wait(lambda: (j := setup.job()) is not None and j.state == "failed" and j)
+    assert job.reason is not None and f"{VENDOR_TOKEN_ENV} is not set" in job.reason
+    assert setup.vendor_web.instance_count() == 0
