@@ -199,9 +199,11 @@ class ResultReceiver:
             if link is None:
                 raise Refused(Status.CANNOT_UNDERSTAND, "unsolicited: no study sent to this device")
             sent = pseudonyms.sent_uids(session, link)
-        if (
-            str(dataset.get("PatientID", "")) != link.pseudo_patient_id
-            or "OtherPatientIDsSequence" in dataset
+        # deidentify: false sends the patient's own UIDs and attributes (its pseudonyms are
+        # the identity): the vendor's copy of the other IDs is then the patient's, not news.
+        identified = link.pseudo_study_uid == link.study_uid
+        if str(dataset.get("PatientID", "")) != link.pseudo_patient_id or (
+            "OtherPatientIDsSequence" in dataset and not identified
         ):
             raise Refused(Status.CANNOT_UNDERSTAND, "names a patient that was not sent")
         studies, instances = _references(dataset)

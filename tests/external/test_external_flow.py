@@ -144,6 +144,8 @@ def setup(
             "url": f"{vendor_web.url}/dicom-web",
             "token_env": VENDOR_TOKEN_ENV,
         }
+    if options.get("identified"):  # a vendor inside the region's own network
+        service["deidentify"] = False
     vendor_tls = None
     if options.get("tls"):  # mutual TLS toward the vendor
         pki = Pki(tmp_path / "pki")
@@ -177,7 +179,7 @@ def setup(
     vendor = StandInVendor(
         vendor_port,
         settings.dicom_port,
-        _originals(study),
+        set() if options.get("identified") else _originals(study),
         answer=options.get("answer", True),
         tls=vendor_tls,
     )
@@ -439,3 +441,24 @@ def test_a_stow_vendor_whose_token_variable_is_unset_fails_the_job_and_gets_noth
     job = _wait(lambda: (j := setup.job()) is not None and j.state == "failed" and j)
     assert job.reason is not None and f"{VENDOR_TOKEN_ENV} is not set" in job.reason
     assert setup.vendor_web.instance_count() == 0
+
+
+@pytest.mark.parametrize("setup", [{"identified": True}], indirect=True)
+def test_a_vendor_trusted_with_identity_gets_the_study_as_is_and_answers(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """``deidentify: false``: the series leaves unchanged, its UIDs are their own
+    pseudonyms, and the vendor's answer is matched and stored like any other."""
+    setup.send_study(tmp_path)
+    rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
+    original = setup.study.datasets[0]
+    # A retried send repeats the same instance: the same UIDs every time.
+    assert {(s.StudyInstanceUID, s.SOPInstanceUID) for s in setup.vendor.received} == {
+        (original.StudyInstanceUID, original.SOPInstanceUID)
+    }
+    sent = setup.vendor.received[0]
+    assert sent.PatientName == original.PatientName and "PatientIdentityRemoved" not in sent
+    assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
+    job = setup.job()
+    assert job is not None and job.state == "inferred"
+    assert len(setup.findings()) == 1

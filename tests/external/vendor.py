@@ -167,6 +167,9 @@ def sr_of(received: list[Dataset]) -> Dataset:
         sop_instance_uid=generate_uid(),
         instance_number=1,
         manufacturer="Vendor",
+        # The patient's attributes come from the evidence: their character set with them
+        # (Cyrillic names reach a vendor trusted with identity).
+        specific_character_set=image.get("SpecificCharacterSet"),
     )
     return sr
 
@@ -176,6 +179,7 @@ def sc_of(image: Dataset, extra_reference: str | None) -> Dataset:
     to be refused, ``extra_reference``)."""
     sc = Dataset()
     for keyword in (
+        "SpecificCharacterSet",
         "PatientName",
         "PatientID",
         "PatientSex",
