@@ -9,15 +9,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pydicom.config
 import pytest
 from pydicom import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -33,6 +29,7 @@ from gateway.index.tables import InstanceRow, SeriesRow, StudyEventRow, StudyRow
 from gateway.ingest.scp import VERIFICATION
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
+from tests.mutations import encode_body
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
 
@@ -42,20 +39,7 @@ SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLi
 
 def encode(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
     """The dataset's bytes in ``syntax`` (no file meta), invalid values allowed."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
-    mode = pydicom.config.settings.writing_validation_mode
-    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    try:
-        write_dataset(buffer, ds)
-    finally:
-        pydicom.config.settings.writing_validation_mode = mode
-    data = buffer.getvalue()
-    if syntax == DeflatedExplicitVRLittleEndian:
-        deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = deflate.compress(data) + deflate.flush()
-    return data
+    return encode_body(ds, syntax)
 
 
 class Sender:

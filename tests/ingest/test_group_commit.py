@@ -5,7 +5,6 @@ and ``kill -9`` in the middle of groups loses nothing that was acknowledged."""
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from gateway.ingest.receive import Ingest, Outcome, Sender
 from gateway.ingest.sources import load_directory, sync_directory
 from gateway.settings import Settings
 from tests.services import (
-    DCMTK_ENV,
     ROOT,
     GatewayProcess,
     acknowledged_files,
@@ -34,8 +32,10 @@ from tests.services import (
     indexed_rows,
     require_tool,
     storescu,
+    storescu_command,
     write_ct_series,
 )
+from tests.services.dcmtk import dcmtk_env
 from workers.serve import Gateway
 
 SOURCES = ROOT / "gateway" / "configs" / "sources.yaml"
@@ -258,7 +258,7 @@ def test_concurrent_dcmtk_senders_share_commits_and_duplicates_keep_one_row(
 
 @pytest.mark.slow
 def test_kill_9_mid_group_loses_no_acknowledged_instance(tmp_path: Path) -> None:
-    tool = require_tool("storescu")
+    require_tool("storescu")
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     env = gateway_env(min_free_bytes="0", ingest_commit_window_ms="20")
@@ -273,20 +273,10 @@ def test_kill_9_mid_group_loses_no_acknowledged_instance(tmp_path: Path) -> None
         with ExitStack() as stack:
             senders = [
                 subprocess.Popen(
-                    [
-                        tool,
-                        "-v",
-                        "-aet",
-                        "IRK_CAMI",
-                        "-aec",
-                        "AIGW",
-                        "127.0.0.1",
-                        str(port),
-                        *map(str, files),
-                    ],
+                    storescu_command(port, files, extra=["-v"]),
                     stdout=stack.enter_context(open(log, "w")),
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, **DCMTK_ENV},
+                    env=dcmtk_env(),
                 )
                 for files, log in zip(studies, logs, strict=True)
             ]
