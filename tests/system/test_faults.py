@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -41,8 +40,10 @@ from tests.services import (
     require_tool,
     s3_server,
     storescu,
+    storescu_command,
     write_ct_series,
 )
+from tests.services.dcmtk import dcmtk_env
 from workers.serve import Gateway
 
 OUT_OF_RESOURCES = "0xA700"
@@ -244,7 +245,6 @@ def _timeline(db: Database, study_uid: str) -> list[str | None]:
 
 @pytest.mark.slow
 def test_kill_9_mid_study_loses_nothingacknowledged_files(tmp_path: Path) -> None:
-    tool = require_tool("storescu")
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     env = gateway_env(quiet_period_s="3", assembly_poll_s="0.2", min_free_bytes="0")
@@ -261,20 +261,10 @@ def test_kill_9_mid_study_loses_nothingacknowledged_files(tmp_path: Path) -> Non
         log_path = tmp_path / "storescu.log"
         with open(log_path, "w") as log:
             sender = subprocess.Popen(
-                [
-                    tool,
-                    "-v",
-                    "-aet",
-                    "IRK_CAMI",
-                    "-aec",
-                    "AIGW",
-                    "127.0.0.1",
-                    str(port),
-                    *map(str, files),
-                ],
+                storescu_command(port, files, extra=["-v"]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "TCP_NODELAY": "1"},
+                env=dcmtk_env(),
             )
             while indexed_rows(db_file) < 20 and sender.poll() is None:
                 time.sleep(0.01)
