@@ -37,6 +37,7 @@ def _plain_run(model: bytes, name: str, batch: np.ndarray) -> dict[str, np.ndarr
 
 @pytest.mark.parametrize("device", ["tiny", "aigw-ref-cxr", "aigw-ref-ct-brain"])
 def test_the_binding_path_gives_what_session_run_gives(device: str) -> None:
+    shape: tuple[int, ...]
     if device == "tiny":
         model, name, shape = classifier_with_heatmap(32), "image", (1, 32, 32)
     else:
