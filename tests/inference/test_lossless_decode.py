@@ -3,42 +3,29 @@
 and RLE — on the CPU path (``gateway.inference.decode``), and through nvImageCodec where it
 is installed and a GPU is present (JPEG-LS and RLE have no GPU decoder: they stay on the CPU).
 
-Synthetic images are encoded here by independent encoders (DCMTK's dcmcjpeg for JPEG
-lossless, OpenJPH's ojph_compress for HTJ2K, pydicom's plugins for the rest) and compared
-with the array they were made from; the real scanner files are compared with their
-uncompressed twin or with DCMTK's own decompression (dcmdjpeg, dcmdrle)."""
+Synthetic images are encoded by independent encoders (``tests.services.lossless``: DCMTK's
+dcmcjpeg for JPEG lossless, OpenJPH's ojph_compress for HTJ2K, pydicom's plugins for the
+rest) and compared with the array they were made from; the real scanner files with DCMTK's
+own decompression (dcmdjpeg, dcmdrle), and real JPEG 2000 lossless on the GPU with the CPU."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    UID,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    JPEG2000Lossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-    generate_uid,
-)
+from pydicom.uid import UID
 
 from gateway.inference import gpu_decode
 from gateway.inference.decode import decode_image, read_dataset
 from tests.services import require_shared_data, require_tool
+from tests.services.lossless import LOSSLESS, encoded, part10, synthetic
 
-LOSSLESS = (JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, RLELossless)
 BACKENDS = ("cpu", "nvimgcodec")
-CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
 @pytest.fixture(autouse=True)
@@ -49,79 +36,9 @@ def _cpu_unless_asked() -> Iterator[None]:
     gpu_decode.select_backend("auto")
 
 
-def synthetic(kind: str) -> tuple[Dataset, np.ndarray]:
-    """A 96 × 128 greyscale image (not square: a transposed decode would show): ``ct`` is
-    signed 16-bit (HU-like, −2300…2300), ``dx`` unsigned 12-bit stored in 16."""
-    rows, columns = 96, 128
-    y, x = np.mgrid[:rows, :columns]
-    smooth = np.sin(x / 9.0) * np.cos(y / 7.0)
-    noise = np.random.default_rng(1).integers(-300, 300, (rows, columns))
-    if kind == "ct":
-        pixels: np.ndarray = (smooth * 2000 + noise).astype(np.int16)
-        bits, signed = 16, 1
-    else:
-        pixels = ((smooth + 1) * 2000 + noise + 300).clip(0, 4095).astype(np.uint16)
-        bits, signed = 12, 0
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, signed
-    ds.PixelData = pixels.tobytes()
-    return ds, pixels
-
-
 def as_received(ds: Dataset) -> Dataset:
     """Through bytes, as the worker reads an instance from the object store."""
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return read_dataset(buffer.getvalue())
-
-
-def _dcmcjpeg(ds: Dataset, folder: Path) -> Dataset:
-    tool = require_tool("dcmcjpeg")
-    source, target = folder / "native.dcm", folder / "sv1.dcm"
-    ds.save_as(source, enforce_file_format=True)
-    subprocess.run([tool, "+e1", str(source), str(target)], check=True, capture_output=True)
-    return pydicom.dcmread(target)
-
-
-def _ojph(ds: Dataset, folder: Path) -> Dataset:
-    if int(ds.PixelRepresentation):
-        # ojph_compress (OpenJPH 0.9) reads raw samples as unsigned, whatever -signed says.
-        pytest.skip("no signed HTJ2K encoder here: OpenJPH's ojph_compress reads unsigned")
-    tool = require_tool("ojph_compress")
-    raw, codestream = folder / "image.yuv", folder / "image.j2c"
-    raw.write_bytes(np.asarray(ds.pixel_array, dtype="<u2").tobytes())
-    subprocess.run(
-        [
-            tool,
-            *("-i", str(raw), "-o", str(codestream)),
-            *("-dims", f"{{{ds.Columns},{ds.Rows}}}", "-num_comps", "1", "-signed", "false"),
-            *("-bit_depth", str(ds.BitsStored), "-downsamp", "{1,1}", "-reversible", "true"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
-    ds.PixelData = encapsulate([codestream.read_bytes()])
-    ds["PixelData"].VR = "OB"
-    return ds
-
-
-def encoded(ds: Dataset, syntax: UID, folder: Path) -> Dataset:
-    if syntax == JPEGLosslessSV1:
-        return _dcmcjpeg(ds, folder)
-    if syntax == HTJ2KLossless:
-        return _ojph(ds, folder)
-    ds.compress(syntax, generate_instance_uid=False)
-    return ds
+    return read_dataset(part10(ds))
 
 
 def decoder(backend: str, syntax: UID) -> Callable[[Dataset], np.ndarray]:
@@ -140,12 +57,11 @@ def decoder(backend: str, syntax: UID) -> Callable[[Dataset], np.ndarray]:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["ct", "dx"])
 @pytest.mark.parametrize("syntax", LOSSLESS, ids=lambda syntax: syntax.keyword)
-def test_synthetic_lossless_decodes_bit_exactly(
-    syntax: UID, kind: str, backend: str, tmp_path: Path
-) -> None:
+def test_synthetic_lossless_decodes_bit_exactly(syntax: UID, kind: str, backend: str) -> None:
     decode = decoder(backend, syntax)
-    ds, original = synthetic(kind)
-    compressed = as_received(encoded(ds, syntax, tmp_path))
+    ds = synthetic(kind)
+    original = ds.pixel_array
+    compressed = as_received(encoded(ds, syntax))
     assert compressed.file_meta.TransferSyntaxUID == syntax
     decoded = np.asarray(decode(compressed))
     assert decoded.shape == original.shape
