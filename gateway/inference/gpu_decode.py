@@ -86,7 +86,7 @@ def _open_decoder(device_id: int) -> tuple[Any, str | None]:
     try:
         from nvidia import nvimgcodec  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return None, f"nvImageCodec is not installed ({WHEELS})"
+        return None, f"nvImageCodec is not installed ({WHEELS}; on CUDA 12 the -cu12 builds)"
     try:
         return nvimgcodec.Decoder(device_id=device_id), None
     except Exception as exc:  # its CUDA errors are RuntimeError; nothing narrower is promised
