@@ -6,13 +6,15 @@ Each GPU provider gets its options (:func:`provider_options`): the CUDA device, 
 TensorRT an engine cache directory (an engine takes minutes to build; cached, a restarted
 worker loads it in seconds) and fp16 kernels for a device whose manifest allows fp16.
 
-Every run goes through IO binding (``session.io_binding()``), on the CPU as on a GPU, so
-the path a GPU node takes is the one the tests here exercise. On a GPU the input is staged in
-a pinned host buffer (page-locked: the copy to the device is DMA, not a bounce through a
-driver buffer) and copied to the device once; the outputs are bound on the device and copied
-to the host once per run, because postprocessing (``models.postprocess``, numpy) reads them
-there. :meth:`SessionCache.run_on_device` hands them over on the device for a caller that
-can use them there.
+Every run goes through IO binding (``session.io_binding()``), on the CPU as on a GPU, so the
+binding, the chunking and the outputs' way back that a GPU node runs are exercised by the
+tests here; only the input's copy to the device is GPU-only. On a GPU the input is staged
+in a pinned host buffer (page-locked: the copy is DMA, not a bounce through a driver buffer)
+and copied once into a device buffer kept for that shape (``update_inplace``: no allocation
+per run); the outputs are bound on the device and copied to the host once per run, because
+postprocessing (``models.postprocess``, numpy) reads them there.
+:meth:`SessionCache.run_on_device` hands them over on the device for a caller that can use
+them there.
 
 Which model runs: a device whose manifest says ``precision: fp16`` has a checked fp16
 variant (:mod:`models.precision`); it runs only where a GPU provider leads. On the CPU the
@@ -104,7 +106,7 @@ class SessionCache:
         self.precisions: dict[str, str] = {}  # device key → the precision its session runs
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
-        self._staging = threading.local()  # per thread: shape → pinned host buffer
+        self._staging = threading.local()  # per thread: shape → (pinned host, device) buffers
 
     @property
     def on_gpu(self) -> bool:
@@ -173,9 +175,7 @@ class SessionCache:
         binding = session.io_binding()
         if session.get_providers()[0] in GPU_PROVIDERS:
             device, device_id = "cuda", self.gpu.device_id
-            staged = self._stage(part)
-            on_device = ort.OrtValue.ortvalue_from_numpy(staged, device, device_id)
-            binding.bind_ortvalue_input(input_name, on_device)
+            binding.bind_ortvalue_input(input_name, self._on_device(part))
         else:
             device, device_id = "cpu", 0
             binding.bind_cpu_input(input_name, np.ascontiguousarray(part, dtype=np.float32))
@@ -184,16 +184,23 @@ class SessionCache:
         session.run_with_iobinding(binding)
         return binding
 
-    def _stage(self, part: np.ndarray) -> np.ndarray:
-        """``part`` as float32 in this thread's pinned buffer of its shape (reused: the copy
-        to the device is synchronous, so the buffer is free again when it returns)."""
-        buffers: dict[tuple[int, ...], np.ndarray] = getattr(self._staging, "buffers", {})
+    def _on_device(self, part: np.ndarray) -> ort.OrtValue:
+        """``part`` on the GPU: copied into this thread's pinned host buffer of its shape,
+        then into its device buffer of that shape. Both are kept and reused (no allocation
+        per run; the copy is synchronous and the run ends before the next copy starts)."""
+        buffers: dict[tuple[int, ...], tuple[np.ndarray, ort.OrtValue]]
+        buffers = getattr(self._staging, "buffers", None) or {}
         self._staging.buffers = buffers
-        buffer = buffers.get(part.shape)
-        if buffer is None:
-            buffer = buffers[part.shape] = pinned_empty(part.shape)
-        np.copyto(buffer, part, casting="same_kind")
-        return buffer
+        pair = buffers.get(part.shape)
+        if pair is None:
+            on_device = ort.OrtValue.ortvalue_from_shape_and_type(
+                part.shape, np.float32, "cuda", self.gpu.device_id
+            )
+            pair = buffers[part.shape] = (pinned_empty(part.shape), on_device)
+        host, on_device = pair
+        np.copyto(host, part, casting="same_kind")
+        on_device.update_inplace(host)
+        return on_device
 
 
 def pinned_empty(shape: tuple[int, ...]) -> np.ndarray:
