@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks.measure import percentile, sig
 from models.manifest import DeviceManifest
+from models.precision import to_fp16  # the registry's conversion: the variant GPU workers run
 
 Precision = Literal["fp32", "fp16"]
 PREFERRED_PROVIDERS = (
@@ -35,16 +36,6 @@ def available_providers() -> list[str]:
 
     present = set(ort.get_available_providers())
     return [name for name in PREFERRED_PROVIDERS if name in present]
-
-
-def to_fp16(model_bytes: bytes) -> bytes:
-    """The model with float16 weights and arithmetic, float32 inputs and outputs."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load_from_string(model_bytes)
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    return bytes(converted.SerializeToString())
 
 
 def open_session(model_bytes: bytes, provider: str) -> Any:

@@ -12,13 +12,14 @@
 #                                          prints the parts that arrived
 #   benchmarks/gpu_run.sh run [ARGS]       there, last call: join and install the parts into
 #                                          /tmp/aigw-site, check that onnxruntime offers
-#                                          CUDAExecutionProvider, run the suite (ARGS are the
-#                                          suite's; at most RUN_LIMIT_S, default 480 s) and copy
-#                                          the results to $OUT
+#                                          CUDAExecutionProvider, run the decode benchmark (CPU
+#                                          against nvImageCodec, at most DECODE_LIMIT_S, default
+#                                          90 s), then the suite (ARGS are the suite's; at most
+#                                          RUN_LIMIT_S, default 480 s), results to $OUT
 #   benchmarks/gpu_run.sh run --local [ARGS]  here, on the CPU: the same suite invocation with
 #                                          .venv's Python and no install, to test the script
 #
-# Results: benchmarks/results/<machine>-<gpu>/ (the suite names the folder after the machine
+# Results: benchmarks/results/<machine>-<gpu>/ (suite and decode name the folder after the machine
 # and the GPU it used); commit them from $OUT after the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,14 @@ cd "$(dirname "$0")/.."
 PART_MIB=55
 SITE=${GPU_SITE:-/tmp/aigw-site}
 RUN_LIMIT_S=${RUN_LIMIT_S:-480}
+DECODE_LIMIT_S=${DECODE_LIMIT_S:-90}
 # What the GPU image lacks (GPU.md), as cp312 manylinux wheels; --no-deps below, so the list
 # is complete by hand: the image's own torch, numpy, onnx, scipy, pillow, jinja2, httpx,
-# pyyaml, prometheus-client and nvidia-ml-py are used as they are.
+# pyyaml, prometheus-client and nvidia-ml-py are used as they are. nvImageCodec decodes
+# JPEG 2000 / HTJ2K only with nvJPEG2000 beside it, and JPEG only with nvJPEG (torch's CUDA
+# 13 packages bring neither): gateway/inference/gpu_decode.py names the same three.
 WHEELS=(
-  onnxruntime-gpu nvidia-nvimgcodec-cu13
+  onnxruntime-gpu nvidia-nvimgcodec-cu13 nvidia-nvjpeg2k-cu13 nvidia-nvjpeg
   pydicom pynetdicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls
   monai highdicom lxml
   pydantic pydantic-core pydantic-settings python-dotenv typing-inspection annotated-types
@@ -100,6 +104,10 @@ run() {
   fi
   local out=${OUT:-/tmp/aigw-gpu-out}
   mkdir -p "$out"
+  "$python" -c 'from gateway.inference import gpu_decode as g; print("gpu_run: GPU decode:", g.unavailable_reason() or "nvImageCodec ready")'
+  # Decode per transfer syntax, CPU against GPU (not fatal: the suite still runs).
+  timeout --signal=INT "$DECODE_LIMIT_S" "$python" -m benchmarks.decode --out "$out/results" \
+    2>&1 | tee "$out/decode.log" || echo "gpu_run: decode benchmark exit ${PIPESTATUS[0]}"
   # The suite writes its own folder, benchmarks/results/<machine>[-<gpu>]/; a copy goes to $OUT.
   timeout --signal=INT "$RUN_LIMIT_S" "$python" -m benchmarks.suite --out "$out/results" "$@" \
     2>&1 | tee "$out/suite.log"
@@ -112,5 +120,5 @@ case "${1:-}" in
   prepare) prepare ;;
   part) part ;;
   run) shift; run "$@" ;;
-  *) sed -n '2,24p' "$0"; exit 2 ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac

@@ -4,6 +4,8 @@ Kernel (imported by every stage, imports none of them)
 ------------------------------------------------------
 settings
     The one :class:`~gateway.settings.Settings` object, YAML overlaid by ``AIGW_*``.
+settings_groups
+    Its groups of settings: health bounds per working state, the GPU node's settings.
 packaged
     The default configuration and reference devices shipped inside the packages.
 errors

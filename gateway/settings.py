@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +28,7 @@ from pydicom.uid import PYDICOM_ROOT_UID
 
 from gateway.errors import ConfigError
 from gateway.packaged import packaged_default
+from gateway.settings_groups import GpuSettings, StuckBounds
 from models.yaml_file import read_mapping
 
 DEFAULT_CONFIG_FILE = Path("configs/gateway.yaml")
@@ -44,22 +45,6 @@ DEFAULT_PATH_SETTINGS = (
     "semd_file",
     "devices_dir",
 )
-
-
-class StuckBounds(BaseModel):
-    """How long an item may stay in each working state before the gateway is degraded."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    routing: float = Field(default=60.0, gt=0, description="A complete study not yet routed.")
-    queued: float = Field(default=900.0, gt=0, description="A job waiting for a worker.")
-    running: float = Field(default=900.0, gt=0, description="A job being analysed.")
-    reporting: float = Field(
-        default=300.0, gt=0, description="An inferred job whose results are not recorded."
-    )
-    delivering: float = Field(
-        default=900.0, gt=0, description="A result not yet acknowledged by its destination."
-    )
 
 
 class Settings(BaseSettings):
@@ -228,6 +213,7 @@ class Settings(BaseSettings):
         ],
         description="onnxruntime providers in order of preference; missing ones are skipped.",
     )
+    gpu: GpuSettings = Field(default_factory=GpuSettings, description="GPU node: README.")
     inference_max_batch: int = Field(default=16, ge=1, le=1024)
     inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # README: the batcher
     inference_queue_images: int = Field(default=64, ge=1, le=65536)  # inputs waiting per device
@@ -502,6 +488,10 @@ class Settings(BaseSettings):
     @property
     def resolved_store_dir(self) -> Path:
         return self.store_dir or self.data_dir / "objects"
+
+    @property
+    def trt_engine_cache_dir(self) -> Path:
+        return self.gpu.trt_engine_cache_dir or self.data_dir / "trt-engines"
 
     @classmethod
     def settings_customise_sources(

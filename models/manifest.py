@@ -34,6 +34,11 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{1,6
 Version = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+([.-][A-Za-z0-9]+)*$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 AETitle = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]+$")]
+# How far fp16 may move any output (a probability; larger outputs relative to their largest
+# value): models.precision. The reference devices' fp16 variants measure 0.0001 (chest X-ray)
+# to 0.014 (CT chest) on the check inputs, so 0.02 passes them and refuses a model whose
+# scores fp16 moves by more than a fiftieth.
+DEFAULT_FP16_TOLERANCE = 0.02
 OnnxName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")]
 
 
@@ -302,12 +307,26 @@ class DeviceManifest(_Strict):
     priors: Priors | None = Field(
         default=None, description="Fetch the patient's prior studies for each job; None: none."
     )
+    precision: Literal["fp32", "fp16"] = Field(
+        default="fp32",
+        description="fp16: a GPU worker may run the model's fp16 variant (models.precision), "
+        "once registration found it within fp16_tolerance of fp32",
+    )
+    fp16_tolerance: float = Field(
+        default=DEFAULT_FP16_TOLERANCE,
+        gt=0,
+        le=1,
+        description="precision fp16: the largest absolute difference of any output between "
+        "the fp16 variant and the fp32 model on the check inputs (ignored with fp32)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DeviceManifest:
         if self.registration is None and self.provenance.clinical_use:
             raise ValueError("a device for clinical use needs its registration (РУ)")
         self._runtime_sections()
+        if self.precision == "fp16" and self.runtime == Runtime.EXTERNAL:
+            raise ValueError("precision fp16 is for a model the gateway runs, not runtime external")
         names = [o.name for o in self.outputs]
         names += [self.input_spec.name] if self.input_spec else []
         names += [o.size_output for o in self.outputs if o.size_output]

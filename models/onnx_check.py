@@ -3,7 +3,9 @@
 Checks, in order, each failure naming what is wrong: the checksum, ``onnx.checker``, the
 graph's input and output names, ranks, fixed sizes and element types against the manifest,
 and one inference on a generated input whose outputs must have the promised shapes and be
-finite probabilities where the manifest says so.
+finite probabilities where the manifest says so. A manifest with ``precision: fp16`` then
+has its fp16 variant derived and compared with the fp32 model (:mod:`models.precision`):
+beyond ``fp16_tolerance`` the model is refused, naming the deviation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from models.manifest import DeviceManifest, OutputKind
+from models.precision import compare_fp16
 
 MAX_MODEL_BYTES = 2 * 1024**3
 
@@ -30,6 +33,8 @@ class ModelReport:
     size_bytes: int
     opset: int
     output_shapes: dict[str, tuple[int, ...]]
+    fp16_model: bytes | None = None  # precision fp16: the variant that passed the check
+    fp16_deviation: float | None = None
 
 
 def validate_model(manifest: DeviceManifest, data: bytes) -> ModelReport:
@@ -42,7 +47,26 @@ def validate_model(manifest: DeviceManifest, data: bytes) -> ModelReport:
     _check_graph(manifest, model)
     shapes = _smoke_inference(manifest, data)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    return ModelReport(digest, len(data), opset, shapes)
+    report = ModelReport(digest, len(data), opset, shapes)
+    if manifest.precision == "fp16":
+        fp16, deviation = _fp16_within_tolerance(manifest, data)
+        report = ModelReport(digest, len(data), opset, shapes, fp16, deviation)
+    return report
+
+
+def _fp16_within_tolerance(manifest: DeviceManifest, data: bytes) -> tuple[bytes, float]:
+    try:
+        check = compare_fp16(manifest, data)
+    except Exception as exc:  # the converter and onnxruntime raise unrelated types
+        raise ModelError(f"precision fp16: the fp16 variant cannot run: {exc}") from exc
+    if not check.max_deviation <= manifest.fp16_tolerance:
+        raise ModelError(
+            f"precision fp16: the fp16 variant deviates from fp32 by up to "
+            f"{check.max_deviation:.6g} (output {check.output}), over fp16_tolerance "
+            f"{manifest.fp16_tolerance:g}; register it with precision fp32, or with a "
+            "tolerance its outputs can bear"
+        )
+    return check.model, check.max_deviation
 
 
 def _parse(data: bytes) -> onnx.ModelProto:

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql redis-server fonts-dejavu-core chromium chromium-driver)
+APT_PACKAGES=(dcmtk dicom3tools openjph-tools orthanc orthanc-dicomweb postgresql redis-server fonts-dejavu-core chromium chromium-driver)
 want_apt=1
 [[ "${1:-}" == "--venv" ]] && want_apt=0
 

@@ -14,7 +14,17 @@ import pytest
 from tests.services import ROOT
 
 KERNEL = frozenset(
-    {"settings", "errors", "logs", "uids", "dimse_status", "yaml_files", "pixel_data", "packaged"}
+    {
+        "settings",
+        "settings_groups",
+        "errors",
+        "logs",
+        "uids",
+        "dimse_status",
+        "yaml_files",
+        "pixel_data",
+        "packaged",
+    }
 )
 EDGE = frozenset({"gateway.api", "gateway.dicomweb", "gateway.dashboard", "gateway.cli"})
 LIBRARIES = frozenset({"models", "pacs_adapters"})

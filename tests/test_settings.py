@@ -132,3 +132,18 @@ def test_settings_file_that_is_not_a_yaml_mapping(
 def test_settings_object_refuses_unknown_fields() -> None:
     with pytest.raises(pydantic.ValidationError, match="dicom_prot"):
         Settings.model_validate({"dicom_prot": 1})
+
+
+def test_the_gpu_group_from_yaml_and_the_environment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The GPU settings need no GPU: valid on a CPU node, one key each in the environment."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("data_dir: ./var\ngpu:\n  cuda_device_id: 1\n")
+    clean_env.setenv("AIGW_GPU__DECODE_BACKEND", "cpu")
+    settings = load_settings(config)
+    assert settings.gpu.cuda_device_id == 1 and settings.gpu.decode_backend == "cpu"
+    assert settings.trt_engine_cache_dir == Path("./var/trt-engines")
+    clean_env.setenv("AIGW_GPU__DECODE_BACKEND", "cuda")
+    with pytest.raises(pydantic.ValidationError, match="decode_backend"):
+        load_settings(config)

@@ -29,6 +29,7 @@ from gateway.devices.registry import DeviceRegistry
 from gateway.external.send import SendContext
 from gateway.inference.batcher import Batcher, BatchLimits
 from gateway.inference.decode_pool import DecodePool
+from gateway.inference.gpu_decode import select_backend
 from gateway.inference.lease import lease_seconds
 from gateway.inference.pipeline import InferenceContext
 from gateway.inference.pixel_checks import PixelBudget
@@ -38,7 +39,7 @@ from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEU
 from gateway.results.build import ReportContext
 from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.settings import Settings
-from models.runtime import SessionCache
+from models.runtime import GpuOptions, SessionCache
 from workers.dependencies import wait_for_broker
 from workers.serve import Parts, retry_backoff
 from workers.tasks import register_tasks
@@ -48,11 +49,15 @@ log = logging.getLogger(__name__)
 
 def inference_context(parts: Parts) -> InferenceContext:
     settings = parts.settings
+    # Decided here, before any decode: gpu.decode_backend gpu on a node that cannot decode
+    # on the GPU stops the worker at start, naming what is missing.
+    select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)
+    gpu = GpuOptions(settings.gpu.cuda_device_id, settings.trt_engine_cache_dir)
     return InferenceContext(
         db=parts.db,
         store=parts.store,
         registry=DeviceRegistry(parts.db, parts.store),
-        sessions=SessionCache(settings.inference_providers),
+        sessions=SessionCache(settings.inference_providers, gpu=gpu),
         max_batch=settings.inference_max_batch,
         lease_s=lease_seconds(settings),
         budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),

@@ -27,7 +27,8 @@ from gateway.index.study_state import ROUTING_STATE
 from gateway.index.tables import JobRow, OutboxRow, StudyRow, utcnow
 from gateway.jobs.broker import BrokerProbe
 from gateway.jobs.states import JobState, unreported
-from gateway.settings import Settings, StuckBounds
+from gateway.settings import Settings
+from gateway.settings_groups import StuckBounds
 
 
 class WorkingState(StrEnum):

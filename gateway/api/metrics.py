@@ -27,7 +27,7 @@ from gateway.index.database import Database
 from gateway.index.tables import InstanceRow, JobRow, OutboxRow, StudyRow
 from gateway.ingest.refusals import EdgeCounters
 from gateway.jobs.states import JobState
-from gateway.settings import StuckBounds
+from gateway.settings_groups import StuckBounds
 
 # Seconds; inference of one series runs from tens of milliseconds (CPU, 2D) to minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -5,7 +5,10 @@ Registering is all-or-nothing: the manifest and the model are validated first
 row committed. A bad manifest or model leaves the registry as it was. An external device
 (``runtime: external``) has no model file: its manifest is validated the same way, its
 row's digest is the manifest's, and its service is asked for a C-ECHO — one that does not
-answer is a warning, never a refusal (the vendor may be down today).
+answer is a warning, never a refusal (the vendor may be down today). A manifest with
+``precision: fp16`` has its fp16 variant checked against fp32 as well (refused beyond its
+``fp16_tolerance``), and the variant that passed is stored beside the model
+(``model.fp16.onnx``) for GPU workers to run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -59,7 +63,7 @@ class DeviceRegistry:
         """Validate and register; returns the device and whether it was new. Registering the
         same id, version and file again changes nothing; the same id and version with another
         file is refused (publish a new version instead)."""
-        manifest, data, digest = self._validated(manifest_path)
+        manifest, data, digest, fp16 = self._validated(manifest_path)
         key = f"models/{manifest.id}/{manifest.version}/model.onnx" if data is not None else ""
         with self.db.session() as session:
             existing = session.scalars(
@@ -78,6 +82,8 @@ class DeviceRegistry:
             try:
                 if data is not None:
                     self.store.put(key, data)
+                if fp16 is not None:
+                    self.store.put(fp16_key(key), fp16)
             except StorageError as exc:
                 raise RegistryError(f"{manifest.key}: cannot store the model: {exc}") from exc
             row = DeviceRow(
@@ -104,9 +110,12 @@ class DeviceRegistry:
         return public
 
     @staticmethod
-    def _validated(manifest_path: Path) -> tuple[DeviceManifest, bytes | None, str]:
-        """The manifest, its model (None for an external device) and the digest its row
-        keeps: the model's, or for an external device the manifest's own."""
+    def _validated(
+        manifest_path: Path,
+    ) -> tuple[DeviceManifest, bytes | None, str, bytes | None]:
+        """The manifest, its model (None for an external device), the digest its row
+        keeps (the model's, or for an external device the manifest's own) and the fp16
+        variant that passed its check (precision fp16 only)."""
         # onnx (and its ml_dtypes) costs seconds to import: only registration needs it, not
         # every CLI command and API process that imports the registry.
         from models.onnx_check import ModelError, validate_model
@@ -115,9 +124,15 @@ class DeviceRegistry:
             manifest = load_manifest(manifest_path)
             if manifest.is_external:
                 canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True)
-                return manifest, None, hashlib.sha256(canonical.encode()).hexdigest()
+                return manifest, None, hashlib.sha256(canonical.encode()).hexdigest(), None
             data = (manifest_path.parent / manifest.onnx.file).read_bytes()
-            return manifest, data, validate_model(manifest, data).sha256
+            report = validate_model(manifest, data)
+            if report.fp16_deviation is not None:
+                log.info(
+                    "fp16 variant within tolerance",
+                    extra={"device": manifest.key, "fp16_deviation": report.fp16_deviation},
+                )
+            return manifest, data, report.sha256, report.fp16_model
         except (ManifestError, ModelError) as exc:
             raise RegistryError(f"{manifest_path}: {exc}") from exc
         except OSError as exc:
@@ -211,6 +226,13 @@ class DeviceRegistry:
     def model_bytes(self, device_key: str) -> bytes:
         return self.store.get(self.get(device_key).onnx_key)
 
+    def fp16_loader(self, manifest: DeviceManifest) -> Callable[[], bytes] | None:
+        """Reads the device's checked fp16 variant; None where its manifest keeps fp32."""
+        if manifest.precision != "fp16":
+            return None
+        key = manifest.key
+        return lambda: self.store.get(fp16_key(self.get(key).onnx_key))
+
     @staticmethod
     def _public(row: DeviceRow, session: Session) -> RegisteredDevice:
         regions = session.scalars(
@@ -222,6 +244,11 @@ class DeviceRegistry:
             enabled=row.enabled,
             regions=sorted(regions),
         )
+
+
+def fp16_key(onnx_key: str) -> str:
+    """Where a model's fp16 variant is stored: beside it."""
+    return onnx_key.removesuffix(".onnx") + ".fp16.onnx"
 
 
 def split_key(device_key: str) -> tuple[str, str | None]:

@@ -23,6 +23,9 @@ decode_pool
     under ``RLIMIT_AS`` (``decode_memory_limit_mb``).
 decode
     Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.
+gpu_decode
+    JPEG, JPEG lossless, JPEG 2000 and HTJ2K on the GPU (nvImageCodec) where it is there
+    (``gpu.decode_backend``); the same arrays as the CPU decoders.
 masks
     Segmentation masks kept in the object store for the SEG builder.
 lease

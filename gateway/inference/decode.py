@@ -1,7 +1,9 @@
 """Decoding stored instances into pixels a device can read.
 
 Every transfer syntax pydicom can decode with the installed plugins (pylibjpeg: JPEG,
-JPEG-lossless, JPEG 2000, RLE; pyjpegls: JPEG-LS; deflate natively). The modality LUT is
+JPEG-lossless, JPEG 2000, RLE; pyjpegls: JPEG-LS; deflate natively); on a GPU node JPEG,
+JPEG lossless, JPEG 2000 and HTJ2K on the GPU instead (:mod:`gateway.inference.gpu_decode`,
+the same arrays bit for bit). The modality LUT is
 applied (CT values in HU). A volume is ordered from ImagePositionPatient /
 ImageOrientationPatient, not by InstanceNumber, which scanners number inconsistently: along
 the slice normal, turned to point into the patient's superior / left / posterior side along
@@ -21,6 +23,7 @@ from pydicom import Dataset, dcmread
 from pydicom.pixels.processing import apply_modality_lut
 
 from gateway.errors import GatewayError
+from gateway.inference.gpu_decode import gpu_pixels
 
 # What a decoder may raise that is not about the data: let it through. Everything else
 # (Rust panics from pyo3 decoders derive from BaseException) is the data's fault.
@@ -133,7 +136,9 @@ def _decode_volume(datasets: list[Dataset]) -> Volume:
 
 def _pixels(dataset: Dataset) -> np.ndarray:
     try:
-        raw = dataset.pixel_array
+        raw = gpu_pixels(dataset)
+        if raw is None:  # not on the GPU here, or not a syntax it decodes
+            raw = dataset.pixel_array
         if _rescale_is_exact_in_float32(dataset, raw):
             # pydicom's apply_modality_lut works in float64 (a 5-megapixel radiograph: 40 MB
             # and ~40 ms) only for the result to be cast to float32 here; integers of at most

@@ -36,6 +36,7 @@ from gateway.inference.decode import (
     decode_datasets,
     read_dataset,
 )
+from gateway.inference.gpu_decode import select_backend
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.settings import Settings
@@ -64,6 +65,7 @@ def _limit_memory(limit_bytes: int, settings: Settings | None = None) -> None:
     _torch().set_num_threads(1)
     if settings is not None:
         _child["settings"] = settings
+        select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)
     grown_to = _address_space_bytes() + limit_bytes
     resource.setrlimit(resource.RLIMIT_AS, (grown_to, grown_to))
 

@@ -185,7 +185,9 @@ def _session_run(
     """The device's session as the batcher runs it (made here, so a model that will not
     load fails this job, not the batcher)."""
     session = context.sessions.session(
-        job.device_key, lambda: context.registry.model_bytes(job.device_key)
+        job.device_key,
+        lambda: context.registry.model_bytes(job.device_key),
+        context.registry.fp16_loader(manifest),  # runs only where a GPU provider leads
     )
     name, max_batch = manifest.input.name, context.max_batch
 

@@ -18,6 +18,7 @@ Modules:
 - ``dcmtk``: ``storescu``, ``storescp``, ``dciodvfy``
 - ``orthanc``: Orthanc with its own index and storage
 - ``series``: synthetic CT series and chest radiographs as Part-10 files
+- ``lossless``: greyscale images in each lossless syntax, by independent encoders
 - ``gateway_process``: ``aigw serve`` as a separate process, configured by ``AIGW_*``
 - ``regional``: the regional system's SEMD intake, recording every POST
 """
