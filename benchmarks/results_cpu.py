@@ -68,8 +68,8 @@ def one_round(
         return out
 
     timed("SR", lambda: part10(sr.build_sr(report)))
-    flag_images = timed("SC", lambda: flags.build_flag_images(report))
-    timed("SC", lambda: [part10(ds) for ds in flag_images])
+    drawn = timed("SC", lambda: flags.build_flags(report))
+    timed("SC", lambda: [part10(flag.dataset) for flag in drawn])
     presentation = timed("GSPS", lambda: gsps.build_gsps(report))
     if presentation is not None:
         timed("GSPS", lambda: part10(presentation))
@@ -77,9 +77,11 @@ def one_round(
         segmentation = timed("SEG", lambda: seg.build_seg(report))
         if segmentation is not None:
             timed("SEG", lambda: part10(segmentation))
-    key: Dataset | None = flag_images[0] if flag_images else None
-    png = timed("SEMD key image", lambda: flags.render_png(key, max_px) if key else None)
-    document = timed("SEMD document", lambda: semd.build_semd(report, config, png))
+    image = timed(
+        "SEMD key image",
+        lambda: flags.key_image_jpeg(drawn[0].picture, max_px) if drawn else None,
+    )
+    document = timed("SEMD document", lambda: semd.build_semd(report, config, image))
     if reference is not None:
         problems = timed("SEMD validation", lambda: validate_semd(document.xml, reference))
         if problems:
