@@ -156,6 +156,21 @@ def test_chest_flag_marks_the_nodule_under_a_banner(chest: ReportInput) -> None:
         assert expected in text
 
 
+def test_a_mark_at_the_top_edge_stays_out_of_the_banner(chest: ReportInput) -> None:
+    """The outline of a lesion at the image's top edge reaches above it; drawn on the flag
+    image, it must leave the banner exactly as the banner is drawn."""
+    finding = report_fixtures.relocated(chest.findings[0], box=((0.0, 30.0), (700.0, 760.0)))
+    report = replace(chest, findings=[finding])
+    (flag,) = flags.build_flags(report)
+    split = Split(flag.dataset, report.sources[0])
+    lines = flags.banner_lines(report, key_images(report)[0])
+    banner = np.asarray(flags._banner(split.banner.shape[1], lines))
+    assert np.array_equal(split.banner, banner)
+    mark = split.mark()
+    assert mark[:4].any()  # the outline's sides run up to the image's first rows
+    assert mark[:, :600].sum() == 0 and mark[60:].sum() == 0  # and nowhere else
+
+
 def test_key_image_is_a_jpeg_of_the_drawing_scaled_to_the_viewer_size(chest: ReportInput) -> None:
     (flag,) = flags.build_flags(chest)
     ds = flag.dataset
