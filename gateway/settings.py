@@ -302,7 +302,7 @@ class Settings(BaseSettings):
         default=1024,
         ge=256,
         le=4096,
-        description="Longest side, in pixels, of the flag image embedded in the SEMD as PNG; "
+        description="Longest side, in pixels, of the flag image embedded in the SEMD as JPEG; "
         "larger flag images are scaled down (a viewer's size, not the source's).",
     )
     outbox_poll_s: float = Field(default=1.0, gt=0, description="How often due deliveries run.")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -78,8 +79,6 @@ class _Artifact:
     series_instance_uid: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # withheld: why
-    # The object as built, kept for the SEMD's key image: its pixels need no second parse.
-    dataset: Dataset | None = field(default=None, repr=False)
 
 
 def build_results(context: ReportContext, job_id: int) -> int:
@@ -221,13 +220,18 @@ def build_artifacts(report: ReportInput, context: ReportContext) -> list[_Artifa
     """Every result of the job; a builder's failure withholds its result, not the others."""
     artifacts: list[_Artifact] = []
     artifacts += _attempt(ResultKind.SR, lambda: [sr.build_sr(report)])
-    flag_images = _attempt(ResultKind.SC, lambda: flags.build_flag_images(report))
-    artifacts += flag_images
+    # The flag images' drawings, kept for the SEMD's key image: no second decode.
+    drawn: list[flags.FlagImage] = []
+
+    def flag_images() -> list[Dataset]:
+        drawn.extend(flags.build_flags(report))
+        return [flag.dataset for flag in drawn]
+
+    artifacts += _attempt(ResultKind.SC, flag_images)
     artifacts += _attempt(ResultKind.GSPS, lambda: _optional(gsps.build_gsps(report)))
     if any(f.mask is not None for f in report.findings):
         artifacts += _attempt(ResultKind.SEG, lambda: _optional(seg.build_seg(report)))
-    key_image = next((a.dataset for a in flag_images if a.dataset is not None), None)
-    artifacts.append(_semd(report, context, key_image))
+    artifacts.append(_semd(report, context, drawn[0].picture if drawn else None))
     return artifacts
 
 
@@ -248,20 +252,19 @@ def _attempt(kind: ResultKind, build: Callable[[], list[Dataset]]) -> list[_Arti
             name=f"{kind.value}-{index}.dcm",
             sop_instance_uid=str(ds.SOPInstanceUID),
             series_instance_uid=str(ds.SeriesInstanceUID),
-            dataset=ds,
         )
         for index, ds in enumerate(datasets, start=1)
     ]
 
 
-def _semd(report: ReportInput, context: ReportContext, key_image: Dataset | None) -> _Artifact:
+def _semd(report: ReportInput, context: ReportContext, key_image: Image.Image | None) -> _Artifact:
     if context.semd_config is None:
         return _Artifact(ResultKind.SEMD, reason="SEMD not configured (no semd_file)")
     try:
-        png = None
+        jpeg = None
         if key_image is not None:
-            png = flags.render_png(key_image, context.semd_key_image_max_px)
-        document = semd.build_semd(report, context.semd_config, png)
+            jpeg = flags.key_image_jpeg(key_image, context.semd_key_image_max_px)
+        document = semd.build_semd(report, context.semd_config, jpeg)
     except SemdMissing as exc:
         return _Artifact(ResultKind.SEMD, reason=str(exc), meta={"missing": exc.missing})
     except Exception as exc:

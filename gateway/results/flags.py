@@ -53,29 +53,51 @@ MAX_SIDE, MIN_SIDE = 2048, 768
 SERIES_SUFFIX = " (метки)"
 
 
+@dataclass(frozen=True)
+class FlagImage:
+    """A flag image as stored (the Secondary Capture) and as drawn (RGB): the SEMD's key
+    image is scaled from the drawing, never decoded back from the object."""
+
+    dataset: Dataset
+    picture: Image.Image
+
+
 def build_flag_images(report: ReportInput) -> list[Dataset]:
     """One Secondary Capture per key image; a negative result still gets one (banner only),
     so the radiologist sees that the AI looked at the study."""
-    return [_secondary_capture(report, key, i) for i, key in enumerate(key_images(report), 1)]
+    return [flag.dataset for flag in build_flags(report)]
 
 
-def render_png(ds: Dataset, max_side: int | None = None) -> bytes:
-    """A flag image (or any 8-bit single-frame image) as PNG, for the SEMD and dashboard;
-    with ``max_side``, scaled down so that its longest side is at most that."""
-    pixels = np.asarray(ds.pixel_array)
-    mode = "RGB" if int(ds.get("SamplesPerPixel", 1)) == 3 else "L"
-    image = Image.fromarray(pixels.astype(np.uint8, copy=False), mode=mode)
+def build_flags(report: ReportInput) -> list[FlagImage]:
+    """:func:`build_flag_images` with each image's drawing kept beside its object."""
+    built = []
+    for number, key in enumerate(key_images(report), 1):
+        picture = render_key_image(report, key)
+        built.append(FlagImage(_secondary_capture(report, key, number, picture), picture))
+    return built
+
+
+KEY_IMAGE_MEDIA_TYPE = "image/jpeg"
+
+
+def key_image_jpeg(picture: Image.Image, max_side: int | None = None) -> bytes:
+    """A flag image's drawing as the SEMD's key image: baseline JPEG, scaled down with
+    ``max_side`` so that its longest side is at most that.
+
+    JPEG, not PNG: an illustration in a document (the DICOM flag image is the one to look
+    at closely), and encoding a 1024-pixel RGB image as PNG took ~45 ms of CPU against
+    ~3 ms, with a file five times the size. Quality 90 without chroma subsampling keeps
+    the red mark and the banner's text sharp-edged.
+    """
+    image = picture.convert("RGB") if picture.mode != "RGB" else picture
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        # reducing_gap: box-reduce by a whole factor first, then a small bilinear step:
-        # about as sharp as Lanczos at this scale for a fraction of its cost.
-        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
+        # reducing_gap: reduce by a whole factor first (2×2 means), then area-average the
+        # rest: a fifth less CPU than a bilinear last step, as sharp at a viewer's size.
+        image = image.resize(size, Image.Resampling.BOX, reducing_gap=1.0)
     buffer = io.BytesIO()
-    # zlib level 1, not Pillow's 6: the same pixels (PNG is lossless) some 20 % larger, in
-    # about half the time — level 6 took ~1 s of a radiograph's ~1.5 s report on 2 cores
-    # (benchmarks/completion.py), the largest part of arrival → results stored.
-    image.save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="JPEG", quality=90, subsampling=0)
     return buffer.getvalue()
 
 
@@ -84,9 +106,12 @@ def render_png(ds: Dataset, max_side: int | None = None) -> bytes:
 
 @dataclass(frozen=True)
 class Canvas:
-    """The resampled image and how source pixel-edge coordinates map onto it."""
+    """The flag image being drawn, and how source pixel-edge coordinates map onto its image
+    part (below the banner, ``top`` rows down)."""
 
-    image: Image.Image  # RGB, the image part only
+    image: Image.Image  # RGB, the whole flag image
+    top: int  # the image part's first row: the banner's height
+    size: tuple[int, int]  # the image part's (width, height)
     scale_rows: float
     scale_cols: float
 
@@ -94,33 +119,46 @@ class Canvas:
 def render_key_image(report: ReportInput, key: KeyImage) -> Image.Image:
     """Banner on top, the windowed image with its marks below."""
     shown = display_bytes(key.source)
-    canvas = _canvas(shown)
+    grey = _shrunk(shown)
+    banner = _banner(grey.width, banner_lines(report, key))
+    # Grey first, colour once: the image is drawn into the flag as grey and the whole turned
+    # RGB in one pass, rather than an RGB copy of the image pasted into an RGB flag (each
+    # 14 MB image a radiograph's flag skips is ~4 ms of page faults and copying).
+    flag = Image.new("L", (grey.width, banner.height + grey.height))
+    flag.paste(grey, (0, banner.height))
+    canvas = Canvas(
+        flag.convert("RGB"),
+        banner.height,
+        grey.size,
+        grey.height / shown.shape[0],
+        grey.width / shown.shape[1],
+    )
     for finding in key.findings:
         _draw_mark(canvas, finding, finding_mask(finding, key, shown.shape))
-    banner = _banner(canvas.image.width, banner_lines(report, key))
-    flag = Image.new("RGB", (canvas.image.width, banner.height + canvas.image.height), BANNER_BG)
-    flag.paste(banner, (0, 0))
-    flag.paste(canvas.image, (0, banner.height))
-    return flag
+    # Last, over whatever of a mark at the image's top edge reached into the banner's rows.
+    canvas.image.paste(banner, (0, 0))
+    return canvas.image
 
 
-def _canvas(shown: np.ndarray) -> Canvas:
-    """``shown``: the source as :func:`~gateway.results.windowing.display_bytes` gives it."""
+def _shrunk(shown: np.ndarray) -> Image.Image:
+    """``shown`` (as :func:`~gateway.results.windowing.display_bytes` gives it) at the flag
+    image's size."""
     rows, cols = shown.shape
     longest = max(rows, cols)
     scale = min(MAX_SIDE / longest, max(MIN_SIDE / longest, 1.0))
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
     grey = Image.fromarray(shown, mode="L")
     if size != (cols, rows):
-        # Hamming, not Lanczos, to shrink: as sharp at these factors (≥ 0.5), at under half
-        # the CPU (a 2500-row radiograph: ~20 against ~40 ms).
-        method = Image.Resampling.HAMMING if scale < 1 else Image.Resampling.BICUBIC
+        # Box (area averaging) to shrink: at these factors (≥ 0.5) what a viewer's own
+        # downscaling shows, at a third of Lanczos's CPU (a 2500-row radiograph: ~14 ms,
+        # Hamming ~20, Lanczos ~40).
+        method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
         grey = grey.resize(size, method)
-    return Canvas(grey.convert("RGB"), size[1] / rows, size[0] / cols)
+    return grey
 
 
 def _line_width(canvas: Canvas) -> int:
-    return max(2, round(max(canvas.image.size) / 300))
+    return max(2, round(max(canvas.size) / 300))
 
 
 def _draw_mark(canvas: Canvas, finding: ReportFinding, mask: np.ndarray | None) -> None:
@@ -135,32 +173,34 @@ def _draw_mark(canvas: Canvas, finding: ReportFinding, mask: np.ndarray | None) 
     gap = width  # the outline stays off the lesion so it can still be seen
     # Pixel-edge coordinate x covers PIL pixel indices floor(x) .. ceil(x) - 1.
     left = math.floor(c0 * canvas.scale_cols) - gap - width
-    top = math.floor(r0 * canvas.scale_rows) - gap - width
+    top = math.floor(r0 * canvas.scale_rows) - gap - width + canvas.top
     right = math.ceil(c1 * canvas.scale_cols) - 1 + gap + width
-    bottom = math.ceil(r1 * canvas.scale_rows) - 1 + gap + width
+    bottom = math.ceil(r1 * canvas.scale_rows) - 1 + gap + width + canvas.top
     draw = ImageDraw.Draw(canvas.image)
     draw.rectangle((left, top, right, bottom), outline=MARK_RGB, width=width)
 
 
 def _draw_contour(canvas: Canvas, mask: np.ndarray) -> None:
     """A ring just outside the lesion, on the resampled grid."""
-    size = canvas.image.size
+    width, height = canvas.size
     grid = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").resize(
-        size, Image.Resampling.NEAREST
+        canvas.size, Image.Resampling.NEAREST
     )
     lesion = np.asarray(grid) > 127
-    width = _line_width(canvas)
+    line = _line_width(canvas)
     rows, cols = np.nonzero(lesion)
-    pad = 2 * width + 2
+    pad = 2 * line + 2
     r0, c0 = max(int(rows.min()) - pad, 0), max(int(cols.min()) - pad, 0)
-    r1, c1 = int(rows.max()) + pad + 1, int(cols.max()) + pad + 1
+    r1, c1 = min(int(rows.max()) + pad + 1, height), min(int(cols.max()) + pad + 1, width)
     crop = lesion[r0:r1, c0:c1]
-    inner = ndimage.binary_dilation(crop, iterations=width)
-    outer = ndimage.binary_dilation(inner, iterations=width)
+    inner = ndimage.binary_dilation(crop, iterations=line)
+    outer = ndimage.binary_dilation(inner, iterations=line)
     ring = outer & ~inner
-    pixels = np.array(canvas.image)
-    pixels[r0:r1, c0:c1][ring] = MARK_RGB
-    canvas.image.paste(Image.fromarray(pixels, mode="RGB"))
+    # Only the ring's box is copied out and back, not the whole image.
+    box = (c0, canvas.top + r0, c1, canvas.top + r1)
+    pixels = np.array(canvas.image.crop(box))
+    pixels[ring] = MARK_RGB
+    canvas.image.paste(Image.fromarray(pixels, mode="RGB"), box[:2])
 
 
 # --- banner ---------------------------------------------------------------------------
@@ -259,11 +299,15 @@ def _wrap(text: str, font: FontType, width: int) -> list[str]:
 # --- the DICOM object -----------------------------------------------------------------
 
 
-def _secondary_capture(report: ReportInput, key: KeyImage, number: int) -> Dataset:
-    flag = render_key_image(report, key)
+def _secondary_capture(
+    report: ReportInput, key: KeyImage, number: int, flag: Image.Image
+) -> Dataset:
     header, device = source_header(key.source), report.device
     sc = SCImage(
-        pixel_array=np.asarray(flag, dtype=np.uint8),
+        # One row: highdicom copies the array it is given three times over (array, flat,
+        # bytes), ~35 MB of fresh memory for a radiograph's flag and more CPU in page
+        # faults than in copying; the whole image goes in below, once, as Pillow's bytes.
+        pixel_array=np.asarray(flag.crop((0, 0, flag.width, 1)), dtype=np.uint8),
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
@@ -282,6 +326,7 @@ def _secondary_capture(report: ReportInput, key: KeyImage, number: int) -> Datas
         specific_character_set=UTF8,
         contributing_equipment=_acquisition_equipment(header),
     )
+    sc.Rows, sc.PixelData = flag.height, flag.tobytes()  # RGB, interleaved, as declared
     sc.copy_patient_and_study_information(header)
     sc.SpecificCharacterSet = UTF8  # what we write is UTF-8 whatever the source used
     sc.PatientOrientation = patient_orientation(header)

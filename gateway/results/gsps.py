@@ -24,7 +24,6 @@ from highdicom.pr import (
 )
 from pydicom import Dataset
 
-from gateway.inference.decode import decode_image
 from gateway.results.header import (
     UTF8,
     add_ai_device,
@@ -38,7 +37,7 @@ from gateway.results.header import (
 from gateway.results.input import ReportFinding, ReportInput
 from gateway.results.marks import MARK_RGB, KeyImage, finding_mask, in_plane_box, key_images
 from gateway.results.notices import AI_NOTICE_RU
-from gateway.results.windowing import percentile_window, source_window
+from gateway.results.windowing import default_window, source_window
 
 SERIES_NUMBER = 9903
 CONTENT_LABEL = "AI_FLAGS"
@@ -164,7 +163,7 @@ def _voi(keys: list[KeyImage], headers: list[Dataset]) -> list[SoftcopyVOILUTTra
         if window is not None:
             centre, width, function = window
         else:
-            (centre, width), function = percentile_window(decode_image(key.source).pixels), ""
+            (centre, width), function = default_window(key.source), ""
         transformations.append(
             SoftcopyVOILUTTransformation(
                 window_center=centre,

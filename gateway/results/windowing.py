@@ -28,7 +28,7 @@ def display_pixels(source: Dataset) -> np.ndarray:
         low, high = float(out.min()), float(out.max())
         shown = (out - low) / max(high - low, 1e-6)
     else:
-        centre, width = percentile_window(values)
+        centre, width = default_window(source, values)
         shown = apply_window(values, centre, width, "LINEAR_EXACT")
     return 1.0 - shown if _inverted(source) else shown
 
@@ -40,15 +40,22 @@ def display_bytes(source: Dataset) -> np.ndarray:
     except Exception:  # decoders raise anything: display_pixels says what, as DecodeError
         return _to_bytes(display_pixels(source))
     window = source_window(source)
-    if window is None or raw.ndim != 2 or raw.dtype.kind not in "iu" or raw.itemsize > 2:
-        return _to_bytes(display_pixels(source))  # per-pixel statistics or an odd layout
+    if raw.ndim != 2 or raw.dtype.kind not in "iu" or raw.itemsize > 2:
+        return _to_bytes(display_pixels(source))  # an odd layout
+    if window is None:
+        if source.get("VOILUTSequence"):
+            return _to_bytes(display_pixels(source))
+        # The percentiles need every pixel once; the window they give goes through the
+        # table like any other (windowing 5 Mpx one by one took ~30 ms more).
+        window = (*default_window(source), "LINEAR_EXACT")
     unsigned = np.dtype(f"u{raw.itemsize}")
     # Every value the stored type can hold, in the order of its unsigned reading.
     levels = np.arange(2 ** (8 * raw.itemsize), dtype=unsigned).view(raw.dtype)
     values = np.asarray(apply_modality_lut(levels, source), dtype=np.float32)
     shown = apply_window(values, *window)
     table = _to_bytes(1.0 - shown if _inverted(source) else shown)
-    shown_bytes: np.ndarray = table[raw.view(unsigned)]
+    # take, not table[...]: the same lookup, some 15 % faster on a 5-Mpx radiograph.
+    shown_bytes: np.ndarray = np.take(table, raw.view(unsigned))
     return shown_bytes
 
 
@@ -70,6 +77,24 @@ def source_window(source: Dataset) -> tuple[float, float, str] | None:
     if not (math.isfinite(c) and math.isfinite(w)) or w <= 0:
         return None
     return c, w, str(source.get("VOILUTFunction") or "LINEAR").upper()
+
+
+# Where default_window keeps its answer on the source's dataset, as pydicom keeps the
+# decoded pixel_array there: for as long as the job holds the dataset, and no longer.
+_DEFAULT_WINDOW = "_aigw_default_window"
+
+
+def default_window(source: Dataset, values: np.ndarray | None = None) -> tuple[float, float]:
+    """:func:`percentile_window` of the source's pixels (``values``: decoded already),
+    computed once per dataset: the flag image draws with it and the GSPS hands it to the
+    viewer, and for a radiograph the decode and percentiles took ~40 ms each time."""
+    known: tuple[float, float] | None = source.__dict__.get(_DEFAULT_WINDOW)
+    if known is None:
+        if values is None:
+            values = decode_image(source).pixels
+        known = percentile_window(values)
+        object.__setattr__(source, _DEFAULT_WINDOW, known)  # not a DICOM attribute
+    return known
 
 
 def percentile_window(values: np.ndarray) -> tuple[float, float]:

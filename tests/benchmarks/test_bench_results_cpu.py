@@ -27,6 +27,12 @@ def test_writes_per_object_cpu_for_both_studies(tmp_path: Path) -> None:
         assert case["semd_validated"] == results_cpu.SEMD_REFERENCE.is_dir()
         parts = case["per_object"].values()
         assert all(math.isfinite(p["cpu_ms_median"]) and p["cpu_ms_median"] >= 0 for p in parts)
+        assert all(p["page_faults_median"] >= 0 for p in parts)
+        # The objects alone: the SEMD's validation runs in production only when configured.
+        validation = case["per_object"].get("SEMD validation", {}).get("cpu_ms_median", 0.0)
+        assert case["built_cpu_ms_median"] == pytest.approx(
+            case["total_cpu_ms_median"] - validation, abs=0.2
+        )
         # Each share is rounded to 3 places; the medians of parts need not add up to the
         # median of totals, but with one round they do.
         shares = sum(p["share_of_total"] for p in parts)

@@ -57,9 +57,7 @@ class Split:
     """A rendered flag image cut into its banner and its image part."""
 
     def __init__(self, ds: Dataset, source: Dataset) -> None:
-        png = Image.open(io.BytesIO(flags.render_png(ds)))
-        assert png.format == "PNG" and png.mode == "RGB"
-        pixels = np.asarray(png)
+        pixels = np.asarray(ds.pixel_array)
         assert pixels.shape == (int(ds.Rows), int(ds.Columns), 3)
         self.scale = pixels.shape[1] / int(source.Columns)
         image_rows = round(int(source.Rows) * self.scale)
@@ -158,19 +156,42 @@ def test_chest_flag_marks_the_nodule_under_a_banner(chest: ReportInput) -> None:
         assert expected in text
 
 
-def test_key_image_png_is_scaled_to_the_viewer_size_with_its_mark(chest: ReportInput) -> None:
-    (ds,) = flags.build_flag_images(chest)
+def test_a_mark_at_the_top_edge_stays_out_of_the_banner(chest: ReportInput) -> None:
+    """The outline of a lesion at the image's top edge reaches above it; drawn on the flag
+    image, it must leave the banner exactly as the banner is drawn."""
+    finding = report_fixtures.relocated(chest.findings[0], box=((0.0, 30.0), (700.0, 760.0)))
+    report = replace(chest, findings=[finding])
+    (flag,) = flags.build_flags(report)
+    split = Split(flag.dataset, report.sources[0])
+    lines = flags.banner_lines(report, key_images(report)[0])
+    banner = np.asarray(flags._banner(split.banner.shape[1], lines))
+    assert np.array_equal(split.banner, banner)
+    mark = split.mark()
+    assert mark[:4].any()  # the outline's sides run up to the image's first rows
+    assert mark[:, :600].sum() == 0 and mark[60:].sum() == 0  # and nowhere else
+
+
+def test_key_image_is_a_jpeg_of_the_drawing_scaled_to_the_viewer_size(chest: ReportInput) -> None:
+    (flag,) = flags.build_flags(chest)
+    ds = flag.dataset
     rows, cols = int(ds.Rows), int(ds.Columns)
     assert max(rows, cols) > 400  # else nothing to scale down
-    small = np.asarray(Image.open(io.BytesIO(flags.render_png(ds, max_side=400))))
+    # The drawing kept beside the object is the object's pixels: no second decode needed.
+    assert np.array_equal(np.asarray(flag.picture), ds.pixel_array)
+    jpeg = Image.open(io.BytesIO(flags.key_image_jpeg(flag.picture, max_side=400)))
+    assert jpeg.format == "JPEG" and jpeg.mode == "RGB"
+    small = np.asarray(jpeg)
     assert max(small.shape[:2]) == 400
     assert small.shape[0] / small.shape[1] == pytest.approx(rows / cols, rel=0.01)
     tinted = small[..., 0].astype(int) - small[..., 2] > 60  # the mark's colour, blended
     source = chest.sources[0]
     image_rows = round(int(source.Rows) * small.shape[1] / int(source.Columns))
     assert tinted[-image_rows:].sum() > 20  # below the banner (whose text may be tinted too)
-    full = Image.open(io.BytesIO(flags.render_png(ds, max_side=max(rows, cols))))
+    full = Image.open(io.BytesIO(flags.key_image_jpeg(flag.picture, max_side=max(rows, cols))))
     assert full.size == (cols, rows)  # never scaled up, nor when it already fits
+    # Lossy, but close: the banner's background and the grey image survive.
+    close = np.abs(np.asarray(full).astype(int) - ds.pixel_array.astype(int))
+    assert np.median(close) <= 2
 
 
 def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -147,6 +148,30 @@ def test_source_without_a_window_gets_the_percentile_window(chest: ReportInput) 
     assert float(voi.WindowCenter) == pytest.approx(centre)
     assert float(voi.WindowWidth) == pytest.approx(width)
     assert voi.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+def test_the_flag_image_and_the_gsps_share_one_percentile_window(
+    chest: ReportInput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source without a window: its percentiles are worked out once per job (a
+    radiograph's decode and percentiles cost ~40 ms), and both objects show the same."""
+    source = copy.deepcopy(chest.sources[0])
+    del source.WindowCenter, source.WindowWidth
+    report = replace(chest, sources=[source])
+    percentile, runs = np.percentile, []
+
+    def counted(values: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        runs.append(values.size)
+        return percentile(values, *args, **kwargs)
+
+    monkeypatch.setattr(np, "percentile", counted)
+    assert len(flags.build_flag_images(report)) == 1
+    pr = gsps.build_gsps(report)
+    assert pr is not None and len(runs) == 1
+    monkeypatch.undo()
+    (voi,) = pr.SoftcopyVOILUTSequence
+    centre, width = percentile_window(decode_image(source).pixels)
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == pytest.approx((centre, width))
 
 
 def test_mask_outlines_trace_components_and_holes() -> None:

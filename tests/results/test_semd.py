@@ -82,10 +82,11 @@ def without_snils(report: ReportInput) -> ReportInput:
     return dataclasses.replace(report, sources=sources)
 
 
-def key_image(size: int = 48) -> bytes:
+def key_image(size: int = 48, kind: str = "JPEG") -> bytes:
+    """A small image; JPEG as the gateway writes its key images (flags.key_image_jpeg)."""
     ramp = np.tile(np.arange(size, dtype=np.uint8) * 5, (size, 1))
     out = io.BytesIO()
-    Image.fromarray(ramp).save(out, format="PNG")
+    Image.fromarray(ramp).save(out, format=kind)
     return out.getvalue()
 
 
@@ -182,8 +183,7 @@ def test_the_validator_reports_a_broken_document(config: SemdConfig) -> None:
 
 def test_fields_carry_the_ai_text_device_and_key_image(config: SemdConfig) -> None:
     report = _fixture("cxr_positive")
-    png = key_image()
-    xml = build_semd(report, config, png).xml
+    xml = build_semd(report, config, key_image()).xml
     protocol = field_value(xml, "1805")
     assert AI_NOTICE_RU in protocol
     assert report.device.name_ru in protocol and report.device.version in protocol
@@ -201,9 +201,9 @@ def test_fields_carry_the_ai_text_device_and_key_image(config: SemdConfig) -> No
     assert report.device.vendor in model and report.device.version in model
 
     media = elements(root, "//v:observationMedia/v:value")
-    assert len(media) == 1 and media[0].get("mediaType") == "image/png"
+    assert len(media) == 1 and media[0].get("mediaType") == "image/jpeg"
     decoded = Image.open(io.BytesIO(base64.b64decode(media[0].text or "")))
-    assert decoded.format == "PNG" and decoded.size == (48, 48)
+    assert decoded.format == "JPEG" and decoded.size == (48, 48)
 
     service = elements(root, "//v:act/v:code")[0]
     assert service.get("code") == "7003320"
@@ -304,8 +304,14 @@ def test_missing_configuration_is_named(config: SemdConfig) -> None:
     assert any("пол пациента" in m for m in caught.value.missing)
 
 
-def test_a_key_image_must_be_png(config: SemdConfig) -> None:
-    with pytest.raises(ValueError, match="PNG"):
+def test_a_png_key_image_is_named_as_such(config: SemdConfig) -> None:
+    xml = build_semd(_fixture("cxr_positive"), config, key_image(kind="PNG")).xml
+    media = elements(etree.fromstring(xml), "//v:observationMedia/v:value")
+    assert [m.get("mediaType") for m in media] == ["image/png"]
+
+
+def test_a_key_image_must_be_jpeg_or_png(config: SemdConfig) -> None:
+    with pytest.raises(ValueError, match="neither JPEG nor PNG"):
         build_semd(_fixture("cxr_positive"), config, b"GIF89a")
 
 

@@ -31,7 +31,9 @@ from gateway.results.semd.facts import Facts, gather
 TEMPLATE_ID = "1.2.643.5.1.13.13.14.6.9.4"
 REMD_KIND = "174"
 MINZDRAV_OID = "1.2.643.5.1.13"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The key image's media type by its first bytes: the gateway writes JPEG (flags.key_image_jpeg);
+# PNG is as welcome to the schema, which asks only that a type be named.
+MEDIA_TYPES = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
 
 V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -358,7 +360,15 @@ def _paragraphs(text: etree._Element, lines: list[str]) -> None:
         _sub(text, "paragraph", line)
 
 
-def _docinfo(body: etree._Element, facts: Facts, key_image_png: bytes | None) -> None:
+def media_type(image: bytes) -> str:
+    """``image/jpeg`` or ``image/png``, by the image's signature; ValueError for others."""
+    for signature, name in MEDIA_TYPES.items():
+        if image.startswith(signature):
+            return name
+    raise ValueError("the key image is neither JPEG nor PNG")
+
+
+def _docinfo(body: etree._Element, facts: Facts, key_image: bytes | None) -> None:
     report, vocab = facts.report, facts.config.vocabulary
     section, text = _section(body, "DOCINFO")
     device = device_text(report)
@@ -387,7 +397,7 @@ def _docinfo(body: etree._Element, facts: Facts, key_image_png: bytes | None) ->
     role = _sub(_sub(equipment, "participant", typeCode="DEV"), "participantRole", classCode="ROL")
     _sub(role, "id", root=facts.root("67"), extension=report.device.key)
     _sub(_sub(role, "playingDevice"), "manufacturerModelName", device)
-    if key_image_png is not None:
+    if key_image is not None:
         media = _sub(
             _sub(section, "entry"),
             "observationMedia",
@@ -398,8 +408,8 @@ def _docinfo(body: etree._Element, facts: Facts, key_image_png: bytes | None) ->
         _sub(
             media,
             "value",
-            base64.b64encode(key_image_png).decode("ascii"),
-            mediaType="image/png",
+            base64.b64encode(key_image).decode("ascii"),
+            mediaType=media_type(key_image),
             representation="B64",
         )
         _sub(text, "renderMultiMedia", referencedObject="key-image-1")
@@ -416,7 +426,7 @@ def _resinfo(body: etree._Element, facts: Facts) -> None:
     _sub(_observation(section, "1806"), "value", conclusion, xsi_type="ST")
 
 
-def document_xml(facts: Facts, key_image_png: bytes | None) -> bytes:
+def document_xml(facts: Facts, key_image: bytes | None) -> bytes:
     # Declared from text: every prefix on the root, and no typing quarrel over a None key.
     declarations = " ".join(
         f'xmlns{":" + prefix if prefix else ""}="{uri}"' for prefix, uri in NSMAP.items()
@@ -424,7 +434,7 @@ def document_xml(facts: Facts, key_image_png: bytes | None) -> bytes:
     root = etree.fromstring(f"<ClinicalDocument {declarations}/>")
     _header(root, facts)
     body = _sub(_sub(root, "component"), "structuredBody")
-    _docinfo(body, facts, key_image_png)
+    _docinfo(body, facts, key_image)
     _resinfo(body, facts)
     xml: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
     return xml
@@ -484,21 +494,19 @@ def _metadata(facts: Facts, document_id: str) -> dict[str, Any]:
     }
 
 
-def build_semd(
-    report: ReportInput, config: SemdConfig, key_image_png: bytes | None
-) -> SemdDocument:
+def build_semd(report: ReportInput, config: SemdConfig, key_image: bytes | None) -> SemdDocument:
     """The unsigned SEMD for one job, or SemdMissing naming everything the source lacks.
 
     The document id is ``<organisation OID>.100.<mis_number>.51`` with the job id as
     extension, so rebuilding the same job yields the same document (and the regional system
     sees a resend, not a new protocol).
     """
-    if key_image_png is not None and not key_image_png.startswith(PNG_SIGNATURE):
-        raise ValueError("key_image_png is not a PNG image")
+    if key_image is not None:
+        media_type(key_image)  # an image of a kind we can name, else ValueError
     facts = gather(report, config)
     document_id = f"{facts.root('51')}^{report.job_id}"
     return SemdDocument(
-        xml=document_xml(facts, key_image_png),
+        xml=document_xml(facts, key_image),
         metadata=_metadata(facts, document_id),
         document_id=document_id,
     )
