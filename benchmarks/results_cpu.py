@@ -48,6 +48,7 @@ from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.results.semd.validation import validate_semd
 from gateway.settings import Settings
 from tests import report_fixtures
+from workers.memory import keep_large_buffers
 
 T = TypeVar("T")
 SEMD_REFERENCE = ROOT.parent / "shared" / "reference" / "semd"
@@ -139,6 +140,8 @@ def measure(report: ReportInput, args: argparse.Namespace, config: SemdConfig) -
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # As `aigw serve` and `aigw worker` set it (workers/memory.py), unless asked not to.
+    malloc_tuned = False if args.malloc_defaults else keep_large_buffers()
     config = load_semd_config(SEMD_FILE)
     cases = {
         "chest_xray_2500x2048": report_fixtures.chest_xray_input(size=(2500, 2048)),
@@ -150,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "results_cpu",
         "rounds": args.rounds,
         "semd_key_image_max_px": args.key_image_max_px,
+        "malloc_tuned": malloc_tuned,
         "cases": {name: measure(report, args, config) for name, report in cases.items()},
         "machine": machine_description(["pydicom", "highdicom", "pillow", "lxml"]),
     }
@@ -165,6 +169,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=Settings.model_fields["semd_key_image_max_px"].default,
     )
     parser.add_argument("--semd-reference", type=Path, default=SEMD_REFERENCE)
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="keep glibc's malloc thresholds (the workers raise them: workers/memory.py)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 

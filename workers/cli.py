@@ -11,6 +11,7 @@ import click
 from gateway.cli.app import cli as main
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
 from gateway.errors import GatewayError
+from workers.memory import keep_large_buffers
 
 __all__ = ["main"]
 
@@ -34,6 +35,7 @@ def serve(config_file: Path | None, **overrides: Any) -> None:
     from workers.app import build_gateway  # the whole gateway: imported only to run it
 
     settings = settings_from(config_file, **overrides)
+    keep_large_buffers()
     try:
         gateway = build_gateway(settings)
         gateway.start()
@@ -73,6 +75,7 @@ def demo(config_file: Path | None, exit_when_done: bool, **overrides: Any) -> No
     from workers.demo import run_demo
 
     settings = settings_from(config_file, log_level="WARNING", **overrides)
+    keep_large_buffers()
     try:
         run_demo(settings, build_gateway, say=click.echo, keep_serving=not exit_when_done)
     except (GatewayError, OSError, TimeoutError) as exc:
@@ -92,6 +95,7 @@ def worker(config_file: Path | None, queues: str | None, concurrency: int | None
     settings = settings_from(config_file)
     if settings.broker_url.startswith("memory"):
         raise click.ClickException("a separate worker needs a real broker: set AIGW_BROKER_URL")
+    keep_large_buffers()
     try:
         run_worker(settings, queues.split(",") if queues else None, concurrency)
     except GatewayError as exc:  # e.g. a schema older than this code: waiting cannot help

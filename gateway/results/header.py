@@ -29,9 +29,13 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM, validate_value
 
+from gateway.results import iod_lookup
 from gateway.results.input import ReportInput
 from gateway.results.notices import registration_ru
 from models.manifest import DeviceManifest
+
+# Every builder imports this module first: highdicom's IOD lookups are cached from here on.
+iod_lookup.install()
 
 # The results carry Russian text; UTF-8 holds it and whatever the source's names were in.
 UTF8 = "ISO_IR 192"

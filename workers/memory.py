@@ -1,0 +1,49 @@
+"""glibc's malloc told to keep a radiograph's buffers for the next job.
+
+A chest X-ray's results pass ~60 MB through buffers of 5–20 MB each (the windowed image, the
+flag image, its RGB copy). glibc serves allocations above its mmap threshold with a fresh
+``mmap`` and returns them with ``munmap`` when freed, and trims the heap top above its trim
+threshold, so every job touched those pages anew: ~15,000 page faults, about 40 ms of a
+flag image's ~55 ms (benchmarks/results_cpu.py reports faults per object). With the mmap
+threshold at glibc's maximum (32 MiB on 64-bit) and trimming only past 256 MiB, freed buffers
+stay in the heap and the next job reuses them; the price is that a worker's resident size
+stays at its peak, which the results pool's bounded concurrency already bounds.
+
+Set once per process before the work starts (``aigw serve``, ``demo``, ``worker``; children
+forked later inherit it). A no-op where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+# <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: glibc refuses more
+TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def keep_large_buffers() -> bool:
+    """True when glibc took both settings; False (and the defaults stay) elsewhere."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+    if not applied:
+        log.warning("malloc thresholds not applied: large buffers return to the kernel")
+    return applied
