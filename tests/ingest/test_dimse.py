@@ -10,12 +10,17 @@ from io import BytesIO
 import pytest
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pynetdicom import AE
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_items import PresentationDataValueItem
 
-from gateway.ingest.dimse import file_meta, store_response
+from gateway.ingest.dimse import EdgeDul, file_meta, store_response
 
 # sha256 of pynetdicom 3.0.4's DIMSEMessage.decode_msg and DIMSEServiceProvider
 # .receive_primitive. When pynetdicom changes either, compare it with the copy in
@@ -77,3 +82,23 @@ def test_a_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
     rsp = _response(3, UIDS[0], 0xA700)
     rsp.ErrorComment = "object store below free-space floor"  # type: ignore[assignment]
     assert store_response(rsp) is None
+
+
+def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it() -> None:
+    pdu = P_DATA_TF()
+    fragments = [(1, b"\x03" + b"c" * 9), (1, b"\x00" + bytes(range(256)) * 40), (3, b"\x02")]
+    for context_id, data in fragments:
+        item = PresentationDataValueItem()
+        item.presentation_context_id, item.presentation_data_value = context_id, data
+        pdu.presentation_data_value_items.append(item)
+    encoded = pdu.encode()
+    stock = Association(AE(), MODE_ACCEPTOR).dul
+    edge = Association(AE(), MODE_ACCEPTOR).dul
+    edge.__class__ = EdgeDul
+    ours, event = edge._decode_pdu(bytearray(encoded))
+    theirs, their_event = stock._decode_pdu(bytearray(encoded))
+    assert event == their_event == "Evt10"
+    assert isinstance(ours, P_DATA_TF) and isinstance(theirs, P_DATA_TF)
+    ours_pdvs = ours.to_primitive().presentation_data_value_list
+    assert [(cid, bytes(data)) for cid, data in ours_pdvs] == fragments
+    assert theirs.to_primitive().presentation_data_value_list == fragments
