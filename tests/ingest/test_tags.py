@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
@@ -118,3 +119,8 @@ def test_a_file_written_by_pydicom_reads_alike() -> None:
     dataset.save_as(buffer, implicit_vr=True, little_endian=True)
     reread = dcmread(io.BytesIO(buffer.getvalue()), force=True)
     assert _tags(reread) == _tags(_converted(dcmread(io.BytesIO(buffer.getvalue()), force=True)))
+
+
+def test_the_raw_attributes_have_their_dictionary_vr() -> None:
+    # An implicit VR element is read as this VR, as pydicom reads it by its dictionary.
+    assert {k: dictionary_VR(tags._TAGS[k]) for k in tags._ASCII_VRS} == tags._ASCII_VRS
