@@ -36,6 +36,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationServer
 
+from gateway.ingest.dimse import EdgeDimse, EdgeDul
 from gateway.ingest.pdu_limits import (
     A_ASSOCIATE_RQ,
     PDU_HEADER,
@@ -118,6 +119,10 @@ class EdgeListener(AssociationServer):
             on_abort=on_abort,
         )
         assoc.set_socket(guarded)
+        # The spooled file's meta and the C-STORE-RSP encoded directly, P-DATA-TF decoded
+        # without copies (gateway.ingest.dimse).
+        assoc.dimse = EdgeDimse(assoc)
+        assoc.dul.__class__ = EdgeDul
         # The DUL thread waits in guarded.ready for data or for a primitive to send, instead
         # of sleeping 1 ms between looks (gateway.ingest.reactor).
         assoc.dul.to_provider_queue = WakingQueue(guarded.wake)

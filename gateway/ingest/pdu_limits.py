@@ -88,7 +88,7 @@ class MessageLimits:
         """The dataset size of C-STORE ``message_id`` when it was drained, else None."""
         return self._oversized.pop(message_id, None)
 
-    def received(self, body: bytes) -> bytes:
+    def received(self, body: bytes | bytearray) -> bytes | bytearray:
         """A P-DATA-TF body as pynetdicom may see it: fragments of an oversized dataset
         emptied (their item length set to 2). Malformed items pass unchanged: pynetdicom
         aborts on them."""
@@ -119,7 +119,7 @@ class MessageLimits:
                 self._unanswered = max(0, self._unanswered - 1)
             offset += 4 + item_length
 
-    def _keeps(self, control: int, body: bytes, start: int, end: int) -> bool:
+    def _keeps(self, control: int, body: bytes | bytearray, start: int, end: int) -> bool:
         size = end - start
         if control & 0b01:  # command fragment
             if len(self._command) + size > COMMAND_CAP:
@@ -194,7 +194,7 @@ class GuardedSocket(AssociationSocket):
     ) -> None:
         super().__init__(assoc, client_socket=client_socket)
         self._unread = bytearray(request)
-        self._body: bytes | None = None
+        self._body: bytes | bytearray | None = None
         self._body_follows = False
         self.limits = limits
         self.identity = identity
@@ -243,9 +243,9 @@ class GuardedSocket(AssociationSocket):
             served = self._unread[:nr_bytes]
             del self._unread[:nr_bytes]
             return served
-        if self._body is not None:
+        if self._body is not None:  # handed over as read: pynetdicom copies it anyway
             body, self._body = self._body, None
-            return bytearray(body)
+            return body if isinstance(body, bytearray) else bytearray(body)
         if self._body_follows:  # of a PDU other than P-DATA-TF, its length checked
             self._body_follows = False
             return super().recv(nr_bytes)
@@ -271,7 +271,7 @@ class GuardedSocket(AssociationSocket):
         self._body = body
         return bytearray(struct.pack(">BBI", pdu_type, 0, len(body)))
 
-    def _read(self, length: int) -> bytes:
+    def _read(self, length: int) -> bytearray:
         """``length`` bytes (fewer if the peer closes), read straight into one buffer: the
         length was checked, and pynetdicom's 4 KiB reads cost more than the network."""
         connection = cast(socket.socket, self.socket)
@@ -283,7 +283,9 @@ class GuardedSocket(AssociationSocket):
                 break
             received += count
         view.release()
-        return bytes(buffer) if received == length else bytes(buffer[:received])
+        if received < length:
+            del buffer[received:]
+        return buffer
 
     def send(self, bytestream: bytes) -> None:
         self.limits.sent(bytestream)

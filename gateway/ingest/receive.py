@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 # A caller's own check of an instance's attributes before anything is stored (DICOMweb: the
 # SOP class allowed, the study of the request's URL); it raises InvalidInstance to refuse.
 Admit = Callable[[InstanceTags], None]
+
+# A header longer than this (rare: large sequences before the pixels) is parsed from the file.
+_HEADER_BYTES = 64 * 1024
+_PIXEL_ELEMENTS = frozenset({0x0008, 0x0009, 0x0010})  # (7FE0,0008/0009/0010): pydicom's stop
 
 
 class Ingest:
@@ -228,9 +233,9 @@ class _Received:
 def _parse(received: _Received) -> Dataset:
     try:
         with received.open() as handle:
-            dataset = dcmread(handle, stop_before_pixels=True)
+            dataset, position = _read_header(handle)
             dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
-            check_pixel_data(handle, handle.tell(), received.size(), dataset)
+            check_pixel_data(handle, position, received.size(), dataset)
         return dataset
     except InvalidInstance:
         raise
@@ -239,6 +244,42 @@ def _parse(received: _Received) -> Dataset:
             f"cannot parse dataset: {exc.__class__.__name__}: {_first_line(exc)}",
             Status.CANNOT_UNDERSTAND,
         ) from exc
+
+
+def _read_header(handle: BinaryIO) -> tuple[Dataset, int]:
+    """The dataset up to its Pixel Data, and where that starts.
+
+    Parsed in memory from the first :data:`_HEADER_BYTES` when they hold the whole file or
+    the start of its Pixel Data element (a file's reader asks the OS for its position at
+    every element, and each such call lets other threads' GIL requests in: ~50 for a CT
+    slice); else (a longer header, no Pixel Data) from the file, as before."""
+    prefix = handle.read(_HEADER_BYTES)
+    whole = len(prefix) < _HEADER_BYTES
+    try:
+        head = BytesIO(prefix)
+        dataset = dcmread(head, stop_before_pixels=True)
+        position = head.tell()
+        if whole or _at_pixel_data(prefix, position):
+            return dataset, position
+    except Exception:
+        if whole:
+            raise
+        # Cut inside an element, maybe: the whole file says whether it is damaged.
+    handle.seek(0)
+    dataset = dcmread(handle, stop_before_pixels=True)
+    return dataset, handle.tell()
+
+
+def _at_pixel_data(prefix: bytes, position: int) -> bool:
+    # The element pydicom stopped before, whole inside the prefix (tag, VR, length), in
+    # either byte order: anything else (the end of the prefix reached) is parsed again.
+    if position + 12 > len(prefix):
+        return False
+    little, big = (
+        struct.unpack_from("<HH", prefix, position),
+        struct.unpack_from(">HH", prefix, position),
+    )
+    return any(group == 0x7FE0 and element in _PIXEL_ELEMENTS for group, element in (little, big))
 
 
 def _check_matches_request(

@@ -226,7 +226,7 @@ def _on_store(
     max_instance: int,
     releases: ReleaseCompletion | None,
     device_results: DeviceResults | None = None,
-) -> Dataset:
+) -> Dataset | int:
     assoc = event.assoc
     calling, address = _ae(assoc.requestor.ae_title), str(assoc.requestor.address)
     try:
@@ -266,7 +266,7 @@ def _on_store(
 
 def _device_store(
     event: Event, results: DeviceResults | None, calling: str, sop_class: str, sop_uid: str
-) -> Dataset:
+) -> Dataset | int:
     """A vendor's result: to the external receive path, never into study assembly."""
     if results is None:
         log.warning("device source without a receive path", extra={"calling_ae": calling})
@@ -293,11 +293,14 @@ def _on_aborted(event: Event, releases: ReleaseCompletion) -> None:
     releases.aborted(event.assoc)
 
 
-def _response(status: Status, reason: str) -> Dataset:
+def _response(status: Status, reason: str) -> Dataset | int:
+    if status.is_success or not reason:
+        # The bare status: pynetdicom reads a returned dataset element by element, and
+        # building one cost ~3 % of an SCP process's GIL on every C-STORE.
+        return int(status)
     response = Dataset()
     response.Status = int(status)
-    if not status.is_success and reason:
-        response.ErrorComment = reason.encode("ascii", "replace").decode()[:64]
+    response.ErrorComment = reason.encode("ascii", "replace").decode()[:64]
     return response
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 from pydicom import Dataset
+from pydicom.charset import default_encoding
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 
 from gateway.dimse_status import Status
@@ -172,6 +174,54 @@ def patient_age_years(dataset: Dataset) -> int | None:
     return None
 
 
+# The attributes whose VR has ASCII values that pydicom decodes without the character set
+# (PS3.5 6.2; pydicom's default_encoding). They are read from the raw element, as pydicom
+# would convert them: its conversion (hooks, a regex validation, a UID or DSfloat object per
+# value) was the largest part of parsing a received instance. Others go through pydicom.
+_ASCII_VRS: dict[str, str] = {
+    "StudyInstanceUID": "UI",
+    "SeriesInstanceUID": "UI",
+    "SOPInstanceUID": "UI",
+    "SOPClassUID": "UI",
+    "PatientSex": "CS",
+    "PatientAge": "AS",
+    "PatientBirthDate": "DA",
+    "StudyDate": "DA",
+    "StudyTime": "TM",
+    "Modality": "CS",
+    "BodyPartExamined": "CS",
+    "SeriesNumber": "IS",
+    "InstanceNumber": "IS",
+    "ImageType": "CS",
+    "SliceThickness": "DS",
+    "ImagePositionPatient": "DS",
+    "ImageOrientationPatient": "DS",
+    "NumberOfFrames": "IS",
+    "PhotometricInterpretation": "CS",
+    "ViewPosition": "CS",
+}
+_STRIPPED_VRS = frozenset({"UI", "DS", "IS"})  # pydicom's UID, DSfloat, IS strip each value
+_PYDICOM = object()  # read this one through pydicom
+
+
+def _raw_values(dataset: Dataset, keyword: str) -> list[str] | object | None:
+    """The values of an ASCII attribute as pydicom's conversion gives them as text, None
+    when absent or empty, or :data:`_PYDICOM` (not read here: another VR, or already
+    converted)."""
+    vr = _ASCII_VRS.get(keyword)
+    if vr is None:
+        return _PYDICOM
+    element = dataset.get_item(_TAGS[keyword])
+    if element is None:
+        return None
+    if not isinstance(element, RawDataElement) or element.VR not in (None, vr):
+        return _PYDICOM
+    if not element.value:
+        return None
+    values = element.value.decode(default_encoding).rstrip(" \x00").split("\\")
+    return [value.strip() for value in values] if vr in _STRIPPED_VRS else values
+
+
 def _value(dataset: Dataset, keyword: str) -> Any:
     # By tag number: a keyword goes through Dataset.__getattr__ and the dictionary each time,
     # which cost more than the value itself on every C-STORE.
@@ -183,18 +233,25 @@ def _value(dataset: Dataset, keyword: str) -> Any:
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
-    value = _value(dataset, keyword)
-    if value is None or value == "":
-        return None
-    if isinstance(value, MultiValue | list | tuple):
-        text = "\\".join(str(part) for part in value)
+    raw = _raw_values(dataset, keyword)
+    if raw is not _PYDICOM:
+        text = "\\".join(cast(list[str], raw)) if raw is not None else ""
     else:
-        text = str(value)
+        value = _value(dataset, keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, MultiValue | list | tuple):
+            text = "\\".join(str(part) for part in value)
+        else:
+            text = str(value)
     text = text.strip().strip("\x00").strip()
     return text[:limit] or None
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:
+    raw = _raw_values(dataset, keyword)
+    if raw is not _PYDICOM:
+        return _single_integer(cast(list[str] | None, raw))
     try:
         value = _value(dataset, keyword)
         return int(value) if value not in (None, "") else None
@@ -202,7 +259,31 @@ def _integer(dataset: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _single_integer(values: list[str] | None) -> int | None:
+    # As int() of pydicom's IS: "12.0" and "1e2" are whole, "12.5" truncates (pydicom's
+    # lenient ISfloat), several values (a MultiValue) or no number give None.
+    if values is None or len(values) != 1 or not values[0]:
+        return None
+    try:
+        return int(values[0])
+    except ValueError:
+        pass
+    try:
+        return int(float(values[0]))  # OverflowError for "inf" escapes, as through pydicom
+    except ValueError:
+        return None
+
+
 def _number(dataset: Dataset, keyword: str) -> float | None:
+    raw = _raw_values(dataset, keyword)
+    if raw is not _PYDICOM:
+        values = cast(list[str] | None, raw)
+        if values is None or len(values) != 1 or not values[0]:
+            return None
+        try:
+            return float(values[0])
+        except ValueError:
+            return None
     try:
         value = _value(dataset, keyword)
         return float(value) if value not in (None, "") else None

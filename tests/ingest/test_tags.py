@@ -1,0 +1,126 @@
+"""Index attributes with ASCII values are read from the raw elements: exactly what reading
+them through pydicom's conversion gives, for real files and for odd values (padding,
+several values, numbers written oddly, values that are no numbers, implicit VR)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+
+from gateway.errors import InvalidInstance
+from gateway.ingest import tags
+from gateway.ingest.tags import read_tags
+from tests.report_fixtures import SHARED_DICOM
+
+REAL = sorted(SHARED_DICOM.rglob("*.dcm")) if SHARED_DICOM.is_dir() else []
+
+
+def _converted(dataset: Dataset) -> Dataset:
+    """The same dataset with every element already converted by pydicom: read_tags then
+    takes pydicom's values (the way every attribute was read before)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tag in list(dataset.keys()):
+            with contextlib.suppress(Exception):  # left raw: read_tags raises on it as before
+                dataset[tag]  # converts the raw element in place
+    return dataset
+
+
+def _tags(dataset: Dataset) -> object:
+    try:
+        return read_tags(dataset).model_dump_json()  # JSON: NaN equals NaN
+    except InvalidInstance as exc:
+        return exc.reason
+
+
+@pytest.mark.skipif(not REAL, reason=f"no real DICOM files under {SHARED_DICOM}")
+@pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
+def test_real_files_give_pydicoms_values(path: Path) -> None:
+    raw = dcmread(path, stop_before_pixels=True)
+    assert _tags(raw) == _tags(_converted(dcmread(path, stop_before_pixels=True)))
+
+
+BASE = {
+    "StudyInstanceUID": b"1.2.3",
+    "SeriesInstanceUID": b"1.2.3.4",
+    "SOPInstanceUID": b"1.2.3.4.5",
+    "SOPClassUID": b"1.2.840.10008.5.1.4.1.1.2",
+}
+ODD = [
+    ("StudyInstanceUID", b" 1.2.3 \x00"),
+    ("SOPInstanceUID", b"1.2.3.4.5\x00"),
+    ("ImageType", b"ORIGINAL \\PRIMARY \\AXIAL "),
+    ("ImageType", b"DERIVED\\\\SECONDARY"),
+    ("Modality", b" CT "),
+    ("PatientSex", b"F "),
+    ("PatientAge", b"057Y"),
+    ("PatientAge", b"006M"),
+    ("PatientBirthDate", b"19700101"),
+    ("StudyDate", b"20200101 "),
+    ("StudyTime", b"101010.123 "),
+    ("SeriesNumber", b" 12 "),
+    ("SeriesNumber", b"12.0"),
+    ("InstanceNumber", b"1e2 "),
+    ("InstanceNumber", b"12.5"),
+    ("InstanceNumber", b"1\\2"),
+    ("InstanceNumber", b"abc "),
+    ("InstanceNumber", b"nan"),
+    ("InstanceNumber", b"inf"),
+    ("InstanceNumber", b"-3.7"),
+    ("NumberOfFrames", b"+5"),
+    ("SliceThickness", b"1.25 "),
+    ("SliceThickness", b" 2e-1"),
+    ("SliceThickness", b"1,5 "),
+    ("SliceThickness", b"1\\2 "),
+    ("SliceThickness", b"nan"),
+    ("ImagePositionPatient", b" -125.0\\ -125.5 \\0 "),
+    ("ImageOrientationPatient", b"1\\0\\0\\0\\1\\0 "),
+    ("PhotometricInterpretation", b"MONOCHROME2 "),
+    ("ViewPosition", b""),
+    ("BodyPartExamined", b"CHEST\x00"),
+]
+
+
+def _dataset(values: dict[str, bytes], implicit: bool) -> Dataset:
+    dataset = Dataset()
+    dataset.set_original_encoding(implicit, True)
+    for keyword, value in values.items():
+        tag = Tag(tags._TAGS[keyword])
+        vr = None if implicit else tags._ASCII_VRS[keyword]
+        dataset._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, implicit, True)
+    return dataset
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize(("keyword", "value"), ODD, ids=[f"{k}={v!r}" for k, v in ODD])
+def test_odd_values_give_pydicoms_values(keyword: str, value: bytes, implicit: bool) -> None:
+    values = BASE | {keyword: value}
+    assert _tags(_dataset(values, implicit)) == _tags(_converted(_dataset(values, implicit)))
+
+
+def test_an_element_of_another_vr_is_read_through_pydicom() -> None:
+    dataset = _dataset(BASE, implicit=False)
+    tag = Tag(tags._TAGS["InstanceNumber"])
+    dataset._dict[tag] = RawDataElement(tag, "US", 2, b"\x07\x00", 0, False, True)
+    assert read_tags(dataset).instance_number == 7
+
+
+def test_a_file_written_by_pydicom_reads_alike() -> None:
+    dataset = _dataset(BASE | dict(ODD[2:12]), implicit=False)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=True, little_endian=True)
+    reread = dcmread(io.BytesIO(buffer.getvalue()), force=True)
+    assert _tags(reread) == _tags(_converted(dcmread(io.BytesIO(buffer.getvalue()), force=True)))
+
+
+def test_the_raw_attributes_have_their_dictionary_vr() -> None:
+    # An implicit VR element is read as this VR, as pydicom reads it by its dictionary.
+    assert {k: dictionary_VR(tags._TAGS[k]) for k in tags._ASCII_VRS} == tags._ASCII_VRS
