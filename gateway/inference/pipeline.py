@@ -1,10 +1,11 @@
 """The inference pipeline for one job, as one explicit sequence of named stages:
 
-load (object store) ▸ decode (each codestream's header checked against its dataset and
-the pixel budget, then pydicom + plugins) ▸ preprocess (MONAI, as in training)
-▸ infer (onnxruntime, batched with other jobs' inputs) ▸ postprocess (findings in source
-coordinates) ▸ record (:mod:`gateway.inference.record`: one transaction with the other
-jobs that end at the same moment).
+start (:mod:`gateway.inference.start`: the claim and the instance keys, committed with
+other jobs' starts and ends) ▸ load (object store) ▸ decode (each codestream's header
+checked against its dataset and the pixel budget, then pydicom + plugins) ▸ preprocess
+(MONAI, as in training) ▸ infer (onnxruntime, batched with other jobs' inputs) ▸
+postprocess (findings in source coordinates) ▸ record (:mod:`gateway.inference.record`:
+one transaction with the other jobs that end or start at the same moment).
 
 The worker's threads each run one job through this sequence; what makes it a pipeline
 across jobs is where two stages run: decode ▸ preprocess in the process pool
