@@ -198,7 +198,9 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         default=True, description="aigw serve also runs a worker thread (the embedded default)."
     )
-    worker_concurrency: int = Field(default=2, ge=1, le=64, description="Inference jobs in flight.")
+    worker_concurrency: int = Field(  # jobs in flight; two per core: the pool never waits
+        default_factory=lambda: min(64, 2 * len(os.sched_getaffinity(0))), ge=1, le=64
+    )
     report_concurrency: int = Field(
         default=2, ge=1, le=64, description="Results tasks at once, in their own pool."
     )

@@ -226,7 +226,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stage_overlap": "concurrent pipeline images/s ÷ the slowest stage alone on the "
             "same cores, in the same round: decode ▸ preprocess of every job through the "
             "process pool from as many threads as it has children, or bare onnxruntime at "
-            "the batch the batcher formed",
+            "the batch the batcher formed; cpu_ms_per_image: each stage alone and the pipeline, "
+            "the decode children included; ceiling_on_shared_cores: the slowest stage's CPU "
+            "per image ÷ both stages' — where the stages share the cores the slowest one "
+            "alone kept busy, the pipeline cannot pass it even with nothing else to do",
             "ratio": "pipeline images/s (the faster of sequential and concurrent) ÷ bare "
             "images/s at the batch the pipeline uses",
             "vendor_scale": {

@@ -57,7 +57,8 @@ def format_table(devices: Sequence[dict[str, Any]]) -> str:
             f"**{device['ratio']['pipeline_vs_bare']:.2f}**"
             + (" ✗" if device["meets_target"] is False else ""),
             f"{overlap['stages_alone_images_per_s']['decode_preprocess']:.1f}",
-            f"**{overlap['value']:.2f}** ({overlap['slowest_stage']})"
+            f"**{overlap['value']:.2f}** ({overlap['slowest_stage']}; ceiling "
+            f"{overlap['ceiling_on_shared_cores']:.2f})"
             + (" ✗" if overlap["value"] < STAGE_OVERLAP_TARGET else ""),
             _stages(seq),
         ]

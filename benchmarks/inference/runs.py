@@ -4,6 +4,7 @@ from a thread pool; their figures, the ratios and the stage overlap."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from sqlalchemy import select
 
 from benchmarks.errors import BenchmarkError
 from benchmarks.inference.gateway_parts import Bench
-from benchmarks.measure import Phase, percentile, sig, timed
+from benchmarks.measure import Phase, percentile, sig, timed, tree_cpu_seconds
 from gateway.index.tables import JobRow
 from gateway.inference.pipeline import InferenceContext, run_job
 from gateway.inference.prepare import prepare_blobs
@@ -86,6 +87,18 @@ def run_bare(
     return BareRun(batch, len(latencies), latencies, phase[0])
 
 
+def _own_tree_cpu_s() -> float:
+    """CPU seconds of this process and its children: the decode pool's, through its fork
+    server."""
+    return tree_cpu_seconds([os.getpid()])
+
+
+def _other_load(phase: Phase, tree_cpu_s: float) -> float:
+    """Cores the rest of the machine kept busy: :func:`timed` counts the decode children
+    as the rest of the machine, which would make every pipeline phase look disturbed."""
+    return max(0.0, phase.other_load - (tree_cpu_s - phase.cpu_s) / phase.wall_s)
+
+
 @dataclass
 class PrepareRun:
     """Load ▸ decode ▸ preprocess alone: every job's instances through the worker's process
@@ -95,10 +108,15 @@ class PrepareRun:
     jobs: int
     images: int
     phase: Phase
+    tree_cpu_s: float  # this process and the pool's children
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.phase.wall_s
+
+    @property
+    def cpu_s_per_image(self) -> float:
+        return self.tree_cpu_s / self.images
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,8 +124,9 @@ class PrepareRun:
             "jobs": self.jobs,
             "images": self.images,
             "images_per_s": sig(self.images_per_s),
+            "cpu_ms_per_image_with_children": sig(1000 * self.cpu_s_per_image),
             "wall_s": sig(self.phase.wall_s),
-            "other_load_cores": sig(self.phase.other_load),
+            "other_load_cores": sig(_other_load(self.phase, self.tree_cpu_s)),
         }
 
 
@@ -126,9 +145,10 @@ def run_prepare(
             blobs = [context.store.get(key) for key in keys]
             prepare_blobs(blobs, manifest.input, context.budget)
 
+    tree = _own_tree_cpu_s()
     with timed() as phase, ThreadPoolExecutor(processes) as pool:
         list(pool.map(one, jobs))
-    return PrepareRun(processes, len(jobs), images, phase[0])
+    return PrepareRun(processes, len(jobs), images, phase[0], _own_tree_cpu_s() - tree)
 
 
 @dataclass
@@ -140,6 +160,7 @@ class PipelineRun:
     timings_ms: list[dict[str, float]]
     phase: Phase
     batches: list[int]  # inputs per onnxruntime run the device's batcher formed
+    tree_cpu_s: float  # this process and the pool's children
 
     @property
     def mean_batch(self) -> float:
@@ -171,12 +192,13 @@ class PipelineRun:
             "job_ms_p95": sig(1000 * percentile(self.job_latencies_s, 0.95)),
             "ms_per_image": sig(1000 * self.phase.wall_s / self.images),
             "cpu_ms_per_image": sig(1000 * self.phase.cpu_s / self.images),
+            "cpu_ms_per_image_with_children": sig(1000 * self.tree_cpu_s / self.images),
             "stages_ms_per_job": stages,
             "stage_share": {name: sig(value / total) for name, value in stages.items()},
             "batches": len(self.batches),
             "mean_batch": sig(self.mean_batch),
             "wall_s": sig(self.phase.wall_s),
-            "other_load_cores": sig(self.phase.other_load),
+            "other_load_cores": sig(_other_load(self.phase, self.tree_cpu_s)),
         }
 
 
@@ -197,12 +219,14 @@ def run_pipeline(
         state = run_job(chosen, job_id)
         return state, time.perf_counter() - began
 
+    tree = _own_tree_cpu_s()
     with timed() as phase:
         if threads == 1:
             results = [one(job_id) for job_id in job_ids]
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="bench-worker") as pool:
                 results = list(pool.map(one, job_ids))
+    tree_cpu_s = _own_tree_cpu_s() - tree
     with bench.parts.db.session() as session:
         rows = session.scalars(select(JobRow).where(JobRow.id.in_(job_ids))).all()
         failed = [f"job {r.id}: {r.state} {r.reason or ''}" for r in rows if r.state != "inferred"]
@@ -211,7 +235,9 @@ def run_pipeline(
         raise BenchmarkError(f"{bench.manifest.key}: {'; '.join(failed)}")
     batches = chosen.batcher.batch_sizes(bench.device.key)[before:]
     latencies = [latency for _, latency in results]
-    return PipelineRun(threads, len(job_ids), images, latencies, timings, phase[0], batches)
+    return PipelineRun(
+        threads, len(job_ids), images, latencies, timings, phase[0], batches, tree_cpu_s
+    )
 
 
 def median_run(runs: Sequence[Run]) -> Run:
@@ -225,17 +251,32 @@ def stage_overlap(
 ) -> dict[str, Any]:
     """Pipeline throughput ÷ the slowest stage run alone on the same cores: decode ▸
     preprocess with every core (the process pool), or bare inference at the batch the
-    batcher formed. 1 means the stages overlap perfectly and the slowest one sets the pace."""
-    alone = {
-        "decode_preprocess": prepare.images_per_s,
-        f"bare_inference_b{same_batch.batch}": same_batch.images_per_s,
-    }
+    batcher formed. 1 means the stages overlap perfectly and the slowest one sets the pace.
+
+    With the CPU each stage costs per image alone: where the stages share the cores, the
+    pipeline needs both stages' CPU for every image, so on the cores the slowest stage
+    alone kept busy its overlap cannot pass that stage's CPU ÷ both stages' CPU
+    (``ceiling_on_shared_cores``); what the pipeline spends beyond the two stages (starts,
+    records, dispatch, postprocess) is ``pipeline_beyond_stages``."""
+    bare_name = f"bare_inference_b{same_batch.batch}"
+    alone = {"decode_preprocess": prepare.images_per_s, bare_name: same_batch.images_per_s}
     slowest = min(alone, key=lambda name: alone[name])
+    decode_cpu = prepare.cpu_s_per_image
+    infer_cpu = same_batch.phase.cpu_s / same_batch.images
+    pipeline_cpu = concurrent.tree_cpu_s / concurrent.images
+    slowest_cpu = decode_cpu if slowest == "decode_preprocess" else infer_cpu
     return {
         "value": sig(concurrent.images_per_s / alone[slowest]),
         "slowest_stage": slowest,
         "stages_alone_images_per_s": {name: sig(value) for name, value in alone.items()},
         "pipeline_images_per_s": sig(concurrent.images_per_s),
+        "cpu_ms_per_image": {
+            "decode_preprocess": sig(1000 * decode_cpu),
+            bare_name: sig(1000 * infer_cpu),
+            "pipeline": sig(1000 * pipeline_cpu),
+            "pipeline_beyond_stages": sig(max(1000 * (pipeline_cpu - decode_cpu - infer_cpu), 0)),
+        },
+        "ceiling_on_shared_cores": sig(min(slowest_cpu / (decode_cpu + infer_cpu), 1.0)),
         "decode_preprocess_alone": prepare.as_dict(),
     }
 

@@ -3,14 +3,19 @@
 Modules
 -------
 pipeline
-    :func:`run_job`: load ▸ decode ▸ preprocess ▸ onnxruntime ▸ postprocess ▸ record.
+    :func:`run_job`: start ▸ load ▸ decode ▸ preprocess ▸ onnxruntime ▸ postprocess ▸
+    record.
+start
+    A job claimed for its delivery and its instance keys read, in one write the group
+    recorder commits with other jobs' starts and ends.
 prepare
     Decode ▸ preprocess of one job as one unit of work: the model's inputs, not the pixels.
 batcher
     One session per device per process, batches formed across jobs (max batch, max wait,
     urgent first), each job's outputs handed back to it.
 record
-    A job's findings and end state, committed with the other jobs ending at that moment.
+    A job's findings and end state, committed with the other jobs ending (or starting) at
+    that moment.
 findings
     :class:`Finding` and its :class:`Location`: what inference records and results read.
 pixel_checks

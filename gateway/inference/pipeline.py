@@ -1,10 +1,11 @@
 """The inference pipeline for one job, as one explicit sequence of named stages:
 
-load (object store) ▸ decode (each codestream's header checked against its dataset and
-the pixel budget, then pydicom + plugins) ▸ preprocess (MONAI, as in training)
-▸ infer (onnxruntime, batched with other jobs' inputs) ▸ postprocess (findings in source
-coordinates) ▸ record (:mod:`gateway.inference.record`: one transaction with the other
-jobs that end at the same moment).
+start (:mod:`gateway.inference.start`: the claim and the instance keys, committed with
+other jobs' starts and ends) ▸ load (object store) ▸ decode (each codestream's header
+checked against its dataset and the pixel budget, then pydicom + plugins) ▸ preprocess
+(MONAI, as in training) ▸ infer (onnxruntime, batched with other jobs' inputs) ▸
+postprocess (findings in source coordinates) ▸ record (:mod:`gateway.inference.record`:
+one transaction with the other jobs that end or start at the same moment).
 
 The worker's threads each run one job through this sequence; what makes it a pipeline
 across jobs is where two stages run: decode ▸ preprocess in the process pool
@@ -31,19 +32,18 @@ import numpy as np
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
-from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
-from gateway.index.tables import JobRow, utcnow
 from gateway.inference.batcher import Batcher, BatchLimits, Outputs
 from gateway.inference.decode import DecodeError
 from gateway.inference.decode_pool import DecodePool
 from gateway.inference.findings import Finding, Location
-from gateway.inference.lease import a_live_run_of, heartbeat
+from gateway.inference.lease import heartbeat
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.inference.record import GroupRecorder, Outcome
-from gateway.jobs.states import DONE_STATES, JobState, fail_job, set_job_state
+from gateway.inference.start import Start
+from gateway.jobs.states import JobState, fail_job
 from models.manifest import DeviceManifest
 from models.postprocess import RawFinding, interpret
 from models.runtime import SessionCache
@@ -106,12 +106,14 @@ class Stopwatch:
 def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -> str:
     """Run one job to its end state and return it. ``runner`` names the delivery (the task
     and its retry count): a second copy of a delivery still running the job is skipped."""
+    assert context.recorder is not None  # made in __post_init__
     try:
-        job = _start(context.db, job_id, context.lease_s, runner)
+        started = context.recorder.start(Start(job_id, runner, context.lease_s))
     except DatabaseError as exc:
         raise TransientError(f"database: {exc}") from exc
-    if job is None:
+    if started is None:
         return "skipped"
+    job = _Job(started.id, started.series_uids, started.device_key, started.priority, started.keys)
     try:
         with heartbeat(context.db, job_id, runner, context.lease_s):
             job = _with_priors(context, job)
@@ -132,6 +134,7 @@ class _Job:
     series_uids: tuple[str, ...]
     device_key: str
     priority: int  # gateway.routing.Priority: urgent studies are batched first
+    keys: tuple[str, ...]  # the series' instances, read when the job was claimed
     # The series of the prior studies its device asked for; the reference devices read none.
     prior_series_uids: tuple[str, ...] = ()
 
@@ -143,28 +146,14 @@ def _with_priors(context: InferenceContext, job: _Job) -> _Job:
     return replace(job, prior_series_uids=context.priors(job.id, manifest))
 
 
-def _start(db: Database, job_id: int, lease_s: float, runner: str | None) -> _Job | None:
-    with db.session() as session:
-        job = session.get(JobRow, job_id, with_for_update=True)  # one runner records
-        if job is None or job.state in DONE_STATES:
-            return None
-        if a_live_run_of(job, runner, utcnow(), lease_s):
-            log.info("a copy of the delivery running this job: skipped", extra={"job_id": job_id})
-            return None
-        set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
-        job.runner = runner
-        series = tuple(job.series_uids or [job.series_uid])
-        return _Job(job.id, series, job.device_key, job.priority)
-
-
 def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict[str, float]]:
     watch = Stopwatch()
     manifest = context.registry.manifest(job.device_key)
     assert context.batcher is not None  # made in __post_init__
     # Announced to the device's batcher from here: a batch not yet full waits for this job.
     with context.batcher.arrival(job.device_key) as arrival:
-        with watch.stage("load"):  # the keys; the bytes are read where they are decoded
-            keys = _object_keys(context.db, job.series_uids)
+        with watch.stage("load"):  # the keys (read at the start); the bytes where decoded
+            keys = _object_keys(job)
         with watch.stage("decode"):  # load ▸ checks ▸ decode ▸ preprocess: in the pool
             prepared = _decode_and_preprocess(context, keys, manifest)
         _split_pool_time(watch.ms, prepared.stage_ms)
@@ -212,12 +201,10 @@ def _store_masks(
     return kept
 
 
-def _object_keys(db: Database, series_uids: tuple[str, ...]) -> list[str]:
-    with db.session() as session:
-        keys = current_instance_keys(session, series_uids)
-    if not keys:
-        raise JobFailure(f"series {', '.join(series_uids)} have no stored instances")
-    return keys
+def _object_keys(job: _Job) -> list[str]:
+    if not job.keys:
+        raise JobFailure(f"series {', '.join(job.series_uids)} have no stored instances")
+    return list(job.keys)
 
 
 def _decode_and_preprocess(

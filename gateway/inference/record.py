@@ -1,5 +1,6 @@
 """The record stage: a job's findings and its end state, written in one transaction with
-whatever other jobs finished at the same moment (group commit).
+whatever other jobs finished — or started (:mod:`gateway.inference.start`) — at the same
+moment (group commit).
 
 Each job's write is what it was alone — the row locked, left alone if another run already
 finished it, its old findings replaced, ``inferred`` set with its timings — so redelivery
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
@@ -21,6 +24,7 @@ from sqlalchemy.orm import Session
 from gateway.index.database import Database
 from gateway.index.tables import FindingRow, JobRow
 from gateway.inference.findings import Finding
+from gateway.inference.start import Start, StartedJob, write_start
 from gateway.jobs.states import DONE_STATES, JobState, set_job_state
 
 log = logging.getLogger(__name__)
@@ -51,26 +55,48 @@ def write_outcome(session: Session, outcome: Outcome) -> bool:
     return True
 
 
+Write = Outcome | Start  # what the recorder commits: a job's end, or its start
+_Waiting = tuple[Write, "Future[Any]"]
+
+
+def _write(session: Session, write: Write) -> bool | StartedJob | None:
+    if isinstance(write, Start):
+        return write_start(session, write)
+    return write_outcome(session, write)
+
+
 class GroupRecorder:
-    """One thread that records every outcome waiting, in one transaction."""
+    """One thread that commits every job write waiting — outcomes and starts — in one
+    transaction."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._waiting: list[tuple[Outcome, Future[bool]]] = []
+        self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._closed = False
-        self.groups: list[int] = []  # jobs per transaction, for tests and the benchmark
+        self.groups: list[int] = []  # job writes per transaction, for tests and the benchmark
         self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
         self._thread.start()
 
     def record(self, outcome: Outcome) -> bool:
         """Record ``outcome`` and return once it is committed (False: the job had ended);
         raises what the database raised."""
-        future: Future[bool] = Future()
+        done: bool = self._submit(outcome)
+        return done
+
+    def start(self, start: Start) -> StartedJob | None:
+        """Claim the job for ``start.runner`` and return it with its keys once committed
+        (None: it had ended, or a live copy of the delivery runs it); raises what the
+        database raised."""
+        started: StartedJob | None = self._submit(start)
+        return started
+
+    def _submit(self, write: Write) -> Any:
+        future: Future[Any] = Future()
         with self._changed:
             if self._closed:
                 raise RuntimeError("the recorder is closed")
-            self._waiting.append((outcome, future))
+            self._waiting.append((write, future))
             self._changed.notify()
         return future.result()
 
@@ -90,14 +116,14 @@ class GroupRecorder:
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
             self._commit(group)
 
-    def _commit(self, group: list[tuple[Outcome, Future[bool]]]) -> None:
+    def _commit(self, group: Sequence[_Waiting]) -> None:
         self.groups.append(len(group))
         try:
             with self.db.session() as session:
                 # Rows locked in id order: two workers' groups never wait on each other in
                 # a cycle (PostgreSQL would end one as a deadlock).
                 order = sorted(range(len(group)), key=lambda i: group[i][0].job_id)
-                wrote = {i: write_outcome(session, group[i][0]) for i in order}
+                wrote = {i: _write(session, group[i][0]) for i in order}
                 written = [wrote[i] for i in range(len(group))]
         except Exception as exc:
             if len(group) == 1:
@@ -110,5 +136,5 @@ class GroupRecorder:
             for one in group:
                 self._commit([one])
             return
-        for (_outcome, future), done in zip(group, written, strict=True):
-            future.set_result(done)
+        for (_done, future), result in zip(group, written, strict=True):
+            future.set_result(result)

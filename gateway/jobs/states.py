@@ -70,7 +70,7 @@ def set_job_state(
     if reason is not None:
         job.reason = reason
     record_event(
-        session,
+        session.connection(),  # Core: not the ORM's insert path, ~1 ms a job less, no autoflush
         job.study_id,
         "job",
         now,

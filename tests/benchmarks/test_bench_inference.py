@@ -39,6 +39,7 @@ PIPELINE_FIELDS = {
     "job_ms_p95",
     "ms_per_image",
     "cpu_ms_per_image",
+    "cpu_ms_per_image_with_children",
     "stages_ms_per_job",
     "stage_share",
     "batches",
@@ -48,7 +49,7 @@ PIPELINE_FIELDS = {
 }
 RATIOS = {"pipeline_vs_bare", "sequential_vs_bare", "concurrent_vs_bare", "cpu_bare_vs_pipeline"}
 # Figures that are legitimately zero: an idle machine.
-MAY_BE_ZERO = {"other_load_cores"}
+MAY_BE_ZERO = {"other_load_cores", "pipeline_beyond_stages"}
 
 
 def _numbers(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
@@ -178,6 +179,9 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
         rel_tol=0.01,
     )
     assert overlap["target"] == 0.8
+    cpu = overlap["cpu_ms_per_image"]
+    assert set(cpu) == {*alone, "pipeline", "pipeline_beyond_stages"}
+    assert 0 < overlap["ceiling_on_shared_cores"] <= 1
     assert len(device["stage_overlap_rounds"]) == report["parameters"]["rounds"]
     assert report["target"]["stage_overlap_min"] == 0.8
     assert [c["device"] for c in report["target"]["stage_overlap_checks"]] == [

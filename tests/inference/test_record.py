@@ -1,5 +1,6 @@
 """The record stage's group commit: jobs that end together share one transaction, a job
-another run already finished is left alone, and one job whose write fails fails alone."""
+another run already finished is left alone, and one job whose write fails fails alone; jobs
+that start share it too, each claimed as it would be alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.index.instances import current_instance_keys
 from gateway.inference.record import GroupRecorder, Outcome
+from gateway.inference.start import Start, StartedJob
 from tests.inference.test_inference_flow import (  # noqa: F401 (the fixtures)
     decode_memory_limit_mb,
     test_device_gateway,
@@ -67,3 +70,42 @@ def test_outcomes_recorded_from_many_threads_all_end_inferred(
     assert done == [True] * len(jobs)
     assert sum(recorder.groups) == len(jobs)
     assert {_job(gateway, job.job_id).state for job in jobs} == {"inferred"}
+
+
+def test_starts_share_the_transaction_and_each_is_claimed_as_alone(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    gateway = test_device_gateway
+    live, done, stale, ending = (
+        _analysed_job(gateway, tmp_path / str(seed), seed) for seed in (61, 62, 63, 64)
+    )
+    _set_running(gateway, live.job_id, beat_age_s=1, runner="t1:0")
+    _set_running(gateway, stale.job_id, beat_age_s=600, runner="t9:0")  # its worker died
+    _set_running(gateway, ending.job_id, beat_age_s=1)
+    attempts = _job(gateway, stale.job_id).attempts
+    recorder = GroupRecorder(gateway.parts.db)
+    try:
+        group: list[tuple[Outcome | Start, Future[object]]] = [
+            (Start(live.job_id, "t1:0", 30.0), Future()),  # a copy of the live delivery
+            (Start(done.job_id, "t2:0", 30.0), Future()),
+            (Start(stale.job_id, "t3:0", 30.0), Future()),
+            (Outcome(ending.job_id, [], {"infer": 1.0}), Future()),
+        ]
+        recorder._commit(group)
+    finally:
+        recorder.close()
+    assert recorder.groups == [4]  # one transaction
+    assert group[0][1].result() is None
+    assert group[1][1].result() is None  # inferred already
+    started = group[2][1].result()
+    assert isinstance(started, StartedJob) and started.id == stale.job_id
+    with gateway.parts.db.session() as session:
+        assert list(started.keys) == current_instance_keys(session, started.series_uids)
+    assert started.keys
+    assert group[3][1].result() is True
+    held, claimed = _job(gateway, live.job_id), _job(gateway, stale.job_id)
+    assert (held.state, held.runner) == ("running", "t1:0")
+    assert (claimed.state, claimed.runner, claimed.attempts) == ("running", "t3:0", attempts + 1)
+    assert _job(gateway, done.job_id).state == "inferred"
+    assert _job(gateway, ending.job_id).state == "inferred"
