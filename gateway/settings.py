@@ -93,8 +93,15 @@ class Settings(BaseSettings):
         default_factory=lambda: min(64, os.cpu_count() or 1),
         ge=1,
         le=64,
-        description="SCP processes sharing the port (SO_REUSEPORT); >1 gets past the GIL. "
+        description="SCP processes sharing the listening socket; >1 gets past the GIL. "
         "Default: the machine's cores.",
+    )
+    scp_balance_grace_ms: float = Field(
+        default=200.0,
+        ge=0,
+        le=10_000,
+        description="How long a more loaded SCP process leaves a new connection to a less "
+        "loaded one before accepting it itself (scp_processes > 1).",
     )
     ingest_commit_window_ms: float = Field(
         default=5.0,

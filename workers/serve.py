@@ -3,9 +3,10 @@
 Start-up order matters: wait for the database and the object store (they may start after
 this process), migrate the index, recover from an unclean stop, and only then accept
 associations. The broker is not waited for: ingest needs none, and jobs recorded meanwhile
-are sent when it appears. Extra SCP processes (``scp_processes`` > 1) share the port through
-SO_REUSEPORT; study assembly and HTTP (HTTPS with ``http_tls_cert_file``) run once, in this
-process, whose ``/metrics`` reports the DICOM edge's counters of every SCP process.
+are sent when it appears. Extra SCP processes (``scp_processes`` > 1) accept on this
+process's listening socket, the least loaded first (:mod:`gateway.ingest.balance`); study
+assembly and HTTP (HTTPS with ``http_tls_cert_file``) run once, in this process, whose
+``/metrics`` reports the DICOM edge's counters of every SCP process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ctypes
 import logging
 import multiprocessing
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from gateway.index.due import Backoff
 from gateway.index.object_store import ObjectStore, create_store
 from gateway.index.recovery import recover
 from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
+from gateway.ingest.balance import AcceptBalance, Seat
 from gateway.ingest.expected import ExpectedCounts
 from gateway.ingest.orthanc_follow import OrthancFollower
 from gateway.ingest.receive import Ingest
@@ -128,20 +131,21 @@ class Gateway:
         for step in self.before_accepting:
             step()
         shared = settings.scp_processes > 1
+        balance = AcceptBalance(settings.scp_processes) if shared else None
         self.scp = DicomServer(
             settings,
             Ingest(self.parts.db, self.parts.store, settings.ingest_commit_window_ms),
             self.parts.directory,
             self.parts.source_ids,
             self.parts.store,
-            shared_port=shared,
+            seat=balance.seat(0, settings.scp_balance_grace_ms / 1000) if balance else None,
             counters=self.edge_counters,
             audit=audit_associations(self.parts),
             releases=ReleaseCompletion(self.assembler.complete, self.assembler.wake),
             device_results=self.device_results,
         )
-        if shared:
-            self._start_children(settings)
+        if balance is not None:
+            self._start_children(settings, balance, self.scp.listening_sockets())
         self.scp.start()
         self._thread(
             lambda: self.assembler.run(self.stop_event, settings.assembly_poll_s), "assembler"
@@ -167,13 +171,21 @@ class Gateway:
             if source.orthanc is not None
         ]
 
-    def _start_children(self, settings: Settings) -> None:
+    def _start_children(
+        self, settings: Settings, balance: AcceptBalance, sockets: dict[str, socket.socket]
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         for number in range(1, settings.scp_processes):
+            # The listening sockets travel as descriptors duplicated into the child.
             child = context.Process(
                 target=run_scp_child,
                 name=f"aigw-scp-{number}",
-                args=(settings.model_dump(mode="json"), self.edge_counters),
+                args=(
+                    settings.model_dump(mode="json"),
+                    self.edge_counters,
+                    sockets,
+                    balance.seat(number, settings.scp_balance_grace_ms / 1000),
+                ),
                 daemon=True,
             )
             child.start()
@@ -258,8 +270,14 @@ def audit_associations(parts: Parts) -> AuditHook:
     return record
 
 
-def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None:
-    """Entry point of an extra SCP process: ingest only, on the shared port(s)."""
+def run_scp_child(
+    settings_data: dict[str, Any],
+    counters: EdgeCounters,
+    sockets: dict[str, socket.socket],
+    seat: Seat,
+) -> None:
+    """Entry point of an extra SCP process: ingest only, on the main process's listening
+    socket(s), weighed against the others by ``seat``."""
     _die_with_parent()
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.log_level, settings.log_json)
@@ -270,7 +288,8 @@ def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None
         parts.directory,
         parts.source_ids,
         parts.store,
-        shared_port=True,
+        adopt=sockets,
+        seat=seat,
         counters=counters,
         audit=audit_associations(parts),
         # Completes in the index; the main process's assembler hands over on its next tick.
@@ -278,6 +297,7 @@ def run_scp_child(settings_data: dict[str, Any], counters: EdgeCounters) -> None
         device_results=device_results(parts),
     )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
+    log.info("DICOM SCP process accepting", extra={"scp_process": seat.index})
     server.serve_forever()
 
 

@@ -11,6 +11,8 @@ scp
 connections
     Connections before they are associations: one selector thread accepts, caps connections
     per peer, completes TLS handshakes and reads the A-ASSOCIATE-RQ under a deadline.
+balance
+    SCP processes sharing one listening socket: the least loaded takes the next connection.
 reactor
     pynetdicom's association and DUL loops woken by their messages instead of 1 ms polls.
 dimse

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import selectors
 import socket
 import ssl
@@ -36,6 +37,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationServer
 
+from gateway.ingest.balance import Seat
 from gateway.ingest.dimse import EdgeDimse, EdgeDul
 from gateway.ingest.pdu_limits import (
     A_ASSOCIATE_RQ,
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 _ACCEPTS_PER_WAKE = 64
 _TICK_S = 0.5
+_WAIT_TICK_S = 0.005  # how often a connection left to a lighter process is looked at
 
 
 class EdgeListener(AssociationServer):
@@ -73,12 +76,13 @@ class EdgeListener(AssociationServer):
         evt_handlers: list[Any] | None = None,
         *,
         tls: ssl.SSLContext | None = None,
-        reuse_port: bool = False,
+        adopt: socket.socket | None = None,
     ) -> None:
         # pynetdicom's own ssl_context would handshake in the accept loop, blocking it for
         # as long as a peer stalls; the handshake is Admission's job.
         self.tls = tls
-        self.reuse_port = reuse_port
+        # An extra SCP process listens on the main process's socket (gateway.ingest.balance).
+        self.adopted = adopt
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers)
 
     @property
@@ -86,14 +90,25 @@ class EdgeListener(AssociationServer):
         return int(self.server_address[1])
 
     def server_bind(self) -> None:
-        listening = cast(socket.socket, self.socket)
-        if self.reuse_port:
-            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-        listening.setblocking(False)
+        if self.adopted is not None:
+            cast(socket.socket, self.socket).close()  # the fresh one socketserver made
+            self.socket = self.adopted
+            self.server_address = self.adopted.getsockname()
+        else:
+            super().server_bind()
+        cast(socket.socket, self.socket).setblocking(False)
+
+    @property
+    def listening_socket(self) -> socket.socket:
+        return cast(socket.socket, self.socket)
 
     def shutdown(self) -> None:
         self.server_close()
+
+    def server_close(self) -> None:
+        # Close this process's descriptor only: pynetdicom's shutdown(SHUT_RDWR) first would
+        # stop the socket listening for every SCP process that shares it.
+        cast(socket.socket, self.socket).close()
 
     def associate(
         self,
@@ -192,10 +207,18 @@ class Admission:
         limits: AdmissionLimits,
         report: EdgeReport,
         associated_from: Callable[[str], int],
+        *,
+        seat: Seat | None = None,
+        associations: Callable[[], int] = lambda: 0,
     ) -> None:
         self.limits = limits
         self.report = report
         self._associated_from = associated_from  # live associations of a peer address
+        # With scp_processes > 1: this process's place among those sharing the port, and
+        # how many associations it runs (gateway.ingest.balance).
+        self._seat = seat
+        self._associations = associations
+        self._waiting: dict[EdgeListener, float] = {}  # listeners left to lighter processes
         self._selector = selectors.DefaultSelector()
         self._pending: dict[socket.socket, Pending] = {}
         self._per_peer: Counter[str] = Counter()
@@ -226,6 +249,7 @@ class Admission:
             self._thread.join(timeout=10)
 
     def run(self) -> None:
+        self._publish()
         try:
             while not self._stopping:
                 try:
@@ -234,6 +258,8 @@ class Admission:
                     log.exception("DICOM admission loop failed; going on")
                     time.sleep(_TICK_S)
         finally:
+            if self._seat is not None:
+                self._seat.leave()
             for pending in list(self._pending.values()):
                 self._close(pending)
             for listener in self._listeners:
@@ -245,6 +271,8 @@ class Admission:
     def _step(self) -> None:
         now = time.monotonic()
         soonest = min((p.deadline for p in self._pending.values()), default=now + _TICK_S)
+        if self._waiting:
+            soonest = min(soonest, now + _WAIT_TICK_S)
         for key, _mask in self._selector.select(max(0.0, min(soonest - now, _TICK_S))):
             if key.data is None:
                 self._wake_r.recv(64)
@@ -253,11 +281,44 @@ class Admission:
             else:
                 self._advance(key.data)
         now = time.monotonic()
+        for listener, until in list(self._waiting.items()):
+            self._look_again(listener, until, now)
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             self._refuse(pending, _Refused(Refusal.REQUEST_TIMEOUT, _unfinished(pending)))
+        self._publish()
 
-    def _accept(self, listener: EdgeListener) -> None:
+    def _load(self) -> int:
+        return len(self._pending) + self._associations()
+
+    def _publish(self) -> None:
+        if self._seat is not None:
+            self._seat.publish(self._load())
+
+    def _leave_to_lighter(self, listener: EdgeListener) -> bool:
+        """Whether a less loaded process should accept what ``listener`` has queued; if so
+        the listener leaves this selector (its readiness would wake the loop on end) and is
+        looked at every few milliseconds instead, for at most the seat's grace."""
+        if self._seat is None or not self._seat.should_wait(self._load()):
+            return False
+        self._selector.unregister(listener.listening_socket)
+        self._waiting[listener] = time.monotonic() + self._seat.grace_s
+        return True
+
+    def _look_again(self, listener: EdgeListener, until: float, now: float) -> None:
+        queued = bool(select.select([listener.listening_socket], [], [], 0)[0])
+        lighter_still = self._seat is not None and self._seat.should_wait(self._load())
+        if queued and lighter_still and now < until:
+            return  # the lighter process may still take it
+        del self._waiting[listener]
+        self._selector.register(listener.listening_socket, selectors.EVENT_READ, listener)
+        if queued:  # taken here: the loads changed, or the lighter one let the grace pass
+            self._accept(listener, waited=lighter_still)
+
+    def _accept(self, listener: EdgeListener, waited: bool = False) -> None:
         for _ in range(_ACCEPTS_PER_WAKE):
+            if not waited and self._leave_to_lighter(listener):
+                return
+            waited = False  # one connection taken after the wait; the next is weighed again
             try:
                 connection, address = cast(socket.socket, listener.socket).accept()
             except (BlockingIOError, InterruptedError):
@@ -266,6 +327,7 @@ class Admission:
                 log.warning("DICOM accept failed", extra={"error": str(exc)})
                 return
             self._admit(connection, address, listener)
+            self._publish()
 
     def _admit(
         self, connection: socket.socket, address: tuple[str, int], listener: EdgeListener

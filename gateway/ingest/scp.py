@@ -11,6 +11,7 @@ association runs under :mod:`gateway.ingest.pdu_limits`.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pynetdicom.events import Event
 from gateway.dimse_status import Status
 from gateway.errors import ConfigError
 from gateway.index.object_store import ObjectStore
+from gateway.ingest.balance import Seat
 from gateway.ingest.connections import Admission, AdmissionLimits, EdgeListener
 from gateway.ingest.pdu_limits import GuardedSocket
 from gateway.ingest.receive import Ingest, Sender
@@ -337,7 +339,8 @@ class DicomServer:
         source_ids: dict[str, int],
         store: ObjectStore,
         *,
-        shared_port: bool = False,
+        adopt: dict[str, socket.socket] | None = None,
+        seat: Seat | None = None,
         counters: EdgeCounters | None = None,
         audit: AuditHook | None = None,
         releases: ReleaseCompletion | None = None,
@@ -381,20 +384,29 @@ class DicomServer:
             ),
             self.report,
             self._associated_from,
+            seat=seat,
+            associations=self._associations,
         )
         tls = listener_context(settings)  # a bad key file fails before any port is bound
         self.listeners: dict[str, EdgeListener] = {}
+        adopt = adopt or {}
         if settings.dicom_plain_enabled:
-            self.listeners["plain"] = self._listen(settings.dicom_port, None, handlers, shared_port)
+            self.listeners["plain"] = self._listen(
+                settings.dicom_port, None, handlers, adopt.get("plain")
+            )
         if tls is not None:
             self.listeners["tls"] = self._listen(
-                settings.dicom_tls_port, tls, handlers, shared_port
+                settings.dicom_tls_port, tls, handlers, adopt.get("tls")
             )
         for listener in self.listeners.values():
             self.admission.add(listener)
 
     def _listen(
-        self, port: int, tls: ssl.SSLContext | None, handlers: list[Any], shared_port: bool
+        self,
+        port: int,
+        tls: ssl.SSLContext | None,
+        handlers: list[Any],
+        adopt: socket.socket | None,
     ) -> EdgeListener:
         return cast(
             EdgeListener,
@@ -404,9 +416,13 @@ class DicomServer:
                 evt_handlers=handlers,
                 server_class=EdgeListener,
                 tls=tls,
-                reuse_port=shared_port,
+                adopt=adopt,
             ),
         )
+
+    def listening_sockets(self) -> dict[str, socket.socket]:
+        """The bound, listening sockets by kind, for the extra SCP processes to share."""
+        return {kind: listener.listening_socket for kind, listener in self.listeners.items()}
 
     @property
     def port(self) -> int:
@@ -417,6 +433,9 @@ class DicomServer:
     def tls_port(self) -> int | None:
         listener = self.listeners.get("tls")
         return listener.port if listener else None
+
+    def _associations(self) -> int:
+        return sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor)
 
     def _associated_from(self, peer: str) -> int:
         return sum(

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.services.processes import ROOT, ServiceError, stop_process, wait_for_port
+from tests.services.processes import ROOT, ServiceError, stop_process, wait_for_port, wait_until
 
 
 def gateway_env(**settings: str) -> dict[str, str]:
@@ -31,9 +31,10 @@ def gateway_env(**settings: str) -> dict[str, str]:
 
 @dataclass
 class GatewayProcess:
-    """``scp_processes`` is how many sockets must listen on the DICOM port before
-    :meth:`start` returns: extra SCP processes bind it (SO_REUSEPORT) a moment after the
-    first, and sending before they all listen would put every association on the first."""
+    """``scp_processes`` is how many SCP processes must accept on the DICOM port before
+    :meth:`start` returns: the extra ones take the main process's listening socket a moment
+    after it listens, and sending before they all accept would put every association on the
+    first."""
 
     data_dir: Path
     dicom_port: int
@@ -49,6 +50,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [sys.executable, "-m", "workers.cli", "serve", "--data-dir",
                    str(self.data_dir), "--dicom-port", str(self.dicom_port), "--http-port",
                    "0", *self.args]  # fmt: skip
@@ -57,8 +59,12 @@ class GatewayProcess:
                 command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
             )
         try:
-            wait_for_port(
-                self.dicom_port, self.start_timeout_s, self.process, sockets=self.scp_processes
+            wait_for_port(self.dicom_port, self.start_timeout_s, self.process)
+            wait_until(
+                lambda: self._extra_scps_accepting(log_start) >= self.scp_processes - 1,
+                "the extra SCP processes",
+                self.process,
+                timeout_s=self.start_timeout_s,
             )
         except ServiceError as exc:
             raise ServiceError(f"aigw serve: {exc}; its log ends: {self.log_tail()}") from exc
@@ -83,6 +89,11 @@ class GatewayProcess:
             with contextlib.suppress(json.JSONDecodeError):
                 lines.append(json.loads(raw))
         return lines
+
+    def _extra_scps_accepting(self, log_start: int) -> int:
+        with self.log_path.open("rb") as log:
+            log.seek(log_start)
+            return log.read().count(b'"event": "DICOM SCP process accepting"')
 
     def log_tail(self, chars: int = 2000) -> str:
         if not self.log_path.exists():

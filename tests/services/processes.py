@@ -82,7 +82,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def listening_sockets(port: int) -> int:
-    """How many sockets listen on ``port`` (several with SO_REUSEPORT). Read from /proc, so
+    """How many sockets listen on ``port``. Read from /proc, so
     that waiting for a DICOM port opens no association the receiver would log as aborted."""
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
