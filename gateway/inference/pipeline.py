@@ -42,7 +42,7 @@ from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.inference.record import GroupRecorder, Outcome
-from gateway.inference.start import Start
+from gateway.inference.start import Start, StartedJob
 from gateway.jobs.states import JobState, fail_job
 from models.manifest import DeviceManifest
 from models.postprocess import RawFinding, interpret
@@ -113,7 +113,7 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         raise TransientError(f"database: {exc}") from exc
     if started is None:
         return "skipped"
-    job = _Job(started.id, started.series_uids, started.device_key, started.priority, started.keys)
+    job = started
     try:
         with heartbeat(context.db, job_id, runner, context.lease_s):
             job = _with_priors(context, job)
@@ -128,25 +128,14 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         raise TransientError(f"{exc.__class__.__name__}: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class _Job:
-    id: int
-    series_uids: tuple[str, ...]
-    device_key: str
-    priority: int  # gateway.routing.Priority: urgent studies are batched first
-    keys: tuple[str, ...]  # the series' instances, read when the job was claimed
-    # The series of the prior studies its device asked for; the reference devices read none.
-    prior_series_uids: tuple[str, ...] = ()
-
-
-def _with_priors(context: InferenceContext, job: _Job) -> _Job:
+def _with_priors(context: InferenceContext, job: StartedJob) -> StartedJob:
     if context.priors is None:
         return job
     manifest = context.registry.manifest(job.device_key)
     return replace(job, prior_series_uids=context.priors(job.id, manifest))
 
 
-def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict[str, float]]:
+def _pipeline(context: InferenceContext, job: StartedJob) -> tuple[list[Finding], dict[str, float]]:
     watch = Stopwatch()
     manifest = context.registry.manifest(job.device_key)
     assert context.batcher is not None  # made in __post_init__
@@ -169,7 +158,7 @@ def _pipeline(context: InferenceContext, job: _Job) -> tuple[list[Finding], dict
 
 
 def _session_run(
-    context: InferenceContext, job: _Job, manifest: DeviceManifest
+    context: InferenceContext, job: StartedJob, manifest: DeviceManifest
 ) -> Callable[[np.ndarray], Outputs]:
     """The device's session as the batcher runs it (made here, so a model that will not
     load fails this job, not the batcher)."""
@@ -201,7 +190,7 @@ def _store_masks(
     return kept
 
 
-def _object_keys(job: _Job) -> list[str]:
+def _object_keys(job: StartedJob) -> list[str]:
     if not job.keys:
         raise JobFailure(f"series {', '.join(job.series_uids)} have no stored instances")
     return list(job.keys)

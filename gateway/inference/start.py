@@ -43,6 +43,9 @@ class StartedJob:
     device_key: str
     priority: int  # gateway.routing.Priority: urgent studies are batched first
     keys: tuple[str, ...]  # the series' current instances, in the order they are decoded
+    # The series of the prior studies its device asked for (filled in after the start);
+    # the reference devices read none.
+    prior_series_uids: tuple[str, ...] = ()
 
 
 def write_start(session: Session, start: Start) -> StartedJob | None:
