@@ -41,6 +41,8 @@ DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 GPU_PROVIDERS = frozenset({TENSORRT, CUDA})
+# Batch shapes whose pinned host and device input buffers a thread keeps (see _on_device).
+STAGED_SHAPES = 4
 ProviderEntry = str | tuple[str, dict[str, Any]]
 
 
@@ -135,6 +137,11 @@ class SessionCache:
             model = load_fp16() if fp16 and load_fp16 is not None else load()
             providers = provider_options(self.providers, self.gpu, device_key, fp16)
             session = ort.InferenceSession(model, sess_options=options, providers=providers)
+            if fp16 and session.get_providers()[0] not in GPU_PROVIDERS:
+                # onnxruntime-gpu fell back to the CPU (no usable GPU or driver): the fp16
+                # model is only ever run on a GPU, so the fp32 one runs here.
+                fp16 = False
+                session = ort.InferenceSession(load(), sess_options=options, providers=providers)
             self._sessions[device_key] = session
             self.precisions[device_key] = "fp16" if fp16 else "fp32"
             log.info(
@@ -187,16 +194,21 @@ class SessionCache:
     def _on_device(self, part: np.ndarray) -> ort.OrtValue:
         """``part`` on the GPU: copied into this thread's pinned host buffer of its shape,
         then into its device buffer of that shape. Both are kept and reused (no allocation
-        per run; the copy is synchronous and the run ends before the next copy starts)."""
+        per run; the copy is synchronous and the run ends before the next copy starts), for
+        the last :data:`STAGED_SHAPES` shapes: the batcher forms every batch size up to its
+        maximum, and page-locked and GPU memory must not grow with each."""
         buffers: dict[tuple[int, ...], tuple[np.ndarray, ort.OrtValue]]
         buffers = getattr(self._staging, "buffers", None) or {}
         self._staging.buffers = buffers
-        pair = buffers.get(part.shape)
+        pair = buffers.pop(part.shape, None)
         if pair is None:
+            while len(buffers) >= STAGED_SHAPES:
+                del buffers[next(iter(buffers))]  # the least recently used shape
             on_device = ort.OrtValue.ortvalue_from_shape_and_type(
                 part.shape, np.float32, "cuda", self.gpu.device_id
             )
-            pair = buffers[part.shape] = (pinned_empty(part.shape), on_device)
+            pair = (pinned_empty(part.shape), on_device)
+        buffers[part.shape] = pair  # (re)inserted last: the dict's order is recency
         host, on_device = pair
         np.copyto(host, part, casting="same_kind")
         on_device.update_inplace(host)

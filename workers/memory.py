@@ -6,11 +6,13 @@ flag image, its RGB copy). glibc serves allocations above its mmap threshold wit
 threshold, so every job touched those pages anew: ~15,000 page faults, about 40 ms of a
 flag image's ~55 ms (benchmarks/results_cpu.py reports faults per object). With the mmap
 threshold at glibc's maximum (32 MiB on 64-bit) and trimming only past 256 MiB, freed buffers
-stay in the heap and the next job reuses them; the price is that a worker's resident size
-stays at its peak, which the results pool's bounded concurrency already bounds.
+stay in the heap and the next job reuses them. The price: each of glibc's arenas (one per
+thread that allocates, up to 8 per core) may keep up to its own peak, so a worker's resident
+size stays near the peak of what its threads held at once, rather than falling between jobs.
 
-Set once per process before the work starts (``aigw serve``, ``demo``, ``worker``; children
-forked later inherit it). A no-op where the C library is not glibc.
+Set once in the process that builds results, before the work starts (``aigw serve``,
+``demo``, ``worker``). The processes started later with ``spawn`` or ``forkserver`` (the SCP
+processes, the decode pool) keep glibc's defaults. A no-op where the C library is not glibc.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import signal
 import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import uvicorn
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +34,7 @@ from gateway.index.due import Backoff
 from gateway.index.object_store import ObjectStore, create_store
 from gateway.index.recovery import recover
 from gateway.ingest.assembly import Assembler, CompletionHook, log_completion
-from gateway.ingest.balance import AcceptBalance, Seat
+from gateway.ingest.balance import NOT_ACCEPTING, AcceptBalance, Seat
 from gateway.ingest.expected import ExpectedCounts
 from gateway.ingest.orthanc_follow import OrthancFollower
 from gateway.ingest.receive import Ingest
@@ -190,6 +191,17 @@ class Gateway:
             )
             child.start()
             self._children.append(child)
+        seats = {child.sentinel: number for number, child in enumerate(self._children, start=1)}
+        self._thread(lambda: self._watch_children(balance, seats), "scp-children")
+
+    def _watch_children(self, balance: AcceptBalance, seats: dict[int, int]) -> None:
+        """A child that dies (killed, out of memory) keeps the load it last published: the
+        others would leave every connection to it for the grace. Its seat is emptied here."""
+        while seats and not self.stop_event.is_set():
+            for sentinel in multiprocessing.connection.wait(list(seats), timeout=1.0):
+                number = seats.pop(cast(int, sentinel))
+                balance.publish(number, NOT_ACCEPTING)
+                log.error("SCP process ended", extra={"scp_process": number})
 
     def _start_http(self, settings: Settings) -> None:
         app = create_app(

@@ -2,10 +2,11 @@
 
 Every transfer syntax pydicom can decode with the installed plugins (pylibjpeg: JPEG,
 JPEG-lossless, JPEG 2000, RLE; pyjpegls: JPEG-LS; deflate natively); on a GPU node JPEG,
-JPEG lossless, JPEG 2000 and HTJ2K on the GPU instead (:mod:`gateway.inference.gpu_decode`,
-the same arrays bit for bit). The modality LUT is
-applied (CT values in HU). A volume is ordered from ImagePositionPatient /
-ImageOrientationPatient, not by InstanceNumber, which scanners number inconsistently: along
+JPEG lossless, JPEG 2000 and HTJ2K on the GPU instead (:mod:`gateway.inference.gpu_decode`;
+the lossless syntaxes give the same arrays bit for bit, the lossy ones may differ by the
+decoders' rounding). The modality LUT is applied (CT values in HU). A volume is ordered from
+ImagePositionPatient / ImageOrientationPatient, not by InstanceNumber, which scanners number
+inconsistently: along
 the slice normal, turned to point into the patient's superior / left / posterior side along
 its main axis, from that side's end — for an axial series, cranial first, as radiologists
 page it and as the reference devices were trained, whichever way the scanner moved.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ class GroupRecorder:
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._closed = False
-        self.groups: list[int] = []  # job writes per transaction, for tests and the benchmark
+        # Job writes per transaction, for tests and the benchmark: the recent ones only (a
+        # worker runs for months).
+        self.groups: deque[int] = deque(maxlen=65536)
         self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
         self._thread.start()
 

@@ -312,13 +312,14 @@ class Admission:
         del self._waiting[listener]
         self._selector.register(listener.listening_socket, selectors.EVENT_READ, listener)
         if queued:  # taken here: the loads changed, or the lighter one let the grace pass
+            # (then all that is queued: a lighter process that let one connection wait its
+            # whole grace would let the next ones wait too)
             self._accept(listener, waited=lighter_still)
 
     def _accept(self, listener: EdgeListener, waited: bool = False) -> None:
         for _ in range(_ACCEPTS_PER_WAKE):
             if not waited and self._leave_to_lighter(listener):
                 return
-            waited = False  # one connection taken after the wait; the next is weighed again
             try:
                 connection, address = cast(socket.socket, listener.socket).accept()
             except (BlockingIOError, InterruptedError):

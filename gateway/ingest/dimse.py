@@ -60,7 +60,10 @@ _OPTIONAL_RESPONSE = ("OffendingElement", "ErrorComment")
 
 
 def _uid(value: str) -> bytes:
-    data = value.encode("ascii")
+    # latin-1, as pydicom decoded the command set's UI values and pynetdicom's writer
+    # encodes them: a malformed UID (non-ASCII) is written back byte for byte and refused
+    # by the C-STORE handler's checks, rather than raising here and dropping the association.
+    data = value.encode("latin-1")
     return data + b"\0" if len(data) % 2 else data
 
 

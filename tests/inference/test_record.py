@@ -44,7 +44,7 @@ def test_a_group_is_one_transaction_and_a_failing_write_fails_alone(
     with pytest.raises(Exception, match="StatementError"):
         group[1][1].result()
     assert group[2][1].result() is False  # already inferred: left as it was
-    assert recorder.groups == [3, 1, 1, 1]  # together, then one by one after the failure
+    assert list(recorder.groups) == [3, 1, 1, 1]  # together, then one by one after the failure
     assert _job(gateway, running.job_id).state == "inferred"
     assert _job(gateway, running.job_id).timings_ms == {"infer": 1.0}
     assert _job(gateway, broken.job_id).state == "running"
@@ -95,7 +95,7 @@ def test_starts_share_the_transaction_and_each_is_claimed_as_alone(
         recorder._commit(group)
     finally:
         recorder.close()
-    assert recorder.groups == [4]  # one transaction
+    assert list(recorder.groups) == [4]  # one transaction
     assert group[0][1].result() is None
     assert group[1][1].result() is None  # inferred already
     started = group[2][1].result()

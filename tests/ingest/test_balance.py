@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from gateway.ingest.balance import AcceptBalance
-from tests.services import GatewayProcess, free_port, gateway_env
+from tests.services import GatewayProcess, free_port, gateway_env, wait_until
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -89,6 +90,19 @@ def test_four_associations_over_two_processes_land_two_each(tmp_path: Path) -> N
         inodes = _established_inodes(port)
         counts = sorted(_held_by(pid, inodes) for pid in pids)
         assert counts[-2:] == [2, 2], counts
+
+        # A child killed keeps the load it published; the main process empties its seat,
+        # and new connections go on being accepted by the survivor.
+        child = max((pid for pid in pids[1:]), key=lambda pid: _held_by(pid, inodes))
+        os.kill(child, signal.SIGKILL)
+        wait_until(
+            lambda: any(line.get("event") == "SCP process ended" for line in gateway.log_lines()),
+            "the dead SCP process's seat emptied",
+            gateway.process,
+        )
+        assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+        assert assoc.is_established
+        held.append(assoc)
     finally:
         for assoc in held:
             assoc.release()

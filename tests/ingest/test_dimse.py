@@ -29,7 +29,8 @@ PYNETDICOM_DECODE_MSG = "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846
 PYNETDICOM_RECEIVE_PRIMITIVE = "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f"
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-UIDS = ["1.2.3.4", "1.2.3.45", "2.25.123456789012345678901234567890123456789"]
+# The last is malformed (non-ASCII, as a sender may send it): written back byte for byte.
+UIDS = ["1.2.3.4", "1.2.3.45", "2.25.123456789012345678901234567890123456789", "1.2.3\xe9"]
 
 
 @pytest.mark.parametrize(
