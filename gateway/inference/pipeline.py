@@ -28,11 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from sqlalchemy import exists, select
 
 from gateway.devices.registry import DeviceRegistry, RegistryError
 from gateway.errors import DatabaseError, GatewayError, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore
+from gateway.index.tables import JobRow
 from gateway.inference.batcher import Batcher, BatchLimits, Outputs
 from gateway.inference.decode import DecodeError
 from gateway.inference.decode_pool import DecodePool
@@ -43,7 +45,7 @@ from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.inference.record import GroupRecorder, Outcome
 from gateway.inference.start import Start, StartedJob
-from gateway.jobs.states import JobState, fail_job
+from gateway.jobs.states import JobState, fail_job, unreported
 from models.manifest import DeviceManifest
 from models.postprocess import RawFinding, interpret
 from models.runtime import SessionCache
@@ -112,7 +114,7 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
     except DatabaseError as exc:
         raise TransientError(f"database: {exc}") from exc
     if started is None:
-        return "skipped"
+        return _found_done(context, job_id)
     job = started
     try:
         with heartbeat(context.db, job_id, runner, context.lease_s):
@@ -126,6 +128,23 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         return JobState.FAILED.value
     except (StorageError, DatabaseError) as exc:
         raise TransientError(f"{exc.__class__.__name__}: {exc}") from exc
+
+
+def _found_done(context: InferenceContext, job_id: int) -> str:
+    """The job is done, or a live copy of this delivery runs it. Done but without results:
+    its inference was committed by a run that never heard so (the database went away
+    during the commit, and the task retried). "inferred" then makes this task send the
+    report now, rather than the re-drive after ``job_requeue_after_s``; a second report of
+    a job stores nothing twice."""
+    try:
+        with context.db.session() as session:
+            waiting = session.scalar(select(exists().where(JobRow.id == job_id, unreported())))
+    except DatabaseError as exc:
+        raise TransientError(f"database: {exc}") from exc
+    if waiting:
+        log.info("job found inferred without results: its report is sent", extra={"job_id": job_id})
+        return JobState.INFERRED.value
+    return "skipped"
 
 
 def _with_priors(context: InferenceContext, job: StartedJob) -> StartedJob:

@@ -10,11 +10,11 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from gateway.demo.synthetic import chest_xray_study, write_study
 from gateway.index.read_model import JobItem
-from gateway.index.tables import JobRow, utcnow
+from gateway.index.tables import JobRow, OutboxRow, ResultRow, utcnow
 from gateway.inference.lease import heartbeat, lease_seconds
 from gateway.inference.pipeline import run_job
 from gateway.jobs.states import JobState, due_to_infer
@@ -151,3 +151,30 @@ def test_the_redrive_sends_a_running_job_again_only_when_its_heartbeat_is_stale(
 def test_the_lease_is_capped_at_half_the_visibility_timeout() -> None:
     assert lease_seconds(Settings(job_lease_s=30, broker_visibility_timeout_s=600)) == 30
     assert lease_seconds(Settings(job_lease_s=30, broker_visibility_timeout_s=10)) == 5
+
+
+def test_a_retry_finding_its_job_inferred_without_results_asks_for_the_report(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The database went away during the commit of a job's inference: the commit landed,
+    the run never heard so, and its task's retry finds the job done. Without results yet,
+    the retry answers "inferred" (its task then sends the report) instead of "skipped",
+    which left the report to the re-drive's job_requeue_after_s (15 min by default)."""
+    gateway = test_device_gateway
+    job = _analysed_job(gateway, tmp_path, seed=33)
+    context = inference_context(gateway.parts)
+    attempts = _job(gateway, job.job_id).attempts
+    with gateway.parts.db.transaction() as connection:  # as if the report never ran
+        results = select(ResultRow.id).where(ResultRow.job_id == job.job_id)
+        connection.execute(delete(OutboxRow).where(OutboxRow.result_id.in_(results)))
+        connection.execute(delete(ResultRow).where(ResultRow.job_id == job.job_id))
+    assert run_job(context, job.job_id, runner="t9:1") == "inferred"
+    again = _job(gateway, job.job_id)
+    assert (again.state, again.attempts) == ("inferred", attempts)  # not analysed twice
+
+    with gateway.parts.db.transaction() as connection:  # another end state: nothing to send
+        connection.execute(
+            update(JobRow).where(JobRow.id == job.job_id).values(state=JobState.FAILED.value)
+        )
+    assert run_job(context, job.job_id, runner="t9:2") == "skipped"
