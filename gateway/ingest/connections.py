@@ -108,7 +108,7 @@ class EdgeListener(AssociationServer):
     def server_close(self) -> None:
         # Close this process's descriptor only: pynetdicom's shutdown(SHUT_RDWR) first would
         # stop the socket listening for every SCP process that shares it.
-        cast(socket.socket, self.socket).close()
+        self.listening_socket.close()
 
     def associate(
         self,
@@ -231,9 +231,7 @@ class Admission:
 
     def add(self, listener: EdgeListener) -> None:
         self._listeners.append(listener)
-        self._selector.register(
-            cast(socket.socket, listener.socket), selectors.EVENT_READ, listener
-        )
+        self._selector.register(listener.listening_socket, selectors.EVENT_READ, listener)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="dicom-admission", daemon=True)
@@ -321,7 +319,7 @@ class Admission:
             if not waited and self._leave_to_lighter(listener):
                 return
             try:
-                connection, address = cast(socket.socket, listener.socket).accept()
+                connection, address = listener.listening_socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors, a reset before accept

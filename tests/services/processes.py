@@ -117,12 +117,9 @@ def wait_for_port(
     port: int,
     timeout_s: float = 30.0,
     process: subprocess.Popen[bytes] | None = None,
-    sockets: int = 1,
 ) -> None:
-    """Until ``sockets`` sockets listen on ``port``."""
-    wait_until(
-        lambda: listening_sockets(port) >= sockets, f"port {port}", process, timeout_s=timeout_s
-    )
+    """Until a socket listens on ``port``."""
+    wait_until(lambda: listening_sockets(port) >= 1, f"port {port}", process, timeout_s=timeout_s)
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) -> None:
