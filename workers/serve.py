@@ -199,6 +199,8 @@ class Gateway:
         others would leave every connection to it for the grace. Its seat is emptied here."""
         while seats and not self.stop_event.is_set():
             for sentinel in multiprocessing.connection.wait(list(seats), timeout=1.0):
+                if self.stop_event.is_set():
+                    return  # stop() ends the children: nothing to report
                 number = seats.pop(cast(int, sentinel))
                 balance.publish(number, NOT_ACCEPTING)
                 log.error("SCP process ended", extra={"scp_process": number})
