@@ -15,8 +15,18 @@ Both have a fixed layout, so :class:`EdgeDimse` writes their bytes directly:
   response has no optional element (Error Comment, Offending Element), as every success;
   any other response, and any message but a C-STORE-RSP, goes through pynetdicom.
 
-tests/ingest/test_dimse.py compares both with pydicom's encoding byte for byte, and pins
-the pynetdicom source that :meth:`EdgeDimse.receive_primitive` and :func:`_decode_msg` copy.
+The request's side is the mirror: :func:`store_request` decodes a C-STORE-RQ command set
+(seven elements, Implicit VR Little Endian) to the values pydicom would give, and the
+C_STORE primitive is built from them through its own validating setters, instead of a
+pydicom ``Dataset`` and ``message_to_primitive`` (~4 % of the GIL with 4 associations); any
+other command, or anything unusual in one, is decoded by pynetdicom. And the DUL loop
+(:meth:`EdgeDul.run_reactor`) passes a P-DATA-TF received in data transfer (Sta6 + Evt10,
+action DT-2) straight to DIMSE instead of through its event queue and the state machine's
+table; every other event goes through pynetdicom's state machine unchanged.
+
+tests/ingest/test_dimse.py compares both encodings with pydicom's byte for byte and the
+decoded request with pynetdicom's attribute for attribute, and pins the pynetdicom source
+that :meth:`EdgeDimse.receive_primitive`, :func:`_decode_msg` and :class:`EdgeDul` copy.
 The copies also write each dataset fragment from a view of the received PDU, which
 :class:`EdgeDul` decodes without copying it (pynetdicom made three copies of each 128 KiB
 PDU: memory copies were ~4 % of the receiver's CPU), and flush the spool file once, at the
@@ -60,6 +70,7 @@ LOGGER_FSM = logging.getLogger("pynetdicom.fsm")
 
 _C_STORE_RSP = 0x8001
 _NO_DATASET = 0x0101
+PDU_HEADER = 6
 # The C-STORE-RSP elements that are absent from every response built here.
 _OPTIONAL_RESPONSE = ("OffendingElement", "ErrorComment")
 
@@ -198,17 +209,54 @@ def _to_primitive(message: DIMSEMessage) -> Any:
     return primitive
 
 
+class ReceivedData(P_DATA_TF):
+    """A received P-DATA-TF whose P-DATA primitive was built as it was decoded: pynetdicom
+    makes a ``PresentationDataValueItem`` per item, each decoded through its generic
+    decoder table, then a primitive from those."""
+
+    def __init__(self, primitive: P_DATA) -> None:
+        super().__init__()
+        self._primitive = primitive
+
+    def to_primitive(self) -> P_DATA:
+        return self._primitive
+
+
+def _received_data(pdu: memoryview) -> ReceivedData | None:
+    """P-DATA-TF ``pdu`` (header included) with its primitive: per item, the presentation
+    context ID and a view of the value, as pynetdicom's decoding gives them; None when an
+    item is malformed (pynetdicom's decoding then raises, and the DUL reports Evt19)."""
+    primitive = P_DATA()
+    items = primitive.presentation_data_value_list  # its setter wants bytes, not views
+    offset, end = PDU_HEADER, len(pdu)
+    while offset < end:
+        if offset + 5 > end:
+            return None
+        (length,) = struct.unpack_from(">I", pdu, offset)
+        if length < 1 or offset + 4 + length > end:
+            return None
+        items.append((pdu[offset + 4], cast(bytes, pdu[offset + 5 : offset + 4 + length])))
+        offset += 4 + length
+    return ReceivedData(primitive)
+
+
 class EdgeDul(DULServiceProvider):
     """pynetdicom's DUL provider whose P-DATA-TF PDUs are decoded as views of the received
     buffer: pynetdicom copies a 128 KiB PDU twice more (``bytes()`` of it, then a slice per
     PDV) before its fragments are written to the spool file. An association's DUL becomes
     one by class assignment (pynetdicom builds it, timeouts included, in the association's
-    constructor); it adds no state."""
+    constructor); it adds no state. Its loop hands P-DATA-TF to DIMSE directly
+    (:meth:`_pass_data`)."""
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         # pynetdicom reads each PDU into a new bytearray, so views of it stay valid.
         if bytestream[:1] != b"\x04" or self.assoc.get_handlers(evt.EVT_DATA_RECV):
             return cast(tuple[Any, str], super()._decode_pdu(bytestream))
+        received = None
+        if not self.assoc.get_handlers(evt.EVT_PDU_RECV):  # they want pynetdicom's items
+            received = _received_data(memoryview(bytestream))
+        if received is not None:
+            return received, "Evt10"
         pdu = P_DATA_TF()
         pdu.decode(cast(bytes, memoryview(bytestream)))
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})

@@ -12,7 +12,7 @@ from io import BytesIO
 import pytest
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -24,7 +24,14 @@ from pynetdicom.fsm import DT_2
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 
-from gateway.ingest.dimse import EdgeDul, _to_primitive, file_meta, store_request, store_response
+from gateway.ingest.dimse import (
+    EdgeDul,
+    ReceivedData,
+    _to_primitive,
+    file_meta,
+    store_request,
+    store_response,
+)
 
 # sha256 of pynetdicom 3.0.4's DIMSEMessage.decode_msg and DIMSEServiceProvider
 # .receive_primitive. When pynetdicom changes either, compare it with the copy in
@@ -94,7 +101,9 @@ def test_a_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
     assert store_response(rsp) is None
 
 
-def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it() -> None:
+def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the SCP runs: pynetdicom's standard log handlers (on EVT_PDU_RECV among others) off.
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
     pdu = P_DATA_TF()
     fragments = [(1, b"\x03" + b"c" * 9), (1, b"\x00" + bytes(range(256)) * 40), (3, b"\x02")]
     for context_id, data in fragments:
@@ -106,6 +115,7 @@ def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it() -> None:
     edge = Association(AE(), MODE_ACCEPTOR).dul
     edge.__class__ = EdgeDul
     ours, event = edge._decode_pdu(bytearray(encoded))
+    assert isinstance(ours, ReceivedData)  # built without pynetdicom's items
     theirs, their_event = stock._decode_pdu(bytearray(encoded))
     assert event == their_event == "Evt10"
     assert isinstance(ours, P_DATA_TF) and isinstance(theirs, P_DATA_TF)
@@ -230,3 +240,23 @@ def _with_move_originator() -> bytes:
 )
 def test_anything_but_a_plain_store_request_is_left_to_pynetdicom(command: bytes) -> None:
     assert store_request(command) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\x00\x00\x00\x00\x01", id="empty-item"),
+        pytest.param(b"\x00\x00\x00\x09\x01\x03abc", id="item-past-the-end"),
+        pytest.param(b"\x00\x00\x00\x02\x01\x03\x00\x00", id="trailing-bytes"),
+    ],
+)
+def test_a_malformed_p_data_tf_fails_as_pynetdicom_fails(body: bytes) -> None:
+    encoded = bytes([0x04, 0]) + len(body).to_bytes(4, "big") + body
+    stock = Association(AE(), MODE_ACCEPTOR).dul
+    edge = Association(AE(), MODE_ACCEPTOR).dul
+    edge.__class__ = EdgeDul
+    with pytest.raises(Exception) as theirs:
+        stock._decode_pdu(bytearray(encoded))
+    with pytest.raises(Exception) as ours:
+        edge._decode_pdu(bytearray(encoded))
+    assert type(ours.value) is type(theirs.value)
