@@ -222,13 +222,14 @@ class ReceivedData(P_DATA_TF):
         return self._primitive
 
 
-def _received_data(pdu: memoryview) -> ReceivedData | None:
-    """P-DATA-TF ``pdu`` (header included) with its primitive: per item, the presentation
-    context ID and a view of the value, as pynetdicom's decoding gives them; None when an
-    item is malformed (pynetdicom's decoding then raises, and the DUL reports Evt19)."""
+def _received_data(pdu: memoryview, start: int = PDU_HEADER) -> ReceivedData | None:
+    """P-DATA-TF ``pdu`` (its items from ``start``: after the header, or the body alone)
+    with its primitive: per item, the presentation context ID and a view of the value, as
+    pynetdicom's decoding gives them; None when an item is malformed (pynetdicom's decoding
+    then raises, and the DUL reports Evt19)."""
     primitive = P_DATA()
     items = primitive.presentation_data_value_list  # its setter wants bytes, not views
-    offset, end = PDU_HEADER, len(pdu)
+    offset, end = start, len(pdu)
     while offset < end:
         if offset + 5 > end:
             return None
@@ -261,6 +262,71 @@ class EdgeDul(DULServiceProvider):
         pdu.decode(cast(bytes, memoryview(bytestream)))
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         return pdu, "Evt10"  # P-DATA-TF PDU received (PS3.8 Table 9-10)
+
+    def _read_pdu_data(self) -> None:
+        # pynetdicom 3.0.4's DULServiceProvider._read_pdu_data (tests/ingest/test_dimse.py
+        # pins it) without `bytestream += body`, a copy of every 128 KiB P-DATA-TF: its body
+        # is decoded where the socket read it (_decode_body).
+        socket = cast(Any, self.socket)
+        try:
+            header = socket.recv(6)
+        except (OSError, TimeoutError) as exc:
+            LOGGER_DUL.error("Connection closed before the entire PDU was received")
+            LOGGER_DUL.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+
+        try:
+            pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        except struct.error:
+            self.event_queue.put("Evt17")
+            return
+
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            LOGGER_DUL.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+
+        try:
+            body = socket.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            LOGGER_DUL.error("Connection closed before the entire PDU was received")
+            LOGGER_DUL.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+
+        if len(body) != pdu_length:
+            LOGGER_DUL.error(
+                f"The received PDU is shorter than expected ({6 + len(body)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+
+        try:
+            pdu, event = self._decode_body(header, body)
+            self.event_queue.put(event)
+        except Exception as exc:
+            LOGGER_DUL.error("Unable to decode the received PDU data")
+            LOGGER_DUL.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+
+        self._recv_pdu.put(pdu)
+
+    def _decode_body(self, header: bytearray, body: bytearray) -> tuple[Any, str]:
+        """A P-DATA-TF decoded from ``body`` where it lies, when no handler wants the PDU's
+        bytes or pynetdicom's PDU object; anything else from header and body joined, by
+        :meth:`_decode_pdu`."""
+        if (
+            header[0] == 0x04
+            and not self.assoc.get_handlers(evt.EVT_DATA_RECV)
+            and not self.assoc.get_handlers(evt.EVT_PDU_RECV)
+        ):
+            received = _received_data(memoryview(body), 0)
+            if received is not None:
+                return received, "Evt10"  # P-DATA-TF PDU received (PS3.8 Table 9-10)
+        return self._decode_pdu(header + body)
 
     def run_reactor(self) -> None:
         # pynetdicom 3.0.4's DULServiceProvider.run_reactor (tests/ingest/test_dimse.py pins

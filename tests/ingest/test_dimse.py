@@ -38,8 +38,9 @@ from gateway.ingest.dimse import (
 # gateway/ingest/dimse.py, carry the change over, and pin the new hash.
 PYNETDICOM_DECODE_MSG = "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284"
 PYNETDICOM_RECEIVE_PRIMITIVE = "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f"
-# DULServiceProvider.run_reactor (EdgeDul.run_reactor) and the FSM's DT_2 (EdgeDul._pass_data).
+# DULServiceProvider.run_reactor and _read_pdu_data (EdgeDul's), the FSM's DT_2 (_pass_data).
 PYNETDICOM_RUN_REACTOR = "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803"
+PYNETDICOM_READ_PDU_DATA = "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b"
 PYNETDICOM_DT_2 = "9ec543394e0b49eb8be2448fc3f9950361b0047db7cf3742844f377bd225ba73"
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -53,6 +54,7 @@ UIDS = ["1.2.3.4", "1.2.3.45", "2.25.123456789012345678901234567890123456789", "
         (DIMSEMessage.decode_msg, PYNETDICOM_DECODE_MSG),
         (DIMSEServiceProvider.receive_primitive, PYNETDICOM_RECEIVE_PRIMITIVE),
         (DULServiceProvider.run_reactor, PYNETDICOM_RUN_REACTOR),
+        (DULServiceProvider._read_pdu_data, PYNETDICOM_READ_PDU_DATA),
         (DT_2, PYNETDICOM_DT_2),
     ],
 )
@@ -121,6 +123,11 @@ def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it(monkeypatch: pytest.Mon
     assert isinstance(ours, P_DATA_TF) and isinstance(theirs, P_DATA_TF)
     ours_pdvs = ours.to_primitive().presentation_data_value_list
     assert [(cid, bytes(data)) for cid, data in ours_pdvs] == fragments
+    # As the DUL reads it: the body decoded where it lies, not joined to its header.
+    body, body_event = edge._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
+    assert body_event == "Evt10" and isinstance(body, ReceivedData)
+    body_pdvs = body.to_primitive().presentation_data_value_list
+    assert [(cid, bytes(data)) for cid, data in body_pdvs] == fragments
     assert theirs.to_primitive().presentation_data_value_list == fragments
 
 
@@ -259,4 +266,6 @@ def test_a_malformed_p_data_tf_fails_as_pynetdicom_fails(body: bytes) -> None:
         stock._decode_pdu(bytearray(encoded))
     with pytest.raises(Exception) as ours:
         edge._decode_pdu(bytearray(encoded))
-    assert type(ours.value) is type(theirs.value)
+    with pytest.raises(Exception) as ours_read:
+        edge._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
+    assert type(ours.value) is type(theirs.value) is type(ours_read.value)
