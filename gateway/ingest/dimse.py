@@ -411,6 +411,14 @@ class EdgeDul(DULServiceProvider):
         return True
 
 
+def adopt_dul(dul: DULServiceProvider) -> None:
+    """Make pynetdicom's DUL of a new association an :class:`EdgeDul`, its thread's target
+    included: the thread was built with the stock ``run_reactor`` bound (call this in the
+    thread that built the association, as pynetdicom's make_target expects)."""
+    dul.__class__ = EdgeDul
+    dul._target = make_target(dul.run_reactor)  # type: ignore[attr-defined]
+
+
 class EdgeDimse(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider, the file meta and C-STORE-RSP encoded directly."""
 

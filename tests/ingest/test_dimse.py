@@ -28,6 +28,7 @@ from gateway.ingest.dimse import (
     EdgeDul,
     ReceivedData,
     _to_primitive,
+    adopt_dul,
     file_meta,
     store_request,
     store_response,
@@ -269,3 +270,13 @@ def test_a_malformed_p_data_tf_fails_as_pynetdicom_fails(body: bytes) -> None:
     with pytest.raises(Exception) as ours_read:
         edge._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
     assert type(ours.value) is type(theirs.value) is type(ours_read.value)
+
+
+def test_an_adopted_dul_thread_runs_the_edge_loop() -> None:
+    # The thread's target is bound when pynetdicom builds the DUL: a class assignment alone
+    # would leave it running pynetdicom's run_reactor.
+    dul = Association(AE(), MODE_ACCEPTOR).dul
+    adopt_dul(dul)
+    assert isinstance(dul, EdgeDul)
+    target = dul._target  # type: ignore[attr-defined]
+    assert target.__func__ is EdgeDul.run_reactor and target.__self__ is dul

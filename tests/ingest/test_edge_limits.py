@@ -295,7 +295,9 @@ def test_requests_in_one_write_are_each_answered(edge: Callable[..., Gateway]) -
             chunk = connection.recv(65536)
             assert chunk, "closed before every request was answered"
             answers += chunk
-    assert all(answers.find(struct.pack("<HHIH", 0, 0x0120, 2, n)) >= 0 for n in range(1, count + 1))
+    assert all(
+        answers.find(struct.pack("<HHIH", 0, 0x0120, 2, n)) >= 0 for n in range(1, count + 1)
+    )
     assert _refused(gateway, Refusal.UNANSWERED_REQUESTS) == 0
 
 
