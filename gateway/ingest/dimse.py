@@ -397,7 +397,7 @@ class EdgeDul(DULServiceProvider):
         self.event_queue.get(block=False)
         pdu = self._recv_pdu.get(block=False)
         try:
-            self.assoc.dimse.receive_primitive(pdu.to_primitive())
+            self.assoc.dimse.receive_primitive(cast(P_DATA, pdu.to_primitive()))
         except Exception as exc:  # as the state machine's do_action reports and stops
             LOGGER_FSM.error(
                 "State Machine received an exception attempting "

@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import struct
 from io import BytesIO
+from typing import cast
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
@@ -125,11 +126,19 @@ def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it(monkeypatch: pytest.Mon
     ours_pdvs = ours.to_primitive().presentation_data_value_list
     assert [(cid, bytes(data)) for cid, data in ours_pdvs] == fragments
     # As the DUL reads it: the body decoded where it lies, not joined to its header.
-    body, body_event = edge._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
+    body, body_event = cast(EdgeDul, edge)._decode_body(
+        bytearray(encoded[:6]), bytearray(encoded[6:])
+    )
     assert body_event == "Evt10" and isinstance(body, ReceivedData)
     body_pdvs = body.to_primitive().presentation_data_value_list
     assert [(cid, bytes(data)) for cid, data in body_pdvs] == fragments
     assert theirs.to_primitive().presentation_data_value_list == fragments
+
+
+def _encoded(message: DIMSEMessage) -> bytes:
+    encoded = encode(message.command_set, True, True)
+    assert encoded is not None
+    return bytes(encoded)
 
 
 def _request_command(message_id: int, instance: str, priority: int | None) -> bytes:
@@ -142,7 +151,7 @@ def _request_command(message_id: int, instance: str, priority: int | None) -> by
     req.DataSet = BytesIO(b"\0")
     message = C_STORE_RQ()
     message.primitive_to_message(req)
-    return bytes(encode(message.command_set, True, True))
+    return _encoded(message)
 
 
 def _by_pynetdicom(command: bytes) -> C_STORE:
@@ -207,7 +216,7 @@ def _echo_command() -> bytes:
     req.AffectedSOPClassUID = "1.2.840.10008.1.1"
     message = C_ECHO_RQ()
     message.primitive_to_message(req)
-    return bytes(encode(message.command_set, True, True))
+    return _encoded(message)
 
 
 def _with_move_originator() -> bytes:
@@ -218,7 +227,7 @@ def _with_move_originator() -> bytes:
     req.DataSet = BytesIO(b"\0")
     message = C_STORE_RQ()
     message.primitive_to_message(req)
-    return bytes(encode(message.command_set, True, True))
+    return _encoded(message)
 
 
 @pytest.mark.parametrize(
@@ -268,7 +277,7 @@ def test_a_malformed_p_data_tf_fails_as_pynetdicom_fails(body: bytes) -> None:
     with pytest.raises(Exception) as ours:
         edge._decode_pdu(bytearray(encoded))
     with pytest.raises(Exception) as ours_read:
-        edge._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
+        cast(EdgeDul, edge)._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
     assert type(ours.value) is type(theirs.value) is type(ours_read.value)
 
 
