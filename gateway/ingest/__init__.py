@@ -17,7 +17,8 @@ reactor
     pynetdicom's association and DUL loops woken by their messages instead of 1 ms polls.
 dimse
     pynetdicom's DIMSE provider with the spooled file's meta and the C-STORE-RSP encoded
-    directly (pydicom's general writer cost as much as parsing the instance).
+    directly (pydicom's general writer cost as much as parsing the instance), a C-STORE-RQ's
+    command set decoded directly, and P-DATA-TF passed to DIMSE without the state machine.
 pdu_limits
     What one association may make the SCP hold: PDU lengths checked before their bodies are
     read, command and dataset sizes, unanswered requests.

@@ -38,7 +38,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationServer
 
 from gateway.ingest.balance import Seat
-from gateway.ingest.dimse import EdgeDimse, EdgeDul
+from gateway.ingest.dimse import EdgeDimse, adopt_dul
 from gateway.ingest.pdu_limits import (
     A_ASSOCIATE_RQ,
     PDU_HEADER,
@@ -137,7 +137,7 @@ class EdgeListener(AssociationServer):
         # The spooled file's meta and the C-STORE-RSP encoded directly, P-DATA-TF decoded
         # without copies (gateway.ingest.dimse).
         assoc.dimse = EdgeDimse(assoc)
-        assoc.dul.__class__ = EdgeDul
+        adopt_dul(assoc.dul)
         # The DUL thread waits in guarded.ready for data or for a primitive to send, instead
         # of sleeping 1 ms between looks (gateway.ingest.reactor).
         assoc.dul.to_provider_queue = WakingQueue(guarded.wake)

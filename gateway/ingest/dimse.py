@@ -15,8 +15,18 @@ Both have a fixed layout, so :class:`EdgeDimse` writes their bytes directly:
   response has no optional element (Error Comment, Offending Element), as every success;
   any other response, and any message but a C-STORE-RSP, goes through pynetdicom.
 
-tests/ingest/test_dimse.py compares both with pydicom's encoding byte for byte, and pins
-the pynetdicom source that :meth:`EdgeDimse.receive_primitive` and :func:`_decode_msg` copy.
+The request's side is the mirror: :func:`store_request` decodes a C-STORE-RQ command set
+(seven elements, Implicit VR Little Endian) to the values pydicom would give, and the
+C_STORE primitive is built from them through its own validating setters, instead of a
+pydicom ``Dataset`` and ``message_to_primitive`` (~4 % of the GIL with 4 associations); any
+other command, or anything unusual in one, is decoded by pynetdicom. And the DUL loop
+(:meth:`EdgeDul.run_reactor`) passes a P-DATA-TF received in data transfer (Sta6 + Evt10,
+action DT-2) straight to DIMSE instead of through its event queue and the state machine's
+table; every other event goes through pynetdicom's state machine unchanged.
+
+tests/ingest/test_dimse.py compares both encodings with pydicom's byte for byte and the
+decoded request with pynetdicom's attribute for attribute, and pins the pynetdicom source
+that :meth:`EdgeDimse.receive_primitive`, :func:`_decode_msg` and :class:`EdgeDul` copy.
 The copies also write each dataset fragment from a view of the received PDU, which
 :class:`EdgeDul` decodes without copying it (pynetdicom made three copies of each 128 KiB
 PDU: memory copies were ~4 % of the receiver's CPU), and flush the spool file once, at the
@@ -26,13 +36,16 @@ last fragment, not after each.
 from __future__ import annotations
 
 import logging
+import queue
 import struct
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import TYPE_CHECKING, Any, cast
 
+from pydicom.uid import UID
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -44,17 +57,20 @@ from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
-LOGGER = logging.getLogger("pynetdicom.dimse")  # pynetdicom's own logger, as in the copy
+LOGGER = logging.getLogger("pynetdicom.dimse")  # pynetdicom's own loggers, as in the copies
+LOGGER_DUL = logging.getLogger("pynetdicom.dul")
+LOGGER_FSM = logging.getLogger("pynetdicom.fsm")
 
 _C_STORE_RSP = 0x8001
 _NO_DATASET = 0x0101
+PDU_HEADER = 6
 # The C-STORE-RSP elements that are absent from every response built here.
 _OPTIONAL_RESPONSE = ("OffendingElement", "ErrorComment")
 
@@ -125,21 +141,282 @@ def store_response(rsp: C_STORE) -> bytes | None:
     return _implicit(0x0000, struct.pack("<I", len(body))) + body
 
 
+# The elements of a C-STORE-RQ command set (Implicit VR Little Endian) that store_request
+# decodes, with their VR, and the C_STORE attribute each sets (message_to_primitive's
+# keywords; the group length, command field and data set type set none).
+_STORE_RQ_ELEMENTS = {0x0000: "UL", 0x0002: "UI", 0x0100: "US", 0x0110: "US", 0x0700: "US"}
+_STORE_RQ_ELEMENTS |= {0x0800: "US", 0x1000: "UI"}
+_STORE_RQ_KEYWORDS = {
+    0x0002: "AffectedSOPClassUID",
+    0x0110: "MessageID",
+    0x0700: "Priority",
+    0x1000: "AffectedSOPInstanceUID",
+}
+_COMMAND_FIELD, _DATA_SET_TYPE, _C_STORE_RQ = 0x0100, 0x0800, 0x0001
+
+
+def store_request(command: bytes | bytearray) -> dict[int, Any] | None:
+    """The elements of C-STORE-RQ command set ``command`` by element number, valued as
+    pydicom decodes them (UI: a ``UID`` without trailing nulls and spaces, US: an int); None
+    for any other command, and for anything unusual in one (an element not listed above, out
+    of order or repeated, a second value, an empty UID, no dataset): pynetdicom decodes
+    those, with its own errors."""
+    values: dict[int, Any] = {}
+    offset, end, previous = 0, len(command), -1
+    while offset < end:
+        if offset + 8 > end:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, offset)
+        offset += 8
+        vr = _STORE_RQ_ELEMENTS.get(element) if group == 0 else None
+        if vr is None or element <= previous or offset + length > end:
+            return None
+        previous, raw = element, command[offset : offset + length]
+        offset += length
+        if vr == "UI":
+            text = bytes(raw).decode("latin-1").rstrip("\0 ")
+            if not text or "\\" in text:
+                return None
+            values[element] = UID(text)
+        elif vr == "US":
+            if length != 2:
+                return None
+            (values[element],) = struct.unpack("<H", raw)
+        elif length != 4:  # the group length, which nothing reads
+            return None
+    if values.get(_COMMAND_FIELD) != _C_STORE_RQ or values.get(_DATA_SET_TYPE) in (None, 0x0101):
+        return None
+    if not all(element in values for element in _STORE_RQ_KEYWORDS if element != 0x0700):
+        return None  # pynetdicom's errors for a request without its UIDs or message ID
+    return values
+
+
+def _to_primitive(message: DIMSEMessage) -> Any:
+    """``message.message_to_primitive()``, without the command set's pydicom dataset when
+    :func:`store_request` decoded it (the same attributes set, in the same order)."""
+    values = cast(dict[int, Any] | None, getattr(message, "_edge_values", None))
+    if values is None:
+        return message.message_to_primitive()
+    primitive = C_STORE()
+    for element in sorted(values):
+        keyword = _STORE_RQ_KEYWORDS.get(element)
+        if keyword is not None:
+            setattr(primitive, keyword, values[element])  # the setters validate, as there
+    primitive.DataSet = cast(BytesIO, message.data_set)
+    primitive._context_id = message.context_id
+    primitive._dataset_path = message._data_set_path
+    primitive._dataset_file = message._data_set_file
+    return primitive
+
+
+class ReceivedData(P_DATA_TF):
+    """A received P-DATA-TF whose P-DATA primitive was built as it was decoded: pynetdicom
+    makes a ``PresentationDataValueItem`` per item, each decoded through its generic
+    decoder table, then a primitive from those."""
+
+    def __init__(self, primitive: P_DATA) -> None:
+        super().__init__()
+        self._primitive = primitive
+
+    def to_primitive(self) -> P_DATA:
+        return self._primitive
+
+
+def _received_data(pdu: memoryview, start: int = PDU_HEADER) -> ReceivedData | None:
+    """P-DATA-TF ``pdu`` (its items from ``start``: after the header, or the body alone)
+    with its primitive: per item, the presentation context ID and a view of the value, as
+    pynetdicom's decoding gives them; None when an item is malformed (pynetdicom's decoding
+    then raises, and the DUL reports Evt19)."""
+    primitive = P_DATA()
+    items = primitive.presentation_data_value_list  # its setter wants bytes, not views
+    offset, end = start, len(pdu)
+    while offset < end:
+        if offset + 5 > end:
+            return None
+        (length,) = struct.unpack_from(">I", pdu, offset)
+        if length < 1 or offset + 4 + length > end:
+            return None
+        items.append((pdu[offset + 4], cast(bytes, pdu[offset + 5 : offset + 4 + length])))
+        offset += 4 + length
+    return ReceivedData(primitive)
+
+
 class EdgeDul(DULServiceProvider):
     """pynetdicom's DUL provider whose P-DATA-TF PDUs are decoded as views of the received
     buffer: pynetdicom copies a 128 KiB PDU twice more (``bytes()`` of it, then a slice per
     PDV) before its fragments are written to the spool file. An association's DUL becomes
     one by class assignment (pynetdicom builds it, timeouts included, in the association's
-    constructor); it adds no state."""
+    constructor); it adds no state. Its loop hands P-DATA-TF to DIMSE directly
+    (:meth:`_pass_data`)."""
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         # pynetdicom reads each PDU into a new bytearray, so views of it stay valid.
         if bytestream[:1] != b"\x04" or self.assoc.get_handlers(evt.EVT_DATA_RECV):
             return cast(tuple[Any, str], super()._decode_pdu(bytestream))
+        received = None
+        if not self.assoc.get_handlers(evt.EVT_PDU_RECV):  # they want pynetdicom's items
+            received = _received_data(memoryview(bytestream))
+        if received is not None:
+            return received, "Evt10"
         pdu = P_DATA_TF()
         pdu.decode(cast(bytes, memoryview(bytestream)))
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         return pdu, "Evt10"  # P-DATA-TF PDU received (PS3.8 Table 9-10)
+
+    def _read_pdu_data(self) -> None:
+        # pynetdicom 3.0.4's DULServiceProvider._read_pdu_data (tests/ingest/test_dimse.py
+        # pins it) without `bytestream += body`, a copy of every 128 KiB P-DATA-TF: its body
+        # is decoded where the socket read it (_decode_body).
+        socket = cast(Any, self.socket)
+        try:
+            header = socket.recv(6)
+        except (OSError, TimeoutError) as exc:
+            LOGGER_DUL.error("Connection closed before the entire PDU was received")
+            LOGGER_DUL.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+
+        try:
+            pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        except struct.error:
+            self.event_queue.put("Evt17")
+            return
+
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            LOGGER_DUL.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+
+        try:
+            body = socket.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            LOGGER_DUL.error("Connection closed before the entire PDU was received")
+            LOGGER_DUL.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+
+        if len(body) != pdu_length:
+            LOGGER_DUL.error(
+                f"The received PDU is shorter than expected ({6 + len(body)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+
+        try:
+            pdu, event = self._decode_body(header, body)
+            self.event_queue.put(event)
+        except Exception as exc:
+            LOGGER_DUL.error("Unable to decode the received PDU data")
+            LOGGER_DUL.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+
+        self._recv_pdu.put(pdu)
+
+    def _decode_body(self, header: bytearray, body: bytearray) -> tuple[Any, str]:
+        """A P-DATA-TF decoded from ``body`` where it lies, when no handler wants the PDU's
+        bytes or pynetdicom's PDU object; anything else from header and body joined, by
+        :meth:`_decode_pdu`."""
+        if (
+            header[0] == 0x04
+            and not self.assoc.get_handlers(evt.EVT_DATA_RECV)
+            and not self.assoc.get_handlers(evt.EVT_PDU_RECV)
+        ):
+            received = _received_data(memoryview(body), 0)
+            if received is not None:
+                return received, "Evt10"  # P-DATA-TF PDU received (PS3.8 Table 9-10)
+        return self._decode_pdu(header + body)
+
+    def run_reactor(self) -> None:
+        # pynetdicom 3.0.4's DULServiceProvider.run_reactor (tests/ingest/test_dimse.py pins
+        # it) with two changes: no time.sleep(0) between looks when _run_loop_delay is 0 (the
+        # socket's ready waits instead), and a P-DATA-TF received in data transfer passed to
+        # DIMSE at once (_pass_data) instead of through the event queue and the FSM's table.
+        self._idle_timer.start()
+        self.socket = cast(Any, self.socket)
+        sleep = False
+
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+
+            if sleep and self._run_loop_delay:
+                time.sleep(self._run_loop_delay)
+
+            if self._kill_thread:
+                break
+
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                LOGGER_DUL.error("Exception in DUL.run(), aborting association")
+                LOGGER_DUL.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+
+            if self._pass_data():  # outside the try, as do_action is: its errors end the loop
+                sleep = False
+                continue
+
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+
+            self.state_machine.do_action(event)
+            sleep = False
+
+    def _pass_data(self) -> bool:
+        """Action DT-2 (Sta6 + Evt10: the P-DATA-TF's primitive to DIMSE) done here when the
+        PDU just read is a P-DATA-TF, the only event queued, in data transfer, with no
+        handler of FSM transitions; False, and nothing taken, otherwise."""
+        events = self.event_queue.queue
+        if (
+            len(events) != 1
+            or events[0] != "Evt10"
+            or self.state_machine.current_state != "Sta6"
+            or self.assoc.get_handlers(evt.EVT_FSM_TRANSITION)
+        ):
+            return False
+        self.event_queue.get(block=False)
+        pdu = self._recv_pdu.get(block=False)
+        try:
+            self.assoc.dimse.receive_primitive(cast(P_DATA, pdu.to_primitive()))
+        except Exception as exc:  # as the state machine's do_action reports and stops
+            LOGGER_FSM.error(
+                "State Machine received an exception attempting "
+                "to perform the action '%s' while in state '%s'",
+                "DT-2",
+                "Sta6",
+            )
+            LOGGER_FSM.exception(exc)
+            self.kill_dul()
+            raise
+        return True
+
+
+def adopt_dul(dul: DULServiceProvider) -> None:
+    """Make pynetdicom's DUL of a new association an :class:`EdgeDul`, its thread's target
+    included: the thread was built with the stock ``run_reactor`` bound (call this in the
+    thread that built the association, as pynetdicom's make_target expects)."""
+    dul.__class__ = EdgeDul
+    dul._target = make_target(dul.run_reactor)  # type: ignore[attr-defined]
 
 
 class EdgeDimse(DIMSEServiceProvider):
@@ -172,7 +449,7 @@ class EdgeDimse(DIMSEServiceProvider):
 
             context_id = cast(int, self.message.context_id)
             try:
-                d_primitive = self.message.message_to_primitive()
+                d_primitive = _to_primitive(self.message)
             except Exception as exc:
                 LOGGER.error("Received an invalid DIMSE message")
                 LOGGER.exception(exc)
@@ -198,9 +475,35 @@ class EdgeDimse(DIMSEServiceProvider):
             self.message = None
 
 
+def _command_decoded(message: DIMSEMessage, assoc: Association) -> bool:
+    """Decode ``message``'s complete command set and give it its class; True when it
+    carries no dataset. A C-STORE-RQ's by :func:`store_request` (kept in ``_edge_values``
+    for :func:`_to_primitive`), unless someone wants pynetdicom's dataset in
+    EVT_DIMSE_RECV; anything else as pynetdicom 3.0.4 does."""
+    values = None
+    if not assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        values = store_request(message.encoded_command_set.getvalue())
+    if values is not None:
+        message._edge_values = values  # type: ignore[attr-defined]
+        message.__class__ = C_STORE_RQ
+        return False  # store_request takes only requests with a dataset
+    message.command_set = decode(message.encoded_command_set, True, True)
+    message.__class__ = _MESSAGE_TYPES[cast(int, message.command_set.CommandField)][1]
+    return bool(message.command_set.CommandDataSetType == 0x0101)
+
+
+def _affected_sop(message: DIMSEMessage) -> tuple[str, str]:
+    values = getattr(message, "_edge_values", None)
+    if values is not None:
+        return str(values[0x0002]), str(values[0x1000])
+    cs = message.command_set
+    return str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID)
+
+
 def _decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association) -> bool:
-    # pynetdicom 3.0.4's DIMSEMessage.decode_msg: the file meta by file_meta(), fragments
-    # written from a view, one flush at the last (tests/ingest/test_dimse.py pins the source).
+    # pynetdicom 3.0.4's DIMSEMessage.decode_msg: the file meta by file_meta(), a C-STORE-RQ's
+    # command set by store_request(), fragments written from a view, one flush at the last
+    # (tests/ingest/test_dimse.py pins the source).
     if primitive.__class__ != P_DATA or primitive is None:
         return False
 
@@ -212,10 +515,7 @@ def _decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association) ->
 
             if control_header_byte & 2:
                 message.context_id = context_id
-                message.command_set = decode(message.encoded_command_set, True, True)
-                message.__class__ = _MESSAGE_TYPES[cast(int, message.command_set.CommandField)][1]
-
-                if message.command_set.CommandDataSetType == 0x0101:
+                if _command_decoded(message, assoc):
                     return True
 
                 if _config.STORE_RECV_CHUNKED_DATASET and isinstance(message, C_STORE_RQ):
@@ -223,15 +523,9 @@ def _decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association) ->
                     spool = NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")  # noqa: SIM115
                     message._data_set_file = cast(Any, spool)
                     message._data_set_path = Path(spool.name)
-                    cs = message.command_set
+                    sop_class, sop_instance = _affected_sop(message)
                     cx = assoc._accepted_cx[context_id]
-                    spool.write(
-                        file_meta(
-                            str(cs.AffectedSOPClassUID),
-                            str(cs.AffectedSOPInstanceUID),
-                            str(cx.transfer_syntax[0]),
-                        )
-                    )
+                    spool.write(file_meta(sop_class, sop_instance, str(cx.transfer_syntax[0])))
 
         else:
             if message._data_set_file:

@@ -13,6 +13,10 @@ longer than we accept before reading its body, and walks each P-DATA-TF's value 
   status (:meth:`MessageLimits.take_oversized`);
 - a peer that sends more than :data:`MAX_UNANSWERED` requests without waiting for the
   responses (no asynchronous operations are negotiated) is aborted.
+
+Each read takes up to :data:`READ_AHEAD` bytes past the PDU it is for (a fixed bound, not
+a length from the network); they are the next PDU's header and first bytes, checked as
+above when that PDU's turn comes, and save the header its own read.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ COMMAND_CAP = 64 * 1024  # a command set is a few hundred bytes
 SMALL_DATASET_CAP = 64 * 1024  # we serve no DIMSE service whose request carries a dataset
 MAX_UNANSWERED = 16
 PDU_HEADER = 6
+# Bytes read past the end of a PDU in the same call: the next PDU's header, usually there
+# already, then costs no read (and its wait in select no GIL hand-off) of its own.
+READ_AHEAD = 16 * 1024
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 _C_STORE_RQ = 0x0001
 _NO_DATASET = 0x0101
@@ -194,6 +201,10 @@ class GuardedSocket(AssociationSocket):
     ) -> None:
         super().__init__(assoc, client_socket=client_socket)
         self._unread = bytearray(request)
+        self._ahead = bytearray()  # read past the last PDU handed over; not checked yet
+        # A plain socket is read with os.readv on its descriptor: one system call, where
+        # socket.recv_into with a timeout polls first (two, each a GIL hand-off).
+        self._plain = not isinstance(client_socket, ssl.SSLSocket)
         self._body: bytes | bytearray | None = None
         self._body_follows = False
         self.limits = limits
@@ -214,7 +225,7 @@ class GuardedSocket(AssociationSocket):
     def ready(self) -> bool:
         """Whether a PDU can be read; waits up to ``IDLE_WAKE_S`` for one, or for
         :meth:`wake` (pynetdicom's DUL asks without waiting and then sleeps 1 ms)."""
-        if self._unread or self._body is not None:
+        if self._unread or self._body is not None or len(self._ahead) >= PDU_HEADER:
             return True
         connection = self.socket
         if connection is None or not self._is_connected:
@@ -248,11 +259,11 @@ class GuardedSocket(AssociationSocket):
             return body if isinstance(body, bytearray) else bytearray(body)
         if self._body_follows:  # of a PDU other than P-DATA-TF, its length checked
             self._body_follows = False
-            return super().recv(nr_bytes)
+            return self._take(nr_bytes)
         try:
             if nr_bytes != PDU_HEADER:  # not a read pynetdicom makes; never unchecked
                 raise LimitExceeded(Refusal.PDU_TOO_LARGE, f"unexpected read of {nr_bytes} bytes")
-            header = super().recv(PDU_HEADER)
+            header = self._take(PDU_HEADER)
             if len(header) < PDU_HEADER:
                 return header
             pdu_type, _reserved, length = struct.unpack(">BBI", header)
@@ -271,21 +282,55 @@ class GuardedSocket(AssociationSocket):
         self._body = body
         return bytearray(struct.pack(">BBI", pdu_type, 0, len(body)))
 
-    def _read(self, length: int) -> bytearray:
-        """``length`` bytes (fewer if the peer closes), read straight into one buffer: the
-        length was checked, and pynetdicom's 4 KiB reads cost more than the network."""
-        connection = cast(socket.socket, self.socket)
-        buffer = bytearray(length)
-        view, received = memoryview(buffer), 0
-        while received < length:
-            count = connection.recv_into(view[received:], length - received)
-            if count == 0:
+    def _take(self, count: int) -> bytearray:
+        """``count`` bytes (fewer if the peer closes): those read ahead, then the socket's,
+        reading at most :data:`READ_AHEAD` past them."""
+        while len(self._ahead) < count:
+            chunk = bytearray(count - len(self._ahead) + READ_AHEAD)
+            with memoryview(chunk) as view:
+                received = self._recv_into(view)
+            if received == 0:
                 break
-            received += count
-        view.release()
-        if received < length:
-            del buffer[received:]
+            self._ahead += chunk[:received]
+        taken = self._ahead[:count]
+        del self._ahead[:count]  # from the front of a bytearray: no move of the rest
+        return taken
+
+    def _read(self, length: int) -> bytearray:
+        """``length`` bytes (fewer if the peer closes), read straight into one buffer with
+        up to :data:`READ_AHEAD` bytes more, which stay for the next PDU: the length was
+        checked, and pynetdicom's 4 KiB reads cost more than the network."""
+        if len(self._ahead) >= length:
+            return self._take(length)
+        buffer = bytearray(length + READ_AHEAD)
+        received = len(self._ahead)
+        buffer[:received] = self._ahead
+        self._ahead.clear()
+        with memoryview(buffer) as view:
+            while received < length:
+                count = self._recv_into(view[received:])
+                if count == 0:
+                    break
+                received += count
+        if received > length:
+            self._ahead = buffer[length:received]
+        del buffer[min(received, length) :]
         return buffer
+
+    def _recv_into(self, view: memoryview) -> int:
+        """One read into ``view``; 0 when the peer has closed. The socket's timeout holds:
+        TimeoutError when nothing came in that long, as socket.recv_into raises."""
+        connection = cast(socket.socket, self.socket)
+        if not self._plain:
+            return connection.recv_into(view)
+        fd, timeout = connection.fileno(), connection.gettimeout()  # -1 once closed: EBADF
+        while True:
+            try:
+                return os.readv(fd, [view])
+            except BlockingIOError:  # non-blocking: Python's way of keeping a timeout
+                readable, _, _ = select.select([fd], [], [], timeout)
+                if not readable:
+                    raise TimeoutError("timed out") from None
 
     def send(self, bytestream: bytes) -> None:
         self.limits.sent(bytestream)

@@ -1,32 +1,49 @@
 """The SCP's own encodings of a spooled file's meta and of a C-STORE-RSP are byte for byte
-what pynetdicom and pydicom write; the pynetdicom code the provider copies is pinned."""
+what pynetdicom and pydicom write, its decoding of a C-STORE-RQ's command set gives the
+primitive pynetdicom's gives; the pynetdicom code the providers copy is pinned."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import struct
 from io import BytesIO
+from typing import cast
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta, decode, encode
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import DT_2
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 
-from gateway.ingest.dimse import EdgeDul, file_meta, store_response
+from gateway.ingest.dimse import (
+    EdgeDul,
+    ReceivedData,
+    _to_primitive,
+    adopt_dul,
+    file_meta,
+    store_request,
+    store_response,
+)
 
 # sha256 of pynetdicom 3.0.4's DIMSEMessage.decode_msg and DIMSEServiceProvider
 # .receive_primitive. When pynetdicom changes either, compare it with the copy in
 # gateway/ingest/dimse.py, carry the change over, and pin the new hash.
 PYNETDICOM_DECODE_MSG = "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284"
 PYNETDICOM_RECEIVE_PRIMITIVE = "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f"
+# DULServiceProvider.run_reactor and _read_pdu_data (EdgeDul's), the FSM's DT_2 (_pass_data).
+PYNETDICOM_RUN_REACTOR = "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803"
+PYNETDICOM_READ_PDU_DATA = "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b"
+PYNETDICOM_DT_2 = "9ec543394e0b49eb8be2448fc3f9950361b0047db7cf3742844f377bd225ba73"
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 # The last is malformed (non-ASCII, as a sender may send it): written back byte for byte.
@@ -38,6 +55,9 @@ UIDS = ["1.2.3.4", "1.2.3.45", "2.25.123456789012345678901234567890123456789", "
     [
         (DIMSEMessage.decode_msg, PYNETDICOM_DECODE_MSG),
         (DIMSEServiceProvider.receive_primitive, PYNETDICOM_RECEIVE_PRIMITIVE),
+        (DULServiceProvider.run_reactor, PYNETDICOM_RUN_REACTOR),
+        (DULServiceProvider._read_pdu_data, PYNETDICOM_READ_PDU_DATA),
+        (DT_2, PYNETDICOM_DT_2),
     ],
 )
 def test_the_copied_pynetdicom_code_is_the_installed_one(copied: object, pinned: str) -> None:
@@ -85,7 +105,9 @@ def test_a_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
     assert store_response(rsp) is None
 
 
-def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it() -> None:
+def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the SCP runs: pynetdicom's standard log handlers (on EVT_PDU_RECV among others) off.
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
     pdu = P_DATA_TF()
     fragments = [(1, b"\x03" + b"c" * 9), (1, b"\x00" + bytes(range(256)) * 40), (3, b"\x02")]
     for context_id, data in fragments:
@@ -97,9 +119,173 @@ def test_a_p_data_tf_is_decoded_as_pynetdicom_decodes_it() -> None:
     edge = Association(AE(), MODE_ACCEPTOR).dul
     edge.__class__ = EdgeDul
     ours, event = edge._decode_pdu(bytearray(encoded))
+    assert isinstance(ours, ReceivedData)  # built without pynetdicom's items
     theirs, their_event = stock._decode_pdu(bytearray(encoded))
     assert event == their_event == "Evt10"
     assert isinstance(ours, P_DATA_TF) and isinstance(theirs, P_DATA_TF)
     ours_pdvs = ours.to_primitive().presentation_data_value_list
     assert [(cid, bytes(data)) for cid, data in ours_pdvs] == fragments
+    # As the DUL reads it: the body decoded where it lies, not joined to its header.
+    body, body_event = cast(EdgeDul, edge)._decode_body(
+        bytearray(encoded[:6]), bytearray(encoded[6:])
+    )
+    assert body_event == "Evt10" and isinstance(body, ReceivedData)
+    body_pdvs = body.to_primitive().presentation_data_value_list
+    assert [(cid, bytes(data)) for cid, data in body_pdvs] == fragments
     assert theirs.to_primitive().presentation_data_value_list == fragments
+
+
+def _encoded(message: DIMSEMessage) -> bytes:
+    encoded = encode(message.command_set, True, True)
+    assert encoded is not None
+    return bytes(encoded)
+
+
+def _request_command(message_id: int, instance: str, priority: int | None) -> bytes:
+    req = C_STORE()
+    req.MessageID = message_id
+    req.AffectedSOPClassUID = CT
+    req.AffectedSOPInstanceUID = instance
+    if priority is not None:
+        req.Priority = priority
+    req.DataSet = BytesIO(b"\0")
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    return _encoded(message)
+
+
+def _by_pynetdicom(command: bytes) -> C_STORE:
+    message = C_STORE_RQ()
+    message.command_set = decode(BytesIO(command), True, True)
+    message.context_id = 3
+    return message.message_to_primitive()  # type: ignore[return-value]
+
+
+_ATTRIBUTES = (
+    "MessageID",
+    "AffectedSOPClassUID",
+    "AffectedSOPInstanceUID",
+    "Priority",
+    "MoveOriginatorApplicationEntityTitle",
+    "MoveOriginatorMessageID",
+    "_context_id",
+    "_dataset_path",
+    "_dataset_file",
+)
+
+
+@pytest.mark.parametrize("instance", UIDS[:3])
+@pytest.mark.parametrize(("message_id", "priority"), [(1, None), (65535, 0x0001), (7, 0x0002)])
+def test_a_store_request_decodes_as_pynetdicom_decodes_it(
+    instance: str, message_id: int, priority: int | None
+) -> None:
+    command = _request_command(message_id, instance, priority)
+    values = store_request(command)
+    assert values is not None
+    message = DIMSEMessage()
+    message._edge_values = values  # type: ignore[attr-defined]
+    message.__class__ = C_STORE_RQ
+    message.context_id = 3
+    ours, theirs = _to_primitive(message), _by_pynetdicom(command)
+    assert isinstance(ours, C_STORE)
+    for name in _ATTRIBUTES:
+        assert getattr(ours, name) == getattr(theirs, name), name
+        assert type(getattr(ours, name)) is type(getattr(theirs, name)), name
+    assert ours.AffectedSOPInstanceUID == instance
+    assert ours.MessageID == message_id
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0, element, len(value)) + value
+
+
+def test_a_malformed_uid_is_decoded_byte_for_byte_as_pydicom_does() -> None:
+    # A non-ASCII UID with trailing spaces and null: the setters see pydicom's value.
+    command = _request_command(5, UIDS[0], None)
+    odd = command.replace(_element(0x1000, b"1.2.3.4\0"), _element(0x1000, b"1.2.3\xe9 \0"))
+    assert odd != command
+    odd = _element(0x0000, struct.pack("<I", len(odd) - 12)) + odd[12:]
+    values = store_request(odd)
+    assert values is not None
+    assert values[0x1000] == decode(BytesIO(odd), True, True).AffectedSOPInstanceUID
+
+
+def _echo_command() -> bytes:
+    req = C_ECHO()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    message = C_ECHO_RQ()
+    message.primitive_to_message(req)
+    return _encoded(message)
+
+
+def _with_move_originator() -> bytes:
+    req = C_STORE()
+    req.MessageID, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = 2, CT, UIDS[0]
+    req.MoveOriginatorApplicationEntityTitle = "MOVER"
+    req.MoveOriginatorMessageID = 9
+    req.DataSet = BytesIO(b"\0")
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    return _encoded(message)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(_echo_command(), id="c-echo"),
+        pytest.param(_with_move_originator(), id="move-originator"),
+        pytest.param(
+            _request_command(1, UIDS[0], None).replace(
+                _element(0x0800, b"\x01\x00"), _element(0x0800, b"\x01\x01")
+            ),
+            id="no-dataset",
+        ),
+        pytest.param(_request_command(1, UIDS[0], None)[:-3], id="truncated"),
+        pytest.param(
+            _request_command(1, "1.2.3.4", None).replace(b"1.2.3.4\0", b"1.2\\3.4"),
+            id="two-values",
+        ),
+        pytest.param(
+            _request_command(1, UIDS[0], None).replace(
+                _element(0x0110, b"\x01\x00"), _element(0x0110, b"\x01\x00\x02\x00")
+            ),
+            id="message-id-vm2",
+        ),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_anything_but_a_plain_store_request_is_left_to_pynetdicom(command: bytes) -> None:
+    assert store_request(command) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\x00\x00\x00\x00\x01", id="empty-item"),
+        pytest.param(b"\x00\x00\x00\x09\x01\x03abc", id="item-past-the-end"),
+        pytest.param(b"\x00\x00\x00\x02\x01\x03\x00\x00", id="trailing-bytes"),
+    ],
+)
+def test_a_malformed_p_data_tf_fails_as_pynetdicom_fails(body: bytes) -> None:
+    encoded = bytes([0x04, 0]) + len(body).to_bytes(4, "big") + body
+    stock = Association(AE(), MODE_ACCEPTOR).dul
+    edge = Association(AE(), MODE_ACCEPTOR).dul
+    edge.__class__ = EdgeDul
+    with pytest.raises(Exception) as theirs:
+        stock._decode_pdu(bytearray(encoded))
+    with pytest.raises(Exception) as ours:
+        edge._decode_pdu(bytearray(encoded))
+    with pytest.raises(Exception) as ours_read:
+        cast(EdgeDul, edge)._decode_body(bytearray(encoded[:6]), bytearray(encoded[6:]))
+    assert type(ours.value) is type(theirs.value) is type(ours_read.value)
+
+
+def test_an_adopted_dul_thread_runs_the_edge_loop() -> None:
+    # The thread's target is bound when pynetdicom builds the DUL: a class assignment alone
+    # would leave it running pynetdicom's run_reactor.
+    dul = Association(AE(), MODE_ACCEPTOR).dul
+    adopt_dul(dul)
+    assert isinstance(dul, EdgeDul)
+    target = dul._target  # type: ignore[attr-defined]
+    assert target.__func__ is EdgeDul.run_reactor and target.__self__ is dul

@@ -256,6 +256,51 @@ def test_a_p_data_declaring_2_gib_aborts_the_association(
     assert echo(port) == 0
 
 
+def _associated(connection: socket.socket) -> None:
+    connection.sendall(association_request())
+    accept = connection.recv(6)
+    assert accept[0] == 0x02  # A-ASSOCIATE-AC
+    with_body = struct.unpack(">I", accept[2:6])[0]
+    while with_body:
+        with_body -= len(connection.recv(with_body))
+
+
+def test_a_pdu_header_read_ahead_with_the_one_before_is_still_checked(
+    edge: Callable[..., Gateway],
+) -> None:
+    # One write: a C-ECHO and a P-DATA-TF declaring 2 GiB, whose header the SCP reads in
+    # the same call as the echo's PDU (READ_AHEAD): aborted all the same, nothing allocated
+    # (whether the echo is answered first is a race, as it was with a read per PDU).
+    gateway = edge()
+    port = gateway.parts.settings.dicom_port
+    with raw_connection(port) as connection:
+        _associated(connection)
+        connection.sendall(echo_request(1) + bytes.fromhex("04007FFFFFFF") + b"\0" * 4096)
+        tail = read_until_closed(connection)
+    assert tail.endswith(A_ABORT)
+    assert _refused(gateway, Refusal.PDU_TOO_LARGE) == 1
+    assert echo(port) == 0
+
+
+def test_requests_in_one_write_are_each_answered(edge: Callable[..., Gateway]) -> None:
+    # Several PDUs per read, headers split across reads: every one decoded and answered.
+    gateway = edge()
+    port = gateway.parts.settings.dicom_port
+    count = MAX_UNANSWERED
+    with raw_connection(port) as connection:
+        _associated(connection)
+        connection.sendall(b"".join(echo_request(n) for n in range(1, count + 1)))
+        answers = bytearray()
+        while answers.count(b"\x00\x00\x20\x01\x02\x00\x00\x00") < count:  # (0000,0120)
+            chunk = connection.recv(65536)
+            assert chunk, "closed before every request was answered"
+            answers += chunk
+    assert all(
+        answers.find(struct.pack("<HHIH", 0, 0x0120, 2, n)) >= 0 for n in range(1, count + 1)
+    )
+    assert _refused(gateway, Refusal.UNANSWERED_REQUESTS) == 0
+
+
 def test_requests_sent_without_waiting_for_responses_abort_the_association(
     edge: Callable[..., Gateway],
 ) -> None:
