@@ -26,8 +26,6 @@ from typing import Any
 
 from PIL import Image
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
@@ -46,6 +44,7 @@ from gateway.inference.findings import Finding
 from gateway.inference.masks import decode_mask
 from gateway.jobs.states import JobState
 from gateway.results import flags, gsps, seg, sr
+from gateway.results.encoding import part10
 from gateway.results.input import Organisation, ReportFinding, ReportInput
 from gateway.results.semd import document as semd
 from gateway.results.semd.config import SemdConfig
@@ -284,19 +283,6 @@ def _semd(report: ReportInput, context: ReportContext, key_image: Image.Image | 
         name="semd.xml",
         meta={"document_id": document.document_id, "metadata": document.metadata},
     )
-
-
-def part10(dataset: Dataset) -> bytes:
-    """The object as a DICOM part-10 file, Explicit VR Little Endian unless it says."""
-    if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        dataset.file_meta = meta
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 # --- recording ------------------------------------------------------------------------
