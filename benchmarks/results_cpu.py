@@ -89,7 +89,7 @@ def one_round(
             timed("SEG", lambda: part10(segmentation))
     image = timed(
         "SEMD key image",
-        lambda: flags.key_image_jpeg(drawn[0].picture, max_px) if drawn else None,
+        lambda: flags.key_image_jpeg(drawn[0], max_px) if drawn else None,
     )
     document = timed("SEMD document", lambda: semd.build_semd(report, config, image))
     if reference is not None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from pydicom import Dataset, dcmread
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
@@ -230,7 +229,7 @@ def build_artifacts(report: ReportInput, context: ReportContext) -> list[_Artifa
     artifacts += _attempt(ResultKind.GSPS, lambda: _optional(gsps.build_gsps(report)))
     if any(f.mask is not None for f in report.findings):
         artifacts += _attempt(ResultKind.SEG, lambda: _optional(seg.build_seg(report)))
-    artifacts.append(_semd(report, context, drawn[0].picture if drawn else None))
+    artifacts.append(_semd(report, context, drawn[0].drawing if drawn else None))
     return artifacts
 
 
@@ -256,7 +255,9 @@ def _attempt(kind: ResultKind, build: Callable[[], list[Dataset]]) -> list[_Arti
     ]
 
 
-def _semd(report: ReportInput, context: ReportContext, key_image: Image.Image | None) -> _Artifact:
+def _semd(
+    report: ReportInput, context: ReportContext, key_image: flags.Drawing | None
+) -> _Artifact:
     if context.semd_config is None:
         return _Artifact(ResultKind.SEMD, reason="SEMD not configured (no semd_file)")
     try:

@@ -194,6 +194,27 @@ def test_key_image_is_a_jpeg_of_the_drawing_scaled_to_the_viewer_size(chest: Rep
     assert np.median(close) <= 2
 
 
+@pytest.mark.parametrize("max_side", [1024, 400, 300])
+def test_key_image_scales_grey_and_colour_apart_to_the_same_pixels(
+    chest: ReportInput, chest_negative: ReportInput, max_side: int
+) -> None:
+    """The key image scales the grey as one channel and the banner and marks from the RGB
+    drawing: what scaling the whole drawing gives, but for a few pixels on a filter edge."""
+    for report in (chest, chest_negative):
+        (flag,) = flags.build_flags(report)
+        width, height = flag.picture.size
+        scale = max_side / max(width, height)
+        size = (round(width * scale), round(height * scale))
+        whole = flag.picture.resize(size, Image.Resampling.BOX, reducing_gap=1.0)
+        parts = flags._scaled(flag.drawing, size)
+        assert parts.mode == "RGB" and parts.size == size
+        differ = np.abs(np.asarray(whole).astype(int) - np.asarray(parts).astype(int)).max(2)
+        assert (differ > 0).mean() < 0.001, (max_side, int((differ > 0).sum()))
+        # The colour is there: the banner's text and, when positive, the mark.
+        tinted = np.asarray(parts)[..., 0].astype(int) - np.asarray(parts)[..., 2] > 60
+        assert tinted.sum() > 0
+
+
 def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -> None:
     (ds,) = flags.build_flag_images(chest_negative)
     source = chest_negative.sources[0]
