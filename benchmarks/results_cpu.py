@@ -41,7 +41,7 @@ from pydicom import Dataset, dcmread
 
 from benchmarks.environment import RESULTS, ROOT, machine_description, machine_name, write_results
 from gateway.results import flags, gsps, seg, sr
-from gateway.results.build import part10
+from gateway.results.encoding import part10
 from gateway.results.input import ReportInput
 from gateway.results.semd import document as semd
 from gateway.results.semd.config import SemdConfig, load_semd_config
