@@ -68,7 +68,10 @@ _LOOKUP_ROWS = 32
 def _looked_up(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
     out = np.empty(indices.shape, dtype=table.dtype)
     for start in range(0, indices.shape[0], _LOOKUP_ROWS):
-        np.take(table, indices[start : start + _LOOKUP_ROWS], out=out[start : start + _LOOKUP_ROWS])
+        # "clip" changes nothing (the table has an entry for every value of the indices'
+        # type) and skips numpy's bounds check: ~4.5 -> ~3.3 ms.
+        rows = slice(start, start + _LOOKUP_ROWS)
+        np.take(table, indices[rows], out=out[rows], mode="clip")
     return out
 
 
