@@ -41,7 +41,7 @@ from pydicom import Dataset, dcmread
 
 from benchmarks.environment import RESULTS, ROOT, machine_description, machine_name, write_results
 from gateway.results import flags, gsps, seg, sr
-from gateway.results.build import part10
+from gateway.results.encoding import part10
 from gateway.results.input import ReportInput
 from gateway.results.semd import document as semd
 from gateway.results.semd.config import SemdConfig, load_semd_config
@@ -89,7 +89,7 @@ def one_round(
             timed("SEG", lambda: part10(segmentation))
     image = timed(
         "SEMD key image",
-        lambda: flags.key_image_jpeg(drawn[0].picture, max_px) if drawn else None,
+        lambda: flags.key_image_jpeg(drawn[0], max_px) if drawn else None,
     )
     document = timed("SEMD document", lambda: semd.build_semd(report, config, image))
     if reference is not None:

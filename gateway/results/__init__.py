@@ -9,6 +9,8 @@ input
     :class:`ReportInput`: what every builder is given.
 build
     Gathers a job's input, runs every builder, stores the objects and queues their delivery.
+encoding
+    The objects as part-10 bytes: pydicom's writer without its repeated passes.
 header
     The one DICOM header policy of every result object: derived UIDs, series description,
     patient/study attributes mended, time stamps, the AI device as Contributing Equipment.

@@ -24,10 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
@@ -46,6 +43,7 @@ from gateway.inference.findings import Finding
 from gateway.inference.masks import decode_mask
 from gateway.jobs.states import JobState
 from gateway.results import flags, gsps, seg, sr
+from gateway.results.encoding import part10
 from gateway.results.input import Organisation, ReportFinding, ReportInput
 from gateway.results.semd import document as semd
 from gateway.results.semd.config import SemdConfig
@@ -231,7 +229,7 @@ def build_artifacts(report: ReportInput, context: ReportContext) -> list[_Artifa
     artifacts += _attempt(ResultKind.GSPS, lambda: _optional(gsps.build_gsps(report)))
     if any(f.mask is not None for f in report.findings):
         artifacts += _attempt(ResultKind.SEG, lambda: _optional(seg.build_seg(report)))
-    artifacts.append(_semd(report, context, drawn[0].picture if drawn else None))
+    artifacts.append(_semd(report, context, drawn[0].drawing if drawn else None))
     return artifacts
 
 
@@ -257,7 +255,9 @@ def _attempt(kind: ResultKind, build: Callable[[], list[Dataset]]) -> list[_Arti
     ]
 
 
-def _semd(report: ReportInput, context: ReportContext, key_image: Image.Image | None) -> _Artifact:
+def _semd(
+    report: ReportInput, context: ReportContext, key_image: flags.Drawing | None
+) -> _Artifact:
     if context.semd_config is None:
         return _Artifact(ResultKind.SEMD, reason="SEMD not configured (no semd_file)")
     try:
@@ -284,19 +284,6 @@ def _semd(report: ReportInput, context: ReportContext, key_image: Image.Image | 
         name="semd.xml",
         meta={"document_id": document.document_id, "metadata": document.metadata},
     )
-
-
-def part10(dataset: Dataset) -> bytes:
-    """The object as a DICOM part-10 file, Explicit VR Little Endian unless it says."""
-    if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        dataset.file_meta = meta
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 # --- recording ------------------------------------------------------------------------

@@ -35,8 +35,9 @@ def display_pixels(source: Dataset) -> np.ndarray:
 
 def display_bytes(source: Dataset) -> np.ndarray:
     """:func:`display_pixels` as 8-bit grey, 0 black and 255 white (rounded to nearest)."""
+    stored = _native_stored(source)
     try:
-        raw = np.asarray(source.pixel_array)
+        raw = np.asarray(source.pixel_array) if stored is None else stored
     except Exception:  # decoders raise anything: display_pixels says what, as DecodeError
         return _to_bytes(display_pixels(source))
     window = source_window(source)
@@ -51,12 +52,67 @@ def display_bytes(source: Dataset) -> np.ndarray:
     unsigned = np.dtype(f"u{raw.itemsize}")
     # Every value the stored type can hold, in the order of its unsigned reading.
     levels = np.arange(2 ** (8 * raw.itemsize), dtype=unsigned).view(raw.dtype)
+    if stored is not None:
+        levels = _meant(levels, source)  # the bits above Bits Stored are left in the raw view
     values = np.asarray(apply_modality_lut(levels, source), dtype=np.float32)
     shown = apply_window(values, *window)
     table = _to_bytes(1.0 - shown if _inverted(source) else shown)
-    # take, not table[...]: the same lookup, some 15 % faster on a 5-Mpx radiograph.
-    shown_bytes: np.ndarray = np.take(table, raw.view(unsigned))
-    return shown_bytes
+    return _looked_up(table, raw.view(unsigned))
+
+
+# Rows looked up at a time: numpy turns the indices into a temporary intp array first, and
+# a block of it that stays in the cache cuts a 5-Mpx radiograph's lookup from ~10.7 to ~4 ms.
+_LOOKUP_ROWS = 32
+
+
+def _looked_up(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    out = np.empty(indices.shape, dtype=table.dtype)
+    for start in range(0, indices.shape[0], _LOOKUP_ROWS):
+        # "clip" changes nothing (the table has an entry for every value of the indices'
+        # type) and skips numpy's bounds check: ~4.5 -> ~3.3 ms.
+        rows = slice(start, start + _LOOKUP_ROWS)
+        np.take(table, indices[rows], out=out[rows], mode="clip")
+    return out
+
+
+def _native_stored(source: Dataset) -> np.ndarray | None:
+    """The stored values of a native little-endian, one-frame, one-sample image, read in place
+    from Pixel Data (no copy, the bits above Bits Stored as they came: :func:`_meant` says what
+    each word means); None for anything else, which pydicom decodes.
+
+    pydicom's decode copies the 10 MB of a radiograph and masks its unused bits, ~6 ms that a
+    table over every 16-bit word does for nothing."""
+    syntax = getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_encapsulated or not syntax.is_little_endian:
+        return None
+    try:
+        rows, cols, allocated = int(source.Rows), int(source.Columns), int(source.BitsAllocated)
+        stored = int(source.BitsStored)
+        samples = int(source.get("SamplesPerPixel") or 1)
+        frames = int(source.get("NumberOfFrames") or 1)
+        signed = int(source.PixelRepresentation) == 1
+        data = source.PixelData
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if allocated not in (8, 16) or not 1 <= stored <= allocated or samples != 1 or frames != 1:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    if not isinstance(data, bytes) or len(data) < rows * cols * dtype.itemsize:
+        return None
+    return np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
+
+
+def _meant(words: np.ndarray, source: Dataset) -> np.ndarray:
+    """The value each stored word means: its low Bits Stored bits, sign-extended when the
+    pixels are signed (as pydicom's decode corrects them)."""
+    bits = int(source.BitsStored)
+    if bits == 8 * words.itemsize:
+        return words
+    unsigned = words.view(np.dtype(f"u{words.itemsize}")) & ((1 << bits) - 1)
+    if int(source.PixelRepresentation) != 1:
+        return unsigned.astype(words.dtype)
+    extended = unsigned.astype(np.int64) - ((unsigned >> (bits - 1)) << bits)
+    return extended.astype(words.dtype)
 
 
 def _to_bytes(shown: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
@@ -192,6 +192,54 @@ def test_key_image_is_a_jpeg_of_the_drawing_scaled_to_the_viewer_size(chest: Rep
     # Lossy, but close: the banner's background and the grey image survive.
     close = np.abs(np.asarray(full).astype(int) - ds.pixel_array.astype(int))
     assert np.median(close) <= 2
+
+
+@pytest.mark.parametrize("max_side", [1024, 400, 300])
+def test_key_image_scales_grey_and_colour_apart_to_the_same_pixels(
+    chest: ReportInput, chest_negative: ReportInput, max_side: int
+) -> None:
+    """The key image scales the grey as one channel and the banner and marks from the RGB
+    drawing: what scaling the whole drawing gives, but for a few pixels on a filter edge."""
+    for report in (chest, chest_negative):
+        (flag,) = flags.build_flags(report)
+        width, height = flag.picture.size
+        scale = max_side / max(width, height)
+        size = (round(width * scale), round(height * scale))
+        whole = flag.picture.resize(size, Image.Resampling.BOX, reducing_gap=1.0)
+        parts = flags._scaled(flag.drawing, size)
+        assert parts.mode == "RGB" and parts.size == size
+        differ = np.abs(np.asarray(whole).astype(int) - np.asarray(parts).astype(int)).max(2)
+        assert (differ > 0).mean() < 0.001, (max_side, int((differ > 0).sum()))
+        # The colour is there: the banner's text and, when positive, the mark.
+        tinted = np.asarray(parts)[..., 0].astype(int) - np.asarray(parts)[..., 2] > 60
+        assert tinted.sum() > 0
+
+
+def _banner_drawn_whole(width: int, lines: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:
+    """The banner as drawn before lines were kept: every line's text onto one image."""
+    size = min(max(round(width / 48), 14), 40)
+    font, margin, step = flags._font(size), size // 2, round(size * 1.35)
+    parts = [(p, c) for t, c in lines for p in flags._wrap(t, font, width - 2 * margin)]
+    banner = Image.new("RGB", (width, 2 * margin + step * len(parts)), flags.BANNER_BG)
+    draw = ImageDraw.Draw(banner)
+    for i, (text, colour) in enumerate(parts):
+        draw.text((margin, margin + i * step), text, fill=colour, font=font)
+    return banner
+
+
+def test_banner_from_kept_lines_is_the_banner_drawn_whole(
+    chest: ReportInput, chest_negative: ReportInput
+) -> None:
+    """Kept lines (drawn once, laid over as masks) give the very pixels of drawing the text,
+    glyphs reaching past their line's step included, cold and warm."""
+    reach = ("ЙЁЩЦДУ Qjgpy ÅÉ ()[]{}|¦ ŷ", flags.TEXT_RGB)  # tall and deep glyphs
+    for report in (chest, chest_negative):
+        lines = [*flags.banner_lines(report, key_images(report)[0]), reach]
+        for width in (300, 768, 1678, 3000):
+            expected = np.asarray(_banner_drawn_whole(width, lines))
+            flags._ink.cache_clear()
+            assert np.array_equal(np.asarray(flags._banner(width, lines)), expected), width
+            assert np.array_equal(np.asarray(flags._banner(width, lines)), expected), width
 
 
 def test_negative_result_has_a_banner_and_no_mark(chest_negative: ReportInput) -> None:

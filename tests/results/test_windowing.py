@@ -53,6 +53,17 @@ def _variants() -> dict[str, pydicom.Dataset]:
     inverted.PhotometricInterpretation = "MONOCHROME1"
     unwindowed = copy.deepcopy(chest)
     del unwindowed.WindowCenter, unwindowed.WindowWidth
+    # Words with noise above Bits Stored (12): read in place, they must mean what pydicom's
+    # decode makes of them (masked; sign-extended when signed).
+    noise = np.random.default_rng(13).integers(0, 16, chest.pixel_array.shape, dtype=np.uint16)
+    high_bits = copy.deepcopy(chest)
+    high_bits.PixelData = (chest.pixel_array.astype(np.uint16) | (noise << 12)).tobytes()
+    signed12 = copy.deepcopy(ct)
+    ct_words = (ct.pixel_array.astype(np.int32) - 1024) & 0x0FFF
+    noise = np.random.default_rng(14).integers(0, 16, ct_words.shape, dtype=np.int32)
+    signed12.PixelRepresentation, signed12.BitsStored, signed12.HighBit = 1, 12, 11
+    signed12.RescaleIntercept = 0
+    signed12.PixelData = (ct_words | (noise << 12)).astype(np.uint16).tobytes()
     return {
         "dx": chest,
         "ct": ct,
@@ -61,6 +72,8 @@ def _variants() -> dict[str, pydicom.Dataset]:
         "signed": signed,
         "inverted": inverted,
         "unwindowed": unwindowed,
+        "high bits": high_bits,
+        "signed 12 bits": signed12,
     }
 
 

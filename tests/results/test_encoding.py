@@ -1,0 +1,76 @@
+"""Part-10 bytes of the result objects: the fast paths write what pydicom's writer writes."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from gateway.results import flags, gsps, sr
+from gateway.results.encoding import part10
+from gateway.results.header import source_header
+from gateway.results.input import ReportInput
+from tests import report_fixtures
+from tests.services import require_shared_data
+
+
+def _pydicom_bytes(dataset: Dataset) -> bytes:
+    """What pydicom's own writer makes of the object (a copy: part10 marks what it wrote)."""
+    fresh = copy.deepcopy(dataset)
+    buffer = io.BytesIO()
+    fresh.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _with_meta(dataset: Dataset) -> Dataset:
+    dataset.file_meta = pydicom.dataset.FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def chest() -> ReportInput:
+    return report_fixtures.chest_xray_input(positive=True)
+
+
+def test_result_objects_are_the_bytes_pydicom_writes(chest: ReportInput) -> None:
+    objects = [sr.build_sr(chest), gsps.build_gsps(chest)]
+    objects += [flag.dataset for flag in flags.build_flags(chest)]
+    for dataset in objects:
+        assert dataset is not None
+        expected = _pydicom_bytes(_with_meta(dataset))
+        assert part10(dataset) == expected, dataset.Modality
+        assert part10(dataset) == expected, "written twice"  # the marks change nothing
+
+
+def test_pixel_data_joined_behind_is_padded_and_reads_back() -> None:
+    dataset = Dataset()
+    dataset.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.SpecificCharacterSet = "ISO_IR 192"
+    dataset.PatientName = "Иванов^Иван"
+    pixels = np.random.default_rng(3).integers(0, 256, (1 << 20) + 1, dtype=np.uint8)
+    dataset.add_new(0x7FE00010, "OB", pixels.tobytes())  # odd length: written with a pad byte
+    expected = _pydicom_bytes(_with_meta(dataset))
+    written = part10(dataset)
+    assert written == expected
+    back = pydicom.dcmread(io.BytesIO(written))
+    assert back.PixelData[: len(pixels)] == pixels.tobytes() and len(back.PixelData) % 2 == 0
+    assert str(back.PatientName) == "Иванов^Иван"
+
+
+def test_real_headers_in_their_character_sets() -> None:
+    """Copied headers of real scanner files (sequences read lazily, other character sets)."""
+    files = sorted(require_shared_data().glob("*.dcm"))
+    assert files
+    for path in files:
+        source = pydicom.dcmread(path, stop_before_pixels=True)
+        header = _with_meta(source_header(source))
+        assert part10(header) == _pydicom_bytes(header), path.name
