@@ -184,15 +184,17 @@ def _stride(map_shape: tuple[int, ...], geometry: Geometry) -> tuple[float, ...]
 
 
 def to_source_grid(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """A model-grid mask sampled (nearest) at every source voxel's centre."""
-    indices = []
-    for n, size, scale, offset in zip(
-        geometry.source_shape, mask.shape, geometry.scale, geometry.offset, strict=True
+    """A model-grid mask sampled (nearest) at every source voxel's centre.
+
+    One axis at a time (``take``), not one fancy index over the open grid (``np.ix_``):
+    the same voxels, a quarter of the CPU for a CT volume (~5 against ~20 ms at 30×512²)."""
+    sampled = np.asarray(mask, dtype=bool)
+    for axis, (n, size, scale, offset) in enumerate(
+        zip(geometry.source_shape, mask.shape, geometry.scale, geometry.offset, strict=True)
     ):
         model = np.floor((np.arange(n) + 0.5) * scale + offset).astype(np.int64)
-        indices.append(np.clip(model, 0, size - 1))
-    inside = np.ix_(*indices)
-    return np.asarray(mask[inside], dtype=bool)
+        sampled = sampled.take(np.clip(model, 0, size - 1), axis=axis)
+    return sampled
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
