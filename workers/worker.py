@@ -39,7 +39,7 @@ from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEU
 from gateway.results.build import ReportContext
 from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.settings import Settings
-from models.runtime import GpuOptions, SessionCache
+from models.runtime import GPU_PROVIDERS, GpuOptions, SessionCache, usable_providers
 from workers.dependencies import wait_for_broker
 from workers.serve import Parts, retry_backoff
 from workers.tasks import register_tasks
@@ -53,11 +53,14 @@ def inference_context(parts: Parts) -> InferenceContext:
     # on the GPU stops the worker at start, naming what is missing.
     select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)
     gpu = GpuOptions(settings.gpu.cuda_device_id, settings.trt_engine_cache_dir)
+    on_gpu = usable_providers(settings.inference_providers)[0] in GPU_PROVIDERS
+    threads, runners = cpu_runs(settings, on_gpu)
+    sessions = SessionCache(settings.inference_providers, intra_op_threads=threads, gpu=gpu)
     return InferenceContext(
         db=parts.db,
         store=parts.store,
         registry=DeviceRegistry(parts.db, parts.store),
-        sessions=SessionCache(settings.inference_providers, gpu=gpu),
+        sessions=sessions,
         max_batch=settings.inference_max_batch,
         lease_s=lease_seconds(settings),
         budget=PixelBudget(settings.max_pixels_per_frame, settings.max_pixels_per_job),
@@ -74,9 +77,23 @@ def inference_context(parts: Parts) -> InferenceContext:
                 max_batch=settings.inference_max_batch,
                 max_wait_s=settings.inference_max_wait_ms / 1000,
                 max_queued=settings.inference_queue_images,
+                runners=runners,
             )
         ),
     )
+
+
+def cpu_runs(settings: Settings, on_gpu: bool) -> tuple[int, int]:
+    """onnxruntime threads per run (0: its default) and the runs a device's batcher makes at
+    once. On the CPU, ``inference_intra_op_threads`` each, and as many runs side by side as
+    fill the cores (``decode_processes``): one thread per run costs a small model a third
+    less CPU per image than two (chest X-ray 4.0 against 6.2 ms), CPU the decode children
+    then have, and an inference-bound model keeps every core from runs side by side. A
+    GPU runs one batch at a time, as before."""
+    threads = settings.inference_intra_op_threads
+    if on_gpu or threads == 0:
+        return 0, 1
+    return threads, max(1, settings.decode_processes // threads)
 
 
 def report_context(parts: Parts) -> ReportContext:

@@ -93,6 +93,8 @@ def bench_device(
         {1, pipeline_batch} | ({context.max_batch} if manifest.input.dims == 2 else set())
     )
     concurrency = plan.threads or bench.settings.worker_concurrency
+    assert context.batcher is not None
+    runners = context.batcher.limits.runners  # bare runs as the batcher does
     total_images = images * plan.studies
     tags = iter(range(1_000_000))
 
@@ -112,14 +114,16 @@ def bench_device(
     for number in range(plan.rounds):
         for batch in batches:
             bare_runs[batch].append(
-                run_bare(session, manifest, pool, batch, total_images, plan.bare_min_seconds)
+                run_bare(
+                    session, manifest, pool, batch, total_images, plan.bare_min_seconds, runners
+                )
             )
         sequential.append(pipeline(1))
         concurrent.append(pipeline(concurrency))
         prepares.append(run_prepare(context, manifest, keys, total_images))
         formed = min(max(round(concurrent[-1].mean_batch), 1), context.max_batch)
         same_batch.append(
-            run_bare(session, manifest, pool, formed, total_images, plan.bare_min_seconds)
+            run_bare(session, manifest, pool, formed, total_images, plan.bare_min_seconds, runners)
         )
         overlaps.append(stage_overlap(concurrent[-1], prepares[-1], same_batch[-1]))
         line = (

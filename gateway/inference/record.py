@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
 from gateway.index.database import Database
@@ -47,8 +47,15 @@ def write_outcome(session: Session, outcome: Outcome) -> bool:
     job = session.get(JobRow, outcome.job_id, with_for_update=True)  # one runner records
     if job is None or job.state in DONE_STATES:
         return False
-    session.execute(delete(FindingRow).where(FindingRow.job_id == outcome.job_id))
-    session.add_all(finding.to_row(outcome.job_id) for finding in outcome.findings)
+    # Core statements, not the unit of work: no objects to track, evaluate or flush (the
+    # session holds no FindingRow of this job to keep in step).
+    session.execute(
+        delete(FindingRow).where(FindingRow.job_id == outcome.job_id),
+        execution_options={"synchronize_session": False},
+    )
+    if outcome.findings:
+        values = [finding.row_values(outcome.job_id) for finding in outcome.findings]
+        session.execute(insert(FindingRow), values)
     job.timings_ms = outcome.timings_ms
     positive = any(f.positive for f in outcome.findings)
     detail = {"positive": positive, "timings_ms": outcome.timings_ms}

@@ -215,3 +215,32 @@ def test_a_real_session_batched_across_jobs_gives_each_job_what_it_gets_alone(
         alone = run(inputs)
         for name in ("probability", "heatmap"):
             np.testing.assert_allclose(outputs[name], alone[name], rtol=1e-5, atol=1e-6)
+
+
+def test_runners_run_batches_of_one_device_side_by_side(make: list[DeviceBatcher]) -> None:
+    # Two runners: while the first batch is held in the model, the second job's batch
+    # starts beside it (one runner would hold it until the first ended).
+    both_running = threading.Barrier(2, timeout=RESULT_S)
+    seen: list[float] = []
+
+    def model(batch: np.ndarray) -> Outputs:
+        both_running.wait()  # breaks (and the job fails) unless both run at once
+        seen.append(float(batch.flat[0]))
+        return {"score": batch.reshape(len(batch), -1).sum(axis=1)}
+
+    batcher = DeviceBatcher("device@1", BatchLimits(max_batch=1, max_wait_s=0, runners=2))
+    make.append(batcher)
+    futures = [batcher.submit(job(mark), model) for mark in (1, 2)]
+    assert [list(f.result(RESULT_S)["score"]) for f in futures] == [[16.0], [32.0]]
+    assert sorted(seen) == [1.0, 2.0] and batcher.batches == [1, 1]
+
+
+def test_the_worker_runs_cpu_inference_on_one_thread_per_run_side_by_side() -> None:
+    from gateway.settings import Settings
+    from workers.worker import cpu_runs
+
+    settings = Settings.model_construct(inference_intra_op_threads=1, decode_processes=4)
+    assert cpu_runs(settings, on_gpu=False) == (1, 4)
+    assert cpu_runs(settings, on_gpu=True) == (0, 1)  # a GPU: one batch at a time
+    spread = Settings.model_construct(inference_intra_op_threads=0, decode_processes=4)
+    assert cpu_runs(spread, on_gpu=False) == (0, 1)  # onnxruntime's default: one run
