@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # README: the batcher
     inference_queue_images: int = Field(default=64, ge=1, le=65536)  # inputs waiting per device
     inference_intra_op_threads: int = Field(  # README: CPU runs side by side, not spread
-        default=1, ge=0, le=256
+        default=0, ge=0, le=256
     )
     decode_processes: int = Field(  # the cores this process may use
         default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, le=256

@@ -85,11 +85,11 @@ def inference_context(parts: Parts) -> InferenceContext:
 
 def cpu_runs(settings: Settings, on_gpu: bool) -> tuple[int, int]:
     """onnxruntime threads per run (0: its default) and the runs a device's batcher makes at
-    once. On the CPU, ``inference_intra_op_threads`` each, and as many runs side by side as
-    fill the cores (``decode_processes``): one thread per run costs a small model a third
-    less CPU per image than two (chest X-ray 4.0 against 6.2 ms), CPU the decode children
-    then have, and an inference-bound model keeps every core from runs side by side. A
-    GPU runs one batch at a time, as before."""
+    once. By default (0) one run at a time on every core: a lone study's inference is as
+    quick as the cores allow. Set, on a CPU node: ``inference_intra_op_threads`` per run and
+    as many runs side by side as fill the cores (``decode_processes``), for throughput where
+    many cores would otherwise be spread thin over one small model. A GPU runs one batch at
+    a time."""
     threads = settings.inference_intra_op_threads
     if on_gpu or threads == 0:
         return 0, 1

@@ -12,10 +12,9 @@ its device is still decoding — a lone job never waits for company that is not 
 Why a thread per device rather than a lock: onnxruntime runs one batch with all the cores it
 has; the threads that submit are free to wait while their neighbours' jobs
 decode in the process pool. On the CPU a device may have ``runners`` such threads, each
-running its own batch at once with fewer onnxruntime threads per run: small models run
-1.5× cheaper per image on one thread than spread over two (chest X-ray 4.0 against 6.2 ms
-of CPU), which leaves that CPU to decode, while an inference-bound model still gets every
-core from runs side by side.
+running its own batch at once with fewer onnxruntime threads per run
+(``inference_intra_op_threads``; unset, one runner on every core), for throughput where many
+cores would be spread thin over one small model.
 
 Only inputs of one shape share a batch (a 3D device's volumes rarely do); a request of
 another shape waits for the next. When a batch fails, each of its requests is run alone,
