@@ -11,7 +11,8 @@ server-side with ``prepare=True``.
 The statement runs inside the caller's SQLAlchemy transaction (same connection, same
 ``BEGIN``); the driver's errors come out as SQLAlchemy's (``IntegrityError`` and the rest), so
 callers and :func:`gateway.index.database.translated` see what ``Connection.execute`` raises.
-Results are the driver's rows, unprocessed: meant for integers and strings.
+Results are the driver's rows, unprocessed: meant for integers and strings. An INSERT should be
+``.inline()``: compiled alone, PostgreSQL's would otherwise fetch the new primary key back.
 """
 
 from __future__ import annotations

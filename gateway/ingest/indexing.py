@@ -60,7 +60,7 @@ _READ_QUERIES = {
 _READS: dict[tuple[str, int], Prepared] = {}  # (query, number of UIDs): IN (:u0, :u1, …)
 _INSTANCE_COLUMNS = tuple(column.name for column in INSTANCES.c if column.name != "id")
 _INSERT_INSTANCES = Prepared(
-    insert(INSTANCES).values({name: bindparam(name) for name in _INSTANCE_COLUMNS})
+    insert(INSTANCES).inline().values({name: bindparam(name) for name in _INSTANCE_COLUMNS})
 )
 # executemany, one row per id: no expanding IN to render again on each group
 _TOUCH = tuple(
