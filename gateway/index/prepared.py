@@ -20,12 +20,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 Params = Mapping[str, object]
 
@@ -84,7 +85,7 @@ class Prepared:
         if found is not None:
             return found
         with self._lock:
-            compiled = self._statement.compile(dialect=dialect)
+            compiled = cast(SQLCompiler, self._statement.compile(dialect=dialect))
             names = tuple(compiled.positiontup or ()) if dialect.positional else ()
             processors = []
             for name, bind in compiled.binds.items():
@@ -115,13 +116,13 @@ def _values(compiled: _Compiled, params: Params) -> Any:
 
 
 def _translated(
-    connection: Connection, compiled: _Compiled, values: object, exc: Exception
-) -> DBAPIError:
+    connection: Connection, compiled: _Compiled, values: Any, exc: Exception
+) -> StatementError:
     """The driver's error as ``Connection.execute`` would have raised it."""
     dialect = connection.dialect
     return DBAPIError.instance(
         compiled.sql,
-        values,  # type: ignore[arg-type]
+        values,
         exc,
         dialect.loaded_dbapi.Error,
         hide_parameters=True,  # patient attributes are parameters; errors get logged

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import BindParameter, Connection, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.dimse_status import Status
@@ -179,7 +179,7 @@ def _read_statement(name: str, count: int) -> Prepared:
     found = _READS.get((name, count))
     if found is None:
         query, column = _READ_QUERIES[name]
-        binds = [bindparam(f"u{i}") for i in range(count)]
+        binds: list[BindParameter[Any]] = [bindparam(f"u{i}") for i in range(count)]
         condition = column == binds[0] if count == 1 else column.in_(binds)
         found = _READS.setdefault((name, count), Prepared(query.where(condition)))
     return found

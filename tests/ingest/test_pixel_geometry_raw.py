@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from gateway.errors import PixelDataError
 from gateway.ingest.pixels import _declared
@@ -49,9 +49,9 @@ def test_real_files_declare_what_pydicom_declares(path: Path) -> None:
 
 def _encoded(dataset: Dataset, syntax: str) -> Dataset:
     dataset.file_meta = pydicom.dataset.FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = syntax
-    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    dataset.file_meta.TransferSyntaxUID = UID(syntax)
+    dataset.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    dataset.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return dcmread(io.BytesIO(buffer.getvalue()), stop_before_pixels=True)
