@@ -4,6 +4,8 @@ Modules
 -------
 database
     :class:`Database`: the engine, one transaction per ``session()``, migrations.
+prepared
+    Core statements compiled once and run through the driver: the per-instance hot path.
 tables
     The SQLAlchemy tables (Alembic migrations in ``migrations/`` create exactly these).
 object_store

@@ -17,10 +17,13 @@ codestream's own header) is left to the inference stage's checks.
 
 from __future__ import annotations
 
+import re
 import struct
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom import Dataset
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -37,6 +40,18 @@ from gateway.pixel_data import (
 )
 
 _LONG_VRS = frozenset({b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"})
+# The geometry's attributes, read from the raw elements (see _RawGeometry): tag and VR.
+_GEOMETRY: dict[str, tuple[int, str]] = {
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+}
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+_ABSENT = object()
 
 
 def check_pixel_data(handle: BinaryIO, position: int, size: int, dataset: Dataset) -> None:
@@ -98,9 +113,51 @@ def _declared(dataset: Dataset) -> PixelGeometry | None:
     """The declared geometry, or None where it is incomplete (then nothing is compared:
     ingest keeps what it cannot judge, inference refuses it with the reason)."""
     try:
-        return pixel_geometry(dataset)
+        return pixel_geometry(cast(Dataset, _RawGeometry(dataset)))
     except PixelDataError:
         return None
+
+
+class _RawGeometry:
+    """What :func:`pixel_geometry` reads (``get`` by keyword), taken from the raw elements
+    when they are plain: one 2-byte US, an IS of digits, a CS of one value, in the values
+    pydicom's conversion gives. That conversion (a keyword lookup, the element converted,
+    an ``IS`` object) was half of the Pixel Data check's cost on every C-STORE; anything
+    else (empty, several values, another VR, converted already) still goes through pydicom,
+    so the checks and their reasons stay :func:`pixel_geometry`'s."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._dataset = dataset
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        value = _raw_geometry_value(self._dataset, keyword)
+        if value is _ABSENT:
+            return default
+        if value is None:
+            return self._dataset.get(keyword, default)
+        return value
+
+
+def _raw_geometry_value(dataset: Dataset, keyword: str) -> object:
+    """The plain value, :data:`_ABSENT`, or None: read it through pydicom."""
+    tag, vr = _GEOMETRY[keyword]
+    element = dataset.get_item(tag)
+    if element is None:
+        return _ABSENT
+    if not isinstance(element, RawDataElement) or element.VR not in (None, vr):
+        return None
+    raw = element.value
+    if vr == "US":
+        if raw is None or len(raw) != 2:
+            return None
+        return int.from_bytes(raw, "little" if element.is_little_endian else "big")
+    text = raw.decode(default_encoding).rstrip(" \x00") if raw else ""
+    if not text or "\\" in text:
+        return None
+    if vr == "IS":
+        text = text.strip()
+        return int(text) if _DIGITS.fullmatch(text) else None
+    return text
 
 
 def _refusal(reason: str) -> InvalidInstance:

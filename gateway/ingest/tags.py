@@ -248,7 +248,29 @@ def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
     return text[:limit] or None
 
 
+# Rows and Columns: one US value, from its two raw bytes in the dataset's byte order.
+_US_KEYWORDS = frozenset({"Rows", "Columns"})
+
+
+def _raw_us(dataset: Dataset, keyword: str) -> int | object | None:
+    """The single US value, None when absent or empty, else :data:`_PYDICOM`."""
+    element = dataset.get_item(_TAGS[keyword])
+    if element is None:
+        return None
+    if not isinstance(element, RawDataElement) or element.VR not in (None, "US"):
+        return _PYDICOM
+    if not element.value:
+        return None
+    if len(element.value) != 2:
+        return _PYDICOM  # several values: pydicom's MultiValue, which int() refuses
+    return int.from_bytes(element.value, "little" if element.is_little_endian else "big")
+
+
 def _integer(dataset: Dataset, keyword: str) -> int | None:
+    if keyword in _US_KEYWORDS:
+        value = _raw_us(dataset, keyword)
+        if value is not _PYDICOM:
+            return cast(int | None, value)
     raw = _raw_values(dataset, keyword)
     if raw is not _PYDICOM:
         return _single_integer(cast(list[str] | None, raw))

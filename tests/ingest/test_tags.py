@@ -142,3 +142,29 @@ def test_a_file_written_by_pydicom_reads_alike() -> None:
 def test_the_raw_attributes_have_their_dictionary_vr() -> None:
     # An implicit VR element is read as this VR, as pydicom reads it by its dictionary.
     assert {k: dictionary_VR(tags._TAGS[k]) for k in tags._ASCII_VRS} == tags._ASCII_VRS
+
+
+@pytest.mark.parametrize("little", [True, False])
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize(
+    "value", [b"\x00\x02", b"\x01\x00", b"\xff\xff", b"", b"\x00\x02\x00\x01", b"\x07"]
+)
+def test_rows_and_columns_give_pydicoms_values(value: bytes, implicit: bool, little: bool) -> None:
+    def dataset() -> Dataset:
+        made = _dataset(BASE, implicit)
+        made.set_original_encoding(implicit, little)
+        for keyword in ("Rows", "Columns"):
+            tag = Tag(tags._TAGS[keyword])
+            vr = None if implicit else "US"
+            made._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, implicit, little)
+        return made
+
+    if _pydicom_refuses(dataset(), "Rows"):
+        with pytest.raises(InvalidInstance):
+            read_tags(dataset())
+        return
+    assert _tags(dataset()) == _tags(_converted(dataset()))
+    if len(value) == 2:  # read from the raw bytes: pydicom converted neither
+        raw = dataset()
+        read_tags(raw)
+        assert isinstance(raw.get_item(Tag(tags._TAGS["Rows"])), RawDataElement)
