@@ -3,10 +3,6 @@ PostgreSQL alike (they sort NULL at opposite ends unless told)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from gateway.index.database import Database
@@ -19,26 +15,11 @@ from gateway.index.tables import (
     StudyRow,
     utcnow,
 )
-from tests.services import Postgres, postgres_server
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'aigw.db'}"
-    else:
-        postgres: Postgres = request.getfixturevalue("pg")
-        url = postgres.create_database(f"aigw_{uuid.uuid4().hex[:12]}")
-    database = Database(url)
-    database.migrate()
-    yield database
-    database.dispose()
+@pytest.fixture
+def db(migrated: Database) -> Database:
+    return migrated
 
 
 def _add_series(

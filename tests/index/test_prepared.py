@@ -3,10 +3,7 @@ execute would, and fail as it would, on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -17,7 +14,6 @@ from gateway.errors import DatabaseError
 from gateway.index.database import Database
 from gateway.index.prepared import Prepared
 from gateway.index.tables import OrthancCursorRow, RegionRow, SourceRow
-from tests.services import Postgres, postgres_server
 
 REGIONS = cast(Table, RegionRow.__table__)
 SOURCES = cast(Table, SourceRow.__table__)
@@ -37,25 +33,11 @@ READ_SOURCE = Prepared(
 )
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'index.db'}"
-    else:
-        postgres: Postgres = request.getfixturevalue("pg")
-        url = postgres.create_database(f"aigw_{uuid.uuid4().hex[:12]}")
-    database = Database(url)
-    database.migrate()
-    with database.transaction() as connection:
+@pytest.fixture
+def db(migrated: Database) -> Database:
+    with migrated.transaction() as connection:
         connection.execute(insert(REGIONS).values(code="ir", name="Irkutsk"))
-    yield database
-    database.dispose()
+    return migrated
 
 
 def _source(name: str) -> dict[str, object]:
