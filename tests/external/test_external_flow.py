@@ -204,6 +204,9 @@ def test_a_study_goes_out_deidentified_and_its_results_come_back_as_the_patients
     caplog.set_level(logging.DEBUG)
     setup.send_study(tmp_path)
     rows = _wait(lambda: len(setup.results()) >= 3 and setup.results())
+    # The SC's row is written before its C-STORE-RSP leaves: the vendor's thread notes the
+    # second status a moment after the row shows (a clean-clone run under load saw [0]).
+    _wait(lambda: len(setup.vendor.answers) >= 2)
     assert setup.vendor.violations == []
     assert len(setup.vendor.received) == 1
     sent = setup.vendor.received[0]
