@@ -323,14 +323,7 @@ class GuardedSocket(AssociationSocket):
         connection = cast(socket.socket, self.socket)
         if not self._plain:
             return connection.recv_into(view)
-        fd, timeout = connection.fileno(), connection.gettimeout()  # -1 once closed: EBADF
-        while True:
-            try:
-                return os.readv(fd, [view])
-            except BlockingIOError:  # non-blocking: Python's way of keeping a timeout
-                readable, _, _ = select.select([fd], [], [], timeout)
-                if not readable:
-                    raise TimeoutError("timed out") from None
+        return read_plain(connection, view)
 
     def send(self, bytestream: bytes) -> None:
         self.limits.sent(bytestream)
@@ -357,3 +350,19 @@ def _close_fds(*fds: int) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def read_plain(connection: socket.socket, view: memoryview) -> int:
+    """One read of a plain socket into ``view`` with one system call (``os.readv`` on its
+    descriptor; ``socket.recv_into`` with a timeout polls first: two, each a GIL hand-off);
+    0 when the peer has closed, TimeoutError after the socket's timeout without data."""
+    fd, timeout = connection.fileno(), connection.gettimeout()  # -1 once closed: EBADF
+    while True:
+        try:
+            return os.readv(fd, [view])
+        except BlockingIOError:  # non-blocking: Python's way of keeping a timeout
+            # poll, not select: a busy gateway's descriptors pass select's FD_SETSIZE.
+            waiting = select.poll()
+            waiting.register(fd, select.POLLIN)
+            if not waiting.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("timed out") from None

@@ -6,6 +6,7 @@ refusal is logged once and counted; after each, the gateway still answers."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from gateway.ingest.pdu_limits import (
     REQUEST_CAP,
     LimitExceeded,
     MessageLimits,
+    read_plain,
 )
 from gateway.ingest.refusals import Refusal
 from gateway.ingest.scp import DicomServer
@@ -373,3 +375,32 @@ def test_a_check_that_fails_rejects_the_association(
     monkeypatch.setattr(gateway.parts.store, "has_room", probe_crashes)
     assoc = verification_association(gateway.parts.settings.dicom_port)
     assert assoc.is_rejected and not assoc.is_established
+
+
+# --- reading a plain socket --------------------------------------------------------------
+
+
+def test_a_plain_read_keeps_the_socket_timeout_past_select_s_descriptor_limit() -> None:
+    # A busy gateway holds more than FD_SETSIZE (1024) descriptors: select() refuses such a
+    # descriptor, poll() does not. The read still times out, then reads what arrives.
+    ours, peer = socket.socketpair()
+    high = 1500
+    try:
+        os.dup2(ours.fileno(), high)
+    except OSError as exc:  # the soft limit is under 1501 here
+        pytest.skip(f"cannot hold descriptor {high}: {exc}")
+    connection = socket.socket(fileno=high)
+    try:
+        connection.settimeout(0.05)
+        buffer = bytearray(8)
+        with pytest.raises(TimeoutError):
+            read_plain(connection, memoryview(buffer))
+        peer.sendall(b"abc")
+        assert read_plain(connection, memoryview(buffer)) == 3
+        assert bytes(buffer[:3]) == b"abc"
+        peer.close()
+        assert read_plain(connection, memoryview(buffer)) == 0  # the peer has closed
+    finally:
+        connection.close()
+        ours.close()
+        peer.close()
