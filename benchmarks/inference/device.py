@@ -120,7 +120,7 @@ def bench_device(
             )
         sequential.append(pipeline(1))
         concurrent.append(pipeline(concurrency))
-        prepares.append(run_prepare(context, manifest, keys, total_images))
+        prepares.append(run_prepare(context, manifest, keys, total_images, plan.bare_min_seconds))
         formed = min(max(round(concurrent[-1].mean_batch), 1), context.max_batch)
         same_batch.append(
             run_bare(session, manifest, pool, formed, total_images, plan.bare_min_seconds, runners)

@@ -143,10 +143,15 @@ class PrepareRun:
 
 
 def run_prepare(
-    context: InferenceContext, manifest: DeviceManifest, jobs: Sequence[list[str]], images: int
+    context: InferenceContext,
+    manifest: DeviceManifest,
+    jobs: Sequence[list[str]],
+    images: int,
+    min_seconds: float = 0.0,
 ) -> PrepareRun:
     """The pool's unit of work — load ▸ checks ▸ decode ▸ preprocess — for every job, as
-    the pipeline runs it, with nothing before or after it."""
+    the pipeline runs it, with nothing before or after it; all the jobs again until
+    ``min_seconds`` have passed (a phase shorter than a few clock ticks reads 0 s of CPU)."""
     decoder = context.decoder
     processes = decoder.processes if decoder is not None else 1
 
@@ -160,9 +165,15 @@ def run_prepare(
     tree = _own_tree_cpu_s()
     # Twice the children: each child's next job is already queued when it hands one back
     # (one per child left each idle for every round trip: 1.1 of 2 cores busy).
+    passes = 0
     with timed() as phase, ThreadPoolExecutor(2 * processes) as pool:
-        list(pool.map(one, jobs))
-    return PrepareRun(processes, len(jobs), images, phase[0], _own_tree_cpu_s() - tree)
+        started = time.perf_counter()
+        while passes == 0 or time.perf_counter() - started < min_seconds:
+            list(pool.map(one, jobs))
+            passes += 1
+    return PrepareRun(
+        processes, passes * len(jobs), passes * images, phase[0], _own_tree_cpu_s() - tree
+    )
 
 
 @dataclass
