@@ -70,7 +70,6 @@ LOGGER_FSM = logging.getLogger("pynetdicom.fsm")
 
 _C_STORE_RSP = 0x8001
 _NO_DATASET = 0x0101
-PDU_HEADER = 6
 # The C-STORE-RSP elements that are absent from every response built here.
 _OPTIONAL_RESPONSE = ("OffendingElement", "ErrorComment")
 
@@ -222,21 +221,21 @@ class ReceivedData(P_DATA_TF):
         return self._primitive
 
 
-def _received_data(pdu: memoryview, start: int = PDU_HEADER) -> ReceivedData | None:
-    """P-DATA-TF ``pdu`` (its items from ``start``: after the header, or the body alone)
-    with its primitive: per item, the presentation context ID and a view of the value, as
-    pynetdicom's decoding gives them; None when an item is malformed (pynetdicom's decoding
-    then raises, and the DUL reports Evt19)."""
+def _received_data(body: memoryview) -> ReceivedData | None:
+    """The P-DATA-TF of ``body`` (its items, the header apart) with its primitive: per item,
+    the presentation context ID and a view of the value, as pynetdicom's decoding gives them;
+    None when an item is malformed (pynetdicom's decoding then raises, and the DUL reports
+    Evt19)."""
     primitive = P_DATA()
     items = primitive.presentation_data_value_list  # its setter wants bytes, not views
-    offset, end = start, len(pdu)
+    offset, end = 0, len(body)
     while offset < end:
         if offset + 5 > end:
             return None
-        (length,) = struct.unpack_from(">I", pdu, offset)
+        (length,) = struct.unpack_from(">I", body, offset)
         if length < 1 or offset + 4 + length > end:
             return None
-        items.append((pdu[offset + 4], cast(bytes, pdu[offset + 5 : offset + 4 + length])))
+        items.append((body[offset + 4], cast(bytes, body[offset + 5 : offset + 4 + length])))
         offset += 4 + length
     return ReceivedData(primitive)
 
@@ -253,11 +252,8 @@ class EdgeDul(DULServiceProvider):
         # pynetdicom reads each PDU into a new bytearray, so views of it stay valid.
         if bytestream[:1] != b"\x04" or self.assoc.get_handlers(evt.EVT_DATA_RECV):
             return cast(tuple[Any, str], super()._decode_pdu(bytestream))
-        received = None
-        if not self.assoc.get_handlers(evt.EVT_PDU_RECV):  # they want pynetdicom's items
-            received = _received_data(memoryview(bytestream))
-        if received is not None:
-            return received, "Evt10"
+        # Reached from _decode_body only where its shortcut does not apply: a handler wants
+        # pynetdicom's PDU object, or the items are malformed (decode raises, as pynetdicom's).
         pdu = P_DATA_TF()
         pdu.decode(cast(bytes, memoryview(bytestream)))
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
@@ -323,7 +319,7 @@ class EdgeDul(DULServiceProvider):
             and not self.assoc.get_handlers(evt.EVT_DATA_RECV)
             and not self.assoc.get_handlers(evt.EVT_PDU_RECV)
         ):
-            received = _received_data(memoryview(body), 0)
+            received = _received_data(memoryview(body))
             if received is not None:
                 return received, "Evt10"  # P-DATA-TF PDU received (PS3.8 Table 9-10)
         return self._decode_pdu(header + body)
