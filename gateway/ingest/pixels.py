@@ -31,6 +31,7 @@ from pydicom.uid import (
 
 from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance, PixelDataError
+from gateway.ingest.tags import single_us
 from gateway.pixel_data import (
     UNDEFINED_LENGTH,
     PixelGeometry,
@@ -144,13 +145,11 @@ def _raw_geometry_value(dataset: Dataset, keyword: str) -> object:
     element = dataset.get_item(tag)
     if element is None:
         return _ABSENT
+    if vr == "US":
+        return single_us(element)
     if not isinstance(element, RawDataElement) or element.VR not in (None, vr):
         return None
     raw = element.value
-    if vr == "US":
-        if raw is None or len(raw) != 2:
-            return None
-        return int.from_bytes(raw, "little" if element.is_little_endian else "big")
     text = raw.decode(default_encoding).rstrip(" \x00") if raw else ""
     if not text or "\\" in text:
         return None

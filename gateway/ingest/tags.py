@@ -252,18 +252,25 @@ def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
 _US_KEYWORDS = frozenset({"Rows", "Columns"})
 
 
+def single_us(element: object) -> int | None:
+    """A raw element's one US value, from its two bytes in the dataset's byte order; None
+    where it is not that plain (converted already, another VR, empty, several values):
+    pydicom reads those, with its own conversion."""
+    if not isinstance(element, RawDataElement) or element.VR not in (None, "US"):
+        return None
+    raw = element.value
+    if raw is None or len(raw) != 2:
+        return None
+    return int.from_bytes(raw, "little" if element.is_little_endian else "big")
+
+
 def _raw_us(dataset: Dataset, keyword: str) -> int | object | None:
-    """The single US value, None when absent or empty, else :data:`_PYDICOM`."""
+    """The single US value, None when absent, else :data:`_PYDICOM`."""
     element = dataset.get_item(_TAGS[keyword])
     if element is None:
         return None
-    if not isinstance(element, RawDataElement) or element.VR not in (None, "US"):
-        return _PYDICOM
-    if not element.value:
-        return None
-    if len(element.value) != 2:
-        return _PYDICOM  # several values: pydicom's MultiValue, which int() refuses
-    return int.from_bytes(element.value, "little" if element.is_little_endian else "big")
+    value = single_us(element)
+    return _PYDICOM if value is None else value
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:
