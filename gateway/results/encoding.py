@@ -25,7 +25,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
-# Explicit VR little endian, what the fast paths assume (implicit VR, little endian).
+# (is_implicit_VR, is_little_endian) of Explicit VR Little Endian, what the fast paths assume.
 _WRITTEN = (False, True)
 # Below this, Pixel Data goes through the writer like any element.
 _JOIN_AT = 1 << 20

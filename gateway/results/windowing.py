@@ -14,7 +14,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
+from gateway.errors import PixelDataError
 from gateway.inference.decode import decode_image
+from gateway.pixel_data import pixel_geometry
 
 
 def display_pixels(source: Dataset) -> np.ndarray:
@@ -86,20 +88,18 @@ def _native_stored(source: Dataset) -> np.ndarray | None:
     if syntax is None or syntax.is_encapsulated or not syntax.is_little_endian:
         return None
     try:
-        rows, cols, allocated = int(source.Rows), int(source.Columns), int(source.BitsAllocated)
-        stored = int(source.BitsStored)
-        samples = int(source.get("SamplesPerPixel") or 1)
-        frames = int(source.get("NumberOfFrames") or 1)
+        geometry = pixel_geometry(source)
         signed = int(source.PixelRepresentation) == 1
         data = source.PixelData
-    except (AttributeError, TypeError, ValueError):
+    except (PixelDataError, AttributeError, TypeError, ValueError):
         return None
-    if allocated not in (8, 16) or not 1 <= stored <= allocated or samples != 1 or frames != 1:
+    if geometry.bits_allocated not in (8, 16) or geometry.samples != 1 or geometry.frames != 1:
         return None
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
-    if not isinstance(data, bytes) or len(data) < rows * cols * dtype.itemsize:
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{geometry.bits_allocated // 8}")
+    count = geometry.pixels_per_frame
+    if not isinstance(data, bytes) or len(data) < count * dtype.itemsize:
         return None
-    return np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(geometry.rows, geometry.columns)
 
 
 def _meant(words: np.ndarray, source: Dataset) -> np.ndarray:
