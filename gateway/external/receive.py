@@ -40,6 +40,7 @@ from gateway.index.tables import FindingRow, JobRow, ResultRow, SourceRow, Study
 from gateway.inference.findings import Finding
 from gateway.jobs.states import JobState, set_job_state
 from gateway.results.build import ReportContext, build_semd_of_findings
+from gateway.results.encoding import part10
 from gateway.uids import is_valid_uid
 from models.manifest import DeviceManifest
 
@@ -154,7 +155,7 @@ class ResultReceiver:
         original = self._original(match.job_id)
         _reidentify(dataset, match, original)
         findings = read_findings(dataset, manifest) if sop_class in _FINDINGS_CLASSES else []
-        data = _part10(dataset)
+        data = part10(dataset)
         key = f"results/{match.link.study_uid}/job-{match.job_id}/external-{sop_uid}.dcm"
         self.store.put(key, data)
         late = self._record(match.job_id, kind, key, data, dataset, findings)
@@ -369,9 +370,3 @@ def _reidentify(dataset: Dataset, match: _Match, original: Dataset) -> None:
     for keyword in _DEIDENTIFIED:
         if keyword in dataset:
             del dataset[keyword]
-
-
-def _part10(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
