@@ -6,6 +6,7 @@ keys exactly what the one-job path wrote."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.index.database import Database
 from gateway.index.instances import current_instance_keys
 from gateway.index.tables import FindingRow, JobRow, StudyEventRow, StudyRow, utcnow
 from gateway.inference.findings import Finding
+from gateway.inference.lease import Heartbeats
 from gateway.inference.record import Outcome, Write, write_group
 from gateway.inference.start import Start, StartedJob
 from tests.index.conftest import migrated, pg  # noqa: F401 (the fixtures)
@@ -213,3 +215,31 @@ def test_a_job_of_several_series_reads_the_keys_of_them_all(db: Database) -> Non
     assert isinstance(several, StartedJob) and several.keys == both and len(both) == 3
     assert several.series_uids == ("1.2.9.1", "1.2.9.2")
     assert isinstance(single, StartedJob) and single.keys == ("1.2.9.1.1@1", "1.2.9.1.2@1")
+
+
+def test_groups_and_heartbeats_of_the_same_jobs_never_deadlock(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers whose groups hold the same jobs in opposite orders (each start takes its job
+    over, so every row is written), and a heartbeat renewing them all meanwhile: every
+    transaction locks its rows in id order, none waits on another in a cycle, and
+    PostgreSQL ends none as a deadlock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [_job(db, "1.2.9.1", "queued") for _ in range(8)]
+
+    def starts(order: list[int]) -> None:
+        for _ in range(15):
+            _write(db, [Start(job_id, None, 30.0) for job_id in order])
+
+    beats = Heartbeats(db, lease_s=0.003)  # a tick every millisecond
+    try:
+        with ExitStack() as held:
+            for job_id in reversed(jobs):
+                held.enter_context(beats.holding(job_id, None))
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(starts, [jobs, jobs[::-1]]))  # raises what a group raised
+    finally:
+        beats.close()
+    assert {_row(db, job_id).attempts for job_id in jobs} == {1 + 2 * 15}
+    assert "not renewed" not in caplog.text
