@@ -69,7 +69,7 @@ def transition(
 ) -> dict[str, Any]:
     """The columns a move to ``state`` sets, ``attempts`` being the job's count before it:
     the one place that decides, for an ORM object (:func:`set_job_state`) and for the
-    recorder's Core statements (:mod:`gateway.inference.record`) alike."""
+    recorder's Core statements (:mod:`gateway.inference.group_write`) alike."""
     values: dict[str, Any] = {"state": state.value}
     # Running, inferred and failed jobs are due only after their grace or when made due; a
     # sent job at its deadline.
