@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from gateway.index.tables import InstanceRow, SeriesRow
 
+# The one order of a series' instances. NULLS LAST spelled out: SQLite and PostgreSQL
+# disagree on where NULL sorts.
+_ORDER = (InstanceRow.instance_number.asc().nulls_last(), InstanceRow.sop_instance_uid)
 
-def current_instance_keys(session: Session, series_uids: Iterable[str]) -> list[str]:
+
+def current_instance_keys(executor: Session | Connection, series_uids: Iterable[str]) -> list[str]:
     """Object keys of the newest version of every instance of the series, by Instance
     Number (none last) then SOP Instance UID; volumes are put in slice order when decoded."""
     newest = (
@@ -32,10 +36,46 @@ def current_instance_keys(session: Session, series_uids: Iterable[str]) -> list[
             (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
             & (InstanceRow.version == newest.c.version),
         )
-        # NULLS LAST spelled out: SQLite and PostgreSQL disagree on where NULL sorts.
-        .order_by(InstanceRow.instance_number.asc().nulls_last(), InstanceRow.sop_instance_uid)
+        .order_by(*_ORDER)
     )
-    return list(session.scalars(query))
+    return list(executor.scalars(query))
+
+
+def current_keys_by_series(
+    executor: Session | Connection, series_uids: Iterable[str]
+) -> dict[str, list[str]]:
+    """Series UID → :func:`current_instance_keys` of that series alone, for many series in
+    one query (the recorder's group of starting jobs); a series without instances is absent.
+
+    A SOP version (UID, version) is stored once, so the newest version of an instance found
+    in one series is the very row the one-series query joins back to."""
+    uids = sorted(set(series_uids))
+    if not uids:
+        return {}
+    newest = (
+        select(
+            SeriesRow.series_uid,
+            InstanceRow.sop_instance_uid,
+            func.max(InstanceRow.version).label("version"),
+        )
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .where(SeriesRow.series_uid.in_(uids))
+        .group_by(SeriesRow.series_uid, InstanceRow.sop_instance_uid)
+        .subquery()
+    )
+    query = (
+        select(newest.c.series_uid, InstanceRow.object_key)
+        .join(
+            newest,
+            (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
+            & (InstanceRow.version == newest.c.version),
+        )
+        .order_by(newest.c.series_uid, *_ORDER)
+    )
+    keys: dict[str, list[str]] = {}
+    for series_uid, object_key in executor.execute(query):
+        keys.setdefault(series_uid, []).append(object_key)
+    return keys
 
 
 def held_instance_counts(session: Session, study_ids: Iterable[int]) -> dict[int, int]:

@@ -16,6 +16,9 @@ batcher
 record
     A job's findings and end state, committed with the other jobs ending (or starting) at
     that moment.
+group_write
+    One such group's writes as Core statements: its jobs locked in one statement, each write
+    decided as alone, then executemany writes.
 findings
     :class:`Finding` and its :class:`Location`: what inference records and results read.
 pixel_checks
@@ -34,5 +37,6 @@ gpu_decode
 masks
     Segmentation masks kept in the object store for the SEG builder.
 lease
-    A running job's heartbeat: a second delivery of its task is skipped while it is fresh.
+    A running job's heartbeat: a second delivery of its task is skipped while it is fresh;
+    one thread renews every job of a worker in one UPDATE a tick.
 """

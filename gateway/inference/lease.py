@@ -19,8 +19,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from sqlalchemy import update
+from sqlalchemy import and_, or_, select, update
 
 from gateway.errors import DatabaseError
 from gateway.index.database import Database
@@ -50,7 +51,18 @@ def runner_stale_s(settings: Settings) -> float:
     )
 
 
-def a_live_run_of(job: JobRow, runner: str | None, now: datetime, lease_s: float) -> bool:
+class Lease(Protocol):
+    """What a job's lease is read from (a :class:`JobRow`, or the recorder's row)."""
+
+    @property
+    def runner(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def heartbeat_at(self) -> datetime | None: ...
+
+
+def a_live_run_of(job: Lease, runner: str | None, now: datetime, lease_s: float) -> bool:
     """Whether ``runner`` is a second copy of the delivery that is running this job now
     (same runner, heartbeat renewed within the lease). A delivery without a name (a direct
     call) is never a copy."""
@@ -63,38 +75,77 @@ def a_live_run_of(job: JobRow, runner: str | None, now: datetime, lease_s: float
     )
 
 
-@contextmanager
-def heartbeat(db: Database, job_id: int, runner: str | None, lease_s: float) -> Iterator[None]:
-    """Renew the job's heartbeat every third of the lease while the block runs, for as long
-    as this runner holds it."""
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_beat,
-        args=(db, job_id, runner, lease_s / 3, stop),
-        name=f"heartbeat-{job_id}",
-        daemon=True,
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=lease_s)
+class Heartbeats:
+    """One thread per worker renewing the heartbeat of every job it runs, every third of the
+    lease, in one UPDATE: each job only while it is running and this runner holds it (a job
+    taken over by another delivery, or finished, is left alone)."""
 
+    def __init__(self, db: Database, lease_s: float) -> None:
+        self.db = db
+        self.every_s = lease_s / 3
+        self._held: dict[int, list[str | None]] = {}  # job id → its runners here
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread.start()
 
-def _beat(
-    db: Database, job_id: int, runner: str | None, every_s: float, stop: threading.Event
-) -> None:
-    held = JobRow.runner.is_(None) if runner is None else JobRow.runner == runner
-    while not stop.wait(every_s):
+    @contextmanager
+    def holding(self, job_id: int, runner: str | None) -> Iterator[None]:
+        """The job's heartbeat renewed for ``runner`` while the block runs."""
+        with self._lock:
+            self._held.setdefault(job_id, []).append(runner)
         try:
-            with db.transaction() as connection:
+            yield
+        finally:
+            with self._lock:
+                runners = self._held[job_id]
+                runners.remove(runner)
+                if not runners:
+                    del self._held[job_id]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3 * self.every_s)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with self._lock:
+                held = [(job_id, r) for job_id, runners in self._held.items() for r in runners]
+            if held:
+                self._renew(held)
+
+    def _renew(self, held: list[tuple[int, str | None]]) -> None:
+        # The set changes every tick: an expanding statement, once a third of the lease.
+        holders = [
+            and_(JobRow.id == job_id, JobRow.runner.is_(None) if r is None else JobRow.runner == r)
+            for job_id, r in held
+        ]
+        # Locked in id order first, as the recorder locks its groups: the two never wait on
+        # each other in a cycle (PostgreSQL; SQLite has one writer and ignores FOR UPDATE).
+        mine = (
+            select(JobRow.id)
+            .where(JobRow.state == JobState.RUNNING.value, or_(*holders))
+            .order_by(JobRow.id)
+            .with_for_update()
+        )
+        try:
+            with self.db.transaction() as connection:
                 connection.execute(
-                    update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.state == JobState.RUNNING.value, held)
-                    .values(heartbeat_at=utcnow())
+                    update(JobRow).where(JobRow.id.in_(mine)).values(heartbeat_at=utcnow())
                 )
         except DatabaseError as exc:
-            # The run goes on; a missed beat at worst lets the same delivery's copy run the
-            # job again, and its results replace these in one transaction.
-            log.warning("job heartbeat not renewed", extra={"job_id": job_id, "error": str(exc)})
+            # The runs go on; a missed beat at worst lets the same delivery's copy run a job
+            # again, and its results replace these in one transaction.
+            log.warning("job heartbeats not renewed", extra={"jobs": len(held), "error": str(exc)})
+
+
+@contextmanager
+def heartbeat(db: Database, job_id: int, runner: str | None, lease_s: float) -> Iterator[None]:
+    """One job's heartbeat renewed while the block runs, by a thread of its own (an external
+    device's send; inference shares its context's :class:`Heartbeats`)."""
+    beats = Heartbeats(db, lease_s)
+    try:
+        with beats.holding(job_id, runner):
+            yield
+    finally:
+        beats.close()

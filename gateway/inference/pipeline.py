@@ -39,7 +39,7 @@ from gateway.inference.batcher import Batcher, BatchLimits, Outputs
 from gateway.inference.decode import DecodeError
 from gateway.inference.decode_pool import DecodePool
 from gateway.inference.findings import Finding, Location
-from gateway.inference.lease import heartbeat
+from gateway.inference.lease import Heartbeats
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
@@ -75,19 +75,24 @@ class InferenceContext:
     priors: Callable[[int, DeviceManifest], tuple[str, ...]] | None = None
     batcher: Batcher | None = None  # None: one made with max_batch and no wait
     recorder: GroupRecorder | None = None  # None: one made on db
+    # The running jobs' heartbeats, one thread and one UPDATE a tick for all: made here.
+    heartbeats: Heartbeats = field(init=False)
 
     def __post_init__(self) -> None:
         if self.batcher is None:
             self.batcher = Batcher(BatchLimits(self.max_batch, 0.0, 4 * self.max_batch))
         if self.recorder is None:
             self.recorder = GroupRecorder(self.db)
+        self.heartbeats = Heartbeats(self.db, self.lease_s)
 
     def close(self) -> None:
-        """Stop the batchers, the recorder and the decode pool (a worker that stops)."""
+        """Stop the batchers, the recorder, the heartbeats and the decode pool (a worker
+        that stops)."""
         if self.batcher is not None:
             self.batcher.close()
         if self.recorder is not None:
             self.recorder.close()
+        self.heartbeats.close()
         if self.decoder is not None:
             self.decoder.close()
 
@@ -117,7 +122,7 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         return _found_done(context, job_id)
     job = started
     try:
-        with heartbeat(context.db, job_id, runner, context.lease_s):
+        with context.heartbeats.holding(job_id, runner):
             job = _with_priors(context, job)
             findings, timings = _pipeline(context, job)
         _record(context, job_id, findings, timings)

@@ -7,20 +7,22 @@ the key lookup — and on SQLite every transaction takes the one writer's lock a
 an fsync; with a few jobs in flight, those commits and not the cores set the pace. The
 claim is what it was alone: the row locked, a finished job or a live copy of the same
 delivery left alone (:func:`gateway.inference.lease.a_live_run_of`), ``running`` set with
-the runner; only the commit is shared.
+the runner; only the transaction (:mod:`gateway.inference.group_write`) is shared, and the
+keys of all the jobs it starts are read together.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
-from gateway.index.instances import current_instance_keys
-from gateway.index.tables import JobRow, utcnow
+from gateway.index.instances import current_instance_keys, current_keys_by_series
+from gateway.inference.group_write import GroupWrite, LockedJob
 from gateway.inference.lease import a_live_run_of
-from gateway.jobs.states import DONE_STATES, JobState, set_job_state
+from gateway.jobs.states import DONE_STATES, JobState
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +50,31 @@ class StartedJob:
     prior_series_uids: tuple[str, ...] = ()
 
 
-def write_start(session: Session, start: Start) -> StartedJob | None:
-    """Claim the job in ``session`` and read its keys; None when it is done or a live copy
-    of this delivery runs it."""
-    job = session.get(JobRow, start.job_id, with_for_update=True)  # one runner records
+def start_job(group: GroupWrite, job: LockedJob | None, start: Start) -> bool:
+    """Claim the locked ``job`` for ``start.runner`` in ``group``; False when it is done or
+    a live copy of this delivery runs it."""
     if job is None or job.state in DONE_STATES:
-        return None
-    if a_live_run_of(job, start.runner, utcnow(), start.lease_s):
+        return False
+    if a_live_run_of(job, start.runner, group.now, start.lease_s):
         log.info("a copy of the delivery running this job: skipped", extra={"job_id": job.id})
-        return None
-    set_job_state(session, job, JobState.RUNNING, {"attempt": job.attempts + 1})
-    job.runner = start.runner
-    series = tuple(job.series_uids or [job.series_uid])
-    keys = tuple(current_instance_keys(session, series))
-    return StartedJob(job.id, series, job.device_key, job.priority, keys)
+        return False
+    group.move(job, JobState.RUNNING, {"attempt": job.attempts + 1}, runner=start.runner)
+    return True
+
+
+def started_jobs(connection: Connection, jobs: Sequence[LockedJob]) -> dict[int, StartedJob]:
+    """Job id → what the stages of each claimed job read, its instances' keys included:
+    one query for every job of one series (nearly all), one more per job of several."""
+    series = {job.id: tuple(job.series_uids or [job.series_uid]) for job in jobs}
+    by_series = current_keys_by_series(
+        connection, (uids[0] for uids in series.values() if len(uids) == 1)
+    )
+    started = {}
+    for job in jobs:
+        uids = series[job.id]
+        if len(uids) == 1:
+            keys = by_series.get(uids[0], [])
+        else:
+            keys = current_instance_keys(connection, uids)
+        started[job.id] = StartedJob(job.id, uids, job.device_key, job.priority, tuple(keys))
+    return started

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from gateway.demo.synthetic import chest_xray_study, write_study
 from gateway.index.read_model import JobItem
 from gateway.index.tables import JobRow, OutboxRow, ResultRow, utcnow
-from gateway.inference.lease import heartbeat, lease_seconds
+from gateway.inference.lease import Heartbeats, heartbeat, lease_seconds
 from gateway.inference.pipeline import run_job
 from gateway.jobs.states import JobState, due_to_infer
 from gateway.settings import Settings
@@ -107,7 +107,8 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
     _set_running(gateway, job.job_id, beat_age_s=100)
     before = _job(gateway, job.job_id).heartbeat_at
     assert before is not None
-    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):
+    beats = Heartbeats(gateway.parts.db, lease_s=0.3)  # a worker's, for all its jobs
+    with beats.holding(job.job_id, "t1:0"):
         time.sleep(0.5)
     renewed = _job(gateway, job.job_id).heartbeat_at
     assert renewed is not None and renewed > before + timedelta(seconds=90)
@@ -116,15 +117,46 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
         connection.execute(
             update(JobRow).where(JobRow.id == job.job_id).values(state=JobState.INFERRED.value)
         )
-    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):
+    with beats.holding(job.job_id, "t1:0"):
         time.sleep(0.5)
     assert _job(gateway, job.job_id).heartbeat_at == renewed  # a finished job is left alone
 
     _set_running(gateway, job.job_id, beat_age_s=100, runner="t2:0")  # taken over by another
-    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):
+    beats.close()
+    with heartbeat(gateway.parts.db, job.job_id, "t1:0", lease_s=0.3):  # one job's own
         time.sleep(0.5)
     stale = _job(gateway, job.job_id).heartbeat_at
     assert stale is not None and stale < utcnow() - timedelta(seconds=90)  # not the old one's
+
+
+def test_one_heartbeat_renews_every_job_the_worker_holds_and_only_those(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A worker's jobs share one heartbeat thread: each job is renewed for the runner that
+    holds it, a job another delivery took over is not, and a job let go is not either."""
+    gateway = test_device_gateway
+    first, second, taken, left = (
+        _analysed_job(gateway, tmp_path / str(seed), seed) for seed in (35, 36, 37, 38)
+    )
+    for job, runner in ((first, "t1:0"), (second, "t2:0"), (taken, "t9:0"), (left, "t4:0")):
+        _set_running(gateway, job.job_id, beat_age_s=100, runner=runner)
+    beats = Heartbeats(gateway.parts.db, lease_s=0.3)
+    try:
+        with beats.holding(left.job_id, "t4:0"):
+            pass  # let go before the first tick
+        with (
+            beats.holding(first.job_id, "t1:0"),
+            beats.holding(second.job_id, "t2:0"),
+            beats.holding(taken.job_id, "t3:0"),  # another delivery holds it now
+        ):
+            time.sleep(0.5)
+    finally:
+        beats.close()
+    fresh = utcnow() - timedelta(seconds=10)
+    for job, renewed in ((first, True), (second, True), (taken, False), (left, False)):
+        beat = _job(gateway, job.job_id).heartbeat_at
+        assert beat is not None and (beat > fresh) is renewed
 
 
 def test_the_redrive_sends_a_running_job_again_only_when_its_heartbeat_is_stale(
