@@ -40,6 +40,9 @@ indexing
 pixels
     Pixel Data impossible on its face (cut short, native length not Rows × Columns × frames
     × samples × bytes, fewer fragments than frames), refused before it is stored.
+header
+    A received header walked straight from its bytes: the elements ingest reads and where
+    the Pixel Data starts (pydicom reads what is not the plain case).
 tags
     The attributes the index keeps, read once from a received dataset and validated.
 assembly

@@ -26,10 +26,11 @@ from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore, StagedObject
 from gateway.ingest.group_commit import GroupCommit
+from gateway.ingest.header import read_header
 from gateway.ingest.indexing import Member, write_group
 from gateway.ingest.outcome import Outcome, Sender
-from gateway.ingest.pixels import check_pixel_data
-from gateway.ingest.tags import InstanceTags, read_tags
+from gateway.ingest.pixels import GEOMETRY_TAGS, check_pixel_data
+from gateway.ingest.tags import READ_TAGS, InstanceTags, read_tags
 
 __all__ = ["Admit", "Ingest", "Outcome", "Sender"]
 
@@ -42,6 +43,7 @@ Admit = Callable[[InstanceTags], None]
 # A header longer than this (rare: large sequences before the pixels) is parsed from the file.
 _HEADER_BYTES = 64 * 1024
 _PIXEL_ELEMENTS = frozenset({0x0008, 0x0009, 0x0010})  # (7FE0,0008/0009/0010): pydicom's stop
+_WANTED = READ_TAGS | GEOMETRY_TAGS  # what _parse's callers read of a header
 
 
 class Ingest:
@@ -247,14 +249,19 @@ def _parse(received: _Received) -> Dataset:
 
 
 def _read_header(handle: BinaryIO) -> tuple[Dataset, int]:
-    """The dataset up to its Pixel Data, and where that starts.
+    """The dataset up to its Pixel Data (the elements the index and the Pixel Data check
+    read, at least), and where that starts.
 
-    Parsed in memory from the first :data:`_HEADER_BYTES` when they hold the whole file or
-    the start of its Pixel Data element (a file's reader asks the OS for its position at
-    every element, and each such call lets other threads' GIL requests in: ~50 for a CT
-    slice); else (a longer header, no Pixel Data) from the file, as before."""
+    Read from the first :data:`_HEADER_BYTES` when they hold the whole file or the start of
+    its Pixel Data element: by :func:`read_header` where the header is plain, else by
+    pydicom in memory (a file's reader asks the OS for its position at every element, and
+    each such call lets other threads' GIL requests in: ~50 for a CT slice); a longer
+    header, or one without Pixel Data, from the file, as before."""
     prefix = handle.read(_HEADER_BYTES)
     whole = len(prefix) < _HEADER_BYTES
+    plain = read_header(prefix, whole, _WANTED)
+    if plain is not None:
+        return plain
     try:
         head = BytesIO(prefix)
         dataset = dcmread(head, stop_before_pixels=True)
