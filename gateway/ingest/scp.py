@@ -352,6 +352,7 @@ class DicomServer:
         self.releases = releases
         self.report = EdgeReport(counters or EdgeCounters(), audit)
         self.ae = _build_ae(settings, results=directory.has_devices)
+        self._spool_folder = store.spool_folder()
         gatekeeper = Gatekeeper(settings.ae_title, directory, store, settings.max_associations)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, _on_requested, [gatekeeper, self.report]),
@@ -408,7 +409,7 @@ class DicomServer:
         handlers: list[Any],
         adopt: socket.socket | None,
     ) -> EdgeListener:
-        return cast(
+        listener = cast(
             EdgeListener,
             self.ae.make_server(
                 (self.settings.dicom_host, port),
@@ -419,6 +420,8 @@ class DicomServer:
                 adopt=adopt,
             ),
         )
+        listener.spool_folder = self._spool_folder
+        return listener
 
     def listening_sockets(self) -> dict[str, socket.socket]:
         """The bound, listening sockets by kind, for the extra SCP processes to share."""
