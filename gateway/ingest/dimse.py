@@ -42,7 +42,6 @@ import threading
 import time
 from io import BytesIO
 from pathlib import Path
-from tempfile import NamedTemporaryFile
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.uid import UID
@@ -60,6 +59,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
+
+from gateway.ingest.spool import SpoolFile
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -521,9 +522,8 @@ def _decode_msg(
                     return True
 
                 if _config.STORE_RECV_CHUNKED_DATASET and isinstance(message, C_STORE_RQ):
-                    # delete=False and left open, as pynetdicom does: its SCP closes and removes it
-                    # .partial: what a crash leaves in the store is removed at start-up
-                    file = NamedTemporaryFile(delete=False, dir=spool, suffix=".partial")  # noqa: SIM115
+                    # Counted, hashed and its head kept as written (gateway.ingest.spool)
+                    file = SpoolFile(spool)
                     message._data_set_file = cast(Any, file)
                     message._data_set_path = Path(file.name)
                     sop_class, sop_instance = _affected_sop(message)

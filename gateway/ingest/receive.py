@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pydicom import Dataset, dcmread
 
@@ -30,6 +30,7 @@ from gateway.ingest.header import read_header
 from gateway.ingest.indexing import Member, write_group
 from gateway.ingest.outcome import Outcome, Sender
 from gateway.ingest.pixels import GEOMETRY_TAGS, check_pixel_data
+from gateway.ingest.spool import HEAD_BYTES, HeadFirst, Spooled
 from gateway.ingest.tags import READ_TAGS, InstanceTags, read_tags
 
 __all__ = ["Admit", "Ingest", "Outcome", "Sender"]
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 Admit = Callable[[InstanceTags], None]
 
 # A header longer than this (rare: large sequences before the pixels) is parsed from the file.
-_HEADER_BYTES = 64 * 1024
+_HEADER_BYTES = HEAD_BYTES  # the spool keeps as many in memory
 _PIXEL_ELEMENTS = frozenset({0x0008, 0x0009, 0x0010})  # (7FE0,0008/0009/0010): pydicom's stop
 _WANTED = READ_TAGS | GEOMETRY_TAGS  # what _parse's callers read of a header
 
@@ -78,13 +79,15 @@ class Ingest:
         expected_sop_instance: str | None = None,
         *,
         admit: Admit | None = None,
+        spooled: Spooled | None = None,
     ) -> Outcome:
         """:meth:`receive` for an instance the SCP spooled to ``path`` (a large one need not
         fit in memory); the file is read, never moved, and must stay until this returns.
-        ``admit`` checks the validated attributes before anything is stored."""
-        return self._receive(
-            _Received(path=path), sender, expected_sop_class, expected_sop_instance, admit
-        )
+        ``admit`` checks the validated attributes before anything is stored; ``spooled``:
+        the file's size, digest and head as the SCP wrote it (not read again)."""
+        known = spooled if spooled is not None and spooled.path == path else None
+        received = _Received(path=path, spooled=known)
+        return self._receive(received, sender, expected_sop_class, expected_sop_instance, admit)
 
     def _receive(
         self,
@@ -205,22 +208,29 @@ class _Received:
 
     data: bytes | None = None
     path: Path | None = None
+    spooled: Spooled | None = None  # the spooled file's facts, taken as it was written
 
     def open(self) -> BinaryIO:
         if self.data is not None:
             return BytesIO(self.data)
+        if self.spooled is not None:
+            return cast(BinaryIO, HeadFirst(self.spooled))
         assert self.path is not None
         return open(self.path, "rb")  # the caller closes it
 
     def size(self) -> int:
         if self.data is not None:
             return len(self.data)
+        if self.spooled is not None:
+            return self.spooled.size
         assert self.path is not None
         return self.path.stat().st_size
 
     def sha256(self) -> str:
         if self.data is not None:
             return hashlib.sha256(self.data).hexdigest()
+        if self.spooled is not None:
+            return self.spooled.sha256
         assert self.path is not None
         with open(self.path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()

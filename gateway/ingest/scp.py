@@ -40,6 +40,7 @@ from gateway.ingest.refusals import (
 )
 from gateway.ingest.release import ReleaseCompletion
 from gateway.ingest.sources import Source, SourceCheck, SourceDirectory, SourceKind
+from gateway.ingest.spool import SpoolFile
 from gateway.ingest.tls import TlsIdentity, listener_context
 from gateway.settings import Settings
 
@@ -254,7 +255,9 @@ def _on_store(
         )
         spooled = event.dataset_path  # None when chunked receiving is off
         if spooled is not None:
-            outcome = ingest.receive_file(Path(spooled), sender, *expected)
+            file = request._dataset_file  # gateway.ingest.dimse made it, unless pynetdicom did
+            facts = file.spooled() if isinstance(file, SpoolFile) else None
+            outcome = ingest.receive_file(Path(spooled), sender, *expected, spooled=facts)
         else:
             outcome = ingest.receive(event.encoded_dataset(include_meta=True), sender, *expected)
         if releases and source.complete_on_release and outcome.status.is_success:
