@@ -103,6 +103,11 @@ class ObjectStore(Protocol):
     def has_room(self) -> bool:
         """False when accepting more data would cross the free-space floor."""
 
+    def spool_folder(self) -> Path | None:
+        """A folder on the store's file system for the SCP's received datasets (ending
+        ``.partial``, so that recovery removes a crash's leftovers): staging then links such
+        a file instead of copying it. None: the system's temporary folder."""
+
     def check(self) -> None:
         """Raise :class:`StorageError` when the store cannot be written now."""
 
@@ -280,6 +285,14 @@ class FolderStore:
                     Path(directory, name).unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def spool_folder(self) -> Path | None:
+        staging = self.root / "staging"
+        try:
+            staging.mkdir(exist_ok=True)
+        except OSError:
+            return None  # staging itself fails with the reason, per instance
+        return staging
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -465,6 +478,9 @@ class S3Store:
 
     def has_room(self) -> bool:
         return True  # capacity is the S3 server's business; it answers errors when full
+
+    def spool_folder(self) -> Path | None:
+        return None  # an object is uploaded from wherever its file is
 
     def check(self) -> None:
         self._ensure_bucket()

@@ -19,6 +19,9 @@ dimse
     pynetdicom's DIMSE provider with the spooled file's meta and the C-STORE-RSP encoded
     directly (pydicom's general writer cost as much as parsing the instance), a C-STORE-RQ's
     command set decoded directly, and P-DATA-TF passed to DIMSE without the state machine.
+spool
+    A received dataset's spool file, its size, SHA-256 and head taken as it is written, so
+    that ingest does not read the file back for them.
 pdu_limits
     What one association may make the SCP hold: PDU lengths checked before their bodies are
     read, command and dataset sizes, unanswered requests.
@@ -40,6 +43,9 @@ indexing
 pixels
     Pixel Data impossible on its face (cut short, native length not Rows × Columns × frames
     × samples × bytes, fewer fragments than frames), refused before it is stored.
+header
+    A received header walked straight from its bytes: the elements ingest reads and where
+    the Pixel Data starts (pydicom reads what is not the plain case).
 tags
     The attributes the index keeps, read once from a received dataset and validated.
 assembly

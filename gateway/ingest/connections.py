@@ -30,6 +30,7 @@ from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -83,6 +84,7 @@ class EdgeListener(AssociationServer):
         self.tls = tls
         # An extra SCP process listens on the main process's socket (gateway.ingest.balance).
         self.adopted = adopt
+        self.spool_folder: Path | None = None  # EdgeDimse.spool_folder of its associations
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers)
 
     @property
@@ -137,6 +139,7 @@ class EdgeListener(AssociationServer):
         # The spooled file's meta and the C-STORE-RSP encoded directly, P-DATA-TF decoded
         # without copies (gateway.ingest.dimse).
         assoc.dimse = EdgeDimse(assoc)
+        assoc.dimse.spool_folder = self.spool_folder
         adopt_dul(assoc.dul)
         # The DUL thread waits in guarded.ready for data or for a primitive to send, instead
         # of sleeping 1 ms between looks (gateway.ingest.reactor).

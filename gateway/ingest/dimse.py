@@ -42,7 +42,6 @@ import threading
 import time
 from io import BytesIO
 from pathlib import Path
-from tempfile import NamedTemporaryFile
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.uid import UID
@@ -60,6 +59,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
+
+from gateway.ingest.spool import SpoolFile
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -418,6 +419,10 @@ def adopt_dul(dul: DULServiceProvider) -> None:
 class EdgeDimse(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider, the file meta and C-STORE-RSP encoded directly."""
 
+    # Where C-STORE datasets are spooled (None: $TMPDIR): on the object store's file system,
+    # staging links the file instead of copying it (ObjectStore.spool_folder).
+    spool_folder: Path | None = None
+
     def send_msg(self, primitive: Any, context_id: int) -> None:
         encoded = None
         if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None:
@@ -440,7 +445,7 @@ class EdgeDimse(DIMSEServiceProvider):
         if self.message is None:
             self.message = DIMSEMessage()
 
-        if _decode_msg(self.message, primitive, self.assoc):
+        if _decode_msg(self.message, primitive, self.assoc, self.spool_folder):
             evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
 
             context_id = cast(int, self.message.context_id)
@@ -496,7 +501,9 @@ def _affected_sop(message: DIMSEMessage) -> tuple[str, str]:
     return str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID)
 
 
-def _decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association) -> bool:
+def _decode_msg(
+    message: DIMSEMessage, primitive: P_DATA, assoc: Association, spool: Path | None
+) -> bool:
     # pynetdicom 3.0.4's DIMSEMessage.decode_msg: the file meta by file_meta(), a C-STORE-RQ's
     # command set by store_request(), fragments written from a view, one flush at the last
     # (tests/ingest/test_dimse.py pins the source).
@@ -515,13 +522,13 @@ def _decode_msg(message: DIMSEMessage, primitive: P_DATA, assoc: Association) ->
                     return True
 
                 if _config.STORE_RECV_CHUNKED_DATASET and isinstance(message, C_STORE_RQ):
-                    # delete=False and left open, as pynetdicom does: its SCP closes and removes it
-                    spool = NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")  # noqa: SIM115
-                    message._data_set_file = cast(Any, spool)
-                    message._data_set_path = Path(spool.name)
+                    # Counted, hashed and its head kept as written (gateway.ingest.spool)
+                    file = SpoolFile(spool)
+                    message._data_set_file = cast(Any, file)
+                    message._data_set_path = Path(file.name)
                     sop_class, sop_instance = _affected_sop(message)
                     cx = assoc._accepted_cx[context_id]
-                    spool.write(file_meta(sop_class, sop_instance, str(cx.transfer_syntax[0])))
+                    file.write(file_meta(sop_class, sop_instance, str(cx.transfer_syntax[0])))
 
         else:
             if message._data_set_file:

@@ -234,14 +234,14 @@ class GuardedSocket(AssociationSocket):
         if isinstance(connection, ssl.SSLSocket) and connection.pending():
             return True
         try:
-            watched = [connection.fileno(), self._wake_read]
-            readable, _, _ = select.select(watched, [], [], IDLE_WAKE_S)
+            fd = connection.fileno()
+            readable = wait_readable((fd, self._wake_read), IDLE_WAKE_S)
         except (OSError, TimeoutError, ValueError):
             self.event_queue.put("Evt17")  # transport closed, as pynetdicom's ready says
             return False
         if self._wake_read in readable:
             _drain(self._wake_read)
-        return watched[0] in readable
+        return fd in readable
 
     def close(self) -> None:
         super().close()
@@ -350,6 +350,20 @@ def _close_fds(*fds: int) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def wait_readable(fds: tuple[int, ...], timeout_s: float) -> set[int]:
+    """Which of ``fds`` can be read (or have hung up) within ``timeout_s``. poll, not select:
+    a busy gateway's descriptors pass select's FD_SETSIZE (1024), where select raises."""
+    waiting = select.poll()
+    for fd in fds:
+        if fd < 0:  # a closed socket's descriptor: poll would just never report it
+            raise OSError("socket closed")
+        waiting.register(fd, select.POLLIN)
+    ready = waiting.poll(timeout_s * 1000)
+    if any(events & select.POLLNVAL for _fd, events in ready):
+        raise OSError("descriptor closed")  # select raised for these too
+    return {fd for fd, _events in ready}
 
 
 def read_plain(connection: socket.socket, view: memoryview) -> int:

@@ -51,6 +51,7 @@ _GEOMETRY: dict[str, tuple[int, str]] = {
     "NumberOfFrames": (0x00280008, "IS"),
     "PhotometricInterpretation": (0x00280004, "CS"),
 }
+GEOMETRY_TAGS = frozenset(tag for tag, _vr in _GEOMETRY.values())  # what the check reads
 _DIGITS = re.compile(r"[+-]?[0-9]+")
 _ABSENT = object()
 

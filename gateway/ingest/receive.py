@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pydicom import Dataset, dcmread
 
@@ -26,10 +26,12 @@ from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore, StagedObject
 from gateway.ingest.group_commit import GroupCommit
+from gateway.ingest.header import read_header
 from gateway.ingest.indexing import Member, write_group
 from gateway.ingest.outcome import Outcome, Sender
-from gateway.ingest.pixels import check_pixel_data
-from gateway.ingest.tags import InstanceTags, read_tags
+from gateway.ingest.pixels import GEOMETRY_TAGS, check_pixel_data
+from gateway.ingest.spool import HEAD_BYTES, HeadFirst, Spooled
+from gateway.ingest.tags import READ_TAGS, InstanceTags, read_tags
 
 __all__ = ["Admit", "Ingest", "Outcome", "Sender"]
 
@@ -40,8 +42,9 @@ log = logging.getLogger(__name__)
 Admit = Callable[[InstanceTags], None]
 
 # A header longer than this (rare: large sequences before the pixels) is parsed from the file.
-_HEADER_BYTES = 64 * 1024
+_HEADER_BYTES = HEAD_BYTES  # the spool keeps as many in memory
 _PIXEL_ELEMENTS = frozenset({0x0008, 0x0009, 0x0010})  # (7FE0,0008/0009/0010): pydicom's stop
+_WANTED = READ_TAGS | GEOMETRY_TAGS  # what _parse's callers read of a header
 
 
 class Ingest:
@@ -76,13 +79,15 @@ class Ingest:
         expected_sop_instance: str | None = None,
         *,
         admit: Admit | None = None,
+        spooled: Spooled | None = None,
     ) -> Outcome:
         """:meth:`receive` for an instance the SCP spooled to ``path`` (a large one need not
         fit in memory); the file is read, never moved, and must stay until this returns.
-        ``admit`` checks the validated attributes before anything is stored."""
-        return self._receive(
-            _Received(path=path), sender, expected_sop_class, expected_sop_instance, admit
-        )
+        ``admit`` checks the validated attributes before anything is stored; ``spooled``:
+        the file's size, digest and head as the SCP wrote it (not read again)."""
+        known = spooled if spooled is not None and spooled.path == path else None
+        received = _Received(path=path, spooled=known)
+        return self._receive(received, sender, expected_sop_class, expected_sop_instance, admit)
 
     def _receive(
         self,
@@ -203,22 +208,29 @@ class _Received:
 
     data: bytes | None = None
     path: Path | None = None
+    spooled: Spooled | None = None  # the spooled file's facts, taken as it was written
 
     def open(self) -> BinaryIO:
         if self.data is not None:
             return BytesIO(self.data)
+        if self.spooled is not None:
+            return cast(BinaryIO, HeadFirst(self.spooled))
         assert self.path is not None
         return open(self.path, "rb")  # the caller closes it
 
     def size(self) -> int:
         if self.data is not None:
             return len(self.data)
+        if self.spooled is not None:
+            return self.spooled.size
         assert self.path is not None
         return self.path.stat().st_size
 
     def sha256(self) -> str:
         if self.data is not None:
             return hashlib.sha256(self.data).hexdigest()
+        if self.spooled is not None:
+            return self.spooled.sha256
         assert self.path is not None
         with open(self.path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -247,14 +259,19 @@ def _parse(received: _Received) -> Dataset:
 
 
 def _read_header(handle: BinaryIO) -> tuple[Dataset, int]:
-    """The dataset up to its Pixel Data, and where that starts.
+    """The dataset up to its Pixel Data (the elements the index and the Pixel Data check
+    read, at least), and where that starts.
 
-    Parsed in memory from the first :data:`_HEADER_BYTES` when they hold the whole file or
-    the start of its Pixel Data element (a file's reader asks the OS for its position at
-    every element, and each such call lets other threads' GIL requests in: ~50 for a CT
-    slice); else (a longer header, no Pixel Data) from the file, as before."""
+    Read from the first :data:`_HEADER_BYTES` when they hold the whole file or the start of
+    its Pixel Data element: by :func:`read_header` where the header is plain, else by
+    pydicom in memory (a file's reader asks the OS for its position at every element, and
+    each such call lets other threads' GIL requests in: ~50 for a CT slice); a longer
+    header, or one without Pixel Data, from the file, as before."""
     prefix = handle.read(_HEADER_BYTES)
     whole = len(prefix) < _HEADER_BYTES
+    plain = read_header(prefix, whole, _WANTED)
+    if plain is not None:
+        return plain
     try:
         head = BytesIO(prefix)
         dataset = dcmread(head, stop_before_pixels=True)

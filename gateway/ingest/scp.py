@@ -40,6 +40,7 @@ from gateway.ingest.refusals import (
 )
 from gateway.ingest.release import ReleaseCompletion
 from gateway.ingest.sources import Source, SourceCheck, SourceDirectory, SourceKind
+from gateway.ingest.spool import SpoolFile
 from gateway.ingest.tls import TlsIdentity, listener_context
 from gateway.settings import Settings
 
@@ -254,7 +255,9 @@ def _on_store(
         )
         spooled = event.dataset_path  # None when chunked receiving is off
         if spooled is not None:
-            outcome = ingest.receive_file(Path(spooled), sender, *expected)
+            file = request._dataset_file  # gateway.ingest.dimse made it, unless pynetdicom did
+            facts = file.spooled() if isinstance(file, SpoolFile) else None
+            outcome = ingest.receive_file(Path(spooled), sender, *expected, spooled=facts)
         else:
             outcome = ingest.receive(event.encoded_dataset(include_meta=True), sender, *expected)
         if releases and source.complete_on_release and outcome.status.is_success:
@@ -352,6 +355,7 @@ class DicomServer:
         self.releases = releases
         self.report = EdgeReport(counters or EdgeCounters(), audit)
         self.ae = _build_ae(settings, results=directory.has_devices)
+        self._spool_folder = store.spool_folder()
         gatekeeper = Gatekeeper(settings.ae_title, directory, store, settings.max_associations)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, _on_requested, [gatekeeper, self.report]),
@@ -408,7 +412,7 @@ class DicomServer:
         handlers: list[Any],
         adopt: socket.socket | None,
     ) -> EdgeListener:
-        return cast(
+        listener = cast(
             EdgeListener,
             self.ae.make_server(
                 (self.settings.dicom_host, port),
@@ -419,6 +423,8 @@ class DicomServer:
                 adopt=adopt,
             ),
         )
+        listener.spool_folder = self._spool_folder
+        return listener
 
     def listening_sockets(self) -> dict[str, socket.socket]:
         """The bound, listening sockets by kind, for the extra SCP processes to share."""

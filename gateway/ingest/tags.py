@@ -60,6 +60,11 @@ _TAGS: dict[str, int] = {
 }
 
 
+# Every element read_tags reads (Patient's Name by keyword, through pydicom's conversion):
+# what gateway.ingest.header keeps of a received header.
+READ_TAGS = frozenset({*_TAGS.values(), 0x00100010})
+
+
 class StudyTags(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

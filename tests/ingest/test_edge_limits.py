@@ -5,6 +5,7 @@ refusal is logged once and counted; after each, the gateway still answers."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from gateway.ingest.pdu_limits import (
     LimitExceeded,
     MessageLimits,
     read_plain,
+    wait_readable,
 )
 from gateway.ingest.refusals import Refusal
 from gateway.ingest.scp import DicomServer
@@ -402,5 +404,34 @@ def test_a_plain_read_keeps_the_socket_timeout_past_select_s_descriptor_limit() 
         assert read_plain(connection, memoryview(buffer)) == 0  # the peer has closed
     finally:
         connection.close()
+        ours.close()
+        peer.close()
+
+
+def test_waiting_for_a_pdu_works_past_select_s_descriptor_limit() -> None:
+    # GuardedSocket.ready waits on the association's socket and its wake pipe: with
+    # select(), a socket on a descriptor past 1024 read as "transport closed" (Evt17).
+    ours, peer = socket.socketpair()
+    wake_read, wake_write = os.pipe()
+    high = 1500
+    try:
+        os.dup2(ours.fileno(), high)
+    except OSError as exc:  # the soft limit is under 1501 here
+        pytest.skip(f"cannot hold descriptor {high}: {exc}")
+    try:
+        assert wait_readable((high, wake_read), 0.05) == set()
+        os.write(wake_write, b"\0")
+        assert wait_readable((high, wake_read), 0.05) == {wake_read}
+        peer.sendall(b"abc")
+        assert wait_readable((high, wake_read), 0.05) == {high, wake_read}
+        with pytest.raises(OSError):
+            wait_readable((-1, wake_read), 0.05)  # a socket closed meanwhile
+        os.close(high)
+        with pytest.raises(OSError):
+            wait_readable((high, wake_read), 0.05)
+    finally:
+        for fd in (high, wake_read, wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         ours.close()
         peer.close()

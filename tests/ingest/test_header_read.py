@@ -1,7 +1,8 @@
 """The received header is parsed in memory from the file's first bytes when they hold its
-Pixel Data element's start; the index attributes and the Pixel Data checks come out exactly
-as when the whole file is read (real files of ../shared/data/dicom, and headers built to
-fall back: longer than the in-memory part, no Pixel Data, cut short)."""
+Pixel Data element's start (by gateway.ingest.header where it is plain, else pydicom); the
+index attributes, the elements they come from and the Pixel Data checks come out exactly as
+when the whole file is read by pydicom (real files of ../shared/data/dicom, and headers
+built to fall back: longer than the in-memory part, no Pixel Data, cut short)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,17 @@ def _before(path: Path) -> tuple[Dataset, int]:
     return dataset, position
 
 
+def _kept(dataset: Dataset) -> dict[int, str]:
+    """The values (as pydicom converts them) of the elements ingest reads."""
+    return {tag: repr(dataset[tag].value) for tag in sorted(receive._WANTED) if tag in dataset}
+
+
 def _outcome(read: Callable[[], tuple[Dataset, int]]) -> tuple[object, ...]:
-    """The index attributes, the Pixel Data position and the dataset; or the refusal."""
+    """The index attributes, the Pixel Data position and the elements read; or the
+    refusal."""
     try:
         dataset, position = read()
-        return position, dataset.to_json_dict(), read_tags(dataset)
+        return position, _kept(dataset), read_tags(dataset)
     except InvalidInstance as exc:
         return "refused", exc.reason
     except Exception as exc:

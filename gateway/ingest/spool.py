@@ -1,0 +1,106 @@
+"""A received C-STORE dataset's spool file, and what ingest reads of it, taken on the way in.
+
+pynetdicom writes each P-DATA fragment of a C-STORE dataset to a temporary file (a large
+instance must not be held in memory). Ingest then needed the file's size, its SHA-256 and
+its header: a stat, a second read of every byte and an open and read of the first 64 KiB,
+each system call a hand-off of the GIL between the association's threads (~38 context
+switches per instance at four associations). The fragments pass through memory once anyway,
+so :class:`SpoolFile` counts, hashes and keeps the first :data:`HEAD_BYTES` of them as they
+are written, :class:`Spooled` carries that to ingest, and :class:`HeadFirst` reads the
+header from it without opening the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import NamedTemporaryFile
+from typing import IO, Any, BinaryIO
+
+HEAD_BYTES = 64 * 1024  # gateway.ingest.receive parses a header from this many bytes
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A spooled dataset: where it is, how long it is, its SHA-256 (hex) and its first
+    bytes (at most :data:`HEAD_BYTES`)."""
+
+    path: Path
+    size: int
+    sha256: str
+    head: bytes
+
+
+class SpoolFile:
+    """A spool file being written (``delete=False``: pynetdicom's SCP closes and removes it
+    after the handler), with its size, digest and head kept as the bytes go by."""
+
+    def __init__(self, folder: Path | None) -> None:
+        # .partial: what a crash leaves in the object store is removed at start-up.
+        self._file = NamedTemporaryFile(delete=False, dir=folder, suffix=".partial")  # noqa: SIM115
+        self.name = self._file.name
+        self.file: IO[bytes] = self._file.file  # flushed by the DIMSE decoder at the end
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._head = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._digest.update(data)
+        self._size += len(data)
+        if len(self._head) < HEAD_BYTES:
+            self._head += data[: HEAD_BYTES - len(self._head)]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def spooled(self) -> Spooled:
+        """What has been written so far."""
+        return Spooled(Path(self.name), self._size, self._digest.hexdigest(), bytes(self._head))
+
+
+class HeadFirst(io.RawIOBase):
+    """A spooled dataset read from its kept head while the reads fall inside it; the file
+    is opened only for what lies past (an encapsulated image's items, a long header)."""
+
+    def __init__(self, spooled: Spooled) -> None:
+        super().__init__()
+        self._spooled = spooled
+        self._position = 0
+        self._file: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._spooled.size}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        head = self._spooled.head
+        if self._position + len(view) <= len(head) or len(head) == self._spooled.size:
+            part = head[self._position : self._position + len(view)]
+            view[: len(part)] = part
+        else:
+            if self._file is None:
+                self._file = open(self._spooled.path, "rb")  # noqa: SIM115  closed in close()
+            self._file.seek(self._position)
+            part = self._file.read(len(view))
+            view[: len(part)] = part
+        self._position += len(part)
+        return len(part)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()

@@ -1,0 +1,126 @@
+"""Where the SCP spools a received dataset: in the folder store's staging folder, so that
+staging links the file into the store instead of copying it whatever $TMPDIR is; a crash's
+leftovers there are removed at start-up. What ingest reads of the file — size, SHA-256,
+header — is taken as it is written, and matches the file."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from gateway.index import durable_files
+from gateway.index.object_store import FolderStore
+from gateway.ingest.receive import Ingest
+from gateway.ingest.spool import HEAD_BYTES, HeadFirst, Spooled, SpoolFile
+from gateway.settings import Settings
+from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
+from workers.serve import Gateway
+
+
+def test_a_received_dataset_is_spooled_in_the_store_and_linked_not_copied(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[[Settings], Gateway],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    elsewhere = tmp_path / "tmpdir"  # $TMPDIR, which may be on another file system
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    copies: list[Path] = []
+
+    def copied(source: Path, target: Path) -> None:
+        copies.append(source)
+
+    monkeypatch.setattr(durable_files, "copy_synced", copied)
+    spooled: list[Path] = []
+    facts: list[Spooled] = []
+    receive_file = Ingest.receive_file
+
+    def spy(self: Ingest, path: Path, *args: Any, **kwargs: Any) -> Any:
+        spooled.append(path)
+        facts.append(kwargs["spooled"])
+        content = path.read_bytes()
+        assert kwargs["spooled"] == Spooled(
+            path, len(content), hashlib.sha256(content).hexdigest(), content[:HEAD_BYTES]
+        )
+        return receive_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Ingest, "receive_file", spy)
+    gateway = start_gateway(make_settings())
+    store = gateway.parts.store
+    assert isinstance(store, FolderStore)
+    study = make_uid("spool")
+    instance = ct_instance(study, make_uid(study, "s"), make_uid(study, "i"), size=256)
+    ae = AE("IRK_CAMI")
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_store(instance).Status) == 0x0000
+    finally:
+        assoc.release()
+    (path,) = spooled
+    assert facts[0].size > HEAD_BYTES  # 256² pixels and the header: the head is a part
+    assert path.parent == store.root / "staging" and path.name.endswith(".partial")
+    assert copies == []  # linked into staging: the same file system
+    assert list(elsewhere.iterdir()) == []
+    assert list((store.root / "staging").iterdir()) == []  # spool removed, object published
+    assert len(list(store.keys("studies/"))) == 1
+
+
+def test_a_spool_file_left_by_a_crash_is_removed_at_start_up(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "store")
+    folder = store.spool_folder()
+    assert folder is not None
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".partial", delete=False) as left:
+        left.write(b"half an instance")
+    assert store.remove_partial_writes() == 1
+    assert not Path(left.name).exists()
+
+
+def test_the_spool_counts_hashes_and_keeps_the_head_of_what_is_written(tmp_path: Path) -> None:
+    chunks = [b"m" * 300, bytes(range(256)) * 200, b"z" * (HEAD_BYTES * 2)]
+    spool = SpoolFile(tmp_path)
+    for chunk in chunks:
+        with memoryview(chunk) as view:
+            spool.write(view)
+    spool.file.flush()
+    facts = spool.spooled()
+    spool.close()
+    content = b"".join(chunks)
+    assert Path(spool.name).read_bytes() == content
+    assert facts == Spooled(
+        Path(spool.name), len(content), hashlib.sha256(content).hexdigest(), content[:HEAD_BYTES]
+    )
+    assert Path(spool.name).parent == tmp_path and spool.name.endswith(".partial")
+
+
+def test_reads_inside_the_head_never_open_the_file(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 1024  # 256 KiB
+    path = tmp_path / "gone.partial"
+    facts = Spooled(path, len(content), "", content[:HEAD_BYTES])
+    reader = HeadFirst(facts)  # the file does not exist: any open would raise
+    assert reader.read(HEAD_BYTES) == content[:HEAD_BYTES]
+    reader.seek(1000)
+    assert reader.read(12) == content[1000:1012] and reader.tell() == 1012
+    assert reader.seek(-4, 2) == len(content) - 4
+    with pytest.raises(FileNotFoundError):
+        reader.read(4)  # past the head: the file
+    path.write_bytes(content)
+    assert reader.read(4) == content[-4:] and reader.read(4) == b""
+    reader.seek(HEAD_BYTES - 2)
+    assert reader.read(4) == content[HEAD_BYTES - 2 : HEAD_BYTES + 2]  # across the end
+    reader.close()
+
+
+def test_a_file_shorter_than_the_head_is_read_whole_from_memory(tmp_path: Path) -> None:
+    content = b"short instance"
+    reader = HeadFirst(Spooled(tmp_path / "absent", len(content), "", content))
+    assert reader.read(HEAD_BYTES) == content and reader.read(10) == b""
