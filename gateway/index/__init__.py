@@ -11,7 +11,7 @@ tables
 object_store
     Where instances and results are kept byte for byte: a folder or S3.
 durable_files
-    Data and directory fsyncs; a staged file's data synced in the background.
+    A staged file made durable (linked or copied, fsynced); data and directory fsyncs.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
 due

@@ -14,7 +14,6 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -24,7 +23,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from gateway.errors import StorageError
-from gateway.index.durable_files import BackgroundSync, copy_synced, fsync_dir, wait_quietly
+from gateway.index.durable_files import copy_synced, fsync_dir, stage_durably
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
 
@@ -56,7 +55,6 @@ class StagedObject:
     temp: Path | None = None  # folder store: the fsynced temp file, until published
     source: Path | None = None  # staged from this file (``data`` is empty); read again on retry
     size: int = -1
-    synced: Future[None] | None = None  # folder store: the temp file's fsync, in the background
 
     def __post_init__(self) -> None:
         if self.size < 0:
@@ -120,7 +118,6 @@ class FolderStore:
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.min_free_bytes = min_free_bytes
-        self._syncs = BackgroundSync()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -166,12 +163,12 @@ class FolderStore:
         try:
             staging.mkdir(exist_ok=True)
             size = path.stat().st_size
-            synced = self._syncs.stage(path, temp)
+            stage_durably(path, temp)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write staged object: {exc.strerror or exc}") from exc
-        return StagedObject(b"", temp, source=path, size=size, synced=synced)
+        return StagedObject(b"", temp, source=path, size=size)
 
     def put_file(self, key: str, path: Path) -> None:
         """:meth:`put` from a file, without holding it in memory."""
@@ -208,8 +205,6 @@ class FolderStore:
             return self._path(key).parent
         final = self._path(key)
         try:
-            if staged.synced is not None:  # its data durable before its name is
-                staged.synced.result()
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged.temp, final)  # same file system: atomic
             staged.temp = None
@@ -237,8 +232,6 @@ class FolderStore:
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
 
     def discard(self, staged: StagedObject) -> None:
-        if staged.synced is not None:
-            wait_quietly(staged.synced)  # a copy still being written would outlive the unlink
         if staged.temp is not None:
             with contextlib.suppress(OSError):
                 staged.temp.unlink(missing_ok=True)

@@ -145,9 +145,8 @@ class Ingest:
                 Status.OUT_OF_RESOURCES, "object store below free-space floor", sender, study_uid
             )
         try:
-            # The slow part of the write (data + fsync) starts here, before any lock (the
-            # folder store syncs a spooled file in the background while this thread hashes
-            # it); the group's transaction only gives the object its key.
+            # The slow part of the write (data + fsync) is done here, before any lock, by
+            # this thread; the group's transaction only gives the object its key.
             staged = received.stage(self.store)
         except StorageError as exc:
             return self._refuse(Status.OUT_OF_RESOURCES, f"object store: {exc}", sender, study_uid)

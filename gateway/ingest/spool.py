@@ -17,7 +17,10 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import NamedTemporaryFile
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from tempfile import _TemporaryFileWrapper
 
 HEAD_BYTES = 64 * 1024  # gateway.ingest.receive parses a header from this many bytes
 
@@ -38,8 +41,7 @@ class SpoolFile:
     after the handler), with its size, digest and head kept as the bytes go by."""
 
     def __init__(self, folder: Path | None) -> None:
-        # .partial: what a crash leaves in the object store is removed at start-up.
-        self._file = NamedTemporaryFile(delete=False, dir=folder, suffix=".partial")  # noqa: SIM115
+        self._file = _spool(folder)
         self.name = self._file.name
         self.file: IO[bytes] = self._file.file  # flushed by the DIMSE decoder at the end
         self._digest = hashlib.sha256()
@@ -59,6 +61,18 @@ class SpoolFile:
     def spooled(self) -> Spooled:
         """What has been written so far."""
         return Spooled(Path(self.name), self._size, self._digest.hexdigest(), bytes(self._head))
+
+
+def _spool(folder: Path | None) -> _TemporaryFileWrapper[bytes]:
+    # .partial: what a crash leaves in the object store is removed at start-up. A store
+    # that cannot be written now (gone, full) must not cost the association: the dataset
+    # goes to $TMPDIR, and staging refuses it with the reason, instance by instance.
+    try:
+        return NamedTemporaryFile(delete=False, dir=folder, suffix=".partial")
+    except OSError:
+        if folder is None:
+            raise
+        return NamedTemporaryFile(delete=False, suffix=".partial")
 
 
 class HeadFirst(io.RawIOBase):

@@ -124,3 +124,19 @@ def test_a_file_shorter_than_the_head_is_read_whole_from_memory(tmp_path: Path) 
     content = b"short instance"
     reader = HeadFirst(Spooled(tmp_path / "absent", len(content), "", content))
     assert reader.read(HEAD_BYTES) == content and reader.read(10) == b""
+
+
+def test_a_store_folder_that_cannot_be_written_spools_to_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store gone (its folder a file now): the association goes on, the dataset is
+    # spooled in $TMPDIR and staging refuses it with the reason (tests/system/test_faults).
+    elsewhere = tmp_path / "tmpdir"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    not_a_folder = tmp_path / "staging"
+    not_a_folder.write_bytes(b"")
+    spool = SpoolFile(not_a_folder)
+    spool.write(b"data")
+    spool.close()
+    assert Path(spool.name).parent == elsewhere and Path(spool.name).read_bytes() == b"data"
