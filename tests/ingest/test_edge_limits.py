@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -382,15 +382,30 @@ def test_a_check_that_fails_rejects_the_association(
 # --- reading a plain socket --------------------------------------------------------------
 
 
-def test_a_plain_read_keeps_the_socket_timeout_past_select_s_descriptor_limit() -> None:
-    # A busy gateway holds more than FD_SETSIZE (1024) descriptors: select() refuses such a
-    # descriptor, poll() does not. The read still times out, then reads what arrives.
+@pytest.fixture
+def high_socket() -> Iterator[tuple[int, socket.socket]]:
+    """A socket on descriptor 1500 and its peer. A busy gateway holds more than FD_SETSIZE
+    (1024) descriptors: select() refuses such a descriptor, poll() does not."""
     ours, peer = socket.socketpair()
     high = 1500
     try:
         os.dup2(ours.fileno(), high)
     except OSError as exc:  # the soft limit is under 1501 here
         pytest.skip(f"cannot hold descriptor {high}: {exc}")
+    try:
+        yield high, peer
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(high)
+        ours.close()
+        peer.close()
+
+
+def test_a_plain_read_keeps_the_socket_timeout_past_select_s_descriptor_limit(
+    high_socket: tuple[int, socket.socket],
+) -> None:
+    # The read still times out, then reads what arrives.
+    high, peer = high_socket
     connection = socket.socket(fileno=high)
     try:
         connection.settimeout(0.05)
@@ -403,21 +418,16 @@ def test_a_plain_read_keeps_the_socket_timeout_past_select_s_descriptor_limit() 
         peer.close()
         assert read_plain(connection, memoryview(buffer)) == 0  # the peer has closed
     finally:
-        connection.close()
-        ours.close()
-        peer.close()
+        connection.detach()  # the descriptor stays the fixture's to close
 
 
-def test_waiting_for_a_pdu_works_past_select_s_descriptor_limit() -> None:
+def test_waiting_for_a_pdu_works_past_select_s_descriptor_limit(
+    high_socket: tuple[int, socket.socket],
+) -> None:
     # GuardedSocket.ready waits on the association's socket and its wake pipe: with
     # select(), a socket on a descriptor past 1024 read as "transport closed" (Evt17).
-    ours, peer = socket.socketpair()
+    high, peer = high_socket
     wake_read, wake_write = os.pipe()
-    high = 1500
-    try:
-        os.dup2(ours.fileno(), high)
-    except OSError as exc:  # the soft limit is under 1501 here
-        pytest.skip(f"cannot hold descriptor {high}: {exc}")
     try:
         assert wait_readable((high, wake_read), 0.05) == set()
         os.write(wake_write, b"\0")
@@ -430,8 +440,5 @@ def test_waiting_for_a_pdu_works_past_select_s_descriptor_limit() -> None:
         with pytest.raises(OSError):
             wait_readable((high, wake_read), 0.05)
     finally:
-        for fd in (high, wake_read, wake_write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        ours.close()
-        peer.close()
+        os.close(wake_read)
+        os.close(wake_write)
