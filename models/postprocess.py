@@ -94,15 +94,16 @@ def _segmentation(
             centre = box = source_mask = None
             voxels = 0
             mask = probabilities >= max(label.threshold, 0.5 * probability)
-            if mask.any():
-                component = _largest_component(mask)
+            cropped = _true_box(mask)
+            if cropped is not None:
+                # The lesion's box alone from here: a CT's grid is ~10⁶ cells, a lesion ~10².
+                component = _largest_component(mask[cropped])
+                origin = tuple(axis.start for axis in cropped)
                 voxels = int(component.sum())
-                centre = meta.geometry.to_source(
-                    tuple(float(c) for c in ndimage.center_of_mass(component))
-                )
-                box = _source_box(_bounding_box(component), meta.geometry)
+                centre = meta.geometry.to_source(_centre_of_mass(component, origin))
+                box = _source_box(_bounding_box(component, origin), meta.geometry)
                 if probability >= label.threshold:
-                    source_mask = to_source_grid(component, meta.geometry)
+                    source_mask = to_source_grid(component, meta.geometry, origin, mask.shape)
             finding = _finding(index, label, probability, centre, box, meta, source_mask)
             if voxels and meta.spacing_mm:
                 size = float(np.prod(meta.spacing_mm)) / float(np.prod(meta.geometry.scale))
@@ -183,18 +184,56 @@ def _stride(map_shape: tuple[int, ...], geometry: Geometry) -> tuple[float, ...]
     return tuple(c / m for c, m in zip(canvas, map_shape, strict=True))
 
 
-def to_source_grid(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """A model-grid mask sampled (nearest) at every source voxel's centre.
+def to_source_grid(
+    mask: np.ndarray,
+    geometry: Geometry,
+    origin: tuple[int, ...] | None = None,
+    grid: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """A model-grid mask sampled (nearest) at every source voxel's centre. ``mask`` holds
+    the cells of a model grid of shape ``grid`` from ``origin`` on (default: the whole
+    grid), and nothing is set outside it.
 
-    One axis at a time (``take``), not one fancy index over the open grid (``np.ix_``):
-    the same voxels, a quarter of the CPU for a CT volume (~5 against ~20 ms at 30×512²)."""
+    Only the source voxels whose cell lies in the mask's set cells' box are sampled, one
+    axis at a time (``take``); the rest of the source grid stays the zeros it was allocated
+    as: a CT's source grid is 10–25 M voxels and a lesion's box a few thousand, so sampling
+    the whole grid cost ~5–15 ms per finding for the same voxels."""
     sampled = np.asarray(mask, dtype=bool)
+    origin = origin or (0,) * sampled.ndim
+    grid = grid or sampled.shape
+    source = np.zeros(geometry.source_shape, dtype=bool)
+    found = _true_box(sampled)
+    if found is None:
+        return source
+    sampled = sampled[found]
+    target = []
     for axis, (n, size, scale, offset) in enumerate(
-        zip(geometry.source_shape, mask.shape, geometry.scale, geometry.offset, strict=True)
+        zip(geometry.source_shape, grid, geometry.scale, geometry.offset, strict=True)
     ):
         model = np.floor((np.arange(n) + 0.5) * scale + offset).astype(np.int64)
-        sampled = sampled.take(np.clip(model, 0, size - 1), axis=axis)
-    return sampled
+        model = np.clip(model, 0, size - 1)  # non-decreasing: each cell's voxels are a run
+        first = origin[axis] + found[axis].start
+        start, stop = np.searchsorted(model, [first, first + sampled.shape[axis]])
+        sampled = sampled.take(model[start:stop] - first, axis=axis)
+        target.append(slice(int(start), int(stop)))
+    source[tuple(target)] = sampled
+    return source
+
+
+def _true_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (a slice per axis) holding every set cell; None when none is. Each
+    axis's projection is taken over the box found so far (a lesion's few slices, not the
+    grid)."""
+    box: list[slice] = []
+    view = mask
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(view.any(axis=others) if others else view)
+        if not hit.size:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        view = mask[tuple(box)]
+    return tuple(box)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -205,9 +244,27 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return np.asarray(labels == (int(np.argmax(sizes)) + 1))
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[tuple[float, float], ...]:
+def _bounding_box(
+    mask: np.ndarray, origin: tuple[int, ...] | None = None
+) -> tuple[tuple[float, float], ...]:
+    """(start, stop) per axis of the set cells, counted from ``origin`` (of a crop)."""
     indices = np.nonzero(mask)
-    return tuple((float(axis.min()), float(axis.max()) + 1.0) for axis in indices)
+    origin = origin or (0,) * mask.ndim
+    return tuple(
+        (float(axis.min() + o), float(axis.max() + o) + 1.0)
+        for axis, o in zip(indices, origin, strict=True)
+    )
+
+
+def _centre_of_mass(mask: np.ndarray, origin: tuple[int, ...]) -> tuple[float, ...]:
+    """``ndimage.center_of_mass`` of the crop's set cells, counted from ``origin``: each
+    coordinate is the exact sum of the cells' indices over their count, as scipy's, so the
+    float is the same to the last bit."""
+    indices = np.nonzero(mask)
+    count = len(indices[0])
+    return tuple(
+        (int(axis.sum()) + o * count) / count for axis, o in zip(indices, origin, strict=True)
+    )
 
 
 def _source_box(

@@ -36,6 +36,11 @@ def _torch() -> ModuleType:
     return torch
 
 
+# The modules :func:`_monai` imports (a decode pool's fork server imports them once for all
+# its children).
+MONAI_MODULES = ("monai.transforms.intensity.array", "monai.transforms.spatial.array")
+
+
 @cache
 def _monai() -> dict[str, Any]:
     from monai.transforms.intensity.array import (

@@ -165,7 +165,11 @@ class SessionCache:
             binding = self._bound_run(session, input_name, names, batch[start : start + max_batch])
             for name, value in zip(names, binding.copy_outputs_to_cpu(), strict=True):
                 chunks[name].append(np.asarray(value))
-        return {name: np.concatenate(parts) for name, parts in chunks.items()}
+        # One chunk (every batch the batcher forms): its arrays as they are, not copied.
+        return {
+            name: parts[0] if len(parts) == 1 else np.concatenate(parts)
+            for name, parts in chunks.items()
+        }
 
     def run_on_device(
         self, session: ort.InferenceSession, input_name: str, part: np.ndarray

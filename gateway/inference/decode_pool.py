@@ -41,6 +41,7 @@ from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.settings import Settings
 from models.manifest import InputSpec
+from models.preprocess import MONAI_MODULES
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,15 @@ def _load_and_prepare_in_child(
 def _context() -> multiprocessing.context.BaseContext:
     """Not fork: the worker is multi-threaded (Celery, SCP, HTTP). A fork server, started
     once per process with the decoders imported, then forks each child from itself: ~3 s
-    once instead of a fresh interpreter's imports for every pool."""
+    once instead of a fresh interpreter's imports for every pool. MONAI's transforms too
+    (3D preprocessing): imported in each child on its first volume, they cost that job
+    ~1.5 s of CPU per child, and again in every child of a replaced pool."""
     context = multiprocessing.get_context("forkserver")
     preload = ["gateway.inference.decode_pool"]
     if importlib.util.find_spec("torch") is not None:  # preprocessing's resize
         preload.append("torch")
+        if importlib.util.find_spec("monai") is not None:
+            preload += MONAI_MODULES
     context.set_forkserver_preload(preload)
     return context
 
