@@ -30,10 +30,10 @@ from gateway.ingest.dimse import (
     ReceivedData,
     _to_primitive,
     adopt_dul,
-    file_meta,
     store_request,
     store_response,
 )
+from gateway.ingest.spool import file_meta
 
 # sha256 of pynetdicom 3.0.4's DIMSEMessage.decode_msg and DIMSEServiceProvider
 # .receive_primitive. When pynetdicom changes either, compare it with the copy in
