@@ -59,6 +59,7 @@ from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
+from gateway.ingest.pdu_limits import GuardedSocket
 from gateway.ingest.spool import SpoolFile, file_meta, uid_bytes
 
 if TYPE_CHECKING:
@@ -72,6 +73,22 @@ _C_STORE_RSP = 0x8001
 _NO_DATASET = 0x0101
 # The C-STORE-RSP elements that are absent from every response built here.
 _OPTIONAL_RESPONSE = ("OffendingElement", "ErrorComment")
+
+
+def p_data_tf(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU of one PDV: the last fragment of a command set (PS3.8 9.3.5)."""
+    item = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
+    return struct.pack(">BxI", 0x04, len(item)) + item
+
+
+def _dul_idle(dul: DULServiceProvider) -> bool:
+    # Nothing given to the DUL to send, no event of its own pending, in data transfer:
+    # action DT-1 (Sta6 + Evt9) would only send the PDU.
+    return (
+        not dul.to_provider_queue.queue
+        and not dul.event_queue.queue
+        and dul.state_machine.current_state == "Sta6"
+    )
 
 
 def _implicit(element: int, value: bytes) -> bytes:
@@ -394,9 +411,16 @@ class EdgeDimse(DIMSEServiceProvider):
         ):
             super().send_msg(primitive, context_id)
             return
+        dul, sock = self.dul, self.dul.socket
+        if (
+            isinstance(sock, GuardedSocket)
+            and not self.assoc.get_handlers(evt.EVT_PDU_SENT)  # DT-1 would trigger it
+            and sock.send_now(p_data_tf(context_id, encoded), lambda: _dul_idle(dul))
+        ):
+            return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
-        self.dul.send_pdu(pdata)
+        dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         # pynetdicom 3.0.4's DIMSEServiceProvider.receive_primitive, decode_msg replaced by
