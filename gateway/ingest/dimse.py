@@ -10,7 +10,8 @@ receiver's CPU per instance is what bounds four concurrent associations (issue 1
 
 Both have a fixed layout, so :class:`EdgeDimse` writes their bytes directly:
 
-- :func:`file_meta` — the group 0002 elements pynetdicom writes, in its order and padding;
+- :func:`~gateway.ingest.spool.file_meta` — the group 0002 elements pynetdicom writes, in
+  its order and padding, at the head of the spool file;
 - :func:`store_response` — a C-STORE-RSP command set (Implicit VR Little Endian) when the
   response has no optional element (Error Comment, Offending Element), as every success;
   any other response, and any message but a C-STORE-RSP, goes through pynetdicom.
@@ -46,8 +47,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.uid import UID
 from pynetdicom import (
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     _config,
     evt,
 )
@@ -60,7 +59,8 @@ from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
-from gateway.ingest.spool import SpoolFile
+from gateway.ingest.pdu_limits import GuardedSocket
+from gateway.ingest.spool import SpoolFile, file_meta, uid_bytes
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -75,44 +75,20 @@ _NO_DATASET = 0x0101
 _OPTIONAL_RESPONSE = ("OffendingElement", "ErrorComment")
 
 
-def _uid(value: str) -> bytes:
-    # latin-1, as pydicom decoded the command set's UI values and pynetdicom's writer
-    # encodes them: a malformed UID (non-ASCII) is written back byte for byte and refused
-    # by the C-STORE handler's checks, rather than raising here and dropping the association.
-    data = value.encode("latin-1")
-    return data + b"\0" if len(data) % 2 else data
+def p_data_tf(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU of one PDV: the last fragment of a command set (PS3.8 9.3.5)."""
+    item = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
+    return struct.pack(">BxI", 0x04, len(item)) + item
 
 
-def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
-    # Group 0002, Explicit VR Little Endian: 2-byte lengths, except OB's 4.
-    if vr == b"OB":
-        return struct.pack("<HH2s2xI", 2, element, vr, len(value)) + value
-    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
-
-
-_VERSION = _explicit(0x0001, b"OB", b"\x00\x01")
-_IMPLEMENTATION = _explicit(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)) + _explicit(
-    0x0013,
-    b"SH",
-    PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    + (b" " if len(PYNETDICOM_IMPLEMENTATION_VERSION) % 2 else b""),
-)
-
-
-def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information, as pynetdicom writes them at the
-    head of a spooled C-STORE dataset."""
-    group = b"".join(
-        (
-            _VERSION,
-            _explicit(0x0002, b"UI", _uid(sop_class_uid)),
-            _explicit(0x0003, b"UI", _uid(sop_instance_uid)),
-            _explicit(0x0010, b"UI", _uid(transfer_syntax)),
-            _IMPLEMENTATION,
-        )
+def _dul_idle(dul: DULServiceProvider) -> bool:
+    # Nothing given to the DUL to send, no event of its own pending, in data transfer:
+    # action DT-1 (Sta6 + Evt9) would only send the PDU.
+    return (
+        not dul.to_provider_queue.queue
+        and not dul.event_queue.queue
+        and dul.state_machine.current_state == "Sta6"
     )
-    length = _explicit(0x0000, b"UL", struct.pack("<I", len(group)))
-    return b"\0" * 128 + b"DICM" + length + group
 
 
 def _implicit(element: int, value: bytes) -> bytes:
@@ -130,12 +106,12 @@ def store_response(rsp: C_STORE) -> bytes | None:
         return None
     body = b"".join(
         (
-            _implicit(0x0002, _uid(sop_class)),
+            _implicit(0x0002, uid_bytes(sop_class)),
             _implicit(0x0100, struct.pack("<H", _C_STORE_RSP)),
             _implicit(0x0120, struct.pack("<H", int(responding))),
             _implicit(0x0800, struct.pack("<H", _NO_DATASET)),
             _implicit(0x0900, struct.pack("<H", int(status))),
-            _implicit(0x1000, _uid(sop_instance)),
+            _implicit(0x1000, uid_bytes(sop_instance)),
         )
     )
     return _implicit(0x0000, struct.pack("<I", len(body))) + body
@@ -435,9 +411,16 @@ class EdgeDimse(DIMSEServiceProvider):
         ):
             super().send_msg(primitive, context_id)
             return
+        dul, sock = self.dul, self.dul.socket
+        if (
+            isinstance(sock, GuardedSocket)
+            and not self.assoc.get_handlers(evt.EVT_PDU_SENT)  # DT-1 would trigger it
+            and sock.send_now(p_data_tf(context_id, encoded), lambda: _dul_idle(dul))
+        ):
+            return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
-        self.dul.send_pdu(pdata)
+        dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         # pynetdicom 3.0.4's DIMSEServiceProvider.receive_primitive, decode_msg replaced by

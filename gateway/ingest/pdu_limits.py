@@ -27,6 +27,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -210,6 +211,8 @@ class GuardedSocket(AssociationSocket):
         self.limits = limits
         self.identity = identity
         self._on_abort = on_abort
+        self._sending = threading.RLock()
+        self._waiting = False  # the DUL thread is in ready's wait (see send_now)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -235,10 +238,13 @@ class GuardedSocket(AssociationSocket):
             return True
         try:
             fd = connection.fileno()
+            self._waiting = True
             readable = wait_readable((fd, self._wake_read), IDLE_WAKE_S)
         except (OSError, TimeoutError, ValueError):
             self.event_queue.put("Evt17")  # transport closed, as pynetdicom's ready says
             return False
+        finally:
+            self._waiting = False
         if self._wake_read in readable:
             _drain(self._wake_read)
         return fd in readable
@@ -326,8 +332,26 @@ class GuardedSocket(AssociationSocket):
         return read_plain(connection, view)
 
     def send(self, bytestream: bytes) -> None:
-        self.limits.sent(bytestream)
-        super().send(bytestream)
+        with self._sending:  # the DUL thread's sends and send_now's, one whole PDU at a time
+            self.limits.sent(bytestream)
+            super().send(bytestream)
+
+    def send_now(self, pdu: bytes, dul_idle: Callable[[], bool]) -> bool:
+        """Send ``pdu`` from the calling thread, not the DUL's, where that keeps the order of
+        what the association sends: a plain socket (an SSL object is not to be written by
+        one thread while another reads it), the DUL thread waiting for data in
+        :attr:`ready` (it sent all it had been given), and ``dul_idle()`` (nothing new
+        given to it), checked under the lock the DUL's own sends take. False: not sent.
+
+        A C-STORE-RSP otherwise went through the DUL's queue, a wake-up of its thread and
+        its state machine: two context switches and ~60 µs of CPU per instance."""
+        if not self._plain:
+            return False
+        with self._sending:
+            if not self._waiting or not dul_idle():
+                return False
+            self.send(pdu)
+        return True
 
     def _abort(self, exceeded: LimitExceeded) -> None:
         self._on_abort(self.assoc, exceeded)  # logged and counted before the peer hears

@@ -7,22 +7,67 @@ each system call a hand-off of the GIL between the association's threads (~38 co
 switches per instance at four associations). The fragments pass through memory once anyway,
 so :class:`SpoolFile` counts, hashes and keeps the first :data:`HEAD_BYTES` of them as they
 are written, :class:`Spooled` carries that to ingest, and :class:`HeadFirst` reads the
-header from it without opening the file.
+header from it without opening the file. The file starts with :func:`file_meta`, written
+directly (pynetdicom's pydicom writer cost ~0.4 ms an instance).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
 if TYPE_CHECKING:
     from tempfile import _TemporaryFileWrapper
 
 HEAD_BYTES = 64 * 1024  # gateway.ingest.receive parses a header from this many bytes
+
+
+def uid_bytes(value: str) -> bytes:
+    """A UI value's bytes, padded to even length with a NUL."""
+    # latin-1, as pydicom decoded the command set's UI values and pynetdicom's writer
+    # encodes them: a malformed UID (non-ASCII) is written back byte for byte and refused
+    # by the C-STORE handler's checks, rather than raising here and dropping the association.
+    data = value.encode("latin-1")
+    return data + b"\0" if len(data) % 2 else data
+
+
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    # Group 0002, Explicit VR Little Endian: 2-byte lengths, except OB's 4.
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 2, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
+_VERSION = _explicit(0x0001, b"OB", b"\x00\x01")
+_IMPLEMENTATION = _explicit(0x0012, b"UI", uid_bytes(PYNETDICOM_IMPLEMENTATION_UID)) + _explicit(
+    0x0013,
+    b"SH",
+    PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    + (b" " if len(PYNETDICOM_IMPLEMENTATION_VERSION) % 2 else b""),
+)
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information, as pynetdicom writes them at the
+    head of a spooled C-STORE dataset."""
+    group = b"".join(
+        (
+            _VERSION,
+            _explicit(0x0002, b"UI", uid_bytes(sop_class_uid)),
+            _explicit(0x0003, b"UI", uid_bytes(sop_instance_uid)),
+            _explicit(0x0010, b"UI", uid_bytes(transfer_syntax)),
+            _IMPLEMENTATION,
+        )
+    )
+    length = _explicit(0x0000, b"UL", struct.pack("<I", len(group)))
+    return b"\0" * 128 + b"DICM" + length + group
 
 
 @dataclass(frozen=True)

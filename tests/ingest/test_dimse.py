@@ -21,19 +21,21 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEM
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.fsm import DT_2
+from pynetdicom.fsm import DT_1, DT_2
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
+from pynetdicom.pdu_primitives import P_DATA
 
 from gateway.ingest.dimse import (
     EdgeDul,
     ReceivedData,
     _to_primitive,
     adopt_dul,
-    file_meta,
+    p_data_tf,
     store_request,
     store_response,
 )
+from gateway.ingest.spool import file_meta
 
 # sha256 of pynetdicom 3.0.4's DIMSEMessage.decode_msg and DIMSEServiceProvider
 # .receive_primitive. When pynetdicom changes either, compare it with the copy in
@@ -44,6 +46,8 @@ PYNETDICOM_RECEIVE_PRIMITIVE = "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e9
 PYNETDICOM_RUN_REACTOR = "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803"
 PYNETDICOM_READ_PDU_DATA = "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b"
 PYNETDICOM_DT_2 = "9ec543394e0b49eb8be2448fc3f9950361b0047db7cf3742844f377bd225ba73"
+# The FSM's DT_1 (Sta6 + Evt9: send the P-DATA-TF), which GuardedSocket.send_now stands for.
+PYNETDICOM_DT_1 = "82e5c5d4114534fa9ac86124c7c7ef11ff2b98bc73069372cbe413af9df19081"
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 # The last is malformed (non-ASCII, as a sender may send it): written back byte for byte.
@@ -58,6 +62,7 @@ UIDS = ["1.2.3.4", "1.2.3.45", "2.25.123456789012345678901234567890123456789", "
         (DULServiceProvider.run_reactor, PYNETDICOM_RUN_REACTOR),
         (DULServiceProvider._read_pdu_data, PYNETDICOM_READ_PDU_DATA),
         (DT_2, PYNETDICOM_DT_2),
+        (DT_1, PYNETDICOM_DT_1),
     ],
 )
 def test_the_copied_pynetdicom_code_is_the_installed_one(copied: object, pinned: str) -> None:
@@ -289,3 +294,17 @@ def test_an_adopted_dul_thread_runs_the_edge_loop() -> None:
     assert isinstance(dul, EdgeDul)
     target = dul._target  # type: ignore[attr-defined]
     assert target.__func__ is EdgeDul.run_reactor and target.__self__ is dul
+
+
+@pytest.mark.parametrize("context_id", [1, 3, 255])
+def test_a_response_s_p_data_tf_is_what_pynetdicom_encodes(context_id: int) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPInstanceUID = UIDS[0]
+    rsp.Status = 0x0000
+    command = store_response(rsp)
+    assert command is not None
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, b"\x03" + command))
+    assert p_data_tf(context_id, command) == P_DATA_TF(primitive).encode()

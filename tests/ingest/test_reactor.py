@@ -1,5 +1,6 @@
 """The SCP's association loop is pynetdicom's own with one change (it waits for its next
-message instead of sleeping 1 ms per look): pinned to the pynetdicom source it copies."""
+message instead of sleeping 1 ms per look): pinned to the pynetdicom source it copies. A
+C-STORE-RSP goes out from the association's thread while the DUL thread waits for data."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ import hashlib
 import inspect
 import queue
 import threading
+from typing import Any
 
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from sqlalchemy import select
 
+from gateway.index.tables import InstanceRow
+from gateway.ingest.connections import EdgeListener
 from gateway.ingest.reactor import WakingQueue, wait_for_item
+from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
+from workers.serve import Gateway
 
 # sha256 of pynetdicom 3.0.4's Association._run_reactor. When pynetdicom changes it, compare
 # the new loop with EdgeAssociation._run_reactor, carry the change over, and pin the new hash.
@@ -43,3 +53,69 @@ def test_a_queued_primitive_wakes_the_dul() -> None:
     primitives = WakingQueue(lambda: wakes.append(1))
     primitives.put("P-DATA")
     assert wakes == [1] and primitives.queue[0] == "P-DATA"
+
+
+def _queued_primitives(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The classes of the primitives the SCP's associations give their DUL to send."""
+    queued: list[str] = []
+    put = WakingQueue.put
+
+    def spy(self: WakingQueue, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        queued.append(type(item).__name__)
+        put(self, item, block, timeout)
+
+    monkeypatch.setattr(WakingQueue, "put", spy)
+    return queued
+
+
+def _store(port: int, count: int) -> list[int]:
+    study = make_uid("direct-send")
+    ae = AE("IRK_CAMI")
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+    assert assoc.is_established
+    try:
+        return [
+            int(
+                assoc.send_c_store(
+                    ct_instance(study, make_uid(study, "s"), make_uid(study, i), i, size=16)
+                ).Status
+            )
+            for i in range(1, count + 1)
+        ]
+    finally:
+        assoc.release()
+
+
+def test_a_c_store_response_goes_out_from_the_association_s_thread(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The DUL thread waits for the next request with nothing to send: the response is sent
+    # at once (GuardedSocket.send_now), not queued for the DUL thread to wake up and send.
+    # Where that thread has not reached its wait yet (a machine too busy to schedule it for
+    # the milliseconds an instance takes to store) the response is queued instead: the
+    # test asks that most of them went out at once.
+    queued = _queued_primitives(monkeypatch)
+    assert _store(gateway.parts.settings.dicom_port, 5) == [0] * 5
+    assert queued.count("P_DATA") <= 1
+    assert queued.count("A_ASSOCIATE") == 1 and queued.count("A_RELEASE") == 1
+    with gateway.parts.db.session() as session:
+        assert len(session.scalars(select(InstanceRow.id)).all()) == 5
+
+
+def test_with_a_listener_of_sent_pdus_responses_go_through_the_dul(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+
+    def bind_listener(self: EdgeListener, *args: Any, **kwargs: Any) -> Any:
+        assoc = associate(self, *args, **kwargs)
+        assoc.bind(evt.EVT_PDU_SENT, lambda event: sent.append(type(event.pdu).__name__))
+        return assoc
+
+    associate = EdgeListener.associate
+    monkeypatch.setattr(EdgeListener, "associate", bind_listener)
+    queued = _queued_primitives(monkeypatch)
+    assert _store(gateway.parts.settings.dicom_port, 2) == [0, 0]
+    assert queued.count("P_DATA") == 2  # through the DUL, which triggers EVT_PDU_SENT
+    assert sent.count("P_DATA_TF") == 2
