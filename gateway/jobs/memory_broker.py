@@ -27,7 +27,7 @@ from typing import Any
 
 from kombu.transport import memory
 
-# Celery's broker_transport: a dotted name survives the app's configuration being copied.
+# Celery's broker_transport (kombu resolves "module:Class" as it resolves its own aliases).
 TRANSPORT = "gateway.jobs.memory_broker:Transport"
 
 
@@ -56,7 +56,7 @@ class Deliverable:
             self.generation += 1
             self._changed.notify_all()
 
-    def wait(self, seen: int, timeout: float) -> bool:
+    def wait(self, seen: int, timeout: float | None) -> bool:
         """Sleep until the generation moves past ``seen`` or ``timeout`` passes; True if it
         moved (at once, if it already had)."""
         with self._changed:
