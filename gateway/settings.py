@@ -196,11 +196,12 @@ class Settings(BaseSettings):
         description="Celery broker; memory:// runs an in-process worker.",
     )
     memory_broker_poll_s: float = Field(
-        default=0.01,
+        default=1.0,
         gt=0,
         le=1,
-        description="memory:// broker: how often the worker looks for a task (kombu's default "
-        "of 1 s adds up to a second to every hop, infer and report); Redis delivers at once.",
+        description="memory:// broker: the longest an idle worker sleeps before it looks at "
+        "its queues again although nothing woke it; a task sent (or put back) wakes it at "
+        "once (gateway/jobs/memory_broker.py). Redis delivers at once.",
     )
     embedded_worker: bool = Field(
         default=True, description="aigw serve also runs a worker thread (the embedded default)."

@@ -9,6 +9,9 @@ dispatch
     :class:`Dispatcher`, the completion hook: route the study, record its jobs, due now.
 task_queue
     The Celery app as the gateway sees it: tasks sent by name, payloads of ids only.
+memory_broker
+    The ``memory://`` transport of the embedded default, whose consumers sleep until a
+    message can be delivered instead of polling.
 broker
     :class:`BrokerWatch`: is the broker reachable, and is it still the same instance?
 redrive

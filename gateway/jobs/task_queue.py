@@ -13,6 +13,7 @@ from celery import Celery
 from kombu.connection import Connection
 from pydantic import BaseModel, ConfigDict
 
+from gateway.jobs import memory_broker
 from gateway.routing import Priority
 from gateway.settings import Settings
 
@@ -82,8 +83,9 @@ def create_celery(settings: Settings) -> Celery:
         },
     )
     if settings.broker_url.startswith("memory://"):
-        # The memory transport has no blocking read: the worker sleeps this long whenever
-        # its queues are empty, so each task waits up to this before it starts.
+        # kombu's memory transport has no blocking read; this one wakes its consumers when
+        # a task can be delivered, and looks again after at most this long regardless.
+        app.conf.broker_transport = memory_broker.TRANSPORT
         app.conf.broker_transport_options["polling_interval"] = settings.memory_broker_poll_s
     return app
 
