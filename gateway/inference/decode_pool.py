@@ -49,7 +49,7 @@ Result = TypeVar("Result")
 
 def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
     """The stored instances of one job decoded: 2D images, or one volume (``dims`` 3)."""
-    return decode_datasets([read_dataset(blob) for blob in blobs], dims)
+    return decode_datasets([read_dataset(blob, in_place=True) for blob in blobs], dims)
 
 
 _child: dict[str, object] = {}  # in a child: its settings, then its own object store

@@ -39,7 +39,7 @@ def prepare_blobs(
     preprocessed (in a pool child, or in the worker's process when the pool is off). The
     checks come first wherever this runs: before a decoder allocates what a header claims."""
     began = time.perf_counter()
-    datasets = [read_dataset(blob) for blob in blobs]
+    datasets = [read_dataset(blob, in_place=True) for blob in blobs]
     check_job(datasets, budget or PixelBudget())
     decoded = decode_datasets(datasets, spec.dims)
     decoded_at = time.perf_counter()
@@ -62,7 +62,7 @@ def preprocess(decoded: Decoded, spec: InputSpec) -> PreparedJob:
         )
     tensors, metas = [], []
     for image in images:
-        item = prepare_2d(image.pixels, image.photometric, spec)
+        item = prepare_2d(image.stored, image.photometric, spec, image.intercept)
         tensors.append(item.tensor)
         metas.append(InputMeta(item.geometry, image.spacing_mm))
     return PreparedJob(
