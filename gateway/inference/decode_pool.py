@@ -39,6 +39,7 @@ from gateway.inference.decode import (
 from gateway.inference.gpu_decode import select_backend
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
+from gateway.memory import keep_large_buffers
 from gateway.settings import Settings
 from models.manifest import InputSpec
 
@@ -63,6 +64,7 @@ def _limit_memory(limit_bytes: int, settings: Settings | None = None) -> None:
     from models.preprocess import _torch
 
     _torch().set_num_threads(1)
+    keep_large_buffers()  # the job's stored bytes: reused, not faulted in afresh each job
     if settings is not None:
         _child["settings"] = settings
         select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)
