@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import os
 import re
 import shutil
@@ -247,6 +248,17 @@ class FolderStore:
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
+
+    def map(self, key: str) -> mmap.mmap | bytes:
+        """The object mapped read-only, not copied (objects are written whole and renamed
+        into place, never changed after); an empty object, which cannot be mapped, read."""
+        try:
+            with self._path(key).open("rb") as handle:
+                if os.fstat(handle.fileno()).st_size == 0:
+                    return b""
+                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 

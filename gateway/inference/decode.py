@@ -14,10 +14,12 @@ page it and as the reference devices were trained, whichever way the scanner mov
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -58,11 +60,19 @@ class Volume:
     spacing_mm: tuple[float, float, float]  # (slice, row, column)
 
 
-def read_dataset(data: bytes, in_place: bool = False) -> Dataset:
+Stored = bytes | mmap.mmap  # a stored instance's bytes, read or mapped
+
+
+def read_dataset(data: Stored, in_place: bool = False) -> Dataset:
     """``in_place``: values longer than :data:`~gateway.inference.native.DEFER_BYTES` stay in
     ``data`` until read (native Pixel Data is then decoded from there without a copy)."""
+    if isinstance(data, mmap.mmap):  # a file object already; BytesIO would copy it
+        data.seek(0)  # read from its start, whoever read it before
+        source = cast(BinaryIO, data)
+    else:
+        source = BytesIO(data)
     try:
-        return dcmread(BytesIO(data), defer_size=DEFER_BYTES if in_place else None)
+        return dcmread(source, defer_size=DEFER_BYTES if in_place else None)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise DecodeError(f"cannot parse stored instance: {exc.__class__.__name__}: {exc}") from exc
 

@@ -23,16 +23,17 @@ import multiprocessing
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from gateway.errors import StorageError
-from gateway.index.object_store import ObjectStore, create_store
+from gateway.index.object_store import FolderStore, ObjectStore, create_store
 from gateway.inference.decode import (
     Decoded,
     DecodeError,
+    Stored,
     decode_datasets,
     read_dataset,
 )
@@ -91,7 +92,7 @@ def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
         raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
 
 
-def _prepare_in_child(blobs: list[bytes], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
+def _prepare_in_child(blobs: Sequence[Stored], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
     try:
         return prepare_blobs(blobs, spec, budget)
     except MemoryError as exc:
@@ -107,6 +108,14 @@ def _child_store() -> ObjectStore:
     return store  # type: ignore[return-value]
 
 
+def _load(store: ObjectStore, key: str) -> Stored:
+    """A folder store's object mapped, not read: native Pixel Data is then decoded from the
+    page cache in place (a 10 MB radiograph: no copy, ~1 ms less); other stores' read."""
+    if isinstance(store, FolderStore):
+        return store.map(key)
+    return store.get(key)
+
+
 def _load_and_prepare_in_child(
     keys: list[str], spec: InputSpec, budget: PixelBudget
 ) -> PreparedJob:
@@ -115,7 +124,7 @@ def _load_and_prepare_in_child(
     began = time.perf_counter()
     try:
         store = _child_store()
-        blobs = [store.get(key) for key in keys]
+        blobs = [_load(store, key) for key in keys]
     except MemoryError as exc:
         raise DecodeError(f"loading needs more than the memory limit: {exc!r}"[:300]) from None
     load_ms = round((time.perf_counter() - began) * 1000, 2)

@@ -17,6 +17,7 @@ the pixel checks refuse first).
 
 from __future__ import annotations
 
+import mmap
 from io import BytesIO
 
 import numpy as np
@@ -79,14 +80,16 @@ def _layout(dataset: Dataset) -> tuple[np.dtype, tuple[int, ...], int] | None:
     return dtype, shape, stored
 
 
-def _stored_value(dataset: Dataset) -> tuple[bytes, int, int] | None:
+def _stored_value(dataset: Dataset) -> tuple[bytes | mmap.mmap, int, int] | None:
     """The bytes holding the Pixel Data value, its offset in them and its length: the
-    part-10 bytes themselves where its reading was deferred, else the value read."""
+    part-10 bytes (or their map) where its reading was deferred, else the value read."""
     element = dataset.get_item(PIXEL_DATA, keep_deferred=True)
     if element is None:
         return None
     if isinstance(element, RawDataElement) and element.value is None:
         buffer = getattr(dataset, "buffer", None)
+        if isinstance(buffer, mmap.mmap):
+            return buffer, element.value_tell, element.length
         if not isinstance(buffer, BytesIO):
             return None
         # getvalue() hands back the very bytes the BytesIO was made from: no copy.

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.inference.decode import Decoded, decode_datasets, read_dataset
+from gateway.inference.decode import Decoded, Stored, decode_datasets, read_dataset
 from gateway.inference.pixel_checks import PixelBudget, check_job
 from models.manifest import InputSpec
 from models.postprocess import InputMeta
@@ -33,7 +34,7 @@ class PreparedJob:
 
 
 def prepare_blobs(
-    blobs: list[bytes], spec: InputSpec, budget: PixelBudget | None = None
+    blobs: Sequence[Stored], spec: InputSpec, budget: PixelBudget | None = None
 ) -> PreparedJob:
     """The stored instances of one job, checked against the pixel budget, decoded and
     preprocessed (in a pool child, or in the worker's process when the pool is off). The
