@@ -8,6 +8,7 @@ from validated UIDs only; the store refuses any key that could leave its root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import mmap
 import os
@@ -260,6 +261,8 @@ class FolderStore:
                     return b""
                 return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
+            if exc.errno == errno.ENOMEM:  # past the address-space ceiling (RLIMIT_AS)
+                raise MemoryError(f"cannot map {key}: {exc.strerror or exc}") from exc
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
     def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
