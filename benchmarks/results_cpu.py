@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from pydicom import Dataset, dcmread
 
 from benchmarks.environment import RESULTS, ROOT, machine_description, machine_name, write_results
+from gateway.memory import keep_large_buffers
 from gateway.results import flags, gsps, seg, sr
 from gateway.results.encoding import part10
 from gateway.results.input import ReportInput
@@ -48,7 +49,6 @@ from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.results.semd.validation import validate_semd
 from gateway.settings import Settings
 from tests import report_fixtures
-from workers.memory import keep_large_buffers
 
 T = TypeVar("T")
 SEMD_REFERENCE = ROOT.parent / "shared" / "reference" / "semd"
@@ -140,7 +140,7 @@ def measure(report: ReportInput, args: argparse.Namespace, config: SemdConfig) -
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    # As `aigw serve` and `aigw worker` set it (workers/memory.py), unless asked not to.
+    # As `aigw serve` and `aigw worker` set it (gateway/memory.py), unless asked not to.
     malloc_tuned = False if args.malloc_defaults else keep_large_buffers()
     config = load_semd_config(SEMD_FILE)
     cases = {
@@ -172,7 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--malloc-defaults",
         action="store_true",
-        help="keep glibc's malloc thresholds (the workers raise them: workers/memory.py)",
+        help="keep glibc's malloc thresholds (the workers raise them: gateway/memory.py)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)

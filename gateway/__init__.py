@@ -18,6 +18,8 @@ dimse_status
     Every DIMSE status the gateway answers.
 pixel_data
     What a dataset declares about its pixels; the items of encapsulated Pixel Data.
+memory
+    glibc's malloc told to keep a radiograph's freed buffers for the next job.
 
 Stages, in the order a study meets them
 ----------------------------------------

@@ -16,8 +16,6 @@ worker
     The embedded worker and ``aigw worker``.
 tasks
     The Celery tasks: ``infer`` and ``report``.
-memory
-    glibc's malloc told to keep a radiograph's freed buffers for the next job.
 demo
     ``make demo``: synthetic studies end to end on the embedded default.
 """

@@ -11,7 +11,7 @@ import click
 from gateway.cli.app import cli as main
 from gateway.cli.options import CONFIG, DATA_DIR, settings_from
 from gateway.errors import GatewayError
-from workers.memory import keep_large_buffers
+from gateway.memory import keep_large_buffers
 
 __all__ = ["main"]
 

@@ -31,6 +31,9 @@ decode_pool
     under ``RLIMIT_AS`` (``decode_memory_limit_mb``).
 decode
     Stored instances into pixels: every transfer syntax, modality LUT, the one slice order.
+native
+    Plain native (little-endian, monochrome, 8/16-bit) Pixel Data read in place from the
+    stored bytes, as pydicom's ``pixel_array`` would give it.
 gpu_decode
     JPEG, JPEG lossless, JPEG 2000 and HTJ2K on the GPU (nvImageCodec) where it is there
     (``gpu.decode_backend``); the same arrays as the CPU decoders.

@@ -14,10 +14,12 @@ page it and as the reference devices were trained, whichever way the scanner mov
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -25,6 +27,8 @@ from pydicom.pixels.processing import apply_modality_lut
 
 from gateway.errors import GatewayError
 from gateway.inference.gpu_decode import gpu_pixels
+from gateway.inference.native import DEFER_BYTES, native_pixels
+from models.preprocess import rescaled
 
 # What a decoder may raise that is not about the data: let it through. Everything else
 # (Rust panics from pyo3 decoders derive from BaseException) is the data's fault.
@@ -38,9 +42,15 @@ class DecodeError(GatewayError):
 @dataclass(frozen=True)
 class Image2D:
     sop_instance_uid: str
-    pixels: np.ndarray  # float32 rows × columns, modality LUT applied
+    stored: np.ndarray  # rows × columns as decoded: integers, or float32 with the LUT applied
     photometric: str
     spacing_mm: tuple[float, float] | None  # (row, column)
+    intercept: float = 0.0  # the modality LUT is stored + intercept, exact in float32
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """float32 rows × columns, modality LUT applied."""
+        return rescaled(self.stored, self.intercept)
 
 
 @dataclass(frozen=True)
@@ -50,9 +60,19 @@ class Volume:
     spacing_mm: tuple[float, float, float]  # (slice, row, column)
 
 
-def read_dataset(data: bytes) -> Dataset:
+Stored = bytes | mmap.mmap  # a stored instance's bytes, read or mapped
+
+
+def read_dataset(data: Stored, in_place: bool = False) -> Dataset:
+    """``in_place``: values longer than :data:`~gateway.inference.native.DEFER_BYTES` stay in
+    ``data`` until read (native Pixel Data is then decoded from there without a copy)."""
+    if isinstance(data, mmap.mmap):  # a file object already; BytesIO would copy it
+        data.seek(0)  # read from its start, whoever read it before
+        source = cast(BinaryIO, data)
+    else:
+        source = BytesIO(data)
     try:
-        return dcmread(BytesIO(data))
+        return dcmread(source, defer_size=DEFER_BYTES if in_place else None)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise DecodeError(f"cannot parse stored instance: {exc.__class__.__name__}: {exc}") from exc
 
@@ -64,15 +84,16 @@ def decode_image(dataset: Dataset) -> Image2D:
 
 
 def _decode_image(dataset: Dataset) -> Image2D:
-    pixels = _pixels(dataset)
-    if pixels.ndim == 3 and int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
+    stored, intercept = _stored(dataset)
+    if stored.ndim == 3 and int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        stored = stored[0]
     spacing = _pixel_spacing(dataset)
     return Image2D(
         str(dataset.SOPInstanceUID),
-        pixels,
+        stored,
         str(dataset.get("PhotometricInterpretation", "")),
         spacing,
+        intercept,
     )
 
 
@@ -136,19 +157,27 @@ def _decode_volume(datasets: list[Dataset]) -> Volume:
 
 
 def _pixels(dataset: Dataset) -> np.ndarray:
+    """float32, modality LUT applied."""
+    return rescaled(*_stored(dataset))
+
+
+def _stored(dataset: Dataset) -> tuple[np.ndarray, float]:
+    """The decoded array and the intercept that makes it the modality LUT's output: stored
+    integers and a whole intercept where that is exact in float32 (the caller converts, or
+    resizes the integers first), else float32 with the LUT applied and 0."""
     try:
-        raw = gpu_pixels(dataset)
+        raw = native_pixels(dataset)  # plain native: in place, no copy
+        if raw is None:
+            raw = gpu_pixels(dataset)
         if raw is None:  # not on the GPU here, or not a syntax it decodes
             raw = dataset.pixel_array
         if _rescale_is_exact_in_float32(dataset, raw):
             # pydicom's apply_modality_lut works in float64 (a 5-megapixel radiograph: 40 MB
-            # and ~40 ms) only for the result to be cast to float32 here; integers of at most
+            # and ~40 ms) only for the result to be cast to float32; integers of at most
             # 16 bits plus a whole intercept are exact in float32.
-            pixels = raw.astype(np.float32)
-            if _has_rescale(dataset) and float(dataset.RescaleIntercept):
-                pixels += np.float32(float(dataset.RescaleIntercept))
-            return pixels
-        return np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
+            intercept = float(dataset.RescaleIntercept) if _has_rescale(dataset) else 0.0
+            return raw, intercept
+        return np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32), 0.0
     except _NOT_OURS:
         raise
     except BaseException as exc:  # decoders raise anything from ValueError to a Rust panic

@@ -23,22 +23,24 @@ import multiprocessing
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from gateway.errors import StorageError
-from gateway.index.object_store import ObjectStore, create_store
+from gateway.index.object_store import FolderStore, ObjectStore, create_store
 from gateway.inference.decode import (
     Decoded,
     DecodeError,
+    Stored,
     decode_datasets,
     read_dataset,
 )
 from gateway.inference.gpu_decode import select_backend
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
+from gateway.memory import keep_large_buffers
 from gateway.settings import Settings
 from models.manifest import InputSpec
 from models.preprocess import MONAI_MODULES
@@ -50,7 +52,7 @@ Result = TypeVar("Result")
 
 def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
     """The stored instances of one job decoded: 2D images, or one volume (``dims`` 3)."""
-    return decode_datasets([read_dataset(blob) for blob in blobs], dims)
+    return decode_datasets([read_dataset(blob, in_place=True) for blob in blobs], dims)
 
 
 _child: dict[str, object] = {}  # in a child: its settings, then its own object store
@@ -64,6 +66,7 @@ def _limit_memory(limit_bytes: int, settings: Settings | None = None) -> None:
     from models.preprocess import _torch
 
     _torch().set_num_threads(1)
+    keep_large_buffers()  # the job's stored bytes: reused, not faulted in afresh each job
     if settings is not None:
         _child["settings"] = settings
         select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)
@@ -90,7 +93,7 @@ def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
         raise DecodeError(f"decoding needs more than the memory limit: {exc!r}"[:300]) from None
 
 
-def _prepare_in_child(blobs: list[bytes], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
+def _prepare_in_child(blobs: Sequence[Stored], spec: InputSpec, budget: PixelBudget) -> PreparedJob:
     try:
         return prepare_blobs(blobs, spec, budget)
     except MemoryError as exc:
@@ -106,6 +109,14 @@ def _child_store() -> ObjectStore:
     return store  # type: ignore[return-value]
 
 
+def _load(store: ObjectStore, key: str) -> Stored:
+    """A folder store's object mapped, not read: native Pixel Data is then decoded from the
+    page cache in place (a 10 MB radiograph: no copy, ~1 ms less); other stores' read."""
+    if isinstance(store, FolderStore):
+        return store.map(key)
+    return store.get(key)
+
+
 def _load_and_prepare_in_child(
     keys: list[str], spec: InputSpec, budget: PixelBudget
 ) -> PreparedJob:
@@ -114,7 +125,7 @@ def _load_and_prepare_in_child(
     began = time.perf_counter()
     try:
         store = _child_store()
-        blobs = [store.get(key) for key in keys]
+        blobs = [_load(store, key) for key in keys]
     except MemoryError as exc:
         raise DecodeError(f"loading needs more than the memory limit: {exc!r}"[:300]) from None
     load_ms = round((time.perf_counter() - began) * 1000, 2)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import (
     UID,
     JPEG2000TransferSyntaxes,
@@ -102,21 +103,35 @@ def check_pixel_data(dataset: Dataset, geometry: PixelGeometry) -> None:
 def _check(dataset: Dataset, geometry: PixelGeometry) -> None:
     if "PixelData" not in dataset:
         raise PixelDataError("no Pixel Data")
-    data = dataset.PixelData
-    if not isinstance(data, bytes | bytearray):
-        raise PixelDataError(f"Pixel Data is {type(data).__name__}, not bytes")
     syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", "")))
     if not syntax.is_compressed:
-        if not geometry.native_length_matches(len(data)):
+        length = _native_length(dataset)
+        if not geometry.native_length_matches(length):
             raise PixelDataError(
-                f"native Pixel Data of {len(data)} bytes, the dataset declares "
+                f"native Pixel Data of {length} bytes, the dataset declares "
                 f"{geometry.native_length()} ({geometry.rows} × {geometry.columns} × "
                 f"{geometry.frames} frames × {geometry.samples} samples × "
                 f"{geometry.bits_allocated} bits)"
             )
         return
-    for number, frame in enumerate(_frames(dataset, bytes(data), geometry.frames), start=1):
+    data = _pixel_data(dataset)
+    for number, frame in enumerate(_frames(dataset, data, geometry.frames), start=1):
         _check_frame(syntax, frame, geometry, number)
+
+
+def _pixel_data(dataset: Dataset) -> bytes:
+    data = dataset.PixelData
+    if not isinstance(data, bytes | bytearray):
+        raise PixelDataError(f"Pixel Data is {type(data).__name__}, not bytes")
+    return bytes(data)
+
+
+def _native_length(dataset: Dataset) -> int:
+    """Its length; a value read_dataset left in the stored bytes (``in_place``) is not read."""
+    element = dataset.get_item("PixelData", keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        return int(element.length)
+    return len(_pixel_data(dataset))
 
 
 def _check_frame(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.inference.decode import Decoded, decode_datasets, read_dataset
+from gateway.inference.decode import Decoded, Stored, decode_datasets, read_dataset
 from gateway.inference.pixel_checks import PixelBudget, check_job
 from models.manifest import InputSpec
 from models.postprocess import InputMeta
@@ -33,13 +34,13 @@ class PreparedJob:
 
 
 def prepare_blobs(
-    blobs: list[bytes], spec: InputSpec, budget: PixelBudget | None = None
+    blobs: Sequence[Stored], spec: InputSpec, budget: PixelBudget | None = None
 ) -> PreparedJob:
     """The stored instances of one job, checked against the pixel budget, decoded and
     preprocessed (in a pool child, or in the worker's process when the pool is off). The
     checks come first wherever this runs: before a decoder allocates what a header claims."""
     began = time.perf_counter()
-    datasets = [read_dataset(blob) for blob in blobs]
+    datasets = [read_dataset(blob, in_place=True) for blob in blobs]
     check_job(datasets, budget or PixelBudget())
     decoded = decode_datasets(datasets, spec.dims)
     decoded_at = time.perf_counter()
@@ -62,7 +63,7 @@ def preprocess(decoded: Decoded, spec: InputSpec) -> PreparedJob:
         )
     tensors, metas = [], []
     for image in images:
-        item = prepare_2d(image.pixels, image.photometric, spec)
+        item = prepare_2d(image.stored, image.photometric, spec, image.intercept)
         tensors.append(item.tensor)
         metas.append(InputMeta(item.geometry, image.spacing_mm))
     return PreparedJob(

@@ -125,6 +125,23 @@ def test_folder_store_round_trip(tmp_path: Path) -> None:
     assert store.describe() == f"folder {(tmp_path / 'objects').resolve()}"
 
 
+def test_folder_store_maps_an_object_read_only(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "objects")
+    key = instance_key("1.2", "1.2.3", "1.2.3.4")
+    store.put(key, b"mapped bytes")
+    mapped = store.map(key)
+    assert bytes(mapped) == b"mapped bytes"
+    with pytest.raises(TypeError):  # read-only: the decoders cannot change a stored object
+        mapped[0:1] = b"M"  # type: ignore[index]
+    store.put(key, b"replaced")  # a new file renamed into place: the map keeps the old one
+    assert bytes(mapped) == b"mapped bytes" and bytes(store.map(key)) == b"replaced"
+    empty = instance_key("1.2", "1.2.3", "1.2.3.5")
+    store.put(empty, b"")
+    assert store.map(empty) == b""  # an empty file cannot be mapped: read
+    with pytest.raises(StorageError, match="cannot read"):
+        store.map(instance_key("1.2", "1.2.3", "1.2.3.6"))
+
+
 def test_folder_store_partial_writes(tmp_path: Path) -> None:
     store = FolderStore(tmp_path / "objects")
     key = instance_key("1.2", "1.2.3", "1.2.3.4")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.errors import StorageError
@@ -16,6 +17,7 @@ from gateway.index.object_store import create_store
 from gateway.inference.decode import DecodeError
 from gateway.inference.decode_pool import DecodePool
 from gateway.inference.pixel_checks import PixelBudget
+from gateway.inference.prepare import prepare_blobs
 from gateway.settings import load_settings
 from models.manifest import InputSpec
 from tests.inference.hostile import radiograph
@@ -70,6 +72,11 @@ def test_a_pool_given_the_settings_loads_each_job_in_its_child(tmp_path: Path) -
         prepared = pool.load_and_prepare(["studies/1/2/3.dcm"], spec, PixelBudget())
         assert prepared.inputs.shape == (1, 1, 32, 32)
         assert set(prepared.stage_ms) == {"load", "decode", "preprocess"}
+        # A radiograph past DEFER_BYTES: its Pixel Data read in place from the mapped file.
+        large = _blob(7, size=300)
+        store.put("studies/1/2/4.dcm", large)
+        mapped = pool.load_and_prepare(["studies/1/2/4.dcm"], spec, PixelBudget())
+        assert np.array_equal(mapped.inputs, prepare_blobs([large], spec).inputs)
         with pytest.raises(StorageError):
             pool.load_and_prepare(["studies/1/2/missing.dcm"], spec, PixelBudget())
     finally:

@@ -1,4 +1,4 @@
-"""workers.memory: with the workers' malloc thresholds a freed radiograph-sized buffer is
+"""gateway.memory: with the workers' malloc thresholds a freed radiograph-sized buffer is
 reused by the next job instead of being faulted in afresh."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.memory import keep_large_buffers
+from gateway.memory import keep_large_buffers
 
 # Two "jobs" in a long-lived pool thread, as the results pool runs them, each holding what a
 # radiograph's flag image holds (the image as float32 and as stored, the RGB flag, the grey
@@ -20,7 +20,7 @@ PROGRAM = """
 import json, resource, sys
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
-from workers.memory import keep_large_buffers
+from gateway.memory import keep_large_buffers
 applied = keep_large_buffers() if sys.argv[1] == "tuned" else False
 
 def job():
