@@ -12,12 +12,12 @@ import pytest
 from pydicom import Dataset
 from sqlalchemy import select
 
-from gateway.errors import UnknownStudy
+from gateway.errors import DatabaseError, UnknownStudy
 from gateway.index.database import Database
 from gateway.index.due import Backoff
 from gateway.index.object_store import FolderStore
 from gateway.index.tables import StudyEventRow, StudyRow, utcnow
-from gateway.ingest.assembly import Assembler, StudyCompleted
+from gateway.ingest.assembly import MIN_PAUSE_S, Assembler, StudyCompleted
 from gateway.ingest.receive import Ingest, Sender
 from gateway.ingest.sources import load_directory, sync_directory
 from tests.services import ROOT, ct_instance, make_uid
@@ -120,6 +120,44 @@ def test_quiet_period_per_source(world: World) -> None:
     assert [c.study_uid for c in assembler.tick()] == [gkb]
     assert [c.study_uid for c in world.completed] == [cami, gkb]
     assert world.states(cami) == ["receiving", "complete"]
+
+
+def test_the_loop_waits_until_the_next_quiet_period_ends_not_a_whole_poll(world: World) -> None:
+    assembler = world.assembler()
+    assert assembler.pause(0.5) == 0.5  # no tick yet: nothing known to wait for
+    cami, gkb = make_uid("pause", "cami"), make_uid("pause", "gkb")
+    last_cami = world.receive("irk-cami", cami)  # quiet period 10 s
+    last_gkb = world.receive("irk-gkb1", gkb)  # 20 s
+    world.now = last_cami + timedelta(seconds=9.7)
+    assert assembler.tick() == []
+    assert assembler.pause(60.0) == pytest.approx(0.3 + MIN_PAUSE_S)  # cami's end, not 60 s
+    assert assembler.pause(0.1) == 0.1  # never longer than the poll
+    world.now = last_cami + timedelta(seconds=12)  # the tick's hand-over took long
+    assert assembler.pause(60.0) == pytest.approx(MIN_PAUSE_S)  # at once
+    assert [c.study_uid for c in assembler.tick()] == [cami]
+    left = (last_gkb + timedelta(seconds=20) - world.now).total_seconds()
+    assert assembler.pause(60.0) == pytest.approx(left + MIN_PAUSE_S)
+    world.now = last_gkb + timedelta(seconds=20)
+    assert [c.study_uid for c in assembler.tick()] == [gkb]
+    assert assembler.pause(0.5) == 0.5  # nothing open: the poll
+
+
+def test_a_failed_tick_waits_a_whole_poll(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The database away: the loop must not look every MIN_PAUSE_S until it is back.
+    assembler = world.assembler()
+    study = make_uid("pause-fail")
+    last = world.receive("irk-cami", study)
+    world.now = last + timedelta(seconds=5)
+    assembler.tick()
+    assert assembler.pause(60.0) < 6
+
+    def away(now: datetime) -> None:
+        raise DatabaseError("database unreachable")
+
+    monkeypatch.setattr(assembler, "_open", away)
+    with pytest.raises(DatabaseError):
+        assembler.tick()
+    assert assembler.pause(60.0) == 60.0
 
 
 def test_a_new_instance_restarts_the_timer(world: World) -> None:
