@@ -26,6 +26,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from gateway.pixel_data import pixel_geometry
+
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 IN_PLACE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 DEFER_BYTES = 1 << 16  # values longer than this stay in the stored bytes until asked for
@@ -36,13 +38,24 @@ def native_pixels(dataset: Dataset) -> np.ndarray | None:
     """The array ``dataset.pixel_array`` would give (rows × columns, or frames × rows ×
     columns), read-only and where possible a view on the stored bytes; None where this is
     not a plain native image (pydicom's decoders then take it)."""
+    words = native_words(dataset)
+    if words is None:
+        return None
+    return _clear_unused_bits(words, int(dataset.get("BitsStored") or 8 * words.itemsize))
+
+
+def native_words(dataset: Dataset) -> np.ndarray | None:
+    """The stored words of a plain native image as they are in the bytes (the bits above
+    Bits Stored as the writer left them), read-only and where possible a view; None where
+    this is not a plain native image. The results' flag image reads these and maps every
+    word through one table (gateway.results.windowing)."""
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     if syntax not in IN_PLACE_SYNTAXES:
         return None
     layout = _layout(dataset)
     if layout is None:
         return None
-    dtype, shape, bits_stored = layout
+    dtype, shape = layout
     value = _stored_value(dataset)
     if value is None:
         return None
@@ -50,34 +63,26 @@ def native_pixels(dataset: Dataset) -> np.ndarray | None:
     count = int(np.prod(shape))
     if length < count * dtype.itemsize:
         return None
-    pixels = np.frombuffer(source, dtype=dtype, count=count, offset=offset).reshape(shape)
-    return _clear_unused_bits(pixels, bits_stored)
+    return np.frombuffer(source, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
-def _layout(dataset: Dataset) -> tuple[np.dtype, tuple[int, ...], int] | None:
-    """dtype, shape and Bits Stored of a plain monochrome image, or None."""
+def _layout(dataset: Dataset) -> tuple[np.dtype, tuple[int, ...]] | None:
+    """dtype and shape of a plain monochrome image, or None."""
     try:
-        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-        allocated = int(dataset.BitsAllocated)
-        stored = int(dataset.get("BitsStored", allocated) or allocated)
+        geometry = pixel_geometry(dataset)
         signed = int(dataset.get("PixelRepresentation", 0) or 0)
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-        photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
     except Exception:  # a damaged value: pydicom's decoder names what is wrong
         return None
     if (
-        samples != 1
-        or allocated not in (8, 16)
-        or not 1 <= stored <= allocated
+        geometry.samples != 1
+        or geometry.bits_allocated not in (8, 16)
         or signed not in (0, 1)
-        or photometric not in _MONOCHROME
-        or min(rows, columns, frames) < 1
+        or geometry.photometric not in _MONOCHROME
     ):
         return None
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
-    shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    return dtype, shape, stored
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{geometry.bits_allocated // 8}")
+    frames, rows, columns = geometry.frames, geometry.rows, geometry.columns
+    return dtype, (frames, rows, columns) if frames > 1 else (rows, columns)
 
 
 def _stored_value(dataset: Dataset) -> tuple[bytes | mmap.mmap, int, int] | None:

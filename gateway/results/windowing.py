@@ -14,9 +14,8 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
-from gateway.errors import PixelDataError
 from gateway.inference.decode import decode_image
-from gateway.pixel_data import pixel_geometry
+from gateway.inference.native import native_words
 
 
 def display_pixels(source: Dataset) -> np.ndarray:
@@ -37,7 +36,7 @@ def display_pixels(source: Dataset) -> np.ndarray:
 
 def display_bytes(source: Dataset) -> np.ndarray:
     """:func:`display_pixels` as 8-bit grey, 0 black and 255 white (rounded to nearest)."""
-    stored = _native_stored(source)
+    stored = native_words(source)  # in place; the table reads what each word means
     try:
         raw = np.asarray(source.pixel_array) if stored is None else stored
     except Exception:  # decoders raise anything: display_pixels says what, as DecodeError
@@ -75,31 +74,6 @@ def _looked_up(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
         rows = slice(start, start + _LOOKUP_ROWS)
         np.take(table, indices[rows], out=out[rows], mode="clip")
     return out
-
-
-def _native_stored(source: Dataset) -> np.ndarray | None:
-    """The stored values of a native little-endian, one-frame, one-sample image, read in place
-    from Pixel Data (no copy, the bits above Bits Stored as they came: :func:`_meant` says what
-    each word means); None for anything else, which pydicom decodes.
-
-    pydicom's decode copies the 10 MB of a radiograph and masks its unused bits, ~6 ms that a
-    table over every 16-bit word does for nothing."""
-    syntax = getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or syntax.is_encapsulated or not syntax.is_little_endian:
-        return None
-    try:
-        geometry = pixel_geometry(source)
-        signed = int(source.PixelRepresentation) == 1
-        data = source.PixelData
-    except (PixelDataError, AttributeError, TypeError, ValueError):
-        return None
-    if geometry.bits_allocated not in (8, 16) or geometry.samples != 1 or geometry.frames != 1:
-        return None
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{geometry.bits_allocated // 8}")
-    count = geometry.pixels_per_frame
-    if not isinstance(data, bytes) or len(data) < count * dtype.itemsize:
-        return None
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(geometry.rows, geometry.columns)
 
 
 def _meant(words: np.ndarray, source: Dataset) -> np.ndarray:
