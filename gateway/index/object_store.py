@@ -144,11 +144,20 @@ class FolderStore:
                 temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
 
-    def stage(self, data: bytes) -> StagedObject:
+    def _staging(self) -> Path:
+        """The staging folder, made again if it went away; what a crash leaves in it ends
+        ``.partial`` and recovery removes it."""
         staging = self.root / "staging"
-        temp = staging / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"  # recovery removes leftovers
+        staging.mkdir(exist_ok=True)
+        return staging
+
+    def _staging_name(self) -> Path:
+        return self.root / "staging" / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+
+    def stage(self, data: bytes) -> StagedObject:
+        temp = self._staging_name()
         try:
-            staging.mkdir(exist_ok=True)
+            self._staging()
             with open(temp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -160,10 +169,9 @@ class FolderStore:
         return StagedObject(data, temp)
 
     def stage_file(self, path: Path) -> StagedObject:
-        staging = self.root / "staging"
-        temp = staging / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        temp = self._staging_name()
         try:
-            staging.mkdir(exist_ok=True)
+            self._staging()
             size = path.stat().st_size
             stage_durably(path, temp)
         except OSError as exc:
@@ -295,12 +303,10 @@ class FolderStore:
         return removed
 
     def spool_folder(self) -> Path | None:
-        staging = self.root / "staging"
         try:
-            staging.mkdir(exist_ok=True)
+            return self._staging()
         except OSError:
             return None  # staging itself fails with the reason, per instance
-        return staging
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
