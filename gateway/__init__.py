@@ -20,6 +20,8 @@ pixel_data
     What a dataset declares about its pixels; the items of encapsulated Pixel Data.
 memory
     glibc's malloc told to keep a radiograph's freed buffers for the next job.
+child_pool
+    Child processes from one fork server for the CPU-heavy stages (decode, results).
 
 Stages, in the order a study meets them
 ----------------------------------------

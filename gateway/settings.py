@@ -242,8 +242,8 @@ class Settings(BaseSettings):
     decode_memory_limit_mb: int = Field(
         default=8192,
         ge=0,
-        description="Growth past its imports each decode_processes child may take (RLIMIT_AS); "
-        "0 decodes in the worker's own threads, without a ceiling.",
+        description="Growth past its imports each child (decode_processes, and one per "
+        "report_concurrency for results) may take (RLIMIT_AS); 0: both in the worker's threads.",
     )
     max_pixels_per_job: int = Field(
         default=640_000_000,

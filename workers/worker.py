@@ -36,7 +36,9 @@ from gateway.inference.pixel_checks import PixelBudget
 from gateway.ingest.receive import Ingest
 from gateway.jobs.priors import PriorFetch
 from gateway.jobs.task_queue import CPU_QUEUE, DEFAULT_INFER_QUEUE, REPORTS_QUEUE, create_celery
+from gateway.results.artifacts import BuildOptions
 from gateway.results.build import ReportContext
+from gateway.results.build_pool import BuildPool
 from gateway.results.semd.config import SemdConfig, load_semd_config
 from gateway.settings import Settings
 from models.runtime import GPU_PROVIDERS, GpuOptions, SessionCache, usable_providers
@@ -96,17 +98,26 @@ def cpu_runs(settings: Settings, on_gpu: bool) -> tuple[int, int]:
     return threads, max(1, settings.decode_processes // threads)
 
 
-def report_context(parts: Parts) -> ReportContext:
+def report_context(parts: Parts, processes: int = 0) -> ReportContext:
+    """``processes``: results children for a pool of that many results tasks (none where
+    ``decode_memory_limit_mb`` is 0, or 0: each object built in the calling thread)."""
     settings = parts.settings
+    options = BuildOptions(
+        semd_config=semd_config(settings),
+        semd_reference_dir=settings.semd_reference_dir,
+        semd_key_image_max_px=settings.semd_key_image_max_px,
+    )
+    builder = None
+    if processes and settings.decode_memory_limit_mb:
+        builder = BuildPool(processes, settings.decode_memory_limit_mb, settings, options)
     return ReportContext(
         db=parts.db,
         store=parts.store,
         registry=DeviceRegistry(parts.db, parts.store),
         destinations=load_destinations(settings.destinations_file),
-        semd_config=semd_config(settings),
-        semd_reference_dir=settings.semd_reference_dir,
-        semd_key_image_max_px=settings.semd_key_image_max_px,
+        options=options,
         uid_root=settings.uid_root,
+        builder=builder,
     )
 
 
@@ -165,7 +176,7 @@ class EmbeddedWorker:
     def __init__(self, app: Celery, parts: Parts) -> None:
         settings = parts.settings
         self._context = inference_context(parts)
-        reports = report_context(parts)
+        self._reports = reports = report_context(parts, settings.report_concurrency)
         sending = send_context(parts)
         # A second app for the results pool: a worker's queue selection is the app's
         # (app.amqp.queues), so two pools on one app would both consume the last one's
@@ -200,6 +211,8 @@ class EmbeddedWorker:
     def start(self) -> None:
         if self._context.decoder is not None:
             self._context.decoder.warm()
+        if self._reports.builder is not None:
+            self._reports.builder.warm()
         for thread in self._threads:
             thread.start()
 
@@ -209,6 +222,7 @@ class EmbeddedWorker:
         for thread in self._threads:
             thread.join(timeout=15)
         self._context.close()
+        self._reports.close()
 
 
 def _controller(
@@ -239,7 +253,15 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
     context = inference_context(parts)
     if context.decoder is not None:
         context.decoder.warm()
-    reports = report_context(parts)
+    infer_queues, results_queues = split_queues(list(queues or all_queues(settings)))
+    main_queues, main_concurrency = infer_queues, concurrency or settings.worker_concurrency
+    results_concurrency = settings.report_concurrency if results_queues else 0
+    if not infer_queues:  # a results-only worker
+        main_queues, main_concurrency = results_queues, concurrency or settings.report_concurrency
+        results_concurrency = main_concurrency
+    reports = report_context(parts, results_concurrency)
+    if reports.builder is not None:
+        reports.builder.warm()
     sending = send_context(parts)
     register_tasks(
         app,
@@ -249,12 +271,8 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
         retry_backoff(settings),
         lambda: sending,
     )
-    infer_queues, results_queues = split_queues(list(queues or all_queues(settings)))
-    main_queues, main_concurrency = infer_queues, concurrency or settings.worker_concurrency
     beside: WorkController | None = None
-    if not infer_queues:  # a results-only worker
-        main_queues, main_concurrency = results_queues, concurrency or settings.report_concurrency
-    elif results_queues:  # its own app: a worker's queue selection is its app's
+    if infer_queues and results_queues:  # its own app: a worker's queue selection is its app's
         results_app = create_celery(settings)
         register_tasks(
             results_app,
@@ -280,3 +298,4 @@ def run_worker(settings: Settings, queues: Sequence[str] | None, concurrency: in
         if beside is not None:
             beside.stop(in_sighandler=False)
         context.close()
+        reports.close()

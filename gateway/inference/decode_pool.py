@@ -17,17 +17,11 @@ queue's exactly-once handling is untouched (the pipeline, not the pool, records 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import logging
-import multiprocessing
-import resource
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from gateway.child_pool import ChildDied, ChildPool, limit_memory, picklable
 from gateway.errors import StorageError
 from gateway.index.object_store import FolderStore, ObjectStore, create_store
 from gateway.inference.decode import (
@@ -43,9 +37,6 @@ from gateway.inference.prepare import PreparedJob, prepare_blobs
 from gateway.memory import keep_large_buffers
 from gateway.settings import Settings
 from models.manifest import InputSpec
-from models.preprocess import MONAI_MODULES
-
-log = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 
@@ -58,10 +49,9 @@ def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
 _child: dict[str, object] = {}  # in a child: its settings, then its own object store
 
 
-def _limit_memory(limit_bytes: int, settings: Settings | None = None) -> None:
+def _start_child(limit_bytes: int, settings: Settings | None = None) -> None:
     """Pool initializer: one thread for torch (a child per core already), its import done
-    now, then the ceiling on what this child's address space may grow by. The ceiling
-    counts from here: torch maps ~1 GB of address space on import, which is not decoding's.
+    now, then the ceiling on what this child's address space may grow by.
     ``settings``: the child reads the job's instances from the object store itself."""
     from models.preprocess import _torch
 
@@ -70,20 +60,7 @@ def _limit_memory(limit_bytes: int, settings: Settings | None = None) -> None:
     if settings is not None:
         _child["settings"] = settings
         select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)
-    grown_to = _address_space_bytes() + limit_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (grown_to, grown_to))
-
-
-def _address_space_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _ready() -> bool:
-    return True
+    limit_memory(limit_bytes)
 
 
 def _decode_in_child(blobs: list[bytes], dims: int) -> Decoded:
@@ -133,22 +110,6 @@ def _load_and_prepare_in_child(
     return dataclasses.replace(prepared, stage_ms={**prepared.stage_ms, "load": load_ms})
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    """Not fork: the worker is multi-threaded (Celery, SCP, HTTP). A fork server, started
-    once per process with the decoders imported, then forks each child from itself: ~3 s
-    once instead of a fresh interpreter's imports for every pool. MONAI's transforms too
-    (3D preprocessing): imported in each child on its first volume, they cost that job
-    ~1.5 s of CPU per child, and again in every child of a replaced pool."""
-    context = multiprocessing.get_context("forkserver")
-    preload = ["gateway.inference.decode_pool"]
-    if importlib.util.find_spec("torch") is not None:  # preprocessing's resize
-        preload.append("torch")
-        if importlib.util.find_spec("monai") is not None:
-            preload += MONAI_MODULES
-    context.set_forkserver_preload(preload)
-    return context
-
-
 class DecodePool:
     """A pool of ``processes`` decoding children, each limited to ``memory_limit_mb``;
     started on first use, replaced when a child dies. Thread-safe (the worker's threads
@@ -159,17 +120,14 @@ class DecodePool:
     ) -> None:
         self.memory_limit_mb = memory_limit_mb
         self.processes = processes
-        # Given: the children load from the object store. As the base class, which pickles
-        # (load_settings makes a subclass of its own for the YAML source, which does not).
-        self.settings = (
-            Settings.model_construct(
-                **{name: getattr(settings, name) for name in Settings.model_fields}
-            )
-            if settings is not None
-            else None
+        # Given: the children load from the object store.
+        self.settings = picklable(settings) if settings is not None else None
+        self._children = ChildPool(
+            "decoding",
+            processes,
+            _start_child,
+            (memory_limit_mb * 1024 * 1024, self.settings),
         )
-        self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
 
     def decode(self, blobs: list[bytes], dims: int) -> Decoded:
         """One job's pixels (the results stage's and the tests' use)."""
@@ -190,14 +148,10 @@ class DecodePool:
         return self._call(_load_and_prepare_in_child, keys, spec, budget)
 
     def _call(self, work: Callable[..., Result], *args: object) -> Result:
-        executor = self._current()
         try:
-            return executor.submit(work, *args).result()
-        except BrokenProcessPool as exc:
-            self._replace(executor)
-            raise DecodeError(
-                f"the decoding process died (memory limit {self.memory_limit_mb} MB): {exc}"
-            ) from exc
+            return self._children.run(work, *args)
+        except ChildDied as exc:
+            raise DecodeError(f"{exc} (memory limit {self.memory_limit_mb} MB)") from exc
         except (DecodeError, StorageError):  # the job's fault; the store's, to retry
             raise
         except Exception as exc:  # MemoryError sending a result back, among others
@@ -209,33 +163,7 @@ class DecodePool:
     def warm(self) -> None:
         """Start the children now, not in the first job: a job that takes longer than the
         broker's visibility timeout is delivered to a second worker as well."""
-        executor = self._current()
-        for _ in range(self.processes):
-            executor.submit(_ready)
+        self._children.warm()
 
     def close(self) -> None:
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-                self._executor = None
-
-    def _current(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    max_workers=self.processes,
-                    mp_context=_context(),
-                    initializer=_limit_memory,
-                    initargs=(self.memory_limit_mb * 1024 * 1024, self.settings),
-                )
-            return self._executor
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._executor is broken:
-                log.warning(
-                    "a decoding process died; pool replaced",
-                    extra={"memory_limit_mb": self.memory_limit_mb},
-                )
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+        self._children.close()

@@ -8,7 +8,13 @@ Modules
 input
     :class:`ReportInput`: what every builder is given.
 build
-    Gathers a job's input, runs every builder, stores the objects and queues their delivery.
+    Gathers what the database holds of a job, has its objects built, records them and queues
+    their delivery.
+artifacts
+    One job's objects: its sources read from the object store, every builder run, each object
+    stored (what a results child runs).
+build_pool
+    The results children: the objects built off the worker's GIL, under a memory ceiling.
 encoding
     The objects as part-10 bytes: pydicom's writer without its repeated passes.
 header

@@ -1,13 +1,15 @@
 """From a finished job to its results: SR, flag images, GSPS, SEG and SEMD, stored and queued.
 
 The builders are pure functions of a :class:`~gateway.results.input.ReportInput`; this
-module gathers that input (the job's findings, its source instances from the object store,
-the device's manifest, the sending organisation), runs each builder, stores what they
-return, and in one transaction records a results row per object and an outbox row per
-destination. A builder that cannot produce its result (the SEMD without the patient's
-СНИЛС, say) leaves a ``withheld`` row that says why; the others go ahead. A job run in
-shadow mode (:mod:`gateway.devices.modes`) has its results built and stored like any other,
-but no outbox rows: nothing of it leaves the gateway.
+module gathers what the database holds of the job (its findings, its source instances' keys,
+the device's manifest, the sending organisation) as a
+:class:`~gateway.results.artifacts.BuildRequest`, has the objects built from it — in a
+results child (:mod:`gateway.results.build_pool`) where the worker has them, else in this
+thread — stores what comes back, and in one transaction records a results row per object
+and an outbox row per destination. A builder that cannot produce its result (the SEMD
+without the patient's СНИЛС, say) leaves a ``withheld`` row that says why; the others go
+ahead. A job run in shadow mode (:mod:`gateway.devices.modes`) has its results built and
+stored like any other, but no outbox rows: nothing of it leaves the gateway.
 
 Running twice for a job is harmless: object keys and UIDs are derived from the job, and a
 job whose results are recorded is skipped.
@@ -15,19 +17,15 @@ job whose results are recorded is skipped.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydicom import Dataset, dcmread
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.child_pool import ChildDied
 from gateway.delivery.destinations import Destinations, ResultKind
 from gateway.delivery.outbox import enqueue
 from gateway.devices.modes import DeviceMode
@@ -38,17 +36,19 @@ from gateway.index.instances import current_instance_keys
 from gateway.index.object_store import ObjectStore
 from gateway.index.study_state import record_event
 from gateway.index.tables import FindingRow, JobRow, ResultRow, SourceRow, StudyRow, utcnow
-from gateway.inference.decode import volume_order
 from gateway.inference.findings import Finding
-from gateway.inference.masks import decode_mask
 from gateway.jobs.states import JobState
-from gateway.results import flags, gsps, seg, sr
-from gateway.results.encoding import part10
-from gateway.results.input import Organisation, ReportFinding, ReportInput
-from gateway.results.semd import document as semd
-from gateway.results.semd.config import SemdConfig
-from gateway.results.semd.facts import SemdMissing
-from gateway.results.semd.validation import validate_semd
+from gateway.results.artifacts import (
+    Artifact,
+    BuildOptions,
+    BuildRequest,
+    InputsUnreadable,
+    build_job,
+    build_semd,
+    load_input,
+)
+from gateway.results.build_pool import BuildPool
+from gateway.results.input import Organisation
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,13 @@ class ReportContext:
     store: ObjectStore
     registry: DeviceRegistry
     destinations: Destinations
-    semd_config: SemdConfig | None
-    semd_reference_dir: Path | None = None
-    semd_key_image_max_px: int = 1024  # settings.semd_key_image_max_px
+    options: BuildOptions
     uid_root: str | None = None  # settings.uid_root: the organisation's root for result UIDs
+    builder: BuildPool | None = None  # children that build the objects; None: this thread
 
-
-@dataclass
-class _Artifact:
-    kind: ResultKind
-    data: bytes | None = None
-    name: str = ""
-    sop_instance_uid: str | None = None
-    series_instance_uid: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None  # withheld: why
+    def close(self) -> None:
+        if self.builder is not None:
+            self.builder.close()
 
 
 def build_results(context: ReportContext, job_id: int) -> int:
@@ -89,24 +81,26 @@ def build_results(context: ReportContext, job_id: int) -> int:
         if done:
             return 0
     try:
-        report = gather_input(context, job_id)
-        if not report.sources:
-            raise ValueError("the analysed series has no stored instances any more")
+        request = gather_request(context, job_id)
+        if not request.source_keys:
+            raise InputsUnreadable(
+                "inputs unreadable: the analysed series has no stored instances any more"
+            )
+        artifacts = _build(context, request)
     except StorageError as exc:
         if _inputs_present(context, job_id):
             raise  # the object store is briefly away: the task retries
         return _withhold_all(context, job_id, f"inputs gone from the object store: {exc}")
     except DatabaseError:
         raise  # the database is briefly away: the task retries; never "inputs unreadable"
-    except Exception as exc:  # not transient: withheld rows say why, nothing retries forever
+    except InputsUnreadable as exc:  # not transient: withheld rows say why, nothing retries
+        return _withhold_all(context, job_id, str(exc))
+    except ChildDied as exc:
+        return _withhold_all(context, job_id, f"results not built: {exc}")
+    except Exception as exc:  # a device gone from the registry, say: not transient either
         return _withhold_all(context, job_id, f"inputs unreadable: {exc.__class__.__name__}: {exc}")
-    artifacts = build_artifacts(report, context)
-    study_uid = str(report.sources[0].StudyInstanceUID)
-    for artifact in artifacts:
-        if artifact.data is not None:
-            context.store.put(_key(study_uid, job_id, artifact.name), artifact.data)
     try:
-        return _record(context, job_id, study_uid, report.organisation.name, artifacts)
+        return _record(context, job_id, request.organisation.name, artifacts)
     except IntegrityError:  # another worker recorded this job's results first
         return 0
 
@@ -122,13 +116,11 @@ def build_semd_of_findings(context: ReportContext, job_id: int) -> bool:
             )
         ):
             return False
-    report = gather_input(context, job_id)
-    artifact = _semd(report, context, None)
-    study_uid = str(report.sources[0].StudyInstanceUID)
-    if artifact.data is not None:
-        context.store.put(_key(study_uid, job_id, artifact.name), artifact.data)
+    request = gather_request(context, job_id)
+    artifact = build_semd(load_input(request, context.store), context.options, None)
+    artifact.store(context.store, request.study_uid, job_id)
     try:
-        _record(context, job_id, study_uid, report.organisation.name, [artifact], adding=True)
+        _record(context, job_id, request.organisation.name, [artifact], adding=True)
     except IntegrityError:  # a concurrent SR of the same job recorded it first
         return False
     return True
@@ -155,9 +147,9 @@ def _withhold_all(context: ReportContext, job_id: int, reason: str) -> int:
             .join(JobRow, JobRow.study_id == StudyRow.id)
             .where(JobRow.id == job_id)
         )
-    artifacts = [_Artifact(kind, reason=reason) for kind in (ResultKind.SR, ResultKind.SEMD)]
+    artifacts = [Artifact(kind, reason=reason) for kind in (ResultKind.SR, ResultKind.SEMD)]
     try:
-        return _record(context, job_id, "", source or "", artifacts)
+        return _record(context, job_id, source or "", artifacts)
     except IntegrityError:
         return 0
 
@@ -165,7 +157,8 @@ def _withhold_all(context: ReportContext, job_id: int, reason: str) -> int:
 # --- gathering the input --------------------------------------------------------------
 
 
-def gather_input(context: ReportContext, job_id: int) -> ReportInput:
+def gather_request(context: ReportContext, job_id: int) -> BuildRequest:
+    """What the database holds of the job: its device, findings and source keys."""
     with context.db.session() as session:
         job = session.get(JobRow, job_id)
         assert job is not None
@@ -183,21 +176,20 @@ def gather_input(context: ReportContext, job_id: int) -> ReportInput:
         rows = session.scalars(
             select(FindingRow).where(FindingRow.job_id == job_id).order_by(FindingRow.id)
         )
-        recorded = [Finding.from_row(row) for row in rows]
-        device_key, study_type, service = job.device_key, job.study_type, job.service_code
+        findings = [Finding.from_row(row) for row in rows]
         completed = job.finished_at or utcnow()
+        study_uid, device_key = study.study_uid, job.device_key
+        study_type, service_code = job.study_type, job.service_code
         started = job.started_at or completed
-    manifest = context.registry.manifest(device_key)
-    sources: list[Dataset] = [dcmread(io.BytesIO(context.store.get(key))) for key in keys]
-    if manifest.input_spec is not None and manifest.input_spec.dims == 3:
-        sources = volume_order(sources)
-    findings = [_with_mask(finding, context.store) for finding in recorded]
-    return ReportInput(
+    # After the session: the registry opens its own (a second write transaction here would
+    # wait on this one's lock).
+    return BuildRequest(
         job_id=job_id,
-        device=manifest,
+        study_uid=study_uid,
+        device=context.registry.manifest(device_key),
         study_type=study_type,
-        service_code=service,
-        sources=sources,
+        service_code=service_code,
+        source_keys=keys,
         findings=findings,
         organisation=organisation,
         started_at=started,
@@ -206,99 +198,20 @@ def gather_input(context: ReportContext, job_id: int) -> ReportInput:
     )
 
 
-def _with_mask(finding: Finding, store: ObjectStore) -> ReportFinding:
-    key = finding.location.mask_key
-    return ReportFinding.of(finding, decode_mask(store.get(key)) if key else None)
-
-
-# --- building -------------------------------------------------------------------------
-
-
-def build_artifacts(report: ReportInput, context: ReportContext) -> list[_Artifact]:
-    """Every result of the job; a builder's failure withholds its result, not the others."""
-    artifacts: list[_Artifact] = []
-    artifacts += _attempt(ResultKind.SR, lambda: [sr.build_sr(report)])
-    # The flag images' drawings, kept for the SEMD's key image: no second decode.
-    drawn: list[flags.FlagImage] = []
-
-    def flag_images() -> list[Dataset]:
-        drawn.extend(flags.build_flags(report))
-        return [flag.dataset for flag in drawn]
-
-    artifacts += _attempt(ResultKind.SC, flag_images)
-    artifacts += _attempt(ResultKind.GSPS, lambda: _optional(gsps.build_gsps(report)))
-    if any(f.mask is not None for f in report.findings):
-        artifacts += _attempt(ResultKind.SEG, lambda: _optional(seg.build_seg(report)))
-    artifacts.append(_semd(report, context, drawn[0].drawing if drawn else None))
-    return artifacts
-
-
-def _optional(dataset: Dataset | None) -> list[Dataset]:
-    return [dataset] if dataset is not None else []
-
-
-def _attempt(kind: ResultKind, build: Callable[[], list[Dataset]]) -> list[_Artifact]:
-    try:
-        datasets = build()
-    except Exception as exc:  # a builder's bug must not lose the other results
-        log.exception("result not built", extra={"kind": kind.value})
-        return [_Artifact(kind, reason=f"{exc.__class__.__name__}: {exc}")]
-    return [
-        _Artifact(
-            kind,
-            data=part10(ds),
-            name=f"{kind.value}-{index}.dcm",
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-        )
-        for index, ds in enumerate(datasets, start=1)
-    ]
-
-
-def _semd(
-    report: ReportInput, context: ReportContext, key_image: flags.Drawing | None
-) -> _Artifact:
-    if context.semd_config is None:
-        return _Artifact(ResultKind.SEMD, reason="SEMD not configured (no semd_file)")
-    try:
-        jpeg = None
-        if key_image is not None:
-            jpeg = flags.key_image_jpeg(key_image, context.semd_key_image_max_px)
-        document = semd.build_semd(report, context.semd_config, jpeg)
-    except SemdMissing as exc:
-        return _Artifact(ResultKind.SEMD, reason=str(exc), meta={"missing": exc.missing})
-    except Exception as exc:
-        log.exception("SEMD not built")
-        return _Artifact(ResultKind.SEMD, reason=f"{exc.__class__.__name__}: {exc}")
-    if context.semd_reference_dir is not None:
-        problems = validate_semd(document.xml, context.semd_reference_dir)
-        if problems:
-            return _Artifact(
-                ResultKind.SEMD,
-                reason=f"SEMD invalid ({len(problems)} problems): {problems[0]}",
-                meta={"problems": problems[:50]},
-            )
-    return _Artifact(
-        ResultKind.SEMD,
-        data=document.xml,
-        name="semd.xml",
-        meta={"document_id": document.document_id, "metadata": document.metadata},
-    )
+def _build(context: ReportContext, request: BuildRequest) -> list[Artifact]:
+    if context.builder is not None:
+        return context.builder.build(request)
+    return build_job(request, context.store, context.options)
 
 
 # --- recording ------------------------------------------------------------------------
 
 
-def _key(study_uid: str, job_id: int, name: str) -> str:
-    return f"results/{study_uid}/job-{job_id}/{name}"
-
-
 def _record(
     context: ReportContext,
     job_id: int,
-    study_uid: str,
     source: str,
-    artifacts: list[_Artifact],
+    artifacts: list[Artifact],
     adding: bool = False,
 ) -> int:
     """``adding``: beside results the job has (an external device's objects), once per kind."""
@@ -317,23 +230,23 @@ def _record(
             row = ResultRow(
                 job_id=job_id,
                 kind=artifact.kind.value,
-                state=STORED if artifact.data is not None else WITHHELD,
+                state=STORED if artifact.object_key is not None else WITHHELD,
                 reason=artifact.reason,
-                object_key=_key(study_uid, job_id, artifact.name) if artifact.data else None,
+                object_key=artifact.object_key,
                 sop_instance_uid=artifact.sop_instance_uid,
                 series_instance_uid=artifact.series_instance_uid,
-                sha256=hashlib.sha256(artifact.data).hexdigest() if artifact.data else None,
-                size=len(artifact.data) if artifact.data else None,
+                sha256=artifact.sha256,
+                size=artifact.size,
                 meta=artifact.meta,
                 created_at=now,
             )
             session.add(row)
             session.flush()
-            if artifact.data is not None:
+            if artifact.object_key is not None:
                 stored += 1
                 if not shadow:
                     enqueue(session, row, context.destinations.for_result(source, artifact.kind))
-        withheld = {a.kind.value: a.reason for a in artifacts if a.data is None}
+        withheld = {a.kind.value: a.reason for a in artifacts if a.object_key is None}
         record_event(
             session,
             job.study_id,

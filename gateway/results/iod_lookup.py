@@ -37,6 +37,14 @@ def is_attribute_in_iod(
     return _answer(str(attribute), str(sop_class_uid), exclude)
 
 
+def load_tables() -> None:
+    """Read the standard's tables highdicom ships now (~0.2 s of JSON, once per process),
+    not in the first object built: a results child does this as it starts."""
+    _standard_utils.get_sop_class_iod_map()
+    _standard_utils.get_iod_module_map()
+    _standard_utils.get_module_attribute_map()
+
+
 def install() -> None:
     """Idempotent: rebind highdicom's names (where a module has the name) to the cache."""
     for module in PATCHED_MODULES:

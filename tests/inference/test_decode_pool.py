@@ -49,7 +49,7 @@ def test_a_decode_over_the_limit_fails_and_the_next_one_decodes(pool: DecodePool
 
 def test_a_child_that_dies_fails_the_decode_and_the_pool_is_replaced(pool: DecodePool) -> None:
     pool.decode([_blob(3)], 2)  # the child is running now
-    executor = pool._current()
+    executor = pool._children._current()
     for pid in list(executor._processes):  # CPython's own record of its children
         os.kill(pid, signal.SIGKILL)
     with pytest.raises(DecodeError, match="the decoding process died"):

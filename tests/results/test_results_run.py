@@ -6,6 +6,8 @@ carries UIDs under the organisation's root."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -16,10 +18,11 @@ from sqlalchemy import delete, select
 from gateway.demo.synthetic import chest_xray_study, write_study
 from gateway.index.tables import FindingRow, JobRow, OutboxRow, ResultRow
 from gateway.inference.masks import encode_mask
-from gateway.results.build import build_results, results_of
+from gateway.results.build import ReportContext, build_results, results_of
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, send
 from tests.services import ROOT
+from workers.serve import Gateway
 
 UID_ROOT = "1.2.643.5.1.13.13.12.2.38.3811."
 
@@ -68,8 +71,15 @@ def test_every_result_object_of_a_run_carries_the_device_and_the_root(
             job = session.get(JobRow, job_id)
             assert job is not None and job.started_at is not None
             device, started = job.device_key, job.started_at
-        assert build_results(report_context(gateway.parts), job_id) == 5
-        rows = results_of(gateway.parts.db, study.study_instance_uid)
+        # Rebuilt by a results child, as the worker builds them (the mask read there too).
+        reports = report_context(gateway.parts, 1)
+        try:
+            assert reports.builder is not None
+            assert build_results(reports, job_id) == 5
+            rows = results_of(gateway.parts.db, study.study_instance_uid)
+            _child_that_dies_withholds(gateway, reports, job_id)
+        finally:
+            reports.close()
         assert sorted(row.kind for row in rows if row.object_key) == [
             "gsps",
             "sc",
@@ -103,3 +113,21 @@ def test_every_result_object_of_a_run_carries_the_device_and_the_root(
             assert uid.startswith(UID_ROOT), (kind, uid)
     assert len(device_uids) == 1
     assert str(objects["sr"].ContentTime).startswith(started.strftime("%H%M%S"))
+
+
+def _child_that_dies_withholds(gateway: Gateway, reports: ReportContext, job_id: int) -> None:
+    """Built again after its child died: the job's results withheld with the reason."""
+    with gateway.parts.db.session() as session:
+        session.execute(delete(OutboxRow))
+        session.execute(delete(ResultRow))
+    assert reports.builder is not None
+    for pid in list(reports.builder._children._current()._processes):
+        os.kill(pid, signal.SIGKILL)
+    assert build_results(reports, job_id) == 0
+    with gateway.parts.db.session() as session:
+        withheld = session.scalars(select(ResultRow).where(ResultRow.job_id == job_id)).all()
+        assert {(row.kind, row.state) for row in withheld} == {
+            ("sr", "withheld"),
+            ("semd", "withheld"),
+        }
+        assert all("the results process died" in (row.reason or "") for row in withheld)
