@@ -182,6 +182,7 @@ def setup(
         set() if options.get("identified") else _originals(study),
         answer=options.get("answer", True),
         tls=vendor_tls,
+        refuses_identity=not options.get("identified"),
     )
     if not options.get("vendor_down") and vendor_web is None:
         vendor.start()
@@ -461,6 +462,9 @@ def test_a_vendor_trusted_with_identity_gets_the_study_as_is_and_answers(
     }
     sent = setup.vendor.received[0]
     assert sent.PatientName == original.PatientName and "PatientIdentityRemoved" not in sent
+    # Taken at the first try: one send, so one answer (the vendor answers every association
+    # it took part of a study on: a refused first try would bring a second SR and SC).
+    assert len(setup.vendor.received) == 1
     assert sorted(row.kind for row in rows) == ["sc", "semd", "sr"]
     job = setup.job()
     assert job is not None and job.state == "inferred"

@@ -49,6 +49,9 @@ class StandInVendor:
     violations: list[str] = field(default_factory=list)
     answers: list[int | None] = field(default_factory=list)
     tls: ssl.SSLContext | None = None  # the vendor's SCP over DICOM TLS
+    # A vendor outside the region's network refuses what would identify the patient; one
+    # trusted with identity (deidentify: false) takes the study as it is.
+    refuses_identity: bool = True
     _server: Any = None
 
     def start(self) -> None:
@@ -73,7 +76,7 @@ class StandInVendor:
         found = identifying_in(dataset, self.originals)
         self.violations += found
         self.received.append(dataset)
-        return 0xC000 if found else 0x0000
+        return 0xC000 if found and self.refuses_identity else 0x0000
 
     def _released(self, event: Any) -> None:
         if self.answer and self.received:
