@@ -12,11 +12,13 @@ Three costs of :func:`pydicom.dcmwrite` that say nothing new about a freshly bui
   joined once behind the rest instead.
 * Every element went through pydicom's general element writer (~15 µs each; an SR's ~600
   elements ~6 ms): ASCII text, UIDs, numbers and sequences are encoded here, byte for byte
-  as pydicom does, and only the rest is handed to it (see ``_dataset_bytes``).
+  as pydicom does, and only the rest is handed to it (see ``_dataset_bytes``); the file
+  meta too, once pydicom's own check has completed it (~0.5 -> ~0.1 ms an object).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import struct
 from io import BufferedIOBase
@@ -24,7 +26,7 @@ from io import BufferedIOBase
 from pydicom import Dataset
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_dataset
 from pydicom.multival import MultiValue
@@ -33,6 +35,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR, EXPLICIT_VR_LENGTH_32, IS, DSdecimal, DSfloat
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
+GROUP_LENGTH = Tag(0x0002, 0x0000)  # File Meta Information Group Length
 # (is_implicit_VR, is_little_endian) of Explicit VR Little Endian, what the fast paths assume.
 _WRITTEN = (False, True)
 # Below this, Pixel Data goes through the writer like any element.
@@ -71,21 +74,30 @@ def _written(dataset: Dataset) -> bytes:
 
 
 def _meta(dataset: Dataset) -> bytes:
-    """The preamble and file meta information as pydicom writes them for ``dataset``: those
-    of a stand-in with its file meta and UIDs, cut where the meta group ends."""
-    stand_in = Dataset()
-    stand_in.file_meta = dataset.file_meta
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
-        if keyword in dataset:
-            stand_in[keyword] = dataset[keyword]
-    if getattr(dataset, "preamble", None) is not None:
-        stand_in.preamble = dataset.preamble
-    written = _written(stand_in)
-    # (0002,0000) File Meta Information Group Length: the group's bytes after it.
-    tag, vr, length = struct.unpack_from("<I2sH", written, 132)
-    if (tag, vr, length) != (0x00000002, b"UL", 4):
-        raise ValueError("pydicom's file meta does not start with its group length")
-    return written[: 144 + struct.unpack_from("<I", written, 140)[0]]
+    """The preamble and file meta information as ``dcmwrite(enforce_file_format=True)``
+    writes them for ``dataset``: a copy of its file meta given the data set's UIDs and what
+    the standard requires (pydicom's validate_file_meta), its group length counted."""
+    meta = FileMetaDataset()
+    for element in dataset.file_meta:
+        meta.add(copy.copy(element))  # the additions below stay off the object's own
+    for keyword, own in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        given, value = meta.get(keyword), dataset.get(own)
+        if given is None or (value and value != given):
+            setattr(meta, keyword, value)
+    validate_file_meta(meta, enforce_standard=True)
+    group = b"".join(
+        _element(meta.get_item(tag), default_encoding)
+        for tag in sorted(meta.keys())
+        if tag != GROUP_LENGTH
+    )
+    preamble = getattr(dataset, "preamble", None) or b"\0" * 128
+    if len(preamble) != 128:
+        raise ValueError("a preamble must be 128 bytes long")
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
+    return b"".join((preamble, b"DICM", length, group))
 
 
 def _body(dataset: Dataset) -> bytes:
@@ -175,10 +187,13 @@ def _dataset_bytes(dataset: Dataset, parent_encoding: str | list[str]) -> bytes:
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written
-        element = dataset.get_item(tag)
-        encoded = _element_bytes(element, encodings) if type(element) is DataElement else None
-        parts.append(_pydicom_element(element, encodings) if encoded is None else encoded)
+        parts.append(_element(dataset.get_item(tag), encodings))
     return b"".join(parts)
+
+
+def _element(element: DataElement | RawDataElement, encodings: str | list[str]) -> bytes:
+    encoded = _element_bytes(element, encodings) if type(element) is DataElement else None
+    return _pydicom_element(element, encodings) if encoded is None else encoded
 
 
 def _element_bytes(element: DataElement, encodings: str | list[str]) -> bytes | None:

@@ -134,3 +134,26 @@ def test_every_kind_of_value_the_element_writer_takes() -> None:
     back = pydicom.dcmread(io.BytesIO(part10(dataset)))
     assert back.DerivationCodeSequence[0].CodeMeaning == "Код"
     assert list(back[0x00700022].value) == [1.5, 2.25, 3.0]
+
+
+def test_file_meta_as_pydicom_writes_it() -> None:
+    """A file meta of its own (implementation names, a stale instance UID, a group length,
+    a preamble) written as dcmwrite writes it: the data set's UIDs win, lengths recounted."""
+    dataset = Dataset()
+    dataset.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    dataset.SOPInstanceUID = "1.2.3.4.5"
+    dataset.PatientID = "X"
+    dataset.file_meta = pydicom.dataset.FileMetaDataset()
+    dataset.file_meta.FileMetaInformationGroupLength = 999
+    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.9"
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1"
+    dataset.file_meta.ImplementationVersionName = "AIGW 1"
+    dataset.file_meta.SourceApplicationEntityTitle = "AIGW"
+    dataset.preamble = bytes(range(128))
+    expected = _pydicom_bytes(dataset)
+    assert part10(dataset) == expected
+    assert dataset.file_meta.MediaStorageSOPInstanceUID == "1.2.3.9"  # the object's own kept
+    with pytest.raises(ValueError):
+        dataset.preamble = b"short"
+        part10(dataset)
