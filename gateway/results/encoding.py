@@ -215,7 +215,7 @@ def _element_bytes(element: DataElement, encodings: str | list[str]) -> bytes | 
 
 
 def _value_bytes(vr: str, value: object) -> bytes | None:
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value):
         return b""
     padding = _TEXT_PADDING.get(vr)
     if padding is not None:
