@@ -436,7 +436,7 @@ def _secondary_capture(
         specific_character_set=UTF8,
         contributing_equipment=_acquisition_equipment(header),
     )
-    sc.Rows, sc.PixelData = flag.height, flag.tobytes()  # RGB, interleaved, as declared
+    sc.Rows, sc.PixelData = flag.height, packed(flag)  # RGB, interleaved, as declared
     sc.copy_patient_and_study_information(header)
     sc.SpecificCharacterSet = UTF8  # what we write is UTF-8 whatever the source used
     sc.PatientOrientation = patient_orientation(header)
@@ -447,6 +447,20 @@ def _secondary_capture(
     sc.DateOfSecondaryCapture = sc.InstanceCreationDate
     sc.TimeOfSecondaryCapture = sc.InstanceCreationTime
     return sc
+
+
+def packed(image: Image.Image) -> bytes:
+    """``image.tobytes()``, packed in one block: Pillow's own packs 64 KiB at a time and joins
+    the blocks, a second pass over a radiograph's ~13 MB (~2 ms) for the same bytes."""
+    size = image.width * image.height * len(image.getbands())
+    if image.mode not in ("L", "RGB") or size == 0:
+        return image.tobytes()
+    encoder = Image._getencoder(image.mode, "raw", image.mode)
+    encoder.setimage(image.im, (0, 0, *image.size))
+    _, status, data = encoder.encode(size)
+    if status <= 0 or len(data) != size:  # not done in one block: Pillow's own way
+        return image.tobytes()
+    return data
 
 
 def _acquisition_equipment(header: Dataset) -> list[ContributingEquipment]:

@@ -373,3 +373,15 @@ def test_findings_on_two_views_give_two_flag_images(
     flagged = images[expected.index(str(other.SOPInstanceUID))]
     assert dciodvfy_errors(flagged, tmp_path) == []
     assert_mark_around(Split(flagged, other), second.location.box or (), slack=12)
+
+
+@pytest.mark.parametrize(
+    ("mode", "size"), [("RGB", (2048, 2211)), ("RGB", (7, 3)), ("L", (513, 5)), ("RGB", (1, 1))]
+)
+def test_packed_pixels_are_pillows_bytes(mode: str, size: tuple[int, int]) -> None:
+    """The flag image's pixels packed in one block: the bytes ``tobytes`` gives."""
+    rng = np.random.default_rng(11)
+    channels = len(mode)
+    values = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(values[..., 0] if channels == 1 else values, mode=mode)
+    assert flags.packed(image) == image.tobytes()
