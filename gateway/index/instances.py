@@ -81,8 +81,8 @@ def current_keys_by_series(
     if not uids:
         return {}
     keys: dict[str, list[str]] = {}
-    for series_uid, object_key in executor.execute(_KEYS_BY_SERIES, {"series_uids": uids}):
-        keys.setdefault(series_uid, []).append(object_key)
+    for row in executor.execute(_KEYS_BY_SERIES, {"series_uids": uids}):
+        keys.setdefault(row.series_uid, []).append(row.object_key)
     return keys
 
 
