@@ -13,9 +13,11 @@ Per device, in one run:
   through :meth:`gateway.ingest.receive.Ingest.receive`, routed by the real rules
   (``configs/routing.yaml``), one job row per study, and run by
   :func:`gateway.inference.pipeline.run_job` on the context :func:`workers.worker.inference_context`
-  builds: sequentially, and from a pool of ``worker_concurrency`` threads as the worker
-  runs them. The per-stage breakdown is the jobs' own ``timings_ms``; what a job costs
-  beyond its stages (database start and record, registry lookup) is ``bookkeeping``.
+  builds: sequentially (each study once), and from a pool of ``worker_concurrency``
+  threads as the worker runs them (the studies again as new jobs until
+  ``--pipeline-seconds`` have passed, so that the threads' ramp weighs little). The
+  per-stage breakdown is the jobs' own ``timings_ms``; what a job costs beyond its stages
+  (database start and record, registry lookup) is ``bookkeeping``.
 - **ratio**: pipeline images/s ÷ bare images/s at the pipeline's batch. The target for the
   2D devices on CPU is ≥ 0.7.
 

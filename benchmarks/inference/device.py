@@ -5,6 +5,7 @@ rounds; the median round counts."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ class Plan:
     seed: int
     sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     threads: int | None = None  # the concurrent phase's threads; None: worker_concurrency
+    # The concurrent phase runs jobs (the studies again and again, each time as new job
+    # rows) until this long has passed: its threads' ramp-up and ramp-down weigh little.
+    pipeline_min_seconds: float = 0.0
 
 
 def bench_device(
@@ -98,9 +102,22 @@ def bench_device(
     total_images = images * plan.studies
     tags = iter(range(1_000_000))
 
-    def pipeline(threads: int) -> PipelineRun:
-        ids = create_jobs(bench, planned, tag=next(tags))
-        return run_pipeline(bench, ids, total_images, threads)
+    def pipeline(threads: int, jobs_per_s: float = 0.0) -> PipelineRun:
+        """``threads``: 1, the studies once; more, at least ``plan.pipeline_min_seconds``
+        at the (estimated) ``jobs_per_s``, the studies again as new job rows."""
+        passes = 1
+        if threads > 1 and plan.pipeline_min_seconds:
+            passes = max(1, math.ceil(plan.pipeline_min_seconds * jobs_per_s / len(planned)))
+        ids = [i for _ in range(passes) for i in create_jobs(bench, planned, tag=next(tags))]
+        min_s = plan.pipeline_min_seconds if threads > 1 else 0.0
+        return run_pipeline(bench, ids, total_images * passes, threads, min_seconds=min_s)
+
+    def jobs_per_s_estimate(sequential: PipelineRun) -> float:
+        """Generous: the last concurrent phase's rate and half again, or in the first
+        round the sequential rate times the threads (rows not run cost only their insert)."""
+        if concurrent:
+            return 1.5 * concurrent[-1].jobs / concurrent[-1].phase.wall_s
+        return concurrency * sequential.jobs / sequential.phase.wall_s
 
     # Warm-up: the session, torch and MONAI imports, first-run allocations.
     run_pipeline(bench, create_jobs(bench, planned[:1], tag=next(tags)), images, threads=1)
@@ -119,7 +136,7 @@ def bench_device(
                 )
             )
         sequential.append(pipeline(1))
-        concurrent.append(pipeline(concurrency))
+        concurrent.append(pipeline(concurrency, jobs_per_s_estimate(sequential[-1])))
         prepares.append(run_prepare(context, manifest, keys, total_images, plan.bare_min_seconds))
         formed = min(max(round(concurrent[-1].mean_batch), 1), context.max_batch)
         same_batch.append(
@@ -130,8 +147,9 @@ def bench_device(
             f"  round {number + 1}/{plan.rounds}: bare "
             + ", ".join(f"b{b} {bare_runs[b][-1].images_per_s:.1f}" for b in batches)
             + f" /s; pipeline ×1 {sequential[-1].images_per_s:.1f}, "
-            f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s (batches of "
-            f"{concurrent[-1].mean_batch:.1f}); decode+preprocess alone "
+            f"×{concurrency} {concurrent[-1].images_per_s:.1f} /s ({concurrent[-1].jobs} jobs, "
+            f"{concurrent[-1].phase.wall_s:.2f} s, steady {_steady(concurrent[-1])}; batches "
+            f"of {concurrent[-1].mean_batch:.1f}); decode+preprocess alone "
             f"{prepares[-1].images_per_s:.1f} /s, bare b{formed} "
             f"{same_batch[-1].images_per_s:.1f} /s; overlap {overlaps[-1]['value']}"
         )
@@ -160,6 +178,7 @@ def bench_device(
             "model_inputs_per_job": images,
             "transfer_syntax": "explicit VR little endian",
             "studies_per_phase": plan.studies,
+            "concurrent_phase_min_s": plan.pipeline_min_seconds,
             "distinct_studies": plan.distinct,
             "mb_stored": round(stored_bytes / 1e6, 1),
         },
@@ -184,6 +203,11 @@ def bench_device(
     result["wall_s"] = round(time.perf_counter() - started, 1)
     bench.parts.db.dispose()
     return result
+
+
+def _steady(run: PipelineRun) -> str:
+    steady = run.steady_images_per_s
+    return f"{steady:.1f} /s" if steady is not None else "n/a"
 
 
 def _median_overlap(overlaps: list[dict[str, Any]]) -> dict[str, Any]:

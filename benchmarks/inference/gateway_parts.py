@@ -108,21 +108,19 @@ def create_jobs(bench: Bench, studies: Sequence[PlannedStudy], tag: int) -> list
     phase's rows distinct (it stands for another completion of the study)."""
     completed_at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=tag)
     now = dt.datetime.now(dt.UTC)
-    ids = []
+    uids = {planned.study_uid for planned in studies}
     with bench.parts.db.session() as session:
+        query = select(StudyRow.study_uid, StudyRow.id).where(StudyRow.study_uid.in_(uids))
+        study_ids = {uid: study_id for uid, study_id in session.execute(query)}
         rows = []
         for planned in studies:
-            study = session.scalars(
-                select(StudyRow).where(StudyRow.study_uid == planned.study_uid)
-            ).one()
             job = planned.job
             queue = queue_for(bench.settings, job.device_id)
-            row = job_row(study.id, completed_at, job, queue, now)
+            row = job_row(study_ids[planned.study_uid], completed_at, job, queue, now)
             session.add(row)
             rows.append(row)
         session.flush()
-        ids = [row.id for row in rows]
-    return ids
+        return [row.id for row in rows]
 
 
 def job_keys(bench: Bench, planned: PlannedStudy) -> list[str]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -186,6 +187,7 @@ class PipelineRun:
     phase: Phase
     batches: list[int]  # inputs per onnxruntime run the device's batcher formed
     tree_cpu_s: float  # this process and the pool's children
+    ends_s: list[float] = field(default_factory=list)  # each job's end, from the phase's start
 
     @property
     def mean_batch(self) -> float:
@@ -194,6 +196,17 @@ class PipelineRun:
     @property
     def images_per_s(self) -> float:
         return self.images / self.phase.wall_s
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Images/s between the ``threads``-th job's end and the ``threads``-th from last:
+        the phase without its ramp-up (threads filling) and ramp-down (threads running
+        out); None where too few jobs ran for that."""
+        ends, ramp = sorted(self.ends_s), self.threads
+        if len(ends) < 2 * ramp + 3 or ends[-ramp - 1] <= ends[ramp - 1]:
+            return None
+        jobs = len(ends) - 2 * ramp
+        return jobs * (self.images / self.jobs) / (ends[-ramp - 1] - ends[ramp - 1])
 
     def stages_ms(self) -> dict[str, float]:
         """Mean per job of each stage, and ``bookkeeping``: the rest of the job's time."""
@@ -207,11 +220,13 @@ class PipelineRun:
     def as_dict(self) -> dict[str, Any]:
         stages = self.stages_ms()
         total = sum(stages.values())
+        steady = self.steady_images_per_s
         return {
             "threads": self.threads,
             "jobs": self.jobs,
             "images": self.images,
             "images_per_s": sig(self.images_per_s),
+            "steady_images_per_s": sig(steady) if steady is not None else None,
             "studies_per_s": sig(self.jobs / self.phase.wall_s),
             "job_ms_median": sig(1000 * statistics.median(self.job_latencies_s)),
             "job_ms_p95": sig(1000 * percentile(self.job_latencies_s, 0.95)),
@@ -233,35 +248,61 @@ def run_pipeline(
     images: int,
     threads: int,
     context: InferenceContext | None = None,
+    min_seconds: float = 0.0,
 ) -> PipelineRun:
-    """``run_job`` for every job, one after another or from a pool of ``threads``."""
+    """``run_job`` for every job, one after another or from a pool of ``threads``. With
+    ``min_seconds``, each thread takes the next job only while that much time has not yet
+    passed (as :func:`run_bare` loops): the jobs left are never run, and the figures count
+    the jobs that ran."""
     chosen = context or bench.context
     assert chosen.batcher is not None
     before = len(chosen.batcher.batch_sizes(bench.device.key))
+    images_per_job = images / len(job_ids)
+    pending = iter(job_ids)
+    taking = threading.Lock()
+    ran: list[tuple[int, float, float]] = []  # job id, latency, end; list.append: atomic
+    start = time.perf_counter()
 
-    def one(job_id: int) -> tuple[str, float]:
-        began = time.perf_counter()
-        state = run_job(chosen, job_id)
-        return state, time.perf_counter() - began
+    def loop() -> None:
+        while True:
+            with taking:
+                if min_seconds and ran and time.perf_counter() - start >= min_seconds:
+                    return
+                job_id = next(pending, None)
+            if job_id is None:
+                return
+            began = time.perf_counter()
+            run_job(chosen, job_id)
+            ended = time.perf_counter()
+            ran.append((job_id, ended - began, ended - start))
 
     tree = _own_tree_cpu_s()
     with timed() as phase:
+        start = time.perf_counter()
         if threads == 1:
-            results = [one(job_id) for job_id in job_ids]
+            loop()
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="bench-worker") as pool:
-                results = list(pool.map(one, job_ids))
+                list(pool.map(lambda _: loop(), range(threads)))
     tree_cpu_s = _own_tree_cpu_s() - tree
+    ids = [job_id for job_id, _latency, _end in ran]
     with bench.parts.db.session() as session:
-        rows = session.scalars(select(JobRow).where(JobRow.id.in_(job_ids))).all()
+        rows = session.scalars(select(JobRow).where(JobRow.id.in_(ids))).all()
         failed = [f"job {r.id}: {r.state} {r.reason or ''}" for r in rows if r.state != "inferred"]
         timings = [dict(r.timings_ms) for r in rows]
     if failed:
         raise BenchmarkError(f"{bench.manifest.key}: {'; '.join(failed)}")
     batches = chosen.batcher.batch_sizes(bench.device.key)[before:]
-    latencies = [latency for _, latency in results]
     return PipelineRun(
-        threads, len(job_ids), images, latencies, timings, phase[0], batches, tree_cpu_s
+        threads,
+        len(ids),
+        round(images_per_job * len(ids)),
+        [latency for _id, latency, _end in ran],
+        timings,
+        phase[0],
+        batches,
+        tree_cpu_s,
+        [end for _id, _latency, end in ran],
     )
 
 
@@ -290,11 +331,14 @@ def stage_overlap(
     infer_cpu = same_batch.phase.cpu_s / same_batch.images
     pipeline_cpu = concurrent.tree_cpu_s / concurrent.images
     slowest_cpu = decode_cpu if slowest == "decode_preprocess" else infer_cpu
+    steady = concurrent.steady_images_per_s
     return {
         "value": sig(concurrent.images_per_s / alone[slowest]),
         "slowest_stage": slowest,
         "stages_alone_images_per_s": {name: sig(value) for name, value in alone.items()},
         "pipeline_images_per_s": sig(concurrent.images_per_s),
+        # The same without the phase's ramp-up and ramp-down (PipelineRun.steady_images_per_s)
+        "value_steady": sig(steady / alone[slowest]) if steady is not None else None,
         "cpu_ms_per_image": {
             "decode_preprocess": sig(1000 * decode_cpu),
             bare_name: sig(1000 * infer_cpu),

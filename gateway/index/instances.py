@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gateway.index.tables import InstanceRow, SeriesRow
@@ -41,6 +41,34 @@ def current_instance_keys(executor: Session | Connection, series_uids: Iterable[
     return list(executor.scalars(query))
 
 
+def _keys_by_series() -> Select[tuple[str, str]]:
+    """:func:`current_keys_by_series`'s query, built once: the recorder runs it in every
+    group that starts a job, and building it (and its cache key) cost more than running it."""
+    newest = (
+        select(
+            SeriesRow.series_uid,
+            InstanceRow.sop_instance_uid,
+            func.max(InstanceRow.version).label("version"),
+        )
+        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
+        .where(SeriesRow.series_uid.in_(bindparam("series_uids", expanding=True)))
+        .group_by(SeriesRow.series_uid, InstanceRow.sop_instance_uid)
+        .subquery()
+    )
+    return (
+        select(newest.c.series_uid, InstanceRow.object_key)
+        .join(
+            newest,
+            (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
+            & (InstanceRow.version == newest.c.version),
+        )
+        .order_by(newest.c.series_uid, *_ORDER)
+    )
+
+
+_KEYS_BY_SERIES = _keys_by_series()
+
+
 def current_keys_by_series(
     executor: Session | Connection, series_uids: Iterable[str]
 ) -> dict[str, list[str]]:
@@ -52,29 +80,9 @@ def current_keys_by_series(
     uids = sorted(set(series_uids))
     if not uids:
         return {}
-    newest = (
-        select(
-            SeriesRow.series_uid,
-            InstanceRow.sop_instance_uid,
-            func.max(InstanceRow.version).label("version"),
-        )
-        .join(SeriesRow, SeriesRow.id == InstanceRow.series_id)
-        .where(SeriesRow.series_uid.in_(uids))
-        .group_by(SeriesRow.series_uid, InstanceRow.sop_instance_uid)
-        .subquery()
-    )
-    query = (
-        select(newest.c.series_uid, InstanceRow.object_key)
-        .join(
-            newest,
-            (InstanceRow.sop_instance_uid == newest.c.sop_instance_uid)
-            & (InstanceRow.version == newest.c.version),
-        )
-        .order_by(newest.c.series_uid, *_ORDER)
-    )
     keys: dict[str, list[str]] = {}
-    for series_uid, object_key in executor.execute(query):
-        keys.setdefault(series_uid, []).append(object_key)
+    for row in executor.execute(_KEYS_BY_SERIES, {"series_uids": uids}):
+        keys.setdefault(row.series_uid, []).append(row.object_key)
     return keys
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from gateway.index.tables import StudyEventRow, StudyRow
 
 EVENTS = cast(Table, StudyEventRow.__table__)
+_INSERT_EVENTS = insert(EVENTS)  # built once: the recorder inserts in every transaction
 
 
 class StudyState(StrEnum):
@@ -97,4 +98,4 @@ def record_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
     """Append :func:`event_row` entries to their studies' timelines, in their order, in one
     statement (executemany where several)."""
     if rows:
-        connection.execute(insert(EVENTS), list(rows))
+        connection.execute(_INSERT_EVENTS, list(rows))

@@ -40,9 +40,17 @@ _LOCK = select(
     JOBS.c.runner,
     JOBS.c.heartbeat_at,
 )
+# Built once: a statement made per call costs its construction and its cache key each time
+# (~0.5 ms of the recorder's CPU a transaction, most of a small group's cost).
+_LOCK_IDS = (
+    _LOCK.where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(JOBS.c.id)
+    .with_for_update()
+)
 # executemany, one row per job; the columns SET are the keys of its rows
 _UPDATE = update(JOBS).where(JOBS.c.id == bindparam("job_row"))
 _CLEAR_FINDINGS = delete(FINDINGS).where(FINDINGS.c.job_id.in_(bindparam("jobs", expanding=True)))
+_INSERT_FINDINGS = insert(FINDINGS)
 
 
 @dataclass
@@ -64,9 +72,8 @@ class LockedJob:
 
 def lock_jobs(connection: Connection, job_ids: Iterable[int]) -> dict[int, LockedJob]:
     """The jobs that exist among ``job_ids``, locked for this transaction in id order."""
-    ids = sorted(set(job_ids))
-    query = _LOCK.where(JOBS.c.id.in_(ids)).order_by(JOBS.c.id).with_for_update()
-    return {row.id: LockedJob(**row._asdict()) for row in connection.execute(query)}
+    rows = connection.execute(_LOCK_IDS, {"ids": sorted(set(job_ids))})
+    return {row.id: LockedJob(**row._asdict()) for row in rows}
 
 
 @dataclass
@@ -106,7 +113,7 @@ class GroupWrite:
         if self._cleared:
             connection.execute(_CLEAR_FINDINGS, {"jobs": self._cleared})
         if self._findings:
-            connection.execute(insert(FINDINGS), self._findings)
+            connection.execute(_INSERT_FINDINGS, self._findings)
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for job_id, values in sorted(self._columns.items()):  # rows written in id order
             shapes.setdefault(tuple(sorted(values)), []).append({**values, "job_row": job_id})

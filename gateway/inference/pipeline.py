@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -43,7 +43,7 @@ from gateway.inference.lease import Heartbeats
 from gateway.inference.masks import encode_mask, mask_key
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
-from gateway.inference.record import GroupRecorder, Outcome
+from gateway.inference.record import Ending, GroupRecorder, Outcome
 from gateway.inference.start import Start, StartedJob
 from gateway.jobs.states import JobState, fail_job, unreported
 from models.manifest import DeviceManifest
@@ -122,10 +122,11 @@ def run_job(context: InferenceContext, job_id: int, runner: str | None = None) -
         return _found_done(context, job_id)
     job = started
     try:
-        with context.heartbeats.holding(job_id, runner):
-            job = _with_priors(context, job)
-            findings, timings = _pipeline(context, job)
-        _record(context, job_id, findings, timings)
+        with ExitStack() as after_inference:  # the outcome announced once its batch ran
+            with context.heartbeats.holding(job_id, runner):
+                job = _with_priors(context, job)
+                findings, timings, ending = _pipeline(context, job, after_inference)
+            _record(ending, job_id, findings, timings)
         return JobState.INFERRED.value
     except (JobFailure, DecodeError, RegistryError) as exc:
         fail_job(context.db, job_id, str(exc))
@@ -159,8 +160,13 @@ def _with_priors(context: InferenceContext, job: StartedJob) -> StartedJob:
     return replace(job, prior_series_uids=context.priors(job.id, manifest))
 
 
-def _pipeline(context: InferenceContext, job: StartedJob) -> tuple[list[Finding], dict[str, float]]:
+def _pipeline(
+    context: InferenceContext, job: StartedJob, after_inference: ExitStack
+) -> tuple[list[Finding], dict[str, float], Ending]:
+    """The job's stages up to its findings; once its batch has run, its outcome is
+    announced to the recorder (in ``after_inference``), whose groups wait a little for it."""
     watch = Stopwatch()
+    assert context.recorder is not None  # made in __post_init__
     manifest = context.registry.manifest(job.device_key)
     assert context.batcher is not None  # made in __post_init__
     # Announced to the device's batcher from here: a batch not yet full waits for this job.
@@ -174,11 +180,12 @@ def _pipeline(context: InferenceContext, job: StartedJob) -> tuple[list[Finding]
             outputs = arrival.infer(
                 prepared.inputs, _session_run(context, job, manifest), job.priority
             )
+    ending = after_inference.enter_context(context.recorder.ending())
     with watch.stage("postprocess"):
         raw = interpret(manifest, outputs, prepared.metas)
         located = [_locate(finding, prepared) for finding in raw]
         findings = _store_masks(context.store, job.id, raw, located)
-    return findings, watch.ms
+    return findings, watch.ms, ending
 
 
 def _session_run(
@@ -278,8 +285,7 @@ def _location(finding: RawFinding, prepared: PreparedJob) -> Location:
 
 
 def _record(
-    context: InferenceContext, job_id: int, findings: list[Finding], timings: dict[str, float]
+    ending: Ending, job_id: int, findings: list[Finding], timings: dict[str, float]
 ) -> None:
-    assert context.recorder is not None  # made in __post_init__
-    context.recorder.record(Outcome(job_id, findings, timings))
+    ending.record(Outcome(job_id, findings, timings))
     log.info("job inferred", extra={"job_id": job_id, "timings_ms": timings})

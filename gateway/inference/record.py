@@ -9,15 +9,21 @@ written as a group in Core statements (:mod:`gateway.inference.group_write`: the
 unit of work was ~40 % of this thread's time). A group whose
 transaction fails is written again one job at a time, so one job's failure is its own.
 The caller waits for its job's commit: nothing is acknowledged before it is durable.
+
+A job whose batch has run announces its outcome (:meth:`GroupRecorder.ending`): a group
+waits for announced outcomes up to :data:`ANNOUNCED_WAIT_S`, so the jobs of one batch
+share one transaction; a lone job, announced by nobody else, never waits.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +39,11 @@ from gateway.jobs.states import DONE_STATES, JobState
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 64  # jobs per transaction
+# How long a group waits for the outcome of a job announced as about to end (its batch
+# ran; its postprocess runs): the jobs of one batch end within a millisecond or two of each
+# other, and one transaction for them all costs the CPU of one (a transaction is most of
+# what a job's record costs), where each alone would cost its own.
+ANNOUNCED_WAIT_S = 0.003
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,20 @@ def end_job(group: GroupWrite, job: LockedJob | None, outcome: Outcome) -> bool:
     detail = {"positive": positive, "timings_ms": outcome.timings_ms}
     group.move(job, JobState.INFERRED, detail, timings_ms=outcome.timings_ms)
     return True
+
+
+class Ending:
+    """A job's announced outcome (:meth:`GroupRecorder.ending`), recorded once."""
+
+    def __init__(self, recorder: GroupRecorder) -> None:
+        self.recorder = recorder
+        self.submitted = False
+
+    def record(self, outcome: Outcome) -> bool:
+        """:meth:`GroupRecorder.record`, as the announced outcome."""
+        self.submitted = True
+        done: bool = self.recorder._submit(outcome, announced=True)
+        return done
 
 
 Write = Outcome | Start  # what the recorder commits: a job's end, or its start
@@ -90,11 +115,13 @@ class GroupRecorder:
     """One thread that commits every job write waiting — outcomes and starts — in one
     transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, announced_wait_s: float = ANNOUNCED_WAIT_S) -> None:
         self.db = db
+        self.announced_wait_s = announced_wait_s
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._closed = False
+        self._announced = 0  # outcomes announced (GroupRecorder.ending) and not yet submitted
         # Job writes per transaction, for tests and the benchmark: the recent ones only (a
         # worker runs for months).
         self.groups: deque[int] = deque(maxlen=65536)
@@ -107,6 +134,22 @@ class GroupRecorder:
         done: bool = self._submit(outcome)
         return done
 
+    @contextmanager
+    def ending(self) -> Iterator[Ending]:
+        """Announce a job's outcome for as long as the block runs (its postprocess): groups
+        wait a little for it. :meth:`Ending.record` inside the block records it; a block
+        left without (the postprocess failed) withdraws the announcement."""
+        with self._changed:
+            self._announced += 1
+        ending = Ending(self)
+        try:
+            yield ending
+        finally:
+            if not ending.submitted:
+                with self._changed:
+                    self._announced -= 1
+                    self._changed.notify()
+
     def start(self, start: Start) -> StartedJob | None:
         """Claim the job for ``start.runner`` and return it with its keys once committed
         (None: it had ended, or a live copy of the delivery runs it); raises what the
@@ -114,9 +157,11 @@ class GroupRecorder:
         started: StartedJob | None = self._submit(start)
         return started
 
-    def _submit(self, write: Write) -> Any:
+    def _submit(self, write: Write, announced: bool = False) -> Any:
         future: Future[Any] = Future()
         with self._changed:
+            if announced:
+                self._announced -= 1
             if self._closed:
                 raise RuntimeError("the recorder is closed")
             self._waiting.append((write, future))
@@ -136,8 +181,19 @@ class GroupRecorder:
                     self._changed.wait()
                 if not self._waiting:
                     return
+                self._wait_for_announced()
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
             self._commit(group)
+
+    def _wait_for_announced(self) -> None:
+        """With the lock held and writes waiting: wait up to ``announced_wait_s`` for the
+        outcomes announced to arrive (or a full group)."""
+        deadline = time.monotonic() + self.announced_wait_s
+        while self._announced > 0 and len(self._waiting) < MAX_GROUP and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.wait(timeout=left)
 
     def _commit(self, group: Sequence[_Waiting]) -> None:
         self.groups.append(len(group))

@@ -34,6 +34,7 @@ PIPELINE_FIELDS = {
     "jobs",
     "images",
     "images_per_s",
+    "steady_images_per_s",
     "studies_per_s",
     "job_ms_median",
     "job_ms_p95",
@@ -162,6 +163,13 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
     assert (
         device["pipeline"]["concurrent"]["threads"] == report["environment"]["worker_concurrency"]
     )
+    # The sequential phase runs each study once; the concurrent one the studies again, as
+    # new jobs, until its minimum time has passed.
+    studies = device["study"]["studies_per_phase"]
+    assert device["pipeline"]["sequential"]["jobs"] == studies
+    assert device["pipeline"]["concurrent"]["jobs"] >= 1
+    assert report["parameters"]["pipeline_seconds"] == 0.3  # --quick
+    assert device["study"]["concurrent_phase_min_s"] == 0.3
     assert set(device["ratio"]) >= RATIOS
     assert device["target"] == 0.7 and isinstance(device["meets_target"], bool)
     for run in device["pipeline"].values():  # every job's inputs went through the batcher
@@ -179,6 +187,8 @@ def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
         rel_tol=0.01,
     )
     assert overlap["target"] == 0.8
+    steady = device["pipeline"]["concurrent"]["steady_images_per_s"]
+    assert (overlap["value_steady"] is None) == (steady is None)
     cpu = overlap["cpu_ms_per_image"]
     assert set(cpu) == {*alone, "pipeline", "pipeline_beyond_stages"}
     assert 0 < overlap["ceiling_on_shared_cores"] <= 1

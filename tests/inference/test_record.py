@@ -109,3 +109,44 @@ def test_starts_share_the_transaction_and_each_is_claimed_as_alone(
     assert (claimed.state, claimed.runner, claimed.attempts) == ("running", "t3:0", attempts + 1)
     assert _job(gateway, done.job_id).state == "inferred"
     assert _job(gateway, ending.job_id).state == "inferred"
+
+
+def test_announced_outcomes_share_a_transaction_and_a_withdrawn_one_holds_none(
+    test_device_gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The jobs of one batch announce their outcomes as the batch returns: the first to
+    record waits for the other (here up to a minute, so the test does not race), and one
+    transaction records both; an announcement withdrawn (its postprocess failed) leaves
+    nothing waiting."""
+    import threading
+
+    gateway = test_device_gateway
+    first, second, third = (
+        _analysed_job(gateway, tmp_path / str(seed), seed) for seed in (71, 72, 73)
+    )
+    for job in (first, second, third):
+        _set_running(gateway, job.job_id, beat_age_s=1)
+    recorder = GroupRecorder(gateway.parts.db, announced_wait_s=60.0)
+    try:
+        done: list[bool] = []
+        with recorder.ending() as one, recorder.ending() as two:
+            waiting = threading.Thread(
+                target=lambda: done.append(one.record(Outcome(first.job_id, [], {})))
+            )
+            waiting.start()
+            while not recorder._waiting:  # the first outcome is in, its group held
+                waiting.join(timeout=0.01)
+            assert not done and not recorder.groups
+            done.append(two.record(Outcome(second.job_id, [], {})))
+            waiting.join()
+        assert done == [True, True]
+        assert list(recorder.groups) == [2]  # one transaction for both
+        with pytest.raises(ValueError, match="postprocess"), recorder.ending():
+            raise ValueError("postprocess failed")
+        assert recorder._announced == 0
+        assert recorder.record(Outcome(third.job_id, [], {})) is True  # no wait for it
+        assert list(recorder.groups) == [2, 1]
+    finally:
+        recorder.close()
+    assert {_job(gateway, job.job_id).state for job in (first, second, third)} == {"inferred"}
