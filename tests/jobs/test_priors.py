@@ -163,9 +163,9 @@ def setup(
     inputs: list[tuple[str, ...]] = []
     original = pipeline._pipeline
 
-    def watched(context: Any, job: Any) -> Any:
+    def watched(context: Any, job: Any, *rest: Any) -> Any:
         inputs.append(job.prior_series_uids)
-        return original(context, job)
+        return original(context, job, *rest)
 
     monkeypatch.setattr(pipeline, "_pipeline", watched)
     devices = tmp_path / "devices"

@@ -145,9 +145,9 @@ def test_file_meta_as_pydicom_writes_it() -> None:
     dataset.PatientID = "X"
     dataset.file_meta = pydicom.dataset.FileMetaDataset()
     dataset.file_meta.FileMetaInformationGroupLength = 999
-    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.9"
+    dataset.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID("1.2.3.9")
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1"
+    dataset.file_meta.ImplementationClassUID = pydicom.uid.UID("1.2.826.0.1.3680043.10.1")
     dataset.file_meta.ImplementationVersionName = "AIGW 1"
     dataset.file_meta.SourceApplicationEntityTitle = "AIGW"
     dataset.preamble = bytes(range(128))
