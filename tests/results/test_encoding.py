@@ -40,11 +40,16 @@ def chest() -> ReportInput:
     return report_fixtures.chest_xray_input(positive=True)
 
 
+def _radiograph_objects(report: ReportInput) -> list[Dataset]:
+    """The SR, GSPS and flag images of a radiograph's results, as the results stage builds them."""
+    objects = [sr.build_sr(report), gsps.build_gsps(report)]
+    objects += [flag.dataset for flag in flags.build_flags(report)]
+    assert None not in objects
+    return [dataset for dataset in objects if dataset is not None]
+
+
 def test_result_objects_are_the_bytes_pydicom_writes(chest: ReportInput) -> None:
-    objects = [sr.build_sr(chest), gsps.build_gsps(chest)]
-    objects += [flag.dataset for flag in flags.build_flags(chest)]
-    for dataset in objects:
-        assert dataset is not None
+    for dataset in _radiograph_objects(chest):
         expected = _pydicom_bytes(_with_meta(dataset))
         assert part10(dataset) == expected, dataset.Modality
         assert part10(dataset) == expected, "written twice"  # the marks change nothing
@@ -80,13 +85,8 @@ def test_real_headers_in_their_character_sets() -> None:
 def test_radiograph_objects_at_detector_sizes(size: tuple[int, int]) -> None:
     """The objects of a chest X-ray at real detector sizes, as the results stage builds
     them: each the bytes pydicom's writer makes."""
-    chest = report_fixtures.chest_xray_input(size=size)
-    objects = [sr.build_sr(chest), gsps.build_gsps(chest)]
-    objects += [flag.dataset for flag in flags.build_flags(chest)]
-    for dataset in objects:
-        assert dataset is not None
-        expected = _pydicom_bytes(_with_meta(dataset))
-        assert part10(dataset) == expected, dataset.Modality
+    for dataset in _radiograph_objects(report_fixtures.chest_xray_input(size=size)):
+        assert part10(dataset) == _pydicom_bytes(_with_meta(dataset)), dataset.Modality
 
 
 def test_ct_objects_with_a_segmentation() -> None:
