@@ -6,7 +6,7 @@ stage is not the bottleneck. The inputs are synthetic studies with a known lesio
 (``gateway.demo``): a DX radiograph at a real detector size (2500×2048) and an axial CT
 chest (512², ``--ct-slices``), each with the device's answer built from the phantom's
 ground truth (``tests/report_fixtures.py``, as the builder tests use). The builders run in
-this process as :func:`gateway.results.build.build_artifacts` runs them, after a warm-up
+this process as :func:`gateway.results.artifacts.build_artifacts` runs them, after a warm-up
 round; each round reads its sources afresh from part-10 bytes, as the worker does from the
 object store, so nothing decoded by one round helps the next. Storing is timed as far as
 it is ours: the SHA-256 of every object's bytes that ``Artifact.store`` records ("store

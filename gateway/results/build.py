@@ -25,7 +25,6 @@ from pathlib import Path
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.child_pool import ChildDied
 from gateway.delivery.destinations import Destinations, ResultKind
 from gateway.delivery.outbox import enqueue
 from gateway.devices.modes import DeviceMode
@@ -81,11 +80,7 @@ def build_results(context: ReportContext, job_id: int) -> int:
         if done:
             return 0
     try:
-        request = gather_request(context, job_id)
-        if not request.source_keys:
-            raise InputsUnreadable(
-                "inputs unreadable: the analysed series has no stored instances any more"
-            )
+        request = _request(context, job_id)
         artifacts = _build(context, request)
     except StorageError as exc:
         if _inputs_present(context, job_id):
@@ -95,10 +90,9 @@ def build_results(context: ReportContext, job_id: int) -> int:
         raise  # the database is briefly away: the task retries; never "inputs unreadable"
     except InputsUnreadable as exc:  # not transient: withheld rows say why, nothing retries
         return _withhold_all(context, job_id, str(exc))
-    except ChildDied as exc:
-        return _withhold_all(context, job_id, f"results not built: {exc}")
-    except Exception as exc:  # a device gone from the registry, say: not transient either
-        return _withhold_all(context, job_id, f"inputs unreadable: {exc.__class__.__name__}: {exc}")
+    except Exception as exc:  # the results child died, or could not send its answer back
+        reason = f"results not built: {exc.__class__.__name__}: {exc}"
+        return _withhold_all(context, job_id, reason)
     try:
         return _record(context, job_id, request.organisation.name, artifacts)
     except IntegrityError:  # another worker recorded this job's results first
@@ -196,6 +190,22 @@ def gather_request(context: ReportContext, job_id: int) -> BuildRequest:
         completed_at=completed,
         uid_root=context.uid_root,
     )
+
+
+def _request(context: ReportContext, job_id: int) -> BuildRequest:
+    """:func:`gather_request`, with what is wrong with the job itself (a device gone from the
+    registry, no instances left) as :class:`InputsUnreadable`."""
+    try:
+        request = gather_request(context, job_id)
+    except (DatabaseError, StorageError):
+        raise  # transient: the caller retries
+    except Exception as exc:
+        raise InputsUnreadable(f"inputs unreadable: {exc.__class__.__name__}: {exc}") from exc
+    if not request.source_keys:
+        raise InputsUnreadable(
+            "inputs unreadable: the analysed series has no stored instances any more"
+        )
+    return request
 
 
 def _build(context: ReportContext, request: BuildRequest) -> list[Artifact]:

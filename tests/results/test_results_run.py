@@ -131,3 +131,5 @@ def _child_that_dies_withholds(gateway: Gateway, reports: ReportContext, job_id:
             ("semd", "withheld"),
         }
         assert all("the results process died" in (row.reason or "") for row in withheld)
+        # Said as the build's failure, not as inputs that could not be read.
+        assert all((row.reason or "").startswith("results not built: ") for row in withheld)
