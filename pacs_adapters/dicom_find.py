@@ -21,6 +21,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from pacs_adapters.dicom_scu import Peer, ScuError
+from pacs_adapters.requestor import associate
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def associated(peer: Peer, context: str, what: str) -> Iterator[Association]:
     ae.connection_timeout = peer.timeout_s
     ae.add_requested_context(context)
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
-    assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu, tls_args=tls_args
+    assoc = associate(
+        ae, peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu, tls_args=tls_args
     )
     if not assoc.is_established:
         raise ScuError(f"{what}: cannot associate with {peer.called_ae}@{peer.host}:{peer.port}")

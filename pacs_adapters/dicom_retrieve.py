@@ -25,6 +25,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 
 from pacs_adapters.dicom_scu import Peer, ScuError
+from pacs_adapters.requestor import associate
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ def _ae(peer: Peer, within_s: float) -> AE:
 def _associate(ae: AE, peer: Peer, what: str, **negotiation: Any) -> Association:
     """``negotiation``: ``ext_neg`` (C-GET's SCP roles) and ``evt_handlers``."""
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
-    assoc = ae.associate(
+    assoc = associate(
+        ae,
         peer.host,
         peer.port,
         ae_title=peer.called_ae,

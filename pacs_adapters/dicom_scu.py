@@ -24,6 +24,8 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from pacs_adapters.requestor import associate
+
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -183,8 +185,8 @@ def _ae(peer: Peer) -> AE:
 
 def _associate(ae: AE, peer: Peer) -> Association:
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
-    return ae.associate(
-        peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu, tls_args=tls_args
+    return associate(
+        ae, peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu, tls_args=tls_args
     )
 
 

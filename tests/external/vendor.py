@@ -26,6 +26,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from pacs_adapters.requestor import associate
+
 VENDOR_AE = "VENDOR_AI"
 NODULE = hd.sr.CodedConcept("427359005", "SCT", "Pulmonary nodule")
 # What must never reach the vendor, as attributes (the birth date: with a value).
@@ -92,7 +94,7 @@ class StandInVendor:
         ae = AE(ae_title=calling_ae or self.calling_ae)
         ae.add_requested_context(Comprehensive3DSRStorage, [ExplicitVRLittleEndian])
         ae.add_requested_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian])
-        assoc = ae.associate("127.0.0.1", self.gateway_port, ae_title="AIGW")
+        assoc = associate(ae, "127.0.0.1", self.gateway_port, ae_title="AIGW")
         if not assoc.is_established:
             self.answers += [None] * len(objects)
             return

@@ -24,6 +24,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 
 from gateway.ingest.pdu_limits import abort_pdu
+from pacs_adapters.requestor import associate
 
 VERIFICATION = "1.2.840.10008.1.1"
 A_ABORT = abort_pdu()
@@ -118,7 +119,7 @@ def verification_association(
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 30
-    return ae.associate("127.0.0.1", port, ae_title="AIGW", bind_address=(source, 0))
+    return associate(ae, "127.0.0.1", port, ae_title="AIGW", bind_address=(source, 0))
 
 
 def echo(port: int, calling_ae: str = "IRK_CAMI", source: str = "127.0.0.1") -> int | None:

@@ -29,6 +29,7 @@ from gateway.index.tables import InstanceRow, SeriesRow, StudyEventRow, StudyRow
 from gateway.ingest.scp import VERIFICATION
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
+from pacs_adapters.requestor import associate
 from tests.mutations import encode_body
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
@@ -52,7 +53,7 @@ class Sender:
         for syntax in SYNTAXES:
             ae.add_requested_context(CT_IMAGE_STORAGE, syntax)
         ae.add_requested_context(VERIFICATION)
-        self.assoc: Association = ae.associate("127.0.0.1", port, ae_title="AIGW")
+        self.assoc: Association = associate(ae, "127.0.0.1", port, ae_title="AIGW")
         assert self.assoc.is_established
 
     def store(
@@ -138,15 +139,19 @@ def test_missing_study_uid(
 
 
 @pytest.mark.parametrize(
-    "syntax",
+    ("syntax", "comment"),
     [
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-        DeflatedExplicitVRLittleEndian,
+        (ExplicitVRLittleEndian, "missing StudyInstanceUID"),
+        (ImplicitVRLittleEndian, "missing StudyInstanceUID"),
+        (DeflatedExplicitVRLittleEndian, "cannot parse dataset"),  # the stream cut short
     ],
 )
 def test_truncated_in_the_header(
-    gateway: Gateway, sender: Sender, syntax: str, caplog: pytest.LogCaptureFixture
+    gateway: Gateway,
+    sender: Sender,
+    syntax: str,
+    comment: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ds = _instance("truncated")
     body = encode(ds, syntax)
@@ -155,8 +160,7 @@ def test_truncated_in_the_header(
     else:
         cut = body[: body.index(b"\x20\x00\x0d\x00") + 4]  # inside Study Instance UID's header
     response = sender.store(ds.SOPInstanceUID, cut, syntax)
-    _assert_refused(response, caplog, 0xC000, "", sender)
-    assert response.ErrorComment
+    _assert_refused(response, caplog, 0xC000, comment, sender)
     assert _indexed_sops(gateway) == []
 
 
@@ -166,30 +170,38 @@ def test_truncated_in_the_pixel_data(
     ds = _instance("truncated-pixels")
     body = encode(ds)
     response = sender.store(ds.SOPInstanceUID, body[: len(body) - 100])
-    _assert_refused(response, caplog, 0xC000, "", sender)
+    comment = "truncated: Pixel Data declares 512 bytes, 412 arrived"
+    _assert_refused(response, caplog, 0xC000, comment, sender)
     assert _indexed_sops(gateway) == []
 
 
 @pytest.mark.parametrize(
-    ("name", "body"),
+    ("name", "body", "comment"),
     [
-        ("random", random.Random(7).randbytes(600)),
-        ("all 0xFF", b"\xff" * 64),
-        ("text", b"this is not a DICOM dataset at all; " * 8),
+        # Read as elements until the bytes stop making sense: none of the UIDs among them.
+        ("random", random.Random(7).randbytes(600), "missing StudyInstanceUID"),
+        # (FFFF,FFFF) of undefined length: taken for encapsulated Pixel Data, refused there.
+        ("all 0xFF", b"\xff" * 64, "encapsulated Pixel Data: (FFFF,FFFF)"),
+        ("text", b"this is not a DICOM dataset at all; " * 8, "missing StudyInstanceUID"),
         (
             "unclosed sequence",
             b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff"
             b"\xfe\xff\x00\xe0\xff\xff\xff\xff\x08\x00\x50\x11UI\x04\x001.2\x00",
+            "cannot parse dataset",
         ),
-        ("overlong element", b"\x08\x00\x18\x00UI\xff\xff1.2"),
+        ("overlong element", b"\x08\x00\x18\x00UI\xff\xff1.2", "missing StudyInstanceUID"),
     ],
 )
 def test_garbage_after_a_valid_file_meta(
-    gateway: Gateway, sender: Sender, name: str, body: bytes, caplog: pytest.LogCaptureFixture
+    gateway: Gateway,
+    sender: Sender,
+    name: str,
+    body: bytes,
+    comment: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     response = sender.store(make_uid("garbage", name), body)
-    _assert_refused(response, caplog, 0xC000, "", sender)
-    assert response.ErrorComment
+    _assert_refused(response, caplog, 0xC000, comment, sender)
     assert _indexed_sops(gateway) == []
 
 

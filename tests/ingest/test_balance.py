@@ -12,6 +12,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from gateway.ingest.balance import AcceptBalance
+from pacs_adapters.requestor import associate
 from tests.services import GatewayProcess, free_port, gateway_env, wait_until
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -81,7 +82,7 @@ def test_four_associations_over_two_processes_land_two_each(tmp_path: Path) -> N
     held: list[Association] = []
     try:
         for _ in range(4):  # one after another: each sees the loads the last one left
-            assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+            assoc = associate(ae, "127.0.0.1", port, ae_title="AIGW")
             assert assoc.is_established
             assert assoc.send_c_echo().Status == 0x0000
             held.append(assoc)
@@ -100,7 +101,7 @@ def test_four_associations_over_two_processes_land_two_each(tmp_path: Path) -> N
             "the dead SCP process's seat emptied",
             gateway.process,
         )
-        assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+        assoc = associate(ae, "127.0.0.1", port, ae_title="AIGW")
         assert assoc.is_established
         held.append(assoc)
     finally:

@@ -12,6 +12,7 @@ from pynetdicom.presentation import PresentationContext
 from gateway.ingest.connections import association_contexts
 from gateway.ingest.scp import _build_ae
 from gateway.settings import Settings
+from pacs_adapters.requestor import associate
 from tests.services import CT_IMAGE_STORAGE
 from workers.serve import Gateway
 
@@ -46,7 +47,7 @@ def test_two_associations_negotiate_each_on_its_own(gateway: Gateway) -> None:
     for syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
         ae = AE("IRK_CAMI")
         ae.add_requested_context(CT_IMAGE_STORAGE, syntax)
-        assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+        assoc = associate(ae, "127.0.0.1", port, ae_title="AIGW")
         try:
             assert assoc.is_established
             (accepted,) = assoc.accepted_contexts

@@ -31,6 +31,7 @@ from gateway.ingest.pdu_limits import (
 from gateway.ingest.refusals import Refusal
 from gateway.ingest.scp import DicomServer
 from gateway.settings import Settings
+from pacs_adapters.requestor import associate
 from tests.ingest.edge_peers import (
     A_ABORT,
     association_request,
@@ -333,7 +334,7 @@ def test_an_instance_over_max_instance_bytes_is_refused_with_a_status(
     small = ct_instance(study, series, make_uid("edge-big", 2), 2, size=16)
     ae = AE("IRK_CAMI")
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
     assert assoc.is_established
     try:
         refused = assoc.send_c_store(big)

@@ -22,6 +22,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from gateway.ingest.scp import VERIFICATION
+from pacs_adapters.requestor import associate
 from tests.ingest.edge_peers import echo, memory_kb
 from tests.mutations import Mutant, Mutator, fuzz_seconds, fuzz_seed, sources, write_mutant
 from tests.services import GatewayProcess, free_port, gateway_env
@@ -50,7 +51,7 @@ def _associate(port: int, mutants: list[Mutant]) -> Association:
     for sop_class, syntax in dict.fromkeys((m.sop_class, m.transfer_syntax) for m in mutants):
         ae.add_requested_context(sop_class, syntax)
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="AIGW")
     assert assoc.is_established
     return assoc
 

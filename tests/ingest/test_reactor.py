@@ -19,6 +19,7 @@ from sqlalchemy import select
 from gateway.index.tables import InstanceRow
 from gateway.ingest.connections import EdgeListener
 from gateway.ingest.reactor import WakingQueue, wait_for_item
+from pacs_adapters.requestor import associate
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
 
@@ -72,7 +73,7 @@ def _store(port: int, count: int) -> list[int]:
     study = make_uid("direct-send")
     ae = AE("IRK_CAMI")
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="AIGW")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="AIGW")
     assert assoc.is_established
     try:
         return [
@@ -109,11 +110,11 @@ def test_with_a_listener_of_sent_pdus_responses_go_through_the_dul(
     sent: list[str] = []
 
     def bind_listener(self: EdgeListener, *args: Any, **kwargs: Any) -> Any:
-        assoc = associate(self, *args, **kwargs)
+        assoc = stock_associate(self, *args, **kwargs)
         assoc.bind(evt.EVT_PDU_SENT, lambda event: sent.append(type(event.pdu).__name__))
         return assoc
 
-    associate = EdgeListener.associate
+    stock_associate = EdgeListener.associate
     monkeypatch.setattr(EdgeListener, "associate", bind_listener)
     queued = _queued_primitives(monkeypatch)
     assert _store(gateway.parts.settings.dicom_port, 2) == [0, 0]

@@ -20,6 +20,7 @@ from gateway.index.object_store import FolderStore
 from gateway.ingest.receive import Ingest
 from gateway.ingest.spool import HEAD_BYTES, HeadFirst, Spooled, SpoolFile
 from gateway.settings import Settings
+from pacs_adapters.requestor import associate
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
 
@@ -60,7 +61,7 @@ def test_a_received_dataset_is_spooled_in_the_store_and_linked_not_copied(
     instance = ct_instance(study, make_uid(study, "s"), make_uid(study, "i"), size=256)
     ae = AE("IRK_CAMI")
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
     assert assoc.is_established
     try:
         assert int(assoc.send_c_store(instance).Status) == 0x0000

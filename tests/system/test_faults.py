@@ -25,6 +25,7 @@ from gateway.index.study_state import OPEN_STATES
 from gateway.index.tables import InstanceRow, StudyEventRow, StudyRow
 from gateway.settings import Settings
 from pacs_adapters.dicom_scu import Peer, SendReport, send
+from pacs_adapters.requestor import associate
 from tests.services import (
     CT_IMAGE_STORAGE,
     S3_CREDENTIALS,
@@ -397,7 +398,7 @@ def test_free_space_floor_crossed_during_an_association(gateway: Gateway, tmp_pa
     files = write_ct_series(tmp_path / "s", 2, seed="floor-during")
     ae = AE("IRK_CAMI")
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", settings.dicom_port, ae_title="AIGW")
+    assoc = associate(ae, "127.0.0.1", settings.dicom_port, ae_title="AIGW")
     assert assoc.is_established
     try:
         assert assoc.send_c_store(files[0]).Status == 0
