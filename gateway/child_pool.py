@@ -8,7 +8,8 @@ inference. Each stage has its own :class:`ChildPool`; all of them fork from one 
 
 A child that dies (killed, a crashed codec, a memory ceiling met outside Python) breaks only
 its pool, which is replaced: :meth:`ChildPool.run` raises :class:`ChildDied` and the caller
-says what that means for its job.
+says what that means for its job. A child reads and writes the object store itself
+(:func:`child_store`), so the images never cross a pipe.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from gateway.index.object_store import ObjectStore, create_store
 from gateway.settings import Settings
 from models.preprocess import MONAI_MODULES
 
@@ -60,6 +62,20 @@ def picklable(settings: Settings) -> Settings:
     return Settings.model_construct(
         **{name: getattr(settings, name) for name in Settings.model_fields}
     )
+
+
+_stores: dict[str, ObjectStore] = {}  # in a child: its object store, once made
+
+
+def child_store(settings: Settings) -> ObjectStore:
+    """This child's object store, made in its first job rather than as it starts: a store
+    that cannot be made (its folder not writable yet) fails that job with
+    :class:`~gateway.errors.StorageError`, which the task retries, where failing the
+    pool's initializer would break every start of the pool."""
+    store = _stores.get("store")
+    if store is None:
+        store = _stores["store"] = create_store(settings)
+    return store
 
 
 def limit_memory(limit_bytes: int) -> None:

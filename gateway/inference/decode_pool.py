@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from gateway.child_pool import ChildDied, ChildPool, limit_memory, picklable
+from gateway.child_pool import ChildDied, ChildPool, child_store, limit_memory, picklable
 from gateway.errors import StorageError
-from gateway.index.object_store import FolderStore, ObjectStore, create_store
+from gateway.index.object_store import FolderStore, ObjectStore
 from gateway.inference.decode import (
     Decoded,
     DecodeError,
@@ -46,7 +46,7 @@ def decode_blobs(blobs: list[bytes], dims: int) -> Decoded:
     return decode_datasets([read_dataset(blob, in_place=True) for blob in blobs], dims)
 
 
-_child: dict[str, object] = {}  # in a child: its settings, then its own object store
+_child: dict[str, object] = {}  # in a child: its settings
 
 
 def _start_child(limit_bytes: int, settings: Settings | None = None) -> None:
@@ -78,12 +78,9 @@ def _prepare_in_child(blobs: Sequence[Stored], spec: InputSpec, budget: PixelBud
 
 
 def _child_store() -> ObjectStore:
-    store = _child.get("store")
-    if store is None:
-        settings = _child["settings"]
-        assert isinstance(settings, Settings)
-        store = _child["store"] = create_store(settings)
-    return store  # type: ignore[return-value]
+    settings = _child["settings"]
+    assert isinstance(settings, Settings)
+    return child_store(settings)
 
 
 def _load(store: ObjectStore, key: str) -> Stored:

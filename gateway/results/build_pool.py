@@ -5,8 +5,9 @@ A chest X-ray's SR, flag image, GSPS and SEMD are ~60 ms of CPU, nearly all of i
 own threads in ``aigw serve``, they held the GIL for more than half of what the process
 ran while studies arrived (py-spy, 30 chest radiographs): the SCP's association, the
 assembler and inference waited behind them. Here ``report_concurrency`` children each read
-one job's sources from their own object store, build its objects (:func:`build_job`) and
-hand back the encoded bytes; the worker's thread stores and records them.
+one job's sources from their own object store, build its objects and store them
+(:func:`~gateway.results.artifacts.build_job`), and hand back only what the index records
+of each (key, digest, size, or why it was withheld); the worker's thread records them.
 
 Each child may grow by ``decode_memory_limit_mb`` past its imports (``RLIMIT_AS``), as the
 decode children: the flag image decodes the source's pixels. A child that dies breaks only
@@ -16,30 +17,26 @@ failure would be (nothing retried: a study that kills the builder would kill it 
 
 from __future__ import annotations
 
-from typing import cast
-
-from gateway.child_pool import ChildPool, limit_memory, picklable
-from gateway.index.object_store import ObjectStore, create_store
+from gateway.child_pool import ChildPool, child_store, limit_memory, picklable
 from gateway.memory import keep_large_buffers
 from gateway.results import iod_lookup
 from gateway.results.artifacts import Artifact, BuildOptions, BuildRequest, build_job
 from gateway.settings import Settings
 
-_child: dict[str, object] = {}  # in a child: its object store and the builders' options
+_child: dict[str, object] = {}  # in a child: its settings and the builders' options
 
 
 def _start_child(limit_bytes: int, settings: Settings, options: BuildOptions) -> None:
     keep_large_buffers()  # a radiograph's buffers reused job after job (gateway.memory)
     iod_lookup.load_tables()  # as the child starts, not in its first job
-    _child["store"] = create_store(settings)
-    _child["options"] = options
+    _child["settings"], _child["options"] = settings, options
     limit_memory(limit_bytes)
 
 
 def _build_in_child(request: BuildRequest) -> list[Artifact]:
-    store, options = _child["store"], _child["options"]
-    assert isinstance(options, BuildOptions)
-    return build_job(request, cast(ObjectStore, store), options)
+    settings, options = _child["settings"], _child["options"]
+    assert isinstance(settings, Settings) and isinstance(options, BuildOptions)
+    return build_job(request, child_store(settings), options)
 
 
 class BuildPool:

@@ -163,7 +163,7 @@ def _mark(dataset: Dataset) -> None:
 # here as pydicom encodes them, and every other element (Person Names, dates as objects,
 # non-ASCII text, raw or buffered values) goes through pydicom's own element writer.
 
-_ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)  # length patched unless undefined
+_ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)  # an item of undefined length
 _ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
 _UNDEFINED = 0xFFFFFFFF

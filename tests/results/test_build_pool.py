@@ -16,6 +16,7 @@ from pydicom import Dataset
 
 from gateway.child_pool import ChildDied
 from gateway.delivery.destinations import ResultKind
+from gateway.errors import StorageError
 from gateway.index.object_store import ObjectStore, create_store
 from gateway.inference.findings import Finding
 from gateway.results.artifacts import BuildOptions, BuildRequest, InputsUnreadable, build_job
@@ -118,3 +119,27 @@ def test_a_child_that_dies_is_reported_and_the_pool_replaced(
         pool.build(_request(store, 11))
     built = pool.build(_request(store, 12))
     assert any(artifact.object_key for artifact in built)
+
+
+def test_a_store_that_cannot_be_made_fails_the_job_and_the_next_try_builds(
+    tmp_path: Path,
+) -> None:
+    """The child makes its object store in its first job, not as it starts: a folder that
+    cannot be created yet is a StorageError for that job (retried by the task), and the same
+    pool builds once it can."""
+    blocked = tmp_path / "mount"
+    blocked.write_text("not a folder yet")  # the store's parent is a file: no store
+    settings = Settings.model_construct(
+        **{**dict(Settings(data_dir=tmp_path / "var")), "store_dir": blocked / "objects"}
+    )
+    pool = BuildPool(1, 1024, settings, OPTIONS)
+    try:
+        request = _request(create_store(Settings(data_dir=tmp_path / "elsewhere")), 20)
+        with pytest.raises(StorageError, match="cannot create object store folder"):
+            pool.build(request)
+        blocked.unlink()
+        store = create_store(settings)
+        built = pool.build(_request(store, 21))
+        assert sum(1 for artifact in built if artifact.object_key) == 3
+    finally:
+        pool.close()
