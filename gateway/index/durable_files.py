@@ -7,24 +7,60 @@ file; since the spool hashes on the way in (:mod:`gateway.ingest.spool`) there i
 left to overlap it with, and the hand-offs to and from the pool cost ~15 context switches
 and ~0.6 ms of CPU per instance at four associations (3.6 → 2.9 ms). The object is renamed
 under its key by the group's transaction, and the directory fsynced before the commit.
+
+Per instance, each system call is also a hand-off of the GIL between the association
+threads, so the hot path makes none it can spare: a file still open (the spool) is fsynced
+through its descriptor, and temporary names come from :func:`temp_name` rather than
+``uuid4`` or :mod:`tempfile` (a ``getrandom``, or a ``getpid`` and an ``isatty``, each).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 
-def stage_durably(source: Path, target: Path) -> None:
+class _Names:
+    """Names unique to this process: a random prefix drawn once (again in a forked child,
+    which would otherwise count from its parent's state) and a counter."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
+
+    def next(self, suffix: str) -> str:
+        return f"{self.prefix}{next(self.counter):x}{suffix}"
+
+
+_NAMES = _Names()
+os.register_at_fork(after_in_child=_NAMES.renew)
+
+
+def temp_name(suffix: str) -> str:
+    """A file name no other thread or process of this machine draws (callers still create
+    with ``O_EXCL`` or a link, which fail rather than reuse a name)."""
+    return _NAMES.next(suffix)
+
+
+def stage_durably(source: Path, target: Path, fd: int | None = None) -> None:
     """``target`` linked to ``source`` (a copy where linking fails: another file system),
-    its data durable when this returns; ``OSError`` otherwise."""
+    its data durable when this returns; ``OSError`` otherwise. ``fd``: a descriptor of
+    ``source`` still open, fsynced instead of opening the link again (the same inode)."""
     try:
         os.link(source, target)
     except OSError:
         copy_synced(source, target)
         return
-    fsync_file(target)
+    if fd is None:
+        fsync_file(target)
+    else:
+        os.fsync(fd)
 
 
 def fsync_file(path: Path) -> None:

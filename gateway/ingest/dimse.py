@@ -30,8 +30,8 @@ decoded request with pynetdicom's attribute for attribute, and pins the pynetdic
 that :meth:`EdgeDimse.receive_primitive`, :func:`_decode_msg` and :class:`EdgeDul` copy.
 The copies also write each dataset fragment from a view of the received PDU, which
 :class:`EdgeDul` decodes without copying it (pynetdicom made three copies of each 128 KiB
-PDU: memory copies were ~4 % of the receiver's CPU), and flush the spool file once, at the
-last fragment, not after each.
+PDU: memory copies were ~4 % of the receiver's CPU) to the spool file, which buffers
+nothing (:mod:`gateway.ingest.spool`), so there is no flush to make.
 """
 
 from __future__ import annotations
@@ -488,8 +488,8 @@ def _decode_msg(
     message: DIMSEMessage, primitive: P_DATA, assoc: Association, spool: Path | None
 ) -> bool:
     # pynetdicom 3.0.4's DIMSEMessage.decode_msg: the file meta by file_meta(), a C-STORE-RQ's
-    # command set by store_request(), fragments written from a view, one flush at the last
-    # (tests/ingest/test_dimse.py pins the source).
+    # command set by store_request(), fragments written from a view to the unbuffered spool
+    # (no flush) (tests/ingest/test_dimse.py pins the source).
     if primitive.__class__ != P_DATA or primitive is None:
         return False
 
@@ -517,8 +517,6 @@ def _decode_msg(
             if message._data_set_file:
                 with memoryview(data) as view:
                     message._data_set_file.write(cast(bytes, view[1:]))
-                if control_header_byte & 2:
-                    message._data_set_file.file.flush()
             else:
                 cast(BytesIO, message.data_set).write(data[1:])
 

@@ -238,6 +238,9 @@ class _Received:
         if self.data is not None:
             return store.stage(self.data)
         assert self.path is not None
+        if self.spooled is not None:
+            fd = self.spooled.fd if self.spooled.fd >= 0 else None
+            return store.stage_file(self.path, self.spooled.size, fd)
         return store.stage_file(self.path)
 
 

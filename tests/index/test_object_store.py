@@ -3,11 +3,15 @@ atomic writes, partial writes after a crash, failures as StorageError."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import StorageError
+from gateway.index import durable_files
 from gateway.index.object_store import FolderStore, check_key, instance_key
 from gateway.uids import is_valid_uid
 from tests.services import ROOT
@@ -173,3 +177,71 @@ def test_folder_store_failures(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(StorageError, match="cannot create"):
         FolderStore(blocker / "objects")
+
+
+def test_free_space_is_read_again_before_any_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # statfs is not made per instance while far above the floor; what was staged since the
+    # reading counts against it; any answer below the floor comes from a fresh reading.
+    free = [10_000]
+    readings: list[int] = []
+
+    def disk_usage(path: Path) -> shutil._ntuple_diskusage:
+        readings.append(free[0])
+        return shutil._ntuple_diskusage(20_000, 20_000 - free[0], free[0])
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    store = FolderStore(tmp_path / "objects", min_free_bytes=4_000)
+    assert store.has_room() and store.has_room() and store.has_room()
+    assert len(readings) == 1
+    spool = tmp_path / "spooled.partial"
+    spool.write_bytes(b"x" * 5_000)
+    store.stage_file(spool)  # 10 000 - 5 000 staged: still above 4 000, no new reading
+    assert store.has_room() and len(readings) == 1
+    store.stage_file(spool)  # the estimate is 0 now: read again, and the disk says 10 000
+    assert store.has_room() and len(readings) == 2
+    free[0] = 3_000  # another writer filled the disk: within the reading's life, unseen
+    assert store.has_room() and len(readings) == 2
+    store.min_free_bytes = 12_000  # above the estimate: a fresh reading decides, and refuses
+    assert not store.has_room() and readings[-1] == 3_000
+    assert not store.has_room() and len(readings) == 4  # and every refusal reads again
+    monkeypatch.setattr(time, "monotonic", lambda: 10**9)  # the reading has aged
+    free[0] = 50_000
+    assert store.has_room() and len(readings) == 5
+
+
+def test_a_spooled_file_is_staged_by_a_link_and_synced_through_its_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FolderStore(tmp_path / "objects")
+    folder = store.spool_folder()
+    assert folder is not None
+    spool = folder / "received.partial"
+    fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def record(descriptor: int) -> None:
+        synced.append(descriptor)
+        fsync(descriptor)
+
+    def no_open(path: Path) -> None:
+        raise AssertionError(f"opened {path} again to sync it")
+
+    monkeypatch.setattr(os, "fsync", record)
+    monkeypatch.setattr(durable_files, "fsync_file", no_open)
+    try:
+        os.write(fd, b"instance bytes")
+        staged = store.stage_file(spool, size=14, fd=fd)
+    finally:
+        os.close(fd)
+    assert synced == [fd] and staged.size == 14
+    assert staged.temp is not None and staged.temp.samefile(spool)  # a link, not a copy
+    monkeypatch.undo()
+    folder.rename(tmp_path / "gone")  # staging removed under a running store: made again
+    moved = tmp_path / "gone" / "received.partial"
+    staged = store.stage_file(moved)
+    assert staged.temp is not None and staged.temp.parent == folder and staged.size == 14
+    store.publish_group([(staged, instance_key("1.2", "1.2.3", "1.2.3.4"))])
+    assert store.get(instance_key("1.2", "1.2.3", "1.2.3.4")) == b"instance bytes"

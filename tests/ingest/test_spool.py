@@ -6,6 +6,7 @@ header — is taken as it is written, and matches the file."""
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -92,7 +93,6 @@ def test_the_spool_counts_hashes_and_keeps_the_head_of_what_is_written(tmp_path:
     for chunk in chunks:
         with memoryview(chunk) as view:
             spool.write(view)
-    spool.file.flush()
     facts = spool.spooled()
     spool.close()
     content = b"".join(chunks)
@@ -141,3 +141,26 @@ def test_a_store_folder_that_cannot_be_written_spools_to_tmpdir(
     spool.write(b"data")
     spool.close()
     assert Path(spool.name).parent == elsewhere and Path(spool.name).read_bytes() == b"data"
+
+
+def test_spool_names_differ_between_a_process_and_its_forked_child(tmp_path: Path) -> None:
+    # The SCP processes are forked: a child counting from its parent's prefix and counter
+    # would draw the parent's next names (O_EXCL would catch it, at a system call a time).
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw one name, hand it over, leave at once
+        os.write(write, _drawn(tmp_path).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    parent = [_drawn(tmp_path) for _ in range(2)]
+    assert len({child, *parent}) == 3
+    assert child[:16] != parent[0][:16] and parent[0][:16] == parent[1][:16]  # own prefix
+
+
+def _drawn(folder: Path) -> str:
+    spool = SpoolFile(folder)
+    spool.close()
+    return Path(spool.name).name
