@@ -10,7 +10,7 @@ under its key by the group's transaction, and the directory fsynced before the c
 
 Per instance, each system call is also a hand-off of the GIL between the association
 threads, so the hot path makes none it can spare: a file still open (the spool) is fsynced
-through its descriptor, and temporary names come from :func:`temp_name` rather than
+through its own descriptor, and temporary names come from :func:`temp_name` rather than
 ``uuid4`` or :mod:`tempfile` (a ``getrandom``, or a ``getpid`` and an ``isatty``, each).
 """
 
@@ -20,12 +20,14 @@ import itertools
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 
 class _Names:
-    """Names unique to this process: a random prefix drawn once (again in a forked child,
-    which would otherwise count from its parent's state) and a counter."""
+    """Names unique to this process: a random prefix drawn once (again in a forked child —
+    the SCP processes are spawned, the decode and results pools' children come from a
+    fork server — which would otherwise count on from its parent's state) and a counter."""
 
     def __init__(self) -> None:
         self.renew()
@@ -43,24 +45,27 @@ os.register_at_fork(after_in_child=_NAMES.renew)
 
 
 def temp_name(suffix: str) -> str:
-    """A file name no other thread or process of this machine draws (callers still create
-    with ``O_EXCL`` or a link, which fail rather than reuse a name)."""
+    """A file name no other thread or process of this machine draws (a 64-bit random
+    prefix); those who create with it still do so exclusively (``O_EXCL``, a link, ``xb``),
+    so that a collision fails rather than overwrites."""
     return _NAMES.next(suffix)
 
 
-def stage_durably(source: Path, target: Path, fd: int | None = None) -> None:
+def stage_durably(source: Path, target: Path, sync: Callable[[], None] | None = None) -> None:
     """``target`` linked to ``source`` (a copy where linking fails: another file system),
-    its data durable when this returns; ``OSError`` otherwise. ``fd``: a descriptor of
-    ``source`` still open, fsynced instead of opening the link again (the same inode)."""
+    its data durable when this returns; ``OSError`` otherwise. ``sync``: fsyncs ``source``
+    through a descriptor still open (the same inode), instead of opening the link again."""
     try:
         os.link(source, target)
+    except FileExistsError:
+        raise  # never copied over another file
     except OSError:
         copy_synced(source, target)
         return
-    if fd is None:
+    if sync is None:
         fsync_file(target)
     else:
-        os.fsync(fd)
+        sync()
 
 
 def fsync_file(path: Path) -> None:
@@ -72,7 +77,8 @@ def fsync_file(path: Path) -> None:
 
 
 def copy_synced(source: Path, target: Path) -> None:
-    with open(source, "rb") as reader, open(target, "wb") as writer:
+    """``source`` copied to a new file ``target`` (``FileExistsError`` if there is one), fsynced."""
+    with open(source, "rb") as reader, open(target, "xb") as writer:
         shutil.copyfileobj(reader, writer, 1024 * 1024)
         writer.flush()
         os.fsync(writer.fileno())

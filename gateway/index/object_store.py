@@ -16,7 +16,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -75,11 +75,11 @@ class ObjectStore(Protocol):
         """Do the slow part of a write (data + fsync) before the key is known."""
 
     def stage_file(
-        self, path: Path, size: int | None = None, fd: int | None = None
+        self, path: Path, size: int | None = None, sync: Callable[[], None] | None = None
     ) -> StagedObject:
         """:meth:`stage` for bytes in a file (a received instance spooled to disk); the file
         must stay until the object is published or discarded. ``size``: its length, where
-        known; ``fd``: a descriptor of it still open, where the store would sync it."""
+        known; ``sync``: fsyncs it through a descriptor still open, where the store would."""
 
     def publish(self, staged: StagedObject, key: str) -> None:
         """Give a staged object its key; when this returns, it survives a crash under it."""
@@ -122,14 +122,16 @@ class ObjectStore(Protocol):
 class _FreeSpace:
     """The free space under a folder, read at most every :data:`FREE_SPACE_TTL_S` while
     well above the floor: a ``statfs`` per instance was ~2 % of an SCP thread's time. What
-    this process staged since the reading is taken off it, and an answer below the floor
-    is always a fresh reading, so a refusal never comes from a stale one."""
+    this process staged since the reading is taken off it (not what other processes wrote
+    in those 0.25 s), and an answer below the floor is always a fresh reading, so a refusal
+    never comes from a stale one; a reading that fails answers no room and is not kept."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
-        self._free = 0
-        self._read_at = -FREE_SPACE_TTL_S
-        self._spent = 0
+        self._spent = 0  # bytes this process staged, ever
+        # (free bytes, when read, _spent then): replaced whole, so that a thread never
+        # pairs one reading's time with another's figure while statfs runs in another.
+        self._reading = (0, -FREE_SPACE_TTL_S, 0)
 
     def spent(self, size: int) -> None:
         self._spent += size  # a lost update between threads only ages the estimate
@@ -137,13 +139,14 @@ class _FreeSpace:
     def at_least(self, floor: int) -> bool:
         if floor <= 0:
             return True
-        fresh = time.monotonic() - self._read_at < FREE_SPACE_TTL_S
-        if fresh and self._free - self._spent >= floor:
+        free, read_at, spent_then = self._reading
+        fresh = time.monotonic() - read_at < FREE_SPACE_TTL_S
+        if fresh and free - (self._spent - spent_then) >= floor:
             return True
-        self._read_at = time.monotonic()
-        self._spent = 0
-        self._free = shutil.disk_usage(self._root).free
-        return self._free >= floor
+        spent_now = self._spent
+        free = shutil.disk_usage(self._root).free  # OSError: the caller answers no room
+        self._reading = (free, time.monotonic(), spent_now)
+        return free >= floor
 
 
 class FolderStore:
@@ -203,17 +206,17 @@ class FolderStore:
         return StagedObject(data, temp)
 
     def stage_file(
-        self, path: Path, size: int | None = None, fd: int | None = None
+        self, path: Path, size: int | None = None, sync: Callable[[], None] | None = None
     ) -> StagedObject:
         temp = self._staging_name()
         try:
             if size is None:
                 size = path.stat().st_size
             try:
-                stage_durably(path, temp, fd)
+                stage_durably(path, temp, sync)
             except FileNotFoundError:  # staging removed under us (or the file itself gone)
                 self._staging()
-                stage_durably(path, temp, fd)
+                stage_durably(path, temp, sync)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
@@ -454,7 +457,7 @@ class S3Store:
         return StagedObject(data)  # an S3 PUT is atomic: nothing to do ahead of it
 
     def stage_file(
-        self, path: Path, size: int | None = None, fd: int | None = None
+        self, path: Path, size: int | None = None, sync: Callable[[], None] | None = None
     ) -> StagedObject:
         try:
             return StagedObject(

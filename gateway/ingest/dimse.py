@@ -505,12 +505,13 @@ def _decode_msg(
                     return True
 
                 if _config.STORE_RECV_CHUNKED_DATASET and isinstance(message, C_STORE_RQ):
+                    # A context never accepted raises here, before a file is made for it.
+                    cx = assoc._accepted_cx[context_id]
+                    sop_class, sop_instance = _affected_sop(message)
                     # Counted, hashed and its head kept as written (gateway.ingest.spool)
                     file = SpoolFile(spool)
                     message._data_set_file = cast(Any, file)
                     message._data_set_path = Path(file.name)
-                    sop_class, sop_instance = _affected_sop(message)
-                    cx = assoc._accepted_cx[context_id]
                     file.write(file_meta(sop_class, sop_instance, str(cx.transfer_syntax[0])))
 
         else:

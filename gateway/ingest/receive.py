@@ -239,8 +239,7 @@ class _Received:
             return store.stage(self.data)
         assert self.path is not None
         if self.spooled is not None:
-            fd = self.spooled.fd if self.spooled.fd >= 0 else None
-            return store.stage_file(self.path, self.spooled.size, fd)
+            return store.stage_file(self.path, self.spooled.size, self.spooled.sync)
         return store.stage_file(self.path)
 
 

@@ -12,7 +12,11 @@ directly (pynetdicom's pydicom writer cost ~0.4 ms an instance). The file is a b
 descriptor, written unbuffered (the fragments are large) and named by
 :func:`~gateway.index.durable_files.temp_name`: :mod:`tempfile`'s wrapper cost five system
 calls a file (``getpid``, ``fstat``, ``ioctl``, ``lseek``s) and a Python call per write, and
-the store fsyncs the data through the same descriptor rather than opening the file again.
+the store fsyncs the data through the same descriptor (:meth:`SpoolFile.sync`) rather than
+opening the file again. pynetdicom closes and removes the file after the C-STORE handler; a
+dataset that never reaches it (the association aborted mid-dataset, a request left queued at
+an abort) is closed and removed when its :class:`SpoolFile` is collected, so that an
+association cut short costs neither a descriptor nor the disk its part took.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import io
 import os
 import struct
 import tempfile
+import weakref
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -77,14 +84,14 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
 @dataclass(frozen=True)
 class Spooled:
     """A spooled dataset: where it is, how long it is, its SHA-256 (hex) and its first
-    bytes (at most :data:`HEAD_BYTES`); ``fd``, the spool's descriptor, open until the
-    C-STORE handler returns (-1: none)."""
+    bytes (at most :data:`HEAD_BYTES`); ``sync`` makes the data durable through the
+    spool's own descriptor (it raises once the spool is closed, after the handler)."""
 
     path: Path
     size: int
     sha256: str
     head: bytes
-    fd: int = field(default=-1, compare=False)
+    sync: Callable[[], None] | None = field(default=None, compare=False)
 
 
 class SpoolFile:
@@ -93,6 +100,7 @@ class SpoolFile:
 
     def __init__(self, folder: Path | None) -> None:
         self._fd, self.name = _create(folder)
+        self._abandoned = weakref.finalize(self, _abandon, self._fd, self.name)
         self._digest = hashlib.sha256()
         self._size = 0
         self._head = bytearray()
@@ -108,15 +116,32 @@ class SpoolFile:
         if len(self._head) < HEAD_BYTES:
             self._head += data[: HEAD_BYTES - len(self._head)]
 
+    def sync(self) -> None:
+        """The data written so far made durable (``ValueError`` once closed: a descriptor
+        number is never used after it may have been given to another file)."""
+        if self._fd < 0:
+            raise ValueError(f"spool file {self.name} is closed")
+        os.fsync(self._fd)
+
     def close(self) -> None:
         if self._fd >= 0:
+            self._abandoned.detach()  # closed here, removed by pynetdicom after the handler
             fd, self._fd = self._fd, -1
             os.close(fd)
 
     def spooled(self) -> Spooled:
         """What has been written so far."""
         head = bytes(self._head)
-        return Spooled(Path(self.name), self._size, self._digest.hexdigest(), head, self._fd)
+        return Spooled(Path(self.name), self._size, self._digest.hexdigest(), head, self.sync)
+
+
+def _abandon(fd: int, name: str) -> None:
+    # A spool nobody closed: its dataset never reached the handler, so nothing refers to
+    # the file (a staged link is another name, made only by the handler).
+    with suppress(OSError):
+        os.close(fd)
+    with suppress(OSError):
+        os.unlink(name)
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC

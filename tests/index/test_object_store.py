@@ -186,6 +186,8 @@ def test_free_space_is_read_again_before_any_refusal(
     # reading counts against it; any answer below the floor comes from a fresh reading.
     free = [10_000]
     readings: list[int] = []
+    now = [1000.0]  # the clock stands still unless the test moves it: no fsync ages a reading
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
 
     def disk_usage(path: Path) -> shutil._ntuple_diskusage:
         readings.append(free[0])
@@ -206,7 +208,7 @@ def test_free_space_is_read_again_before_any_refusal(
     store.min_free_bytes = 12_000  # above the estimate: a fresh reading decides, and refuses
     assert not store.has_room() and readings[-1] == 3_000
     assert not store.has_room() and len(readings) == 4  # and every refusal reads again
-    monkeypatch.setattr(time, "monotonic", lambda: 10**9)  # the reading has aged
+    now[0] += 0.3  # the reading has aged
     free[0] = 50_000
     assert store.has_room() and len(readings) == 5
 
@@ -220,20 +222,18 @@ def test_a_spooled_file_is_staged_by_a_link_and_synced_through_its_descriptor(
     spool = folder / "received.partial"
     fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     synced: list[int] = []
-    fsync = os.fsync
 
-    def record(descriptor: int) -> None:
-        synced.append(descriptor)
-        fsync(descriptor)
+    def sync() -> None:
+        synced.append(fd)
+        os.fsync(fd)
 
     def no_open(path: Path) -> None:
         raise AssertionError(f"opened {path} again to sync it")
 
-    monkeypatch.setattr(os, "fsync", record)
     monkeypatch.setattr(durable_files, "fsync_file", no_open)
     try:
         os.write(fd, b"instance bytes")
-        staged = store.stage_file(spool, size=14, fd=fd)
+        staged = store.stage_file(spool, size=14, sync=sync)
     finally:
         os.close(fd)
     assert synced == [fd] and staged.size == 14

@@ -94,8 +94,9 @@ def _dul_in_its_wait(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Each response offered to :meth:`GuardedSocket.send_now` once the DUL thread is in
     its wait for data, and whether it went out at once. On a busy machine that thread can
     be late to its wait, or be between two of its waits (each ends after ``IDLE_WAKE_S``),
-    and then the response is rightly queued: the test makes neither happen, so that it
-    asks about the path, not the scheduler."""
+    and then the response is rightly queued: the test waits for the first and makes the
+    second a second apart (what is left is a wait ending in the microseconds between this
+    check and send_now's), so that it asks about the path, not the scheduler."""
     monkeypatch.setattr(pdu_limits, "IDLE_WAKE_S", 1.0)
     send_now = pdu_limits.GuardedSocket.send_now
     outcomes: list[bool] = []

@@ -5,16 +5,24 @@ header — is taken as it is written, and matches the file."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import itertools
 import os
 import tempfile
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
 
 from gateway.index import durable_files
 from gateway.index.object_store import FolderStore
@@ -22,6 +30,7 @@ from gateway.ingest.receive import Ingest
 from gateway.ingest.spool import HEAD_BYTES, HeadFirst, Spooled, SpoolFile
 from gateway.settings import Settings
 from pacs_adapters.requestor import associate
+from tests.ingest.edge_peers import wait_until
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
 
@@ -41,6 +50,8 @@ def test_a_received_dataset_is_spooled_in_the_store_and_linked_not_copied(
         copies.append(source)
 
     monkeypatch.setattr(durable_files, "copy_synced", copied)
+    reopened: list[Path] = []  # synced through the spool's own descriptor, not opened again
+    monkeypatch.setattr(durable_files, "fsync_file", reopened.append)
     spooled: list[Path] = []
     facts: list[Spooled] = []
     receive_file = Ingest.receive_file
@@ -72,6 +83,7 @@ def test_a_received_dataset_is_spooled_in_the_store_and_linked_not_copied(
     assert facts[0].size > HEAD_BYTES  # 256² pixels and the header: the head is a part
     assert path.parent == store.root / "staging" and path.name.endswith(".partial")
     assert copies == []  # linked into staging: the same file system
+    assert reopened == []
     assert list(elsewhere.iterdir()) == []
     assert list((store.root / "staging").iterdir()) == []  # spool removed, object published
     assert len(list(store.keys("studies/"))) == 1
@@ -144,8 +156,9 @@ def test_a_store_folder_that_cannot_be_written_spools_to_tmpdir(
 
 
 def test_spool_names_differ_between_a_process_and_its_forked_child(tmp_path: Path) -> None:
-    # The SCP processes are forked: a child counting from its parent's prefix and counter
-    # would draw the parent's next names (O_EXCL would catch it, at a system call a time).
+    # A forked child (the pools' fork servers; the SCP processes are spawned) counting on
+    # from its parent's prefix and counter would draw the parent's next names (O_EXCL would
+    # catch it, at a system call a time).
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: draw one name, hand it over, leave at once
@@ -164,3 +177,54 @@ def _drawn(folder: Path) -> str:
     spool = SpoolFile(folder)
     spool.close()
     return Path(spool.name).name
+
+
+def test_a_dataset_cut_short_by_an_abort_leaves_neither_its_file_nor_a_descriptor(
+    make_settings: Callable[..., Settings], start_gateway: Callable[[Settings], Gateway]
+) -> None:
+    # pynetdicom closes and removes a spool only after the C-STORE handler; a dataset the
+    # peer aborts halfway never gets there. Its SpoolFile is dropped with the association.
+    gateway = start_gateway(make_settings())
+    store = gateway.parts.store
+    assert isinstance(store, FolderStore)
+    staging = store.root / "staging"
+    study = make_uid("cut-short")
+    instance = ct_instance(study, make_uid(study, "s"), make_uid(study, "i"), size=256)
+    ae = AE("IRK_CAMI")
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CT_IMAGE_STORAGE
+    request.AffectedSOPInstanceUID = instance.SOPInstanceUID
+    request.Priority = 2
+    dataset = encode(instance, False, True)
+    context_id = assoc.accepted_contexts[0].context_id
+    assert dataset is not None and context_id is not None
+    request.DataSet = BytesIO(dataset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = message.encode_msg(context_id, 16384)
+    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert raw is not None
+    for primitive in itertools.islice(pdus, 2):  # the command set and one of ~9 fragments
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        raw.sendall(pdu.encode())
+    assert wait_until(lambda: _spooled_parts(staging) != ([], []))
+    assoc.abort()
+    assert wait_until(lambda: gc.collect() >= 0 and _spooled_parts(staging) == ([], []))
+    assert list(store.keys("studies/")) == []
+
+
+def _spooled_parts(staging: Path) -> tuple[list[Path], list[str]]:
+    """Spool files in ``staging``, and this process's descriptors open on one."""
+    files = sorted(staging.glob("*.partial"))
+    descriptors = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed since it was listed
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(staging)) and ".partial" in target:
+                descriptors.append(target)
+    return files, descriptors
