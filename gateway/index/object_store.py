@@ -137,8 +137,6 @@ class _FreeSpace:
         self._spent += size  # a lost update between threads only ages the estimate
 
     def at_least(self, floor: int) -> bool:
-        if floor <= 0:
-            return True
         free, read_at, spent_then = self._reading
         fresh = time.monotonic() - read_at < FREE_SPACE_TTL_S
         if fresh and free - (self._spent - spent_then) >= floor:
