@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
@@ -69,12 +71,7 @@ def test_a_received_dataset_is_spooled_in_the_store_and_linked_not_copied(
     gateway = start_gateway(make_settings())
     store = gateway.parts.store
     assert isinstance(store, FolderStore)
-    study = make_uid("spool")
-    instance = ct_instance(study, make_uid(study, "s"), make_uid(study, "i"), size=256)
-    ae = AE("IRK_CAMI")
-    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
-    assert assoc.is_established
+    instance, assoc = _ct_and_an_association(gateway, "spool")
     try:
         assert int(assoc.send_c_store(instance).Status) == 0x0000
     finally:
@@ -188,12 +185,7 @@ def test_a_dataset_cut_short_by_an_abort_leaves_neither_its_file_nor_a_descripto
     store = gateway.parts.store
     assert isinstance(store, FolderStore)
     staging = store.root / "staging"
-    study = make_uid("cut-short")
-    instance = ct_instance(study, make_uid(study, "s"), make_uid(study, "i"), size=256)
-    ae = AE("IRK_CAMI")
-    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
-    assert assoc.is_established
+    instance, assoc = _ct_and_an_association(gateway, "cut-short")
     request = C_STORE()
     request.MessageID = 1
     request.AffectedSOPClassUID = CT_IMAGE_STORAGE
@@ -228,3 +220,14 @@ def _spooled_parts(staging: Path) -> tuple[list[Path], list[str]]:
             if target.startswith(str(staging)) and ".partial" in target:
                 descriptors.append(target)
     return files, descriptors
+
+
+def _ct_and_an_association(gateway: Gateway, label: str) -> tuple[Dataset, Association]:
+    """A 256² CT instance of a new study, and an association to ``gateway`` to send it on."""
+    study = make_uid(label)
+    instance = ct_instance(study, make_uid(study, "s"), make_uid(study, "i"), size=256)
+    ae = AE("IRK_CAMI")
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assert assoc.is_established
+    return instance, assoc
