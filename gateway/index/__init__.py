@@ -12,6 +12,8 @@ object_store
     Where instances and results are kept byte for byte: a folder or S3.
 durable_files
     A staged file made durable (linked or copied, fsynced); data and directory fsyncs.
+free_space
+    :class:`FreeSpace`: a folder store's free space, read afresh before any refusal.
 study_state
     :class:`StudyState` and the timeline every transition is written on.
 due

@@ -14,7 +14,6 @@ import mmap
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,13 +26,13 @@ from minio.error import MinioException, S3Error
 
 from gateway.errors import StorageError
 from gateway.index.durable_files import copy_synced, fsync_dir, stage_durably, temp_name
+from gateway.index.free_space import FreeSpace
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 _TEMP_SUFFIX = ".partial"
 READ_CHUNK = 1 << 20  # what a streamed read holds at a time
-FREE_SPACE_TTL_S = 0.25  # how old a free-space reading may be while far above the floor
 
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: int = 1) -> str:
@@ -119,41 +118,13 @@ class ObjectStore(Protocol):
     def describe(self) -> str: ...
 
 
-class _FreeSpace:
-    """The free space under a folder, read at most every :data:`FREE_SPACE_TTL_S` while
-    well above the floor: a ``statfs`` per instance was ~2 % of an SCP thread's time. What
-    this process staged since the reading is taken off it (not what other processes wrote
-    in those 0.25 s), and an answer below the floor is always a fresh reading, so a refusal
-    never comes from a stale one; a reading that fails answers no room and is not kept."""
-
-    def __init__(self, root: Path) -> None:
-        self._root = root
-        self._spent = 0  # bytes this process staged, ever
-        # (free bytes, when read, _spent then): replaced whole, so that a thread never
-        # pairs one reading's time with another's figure while statfs runs in another.
-        self._reading = (0, -FREE_SPACE_TTL_S, 0)
-
-    def spent(self, size: int) -> None:
-        self._spent += size  # a lost update between threads only ages the estimate
-
-    def at_least(self, floor: int) -> bool:
-        free, read_at, spent_then = self._reading
-        fresh = time.monotonic() - read_at < FREE_SPACE_TTL_S
-        if fresh and free - (self._spent - spent_then) >= floor:
-            return True
-        spent_now = self._spent
-        free = shutil.disk_usage(self._root).free  # OSError: the caller answers no room
-        self._reading = (free, time.monotonic(), spent_now)
-        return free >= floor
-
-
 class FolderStore:
     """Objects as files under ``root``; writes are atomic and fsynced."""
 
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.min_free_bytes = min_free_bytes
-        self._free = _FreeSpace(self.root)
+        self._free = FreeSpace(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
