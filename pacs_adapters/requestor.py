@@ -13,7 +13,7 @@ result delivery that is a C-STORE the peer did store, reported as failed, sent a
 :class:`Requestor` puts such a response back at the head of the queue, where the waiting
 send takes it: a message that is not a request, taken while a send holds the loop paused,
 can only be that send's. Anything else is pynetdicom's own. :func:`associate` is
-``AE.associate`` returning one; tests/pacs_adapters/test_requestor.py reproduces the race
+``AE.associate`` returning one; tests/delivery/test_requestor.py reproduces the race
 and pins it against the stock class.
 """
 

@@ -45,9 +45,8 @@ os.register_at_fork(after_in_child=_NAMES.renew)
 
 
 def temp_name(suffix: str) -> str:
-    """A file name no other thread or process of this machine draws (a 64-bit random
-    prefix); those who create with it still do so exclusively (``O_EXCL``, a link, ``xb``),
-    so that a collision fails rather than overwrites."""
+    """A file name no other thread or process of this machine draws: a 64-bit random prefix
+    per process and a counter, as unique as ``uuid4`` without its ``getrandom``."""
     return _NAMES.next(suffix)
 
 
@@ -57,8 +56,6 @@ def stage_durably(source: Path, target: Path, sync: Callable[[], None] | None = 
     through a descriptor still open (the same inode), instead of opening the link again."""
     try:
         os.link(source, target)
-    except FileExistsError:
-        raise  # never copied over another file
     except OSError:
         copy_synced(source, target)
         return
@@ -77,8 +74,7 @@ def fsync_file(path: Path) -> None:
 
 
 def copy_synced(source: Path, target: Path) -> None:
-    """``source`` copied to a new file ``target`` (``FileExistsError`` if there is one), fsynced."""
-    with open(source, "rb") as reader, open(target, "xb") as writer:
+    with open(source, "rb") as reader, open(target, "wb") as writer:
         shutil.copyfileobj(reader, writer, 1024 * 1024)
         writer.flush()
         os.fsync(writer.fileno())

@@ -13,7 +13,6 @@ import io
 import mmap
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,11 @@ def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: int = 1
             raise ValueError(f"not a valid DICOM UID: {uid!r}")
     suffix = ".dcm" if version == 1 else f".v{version}.dcm"
     return f"studies/{study_uid}/{series_uid}/{sop_uid}{suffix}"
+
+
+def _temp_beside(final: Path) -> Path:
+    """A name for ``final``'s bytes until they are renamed to it: hidden, ``.partial``."""
+    return final.with_name(f".{final.name}.{temp_name(_TEMP_SUFFIX)}")
 
 
 def check_key(key: str) -> str:
@@ -135,7 +139,7 @@ class FolderStore:
 
     def put(self, key: str, data: bytes) -> None:
         final = self._path(key)
-        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        temp = _temp_beside(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with open(temp, "wb") as handle:
@@ -196,7 +200,7 @@ class FolderStore:
     def put_file(self, key: str, path: Path) -> None:
         """:meth:`put` from a file, without holding it in memory."""
         final = self._path(key)
-        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        temp = _temp_beside(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             copy_synced(path, temp)
@@ -241,7 +245,7 @@ class FolderStore:
     def _write_unsynced_entry(self, staged: StagedObject, key: str) -> None:
         # The data is fsynced; only the directory entry waits for publish_group's sync.
         final = self._path(key)
-        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        temp = _temp_beside(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             if staged.source is not None:
@@ -323,9 +327,6 @@ class FolderStore:
             return self._staging()
         except OSError:
             return None  # staging itself fails with the reason, per instance
-
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
 
     def has_room(self) -> bool:
         try:

@@ -161,13 +161,9 @@ def _create(folder: Path | None) -> tuple[int, str]:
 
 
 def _exclusive(folder: str) -> tuple[int, str]:
-    for _attempt in range(100):
-        name = os.path.join(folder, temp_name(".partial"))
-        try:
-            return os.open(name, _CREATE, 0o600), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free spool file name in {folder}")
+    # temp_name is unique to this process; O_EXCL still refuses rather than truncates.
+    name = os.path.join(folder, temp_name(".partial"))
+    return os.open(name, _CREATE, 0o600), name
 
 
 class HeadFirst(io.RawIOBase):

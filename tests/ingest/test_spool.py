@@ -155,7 +155,7 @@ def test_a_store_folder_that_cannot_be_written_spools_to_tmpdir(
 def test_spool_names_differ_between_a_process_and_its_forked_child(tmp_path: Path) -> None:
     # A forked child (the pools' fork servers; the SCP processes are spawned) counting on
     # from its parent's prefix and counter would draw the parent's next names (O_EXCL would
-    # catch it, at a system call a time).
+    # refuse each, and its datasets would go to $TMPDIR and be copied into the store).
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: draw one name, hand it over, leave at once
