@@ -14,15 +14,26 @@ says, and what its first element shows), the wanted elements of defined length, 
 whose items walk to their ends. Anything else — big endian, deflate, no preamble, a header
 cut off by the prefix, a structure that does not walk — gives None, and the caller reads it
 with pydicom as before, with pydicom's errors.
+
+The plain case is a :class:`PlainHeader`, not a pydicom ``Dataset``: building the Dataset,
+its File Meta Information and its character set cost about as much as the walk itself. It
+answers the two questions ingest asks of a header (:data:`Header`): an element, raw, by tag
+(``get_item``), and a value converted by pydicom (``get``, for what is not plain: the
+Dataset is built then, once). Its text codec is what pydicom would decode the dataset's
+text with, so ``gateway.ingest.tags`` can decode names and descriptions itself.
 """
 
 from __future__ import annotations
 
 import struct
+import warnings
 from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any, TypeAlias
 
 from pydicom import Dataset
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
@@ -39,6 +50,8 @@ _SHORT_VRS = frozenset(
     | {b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 _SPECIFIC_CHARACTER_SET = 0x00080005
+_TRANSFER_SYNTAX_UID = 0x00020010
+_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _MAX_DEPTH = 8  # nested sequences walked; deeper ones are pydicom's to read
 _HEADER = struct.Struct("<HHI")  # implicit VR: tag, 4-byte length
 _EXPLICIT = struct.Struct("<HH2sH")  # explicit VR: tag, VR, 2-byte length
@@ -48,17 +61,102 @@ class _Unplain(Exception):
     """Not the plain case: the caller reads the header with pydicom."""
 
 
-def read_header(prefix: bytes, whole: bool, wanted: frozenset[int]) -> tuple[Dataset, int] | None:
+class PlainHeader:
+    """A plain header's wanted elements, raw, by tag, with its File Meta Information's; what
+    pydicom's ``Dataset`` would have held of them, without building it."""
+
+    __slots__ = ("_dataset", "elements", "implicit", "meta", "transfer_syntax_uid")
+
+    def __init__(
+        self,
+        elements: dict[int, RawDataElement],
+        meta: dict[int, RawDataElement],
+        transfer_syntax_uid: str,
+    ) -> None:
+        self.elements = elements
+        self.meta = meta
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.implicit = transfer_syntax_uid == _IMPLICIT_VR_LITTLE_ENDIAN
+        self._dataset: Dataset | None = None
+
+    def get_item(self, tag: int) -> RawDataElement | None:
+        """The element, raw (as ``Dataset.get_item`` gives an unconverted one), or None."""
+        return self.elements.get(tag)
+
+    def get(self, key: str | int, default: Any = None) -> Any:
+        """As ``Dataset.get``: the element converted by pydicom (a tag) or its value (a
+        keyword)."""
+        return self.dataset().get(key, default)
+
+    def text_codec(self) -> str | None:
+        """The Python codec pydicom decodes this dataset's text with where no escape sequence
+        is in a value (its Specific Character Set's first term); None where pydicom would
+        warn about the character set, which pydicom is then left to do."""
+        charset = self.elements.get(_SPECIFIC_CHARACTER_SET)
+        return _codec(charset.value if charset is not None else None)
+
+    @property
+    def converted(self) -> bool:
+        """Whether pydicom's Dataset was built: something was not plain enough to read raw."""
+        return self._dataset is not None
+
+    def dataset(self) -> Dataset:
+        """The pydicom Dataset of these elements, as ``dcmread`` would have read them."""
+        if self._dataset is None:
+            dataset = Dataset({BaseTag(tag): raw for tag, raw in self.elements.items()})
+            meta = FileMetaDataset()
+            for tag, raw in self.meta.items():
+                meta[tag] = raw
+            dataset.file_meta = meta
+            dataset.set_original_encoding(self.implicit, True, dataset._character_set)
+            self._dataset = dataset
+        return self._dataset
+
+
+# What ingest reads a header as: the plain case, or what pydicom read.
+Header: TypeAlias = PlainHeader | Dataset
+
+
+def transfer_syntax(header: Header) -> str | None:
+    """The Transfer Syntax UID of the header's File Meta Information, None without one."""
+    if isinstance(header, PlainHeader):
+        return header.transfer_syntax_uid
+    meta = getattr(header, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta else None
+
+
+@lru_cache(maxsize=32)
+def _codec(charset: bytes | None) -> str | None:
+    # pydicom's own answer, warnings caught: a term it does not know, or knows only with a
+    # warning, is left to pydicom to decode (and warn about) as before.
+    dataset = Dataset()
+    if charset is not None:
+        tag = BaseTag(_SPECIFIC_CHARACTER_SET)
+        dataset[tag] = RawDataElement(tag, "CS", len(charset), charset, 0, False, True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            encodings = dataset._character_set
+        except Exception:
+            return None
+    if isinstance(encodings, str):  # no Specific Character Set: the default, unlisted
+        encodings = [encodings]
+    return None if caught or not encodings else str(encodings[0])
+
+
+def read_header(
+    prefix: bytes, whole: bool, wanted: frozenset[int]
+) -> tuple[PlainHeader, int] | None:
     """The dataset's ``wanted`` top-level elements (and its Specific Character Set) as raw
     elements, with its File Meta Information, and the offset of the Pixel Data element (the
     end of ``prefix`` when it has none and is the ``whole`` file); None where the header is
     not the plain case (see the module's docstring), or runs past ``prefix``."""
     try:
         meta, offset = _file_meta(prefix)
-        syntax = meta.get("TransferSyntaxUID")
+        syntax = _transfer_syntax(meta)
         if syntax in (None, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
             return None
-        implicit = syntax == "1.2.840.10008.1.2"
+        implicit = syntax == _IMPLICIT_VR_LITTLE_ENDIAN
         if offset < len(prefix) and _looks_implicit(prefix, offset) != implicit:
             return None  # pydicom reads what it finds, with a warning: leave it to it
         elements, position = _walk(prefix, offset, implicit, wanted | {_SPECIFIC_CHARACTER_SET})
@@ -66,13 +164,11 @@ def read_header(prefix: bytes, whole: bool, wanted: frozenset[int]) -> tuple[Dat
         return None
     if position == len(prefix) and not whole:
         return None  # no Pixel Data within the prefix: the rest of the file may hold some
-    dataset = Dataset(elements)
-    dataset.file_meta = meta
-    dataset.set_original_encoding(implicit, True, dataset._character_set)
-    return dataset, position
+    assert syntax is not None
+    return PlainHeader(elements, meta, syntax), position
 
 
-def _file_meta(prefix: bytes) -> tuple[FileMetaDataset, int]:
+def _file_meta(prefix: bytes) -> tuple[dict[int, RawDataElement], int]:
     """The File Meta Information (raw elements) and where the dataset starts."""
     if len(prefix) < 144 or prefix[128:132] != b"DICM":
         raise _Unplain
@@ -86,10 +182,19 @@ def _file_meta(prefix: bytes) -> tuple[FileMetaDataset, int]:
     elements, offset = _walk(prefix, 144, False, None, end=end)
     if offset != end or any(tag >> 16 != 2 for tag in elements):
         raise _Unplain
-    meta = FileMetaDataset()
-    for tag, raw in elements.items():
-        meta[tag] = raw
-    return meta, end
+    return elements, end
+
+
+def _transfer_syntax(meta: dict[int, RawDataElement]) -> str | None:
+    """The meta's Transfer Syntax UID as pydicom's conversion of one UI value gives it;
+    anything less plain (another VR, several values) is pydicom's to read."""
+    raw = meta.get(_TRANSFER_SYNTAX_UID)
+    if raw is None:
+        return None
+    text = (raw.value or b"").decode(default_encoding).rstrip(" \x00")
+    if raw.VR != "UI" or "\\" in text:
+        raise _Unplain
+    return text.strip()
 
 
 def _looks_implicit(prefix: bytes, offset: int) -> bool:
@@ -106,13 +211,13 @@ def _walk(
     wanted: Iterable[int] | None,
     *,
     end: int | None = None,
-) -> tuple[dict[BaseTag, DataElement | RawDataElement], int]:
+) -> tuple[dict[int, RawDataElement], int]:
     """Top-level elements from ``offset`` to the Pixel Data (or ``end``, or the end of
     ``data``): those in ``wanted`` (every one for None) kept raw; the offset where the walk
     stopped."""
     keep = None if wanted is None else frozenset(wanted)
     stop = len(data) if end is None else end
-    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    elements: dict[int, RawDataElement] = {}
     while offset < stop:
         tag, vr, length, header = _element(data, offset, implicit)
         if tag in _PIXEL_TAGS:
@@ -128,8 +233,8 @@ def _walk(
         if keep is None or tag in keep:
             value = bytes(data[value_at : value_at + length])
             vr_text = None if implicit else vr.decode("ascii")
-            key = BaseTag(tag)
-            elements[key] = RawDataElement(
+            key = BaseTag(tag)  # pydicom's conversion takes the tag from the element
+            elements[tag] = RawDataElement(
                 key, vr_text, length, value, value_at, implicit, True, True, False
             )
         offset = value_at + length

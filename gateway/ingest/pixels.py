@@ -31,6 +31,7 @@ from pydicom.uid import (
 
 from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance, PixelDataError
+from gateway.ingest.header import Header, transfer_syntax
 from gateway.ingest.tags import single_us
 from gateway.pixel_data import (
     UNDEFINED_LENGTH,
@@ -56,14 +57,13 @@ _DIGITS = re.compile(r"[+-]?[0-9]+")
 _ABSENT = object()
 
 
-def check_pixel_data(handle: BinaryIO, position: int, size: int, dataset: Dataset) -> None:
+def check_pixel_data(handle: BinaryIO, position: int, size: int, dataset: Header) -> None:
     """Raise :class:`InvalidInstance` (``0xC000``) for Pixel Data impossible on its face.
 
     ``dataset`` was read with ``stop_before_pixels``, which left ``handle`` at ``position``,
     the Pixel Data element's tag, unread; ``size`` is where the received bytes end.
     """
-    meta = getattr(dataset, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    syntax = transfer_syntax(dataset)
     if position >= size or syntax == DeflatedExplicitVRLittleEndian:
         return
     order = ">" if syntax == ExplicitVRBigEndian else "<"
@@ -111,7 +111,7 @@ def _check_encapsulated(
         )
 
 
-def _declared(dataset: Dataset) -> PixelGeometry | None:
+def _declared(dataset: Header) -> PixelGeometry | None:
     """The declared geometry, or None where it is incomplete (then nothing is compared:
     ingest keeps what it cannot judge, inference refuses it with the reason)."""
     try:
@@ -128,7 +128,7 @@ class _RawGeometry:
     else (empty, several values, another VR, converted already) still goes through pydicom,
     so the checks and their reasons stay :func:`pixel_geometry`'s."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Header) -> None:
         self._dataset = dataset
 
     def get(self, keyword: str, default: Any = None) -> Any:
@@ -140,7 +140,7 @@ class _RawGeometry:
         return value
 
 
-def _raw_geometry_value(dataset: Dataset, keyword: str) -> object:
+def _raw_geometry_value(dataset: Header, keyword: str) -> object:
     """The plain value, :data:`_ABSENT`, or None: read it through pydicom."""
     tag, vr = _GEOMETRY[keyword]
     element = dataset.get_item(tag)

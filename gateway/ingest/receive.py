@@ -26,7 +26,7 @@ from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import Database
 from gateway.index.object_store import ObjectStore, StagedObject
 from gateway.ingest.group_commit import GroupCommit
-from gateway.ingest.header import read_header
+from gateway.ingest.header import Header, read_header
 from gateway.ingest.indexing import Member, write_group
 from gateway.ingest.outcome import Outcome, Sender
 from gateway.ingest.pixels import GEOMETRY_TAGS, check_pixel_data
@@ -243,11 +243,12 @@ class _Received:
         return store.stage_file(self.path)
 
 
-def _parse(received: _Received) -> Dataset:
+def _parse(received: _Received) -> Header:
     try:
         with received.open() as handle:
             dataset, position = _read_header(handle)
-            dataset.get("StudyInstanceUID")  # pydicom parses lazily; make damage surface here
+            if isinstance(dataset, Dataset):  # pydicom parses lazily; make damage surface here
+                dataset.get("StudyInstanceUID")
             check_pixel_data(handle, position, received.size(), dataset)
         return dataset
     except InvalidInstance:
@@ -259,7 +260,7 @@ def _parse(received: _Received) -> Dataset:
         ) from exc
 
 
-def _read_header(handle: BinaryIO) -> tuple[Dataset, int]:
+def _read_header(handle: BinaryIO) -> tuple[Header, int]:
     """The dataset up to its Pixel Data (the elements the index and the Pixel Data check
     read, at least), and where that starts.
 

@@ -12,7 +12,6 @@ from datetime import date
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
-from pydicom import Dataset
 from pydicom.charset import default_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -20,6 +19,7 @@ from pydicom.multival import MultiValue
 
 from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance
+from gateway.ingest.header import Header, PlainHeader, transfer_syntax
 from gateway.uids import is_valid_uid
 
 # Read UIDs whole so that an over-long one is refused, not silently cut to 64 characters.
@@ -104,7 +104,7 @@ class InstanceTags(BaseModel):
     protocol_name: str | None = None
 
 
-def read_tags(dataset: Dataset) -> InstanceTags:
+def read_tags(dataset: Header) -> InstanceTags:
     """Validated index attributes; raises :class:`InvalidInstance` with the status to answer."""
     try:
         return _read(dataset)
@@ -116,7 +116,7 @@ def read_tags(dataset: Dataset) -> InstanceTags:
         ) from exc
 
 
-def _read(dataset: Dataset) -> InstanceTags:
+def _read(dataset: Header) -> InstanceTags:
     uids = {
         "StudyInstanceUID": _text(dataset, "StudyInstanceUID", _UID_READ_LIMIT),
         "SeriesInstanceUID": _text(dataset, "SeriesInstanceUID", _UID_READ_LIMIT),
@@ -129,8 +129,7 @@ def _read(dataset: Dataset) -> InstanceTags:
     invalid = [name for name, value in uids.items() if not is_valid_uid(value)]
     if invalid:
         raise InvalidInstance(f"not a valid DICOM UID: {', '.join(invalid)}", Status.INVALID_UID)
-    meta = getattr(dataset, "file_meta", None)
-    transfer_syntax = str(meta.TransferSyntaxUID) if meta and "TransferSyntaxUID" in meta else ""
+    syntax = transfer_syntax(dataset)
     study = StudyTags(
         study_uid=uids["StudyInstanceUID"] or "",
         patient_id=_text(dataset, "PatientID"),
@@ -147,7 +146,7 @@ def _read(dataset: Dataset) -> InstanceTags:
         series_uid=uids["SeriesInstanceUID"] or "",
         sop_instance_uid=uids["SOPInstanceUID"] or "",
         sop_class_uid=uids["SOPClassUID"] or "",
-        transfer_syntax_uid=transfer_syntax,
+        transfer_syntax_uid=str(syntax) if syntax is not None else "",
         modality=_text(dataset, "Modality", 16),
         body_part=_text(dataset, "BodyPartExamined"),
         series_description=_text(dataset, "SeriesDescription", 200),
@@ -166,7 +165,7 @@ def _read(dataset: Dataset) -> InstanceTags:
     )
 
 
-def patient_age_years(dataset: Dataset) -> int | None:
+def patient_age_years(dataset: Header) -> int | None:
     """From PatientAge ("057Y", "006M") or else from PatientBirthDate and StudyDate."""
     age = _text(dataset, "PatientAge")
     match = _AGE.fullmatch(age or "")
@@ -208,8 +207,23 @@ _ASCII_VRS: dict[str, str] = {
 _STRIPPED_VRS = frozenset({"UI", "DS", "IS"})  # pydicom's UID, DSfloat, IS strip each value
 _PYDICOM = object()  # read this one through pydicom
 
+# The attributes whose values are text in the dataset's character set: decoded here, from a
+# plain header's raw element, with the codec pydicom would use (PlainHeader.text_codec), as
+# its conversion does (LO, SH: each value's trailing spaces and NULs dropped; PN: the whole
+# value's, each value a single name group) — its conversion of a name (a PersonName, encoded
+# again and decoded) cost more than the rest of an instance's attributes together.
+_TEXT_VRS: dict[str, tuple[int, str]] = {
+    "PatientID": (0x00100020, "LO"),
+    "PatientName": (0x00100010, "PN"),
+    "AccessionNumber": (0x00080050, "SH"),
+    "StudyDescription": (0x00081030, "LO"),
+    "SeriesDescription": (0x0008103E, "LO"),
+    "ProtocolName": (0x00181030, "LO"),
+}
+_ESC = b"\x1b"  # an ISO 2022 escape: the value switches character sets, pydicom decodes it
 
-def _raw_values(dataset: Dataset, keyword: str) -> list[str] | object | None:
+
+def _raw_values(dataset: Header, keyword: str) -> list[str] | object | None:
     """The values of an ASCII attribute as pydicom's conversion gives them as text, None
     when absent or empty, or :data:`_PYDICOM` (not read here: another VR, or already
     converted)."""
@@ -227,7 +241,36 @@ def _raw_values(dataset: Dataset, keyword: str) -> list[str] | object | None:
     return [value.strip() for value in values] if vr in _STRIPPED_VRS else values
 
 
-def _value(dataset: Dataset, keyword: str) -> Any:
+def _decoded_text(dataset: Header, keyword: str) -> list[str] | object | None:
+    """The values of a text attribute of a plain header as pydicom's conversion gives them,
+    None when absent or empty, or :data:`_PYDICOM` (another VR, an escape sequence, several
+    name groups, bytes the codec refuses, a character set pydicom warns about)."""
+    known = _TEXT_VRS.get(keyword)
+    if known is None or not isinstance(dataset, PlainHeader):
+        return _PYDICOM
+    tag, vr = known
+    element = dataset.get_item(tag)
+    if element is None:
+        return None
+    raw = element.value or b""
+    codec = dataset.text_codec()
+    if element.VR not in (None, vr) or codec is None or _ESC in raw:
+        return _PYDICOM
+    if vr == "PN":
+        raw = raw.rstrip(b"\x00 ")
+        if b"=" in raw:
+            return _PYDICOM
+    try:
+        text = raw.decode(codec)
+    except (UnicodeError, LookupError):
+        return _PYDICOM  # pydicom warns and replaces, or raises: as before
+    if not text:
+        return None
+    values = text.split("\\")
+    return values if vr == "PN" else [value.rstrip("\x00 ") for value in values]
+
+
+def _value(dataset: Header, keyword: str) -> Any:
     # By tag number: a keyword goes through Dataset.__getattr__ and the dictionary each time,
     # which cost more than the value itself on every C-STORE.
     tag = _TAGS.get(keyword)
@@ -237,8 +280,10 @@ def _value(dataset: Dataset, keyword: str) -> Any:
     return None if element is None else element.value
 
 
-def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
+def _text(dataset: Header, keyword: str, limit: int = 64) -> str | None:
     raw = _raw_values(dataset, keyword)
+    if raw is _PYDICOM:
+        raw = _decoded_text(dataset, keyword)
     if raw is not _PYDICOM:
         text = "\\".join(cast(list[str], raw)) if raw is not None else ""
     else:
@@ -269,7 +314,7 @@ def single_us(element: object) -> int | None:
     return int.from_bytes(raw, "little" if element.is_little_endian else "big")
 
 
-def _raw_us(dataset: Dataset, keyword: str) -> int | object | None:
+def _raw_us(dataset: Header, keyword: str) -> int | object | None:
     """The single US value, None when absent, else :data:`_PYDICOM`."""
     element = dataset.get_item(_TAGS[keyword])
     if element is None:
@@ -278,7 +323,7 @@ def _raw_us(dataset: Dataset, keyword: str) -> int | object | None:
     return _PYDICOM if value is None else value
 
 
-def _integer(dataset: Dataset, keyword: str) -> int | None:
+def _integer(dataset: Header, keyword: str) -> int | None:
     if keyword in _US_KEYWORDS:
         value = _raw_us(dataset, keyword)
         if value is not _PYDICOM:
@@ -308,7 +353,7 @@ def _single_integer(values: list[str] | None) -> int | None:
         return None
 
 
-def _number(dataset: Dataset, keyword: str) -> float | None:
+def _number(dataset: Header, keyword: str) -> float | None:
     raw = _raw_values(dataset, keyword)
     if raw is not _PYDICOM:
         values = cast(list[str] | None, raw)
@@ -325,7 +370,7 @@ def _number(dataset: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _date(dataset: Dataset, keyword: str) -> date | None:
+def _date(dataset: Header, keyword: str) -> date | None:
     text = _text(dataset, keyword)
     if not text or len(text) != 8 or not text.isdigit():
         return None

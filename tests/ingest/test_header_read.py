@@ -16,6 +16,7 @@ from pydicom import Dataset, dcmread
 
 from gateway.errors import InvalidInstance
 from gateway.ingest import receive
+from gateway.ingest.header import Header, PlainHeader
 from gateway.ingest.pixels import check_pixel_data
 from gateway.ingest.tags import read_tags
 from tests.report_fixtures import SHARED_DICOM
@@ -34,12 +35,13 @@ def _before(path: Path) -> tuple[Dataset, int]:
     return dataset, position
 
 
-def _kept(dataset: Dataset) -> dict[int, str]:
+def _kept(header: Header) -> dict[int, str]:
     """The values (as pydicom converts them) of the elements ingest reads."""
+    dataset = header.dataset() if isinstance(header, PlainHeader) else header
     return {tag: repr(dataset[tag].value) for tag in sorted(receive._WANTED) if tag in dataset}
 
 
-def _outcome(read: Callable[[], tuple[Dataset, int]]) -> tuple[object, ...]:
+def _outcome(read: Callable[[], tuple[Header, int]]) -> tuple[object, ...]:
     """The index attributes, the Pixel Data position and the elements read; or the
     refusal."""
     try:
@@ -51,7 +53,7 @@ def _outcome(read: Callable[[], tuple[Dataset, int]]) -> tuple[object, ...]:
         return "refused", exc.__class__.__name__
 
 
-def _now(path: Path) -> tuple[Dataset, int]:
+def _now(path: Path) -> tuple[Header, int]:
     with open(path, "rb") as handle:
         dataset, position = receive._read_header(handle)
         dataset.get("StudyInstanceUID")
