@@ -18,7 +18,7 @@ from pydicom.uid import (
 
 from gateway.errors import InvalidInstance
 from gateway.ingest import receive
-from gateway.ingest.header import read_header
+from gateway.ingest.header import Header, read_header
 from gateway.ingest.tags import read_tags
 from tests.report_fixtures import SHARED_DICOM
 from tests.services.series import ct_instance, make_uid
@@ -57,7 +57,7 @@ def _kept(dataset: Dataset) -> dict[int, str]:
     return {tag: repr(dataset[tag].value) for tag in sorted(receive._WANTED) if tag in dataset}
 
 
-def _tags(dataset: Dataset) -> object:
+def _tags(dataset: Header) -> object:
     try:
         return read_tags(dataset)
     except InvalidInstance as exc:  # a real file with hashes for UIDs: refused alike
@@ -131,7 +131,7 @@ def test_sequences_nested_deeper_than_walked_go_to_pydicom() -> None:
     data = _encode(_with_sequence(12))
     assert read_header(data, True, receive._WANTED) is None
     dataset, _position = receive._read_header(io.BytesIO(data))  # pydicom reads it instead
-    assert dataset.PatientID == _ct().PatientID
+    assert isinstance(dataset, Dataset) and dataset.PatientID == _ct().PatientID
 
 
 def test_a_dataset_encoded_otherwise_than_its_meta_says_goes_to_pydicom() -> None:

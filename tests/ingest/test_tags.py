@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance
 from gateway.ingest import header, receive, tags
-from gateway.ingest.header import PlainHeader
+from gateway.ingest.header import Header, PlainHeader
 from gateway.ingest.tags import read_tags
 from tests.report_fixtures import SHARED_DICOM
 from tests.services.series import ct_instance, make_uid
@@ -39,7 +39,7 @@ def _converted(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _tags(dataset: Dataset) -> object:
+def _tags(dataset: Header) -> object:
     try:
         return read_tags(dataset).model_dump_json()  # JSON: NaN equals NaN
     except InvalidInstance as exc:
