@@ -222,8 +222,13 @@ class EdgeDul(DULServiceProvider):
     buffer: pynetdicom copies a 128 KiB PDU twice more (``bytes()`` of it, then a slice per
     PDV) before its fragments are written to the spool file. An association's DUL becomes
     one by class assignment (pynetdicom builds it, timeouts included, in the association's
-    constructor); it adds no state. Its loop hands P-DATA-TF to DIMSE directly
-    (:meth:`_pass_data`)."""
+    constructor); its one attribute of its own is a class default until set. Its loop hands
+    P-DATA-TF to DIMSE directly (:meth:`_pass_data`)."""
+
+    # A P-DATA-TF read while no event was queued, kept for _pass_data: pynetdicom puts each
+    # PDU and its event on two queues and takes them off again (four locked queue operations
+    # a PDU, ~6 PDUs a CT slice at 128 KiB).
+    _data: ReceivedData | None = None
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         # pynetdicom reads each PDU into a new bytearray, so views of it stay valid.
@@ -278,13 +283,16 @@ class EdgeDul(DULServiceProvider):
 
         try:
             pdu, event = self._decode_body(header, body)
-            self.event_queue.put(event)
         except Exception as exc:
             LOGGER_DUL.error("Unable to decode the received PDU data")
             LOGGER_DUL.exception(exc)
             self.event_queue.put("Evt19")
             return
 
+        if isinstance(pdu, ReceivedData) and not self.event_queue.queue and self._data is None:
+            self._data = pdu  # for _pass_data, next in this loop: no trip through two queues
+            return
+        self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
     def _decode_body(self, header: bytearray, body: bytearray) -> tuple[Any, str]:
@@ -357,18 +365,25 @@ class EdgeDul(DULServiceProvider):
 
     def _pass_data(self) -> bool:
         """Action DT-2 (Sta6 + Evt10: the P-DATA-TF's primitive to DIMSE) done here when the
-        PDU just read is a P-DATA-TF, the only event queued, in data transfer, with no
-        handler of FSM transitions; False, and nothing taken, otherwise."""
-        events = self.event_queue.queue
-        if (
-            len(events) != 1
-            or events[0] != "Evt10"
-            or self.state_machine.current_state != "Sta6"
-            or self.assoc.get_handlers(evt.EVT_FSM_TRANSITION)
-        ):
-            return False
-        self.event_queue.get(block=False)
-        pdu = self._recv_pdu.get(block=False)
+        PDU just read is a P-DATA-TF, the only event (kept aside by :meth:`_read_pdu_data`,
+        or queued), in data transfer, with no handler of FSM transitions; False otherwise,
+        the PDU then queued for the state machine as pynetdicom queues it."""
+        in_transfer = self.state_machine.current_state == "Sta6" and not self.assoc.get_handlers(
+            evt.EVT_FSM_TRANSITION
+        )
+        pdu: Any = self._data
+        if pdu is not None:
+            self._data = None
+            if not in_transfer:
+                self.event_queue.put("Evt10")  # P-DATA-TF PDU received (PS3.8 Table 9-10)
+                self._recv_pdu.put(pdu)
+                return False
+        else:
+            events = self.event_queue.queue
+            if not in_transfer or len(events) != 1 or events[0] != "Evt10":
+                return False
+            self.event_queue.get(block=False)
+            pdu = self._recv_pdu.get(block=False)
         try:
             self.assoc.dimse.receive_primitive(cast(P_DATA, pdu.to_primitive()))
         except Exception as exc:  # as the state machine's do_action reports and stops

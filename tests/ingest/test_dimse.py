@@ -8,12 +8,12 @@ import hashlib
 import inspect
 import struct
 from io import BytesIO
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -308,3 +308,76 @@ def test_a_response_s_p_data_tf_is_what_pynetdicom_encodes(context_id: int) -> N
     primitive = P_DATA()
     primitive.presentation_data_value_list.append((context_id, b"\x03" + command))
     assert p_data_tf(context_id, command) == P_DATA_TF(primitive).encode()
+
+
+class _Wire:
+    """A socket that serves one PDU's bytes as pynetdicom's reader asks for them."""
+
+    def __init__(self, encoded: bytes) -> None:
+        self.unread = bytearray(encoded)
+
+    def recv(self, count: int) -> bytearray:
+        served, self.unread = self.unread[:count], self.unread[count:]
+        return served
+
+
+def _edge_reading(
+    fragments: list[tuple[int, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[EdgeDul, list[P_DATA]]:
+    """An EdgeDul in data transfer about to read a P-DATA-TF of ``fragments``, and the list its
+    DIMSE provider's primitives go to; as the SCP runs (pynetdicom's log handlers off)."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    pdu = P_DATA_TF()
+    for context_id, data in fragments:
+        item = PresentationDataValueItem()
+        item.presentation_context_id, item.presentation_data_value = context_id, data
+        pdu.presentation_data_value_items.append(item)
+    dul = cast(EdgeDul, Association(AE(), MODE_ACCEPTOR).dul)
+    dul.__class__ = EdgeDul
+    dul.socket = cast(Any, _Wire(pdu.encode()))
+    dul.state_machine.current_state = "Sta6"
+    received: list[P_DATA] = []
+    dul.assoc.dimse.receive_primitive = received.append  # type: ignore[method-assign,assignment]
+    return dul, received
+
+
+FRAGMENTS = [(1, b"\x00" + b"d" * 300), (1, b"\x02" + b"e" * 7)]
+
+
+def _values(primitive: P_DATA) -> list[tuple[int, bytes]]:
+    return [(cid, bytes(data)) for cid, data in primitive.presentation_data_value_list]
+
+
+def test_a_p_data_tf_in_data_transfer_goes_to_dimse_without_the_queues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dul, received = _edge_reading(FRAGMENTS, monkeypatch)
+    dul._read_pdu_data()
+    assert not dul.event_queue.queue and not dul._recv_pdu.queue
+    assert dul._pass_data()
+    assert [_values(p) for p in received] == [FRAGMENTS]
+    assert dul._data is None
+
+
+def test_with_an_fsm_handler_a_p_data_tf_goes_through_the_state_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dul, received = _edge_reading(FRAGMENTS, monkeypatch)
+    transitions: list[str] = []
+    dul.assoc.bind(evt.EVT_FSM_TRANSITION, lambda event: transitions.append(event.action))
+    dul._read_pdu_data()
+    assert not dul._pass_data()  # queued as pynetdicom queues it, for the FSM's DT-2
+    assert list(dul.event_queue.queue) == ["Evt10"] and received == []
+    dul.state_machine.do_action(dul.event_queue.get(block=False))
+    assert [_values(p) for p in received] == [FRAGMENTS]
+    assert transitions == ["DT-2"]
+
+
+def test_a_p_data_tf_after_a_queued_event_keeps_its_place_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dul, received = _edge_reading(FRAGMENTS, monkeypatch)
+    dul.event_queue.put("Evt18")  # the ARTIM timer expired before the PDU was read
+    dul._read_pdu_data()
+    assert list(dul.event_queue.queue) == ["Evt18", "Evt10"] and dul._data is None
+    assert not dul._pass_data() and received == []
