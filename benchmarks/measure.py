@@ -40,9 +40,10 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _proc_stats() -> dict[int, tuple[int, float]]:
-    """pid → (parent pid, user+system CPU seconds) for every process we can read."""
-    stats: dict[int, tuple[int, float]] = {}
+def _proc_stats() -> dict[int, tuple[int, float, float]]:
+    """pid → (parent pid, user CPU seconds, system CPU seconds) for every process we can
+    read."""
+    stats: dict[int, tuple[int, float, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -54,26 +55,35 @@ def _proc_stats() -> dict[int, tuple[int, float]]:
         # after the command: state ppid ... utime (14th field overall) stime (15th)
         stats[int(entry.name)] = (
             int(fields[1]),
-            (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+            int(fields[11]) / _CLOCK_TICKS,
+            int(fields[12]) / _CLOCK_TICKS,
         )
     return stats
 
 
-def tree_cpu_seconds(roots: Sequence[int]) -> float:
-    """CPU seconds used so far by the processes ``roots`` and all their descendants."""
+def tree_cpu_split(roots: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU seconds used so far by the processes ``roots`` and all their
+    descendants."""
     stats = _proc_stats()
     children: dict[int, list[int]] = {}
-    for pid, (parent, _cpu) in stats.items():
+    for pid, (parent, _user, _system) in stats.items():
         children.setdefault(parent, []).append(pid)
-    total, todo, seen = 0.0, list(roots), set()
+    user = system = 0.0
+    todo, seen = list(roots), set()
     while todo:
         pid = todo.pop()
         if pid in seen or pid not in stats:
             continue
         seen.add(pid)
-        total += stats[pid][1]
+        user += stats[pid][1]
+        system += stats[pid][2]
         todo.extend(children.get(pid, []))
-    return total
+    return user, system
+
+
+def tree_cpu_seconds(roots: Sequence[int]) -> float:
+    """CPU seconds used so far by the processes ``roots`` and all their descendants."""
+    return sum(tree_cpu_split(roots))
 
 
 @dataclass

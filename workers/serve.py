@@ -17,6 +17,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ class Gateway:
 
     def start(self) -> None:
         settings = self.parts.settings
+        set_switch_interval(settings)
         report = recover(self.parts.db, self.parts.store)
         log.info("recovery done", extra=report.__dict__)
         for service in self.services:
@@ -284,6 +286,15 @@ def audit_associations(parts: Parts) -> AuditHook:
     return record
 
 
+def set_switch_interval(settings: Settings) -> None:
+    """This SCP process's thread switch interval. Each association's threads (its DUL's and
+    its own) and the group commit's leader take turns on the GIL at every system call; with
+    CPython's 5 ms a thread back from a socket read or an fsync could wait that long while
+    another ran Python, and the associations waited on each other (benchmarks/README.md,
+    eighth pass)."""
+    sys.setswitchinterval(settings.scp_switch_interval_ms / 1000)
+
+
 def run_scp_child(
     settings_data: dict[str, Any],
     counters: EdgeCounters,
@@ -295,6 +306,7 @@ def run_scp_child(
     _die_with_parent()
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.log_level, settings.log_json)
+    set_switch_interval(settings)
     parts = Parts.build(settings, migrate=False)
     server = DicomServer(
         settings,

@@ -19,7 +19,7 @@ from benchmarks.environment import machine_busy_seconds
 from benchmarks.errors import BenchmarkError
 from benchmarks.ingest.corpus import Corpus, FileSet
 from benchmarks.ingest.receivers import MAX_PDU, AigwReceiver, Receiver
-from benchmarks.measure import children_cpu_seconds, tree_cpu_seconds
+from benchmarks.measure import children_cpu_seconds, tree_cpu_seconds, tree_cpu_split
 from tests.services import storescu_command
 from tests.services.dcmtk import dcmtk_env
 
@@ -36,6 +36,7 @@ class PhaseResult:
     seconds: float
     senders: int
     receiver_cpu_s: float
+    receiver_system_cpu_s: float  # of receiver_cpu_s: in the kernel (I/O, copies, locks)
     helper_cpu_s: float
     sender_cpu_s: float
     other_cpu_s: float  # everything else busy meanwhile: kernel threads, other processes
@@ -62,6 +63,12 @@ class PhaseResult:
             "instances_per_s": round(self.instances_per_s, 2),
             "mb_per_s": round(self.mb_per_s, 2),
             "receiver_cpu_ms_per_instance": round(1000 * self.receiver_cpu_s / self.instances, 3),
+            "receiver_user_cpu_ms_per_instance": round(
+                1000 * (self.receiver_cpu_s - self.receiver_system_cpu_s) / self.instances, 3
+            ),
+            "receiver_system_cpu_ms_per_instance": round(
+                1000 * self.receiver_system_cpu_s / self.instances, 3
+            ),
             "other_load_cores": round(self.other_load, 2),
         }
 
@@ -127,13 +134,15 @@ def send(receiver: Receiver, files: Sequence[Path], senders: int) -> float:
 
 def measure(receiver: Receiver, files: FileSet, senders: int) -> PhaseResult:
     os.sync()  # the previous phase's dirty pages are not this phase's work
-    receiver_before = tree_cpu_seconds(receiver.pids())
+    receiver_before = tree_cpu_split(receiver.pids())
     helper_before = tree_cpu_seconds(receiver.helper_pids())
     senders_before = children_cpu_seconds()
     busy_before = machine_busy_seconds()
     seconds = send(receiver, files.paths, senders)
     busy = machine_busy_seconds() - busy_before
-    receiver_cpu = tree_cpu_seconds(receiver.pids()) - receiver_before
+    receiver_after = tree_cpu_split(receiver.pids())
+    receiver_user = receiver_after[0] - receiver_before[0]
+    receiver_system = receiver_after[1] - receiver_before[1]
     helper_cpu = tree_cpu_seconds(receiver.helper_pids()) - helper_before
     sender_cpu = children_cpu_seconds() - senders_before
     return PhaseResult(
@@ -142,10 +151,11 @@ def measure(receiver: Receiver, files: FileSet, senders: int) -> PhaseResult:
         bytes=files.total_bytes,
         seconds=seconds,
         senders=senders,
-        receiver_cpu_s=receiver_cpu,
+        receiver_cpu_s=receiver_user + receiver_system,
+        receiver_system_cpu_s=receiver_system,
         helper_cpu_s=helper_cpu,
         sender_cpu_s=sender_cpu,
-        other_cpu_s=max(0.0, busy - receiver_cpu - helper_cpu - sender_cpu),
+        other_cpu_s=max(0.0, busy - receiver_user - receiver_system - helper_cpu - sender_cpu),
     )
 
 

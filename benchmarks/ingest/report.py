@@ -51,6 +51,7 @@ def format_table(results: Sequence[ReceiverResult]) -> str:
     header = [
         "receiver", "CT inst/s", "CT MB/s", "DX inst/s", "DX MB/s", "CT ×storescp",
         "DX ×storescp", "CT ×Orthanc", "DX ×Orthanc", "receiver CPU ms/inst CT, DX",
+        "CT receiver CPU ms/inst user + system",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
@@ -69,6 +70,8 @@ def format_table(results: Sequence[ReceiverResult]) -> str:
             ),
             f"{1000 * ct.receiver_cpu_s / ct.instances:.1f}, "
             f"{1000 * dx.receiver_cpu_s / dx.instances:.0f}",
+            f"{1000 * (ct.receiver_cpu_s - ct.receiver_system_cpu_s) / ct.instances:.2f} + "
+            f"{1000 * ct.receiver_system_cpu_s / ct.instances:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
