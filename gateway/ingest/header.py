@@ -26,13 +26,12 @@ text with, so ``gateway.ingest.tags`` can decode names and descriptions itself.
 from __future__ import annotations
 
 import struct
-import warnings
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, TypeAlias
 
 from pydicom import Dataset
-from pydicom.charset import default_encoding
+from pydicom.charset import default_encoding, python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
@@ -90,8 +89,8 @@ class PlainHeader:
 
     def text_codec(self) -> str | None:
         """The Python codec pydicom decodes this dataset's text with where no escape sequence
-        is in a value (its Specific Character Set's first term); None where pydicom would
-        warn about the character set, which pydicom is then left to do."""
+        is in a value; None where the Specific Character Set is not plain (see
+        :func:`_codec`), which pydicom is then left to decode."""
         charset = self.elements.get(_SPECIFIC_CHARACTER_SET)
         return _codec(charset.value if charset is not None else None)
 
@@ -127,21 +126,20 @@ def transfer_syntax(header: Header) -> str | None:
 
 @lru_cache(maxsize=32)
 def _codec(charset: bytes | None) -> str | None:
-    # pydicom's own answer, warnings caught: a term it does not know, or knows only with a
-    # warning, is left to pydicom to decode (and warn about) as before.
-    dataset = Dataset()
-    if charset is not None:
-        tag = BaseTag(_SPECIFIC_CHARACTER_SET)
-        dataset[tag] = RawDataElement(tag, "CS", len(charset), charset, 0, False, True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            encodings = dataset._character_set
-        except Exception:
-            return None
-    if isinstance(encodings, str):  # no Specific Character Set: the default, unlisted
-        encodings = [encodings]
-    return None if caught or not encodings else str(encodings[0])
+    """The codec pydicom's ``Dataset._character_set`` starts with, in the plain cases only: no
+    Specific Character Set (pydicom's default), or one term that ``convert_encodings`` finds
+    as it is in ``python_encoding``. Several terms (code extensions), an empty value, and
+    terms pydicom corrects or does not know (each with a warning) are left to pydicom."""
+    if charset is None:
+        return default_encoding
+    try:
+        text = charset.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    term = text.rstrip("\x00 ")  # as pydicom converts a CS value: trailing padding only
+    if not term or "\\" in term:
+        return None
+    return python_encoding.get(term)
 
 
 def read_header(

@@ -5,10 +5,13 @@ that pydicom reads it) everything else."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -17,7 +20,7 @@ from pydicom.uid import (
 )
 
 from gateway.errors import InvalidInstance
-from gateway.ingest import receive
+from gateway.ingest import header, receive
 from gateway.ingest.header import Header, read_header
 from gateway.ingest.tags import read_tags
 from tests.report_fixtures import SHARED_DICOM
@@ -178,3 +181,40 @@ def test_only_the_wanted_elements_are_kept() -> None:
     header, _position = raw
     assert set(header.elements) <= {0x00100020, 0x00080005}
     assert "ImageComments" not in header.dataset() and header.dataset().PatientID
+
+
+CHARSETS = [
+    None,
+    b"ISO_IR 100",
+    b"ISO_IR 144 ",
+    b"ISO_IR 192",
+    b"ISO_IR 6",
+    b"GB18030 ",
+    b"",
+    b" ISO_IR 100",  # a leading space: pydicom corrects the term, with a warning
+    b"ISO IR 100",  # misspelled: corrected, with a warning
+    b"ISO_IR 999",  # unknown: the default, with a warning
+    b"\\ISO 2022 IR 87",  # code extensions: escape sequences switch sets
+    b"ISO 2022 IR 6\\ISO 2022 IR 144",
+    b"ISO_IR 192\\ISO_IR 100",  # a stand-alone set with another: a warning
+    b"ISO_IR 1\xe900",
+]
+
+
+@pytest.mark.parametrize("charset", CHARSETS, ids=[repr(c) for c in CHARSETS])
+def test_the_text_codec_is_pydicoms_first_or_left_to_pydicom(charset: bytes | None) -> None:
+    dataset = Dataset()
+    if charset is not None:
+        tag = Tag(0x00080005)
+        dataset._dict[tag] = RawDataElement(tag, "CS", len(charset), charset, 0, False, True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encodings = dataset._character_set
+    first = encodings if isinstance(encodings, str) else encodings[0]
+    codec = header._codec(charset)
+    if codec is not None:  # taken as plain: exactly pydicom's, and pydicom said nothing
+        assert codec == first and not caught
+        assert isinstance(encodings, str) or len(encodings) == 1
+    # None leaves the decoding to pydicom, whatever it makes of the set: always safe.
+    # The plain sets of Russian archives are taken.
+    assert header._codec(None) and header._codec(b"ISO_IR 144") and header._codec(b"ISO_IR 192")
