@@ -363,24 +363,27 @@ class EdgeDul(DULServiceProvider):
             self.state_machine.do_action(event)
             sleep = False
 
+    def _in_transfer(self) -> bool:
+        # Data transfer, and nobody wants to see the state machine's transitions.
+        return self.state_machine.current_state == "Sta6" and not self.assoc.get_handlers(
+            evt.EVT_FSM_TRANSITION
+        )
+
     def _pass_data(self) -> bool:
         """Action DT-2 (Sta6 + Evt10: the P-DATA-TF's primitive to DIMSE) done here when the
         PDU just read is a P-DATA-TF, the only event (kept aside by :meth:`_read_pdu_data`,
         or queued), in data transfer, with no handler of FSM transitions; False otherwise,
         the PDU then queued for the state machine as pynetdicom queues it."""
-        in_transfer = self.state_machine.current_state == "Sta6" and not self.assoc.get_handlers(
-            evt.EVT_FSM_TRANSITION
-        )
         pdu: Any = self._data
         if pdu is not None:
             self._data = None
-            if not in_transfer:
+            if not self._in_transfer():
                 self.event_queue.put("Evt10")  # P-DATA-TF PDU received (PS3.8 Table 9-10)
                 self._recv_pdu.put(pdu)
                 return False
         else:
             events = self.event_queue.queue
-            if not in_transfer or len(events) != 1 or events[0] != "Evt10":
+            if len(events) != 1 or events[0] != "Evt10" or not self._in_transfer():
                 return False
             self.event_queue.get(block=False)
             pdu = self._recv_pdu.get(block=False)
