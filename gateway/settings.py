@@ -103,14 +103,6 @@ class Settings(BaseSettings):
         description="How long a more loaded SCP process leaves a new connection to a less "
         "loaded one before accepting it itself (scp_processes > 1).",
     )
-    scp_switch_interval_ms: float = Field(
-        default=0.5,
-        ge=0.1,
-        le=100,
-        description="The interpreter's thread switch interval in SCP processes "
-        "(sys.setswitchinterval): how long a thread back from a system call (a socket read, "
-        "an fsync) may wait for the GIL while another runs Python. CPython's default is 5.",
-    )
     ingest_commit_window_ms: float = Field(
         default=5.0,
         ge=0,

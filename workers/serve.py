@@ -126,7 +126,7 @@ class Gateway:
 
     def start(self) -> None:
         settings = self.parts.settings
-        set_switch_interval(settings)
+        set_switch_interval()
         report = recover(self.parts.db, self.parts.store)
         log.info("recovery done", extra=report.__dict__)
         for service in self.services:
@@ -286,13 +286,18 @@ def audit_associations(parts: Parts) -> AuditHook:
     return record
 
 
-def set_switch_interval(settings: Settings) -> None:
-    """This SCP process's thread switch interval. Each association's threads (its DUL's and
-    its own) and the group commit's leader take turns on the GIL at every system call; with
-    CPython's 5 ms a thread back from a socket read or an fsync could wait that long while
-    another ran Python, and the associations waited on each other (benchmarks/README.md,
-    eighth pass)."""
-    sys.setswitchinterval(settings.scp_switch_interval_ms / 1000)
+# The thread switch interval of an SCP process (CPython's default is 5 ms). Each association's
+# threads (its DUL's and its own) and the group commit's leader take turns on the GIL at every
+# system call; with 5 ms a thread back from a socket read or an fsync could wait that long
+# while another ran Python, and the associations waited on each other. 0.5 ms won 7 of 12
+# alternated pairs at four associations (0.93 and 0.90 against 0.83 and 0.83 × Orthanc); 0.2
+# gained nothing more (benchmarks/README.md, eighth pass).
+SCP_SWITCH_INTERVAL_S = 0.0005
+
+
+def set_switch_interval() -> None:
+    """This SCP process's thread switch interval: :data:`SCP_SWITCH_INTERVAL_S`."""
+    sys.setswitchinterval(SCP_SWITCH_INTERVAL_S)
 
 
 def run_scp_child(
@@ -306,7 +311,7 @@ def run_scp_child(
     _die_with_parent()
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.log_level, settings.log_json)
-    set_switch_interval(settings)
+    set_switch_interval()
     parts = Parts.build(settings, migrate=False)
     server = DicomServer(
         settings,

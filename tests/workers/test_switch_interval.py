@@ -1,29 +1,35 @@
-"""An SCP process's thread switch interval comes from settings (``scp_switch_interval_ms``),
-within bounds that keep the interpreter usable."""
+"""An SCP process switches threads every 0.5 ms, not CPython's 5 ms, and the gateway's
+processes set it as they start: the main process (it runs an SCP) and each extra SCP
+process."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
-from pydantic import ValidationError
 
 from gateway.settings import Settings
-from workers.serve import set_switch_interval
+from workers.serve import SCP_SWITCH_INTERVAL_S, Gateway, set_switch_interval
 
 
-def test_the_scp_process_takes_its_switch_interval_from_settings() -> None:
+def test_an_scp_process_switches_threads_every_half_millisecond() -> None:
     before = sys.getswitchinterval()
     try:
-        set_switch_interval(Settings(scp_switch_interval_ms=1.5))
-        assert sys.getswitchinterval() == pytest.approx(0.0015)
-        set_switch_interval(Settings())
-        assert sys.getswitchinterval() == pytest.approx(0.0005)  # the default, not CPython's
+        sys.setswitchinterval(0.005)
+        set_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(0.0005) == SCP_SWITCH_INTERVAL_S
     finally:
         sys.setswitchinterval(before)
 
 
-@pytest.mark.parametrize("value", [0, 0.05, 101, -1])
-def test_a_switch_interval_out_of_bounds_is_refused(value: float) -> None:
-    with pytest.raises(ValidationError, match="scp_switch_interval_ms"):
-        Settings(scp_switch_interval_ms=value)
+def test_the_gateway_sets_it_as_it_starts(
+    make_settings: Callable[..., Settings], start_gateway: Callable[[Settings], Gateway]
+) -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        start_gateway(make_settings())
+        assert sys.getswitchinterval() == pytest.approx(SCP_SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(before)
