@@ -244,7 +244,7 @@ def _raw_values(dataset: Header, keyword: str) -> list[str] | object | None:
 def _decoded_text(dataset: Header, keyword: str) -> list[str] | object | None:
     """The values of a text attribute of a plain header as pydicom's conversion gives them,
     None when absent or empty, or :data:`_PYDICOM` (another VR, an escape sequence, several
-    name groups, bytes the codec refuses, a character set pydicom warns about)."""
+    name groups, bytes the codec refuses, a Specific Character Set that is not plain)."""
     known = _TEXT_VRS.get(keyword)
     if known is None or not isinstance(dataset, PlainHeader):
         return _PYDICOM
