@@ -290,8 +290,9 @@ def audit_associations(parts: Parts) -> AuditHook:
 # threads (its DUL's and its own) and the group commit's leader take turns on the GIL at every
 # system call; with 5 ms a thread back from a socket read or an fsync could wait that long
 # while another ran Python, and the associations waited on each other. 0.5 ms won 7 of 12
-# alternated pairs at four associations (0.93 and 0.90 against 0.83 and 0.83 × Orthanc); 0.2
-# gained nothing more (benchmarks/README.md, eighth pass).
+# alternated pairs against 5 ms at four associations (0.93 and 0.90 against 0.83 and 0.83 ×
+# Orthanc), 0.2 gained nothing more; later sets of the whole change did not show the gain
+# again (benchmarks/README.md, eighth pass): it costs no CPU, and is kept for the waits.
 SCP_SWITCH_INTERVAL_S = 0.0005
 
 
