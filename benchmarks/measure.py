@@ -69,15 +69,15 @@ def tree_cpu_split(roots: Sequence[int]) -> tuple[float, float]:
     for pid, (parent, _user, _system) in stats.items():
         children.setdefault(parent, []).append(pid)
     user = system = 0.0
-    todo, seen = list(roots), set()
-    while todo:
-        pid = todo.pop()
+    pending, seen = list(roots), set()
+    while pending:
+        pid = pending.pop()
         if pid in seen or pid not in stats:
             continue
         seen.add(pid)
         user += stats[pid][1]
         system += stats[pid][2]
-        todo.extend(children.get(pid, []))
+        pending.extend(children.get(pid, []))
     return user, system
 
 

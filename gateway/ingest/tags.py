@@ -213,12 +213,15 @@ _PYDICOM = object()  # read this one through pydicom
 # value's, each value a single name group) — its conversion of a name (a PersonName, encoded
 # again and decoded) cost more than the rest of an instance's attributes together.
 _TEXT_VRS: dict[str, tuple[int, str]] = {
-    "PatientID": (0x00100020, "LO"),
-    "PatientName": (0x00100010, "PN"),
-    "AccessionNumber": (0x00080050, "SH"),
-    "StudyDescription": (0x00081030, "LO"),
-    "SeriesDescription": (0x0008103E, "LO"),
-    "ProtocolName": (0x00181030, "LO"),
+    keyword: (int(tag_for_keyword(keyword) or 0), vr)
+    for keyword, vr in {
+        "PatientID": "LO",
+        "PatientName": "PN",
+        "AccessionNumber": "SH",
+        "StudyDescription": "LO",
+        "SeriesDescription": "LO",
+        "ProtocolName": "LO",
+    }.items()
 }
 _ESC = b"\x1b"  # an ISO 2022 escape: the value switches character sets, pydicom decodes it
 

@@ -146,6 +146,9 @@ def test_a_file_written_by_pydicom_reads_alike() -> None:
 def test_the_raw_attributes_have_their_dictionary_vr() -> None:
     # An implicit VR element is read as this VR, as pydicom reads it by its dictionary.
     assert {k: dictionary_VR(tags._TAGS[k]) for k in tags._ASCII_VRS} == tags._ASCII_VRS
+    assert {k: dictionary_VR(tag) for k, (tag, _vr) in tags._TEXT_VRS.items()} == {
+        k: vr for k, (_tag, vr) in tags._TEXT_VRS.items()
+    }
 
 
 @pytest.mark.parametrize("little", [True, False])
