@@ -60,7 +60,6 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 from gateway.ingest.pdu_limits import GuardedSocket
-from gateway.ingest.reactor import EdgeAssociation
 from gateway.ingest.spool import SpoolFile, file_meta, uid_bytes
 
 if TYPE_CHECKING:
@@ -468,7 +467,7 @@ class EdgeDimse(DIMSEServiceProvider):
                     args=(d_primitive, context_id),
                 )
                 t.start()
-            elif not _served_now(self.assoc, d_primitive, context_id):
+            else:
                 self.msg_queue.put((context_id, cast(Any, d_primitive)))
 
             self.message.encoded_command_set = BytesIO()
@@ -476,12 +475,6 @@ class EdgeDimse(DIMSEServiceProvider):
             self.message._data_set_file = None
             self.message._data_set_path = None
             self.message = None
-
-
-def _served_now(assoc: Association, primitive: Any, context_id: int) -> bool:
-    """Whether ``primitive`` was served in this (the DUL's) thread, not queued for the
-    association's (:meth:`~gateway.ingest.reactor.EdgeAssociation.serve_now`)."""
-    return isinstance(assoc, EdgeAssociation) and assoc.serve_now(primitive, context_id)
 
 
 def _command_decoded(message: DIMSEMessage, assoc: Association) -> bool:

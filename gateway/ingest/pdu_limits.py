@@ -337,21 +337,18 @@ class GuardedSocket(AssociationSocket):
             super().send(bytestream)
 
     def send_now(self, pdu: bytes, dul_idle: Callable[[], bool]) -> bool:
-        """Send ``pdu`` from the calling thread, where that keeps the order of what the
-        association sends: a plain socket (an SSL object is not to be written by one thread
-        while another reads it), the DUL thread waiting for data in :attr:`ready` (it sent
-        all it had been given) or the caller (a request served in the DUL thread,
-        :meth:`~gateway.ingest.reactor.EdgeAssociation.serve_now`), and ``dul_idle()``
-        (nothing new given to it), checked under the lock the DUL's own sends take. False:
-        not sent.
+        """Send ``pdu`` from the calling thread, not the DUL's, where that keeps the order of
+        what the association sends: a plain socket (an SSL object is not to be written by
+        one thread while another reads it), the DUL thread waiting for data in
+        :attr:`ready` (it sent all it had been given), and ``dul_idle()`` (nothing new
+        given to it), checked under the lock the DUL's own sends take. False: not sent.
 
         A C-STORE-RSP otherwise went through the DUL's queue, a wake-up of its thread and
         its state machine: two context switches and ~60 µs of CPU per instance."""
         if not self._plain:
             return False
         with self._sending:
-            in_dul = self._waiting or threading.current_thread() is self.assoc.dul
-            if not in_dul or not dul_idle():
+            if not self._waiting or not dul_idle():
                 return False
             self.send(pdu)
         return True
