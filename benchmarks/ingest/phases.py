@@ -50,6 +50,13 @@ class PhaseResult:
         return self.bytes / 1e6 / self.seconds
 
     @property
+    def receiver_cores_busy(self) -> float:
+        """Cores the receiver kept busy (CPU ÷ wall): with its CPU per instance, what its
+        instances/s is made of — a receiver can be as cheap per instance as another and
+        still slower, when it waits (locks, fsyncs, Python's GIL) where the other computes."""
+        return self.receiver_cpu_s / self.seconds
+
+    @property
     def other_load(self) -> float:
         """Cores kept busy by anything but this phase's receiver, helpers and senders."""
         return self.other_cpu_s / self.seconds
@@ -69,6 +76,8 @@ class PhaseResult:
             "receiver_system_cpu_ms_per_instance": round(
                 1000 * self.receiver_system_cpu_s / self.instances, 3
             ),
+            "receiver_cores_busy": round(self.receiver_cores_busy, 2),
+            "sender_cores_busy": round(self.sender_cpu_s / self.seconds, 2),
             "other_load_cores": round(self.other_load, 2),
         }
 

@@ -51,7 +51,7 @@ def format_table(results: Sequence[ReceiverResult]) -> str:
     header = [
         "receiver", "CT inst/s", "CT MB/s", "DX inst/s", "DX MB/s", "CT ×storescp",
         "DX ×storescp", "CT ×Orthanc", "DX ×Orthanc", "receiver CPU ms/inst CT, DX",
-        "CT receiver CPU ms/inst user + system",
+        "CT receiver CPU ms/inst user + system", "CT cores busy: receiver, senders",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
@@ -72,6 +72,7 @@ def format_table(results: Sequence[ReceiverResult]) -> str:
             f"{1000 * dx.receiver_cpu_s / dx.instances:.0f}",
             f"{1000 * (ct.receiver_cpu_s - ct.receiver_system_cpu_s) / ct.instances:.2f} + "
             f"{1000 * ct.receiver_system_cpu_s / ct.instances:.2f}",
+            f"{ct.receiver_cores_busy:.2f}, {ct.sender_cpu_s / ct.seconds:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
