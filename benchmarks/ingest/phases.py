@@ -57,6 +57,10 @@ class PhaseResult:
         return self.receiver_cpu_s / self.seconds
 
     @property
+    def sender_cores_busy(self) -> float:
+        return self.sender_cpu_s / self.seconds
+
+    @property
     def other_load(self) -> float:
         """Cores kept busy by anything but this phase's receiver, helpers and senders."""
         return self.other_cpu_s / self.seconds
@@ -77,7 +81,7 @@ class PhaseResult:
                 1000 * self.receiver_system_cpu_s / self.instances, 3
             ),
             "receiver_cores_busy": round(self.receiver_cores_busy, 2),
-            "sender_cores_busy": round(self.sender_cpu_s / self.seconds, 2),
+            "sender_cores_busy": round(self.sender_cores_busy, 2),
             "other_load_cores": round(self.other_load, 2),
         }
 

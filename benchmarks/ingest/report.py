@@ -72,7 +72,7 @@ def format_table(results: Sequence[ReceiverResult]) -> str:
             f"{1000 * dx.receiver_cpu_s / dx.instances:.0f}",
             f"{1000 * (ct.receiver_cpu_s - ct.receiver_system_cpu_s) / ct.instances:.2f} + "
             f"{1000 * ct.receiver_system_cpu_s / ct.instances:.2f}",
-            f"{ct.receiver_cores_busy:.2f}, {ct.sender_cpu_s / ct.seconds:.2f}",
+            f"{ct.receiver_cores_busy:.2f}, {ct.sender_cores_busy:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
