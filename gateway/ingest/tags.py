@@ -55,14 +55,14 @@ _TAGS: dict[str, int] = {
         "PhotometricInterpretation",
         "ViewPosition",
         "ProtocolName",
+        "PatientName",
     )
     if (tag := tag_for_keyword(keyword)) is not None
 }
 
 
-# Every element read_tags reads (Patient's Name by keyword, through pydicom's conversion):
-# what gateway.ingest.header keeps of a received header.
-READ_TAGS = frozenset({*_TAGS.values(), 0x00100010})
+# Every element read_tags reads: what gateway.ingest.header keeps of a received header.
+READ_TAGS = frozenset(_TAGS.values())
 
 
 class StudyTags(BaseModel):
@@ -212,16 +212,13 @@ _PYDICOM = object()  # read this one through pydicom
 # its conversion does (LO, SH: each value's trailing spaces and NULs dropped; PN: the whole
 # value's, each value a single name group) — its conversion of a name (a PersonName, encoded
 # again and decoded) cost more than the rest of an instance's attributes together.
-_TEXT_VRS: dict[str, tuple[int, str]] = {
-    keyword: (int(tag_for_keyword(keyword) or 0), vr)
-    for keyword, vr in {
-        "PatientID": "LO",
-        "PatientName": "PN",
-        "AccessionNumber": "SH",
-        "StudyDescription": "LO",
-        "SeriesDescription": "LO",
-        "ProtocolName": "LO",
-    }.items()
+_TEXT_VRS = {
+    "PatientID": "LO",
+    "PatientName": "PN",
+    "AccessionNumber": "SH",
+    "StudyDescription": "LO",
+    "SeriesDescription": "LO",
+    "ProtocolName": "LO",
 }
 _ESC = b"\x1b"  # an ISO 2022 escape: the value switches character sets, pydicom decodes it
 
@@ -248,11 +245,10 @@ def _decoded_text(dataset: Header, keyword: str) -> list[str] | object | None:
     """The values of a text attribute of a plain header as pydicom's conversion gives them,
     None when absent or empty, or :data:`_PYDICOM` (another VR, an escape sequence, several
     name groups, bytes the codec refuses, a Specific Character Set that is not plain)."""
-    known = _TEXT_VRS.get(keyword)
-    if known is None or not isinstance(dataset, PlainHeader):
+    vr = _TEXT_VRS.get(keyword)
+    if vr is None or not isinstance(dataset, PlainHeader):
         return _PYDICOM
-    tag, vr = known
-    element = dataset.get_item(tag)
+    element = dataset.get_item(_TAGS[keyword])
     if element is None:
         return None
     raw = element.value or b""

@@ -146,9 +146,7 @@ def test_a_file_written_by_pydicom_reads_alike() -> None:
 def test_the_raw_attributes_have_their_dictionary_vr() -> None:
     # An implicit VR element is read as this VR, as pydicom reads it by its dictionary.
     assert {k: dictionary_VR(tags._TAGS[k]) for k in tags._ASCII_VRS} == tags._ASCII_VRS
-    assert {k: dictionary_VR(tag) for k, (tag, _vr) in tags._TEXT_VRS.items()} == {
-        k: vr for k, (_tag, vr) in tags._TEXT_VRS.items()
-    }
+    assert {k: dictionary_VR(tags._TAGS[k]) for k in tags._TEXT_VRS} == tags._TEXT_VRS
 
 
 @pytest.mark.parametrize("little", [True, False])
@@ -230,7 +228,7 @@ def _plain_header(
     raws = {tag: (raw.VR or "", raw.value or b"") for tag, raw in elements.items()}
     raws.pop(0x00080005, None)
     raws[0x00100010] = ("PN", b"Plain^Name")
-    raws[tags._TEXT_VRS[keyword][0]] = (vr, value)
+    raws[tags._TAGS[keyword]] = (vr, value)
     if charset is not None:
         raws[0x00080005] = ("CS", charset)
     body = b"".join(_element(tag, *raws[tag], implicit) for tag in sorted(raws))
@@ -255,7 +253,7 @@ TEXT_CASES = [
     (*case, implicit)
     for case in TEXT
     for implicit in (False, True)
-    if not implicit or case[1] == tags._TEXT_VRS[case[0]][1]
+    if not implicit or case[1] == tags._TEXT_VRS[case[0]]
 ]
 
 
