@@ -133,6 +133,52 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.
         kill_process(process)
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """Every process started, directly or not, by ``roots`` (not the roots): read before
+    they stop, since an orphan is re-parented and its line to them lost."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        parent = _stat(pid)
+        if parent is not None:
+            children.setdefault(parent[1], []).append(pid)
+    found: list[int] = []
+    pending = [child for root in roots for child in children.get(root, [])]
+    while pending:
+        pid = pending.pop()
+        if pid not in found:
+            found.append(pid)
+            pending.extend(children.get(pid, []))
+    return found
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (one that has ended and waits to be reaped)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    return ""
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """State and parent pid from ``/proc/<pid>/stat``; None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after the command, which may hold spaces
+    return fields[0], int(fields[1])
+
+
 def kill_process(process: subprocess.Popen[bytes] | None) -> None:
     if process is not None and process.poll() is None:
         process.kill()
