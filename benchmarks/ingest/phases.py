@@ -1,13 +1,16 @@
 """One round of one receiver: start it on empty storage, send the warm-up, then the CT and
 the DX files from K concurrent storescu processes, each phase timed and its CPU split
 between receiver, helpers, senders and the rest of the machine; then check that it holds
-every instance, and stop it."""
+every instance, and stop it — and wait until nothing it started is still running, so that
+its leftovers never run in the next receiver's phases."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,8 +25,13 @@ from benchmarks.ingest.receivers import MAX_PDU, AigwReceiver, Receiver
 from benchmarks.measure import children_cpu_seconds, tree_cpu_seconds, tree_cpu_split
 from tests.services import storescu_command
 from tests.services.dcmtk import dcmtk_env
+from tests.services.processes import command_line, descendants, running
 
 CALLING_AE = "BENCH_SCU"
+# How long a stopped receiver's processes may take to end before they are killed (and the
+# run says so): aigw's fork server once finalized torch for ~1 s after the gateway exited,
+# 0.8 s of CPU taken from the next receiver's CT phase on 2 cores.
+LEFTOVER_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -208,5 +216,27 @@ def run_round(
             )
         verified = verify(receiver, corpus.instance_count)
     finally:
-        receiver.stop()
+        stop_all(receiver)
     return phases, verified
+
+
+def stop_all(receiver: Receiver) -> None:
+    """Stop ``receiver``, then wait for every process it had started to end; those still
+    running after :data:`LEFTOVER_TIMEOUT_S` are killed, and the run says so."""
+    # Its own processes only: the helpers (a PostgreSQL shared by the run) outlive it.
+    family = descendants(receiver.pids())
+    receiver.stop()
+    deadline = time.monotonic() + LEFTOVER_TIMEOUT_S
+    left = [pid for pid in family if running(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if running(pid)]
+    for pid in left:
+        print(
+            f"WARNING: {receiver.name} left pid {pid} running {LEFTOVER_TIMEOUT_S:.0f} s after "
+            f"it stopped ({command_line(pid)[:120]}); killed",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
