@@ -25,7 +25,7 @@ from benchmarks.ingest.receivers import MAX_PDU, AigwReceiver, Receiver
 from benchmarks.measure import children_cpu_seconds, tree_cpu_seconds, tree_cpu_split
 from tests.services import storescu_command
 from tests.services.dcmtk import dcmtk_env
-from tests.services.processes import command_line, descendants, running
+from tests.services.processes import command_line, descendants, running, started_at
 
 CALLING_AE = "BENCH_SCU"
 # How long a stopped receiver's processes may take to end before they are killed (and the
@@ -224,13 +224,13 @@ def stop_all(receiver: Receiver) -> None:
     """Stop ``receiver``, then wait for every process it had started to end; those still
     running after :data:`LEFTOVER_TIMEOUT_S` are killed, and the run says so."""
     # Its own processes only: the helpers (a PostgreSQL shared by the run) outlive it.
-    family = descendants(receiver.pids())
+    family = {pid: started_at(pid) for pid in descendants(receiver.pids())}
     receiver.stop()
     deadline = time.monotonic() + LEFTOVER_TIMEOUT_S
-    left = [pid for pid in family if running(pid)]
+    left = [pid for pid, started in family.items() if running(pid, started)]
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = [pid for pid in left if running(pid)]
+        left = [pid for pid in left if running(pid, family[pid])]
     for pid in left:
         print(
             f"WARNING: {receiver.name} left pid {pid} running {LEFTOVER_TIMEOUT_S:.0f} s after "
