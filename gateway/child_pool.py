@@ -9,8 +9,9 @@ inference. Each stage has its own :class:`ChildPool`; all of them fork from one 
 A child that dies (killed, a crashed codec, a memory ceiling met outside Python) breaks only
 its pool, which is replaced: :meth:`ChildPool.run` raises :class:`ChildDied` and the caller
 says what that means for its job. A child reads and writes the object store itself
-(:func:`child_store`), so the images never cross a pipe. The fork server ends with the
-process that started it (:func:`stop_fork_server`, at exit), not after it.
+(:func:`child_store`), so the images never cross a pipe. The fork server and the children
+end with the process that started them: at its exit (:func:`stop_fork_server`) and when it
+is killed (:func:`_end_with_parent`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,31 @@ def _ready() -> bool:
     return True
 
 
+def _start_child(initializer: Callable[..., None], initargs: tuple[object, ...]) -> None:
+    """A child's start: it ends with the process that started the pool, then its own
+    initializer runs."""
+    threading.Thread(target=_end_with_parent, name="end-with-parent", daemon=True).start()
+    initializer(*initargs)
+
+
+def _end_with_parent() -> None:
+    """Wait for the process that started this child to end, then end at once.
+
+    A child of the fork server does not end on its own when that process is killed (``kill
+    -9`` of ``aigw serve``): it waits for work on a queue whose other end it holds itself,
+    and holds the fork server's "alive" pipe, so neither ever sees the end of the other —
+    each kept torch in memory for good. The parent's end of the child's data pipe closes
+    only when the parent is gone (``multiprocessing``'s sentinel for this, which
+    ``parent_process().join`` waits on); the children ended, the fork server sees its
+    pipe's end and stops too.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a child of multiprocessing: nothing to wait for
+        return
+    parent.join()
+    os._exit(1)
+
+
 class ChildPool:
     """``processes`` children, each started by ``initializer(*initargs)``; started on first
     use (or :meth:`warm`), replaced when a child dies. Thread-safe."""
@@ -179,8 +205,8 @@ class ChildPool:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.processes,
                     mp_context=forkserver_context(),
-                    initializer=self._initializer,
-                    initargs=self._initargs,
+                    initializer=_start_child,
+                    initargs=(self._initializer, self._initargs),
                 )
             return self._executor
 
