@@ -1,6 +1,7 @@
 """How the benchmarks count: significant digits, nearest-rank percentiles, the CPU time of
-this process, of its children and of a process tree, and a timed phase that also records
-how busy the rest of the machine was meanwhile."""
+this process, of its children and of a process tree (one reading of ``/proc``: which
+processes a tree holds, whether one still runs), and a timed phase that also records how busy
+the rest of the machine was meanwhile."""
 
 from __future__ import annotations
 
@@ -40,45 +41,87 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _proc_stats() -> dict[int, tuple[int, float, float]]:
-    """pid → (parent pid, user CPU seconds, system CPU seconds) for every process we can
-    read."""
-    stats: dict[int, tuple[int, float, float]] = {}
+@dataclass(frozen=True)
+class ProcessStat:
+    """What ``/proc/<pid>/stat`` says of a process (proc(5) fields 3, 4, 14, 15 and 22)."""
+
+    state: str  # "Z": a zombie, ended and waiting to be reaped
+    parent: int
+    user_s: float
+    system_s: float
+    started: int  # clock ticks since boot: with the pid, which process this is
+
+
+def process_table() -> dict[int, ProcessStat]:
+    """Every process this one can read, by pid: one pass over ``/proc``."""
+    table: dict[int, ProcessStat] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        # after the command: state ppid ... utime (14th field overall) stime (15th)
-        stats[int(entry.name)] = (
-            int(fields[1]),
-            int(fields[11]) / _CLOCK_TICKS,
-            int(fields[12]) / _CLOCK_TICKS,
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = stat
+    return table
+
+
+def descendants(roots: Sequence[int], table: dict[int, ProcessStat] | None = None) -> list[int]:
+    """Every process started, directly or not, by ``roots`` (not the roots), as ``table``
+    (else ``/proc`` now) shows them: read before they stop, since an orphan is re-parented
+    and its line to them lost."""
+    table = process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, stat in table.items():
+        children.setdefault(stat.parent, []).append(pid)
+    found: dict[int, None] = {}  # in the order found
+    pending = [child for root in roots for child in children.get(root, [])]
+    while pending:
+        pid = pending.pop()
+        if pid not in found:
+            found[pid] = None
+            pending.extend(children.get(pid, []))
+    return list(found)
+
+
+def running(pid: int, started: int | None = None) -> bool:
+    """``pid`` exists and is not a zombie; with ``started`` (:attr:`ProcessStat.started`),
+    only if it is still that process, not a later one that was given its number."""
+    stat = _stat(pid)
+    return stat is not None and stat.state != "Z" and started in (None, stat.started)
+
+
+def started_at(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with its number, who it is."""
+    stat = _stat(pid)
+    return stat.started if stat is not None else None
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         )
-    return stats
+    return ""
+
+
+def _stat(pid: int) -> ProcessStat | None:
+    """None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after the command, which may hold spaces
+    return ProcessStat(
+        state=fields[0],
+        parent=int(fields[1]),
+        user_s=int(fields[11]) / _CLOCK_TICKS,
+        system_s=int(fields[12]) / _CLOCK_TICKS,
+        started=int(fields[19]),
+    )
 
 
 def tree_cpu_split(roots: Sequence[int]) -> tuple[float, float]:
     """User and system CPU seconds used so far by the processes ``roots`` and all their
     descendants."""
-    stats = _proc_stats()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _user, _system) in stats.items():
-        children.setdefault(parent, []).append(pid)
-    user = system = 0.0
-    pending, seen = list(roots), set()
-    while pending:
-        pid = pending.pop()
-        if pid in seen or pid not in stats:
-            continue
-        seen.add(pid)
-        user += stats[pid][1]
-        system += stats[pid][2]
-        pending.extend(children.get(pid, []))
-    return user, system
+    table = process_table()
+    tree = [pid for pid in roots if pid in table] + descendants(roots, table)
+    return sum(table[pid].user_s for pid in tree), sum(table[pid].system_s for pid in tree)
 
 
 def tree_cpu_seconds(roots: Sequence[int]) -> float:

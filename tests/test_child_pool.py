@@ -10,14 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.services.processes import ROOT, running, wait_until
+from benchmarks.measure import running
+from tests.services.processes import ROOT, wait_until
 
 # Runs as its own program: it starts a pool, prints what it started (pid and start time),
 # and kills itself as an operator's `kill -9` would.
 _KILLED_WITH_A_POOL = """
 import os, signal
 from gateway.child_pool import ChildPool
-from tests.services.processes import descendants, started_at
+from benchmarks.measure import descendants, started_at
 pool = ChildPool("probe", 2, os.getpid, ())
 pool.warm()
 pool.run(os.getpid)

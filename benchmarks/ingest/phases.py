@@ -22,10 +22,17 @@ from benchmarks.environment import machine_busy_seconds
 from benchmarks.errors import BenchmarkError
 from benchmarks.ingest.corpus import Corpus, FileSet
 from benchmarks.ingest.receivers import MAX_PDU, AigwReceiver, Receiver
-from benchmarks.measure import children_cpu_seconds, tree_cpu_seconds, tree_cpu_split
+from benchmarks.measure import (
+    children_cpu_seconds,
+    command_line,
+    descendants,
+    process_table,
+    running,
+    tree_cpu_seconds,
+    tree_cpu_split,
+)
 from tests.services import storescu_command
 from tests.services.dcmtk import dcmtk_env
-from tests.services.processes import command_line, descendants, running, started_at
 
 CALLING_AE = "BENCH_SCU"
 # How long a stopped receiver's processes may take to end before they are killed (and the
@@ -224,7 +231,8 @@ def stop_all(receiver: Receiver) -> None:
     """Stop ``receiver``, then wait for every process it had started to end; those still
     running after :data:`LEFTOVER_TIMEOUT_S` are killed, and the run says so."""
     # Its own processes only: the helpers (a PostgreSQL shared by the run) outlive it.
-    family = {pid: started_at(pid) for pid in descendants(receiver.pids())}
+    table = process_table()
+    family = {pid: table[pid].started for pid in descendants(receiver.pids(), table)}
     receiver.stop()
     deadline = time.monotonic() + LEFTOVER_TIMEOUT_S
     left = [pid for pid, started in family.items() if running(pid, started)]

@@ -13,7 +13,8 @@ import pytest
 
 from benchmarks.ingest import phases
 from benchmarks.ingest.receivers import Receiver
-from tests.services.processes import descendants, running, wait_until
+from benchmarks.measure import descendants, running
+from tests.services.processes import wait_until
 
 
 class _Parent(Receiver):

@@ -133,60 +133,6 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.
         kill_process(process)
 
 
-def descendants(roots: list[int]) -> list[int]:
-    """Every process started, directly or not, by ``roots`` (not the roots): read before
-    they stop, since an orphan is re-parented and its line to them lost."""
-    children: dict[int, list[int]] = {}
-    for pid in _pids():
-        parent = _stat(pid)
-        if parent is not None:
-            children.setdefault(parent[1], []).append(pid)
-    found: list[int] = []
-    pending = [child for root in roots for child in children.get(root, [])]
-    while pending:
-        pid = pending.pop()
-        if pid not in found:
-            found.append(pid)
-            pending.extend(children.get(pid, []))
-    return found
-
-
-def running(pid: int, started: int | None = None) -> bool:
-    """``pid`` exists and is not a zombie (one that has ended and waits to be reaped); with
-    ``started`` (:func:`started_at`), only if it is still that process, not a later one
-    that was given its number."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z" and started in (None, stat[2])
-
-
-def started_at(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot): with its number, who it is."""
-    stat = _stat(pid)
-    return stat[2] if stat is not None else None
-
-
-def command_line(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    return ""
-
-
-def _pids() -> list[int]:
-    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """State, parent pid and start time from ``/proc/<pid>/stat``; None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after the command, which may hold spaces
-    return fields[0], int(fields[1]), int(fields[19])  # fields 3, 4 and 22 of proc(5)
-
-
 def kill_process(process: subprocess.Popen[bytes] | None) -> None:
     if process is not None and process.poll() is None:
         process.kill()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.measure import command_line, descendants, running
 from tests.services.gateway_process import GatewayProcess, gateway_env
-from tests.services.processes import command_line, descendants, free_port, running, wait_until
+from tests.services.processes import free_port, wait_until
 
 
 def _fork_servers(pid: int) -> list[int]:
