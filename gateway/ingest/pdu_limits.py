@@ -227,7 +227,8 @@ class GuardedSocket(AssociationSocket):
     @property
     def ready(self) -> bool:
         """Whether a PDU can be read; waits up to ``IDLE_WAKE_S`` for one, or for
-        :meth:`wake` (pynetdicom's DUL asks without waiting and then sleeps 1 ms)."""
+        :meth:`wake` (pynetdicom's DUL asks without waiting and then sleeps 1 ms), unless
+        the DUL has events queued."""
         if self._unread or self._body is not None or len(self._ahead) >= PDU_HEADER:
             return True
         connection = self.socket
@@ -236,10 +237,14 @@ class GuardedSocket(AssociationSocket):
             return False
         if isinstance(connection, ssl.SSLSocket) and connection.pending():
             return True
+        # An event the DUL queued itself and has yet to act on (the A-ASSOCIATE-RQ read from
+        # _unread behind pynetdicom's transport indication): look, never wait (~5 ms an
+        # association before).
+        wait_s = 0.0 if self.event_queue.queue else IDLE_WAKE_S
         try:
             fd = connection.fileno()
             self._waiting = True
-            readable = wait_readable((fd, self._wake_read), IDLE_WAKE_S)
+            readable = wait_readable((fd, self._wake_read), wait_s)
         except (OSError, TimeoutError, ValueError):
             self.event_queue.put("Evt17")  # transport closed, as pynetdicom's ready says
             return False

@@ -8,12 +8,15 @@ decoded message served up to 1 ms late, the response sent up to 1 ms late — a 
 instance's time at ~120 CT slices/s, and each idle association costs CPU a thousand times a
 second.
 
-Here the association thread waits on its DIMSE queue's own condition, and the DUL thread
-waits in ``select()`` on the socket and a wake pipe that is written whenever a primitive is
-queued for sending (:class:`WakingQueue`, :meth:`GuardedSocket.ready
-<gateway.ingest.pdu_limits.GuardedSocket.ready>`). Both still wake every
-:data:`IDLE_WAKE_S` for what pynetdicom only notices by looking (a release or abort request,
-the network timeout, the ARTIM timer), which is five times less often than before when idle.
+Here the association thread waits on its DIMSE queue's own condition, rung also
+(:class:`Doorbell`) when the DUL hands it anything else — a release or abort request, the
+A-ASSOCIATE-RQ — so that a release is answered at once, not at the next look; and the DUL
+thread waits in ``poll()`` on the socket and a wake pipe that is written whenever a
+primitive is queued for sending (:class:`WakingQueue`, :meth:`GuardedSocket.ready
+<gateway.ingest.pdu_limits.GuardedSocket.ready>`), never while an event it has queued
+itself is still to be acted on. Both still wake every :data:`IDLE_WAKE_S` for what
+pynetdicom only notices by looking (the network timeout, the ARTIM timer), which is five
+times less often than before when idle.
 Everything else is pynetdicom's own: :meth:`EdgeAssociation._run_reactor` is its acceptor
 loop with the sleep replaced, and a test pins the pynetdicom source it was copied from.
 """
@@ -45,23 +48,47 @@ class WakingQueue(queue.Queue[Any]):
         self._wake()
 
 
-def wait_for_item(items: queue.Queue[Any], timeout: float) -> None:
-    """Return as soon as ``items`` holds something, or after ``timeout``; takes nothing."""
+class Doorbell:
+    """Wakes a thread waiting in :func:`wait_for_item` on ``items`` for something that does
+    not arrive on ``items``; a ring between two waits is kept for the next one."""
+
+    def __init__(self, items: queue.Queue[Any]) -> None:
+        self._items = items
+        self.rung = False  # read and written under the queue's mutex
+
+    def ring(self) -> None:
+        with self._items.not_empty:
+            self.rung = True
+            self._items.not_empty.notify_all()
+
+
+def wait_for_item(
+    items: queue.Queue[Any], timeout: float, doorbell: Doorbell | None = None
+) -> None:
+    """Return as soon as ``items`` holds something or ``doorbell`` has rung (since the last
+    return), or after ``timeout``; takes nothing."""
     with items.not_empty:  # holds the queue's mutex: look at the deque itself, not qsize()
-        if not items.queue:
+        if not items.queue and not (doorbell is not None and doorbell.rung):
             items.not_empty.wait(timeout)
+        if doorbell is not None:
+            doorbell.rung = False
 
 
 class EdgeAssociation(Association):
     """pynetdicom's acceptor ``Association`` whose loop waits for its messages."""
 
+    # Rung by the DUL's queue to this association (a release or abort request); set with
+    # that queue when the association is built (EdgeListener.associate).
+    doorbell: Doorbell | None = None
+
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4's Association._run_reactor, the leading time.sleep(0.001) replaced
-        # by a wait for the next decoded message (tests/ingest/test_reactor.py pins it).
+        # by a wait for the next decoded message or the doorbell (tests/ingest/test_reactor.py
+        # pins it).
         self._is_paused = False
         messages = self.dimse.msg_queue
         while not self._kill:
-            wait_for_item(messages, IDLE_WAKE_S)
+            wait_for_item(messages, IDLE_WAKE_S, self.doorbell)
 
             self._is_paused = True
             self._reactor_checkpoint.wait()

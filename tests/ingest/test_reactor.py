@@ -1,6 +1,8 @@
 """The SCP's association loop is pynetdicom's own with one change (it waits for its next
-message instead of sleeping 1 ms per look): pinned to the pynetdicom source it copies. A
-C-STORE-RSP goes out from the association's thread while the DUL thread waits for data."""
+message, or its doorbell, instead of sleeping 1 ms per look): pinned to the pynetdicom
+source it copies. A C-STORE-RSP goes out from the association's thread while the DUL thread
+waits for data. Neither thread's wait outlasts what it waits for: an association is
+accepted and released without a wait running out."""
 
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from pynetdicom.association import Association
 from sqlalchemy import select
 
 from gateway.index.tables import InstanceRow
-from gateway.ingest import pdu_limits
+from gateway.ingest import pdu_limits, reactor
 from gateway.ingest.connections import EdgeListener
-from gateway.ingest.reactor import WakingQueue, wait_for_item
+from gateway.ingest.reactor import Doorbell, WakingQueue, wait_for_item
 from pacs_adapters.requestor import associate
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
@@ -58,13 +60,60 @@ def test_a_queued_primitive_wakes_the_dul() -> None:
     assert wakes == [1] and primitives.queue[0] == "P-DATA"
 
 
+def test_a_doorbell_wakes_a_waiting_loop_and_a_ring_before_the_wait_is_kept() -> None:
+    messages: queue.Queue[str] = queue.Queue()
+    doorbell = Doorbell(messages)
+    doorbell.ring()  # between two waits: the next one returns at once, and clears it
+    woke = threading.Event()
+
+    def loop() -> None:
+        wait_for_item(messages, timeout=60.0, doorbell=doorbell)  # the kept ring
+        wait_for_item(messages, timeout=60.0, doorbell=doorbell)  # until the next ring
+        woke.set()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    assert not woke.wait(timeout=0.2), "the second wait returned with no ring"
+    doorbell.ring()
+    assert woke.wait(timeout=30), "the ring did not wake the waiting loop"
+    thread.join(timeout=30)
+    assert messages.empty() and not doorbell.rung
+
+
+def test_an_association_is_accepted_and_released_without_a_wait_running_out(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every wait of the DUL and association threads is made to last longer than the
+    # requestor's ACSE timeout: the association is accepted, and its release answered, only
+    # if each thread is woken by what it waits for — the A-ASSOCIATE-RQ admission had read
+    # (queued by the DUL behind pynetdicom's transport indication), the release request
+    # (handed by the DUL to the association thread) — and not by the end of a wait (~5 ms
+    # each, per association, before).
+    monkeypatch.setattr(pdu_limits, "IDLE_WAKE_S", 120.0)
+    monkeypatch.setattr(reactor, "IDLE_WAKE_S", 120.0)
+    study = make_uid("no-wait")
+    ae = AE("IRK_CAMI")
+    ae.acse_timeout = 20
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assert assoc.is_established, "the A-ASSOCIATE-AC did not come within the ACSE timeout"
+    try:
+        instance = ct_instance(study, make_uid(study, "s"), make_uid(study, 1), 1, size=16)
+        assert int(assoc.send_c_store(instance).Status) == 0
+    finally:
+        assoc.release()
+    assert assoc.is_released, "the A-RELEASE-RP did not come within the ACSE timeout"
+
+
 def _queued_primitives(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The classes of the primitives the SCP's associations give their DUL to send."""
+    """The classes of the primitives the SCP's associations give their DUL to send (not
+    those the DUL hands its association: that queue rings a doorbell)."""
     queued: list[str] = []
     put = WakingQueue.put
 
     def spy(self: WakingQueue, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        queued.append(type(item).__name__)
+        if not isinstance(getattr(self._wake, "__self__", None), Doorbell):
+            queued.append(type(item).__name__)
         put(self, item, block, timeout)
 
     monkeypatch.setattr(WakingQueue, "put", spy)
