@@ -7,9 +7,11 @@ A read writes its row in its own transaction before the data leaves the server, 
 change writes its row in the change's own transaction where the change is ours (tokens,
 sessions, region enablement): a request whose audit row cannot be written is refused
 (:class:`AuditError` → 503), never served unlogged. Rows carry ids, UIDs, account names and
-addresses — never patient names, IDs or birth dates. An association decision is written
-before the association goes on; when the database is down (no instance can be stored
-either) the SCP logs the decision instead.
+addresses — never patient names, IDs or birth dates. A refused association's decision is
+written before the rejection is sent; an accepted one's on the SCP's audit thread while the
+A-ASSOCIATE-AC goes out, and before any C-STORE of that association is served or its release
+answered. When the database is down (no instance can be stored either) the SCP logs the
+decision instead.
 """
 
 from __future__ import annotations

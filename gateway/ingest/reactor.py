@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -80,6 +81,14 @@ class EdgeAssociation(Association):
     # Rung by the DUL's queue to this association (a release or abort request); set with
     # that queue when the association is built (EdgeListener.associate).
     doorbell: Doorbell | None = None
+    # The association's audit row being written (gateway.ingest.scp), set when accepted.
+    audited: Future[None] | None = None
+
+    def settle(self) -> None:
+        """Wait until the association's audit row is written (or its failure logged): before
+        a C-STORE is served and before the release is answered."""
+        if self.audited is not None:
+            self.audited.result()
 
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4's Association._run_reactor, the leading time.sleep(0.001) replaced
@@ -99,6 +108,7 @@ class EdgeAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
 
             if self.is_established and self.acse.is_release_requested():
+                self.settle()  # not in pynetdicom's loop: see settle
                 self.acse.send_release(is_response=True)
                 LOGGER.info("Association Released")
                 self.is_released = True

@@ -30,6 +30,7 @@ from gateway.index.object_store import ObjectStore
 from gateway.ingest.balance import Seat
 from gateway.ingest.connections import Admission, AdmissionLimits, EdgeListener
 from gateway.ingest.pdu_limits import GuardedSocket
+from gateway.ingest.reactor import EdgeAssociation
 from gateway.ingest.receive import Ingest, Sender
 from gateway.ingest.refusals import (
     AssociationDecision,
@@ -37,6 +38,7 @@ from gateway.ingest.refusals import (
     EdgeCounters,
     EdgeReport,
     Refusal,
+    record_or_log,
 )
 from gateway.ingest.release import ReleaseCompletion
 from gateway.ingest.sources import Source, SourceCheck, SourceDirectory, SourceKind
@@ -175,41 +177,30 @@ def _check_request(assoc: Any, gatekeeper: Gatekeeper, report: EdgeReport) -> No
     address = str(assoc.requestor.address)
     identity = _guarded(assoc).identity
     verdict = gatekeeper.decide(calling, called, address, identity, _acceptors(assoc.ae))
-    _audit(
-        report,
-        AssociationDecision(
-            accepted=verdict.refusal is None,
-            peer=address,
-            calling_ae=calling,
-            called_ae=called,
-            tls=identity is not None,
-            tls_subject=identity.subject if identity else None,
-            source=verdict.source.name if verdict.source else None,
-            region=verdict.source.region if verdict.source else None,
-            reason=verdict.refusal,
-            detail=verdict.reason,
-        ),
+    decision = AssociationDecision(
+        accepted=verdict.refusal is None,
+        peer=address,
+        calling_ae=calling,
+        called_ae=called,
+        tls=identity is not None,
+        tls_subject=identity.subject if identity else None,
+        source=verdict.source.name if verdict.source else None,
+        region=verdict.source.region if verdict.source else None,
+        reason=verdict.refusal,
+        detail=verdict.reason,
     )
     if verdict.refusal is None:
+        # Written while the A-ASSOCIATE-AC goes out; a C-STORE is served, and the release
+        # answered, only once it is (EdgeAssociation.settle).
+        assoc.audited = report.decided_soon(decision)
         log.info(
             "association accepted",
             extra={"calling_ae": calling, "peer": address, "tls": identity is not None},
         )
         return
+    record_or_log(report.decided, decision)  # before the rejection
     report.refused(verdict.refusal, address, verdict.reason, calling_ae=calling)
     _reject(assoc, _REJECTIONS[verdict.refusal])
-
-
-def _audit(report: EdgeReport, decision: AssociationDecision) -> None:
-    try:
-        report.decided(decision)
-    except Exception:
-        # The audit log is in the index: when it cannot be written, neither can an instance
-        # (each C-STORE answers 0xA700 "database: …"), so the association goes on and the
-        # decision is kept in the log instead.
-        log.exception(
-            "association audit failed", extra={"decision": decision.model_dump(mode="json")}
-        )
 
 
 def _reject(assoc: Any, rejection: tuple[int, int, int]) -> None:
@@ -233,6 +224,8 @@ def _on_store(
     assoc = event.assoc
     calling, address = _ae(assoc.requestor.ae_title), str(assoc.requestor.address)
     try:
+        if isinstance(assoc, EdgeAssociation):
+            assoc.settle()  # its audit row precedes anything it delivers
         guarded = _guarded(assoc)
         request = cast(C_STORE, event.request)
         drained = guarded.limits.take_oversized(int(cast(int, request.MessageID)))
@@ -468,6 +461,7 @@ class DicomServer:
 
     def stop(self) -> None:
         self.admission.stop()
+        self.report.close()
 
 
 def _check_tls_sources(settings: Settings, directory: SourceDirectory) -> None:
