@@ -72,6 +72,17 @@ def _settling(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return entered
 
 
+def _run_while_held(action: Callable[[], None], held: HeldAudit, settling: threading.Event) -> None:
+    """``action`` on a thread of its own; once the association waits for its audit row, the
+    wrong order gets :data:`CHANCE_S` to show before the row may be written."""
+    acting = threading.Thread(target=action)
+    acting.start()
+    assert settling.wait(30), "the association never waited for its audit row"
+    acting.join(timeout=CHANCE_S)
+    held.release()
+    acting.join(timeout=60)
+
+
 def _associate(gateway: Gateway) -> Association:
     ae = AE("IRK_CAMI")
     ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
@@ -110,12 +121,7 @@ def test_a_c_store_is_answered_only_after_the_association_s_audit_row(
         def store() -> None:
             order.append(f"C-STORE answered {int(assoc.send_c_store(instance).Status):#06x}")
 
-        sending = threading.Thread(target=store)
-        sending.start()
-        assert settling.wait(30), "the C-STORE handler never ran"
-        sending.join(timeout=CHANCE_S)
-        held.release()
-        sending.join(timeout=60)
+        _run_while_held(store, held, settling)
         assoc.release()
     assert order == ["audit written", "C-STORE answered 0x0000"]
     with gateway.parts.db.session() as session:
@@ -134,11 +140,6 @@ def test_the_release_is_answered_only_after_the_association_s_audit_row(
             assoc.release()
             order.append("released" if assoc.is_released else "not released")
 
-        releasing = threading.Thread(target=release)
-        releasing.start()
-        assert settling.wait(30), "the release request never reached the association"
-        releasing.join(timeout=CHANCE_S)
-        held.release()
-        releasing.join(timeout=60)
+        _run_while_held(release, held, settling)
     assert order == ["audit written", "released"]
     assert _accepted_rows(gateway) == 1
