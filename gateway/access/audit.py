@@ -8,7 +8,7 @@ change writes its row in the change's own transaction where the change is ours (
 sessions, region enablement): a request whose audit row cannot be written is refused
 (:class:`AuditError` → 503), never served unlogged. Rows carry ids, UIDs, account names and
 addresses — never patient names, IDs or birth dates. A refused association's decision is
-written before the rejection is sent; an accepted one's on the SCP's audit thread while the
+written before the rejection is sent; an accepted one's on a thread of its own while the
 A-ASSOCIATE-AC goes out, and before any C-STORE of that association is served or its release
 answered. When the database is down (no instance can be stored either) the SCP logs the
 decision instead.

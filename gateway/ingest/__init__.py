@@ -30,7 +30,7 @@ tls
 refusals
     Why the edge refused or aborted something: reasons, one log line each, counters shared
     by SCP processes, the association decision the audit log records (an accepted one's
-    written on the audit thread while the A-ASSOCIATE-AC goes out).
+    written on a thread of its own while the A-ASSOCIATE-AC goes out).
 receive
     :class:`Ingest`: one instance durably into the object store and the index, or a status.
 outcome

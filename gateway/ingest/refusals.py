@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from enum import StrEnum
 from typing import Any
 
@@ -141,14 +141,15 @@ AuditHook = Callable[[AssociationDecision], None]
 
 class EdgeReport:
     """Logs and counts every refusal once; hands association decisions to the audit: a
-    refusal's before the rejection is sent, an accepted association's on the audit thread
+    refusal's before the rejection is sent, an accepted association's on a thread of its own
     (:meth:`decided_soon`) while the A-ASSOCIATE-AC goes out."""
 
     def __init__(self, counters: EdgeCounters, audit: AuditHook | None = None) -> None:
         self.counters = counters
         self.audit = audit
-        self._writer: ThreadPoolExecutor | None = None
-        self._writer_made = threading.Lock()
+        self._pending: set[Future[None]] = set()
+        self._closed = False
+        self._lock = threading.Lock()
 
     def refused(
         self, reason: Refusal, peer: str, detail: str, calling_ae: str | None = None
@@ -172,30 +173,52 @@ class EdgeReport:
             self.audit(decision)
 
     def decided_soon(self, decision: AssociationDecision) -> Future[None] | None:
-        """Count the decision now and record it on the audit thread; the future is done once
-        the row is written, or its failure logged (None: no audit). Whoever acts on the
-        association's behalf waits for it first (gateway.ingest.scp): its audit row, written
-        with a durable commit, still precedes anything it delivered — without the commit's
-        ~2.5 ms before the A-ASSOCIATE-AC."""
+        """Count the decision now and record it on a thread of its own; the future is done
+        once the row is written, or its failure logged (None: nothing left to wait for).
+        Whoever acts on the association's behalf waits for it first (gateway.ingest.scp):
+        its audit row, written with a durable commit, still precedes anything it delivered
+        — without the commit's ~2.5 ms before the A-ASSOCIATE-AC. A thread per association,
+        not a pool: with the database unreachable each write waits out its own connection
+        attempt, as it did in the association's thread, never behind the others'."""
         if decision.accepted:
             self.counters.accepted()
         audit = self.audit
         if audit is None:
             return None
-        return self._audit_thread().submit(record_or_log, audit, decision)
+        written: Future[None] = Future()
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._pending.add(written)
+        if closed:  # the SCP is stopping: written here and now
+            record_or_log(audit, decision)
+            return None
+        writer = threading.Thread(
+            target=self._write, args=(audit, decision, written), name="association-audit"
+        )
+        try:
+            writer.start()
+        except RuntimeError:  # no thread to be had (interpreter exit, resources)
+            self._write(audit, decision, written)
+        return written
 
-    def _audit_thread(self) -> ThreadPoolExecutor:
-        with self._writer_made:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, thread_name_prefix="association-audit")
-            return self._writer
+    def _write(
+        self, audit: AuditHook, decision: AssociationDecision, written: Future[None]
+    ) -> None:
+        try:
+            record_or_log(audit, decision)
+        finally:
+            with self._lock:
+                self._pending.discard(written)
+            written.set_result(None)
 
     def close(self) -> None:
-        """Write what is queued for the audit, then stop its thread."""
-        with self._writer_made:
-            writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.shutdown(wait=True)
+        """Take no more audit writes off the accept path; wait for those under way."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        for written in pending:
+            written.result()
 
 
 def record_or_log(audit: AuditHook, decision: AssociationDecision) -> None:

@@ -1,6 +1,7 @@
 """An accepted association's audit row is written while its A-ASSOCIATE-AC goes out, and it
 precedes anything the association delivers: its C-STORE is answered, and its release, only
-once the row is written."""
+once the row is written. A stopping SCP waits for the rows under way; a failed write is
+logged, as it was when written before the A-ASSOCIATE-AC."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pynetdicom.association import Association
 from sqlalchemy import select
 
 from gateway.access.audit import ASSOCIATION_ACCEPTED
+from gateway.errors import DatabaseError
 from gateway.index.tables import AuditRow, InstanceRow
 from gateway.ingest.reactor import EdgeAssociation
-from gateway.ingest.refusals import AssociationDecision
+from gateway.ingest.refusals import AssociationDecision, EdgeCounters, EdgeReport
 from pacs_adapters.requestor import associate
 from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
 from workers.serve import Gateway
@@ -143,3 +145,46 @@ def test_the_release_is_answered_only_after_the_association_s_audit_row(
         _run_while_held(release, held, settling)
     assert order == ["audit written", "released"]
     assert _accepted_rows(gateway) == 1
+
+
+def _decision(calling_ae: str) -> AssociationDecision:
+    return AssociationDecision(
+        accepted=True, peer="127.0.0.1", calling_ae=calling_ae, called_ae="AIGW", tls=False
+    )
+
+
+def test_a_stopping_report_waits_for_the_writes_under_way_then_writes_in_place() -> None:
+    written: list[str] = []
+    may_write = threading.Event()
+
+    def audit(decision: AssociationDecision) -> None:
+        assert may_write.wait(60)
+        written.append(decision.calling_ae)
+
+    report = EdgeReport(EdgeCounters(), audit)
+    pending = report.decided_soon(_decision("FIRST"))
+    assert pending is not None and not pending.done()
+    closing = threading.Thread(target=report.close)
+    closing.start()
+    closing.join(timeout=CHANCE_S)
+    assert closing.is_alive(), "close returned with a write under way"
+    may_write.set()
+    closing.join(timeout=60)
+    assert pending.done() and written == ["FIRST"]
+    assert report.decided_soon(_decision("AFTER")) is None  # nothing left to wait for
+    assert written == ["FIRST", "AFTER"]
+    assert report.counters.accepted_total() == 2
+
+
+def test_a_failed_write_is_logged_and_lets_the_association_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def audit(_decision: AssociationDecision) -> None:
+        raise DatabaseError("OperationalError: unable to open database file")
+
+    report = EdgeReport(EdgeCounters(), audit)
+    pending = report.decided_soon(_decision("DOWN"))
+    assert pending is not None
+    assert pending.result(timeout=60) is None
+    failed = [r for r in caplog.records if r.getMessage() == "association audit failed"]
+    assert len(failed) == 1 and failed[0].__dict__["decision"]["calling_ae"] == "DOWN"
