@@ -86,12 +86,6 @@ def running(pid: int, started: int | None = None) -> bool:
     return stat is not None and stat.state != "Z" and started in (None, stat.started)
 
 
-def started_at(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot): with its number, who it is."""
-    stat = _stat(pid)
-    return stat.started if stat is not None else None
-
-
 def command_line(pid: int) -> str:
     with contextlib.suppress(OSError):
         return (

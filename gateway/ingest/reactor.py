@@ -89,6 +89,7 @@ class EdgeAssociation(Association):
         a C-STORE is served and before the release is answered."""
         if self.audited is not None:
             self.audited.result()
+            self.audited = None  # every later C-STORE: nothing to wait for, no lock taken
 
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4's Association._run_reactor, the leading time.sleep(0.001) replaced

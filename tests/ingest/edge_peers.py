@@ -13,6 +13,7 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -25,6 +26,7 @@ from pynetdicom.presentation import build_context
 
 from gateway.ingest.pdu_limits import abort_pdu
 from pacs_adapters.requestor import associate
+from tests.services import CT_IMAGE_STORAGE
 
 VERIFICATION = "1.2.840.10008.1.1"
 A_ABORT = abort_pdu()
@@ -120,6 +122,14 @@ def verification_association(
     ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 30
     return associate(ae, "127.0.0.1", port, ae_title="AIGW", bind_address=(source, 0))
+
+
+def storage_association(port: int, acse_timeout_s: float = 30) -> Association:
+    """A CT Image Storage association (explicit VR little endian) as the CAMI source."""
+    ae = AE(ae_title="IRK_CAMI")
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    ae.acse_timeout = acse_timeout_s
+    return associate(ae, "127.0.0.1", port, ae_title="AIGW")
 
 
 def echo(port: int, calling_ae: str = "IRK_CAMI", source: str = "127.0.0.1") -> int | None:

@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 from sqlalchemy import select
 
@@ -20,8 +18,8 @@ from gateway.errors import DatabaseError
 from gateway.index.tables import AuditRow, InstanceRow
 from gateway.ingest.reactor import EdgeAssociation
 from gateway.ingest.refusals import AssociationDecision, EdgeCounters, EdgeReport
-from pacs_adapters.requestor import associate
-from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
+from tests.ingest.edge_peers import storage_association
+from tests.services import ct_instance, make_uid
 from workers.serve import Gateway
 
 # How long the wrong order is given to show: the answer coming while the audit row is still
@@ -86,9 +84,7 @@ def _run_while_held(action: Callable[[], None], held: HeldAudit, settling: threa
 
 
 def _associate(gateway: Gateway) -> Association:
-    ae = AE("IRK_CAMI")
-    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assoc = storage_association(gateway.parts.settings.dicom_port)
     assert assoc.is_established
     return assoc
 

@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from sqlalchemy import select
 
@@ -23,8 +22,8 @@ from gateway.index.tables import InstanceRow
 from gateway.ingest import pdu_limits, reactor
 from gateway.ingest.connections import EdgeListener
 from gateway.ingest.reactor import Doorbell, WakingQueue, wait_for_item
-from pacs_adapters.requestor import associate
-from tests.services import CT_IMAGE_STORAGE, ct_instance, make_uid
+from tests.ingest.edge_peers import storage_association
+from tests.services import ct_instance, make_uid
 from workers.serve import Gateway
 
 # sha256 of pynetdicom 3.0.4's Association._run_reactor. When pynetdicom changes it, compare
@@ -92,10 +91,7 @@ def test_an_association_is_accepted_and_released_without_a_wait_running_out(
     monkeypatch.setattr(pdu_limits, "IDLE_WAKE_S", 120.0)
     monkeypatch.setattr(reactor, "IDLE_WAKE_S", 120.0)
     study = make_uid("no-wait")
-    ae = AE("IRK_CAMI")
-    ae.acse_timeout = 20
-    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = associate(ae, "127.0.0.1", gateway.parts.settings.dicom_port, ae_title="AIGW")
+    assoc = storage_association(gateway.parts.settings.dicom_port, acse_timeout_s=20)
     assert assoc.is_established, "the A-ASSOCIATE-AC did not come within the ACSE timeout"
     try:
         instance = ct_instance(study, make_uid(study, "s"), make_uid(study, 1), 1, size=16)
@@ -122,9 +118,7 @@ def _queued_primitives(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _store(port: int, count: int) -> list[int]:
     study = make_uid("direct-send")
-    ae = AE("IRK_CAMI")
-    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-    assoc = associate(ae, "127.0.0.1", port, ae_title="AIGW")
+    assoc = storage_association(port)
     assert assoc.is_established
     try:
         return [
