@@ -18,11 +18,13 @@ from tests.services.processes import ROOT, wait_until
 _KILLED_WITH_A_POOL = """
 import os, signal
 from gateway.child_pool import ChildPool
-from benchmarks.measure import descendants, started_at
+from benchmarks.measure import descendants, process_table
 pool = ChildPool("probe", 2, os.getpid, ())
 pool.warm()
 pool.run(os.getpid)
-print("started", *(f"{pid}:{started_at(pid)}" for pid in descendants([os.getpid()])), flush=True)
+table = process_table()
+family = descendants([os.getpid()], table)
+print("started", *(f"{pid}:{table[pid].started}" for pid in family), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
