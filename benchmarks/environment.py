@@ -103,6 +103,34 @@ def write_results(out_dir: Path, machine: str, benchmark: str, report: dict[str,
     return path
 
 
+def file_system(path: Path) -> dict[str, Any]:
+    """The file system ``path`` is on: its mount point, type, device and, for ext4, whether it
+    has a journal. Without one, ext4 skips inodes freed in the last 30 s when it allocates a
+    new one (``recently_deleted``), reading each such inode's block: files created just after
+    many were deleted cost more system time."""
+    resolved = str(path.resolve())
+    best: list[str] = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            mount = fields[4]
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best[4] if best else ""):
+                best = fields
+    if not best:
+        return {}
+    tail = best[best.index("-") + 1 :]
+    kind, device = tail[0], tail[1]
+    described: dict[str, Any] = {"mount": best[4], "type": kind, "device": device}
+    if kind == "ext4":
+        journals = Path("/proc/fs/jbd2")
+        name = Path(device).name
+        described["journal"] = journals.is_dir() and any(
+            entry.name.startswith(name + "-") for entry in journals.iterdir()
+        )
+    return described
+
+
 @contextlib.contextmanager
 def work_folder(chosen: Path | None, prefix: str) -> Iterator[Path]:
     """``chosen`` (kept afterwards), else a temporary folder removed afterwards."""
