@@ -143,13 +143,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "of many deletions cost more: leave 30 s between runs",
                 flush=True,
             )
-        # Round-robin: a slow spell on a shared machine hits every receiver alike.
+        # Round-robin, every other round in reverse (ABBA): a slow spell on a shared machine
+        # hits every receiver alike, and no receiver always comes first or after another.
         try:
             for number in range(1, args.rounds + 1):
                 print(f"\nround {number} of {args.rounds}", flush=True)
                 round_work = work / f"round-{number}"
                 round_work.mkdir(exist_ok=True)
-                for name in names:
+                for name in names if number % 2 else names[::-1]:
                     receiver = build_receiver(name, round_work, postgres)
                     results[name].description = receiver.description()
                     phases, verified = run_round(receiver, corpus, args.senders)

@@ -1,7 +1,8 @@
 """The ingest benchmark removes what the receivers stored only after its last round: deleted
 between two phases, a receiver's files slowed the next receiver's file creation on ext4
 without a journal (inodes freed in the last 30 s are skipped, each read, when a new one is
-allocated), so the receiver after Orthanc paid for Orthanc's files."""
+allocated), so the receiver after Orthanc paid for Orthanc's files. Every other round runs
+the receivers in reverse order."""
 
 from __future__ import annotations
 
@@ -59,16 +60,17 @@ def test_what_a_receiver_stored_stays_until_the_last_round_has_run(
     assert seen == [
         ("round-1/orthanc", []),
         ("round-1/aigw-folder-2p", ["round-1/orthanc/instance.dcm"]),
+        # every other round in reverse: no receiver always follows another
         (
-            "round-2/orthanc",
+            "round-2/aigw-folder-2p",
             ["round-1/aigw-folder-2p/instance.dcm", "round-1/orthanc/instance.dcm"],
         ),
         (
-            "round-2/aigw-folder-2p",
+            "round-2/orthanc",
             [
                 "round-1/aigw-folder-2p/instance.dcm",
                 "round-1/orthanc/instance.dcm",
-                "round-2/orthanc/instance.dcm",
+                "round-2/aigw-folder-2p/instance.dcm",
             ],
         ),
     ]
