@@ -105,9 +105,9 @@ def write_results(out_dir: Path, machine: str, benchmark: str, report: dict[str,
 
 def file_system(path: Path) -> dict[str, Any]:
     """The file system ``path`` is on: its mount point, type, device and, for ext4, whether it
-    has a journal. Without one, ext4 skips inodes freed in the last 30 s when it allocates a
-    new one (``recently_deleted``), reading each such inode's block: files created just after
-    many were deleted cost more system time."""
+    has a journal. Without one, ext4 skips inodes freed in the last minute (five more while
+    their inode table block is unwritten) when it allocates a new one (``recently_deleted``),
+    reading each such inode's block: files created after many were deleted cost more."""
     resolved = str(path.resolve())
     best: list[str] = []
     with open("/proc/self/mountinfo") as handle:

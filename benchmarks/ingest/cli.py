@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work_fs = file_system(work)
         if work_fs.get("journal") is False:
             print(
-                f"note: {work} is on ext4 without a journal, where files created within 30 s "
-                "of many deletions cost more: leave 30 s between runs",
+                f"note: {work} is on ext4 without a journal, where files created within a "
+                "minute or more of many deletions cost more: leave minutes between runs",
                 flush=True,
             )
         # Round-robin, every other round in reverse (ABBA): a slow spell on a shared machine

@@ -1,7 +1,7 @@
 """The ingest benchmark removes what the receivers stored only after its last round: deleted
 between two phases, a receiver's files slowed the next receiver's file creation on ext4
-without a journal (inodes freed in the last 30 s are skipped, each read, when a new one is
-allocated), so the receiver after Orthanc paid for Orthanc's files. Every other round runs
+without a journal (inodes freed in the last minute are skipped, each read, when a new one
+is allocated), so the receiver after Orthanc paid for Orthanc's files. Every other round runs
 the receivers in reverse order."""
 
 from __future__ import annotations
