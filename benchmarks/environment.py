@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -103,6 +104,12 @@ def write_results(out_dir: Path, machine: str, benchmark: str, report: dict[str,
     return path
 
 
+def mount_point(field: str) -> str:
+    """A mount point as ``/proc/self/mountinfo`` writes it, its escapes undone (a space is
+    ``\\040``, a tab ``\\011``, a newline ``\\012``, a backslash ``\\134``)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
 def file_system(path: Path) -> dict[str, Any]:
     """The file system ``path`` is on: its mount point, type, device and, for ext4, whether it
     has a journal. Without one, ext4 skips inodes freed in the last minute (five more while
@@ -113,7 +120,7 @@ def file_system(path: Path) -> dict[str, Any]:
     with open("/proc/self/mountinfo") as handle:
         for line in handle:
             fields = line.split()
-            mount = fields[4]
+            mount = fields[4] = mount_point(fields[4])
             inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
             if inside and len(mount) >= len(best[4] if best else ""):
                 best = fields

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.environment import file_system
+from benchmarks.environment import file_system, mount_point
 from benchmarks.ingest import cli
 from benchmarks.ingest.phases import PhaseResult
 
@@ -89,3 +89,5 @@ def test_the_work_folders_file_system_is_named_with_its_journal(tmp_path: Path) 
     if described["type"] == "ext4":
         assert isinstance(described["journal"], bool)
     assert file_system(Path("/proc"))["type"] == "proc"
+    # mountinfo escapes what would split its fields: a mount point with a space in it
+    assert mount_point("/mnt/scan\\040archive\\134x") == "/mnt/scan archive\\x"
