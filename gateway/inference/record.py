@@ -118,6 +118,7 @@ class GroupRecorder:
     def __init__(self, db: Database, announced_wait_s: float = ANNOUNCED_WAIT_S) -> None:
         self.db = db
         self.announced_wait_s = announced_wait_s
+        self._writer = db.kept_connection()  # used by the recorder's thread only
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._closed = False
@@ -173,6 +174,8 @@ class GroupRecorder:
             self._closed = True
             self._changed.notify()
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._writer.release()
 
     def _loop(self) -> None:
         while True:
@@ -198,7 +201,7 @@ class GroupRecorder:
     def _commit(self, group: Sequence[_Waiting]) -> None:
         self.groups.append(len(group))
         try:
-            with self.db.transaction() as connection:
+            with self._writer.transaction() as connection:
                 written = write_group(connection, [write for write, _future in group])
         except Exception as exc:
             if len(group) == 1:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.dimse_status import Status
 from gateway.errors import InvalidInstance, StorageError
-from gateway.index.database import Database
+from gateway.index.database import Database, KeptConnection
 from gateway.index.object_store import ObjectStore, StagedObject, instance_key
 from gateway.index.patient_names import folded
 from gateway.index.prepared import Prepared
@@ -86,8 +86,11 @@ class Member:
     sender: Sender
 
 
-def write_group(db: Database, store: ObjectStore, members: Sequence[Member]) -> list[Outcome]:
-    """Index and publish ``members`` in one transaction; one outcome each, in their order.
+def write_group(
+    db: Database, store: ObjectStore, members: Sequence[Member], writer: KeptConnection
+) -> list[Outcome]:
+    """Index and publish ``members`` in one transaction on ``writer`` (the group leader's
+    kept connection); one outcome each, in their order.
 
     A member refused on its own (its series belongs to another study) gets its status and
     the others go on; a failure of the transaction (database, object store) raises, and then
@@ -95,7 +98,7 @@ def write_group(db: Database, store: ObjectStore, members: Sequence[Member]) -> 
     """
     for _attempt in range(_ATTEMPTS):
         try:
-            return _transaction(db, store, members)
+            return _transaction(db, store, members, writer)
         except IntegrityError:
             # Another process stored one of these studies, series or SOP versions first; the
             # retry reads its rows and takes the next step from there.
@@ -117,10 +120,12 @@ class _Group:
     touched_series: set[int] = field(default_factory=set)
 
 
-def _transaction(db: Database, store: ObjectStore, members: Sequence[Member]) -> list[Outcome]:
+def _transaction(
+    db: Database, store: ObjectStore, members: Sequence[Member], writer: KeptConnection
+) -> list[Outcome]:
     published: list[str] = []
     try:
-        with db.write_lock, db.transaction() as connection:
+        with db.write_lock, writer.transaction() as connection:
             group = _read_group(connection, members)
             # One order for every writer: two groups never wait on each other's rows crosswise.
             order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))

@@ -57,9 +57,16 @@ class Ingest:
     def __init__(self, db: Database, store: ObjectStore, commit_window_ms: float = 0.0) -> None:
         self.db = db
         self.store = store
+        # Only the group's leader writes, one group at a time: one connection serves them all.
+        self._writer = db.kept_connection()
         self.group: GroupCommit[Member, Outcome] = GroupCommit(
             self._write_group, commit_window_ms / 1000
         )
+
+    def close(self) -> None:
+        """Return the index connection the group writes keep to the pool, when nothing is
+        being received (a STOW request's end); a later group checks one out again."""
+        self._writer.release()
 
     def receive(
         self,
@@ -164,7 +171,7 @@ class Ingest:
     def _write_group(self, members: list[Member]) -> list[Outcome]:
         """One transaction for ``members``; a failure of it answers each of them."""
         try:
-            outcomes = write_group(self.db, self.store, members)
+            outcomes = write_group(self.db, self.store, members, self._writer)
         except StorageError as exc:
             return _all_failed(members, f"object store: {exc}")
         except DatabaseError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.pool import QueuePool
 
 from gateway.dimse_status import Status
 from gateway.index.database import Database
@@ -191,6 +192,25 @@ def test_a_failed_group_commit_answers_every_member_and_loses_nothing_acknowledg
     assert [o.status for o in again] == [Status.SUCCESS] * len(group)
     doomed_sops = {str(pydicom.dcmread(path).SOPInstanceUID) for path in doomed}
     assert _indexed_sops(db) == sops | doomed_sops
+
+
+def test_groups_in_a_row_write_on_one_kept_connection(
+    ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
+) -> None:
+    ingest, db, _store, sender = ingest_parts
+    pool = db.engine.pool
+    assert isinstance(pool, QueuePool)
+    files = write_ct_series(tmp_path / "row", 5, seed="kept-row")
+    connections = set()
+    for path in files:
+        assert ingest.receive(path.read_bytes(), sender).status == Status.SUCCESS
+        assert pool.checkedout() == 1  # kept between groups, not checked in and out
+        connections.add(id(ingest._writer._connection))
+    assert len(connections) == 1
+    assert ingest.group.groups_written == 5
+    ingest.close()  # a STOW request's end: back to the pool
+    assert pool.checkedout() == 0
+    assert len(_indexed_sops(db)) == 5
 
 
 def test_a_member_refused_on_its_own_does_not_fail_its_group(
