@@ -3,7 +3,8 @@
 Modules
 -------
 database
-    :class:`Database`: the engine, one transaction per ``session()``, migrations.
+    :class:`Database`: the engine, one transaction per ``session()``, migrations;
+    :class:`KeptConnection`, one connection for a writer's transactions back to back.
 prepared
     Core statements compiled once and run through the driver: the per-instance hot path.
 tables
