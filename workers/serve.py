@@ -137,7 +137,12 @@ class Gateway:
         balance = AcceptBalance(settings.scp_processes) if shared else None
         self.scp = DicomServer(
             settings,
-            Ingest(self.parts.db, self.parts.store, settings.ingest_commit_window_ms),
+            Ingest(
+                self.parts.db,
+                self.parts.store,
+                settings.ingest_commit_window_ms,
+                keep_connection=True,
+            ),
             self.parts.directory,
             self.parts.source_ids,
             self.parts.store,
@@ -316,7 +321,7 @@ def run_scp_child(
     parts = Parts.build(settings, migrate=False)
     server = DicomServer(
         settings,
-        Ingest(parts.db, parts.store, settings.ingest_commit_window_ms),
+        Ingest(parts.db, parts.store, settings.ingest_commit_window_ms, keep_connection=True),
         parts.directory,
         parts.source_ids,
         parts.store,

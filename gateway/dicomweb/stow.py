@@ -183,10 +183,7 @@ def _ingest_all(
         return [_device_result(context, sender, part) for part in parts]
     ingest = Ingest(context.db, context.store)
     allowed = frozenset(storage_sop_classes(context.settings))
-    try:
-        return [_ingest_one(ingest, sender, part, allowed, study_uid) for part in parts]
-    finally:
-        ingest.close()
+    return [_ingest_one(ingest, sender, part, allowed, study_uid) for part in parts]
 
 
 def _ingest_one(

@@ -14,7 +14,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import DatabaseError
@@ -100,9 +100,16 @@ def translated() -> Iterator[None]:
         raise DatabaseError(f"{exc.__class__.__name__}: {first}") from exc
 
 
+def connection_dropped(exc: DatabaseError) -> bool:
+    """Whether ``exc`` came from a connection the database had dropped (a server restarted),
+    which the pool has invalidated: a new one may well work."""
+    cause = exc.__cause__
+    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
+
+
 class KeptConnection:
     """One pooled connection kept across the transactions of a writer that runs one at a
-    time, back to back — a group commit's leader, the job recorder's thread.
+    time, back to back — an SCP process's group commit leader, the job recorder's thread.
 
     :meth:`Database.transaction` checks a connection out of the pool and back in for each
     transaction: ~0.1 ms of one core (the pool's queue, the connection's wrapper, the reset
@@ -110,9 +117,11 @@ class KeptConnection:
     Here the connection stays checked out while transactions follow each other; one idle
     for longer than ``idle_s`` goes back to the pool before the next, whose checkout then
     tests it (``pool_pre_ping`` on PostgreSQL: a server restarted meanwhile is noticed, not
-    failed on), and so does one whose transaction failed. Not for concurrent use: the owner
-    runs one transaction at a time (several threads may take turns). :meth:`release` when
-    the owner stops.
+    failed on), and so does one whose transaction failed. ``idle_s`` 0 keeps nothing: each
+    transaction checks a connection out and back in, for writers off the hot path (a STOW
+    request, a follower), which need not hold one of the pool's connections between calls.
+    Not for concurrent use: the owner runs one transaction at a time (several threads may
+    take turns, as group commit's leaders do).
     """
 
     def __init__(self, db: Database, idle_s: float = 1.0) -> None:
@@ -120,24 +129,34 @@ class KeptConnection:
         self._idle_s = idle_s
         self._connection: Connection | None = None
         self._last_used = 0.0
+        self.reused = False  # the last transaction ran on a connection kept from an earlier one
 
     @property
     def held(self) -> bool:
-        """Whether a connection is checked out now (for tests)."""
+        """Whether a connection is checked out now."""
         return self._connection is not None
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """As :meth:`Database.transaction`, on the kept connection."""
+    def transaction(self, lock: AbstractContextManager[Any] | None = None) -> Iterator[Connection]:
+        """As :meth:`Database.transaction`, on the kept connection, with ``lock`` (the
+        database's write lock) held from before the transaction begins to after it ends.
+
+        The connection is checked out before the lock is taken: a writer that waited for
+        the pool while holding the lock would stall every writer that holds a connection
+        and waits for the lock.
+        """
         with translated():
             connection = self._checked_out()
             try:
-                with connection.begin():
+                with lock if lock is not None else nullcontext(), connection.begin():
                     yield connection
             except BaseException:
                 self.release()
                 raise
-            self._last_used = time.monotonic()
+            if self._idle_s > 0:
+                self._last_used = time.monotonic()
+            else:
+                self.release()
 
     def release(self) -> None:
         """Return the connection to the pool (the next transaction checks one out)."""
@@ -150,6 +169,7 @@ class KeptConnection:
     def _checked_out(self) -> Connection:
         if self._connection is not None and time.monotonic() - self._last_used > self._idle_s:
             self.release()
+        self.reused = self._connection is not None
         if self._connection is None:
             self._connection = self._db.engine.connect()
         return self._connection

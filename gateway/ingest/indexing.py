@@ -33,8 +33,8 @@ from sqlalchemy import BindParameter, Connection, Table, bindparam, insert, sele
 from sqlalchemy.exc import IntegrityError
 
 from gateway.dimse_status import Status
-from gateway.errors import InvalidInstance, StorageError
-from gateway.index.database import Database, KeptConnection
+from gateway.errors import DatabaseError, InvalidInstance, StorageError
+from gateway.index.database import Database, KeptConnection, connection_dropped
 from gateway.index.object_store import ObjectStore, StagedObject, instance_key
 from gateway.index.patient_names import folded
 from gateway.index.prepared import Prepared
@@ -96,13 +96,19 @@ def write_group(
     the others go on; a failure of the transaction (database, object store) raises, and then
     nothing of the group is indexed or left published.
     """
-    for _attempt in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
         try:
             return _transaction(db, store, members, writer)
         except IntegrityError:
             # Another process stored one of these studies, series or SOP versions first; the
             # retry reads its rows and takes the next step from there.
             continue
+        except DatabaseError as exc:
+            # A connection kept from an earlier group, dropped since (PostgreSQL restarted
+            # within the keep window): once more, on one the pool checks out and tests.
+            if attempt == 0 and writer.reused and connection_dropped(exc):
+                continue
+            raise
     raise StorageError("index kept conflicting with concurrent writers")
 
 
@@ -125,7 +131,7 @@ def _transaction(
 ) -> list[Outcome]:
     published: list[str] = []
     try:
-        with db.write_lock, writer.transaction() as connection:
+        with writer.transaction(db.write_lock) as connection:
             group = _read_group(connection, members)
             # One order for every writer: two groups never wait on each other's rows crosswise.
             order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))

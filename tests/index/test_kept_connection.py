@@ -3,12 +3,13 @@ after an idle spell or a failure, and a PostgreSQL restarted meanwhile is not fa
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.pool import QueuePool
 
 from gateway.errors import DatabaseError
@@ -76,6 +77,44 @@ def test_a_failed_transaction_rolls_back_and_returns_its_connection(db: Database
         _add_region(connection, "05")
     assert _regions(db) == 1
     kept.release()
+
+
+def test_with_no_keep_each_transaction_gives_its_connection_back(db: Database) -> None:
+    kept = db.kept_connection(idle_s=0)
+    for code in ("06", "07"):
+        with kept.transaction() as connection:
+            _add_region(connection, code)
+        assert not kept.held and _checked_out(db) == 0
+    assert _regions(db) == 2
+
+
+def test_the_pool_is_waited_for_before_the_lock_is_taken(tmp_path: Path) -> None:
+    # A writer that waited for a connection while holding the write lock would stall the
+    # writers that hold connections and wait for the lock.
+    db = Database(f"sqlite:///{tmp_path / 'small.db'}")
+    db.migrate()
+    db.engine = create_engine(db.url, pool_size=1, max_overflow=0, pool_timeout=30)
+    lock = threading.Lock()
+    kept = db.kept_connection(idle_s=60)
+    other = db.engine.connect()  # the pool's only connection
+    written = threading.Event()
+
+    def write() -> None:
+        with kept.transaction(lock) as connection:
+            _add_region(connection, "20")
+        written.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.3)
+    assert not written.is_set()  # waiting for the pool…
+    assert lock.acquire(blocking=False)  # …without the lock
+    lock.release()
+    other.close()
+    writer.join(timeout=30)
+    assert written.is_set() and _regions(db) == 1
+    kept.release()
+    db.engine.dispose()
 
 
 @pytest.fixture(scope="module")

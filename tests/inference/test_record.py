@@ -65,8 +65,10 @@ def test_outcomes_recorded_from_many_threads_all_end_inferred(
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
             done = list(pool.map(lambda job: recorder.record(Outcome(job.job_id, [], {})), jobs))
+        assert recorder._writer.held  # kept for the next group…
     finally:
         recorder.close()
+    assert not recorder._writer.held  # …and given back when the recorder closes
     assert done == [True] * len(jobs)
     assert sum(recorder.groups) == len(jobs)
     assert {_job(gateway, job.job_id).state for job in jobs} == {"inferred"}

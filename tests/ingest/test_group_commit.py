@@ -31,6 +31,7 @@ from tests.services import (
     free_port,
     gateway_env,
     indexed_rows,
+    postgres_server,
     require_tool,
     storescu,
     storescu_command,
@@ -194,23 +195,55 @@ def test_a_failed_group_commit_answers_every_member_and_loses_nothing_acknowledg
     assert _indexed_sops(db) == sops | doomed_sops
 
 
-def test_groups_in_a_row_write_on_one_kept_connection(
-    ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
-) -> None:
-    ingest, db, _store, sender = ingest_parts
+def test_an_scp_s_groups_in_a_row_write_on_one_kept_connection(tmp_path: Path) -> None:
+    db, store, sender = _parts(tmp_path)
     pool = db.engine.pool
     assert isinstance(pool, QueuePool)
-    files = write_ct_series(tmp_path / "row", 5, seed="kept-row")
+    files = write_ct_series(tmp_path / "row", 4, seed="kept-row")
+    scp = Ingest(db, store, keep_connection=True)
     connections = set()
     for path in files:
-        assert ingest.receive(path.read_bytes(), sender).status == Status.SUCCESS
+        assert scp.receive(path.read_bytes(), sender).status == Status.SUCCESS
         assert pool.checkedout() == 1  # kept between groups, not checked in and out
-        connections.add(id(ingest._writer._connection))
-    assert len(connections) == 1
-    assert ingest.group.groups_written == 5
-    ingest.close()  # a STOW request's end: back to the pool
-    assert pool.checkedout() == 0
-    assert len(_indexed_sops(db)) == 5
+        connections.add(id(scp._writer._connection))
+    assert len(connections) == 1 and scp.group.groups_written == 4
+    scp._writer.release()
+    # Any other ingest (a STOW request, a follower) gives its connection back after a group.
+    other = Ingest(db, store)
+    for path in write_ct_series(tmp_path / "other", 2, seed="kept-other"):
+        assert other.receive(path.read_bytes(), sender).status == Status.SUCCESS
+        assert pool.checkedout() == 0
+    assert len(_indexed_sops(db)) == 6
+    db.dispose()
+
+
+def _parts(tmp_path: Path, url: str | None = None) -> tuple[Database, FolderStore, Sender]:
+    db = Database(url or f"sqlite:///{tmp_path / 'index.db'}")
+    db.migrate()
+    directory = load_directory(SOURCES, REGIONS, open_mode=False)
+    source = directory.by_name("irk-cami")
+    assert source is not None
+    source_ids = sync_directory(db, directory)
+    sender = Sender(source=source, source_id=source_ids[source.name], calling_ae=source.ae_title)
+    return db, FolderStore(tmp_path / "objects"), sender
+
+
+def test_a_postgresql_restart_between_groups_fails_no_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kept far longer than the restart takes: the next group finds its connection dropped.
+    monkeypatch.setattr("gateway.ingest.receive.KEEP_CONNECTION_S", 600.0)
+    with postgres_server() as pg:
+        db, store, sender = _parts(tmp_path, pg.url)
+        scp = Ingest(db, store, keep_connection=True)
+        first, second = write_ct_series(tmp_path / "pg", 2, seed="kept-pg")
+        assert scp.receive(first.read_bytes(), sender).status == Status.SUCCESS
+        pg.restart()
+        outcome = scp.receive(second.read_bytes(), sender)
+        assert outcome.status == Status.SUCCESS, outcome.reason  # once more, on a new one
+        assert len(_indexed_sops(db)) == 2
+        scp._writer.release()
+        db.dispose()
 
 
 def test_a_member_refused_on_its_own_does_not_fail_its_group(
