@@ -13,6 +13,14 @@ from gateway.index.database import Database
 from tests.services import Postgres, postgres_server
 
 
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    """A fresh, migrated SQLite index."""
+    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    database.migrate()
+    return database
+
+
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Postgres]:
     with postgres_server() as server:

@@ -17,13 +17,6 @@ from gateway.index.database import Database
 from gateway.index.tables import Base, RegionRow
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
-    database.migrate()
-    return database
-
-
 def test_a_database_failure_is_a_transient_database_error(db: Database) -> None:
     with pytest.raises(DatabaseError, match=r"OperationalError: .*no such"), db.session() as s:
         s.execute(text("SELECT * FROM no_such_table"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,7 @@ from sqlalchemy.pool import QueuePool
 from gateway.errors import DatabaseError
 from gateway.index.database import Database
 from gateway.index.tables import RegionRow
-from tests.services import Postgres, postgres_server
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
-    database.migrate()
-    return database
+from tests.services import Postgres
 
 
 def _checked_out(db: Database) -> int:
@@ -115,12 +107,6 @@ def test_the_pool_is_waited_for_before_the_lock_is_taken(tmp_path: Path) -> None
     assert written.is_set() and _regions(db) == 1
     kept.release()
     db.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
 
 
 def test_postgresql_restarted_between_bursts_is_not_failed_on(pg: Postgres) -> None:
