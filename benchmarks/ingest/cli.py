@@ -94,7 +94,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=None,
-        help="rounds over all receivers; the median counts (default 3)",
+        help="rounds over all receivers, every other one in reverse order; the median counts "
+        "(default 4: each receiver first in half of them)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="60 CT + 6 DX, one round: under 2 minutes"
@@ -115,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.ct = args.ct if args.ct is not None else (60 if args.quick else 300)
     args.dx = args.dx if args.dx is not None else (6 if args.quick else 30)
-    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 4)
     unknown = set(args.receivers.split(",")) - set(ALL_RECEIVERS)
     if unknown:
         parser.error(f"unknown receivers: {', '.join(sorted(unknown))}")
