@@ -4,7 +4,8 @@ The members' bytes are already durable in staging (data fsynced); here, in one t
 
 1. what the index holds of the group's SOP Instances, studies and series is read at once
    (three queries, not three per instance);
-2. each member is placed: an identical copy already held → success, nothing written; a series
+2. each member is placed: an identical copy already held → success, nothing written (its
+   object published again if it is missing: a commit reported failed that had succeeded); a series
    that belongs to another study → refused, nothing written for it; else its study and series
    are found or created (a complete study is reopened as ``superseded``);
 3. the new instance rows are inserted (one statement), **before** any object is published, so
@@ -47,7 +48,9 @@ STUDIES = cast(Table, StudyRow.__table__)
 SERIES = cast(Table, SeriesRow.__table__)
 INSTANCES = cast(Table, InstanceRow.__table__)
 
-_VERSIONS = select(INSTANCES.c.sop_instance_uid, INSTANCES.c.version, INSTANCES.c.sha256)
+_VERSIONS = select(
+    INSTANCES.c.sop_instance_uid, INSTANCES.c.version, INSTANCES.c.sha256, INSTANCES.c.object_key
+)
 _STUDIES = select(STUDIES.c.study_uid, STUDIES.c.id, STUDIES.c.state)
 _SERIES = select(SERIES.c.series_uid, SERIES.c.id, SERIES.c.study_id)
 _READ_QUERIES = {
@@ -117,7 +120,7 @@ class _Group:
     """What one transaction has read and written, so that members of a series ask once."""
 
     now: datetime
-    versions: dict[str, list[tuple[int, str]]]
+    versions: dict[str, list[tuple[int, str, str]]]  # per SOP: (version, sha256, object key)
     studies: dict[str, tuple[int, str]]
     series: dict[str, tuple[int, int]]
     rows: list[dict[str, object]] = field(default_factory=list)
@@ -135,7 +138,7 @@ def _transaction(
             group = _read_group(connection, members)
             # One order for every writer: two groups never wait on each other's rows crosswise.
             order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))
-            outcomes = {index: _place(connection, group, members[index]) for index in order}
+            outcomes = {index: _place(connection, store, group, members[index]) for index in order}
             if group.rows:
                 _INSERT_INSTANCES.executemany(connection, group.rows)
             published = [key for _staged, key in group.publish]
@@ -162,9 +165,9 @@ def _read_group(connection: Connection, members: Sequence[Member]) -> _Group:
     sops = sorted({m.tags.sop_instance_uid for m in members})
     studies = sorted({m.tags.study.study_uid for m in members})
     series = sorted({m.tags.series_uid for m in members})
-    versions: dict[str, list[tuple[int, str]]] = {uid: [] for uid in sops}
-    for sop, version, sha in _read(connection, "versions", sops):
-        versions[sop].append((int(version), str(sha)))
+    versions: dict[str, list[tuple[int, str, str]]] = {uid: [] for uid in sops}
+    for sop, version, sha, key in _read(connection, "versions", sops):
+        versions[sop].append((int(version), str(sha), str(key)))
     return _Group(
         now=utcnow(),
         versions=versions,
@@ -196,21 +199,25 @@ def _read_statement(name: str, count: int) -> Prepared:
     return found
 
 
-def _place(connection: Connection, group: _Group, member: Member) -> Outcome:
+def _place(connection: Connection, store: ObjectStore, group: _Group, member: Member) -> Outcome:
     tags = member.tags
     study_uid = tags.study.study_uid
     held = group.versions[tags.sop_instance_uid]
-    if any(sha == member.digest for _version, sha in held):
-        return Outcome(Status.SUCCESS, "duplicate of a stored instance", study_uid, duplicate=True)
+    for _version, sha, key in held:
+        if sha == member.digest:
+            _restore_if_missing(store, group, member, key)
+            return Outcome(
+                Status.SUCCESS, "duplicate of a stored instance", study_uid, duplicate=True
+            )
     try:
         _check_series(group, tags)
     except InvalidInstance as exc:
         return Outcome(exc.status, exc.reason, study_uid)
     study_id = _study_for(connection, group, member)
     series_id = _series_for(connection, group, tags, study_id)
-    version = max((v for v, _sha in held), default=0) + 1
-    held.append((version, member.digest))
+    version = max((v for v, _sha, _key in held), default=0) + 1
     key = instance_key(study_uid, tags.series_uid, tags.sop_instance_uid, version)
+    held.append((version, member.digest, key))
     group.rows.append(_instance_values(series_id, member, key, version, group.now))
     group.publish.append((member.staged, key))
     group.touched_studies.add(study_id)
@@ -228,6 +235,20 @@ def _place(connection: Connection, group: _Group, member: Member) -> Outcome:
             },
         )
     return Outcome(Status.SUCCESS, "", study_uid, version=version)
+
+
+def _restore_if_missing(store: ObjectStore, group: _Group, member: Member, key: str) -> None:
+    """An identical copy is indexed: its object should be there. It is not where a commit
+    succeeded but its caller was told it failed (the connection lost during COMMIT), which
+    deleted the group's objects; answering the resend "duplicate" would leave the row
+    without its bytes. The resent copy takes the key again, published with the group."""
+    if any(published == key for _staged, published in group.publish) or store.exists(key):
+        return
+    log.warning(
+        "an indexed instance's object was missing: restored from a copy sent again",
+        extra={"object_key": key},
+    )
+    group.publish.append((member.staged, key))
 
 
 def _check_series(group: _Group, tags: InstanceTags) -> None:

@@ -246,6 +246,30 @@ def test_a_postgresql_restart_between_groups_fails_no_instance(
         db.dispose()
 
 
+def test_a_resent_copy_restores_an_indexed_instance_s_missing_object(
+    ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
+) -> None:
+    # A commit that succeeded while its caller was told it failed (the connection lost
+    # during COMMIT) leaves rows whose objects the failure path deleted; the sender's
+    # resend must not be answered "duplicate" over a row without its bytes.
+    ingest, db, store, sender = ingest_parts
+    first, other = write_ct_series(tmp_path / "lost", 2, seed="lost-object")
+    assert ingest.receive(first.read_bytes(), sender).status == Status.SUCCESS
+    with db.session() as session:
+        key = session.scalars(select(InstanceRow.object_key)).one()
+    store.delete(key)
+    again = _receive_together(ingest, [first, first, other], sender)
+    assert [(o.status, o.duplicate) for o in again] == [
+        (Status.SUCCESS, True),
+        (Status.SUCCESS, True),
+        (Status.SUCCESS, False),
+    ]
+    assert store.get(key) == first.read_bytes()  # restored, once, from the copy sent again
+    assert not list((store.root / "staging").iterdir())
+    assert len(_indexed_sops(db)) == 2
+    assert ingest.receive(first.read_bytes(), sender).duplicate  # and then a plain duplicate
+
+
 def test_a_member_refused_on_its_own_does_not_fail_its_group(
     ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
 ) -> None:
