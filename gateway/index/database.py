@@ -62,10 +62,6 @@ class Database:
         with translated(), self.engine.begin() as connection:
             yield connection
 
-    def kept_connection(self, idle_s: float = 1.0) -> KeptConnection:
-        """A connection kept for a writer's back-to-back transactions (see the class)."""
-        return KeptConnection(self, idle_s)
-
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
         config = Config()
@@ -100,6 +96,10 @@ def translated() -> Iterator[None]:
         raise DatabaseError(f"{exc.__class__.__name__}: {first}") from exc
 
 
+# How long a kept connection may idle between transactions before it goes back to the pool.
+KEEP_IDLE_S = 1.0
+
+
 def connection_dropped(exc: DatabaseError) -> bool:
     """Whether ``exc`` came from a connection the database had dropped (a server restarted),
     which the pool has invalidated: a new one may well work."""
@@ -124,7 +124,7 @@ class KeptConnection:
     take turns, as group commit's leaders do).
     """
 
-    def __init__(self, db: Database, idle_s: float = 1.0) -> None:
+    def __init__(self, db: Database, idle_s: float = KEEP_IDLE_S) -> None:
         self._db = db
         self._idle_s = idle_s
         self._connection: Connection | None = None

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.index.database import Database
+from gateway.index.database import Database, KeptConnection
 from gateway.index.tables import utcnow
 from gateway.inference.findings import Finding
 from gateway.inference.group_write import GroupWrite, LockedJob, lock_jobs
@@ -118,7 +118,7 @@ class GroupRecorder:
     def __init__(self, db: Database, announced_wait_s: float = ANNOUNCED_WAIT_S) -> None:
         self.db = db
         self.announced_wait_s = announced_wait_s
-        self._writer = db.kept_connection()  # used by the recorder's thread only
+        self._writer = KeptConnection(db)  # used by the recorder's thread only
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._closed = False

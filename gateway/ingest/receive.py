@@ -23,7 +23,7 @@ from pydicom import Dataset, dcmread
 
 from gateway.dimse_status import Status
 from gateway.errors import DatabaseError, InvalidInstance, StorageError
-from gateway.index.database import Database
+from gateway.index.database import KEEP_IDLE_S, Database, KeptConnection
 from gateway.index.object_store import ObjectStore, StagedObject
 from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.header import Header, read_header
@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 # SOP class allowed, the study of the request's URL); it raises InvalidInstance to refuse.
 Admit = Callable[[InstanceTags], None]
 
-# Between groups closer than this, an SCP's group writes keep their index connection.
-KEEP_CONNECTION_S = 1.0
-
 # A header longer than this (rare: large sequences before the pixels) is parsed from the file.
 _HEADER_BYTES = HEAD_BYTES  # the spool keeps as many in memory
 _PIXEL_ELEMENTS = frozenset({0x0008, 0x0009, 0x0010})  # (7FE0,0008/0009/0010): pydicom's stop
@@ -56,7 +53,7 @@ class Ingest:
     ``commit_window_ms`` bounds how long a group's leader waits for instances other threads
     are still preparing (``ingest_commit_window_ms``); 0 groups only what already waits.
     ``keep_connection``: the groups' index connection stays checked out between groups
-    that follow within :data:`KEEP_CONNECTION_S` (an SCP process; see
+    that follow each other (an SCP process; see
     :class:`~gateway.index.database.KeptConnection`).
     """
 
@@ -71,7 +68,7 @@ class Ingest:
         self.store = store
         # Only the group's leader writes, one group at a time: one connection serves them
         # all, kept between groups where instances stream in (an SCP process's).
-        self._writer = db.kept_connection(KEEP_CONNECTION_S if keep_connection else 0.0)
+        self._writer = KeptConnection(db, KEEP_IDLE_S if keep_connection else 0.0)
         self.group: GroupCommit[Member, Outcome] = GroupCommit(
             self._write_group, commit_window_ms / 1000
         )

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.pool import QueuePool
 
 from gateway.errors import DatabaseError
-from gateway.index.database import Database
+from gateway.index.database import Database, KeptConnection
 from gateway.index.tables import RegionRow
 from tests.services import Postgres
 
@@ -33,7 +33,7 @@ def _regions(db: Database) -> int:
 
 
 def test_transactions_back_to_back_share_one_checkout_and_commit(db: Database) -> None:
-    kept = db.kept_connection(idle_s=60)
+    kept = KeptConnection(db, idle_s=60)
     seen = set()
     for code in ("01", "02", "03"):
         with kept.transaction() as connection:
@@ -47,7 +47,7 @@ def test_transactions_back_to_back_share_one_checkout_and_commit(db: Database) -
 
 
 def test_a_connection_idle_too_long_goes_back_to_the_pool_first(db: Database) -> None:
-    kept = db.kept_connection(idle_s=0.05)
+    kept = KeptConnection(db, idle_s=0.05)
     with kept.transaction() as connection:
         first = connection
     time.sleep(0.1)
@@ -59,7 +59,7 @@ def test_a_connection_idle_too_long_goes_back_to_the_pool_first(db: Database) ->
 
 
 def test_a_failed_transaction_rolls_back_and_returns_its_connection(db: Database) -> None:
-    kept = db.kept_connection(idle_s=60)
+    kept = KeptConnection(db, idle_s=60)
     with pytest.raises(DatabaseError, match="no such table"), kept.transaction() as connection:
         _add_region(connection, "04")
         connection.execute(text("SELECT * FROM no_such_table"))
@@ -72,7 +72,7 @@ def test_a_failed_transaction_rolls_back_and_returns_its_connection(db: Database
 
 
 def test_with_no_keep_each_transaction_gives_its_connection_back(db: Database) -> None:
-    kept = db.kept_connection(idle_s=0)
+    kept = KeptConnection(db, idle_s=0)
     for code in ("06", "07"):
         with kept.transaction() as connection:
             _add_region(connection, code)
@@ -87,7 +87,7 @@ def test_the_pool_is_waited_for_before_the_lock_is_taken(tmp_path: Path) -> None
     db.migrate()
     db.engine = create_engine(db.url, pool_size=1, max_overflow=0, pool_timeout=30)
     lock = threading.Lock()
-    kept = db.kept_connection(idle_s=60)
+    kept = KeptConnection(db, idle_s=60)
     other = db.engine.connect()  # the pool's only connection
     written = threading.Event()
 
@@ -112,7 +112,7 @@ def test_the_pool_is_waited_for_before_the_lock_is_taken(tmp_path: Path) -> None
 def test_postgresql_restarted_between_bursts_is_not_failed_on(pg: Postgres) -> None:
     db = Database(pg.create_database("aigw_kept"))
     db.migrate()
-    kept = db.kept_connection(idle_s=0.2)
+    kept = KeptConnection(db, idle_s=0.2)
     with kept.transaction() as connection:
         _add_region(connection, "10")
     pg.restart()  # the kept connection's server side is gone
@@ -123,7 +123,7 @@ def test_postgresql_restarted_between_bursts_is_not_failed_on(pg: Postgres) -> N
     kept.release()
     # Restarted within a burst: that transaction fails (a transient DatabaseError, which
     # the group answers as a failure and its senders retry), the next one has a new one.
-    busy = db.kept_connection(idle_s=600)
+    busy = KeptConnection(db, idle_s=600)
     with busy.transaction() as connection:
         _add_region(connection, "12")
     pg.restart()

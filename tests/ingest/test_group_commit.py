@@ -232,7 +232,7 @@ def test_a_postgresql_restart_between_groups_fails_no_instance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Kept far longer than the restart takes: the next group finds its connection dropped.
-    monkeypatch.setattr("gateway.ingest.receive.KEEP_CONNECTION_S", 600.0)
+    monkeypatch.setattr("gateway.ingest.receive.KEEP_IDLE_S", 600.0)
     with postgres_server() as pg:
         db, store, sender = _parts(tmp_path, pg.url)
         scp = Ingest(db, store, keep_connection=True)
