@@ -70,6 +70,10 @@ def _finished(
 ) -> tuple[StudyItem, list[JobItem]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # The jobs first: routing commits them with the study's move to 'routed', so a study
+        # read after them is routed. Read before them, it could still say 'receiving' when
+        # completion, routing and a fast job all fell between the two queries (seen in CI).
+        jobs = list_jobs(gateway.parts.db, JobFilter(study_uid=study_uid, limit=1000))
         studies = [
             s
             for s in list_studies(gateway.parts.db, StudyFilter(limit=1000))
@@ -77,7 +81,6 @@ def _finished(
         ]
         if studies and studies[0].state == "not_applicable":
             return studies[0], []
-        jobs = list_jobs(gateway.parts.db, JobFilter(study_uid=study_uid, limit=1000))
         if studies and jobs and all(j.state in ("inferred", "failed") for j in jobs):
             return studies[0], jobs
         time.sleep(0.1)
