@@ -5,9 +5,9 @@ The members' bytes are already durable in staging (data fsynced); here, in one t
 1. what the index holds of the group's SOP Instances, studies and series is read at once
    (three queries, not three per instance);
 2. each member is placed: an identical copy already held → success, nothing written (its
-   object published again if it is missing: a commit reported failed that had succeeded); a series
-   that belongs to another study → refused, nothing written for it; else its study and series
-   are found or created (a complete study is reopened as ``superseded``);
+   object published again if it is missing); a series that belongs to another study →
+   refused, nothing written for it; else its study and series are found or created (a
+   complete study is reopened as ``superseded``);
 3. the new instance rows are inserted (one statement), **before** any object is published, so
    the unique constraints order concurrent copies of one SOP Instance and a row never points
    at another writer's bytes;
@@ -15,11 +15,15 @@ The members' bytes are already durable in staging (data fsynced); here, in one t
 5. ``last_received_at`` is written once per study and series (in id order: two writers lock
    the rows in the same order) and the transaction commits: one durable commit for the group.
 
-If anything fails after a publish, the published objects are deleted (recovery would remove
-them at start-up anyway: their senders were never told success). The statements every group
-runs (the reads, the instance rows, the touches) are compiled once and run through the
-driver (:mod:`gateway.index.prepared`); the rare ones (a new study or series, a new version's
-event) through SQLAlchemy Core.
+If publishing or a statement after it fails, the published objects are deleted while the
+rows are still locked. If the COMMIT itself fails, they stay: another connection asks whether
+the group's rows landed anyway (the connection lost while the server committed), and if so
+the members are answered as stored; if not, start-up recovery removes the unindexed objects
+and a resend publishes under the same keys.
+
+The statements every group runs (the reads, the instance rows, the touches) are compiled
+once and run through the driver (:mod:`gateway.index.prepared`); the rare ones (a new study
+or series, a new version's event) through SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -127,34 +131,74 @@ class _Group:
     publish: list[tuple[StagedObject, str]] = field(default_factory=list)
     touched_studies: set[int] = field(default_factory=set)
     touched_series: set[int] = field(default_factory=set)
+    outcomes: list[Outcome] = field(default_factory=list)  # one per member, in their order
 
 
 def _transaction(
     db: Database, store: ObjectStore, members: Sequence[Member], writer: KeptConnection
 ) -> list[Outcome]:
-    published: list[str] = []
+    written: _Group | None = None  # set once all but the COMMIT has run
     try:
         with writer.transaction(db.write_lock) as connection:
-            group = _read_group(connection, members)
-            # One order for every writer: two groups never wait on each other's rows crosswise.
-            order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))
-            outcomes = {index: _place(connection, store, group, members[index]) for index in order}
-            if group.rows:
-                _INSERT_INSTANCES.executemany(connection, group.rows)
-            published = [key for _staged, key in group.publish]
-            try:
-                store.publish_group(group.publish)
-                _touch(connection, group)
-            except BaseException:
-                # Removed while the rows are still locked: a concurrent writer of the same
-                # SOP version waits on them and must not find its own object deleted.
-                _remove_all(store, published)
-                published = []
-                raise
-        return [outcomes[index] for index in range(len(members))]
+            written = _write(connection, store, members)
+        return written.outcomes
+    except DatabaseError:
+        # A COMMIT that failed may yet have landed (the connection lost while the server
+        # committed). Its objects stay either way: deleting them would leave rows without
+        # their bytes if it did, or, now that the rows are unlocked, could delete a
+        # concurrent writer's object of the same key if it did not; start-up recovery
+        # removes the unindexed ones, and a resend publishes under the same key.
+        if written is None or not _landed(db, written):
+            if written is not None and written.publish:
+                log.warning(
+                    "a group's commit failed: its objects are left for recovery",
+                    extra={"objects": len(written.publish)},
+                )
+            raise
+        log.warning(
+            "a group's commit was reported failed but had landed: answered as stored",
+            extra={"instances": len(written.rows)},
+        )
+        return written.outcomes
+
+
+def _write(connection: Connection, store: ObjectStore, members: Sequence[Member]) -> _Group:
+    """All of the group's transaction but its COMMIT: rows inserted, objects published."""
+    group = _read_group(connection, members)
+    # One order for every writer: two groups never wait on each other's rows crosswise.
+    order = sorted(range(len(members)), key=lambda i: _sort_key(members[i].tags))
+    placed = {index: _place(connection, store, group, members[index]) for index in order}
+    group.outcomes = [placed[index] for index in range(len(members))]
+    if group.rows:
+        _INSERT_INSTANCES.executemany(connection, group.rows)
+    try:
+        store.publish_group(group.publish)
+        _touch(connection, group)
     except BaseException:
-        _remove_all(store, published)  # the commit itself failed
+        # Removed while the rows are still locked: a concurrent writer of the same SOP
+        # version waits on them and must not find its own object deleted.
+        _remove_all(store, [key for _staged, key in group.publish])
         raise
+    return group
+
+
+def _landed(db: Database, group: _Group) -> bool:
+    """Whether the group's rows are in the index after its COMMIT raised: asked on another
+    connection; ``False`` also when the database cannot say (it is still away)."""
+    expected = {str(row["object_key"]): str(row["sha256"]) for row in group.rows}
+    if not expected:
+        return True  # nothing to commit: only duplicates, restored objects at most
+    try:
+        with db.transaction() as connection:
+            found = connection.execute(
+                select(INSTANCES.c.object_key, INSTANCES.c.sha256).where(
+                    INSTANCES.c.object_key.in_(sorted(expected))
+                )
+            ).all()
+    except DatabaseError:
+        return False
+    # Our rows, not a concurrent writer's of the same keys that committed after ours failed.
+    return {str(key): str(sha) for key, sha in found} == expected
 
 
 def _sort_key(tags: InstanceTags) -> tuple[str, str, str]:
@@ -238,10 +282,11 @@ def _place(connection: Connection, store: ObjectStore, group: _Group, member: Me
 
 
 def _restore_if_missing(store: ObjectStore, group: _Group, member: Member, key: str) -> None:
-    """An identical copy is indexed: its object should be there. It is not where a commit
-    succeeded but its caller was told it failed (the connection lost during COMMIT), which
-    deleted the group's objects; answering the resend "duplicate" would leave the row
-    without its bytes. The resent copy takes the key again, published with the group."""
+    """An identical copy is indexed: its object should be there. Where it is not (deleted
+    behind the index, or by a version before 2026-12-07 that deleted a group's objects when
+    its COMMIT raised although it had landed), answering the resend "duplicate" would leave
+    the row without its bytes. The resent copy takes the key again, published with the
+    group."""
     if any(published == key for _staged, published in group.publish) or store.exists(key):
         return
     log.warning(

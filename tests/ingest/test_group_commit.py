@@ -5,11 +5,13 @@ and ``kill -9`` in the middle of groups loses nothing that was acknowledged."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -19,6 +21,7 @@ from sqlalchemy.pool import QueuePool
 from gateway.dimse_status import Status
 from gateway.index.database import Database
 from gateway.index.object_store import FolderStore
+from gateway.index.recovery import recover
 from gateway.index.tables import InstanceRow
 from gateway.ingest.group_commit import GroupCommit, GroupFailed
 from gateway.ingest.receive import Ingest, Outcome, Sender
@@ -268,6 +271,114 @@ def test_a_resent_copy_restores_an_indexed_instance_s_missing_object(
     assert not list((store.root / "staging").iterdir())
     assert len(_indexed_sops(db)) == 2
     assert ingest.receive(first.read_bytes(), sender).duplicate  # and then a plain duplicate
+
+
+@contextmanager
+def _commit_raises(db: Database, error: Exception, *, lands: bool) -> Iterator[list[int]]:
+    """The next COMMIT raises ``error``, after it committed (``lands``) or instead of it:
+    what a connection lost during COMMIT looks like to the writer, which cannot tell which.
+    Yields the list that counts the COMMITs that raised."""
+    dialect = db.engine.dialect
+    real = dialect.do_commit
+    raised: list[int] = []
+
+    def do_commit(dbapi_connection: Any) -> None:
+        if raised:
+            return real(dbapi_connection)
+        raised.append(1)
+        if lands:
+            real(dbapi_connection)
+        raise error
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dialect, "do_commit", do_commit)
+        yield raised
+
+
+def _object_keys(db: Database) -> dict[str, str]:
+    with db.session() as session:
+        rows = session.execute(select(InstanceRow.sop_instance_uid, InstanceRow.object_key))
+        return {str(sop): str(key) for sop, key in rows}
+
+
+def test_a_commit_reported_failed_that_landed_is_answered_as_stored(
+    ingest_parts: tuple[Ingest, Database, FolderStore, Sender],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ingest, db, store, sender = ingest_parts
+    files = write_ct_series(tmp_path / "landed", 3, seed="commit-landed")
+    with _commit_raises(db, sqlite3.OperationalError("disk I/O error"), lands=True) as raised:
+        outcomes = _receive_together(ingest, files, sender)
+    assert raised == [1] and ingest.group.groups_written == 1
+    assert [(o.status, o.duplicate) for o in outcomes] == [(Status.SUCCESS, False)] * 3
+    assert "had landed" in caplog.text
+    keys = _object_keys(db)
+    assert len(keys) == 3
+    for path in files:  # every row has its bytes: nothing was deleted behind the index
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert store.get(keys[sop]) == path.read_bytes()
+    assert not list((store.root / "staging").iterdir())
+    assert ingest.receive(files[0].read_bytes(), sender).duplicate
+
+
+def test_a_commit_that_failed_leaves_its_objects_to_recovery_and_a_resend(
+    ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
+) -> None:
+    ingest, db, store, sender = ingest_parts
+    files = write_ct_series(tmp_path / "lost", 4, seed="commit-lost")
+    with _commit_raises(db, sqlite3.OperationalError("disk I/O error"), lands=False):
+        outcomes = _receive_together(ingest, files, sender)
+    assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 4
+    assert all(o.reason.startswith("database: ") for o in outcomes)
+    assert _indexed_sops(db) == set()
+    assert len(list(store.keys("studies/"))) == 4  # not deleted after the rows were unlocked
+    # Two senders try again: their objects are published again under the same keys ...
+    again = _receive_together(ingest, files[:2], sender)
+    assert [(o.status, o.duplicate) for o in again] == [(Status.SUCCESS, False)] * 2
+    keys = _object_keys(db)
+    for path in files[:2]:
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert store.get(keys[sop]) == path.read_bytes()
+    # ... and start-up recovery removes the two whose senders have not (yet).
+    report = recover(db, store)
+    assert (report.orphans_removed, report.missing_objects) == (2, 0)
+    assert sorted(store.keys("studies/")) == sorted(keys.values())
+
+
+def test_a_postgresql_connection_lost_during_commit_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real thing on PostgreSQL: the server ends the writer's session as its COMMIT is
+    sent, so the commit does not land and the driver reports the connection lost."""
+    with postgres_server() as pg:
+        db, store, sender = _parts(tmp_path, pg.url)
+        scp = Ingest(db, store, LONG_WINDOW_S * 1000, keep_connection=True)
+        files = write_ct_series(tmp_path / "pg-lost", 3, seed="commit-pg")
+        real = db.engine.dialect.do_commit
+        killed: list[int] = []
+
+        def do_commit(dbapi_connection: Any) -> None:
+            if not killed:
+                killed.append(dbapi_connection.driver_connection.info.backend_pid)
+                with db.engine.connect() as other:
+                    other.exec_driver_sql(f"SELECT pg_terminate_backend({killed[0]})")
+            real(dbapi_connection)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(db.engine.dialect, "do_commit", do_commit)
+            outcomes = _receive_together(scp, files, sender)
+            assert len(killed) == 1
+            assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 3
+            assert "left for recovery" in caplog.text
+            assert _indexed_sops(db) == set() and len(list(store.keys("studies/"))) == 3
+            again = _receive_together(scp, files, sender)  # on a new connection
+        assert [o.status for o in again] == [Status.SUCCESS] * 3
+        keys = _object_keys(db)
+        assert sorted(store.keys("studies/")) == sorted(keys.values())
+        assert recover(db, store).orphans_removed == 0
+        scp._writer.release()
+        db.dispose()
 
 
 def test_a_member_refused_on_its_own_does_not_fail_its_group(
