@@ -18,8 +18,9 @@ The members' bytes are already durable in staging (data fsynced); here, in one t
 If publishing or a statement after it fails, the published objects are deleted while the
 rows are still locked. If the COMMIT itself fails, they stay: another connection asks whether
 the group's rows landed anyway (the connection lost while the server committed), and if so
-the members are answered as stored; if not, start-up recovery removes the unindexed objects
-and a resend publishes under the same keys.
+the members are answered as stored; if not, or if the database cannot say, they are answered
+a failure, a resend publishes the objects again, and start-up recovery removes the
+unindexed ones.
 
 The statements every group runs (the reads, the instance rows, the touches) are compiled
 once and run through the driver (:mod:`gateway.index.prepared`); the rare ones (a new study
@@ -101,7 +102,8 @@ def write_group(
 
     A member refused on its own (its series belongs to another study) gets its status and
     the others go on; a failure of the transaction (database, object store) raises, and then
-    nothing of the group is indexed or left published.
+    nothing of the group is indexed (its objects published before a COMMIT that raised stay,
+    for a resend or start-up recovery: see :func:`_transaction`).
     """
     for attempt in range(_ATTEMPTS):
         try:
@@ -142,24 +144,26 @@ def _transaction(
         with writer.transaction(db.write_lock) as connection:
             written = _write(connection, store, members)
         return written.outcomes
-    except DatabaseError:
+    except BaseException as exc:
+        if written is None:
+            raise  # before the COMMIT: _write removed what it had published
         # A COMMIT that failed may yet have landed (the connection lost while the server
         # committed). Its objects stay either way: deleting them would leave rows without
         # their bytes if it did, or, now that the rows are unlocked, could delete a
         # concurrent writer's object of the same key if it did not; start-up recovery
-        # removes the unindexed ones, and a resend publishes under the same key.
-        if written is None or not _landed(db, written):
-            if written is not None and written.publish:
-                log.warning(
-                    "a group's commit failed: its objects are left for recovery",
-                    extra={"objects": len(written.publish)},
-                )
-            raise
-        log.warning(
-            "a group's commit was reported failed but had landed: answered as stored",
-            extra={"instances": len(written.rows)},
-        )
-        return written.outcomes
+        # removes the unindexed ones, and a resend publishes them again.
+        if isinstance(exc, DatabaseError) and _landed(db, written):
+            log.warning(
+                "a group's commit was reported failed but had landed: answered as stored",
+                extra={"instances": len(written.rows)},
+            )
+            return written.outcomes
+        if written.publish:
+            log.warning(
+                "a group's commit failed: its objects are left for recovery",
+                extra={"objects": len(written.publish)},
+            )
+        raise
 
 
 def _write(connection: Connection, store: ObjectStore, members: Sequence[Member]) -> _Group:
@@ -189,7 +193,9 @@ def _landed(db: Database, group: _Group) -> bool:
     if not expected:
         return True  # nothing to commit: only duplicates, restored objects at most
     try:
-        with db.transaction() as connection:
+        # Queued with the writers (SQLite's transactions are IMMEDIATE: unqueued, this read
+        # would sleep-poll in the busy handler while the leader's group waits).
+        with db.write_lock, db.transaction() as connection:
             found = connection.execute(
                 select(INSTANCES.c.object_key, INSTANCES.c.sha256).where(
                     INSTANCES.c.object_key.in_(sorted(expected))

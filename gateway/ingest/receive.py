@@ -329,8 +329,9 @@ def _check_matches_request(
 
 
 def _all_failed(members: Sequence[Member], reason: str) -> list[Outcome]:
-    # Nothing of the group is indexed or left published: each sender keeps its copy and
-    # sends again; acknowledged instances of earlier groups are untouched.
+    # Nothing of the group is indexed: each sender keeps its copy and sends again (objects
+    # published before a COMMIT that raised are published again under the same keys, or
+    # removed by start-up recovery); acknowledged instances of earlier groups are untouched.
     return [Outcome(Status.OUT_OF_RESOURCES, reason, m.tags.study.study_uid) for m in members]
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.pool import QueuePool
 
 from gateway.dimse_status import Status
+from gateway.errors import DatabaseError
 from gateway.index.database import Database
 from gateway.index.object_store import FolderStore
 from gateway.index.recovery import recover
@@ -252,8 +253,8 @@ def test_a_postgresql_restart_between_groups_fails_no_instance(
 def test_a_resent_copy_restores_an_indexed_instance_s_missing_object(
     ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
 ) -> None:
-    # A commit that succeeded while its caller was told it failed (the connection lost
-    # during COMMIT) leaves rows whose objects the failure path deleted; the sender's
+    # An indexed instance whose object is gone (deleted behind the index, or by the failure
+    # path of versions before 2026-12-07 after a COMMIT that had landed): the sender's
     # resend must not be answered "duplicate" over a row without its bytes.
     ingest, db, store, sender = ingest_parts
     first, other = write_ct_series(tmp_path / "lost", 2, seed="lost-object")
@@ -322,6 +323,34 @@ def test_a_commit_reported_failed_that_landed_is_answered_as_stored(
     assert ingest.receive(files[0].read_bytes(), sender).duplicate
 
 
+def test_a_commit_that_landed_while_the_database_cannot_say_so_keeps_its_objects(
+    ingest_parts: tuple[Ingest, Database, FolderStore, Sender],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ingest, db, store, sender = ingest_parts
+    files = write_ct_series(tmp_path / "unsure", 2, seed="commit-unsure")
+
+    def unreachable() -> Iterator[None]:
+        raise DatabaseError("OperationalError: connection refused")
+
+    with _commit_raises(db, sqlite3.OperationalError("disk I/O error"), lands=True):
+        monkeypatch.setattr(db, "transaction", contextmanager(unreachable))
+        outcomes = _receive_together(ingest, files, sender)
+        monkeypatch.undo()
+    # Not known to be stored, so not acknowledged; but the rows are there, and so are
+    # their objects: the senders' resends are duplicates of complete instances.
+    assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 2
+    keys = _object_keys(db)
+    assert len(keys) == 2 and all(store.exists(key) for key in keys.values())
+    again = _receive_together(ingest, files, sender)
+    assert [(o.status, o.duplicate) for o in again] == [(Status.SUCCESS, True)] * 2
+    for path in files:
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert store.get(keys[sop]) == path.read_bytes()
+    assert recover(db, store).missing_objects == 0
+
+
 def test_a_commit_that_failed_leaves_its_objects_to_recovery_and_a_resend(
     ingest_parts: tuple[Ingest, Database, FolderStore, Sender], tmp_path: Path
 ) -> None:
@@ -362,23 +391,26 @@ def test_a_postgresql_connection_lost_during_commit_loses_nothing(
             if not killed:
                 killed.append(dbapi_connection.driver_connection.info.backend_pid)
                 with db.engine.connect() as other:
-                    other.exec_driver_sql(f"SELECT pg_terminate_backend({killed[0]})")
+                    # waits (up to 5 s) until the session has ended
+                    other.exec_driver_sql(f"SELECT pg_terminate_backend({killed[0]}, 5000)")
             real(dbapi_connection)
 
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(db.engine.dialect, "do_commit", do_commit)
-            outcomes = _receive_together(scp, files, sender)
-            assert len(killed) == 1
-            assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 3
-            assert "left for recovery" in caplog.text
-            assert _indexed_sops(db) == set() and len(list(store.keys("studies/"))) == 3
-            again = _receive_together(scp, files, sender)  # on a new connection
-        assert [o.status for o in again] == [Status.SUCCESS] * 3
-        keys = _object_keys(db)
-        assert sorted(store.keys("studies/")) == sorted(keys.values())
-        assert recover(db, store).orphans_removed == 0
-        scp._writer.release()
-        db.dispose()
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(db.engine.dialect, "do_commit", do_commit)
+                outcomes = _receive_together(scp, files, sender)
+                assert len(killed) == 1
+                assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 3
+                assert "left for recovery" in caplog.text
+                assert _indexed_sops(db) == set() and len(list(store.keys("studies/"))) == 3
+                again = _receive_together(scp, files, sender)  # on a new connection
+            assert [o.status for o in again] == [Status.SUCCESS] * 3
+            keys = _object_keys(db)
+            assert sorted(store.keys("studies/")) == sorted(keys.values())
+            assert recover(db, store).orphans_removed == 0
+        finally:
+            scp._writer.release()
+            db.dispose()
 
 
 def test_a_member_refused_on_its_own_does_not_fail_its_group(
