@@ -30,13 +30,25 @@ from workers.worker import inference_context
 
 
 def _analysed_job(gateway: Gateway, tmp_path: Path, seed: int) -> JobItem:
-    """A fluorography study sent, analysed by the test device, and its one job."""
+    """A fluorography study sent, analysed by the test device, and its one job, once its
+    report has been recorded too: the results pool commits it ~0.5 s after the inference,
+    and a test that changes the job meanwhile would race it."""
     study = chest_xray_study(
         seed=seed, kind="fluorography", modality="DX", sop="dx", size=(256, 256)
     )
     _send(gateway, write_study(study, tmp_path / "in"))
     _, (job,) = _finished(gateway, study.study_instance_uid)
+    deadline = time.monotonic() + 60  # a bound on a failing test's wait, not a timing goal
+    while not _has_results(gateway, job.job_id):
+        assert time.monotonic() < deadline, "the job's report was never recorded"
+        time.sleep(0.05)
     return job
+
+
+def _has_results(gateway: Gateway, job_id: int) -> bool:
+    with gateway.parts.db.session() as session:
+        found = session.scalar(select(ResultRow.id).where(ResultRow.job_id == job_id).limit(1))
+        return found is not None
 
 
 def _job(gateway: Gateway, job_id: int) -> JobRow:
@@ -110,13 +122,15 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
     beats = Heartbeats(gateway.parts.db, lease_s=0.3)  # a worker's, for all its jobs
     with beats.holding(job.job_id, "t1:0"):
         time.sleep(0.5)
-    renewed = _job(gateway, job.job_id).heartbeat_at
-    assert renewed is not None and renewed > before + timedelta(seconds=90)
-
     with gateway.parts.db.transaction() as connection:
         connection.execute(
             update(JobRow).where(JobRow.id == job.job_id).values(state=JobState.INFERRED.value)
         )
+    # Read after the job left RUNNING: a renewal still in flight from the block above has
+    # either landed by now or no longer matches the job.
+    renewed = _job(gateway, job.job_id).heartbeat_at
+    assert renewed is not None and renewed > before + timedelta(seconds=90)
+
     with beats.holding(job.job_id, "t1:0"):
         time.sleep(0.5)
     assert _job(gateway, job.job_id).heartbeat_at == renewed  # a finished job is left alone

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -132,8 +133,14 @@ def test_a_released_association_completes_its_study_and_wakes_the_hand_over(
         "the hand-over", lambda: study_uid in {c.study_uid for c in running.handed_over}
     )
     assert running.completion_reasons(study_uid) == ["association_released"]
-    study = running.study(study_uid)
-    assert study is not None and study.next_attempt_at is None  # handed over, nothing due
+
+    # The hook runs before the assembler settles the study in a transaction of its own:
+    # until then next_attempt_at is the hand-over's lease, then nothing is due.
+    def settled() -> bool:
+        study = running.study(study_uid)
+        return study is not None and study.next_attempt_at is None
+
+    running.wait_for("the study settled, nothing due", settled)
 
 
 def test_an_aborted_association_leaves_its_study_to_the_quiet_period(
@@ -237,6 +244,17 @@ def test_a_study_orthanc_reports_stable_is_fetched_and_completed_once(
     running.wait_for("the hand-over", lambda: study_uid in {c.study_uid for c in handed_over})
     assert running.completion_reasons(study_uid) == ["orthanc_stable_study"]
     parts = running.gateway.parts
+    # The follower saves its cursor after it has woken the assembler, which may hand the
+    # study over first: wait until the cursor holds Orthanc's last change.
+    with urllib.request.urlopen(f"{orthanc.url}/changes?last", timeout=30) as response:
+        last = int(json.load(response)["Last"])
+
+    def cursor_saved() -> bool:
+        with parts.db.session() as session:
+            row = session.get(OrthancCursorRow, parts.source_ids["followed"])
+            return row is not None and row.last_change >= last
+
+    running.wait_for("the follower's cursor", cursor_saved)
     with parts.db.session() as session:
         held = session.scalars(
             select(InstanceRow.sop_instance_uid)
