@@ -104,7 +104,8 @@ def test_no_inline_script_runs_and_no_other_site_frames_the_dashboard(
         "return window.injected === undefined ? null : window.injected;"
     )
     assert ran is None
-    assert "Content Security Policy" in _console(browser)
+    # The console's log is fetched over the driver's protocol: wait for the report, as below.
+    WebDriverWait(browser, 30).until(lambda d: "Content Security Policy" in _console(d))
 
     frame = f'<iframe id="victim" src="{server.url}/dashboard/" width="800" height="600"></iframe>'
     with _Pages(f"<!doctype html><title>elsewhere</title>{frame}") as elsewhere:
