@@ -7,7 +7,7 @@ transient error) takes the job over at once; a stale heartbeat is taken over, an
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
@@ -38,11 +38,21 @@ def _analysed_job(gateway: Gateway, tmp_path: Path, seed: int) -> JobItem:
     )
     _send(gateway, write_study(study, tmp_path / "in"))
     _, (job,) = _finished(gateway, study.study_instance_uid)
+    assert job.state == "inferred", job.reason  # a failed job gets no report to wait for
     deadline = time.monotonic() + 60  # a bound on a failing test's wait, not a timing goal
     while not _has_results(gateway, job.job_id):
         assert time.monotonic() < deadline, "the job's report was never recorded"
         time.sleep(0.05)
     return job
+
+
+def _renewed(gateway: Gateway, job_id: int, after: datetime) -> None:
+    """Wait until a heartbeat of the job's later than ``after`` has committed: a tick every
+    0.1 s, but its UPDATE may queue behind another writer."""
+    deadline = time.monotonic() + 30  # a bound on a failing test's wait, not a timing goal
+    while (_job(gateway, job_id).heartbeat_at or after) <= after:
+        assert time.monotonic() < deadline, f"job {job_id}'s heartbeat was never renewed"
+        time.sleep(0.05)
 
 
 def _has_results(gateway: Gateway, job_id: int) -> bool:
@@ -121,7 +131,7 @@ def test_the_heartbeat_is_renewed_while_the_job_runs_and_only_while_running(
     assert before is not None
     beats = Heartbeats(gateway.parts.db, lease_s=0.3)  # a worker's, for all its jobs
     with beats.holding(job.job_id, "t1:0"):
-        time.sleep(0.5)
+        _renewed(gateway, job.job_id, before + timedelta(seconds=90))
     with gateway.parts.db.transaction() as connection:
         connection.execute(
             update(JobRow).where(JobRow.id == job.job_id).values(state=JobState.INFERRED.value)
@@ -164,7 +174,10 @@ def test_one_heartbeat_renews_every_job_the_worker_holds_and_only_those(
             beats.holding(second.job_id, "t2:0"),
             beats.holding(taken.job_id, "t3:0"),  # another delivery holds it now
         ):
-            time.sleep(0.5)
+            # One tick renews every held job: once the first two are, it passed the third.
+            stale = utcnow() - timedelta(seconds=90)
+            _renewed(gateway, first.job_id, stale)
+            _renewed(gateway, second.job_id, stale)
     finally:
         beats.close()
     fresh = utcnow() - timedelta(seconds=10)
