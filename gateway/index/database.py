@@ -13,13 +13,30 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# libpq's bounds for a PostgreSQL the network stops answering (packets dropped, its host
+# gone; a stopped server refuses at once and needs none). Without them a connection attempt
+# resends its SYN for ~2 minutes and a statement on an open connection waits ~15 minutes
+# for TCP to give up, while the thread waits — for an SCP process's group leader, every
+# C-STORE of the process; and once the network is back such a wait ends only at the next
+# retransmission, up to one or two minutes later. With them the attempt or statement fails
+# and the caller's own retry (with backoff) goes on. Values a URL names itself are kept.
+POSTGRES_NETWORK_BOUNDS: dict[str, int] = {
+    "connect_timeout": 10,  # s: the whole connection attempt
+    "keepalives": 1,  # an idle connection's peer gone: noticed in 30 + 3 × 10 s
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: data sent and not acknowledged for that long
+}
+_LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
 
 
 class Database:
@@ -218,7 +235,20 @@ def _create_engine(url: str, pool_size: int) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=_network_bounds(url),
+    )
+
+
+def _network_bounds(url: str) -> dict[str, int]:
+    parsed = make_url(url)
+    if parsed.get_driver_name() not in _LIBPQ_DRIVERS:
+        return {}  # another driver's keywords differ: the URL says what it needs
+    return {key: value for key, value in POSTGRES_NETWORK_BOUNDS.items() if key not in parsed.query}
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
