@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -68,18 +69,42 @@ def test_a_connection_attempt_nobody_answers_fails_within_its_bound(
     assert "timeout expired" in failure
 
 
+def _parameters(url: str) -> dict[str, str]:
+    db = Database(url)
+    try:
+        with db.transaction() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            return dict(driver.info.get_parameters())
+    finally:
+        db.dispose()
+
+
 def test_every_postgresql_connection_carries_the_bounds_and_a_url_keeps_its_own(
-    pg: Postgres,
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for variable in ("PGCONNECT_TIMEOUT", "PGSERVICE"):  # an operator's: tested below
+        monkeypatch.delenv(variable, raising=False)
     for suffix, connect_timeout in (("", "10"), ("?connect_timeout=3", "3")):
-        db = Database(pg.url + suffix)
-        try:
-            with db.transaction() as connection:
-                driver = connection.connection.driver_connection
-                assert driver is not None
-                parameters = driver.info.get_parameters()
-        finally:
-            db.dispose()
+        parameters = _parameters(pg.url + suffix)
         assert parameters["connect_timeout"] == connect_timeout
         assert (parameters["tcp_user_timeout"], parameters["keepalives_idle"]) == ("30000", "30")
         assert (parameters["keepalives_interval"], parameters["keepalives_count"]) == ("10", "3")
+
+
+def test_an_operator_s_environment_and_service_file_are_not_overridden(
+    pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")
+    parameters = _parameters(pg.url)
+    assert (parameters["connect_timeout"], parameters["tcp_user_timeout"]) == ("7", "30000")
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+
+    services = tmp_path / "pg_service.conf"
+    services.write_text(
+        f"[aigw]\nhost=127.0.0.1\nport={pg.port}\nuser=postgres\ndbname=postgres\n"
+        "connect_timeout=4\ntcp_user_timeout=5000\n"
+    )
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    parameters = _parameters("postgresql+psycopg:///?service=aigw")
+    assert (parameters["connect_timeout"], parameters["tcp_user_timeout"]) == ("4", "5000")
