@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pydicom
 import pytest
 from sqlalchemy import func, select
@@ -408,6 +409,42 @@ def test_a_postgresql_connection_lost_during_commit_loses_nothing(
             keys = _object_keys(db)
             assert sorted(store.keys("studies/")) == sorted(keys.values())
             assert recover(db, store).orphans_removed == 0
+        finally:
+            scp._writer.release()
+            db.dispose()
+
+
+def test_a_postgresql_commit_that_landed_before_its_session_was_lost_is_answered_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The COMMIT lands and the session is ended before its answer is read: the driver
+    reports the connection lost, and another connection finds the group's rows."""
+    with postgres_server() as pg:
+        db, store, sender = _parts(tmp_path, pg.url)
+        scp = Ingest(db, store, LONG_WINDOW_S * 1000, keep_connection=True)
+        files = write_ct_series(tmp_path / "pg-landed", 3, seed="commit-pg-landed")
+        real = db.engine.dialect.do_commit
+        killed: list[int] = []
+
+        def do_commit(dbapi_connection: Any) -> None:
+            real(dbapi_connection)
+            if not killed:
+                killed.append(dbapi_connection.driver_connection.info.backend_pid)
+                with db.engine.connect() as other:
+                    other.exec_driver_sql(f"SELECT pg_terminate_backend({killed[0]}, 5000)")
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(db.engine.dialect, "do_commit", do_commit)
+                outcomes = _receive_together(scp, files, sender)
+            assert len(killed) == 1 and "had landed" in caplog.text
+            assert [(o.status, o.duplicate) for o in outcomes] == [(Status.SUCCESS, False)] * 3
+            keys = _object_keys(db)
+            for path in files:
+                sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                assert store.get(keys[sop]) == path.read_bytes()
+            assert scp.receive(files[0].read_bytes(), sender).duplicate
         finally:
             scp._writer.release()
             db.dispose()
