@@ -303,6 +303,14 @@ def _object_keys(db: Database) -> dict[str, str]:
         return {str(sop): str(key) for sop, key in rows}
 
 
+def _assert_stored(db: Database, store: FolderStore, files: list[Path]) -> None:
+    """Each file is indexed and its object holds its bytes."""
+    keys = _object_keys(db)
+    for path in files:
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert store.get(keys[sop]) == path.read_bytes()
+
+
 def test_a_commit_reported_failed_that_landed_is_answered_as_stored(
     ingest_parts: tuple[Ingest, Database, FolderStore, Sender],
     tmp_path: Path,
@@ -315,11 +323,8 @@ def test_a_commit_reported_failed_that_landed_is_answered_as_stored(
     assert raised == [1] and ingest.group.groups_written == 1
     assert [(o.status, o.duplicate) for o in outcomes] == [(Status.SUCCESS, False)] * 3
     assert "had landed" in caplog.text
-    keys = _object_keys(db)
-    assert len(keys) == 3
-    for path in files:  # every row has its bytes: nothing was deleted behind the index
-        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        assert store.get(keys[sop]) == path.read_bytes()
+    assert len(_object_keys(db)) == 3
+    _assert_stored(db, store, files)  # every row has its bytes: none deleted behind the index
     assert not list((store.root / "staging").iterdir())
     assert ingest.receive(files[0].read_bytes(), sender).duplicate
 
@@ -346,9 +351,7 @@ def test_a_commit_that_landed_while_the_database_cannot_say_so_keeps_its_objects
     assert len(keys) == 2 and all(store.exists(key) for key in keys.values())
     again = _receive_together(ingest, files, sender)
     assert [(o.status, o.duplicate) for o in again] == [(Status.SUCCESS, True)] * 2
-    for path in files:
-        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        assert store.get(keys[sop]) == path.read_bytes()
+    _assert_stored(db, store, files)
     assert recover(db, store).missing_objects == 0
 
 
@@ -366,88 +369,89 @@ def test_a_commit_that_failed_leaves_its_objects_to_recovery_and_a_resend(
     # Two senders try again: their objects are published again under the same keys ...
     again = _receive_together(ingest, files[:2], sender)
     assert [(o.status, o.duplicate) for o in again] == [(Status.SUCCESS, False)] * 2
+    _assert_stored(db, store, files[:2])
     keys = _object_keys(db)
-    for path in files[:2]:
-        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        assert store.get(keys[sop]) == path.read_bytes()
     # ... and start-up recovery removes the two whose senders have not (yet).
     report = recover(db, store)
     assert (report.orphans_removed, report.missing_objects) == (2, 0)
     assert sorted(store.keys("studies/")) == sorted(keys.values())
 
 
-def test_a_postgresql_connection_lost_during_commit_loses_nothing(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The real thing on PostgreSQL: the server ends the writer's session as its COMMIT is
-    sent, so the commit does not land and the driver reports the connection lost."""
+def _terminate(db: Database, dbapi_connection: Any) -> None:
+    """End the connection's PostgreSQL session from another one (waits up to 5 s for it)."""
+    pid = dbapi_connection.driver_connection.info.backend_pid
+    with db.engine.connect() as other:
+        other.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 5000)")
+
+
+@contextmanager
+def _session_lost_at_commit(db: Database, *, lands: bool) -> Iterator[list[int]]:
+    """The real thing on PostgreSQL: the server ends the writer's session as its next COMMIT
+    goes out (it does not land), or right after it landed (its answer lost); the driver
+    reports the connection lost either way. Yields the list that counts the lost COMMITs."""
+    real = db.engine.dialect.do_commit
+    lost: list[int] = []
+
+    def do_commit(dbapi_connection: Any) -> None:
+        if lost:
+            return real(dbapi_connection)
+        lost.append(1)
+        if not lands:
+            _terminate(db, dbapi_connection)
+            return real(dbapi_connection)
+        real(dbapi_connection)
+        _terminate(db, dbapi_connection)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db.engine.dialect, "do_commit", do_commit)
+        yield lost
+
+
+@pytest.fixture
+def pg_scp(tmp_path: Path) -> Iterator[tuple[Ingest, Database, FolderStore, Sender]]:
+    """An SCP process's ingest (a kept connection, a long window) on a real PostgreSQL."""
     with postgres_server() as pg:
         db, store, sender = _parts(tmp_path, pg.url)
         scp = Ingest(db, store, LONG_WINDOW_S * 1000, keep_connection=True)
-        files = write_ct_series(tmp_path / "pg-lost", 3, seed="commit-pg")
-        real = db.engine.dialect.do_commit
-        killed: list[int] = []
-
-        def do_commit(dbapi_connection: Any) -> None:
-            if not killed:
-                killed.append(dbapi_connection.driver_connection.info.backend_pid)
-                with db.engine.connect() as other:
-                    # waits (up to 5 s) until the session has ended
-                    other.exec_driver_sql(f"SELECT pg_terminate_backend({killed[0]}, 5000)")
-            real(dbapi_connection)
-
         try:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(db.engine.dialect, "do_commit", do_commit)
-                outcomes = _receive_together(scp, files, sender)
-                assert len(killed) == 1
-                assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 3
-                assert "left for recovery" in caplog.text
-                assert _indexed_sops(db) == set() and len(list(store.keys("studies/"))) == 3
-                again = _receive_together(scp, files, sender)  # on a new connection
-            assert [o.status for o in again] == [Status.SUCCESS] * 3
-            keys = _object_keys(db)
-            assert sorted(store.keys("studies/")) == sorted(keys.values())
-            assert recover(db, store).orphans_removed == 0
+            yield scp, db, store, sender
         finally:
             scp._writer.release()
             db.dispose()
+
+
+def test_a_postgresql_connection_lost_during_commit_loses_nothing(
+    pg_scp: tuple[Ingest, Database, FolderStore, Sender],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scp, db, store, sender = pg_scp
+    files = write_ct_series(tmp_path / "pg-lost", 3, seed="commit-pg")
+    with _session_lost_at_commit(db, lands=False) as lost:
+        outcomes = _receive_together(scp, files, sender)
+    assert lost == [1] and "left for recovery" in caplog.text
+    assert [o.status for o in outcomes] == [Status.OUT_OF_RESOURCES] * 3
+    assert _indexed_sops(db) == set() and len(list(store.keys("studies/"))) == 3
+    again = _receive_together(scp, files, sender)  # on a new connection
+    assert [o.status for o in again] == [Status.SUCCESS] * 3
+    _assert_stored(db, store, files)
+    assert recover(db, store).orphans_removed == 0
 
 
 def test_a_postgresql_commit_that_landed_before_its_session_was_lost_is_answered_stored(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    pg_scp: tuple[Ingest, Database, FolderStore, Sender],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The COMMIT lands and the session is ended before its answer is read: the driver
-    reports the connection lost, and another connection finds the group's rows."""
-    with postgres_server() as pg:
-        db, store, sender = _parts(tmp_path, pg.url)
-        scp = Ingest(db, store, LONG_WINDOW_S * 1000, keep_connection=True)
-        files = write_ct_series(tmp_path / "pg-landed", 3, seed="commit-pg-landed")
-        real = db.engine.dialect.do_commit
-        killed: list[int] = []
-
-        def do_commit(dbapi_connection: Any) -> None:
-            real(dbapi_connection)
-            if not killed:
-                killed.append(dbapi_connection.driver_connection.info.backend_pid)
-                with db.engine.connect() as other:
-                    other.exec_driver_sql(f"SELECT pg_terminate_backend({killed[0]}, 5000)")
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-
-        try:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(db.engine.dialect, "do_commit", do_commit)
-                outcomes = _receive_together(scp, files, sender)
-            assert len(killed) == 1 and "had landed" in caplog.text
-            assert [(o.status, o.duplicate) for o in outcomes] == [(Status.SUCCESS, False)] * 3
-            keys = _object_keys(db)
-            for path in files:
-                sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-                assert store.get(keys[sop]) == path.read_bytes()
-            assert scp.receive(files[0].read_bytes(), sender).duplicate
-        finally:
-            scp._writer.release()
-            db.dispose()
+    scp, db, store, sender = pg_scp
+    files = write_ct_series(tmp_path / "pg-landed", 3, seed="commit-pg-landed")
+    with _session_lost_at_commit(db, lands=True) as lost:
+        outcomes = _receive_together(scp, files, sender)
+    assert lost == [1] and "had landed" in caplog.text
+    assert [(o.status, o.duplicate) for o in outcomes] == [(Status.SUCCESS, False)] * 3
+    _assert_stored(db, store, files)  # found by another connection, its objects kept
+    assert scp.receive(files[0].read_bytes(), sender).duplicate
 
 
 def test_a_member_refused_on_its_own_does_not_fail_its_group(
