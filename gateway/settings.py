@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     s3_bucket: str = "aigw"
     s3_secure: bool = False
     s3_region: str | None = None
+    s3_parallel_requests: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="S3 requests one process makes side by side for one task: an ingest "
+        "group's PUTs, a job's GETs of its instances.",
+    )
     min_free_bytes: int = Field(
         default=2 * 1024**3,
         ge=0,

@@ -148,7 +148,7 @@ def _send(context: SendContext, job: _Job, manifest: DeviceManifest) -> int:
         keys = current_instance_keys(session, job.series_uids)
     if not keys:
         raise _NothingToSend("the series has no stored instances any more")
-    datasets: list[Dataset] = [dcmread(io.BytesIO(context.store.get(key))) for key in keys]
+    datasets: list[Dataset] = [dcmread(io.BytesIO(data)) for data in context.store.get_many(keys)]
     service = manifest.service
     if service.deidentify:
         datasets = _pseudonymised(context.db, job, manifest.id, datasets, service.accept_burned_in)

@@ -13,11 +13,14 @@ import io
 import mmap
 import os
 import re
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import urllib3
 from minio import Minio
@@ -28,6 +31,8 @@ from gateway.index.durable_files import copy_synced, fsync_dir, stage_durably, t
 from gateway.index.free_space import FreeSpace
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
+
+Result = TypeVar("Result")
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 _TEMP_SUFFIX = ".partial"
@@ -96,6 +101,9 @@ class ObjectStore(Protocol):
         """Drop what :meth:`stage` left if it was never published."""
 
     def get(self, key: str) -> bytes: ...
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        """The objects of ``keys``, in their order (S3: fetched side by side)."""
 
     def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         """The object a chunk at a time (an answer streamed out need not hold it whole);
@@ -267,6 +275,9 @@ class FolderStore:
                 staged.temp.unlink(missing_ok=True)
             staged.temp = None
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        return [self.get(key) for key in keys]
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -355,6 +366,54 @@ def _chunks_of(handle: BinaryIO, key: str, chunk: int) -> Iterator[bytes]:
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
 
+class _Transfers:
+    """Up to ``workers`` S3 requests side by side, on threads made on first use: each
+    request mostly waits on the network, so a group's PUTs or a job's GETs one after
+    another took the sum of their round trips. Made anew in a process forked after the
+    threads started: its copy of the pool has none of them, and would wait for ever."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers = max(1, workers)
+        self.name = name
+        self._reset()
+        _TRANSFERS.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self, call: Callable[[Any], Result], items: Sequence[Any]) -> list[Result]:
+        """``call`` of each item, side by side; the results in the items' order. On the
+        first failure the calls not yet started are cancelled and the exception raised once
+        none is still running (a caller that then deletes keys must not race a PUT)."""
+        if len(items) <= 1 or self.workers == 1:
+            return [call(item) for item in items]
+        futures = [self._submit(call, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+
+    def _submit(self, call: Callable[[Any], Result], item: Any) -> Future[Result]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+            return self._pool.submit(call, item)
+
+
+_TRANSFERS: weakref.WeakSet[_Transfers] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for transfers in list(_TRANSFERS):
+        transfers._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class S3Store:
     """Objects in an S3 bucket (MinIO or any S3-compatible server); bucket created if missing."""
 
@@ -368,6 +427,7 @@ class S3Store:
         secure: bool = False,
         region: str | None = None,
         pool_size: int = 32,
+        parallel: int = 8,
     ) -> None:
         self.bucket = bucket
         self.endpoint = endpoint
@@ -386,6 +446,10 @@ class S3Store:
             http_client=http,
         )
         self._bucket_ready = False
+        # PUTs and GETs apart: a job's many GETs never delay an ingest group's PUTs.
+        parallel = max(1, min(parallel, pool_size))
+        self._puts = _Transfers(parallel, "s3-put")
+        self._gets = _Transfers(parallel, "s3-get")
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -447,11 +511,17 @@ class S3Store:
             raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
 
     def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
-        for staged, key in group:  # each PUT is durable when it returns
-            self.publish(staged, key)
+        # Each PUT is durable when it returns; they run side by side, and none is still
+        # under way when this returns or raises.
+        if len(group) > 1:
+            self._ensure_bucket()  # once, before the PUTs
+        self._puts.run(lambda item: self.publish(*item), group)
 
     def discard(self, staged: StagedObject) -> None:
         pass
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        return self._gets.run(self.get, keys)
 
     def get(self, key: str) -> bytes:
         check_key(key)
@@ -538,5 +608,6 @@ def create_store(settings: Settings) -> ObjectStore:
             secure=settings.s3_secure,
             region=settings.s3_region,
             pool_size=settings.max_associations + 4,
+            parallel=settings.s3_parallel_requests,
         )
     return FolderStore(settings.resolved_store_dir, settings.min_free_bytes)

@@ -83,12 +83,13 @@ def _child_store() -> ObjectStore:
     return child_store(settings)
 
 
-def _load(store: ObjectStore, key: str) -> Stored:
-    """A folder store's object mapped, not read: native Pixel Data is then decoded from the
-    page cache in place (a 10 MB radiograph: no copy, ~1 ms less); other stores' read."""
+def _load(store: ObjectStore, keys: list[str]) -> Sequence[Stored]:
+    """A folder store's objects mapped, not read: native Pixel Data is then decoded from the
+    page cache in place (a 10 MB radiograph: no copy, ~1 ms less); other stores' read (S3:
+    side by side)."""
     if isinstance(store, FolderStore):
-        return store.map(key)
-    return store.get(key)
+        return [store.map(key) for key in keys]
+    return store.get_many(keys)
 
 
 def _load_and_prepare_in_child(
@@ -99,7 +100,7 @@ def _load_and_prepare_in_child(
     began = time.perf_counter()
     try:
         store = _child_store()
-        blobs = [_load(store, key) for key in keys]
+        blobs = _load(store, keys)
     except MemoryError as exc:
         raise DecodeError(f"loading needs more than the memory limit: {exc!r}"[:300]) from None
     load_ms = round((time.perf_counter() - began) * 1000, 2)

@@ -239,7 +239,7 @@ def _decode_and_preprocess(
     decoder = context.decoder
     if decoder is not None and decoder.settings is not None:
         return decoder.load_and_prepare(keys, manifest.input, context.budget)
-    blobs = [context.store.get(key) for key in keys]
+    blobs = context.store.get_many(keys)
     if decoder is not None:
         return decoder.prepare(blobs, manifest.input, context.budget)
     return prepare_blobs(blobs, manifest.input, context.budget)

@@ -119,7 +119,9 @@ def build_job(request: BuildRequest, store: ObjectStore, options: BuildOptions) 
 def load_input(request: BuildRequest, store: ObjectStore) -> ReportInput:
     """The builders' input: the sources as full datasets (volume order for 3D devices) and
     each finding with its mask."""
-    sources: list[Dataset] = [dcmread(io.BytesIO(store.get(key))) for key in request.source_keys]
+    sources: list[Dataset] = [
+        dcmread(io.BytesIO(data)) for data in store.get_many(request.source_keys)
+    ]
     if request.device.input_spec is not None and request.device.input_spec.dims == 3:
         sources = volume_order(sources)
     return ReportInput(

