@@ -24,12 +24,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 # <malloc.h>
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: glibc refuses more
 TRIM_THRESHOLD = 256 * 1024 * 1024
@@ -37,19 +39,39 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 
 def keep_large_buffers() -> bool:
     """True when glibc took both settings; False (and the defaults stay) elsewhere."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     if not applied:
         log.warning("malloc thresholds not applied: large buffers return to the kernel")
     return applied
+
+
+def few_arenas(count: int = 2) -> bool:
+    """At most ``count`` malloc arenas in this process (True when glibc took it).
+
+    For a child under a memory ceiling (``RLIMIT_AS``) whose work runs on one thread, where
+    other threads only wait on the network (an S3 store's GETs side by side): glibc gives
+    each thread that allocates an arena of its own, up to 8 per core, and reserves 64 MiB of
+    address space for each (128 MiB while it makes one), all counted by the ceiling, which
+    eight such threads would have cut by ~0.5 GiB. With two, the work keeps the main arena
+    and the waiting threads share the other.
+    """
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))
+
+
+def _mallopt() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt

@@ -11,6 +11,9 @@ tables
     The SQLAlchemy tables (Alembic migrations in ``migrations/`` create exactly these).
 object_store
     Where instances and results are kept byte for byte: a folder or S3.
+side_by_side
+    :class:`SideBySide`: the items of one call (an S3 store's PUTs or GETs) on a few threads,
+    results in order, a failure raised once none of them is running.
 durable_files
     A staged file made durable (linked or copied, fsynced); data and directory fsyncs.
 free_space

@@ -13,14 +13,12 @@ import io
 import mmap
 import os
 import re
-import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol
 
 import urllib3
 from minio import Minio
@@ -29,10 +27,9 @@ from minio.error import MinioException, S3Error
 from gateway.errors import StorageError
 from gateway.index.durable_files import copy_synced, fsync_dir, stage_durably, temp_name
 from gateway.index.free_space import FreeSpace
+from gateway.index.side_by_side import SideBySide
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
-
-Result = TypeVar("Result")
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 _TEMP_SUFFIX = ".partial"
@@ -366,54 +363,6 @@ def _chunks_of(handle: BinaryIO, key: str, chunk: int) -> Iterator[bytes]:
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
 
-class _Transfers:
-    """Up to ``workers`` S3 requests side by side, on threads made on first use: each
-    request mostly waits on the network, so a group's PUTs or a job's GETs one after
-    another took the sum of their round trips. Made anew in a process forked after the
-    threads started: its copy of the pool has none of them, and would wait for ever."""
-
-    def __init__(self, workers: int, name: str) -> None:
-        self.workers = max(1, workers)
-        self.name = name
-        self._reset()
-        _TRANSFERS.add(self)
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-
-    def run(self, call: Callable[[Any], Result], items: Sequence[Any]) -> list[Result]:
-        """``call`` of each item, side by side; the results in the items' order. On the
-        first failure the calls not yet started are cancelled and the exception raised once
-        none is still running (a caller that then deletes keys must not race a PUT)."""
-        if len(items) <= 1 or self.workers == 1:
-            return [call(item) for item in items]
-        futures = [self._submit(call, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        finally:
-            for future in futures:
-                future.cancel()
-            wait(futures)
-
-    def _submit(self, call: Callable[[Any], Result], item: Any) -> Future[Result]:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
-            return self._pool.submit(call, item)
-
-
-_TRANSFERS: weakref.WeakSet[_Transfers] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for transfers in list(_TRANSFERS):
-        transfers._reset()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
 class S3Store:
     """Objects in an S3 bucket (MinIO or any S3-compatible server); bucket created if missing."""
 
@@ -445,11 +394,15 @@ class S3Store:
             region=region,
             http_client=http,
         )
+        self._http = http
         self._bucket_ready = False
-        # PUTs and GETs apart: a job's many GETs never delay an ingest group's PUTs.
+        # PUTs and GETs apart: a job's many GETs never delay an ingest group's PUTs. No
+        # more side by side than the connection pool keeps (more would open and drop one
+        # connection a request).
         parallel = max(1, min(parallel, pool_size))
-        self._puts = _Transfers(parallel, "s3-put")
-        self._gets = _Transfers(parallel, "s3-get")
+        self._puts = SideBySide(parallel, "s3-put")
+        self._gets = SideBySide(parallel, "s3-get")
+        _S3_STORES.add(self)
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -512,7 +465,9 @@ class S3Store:
 
     def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
         # Each PUT is durable when it returns; they run side by side, and none is still
-        # under way when this returns or raises.
+        # under way when this returns or raises (the caller then deletes the group's keys).
+        for _staged, key in group:
+            check_key(key)  # all before any PUT: a bad key publishes nothing
         if len(group) > 1:
             self._ensure_bucket()  # once, before the PUTs
         self._puts.run(lambda item: self.publish(*item), group)
@@ -596,6 +551,19 @@ class S3Store:
 
     def describe(self) -> str:
         return f"s3 {self.endpoint}/{self.bucket}"
+
+
+_S3_STORES: weakref.WeakSet[S3Store] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A forked child's copy of a store must not send on the parent's connections: both
+    # would write to the same sockets. The child opens its own.
+    for store in list(_S3_STORES):
+        store._http.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def create_store(settings: Settings) -> ObjectStore:

@@ -34,7 +34,7 @@ from gateway.inference.decode import (
 from gateway.inference.gpu_decode import select_backend
 from gateway.inference.pixel_checks import PixelBudget
 from gateway.inference.prepare import PreparedJob, prepare_blobs
-from gateway.memory import keep_large_buffers
+from gateway.memory import few_arenas, keep_large_buffers
 from gateway.settings import Settings
 from models.manifest import InputSpec
 
@@ -57,6 +57,7 @@ def _start_child(limit_bytes: int, settings: Settings | None = None) -> None:
 
     _torch().set_num_threads(1)
     keep_large_buffers()  # the job's stored bytes: reused, not faulted in afresh each job
+    few_arenas()  # the work is this thread's; an S3 store's GET threads share one arena
     if settings is not None:
         _child["settings"] = settings
         select_backend(settings.gpu.decode_backend, settings.gpu.cuda_device_id)

@@ -18,7 +18,7 @@ failure would be (nothing retried: a study that kills the builder would kill it 
 from __future__ import annotations
 
 from gateway.child_pool import ChildPool, child_store, limit_memory, picklable
-from gateway.memory import keep_large_buffers
+from gateway.memory import few_arenas, keep_large_buffers
 from gateway.results import iod_lookup
 from gateway.results.artifacts import Artifact, BuildOptions, BuildRequest, build_job
 from gateway.settings import Settings
@@ -28,6 +28,7 @@ _child: dict[str, object] = {}  # in a child: its settings and the builders' opt
 
 def _start_child(limit_bytes: int, settings: Settings, options: BuildOptions) -> None:
     keep_large_buffers()  # a radiograph's buffers reused job after job (gateway.memory)
+    few_arenas()  # the builders run on this thread; an S3 store's GET threads share one arena
     iod_lookup.load_tables()  # as the child starts, not in its first job
     _child["settings"], _child["options"] = settings, options
     limit_memory(limit_bytes)

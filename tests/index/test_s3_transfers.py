@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from tests.services import S3_CREDENTIALS, S3Server, s3_server
 
 PARALLEL = 4
+FAILS = "gone.dcm"  # a key whose request fails at once, never held
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +47,13 @@ class _Observed(S3Store):
         self.hold: threading.Event | None = None
         self._count = threading.Lock()
 
-    def _enter(self) -> None:
+    def _enter(self, key: str) -> None:
         with self._count:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
         if self.gate is not None:
             self.gate.wait(timeout=30)
-        if self.hold is not None:
+        if self.hold is not None and not key.endswith(FAILS):
             self.hold.wait(timeout=30)
 
     def _leave(self) -> None:
@@ -60,14 +61,14 @@ class _Observed(S3Store):
             self.running -= 1
 
     def publish(self, staged: StagedObject, key: str) -> None:
-        self._enter()
+        self._enter(key)
         try:
             super().publish(staged, key)
         finally:
             self._leave()
 
     def get(self, key: str) -> bytes:
-        self._enter()
+        self._enter(key)
         try:
             return super().get(key)
         finally:
@@ -76,6 +77,10 @@ class _Observed(S3Store):
 
 def _payloads(count: int, size: int = 64 * 1024) -> list[bytes]:
     return [bytes([index]) * 7 + os.urandom(size) for index in range(count)]
+
+
+def _group(payloads: list[bytes], keys: list[str]) -> list[tuple[StagedObject, str]]:
+    return [(StagedObject(data), key) for data, key in zip(payloads, keys, strict=True)]
 
 
 def test_a_groups_puts_and_a_jobs_gets_run_side_by_side_and_keep_their_order(
@@ -103,7 +108,7 @@ def test_one_request_at_a_time_when_told(s3: S3Server) -> None:
     store = _Observed(s3, parallel=1)
     payloads = _payloads(4)
     keys = [f"studies/2/{i}.dcm" for i in range(4)]
-    store.publish_group([(StagedObject(data), key) for data, key in zip(payloads, keys)])
+    store.publish_group(_group(payloads, keys))
     assert store.get_many(keys) == payloads
     assert store.most_running == 1
 
@@ -114,27 +119,29 @@ def test_a_failed_put_returns_once_the_groups_other_puts_have_ended(
     """The caller deletes a failed group's keys: a PUT still under way then would land
     after its delete and leave an object no row holds."""
     store = _Observed(s3)
-    missing = StagedObject(b"", source=tmp_path / "gone.dcm", size=10)
+    missing = StagedObject(b"", source=tmp_path / FAILS, size=10)
     others = [(StagedObject(data), f"studies/3/{i}.dcm") for i, data in enumerate(_payloads(3))]
-    store.hold = threading.Event()  # the others wait until well after the failure
-    release = threading.Timer(0.3, store.hold.set)
+    store.gate = threading.Barrier(PARALLEL)  # all four under way before the failure
+    store.hold = threading.Event()  # the others wait until well after it
+    release = threading.Timer(0.5, store.hold.set)
     release.start()
     try:
         with pytest.raises(StorageError, match="cannot read spooled instance"):
-            store.publish_group([(missing, "studies/3/gone.dcm"), *others])
-        assert store.running == 0
+            store.publish_group([(missing, f"studies/3/{FAILS}"), *others])
+        assert store.hold.is_set()  # raised after the held PUTs were let go …
+        assert store.running == 0  # … and had ended
     finally:
         release.cancel()
         store.hold.set()
-    assert set(store.keys("studies/3/")) <= {key for _staged, key in others}
+    assert sorted(store.keys("studies/3/")) == sorted(key for _staged, key in others)
 
 
 def test_a_failed_get_says_which_object(s3: S3Server) -> None:
     store = _Observed(s3)
     payloads = _payloads(6)
     keys = [f"studies/4/{i}.dcm" for i in range(6)]
-    store.publish_group([(StagedObject(data), key) for data, key in zip(payloads, keys)])
-    with pytest.raises(StorageError, match="cannot read studies/4/absent.dcm"):
+    store.publish_group(_group(payloads, keys))
+    with pytest.raises(StorageError, match=r"cannot read studies/4/absent\.dcm"):
         store.get_many([*keys[:3], "studies/4/absent.dcm", *keys[3:]])
     assert store.running == 0
     assert store.get_many(keys) == payloads  # the store goes on
@@ -143,14 +150,14 @@ def test_a_failed_get_says_which_object(s3: S3Server) -> None:
 def _in_forked_child(store: S3Store, keys: list[str], payloads: list[bytes]) -> None:
     if store.get_many(keys) != payloads:
         os._exit(2)
-    store.publish_group([(StagedObject(data), f"{key}.child") for data, key in zip(payloads, keys)])
+    store.publish_group(_group(payloads, [f"{key}.child" for key in keys]))
 
 
 def test_a_process_forked_after_the_threads_started_makes_its_own(s3: S3Server) -> None:
     store = _Observed(s3)
     payloads = _payloads(4)
     keys = [f"studies/5/{i}.dcm" for i in range(4)]
-    store.publish_group([(StagedObject(data), key) for data, key in zip(payloads, keys)])
+    store.publish_group(_group(payloads, keys))
     assert store.get_many(keys) == payloads  # both pools' threads running in this process
 
     child = multiprocessing.get_context("fork").Process(
