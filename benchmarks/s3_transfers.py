@@ -10,7 +10,10 @@ the same run, alternating the order by round:
 - **ingest group**: groups of 4 CT slices of 512 KiB published from spooled files, as an
   SCP process's group leader does (``publish_group``), 300 slices a round;
 - **CT volume**: a 96-slice volume read as a job's inputs (``get_many``), 3 a round;
-- **mammography**: a study's 4 views of 8 MiB read as a job's inputs, 8 a round.
+- **mammography**: a study's 4 views of 8 MiB read as a job's inputs, 8 a round;
+- **series metadata**: a 96-slice CT series' headers as WADO-RS metadata reads them, 3 a
+  round: before, each whole object one GET after another and parsed; now each object's
+  first 64 KiB (``gateway.index.stored_headers``), side by side.
 
 Figures: wall milliseconds per group or per study (median over rounds), the ratio
 (one at a time ÷ side by side), and the CPU seconds of this process and of the S3 server
@@ -32,12 +35,17 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pydicom import Dataset, dcmread
+
 from benchmarks.environment import RESULTS, machine_description, machine_name, write_results
-from gateway.index.object_store import S3Store, StagedObject
-from tests.services import S3_CREDENTIALS, S3Server
+from gateway.index.object_store import StagedObject
+from gateway.index.s3_store import S3Store
+from gateway.index.stored_headers import read_headers
+from tests.services import S3_CREDENTIALS, S3Server, write_ct_series
 
 SLICE = 512 * 1024
 VIEW = 8 * 1024 * 1024
@@ -54,7 +62,7 @@ class Case:
     name: str
     unit: str  # what one timed call moves: "group", "volume", "study"
     calls: int  # per round
-    run: Callable[[S3Store, int], None]  # (store, round) → the round's calls, timed whole
+    run: Callable[[S3Store, bool], None]  # (store, one at a time?) → the round's calls
 
 
 def _ticks(pid: int) -> float:
@@ -64,7 +72,7 @@ def _ticks(pid: int) -> float:
 
 
 def _cases(spooled: Sequence[Path]) -> list[Case]:
-    def ingest(store: S3Store, round_: int) -> None:
+    def ingest(store: S3Store, before: bool) -> None:
         tag = uuid.uuid4().hex[:8]  # fresh keys each round, as new instances are
         for group in range(SLICES_PER_ROUND // GROUP):
             store.publish_group(
@@ -74,20 +82,31 @@ def _cases(spooled: Sequence[Path]) -> list[Case]:
                 ]
             )
 
-    def volumes(store: S3Store, round_: int) -> None:
+    def volumes(store: S3Store, before: bool) -> None:
         keys = [f"volume/{i}.dcm" for i in range(VOLUME)]
         for _ in range(VOLUMES_PER_ROUND):
             store.get_many(keys)
 
-    def views(store: S3Store, round_: int) -> None:
+    def views(store: S3Store, before: bool) -> None:
         keys = [f"views/{i}.dcm" for i in range(VIEWS)]
         for _ in range(STUDIES_PER_ROUND):
             store.get_many(keys)
+
+    def metadata(store: S3Store, before: bool) -> None:
+        keys = [f"series/{i}.dcm" for i in range(VOLUME)]
+        for _ in range(VOLUMES_PER_ROUND):
+            headers: list[Dataset | Exception] = (
+                [dcmread(BytesIO(store.get(k)), stop_before_pixels=True) for k in keys]
+                if before
+                else [header for _key, header in read_headers(store, keys)]
+            )
+            assert all(isinstance(header, Dataset) for header in headers)
 
     return [
         Case("ingest group of 4 CT slices (PUT)", "group", SLICES_PER_ROUND // GROUP, ingest),
         Case("CT volume of 96 slices (GET)", "volume", VOLUMES_PER_ROUND, volumes),
         Case("mammography study of 4 views (GET)", "study", STUDIES_PER_ROUND, views),
+        Case("CT series metadata, 96 slices (GET)", "series", VOLUMES_PER_ROUND, metadata),
     ]
 
 
@@ -128,18 +147,21 @@ def _measure(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str
         seed.put(f"volume/{i}.dcm", os.urandom(SLICE))
     for i in range(VIEWS):
         seed.put(f"views/{i}.dcm", os.urandom(VIEW))
+    series = write_ct_series(work / "series", VOLUME, size=512)
+    for i, path in enumerate(series):
+        seed.put(f"series/{i}.dcm", path.read_bytes())
     assert server.process is not None
     report: dict[str, Any] = {}
     for case in _cases(spooled):
-        for store in stores.values():  # warm: connections open, threads started
-            case.run(store, -1)
+        for name, store in stores.items():  # warm: connections open, threads started
+            case.run(store, name == "one at a time")
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in stores}
         for round_ in range(args.rounds):
             order = list(stores) if round_ % 2 == 0 else list(reversed(stores))
             for name in order:
                 cpu, server_cpu = time.process_time(), _ticks(server.process.pid)
                 began = time.perf_counter()
-                case.run(stores[name], round_)
+                case.run(stores[name], name == "one at a time")
                 wall = time.perf_counter() - began
                 samples[name].append(
                     {

@@ -161,8 +161,7 @@ class Settings(BaseSettings):
 
     # --- storage ---------------------------------------------------------------------
     database_url: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL; default sqlite:///<data_dir>/aigw.db.",
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/aigw.db."
     )
     object_store: Literal["folder", "s3"] = "folder"
     store_dir: Path | None = Field(default=None, description="Default <data_dir>/objects.")
@@ -172,13 +171,7 @@ class Settings(BaseSettings):
     s3_bucket: str = "aigw"
     s3_secure: bool = False
     s3_region: str | None = None
-    s3_parallel_requests: int = Field(
-        default=8,
-        ge=1,
-        le=64,
-        description="S3 requests one process makes side by side for one task: an ingest "
-        "group's PUTs, a job's GETs of its instances.",
-    )
+    s3_parallel_requests: int = Field(default=8, ge=1, le=64, description="S3 requests at once.")
     min_free_bytes: int = Field(
         default=2 * 1024**3,
         ge=0,

@@ -18,15 +18,15 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from io import BytesIO
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from gateway.dicomweb.catalog import InstanceRecord, StudyMatch, StudyRecord
 from gateway.index.object_store import ObjectStore
+from gateway.index.stored_headers import read_header
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Headers:
 
     def of(self, key: str) -> Dataset:
         if key not in self._read:
-            self._read[key] = dcmread(BytesIO(self.store.get(key)), stop_before_pixels=True)
+            self._read[key] = read_header(self.store, key)
         return self._read[key]
 
     def complete(self, record: InstanceRecord) -> InstanceRecord:

@@ -16,12 +16,9 @@ import json
 import logging
 from collections.abc import Iterator
 from functools import partial
-from io import BytesIO
 
 from fastapi import HTTPException, Request, status
 from fastapi.responses import StreamingResponse
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from gateway.access.http import ApiContext, audit_read, not_found
 from gateway.access.tokens import Principal
@@ -36,6 +33,7 @@ from gateway.dicomweb.media import (
 from gateway.dicomweb.multipart import multipart_body, new_boundary
 from gateway.dicomweb.qido import Headers
 from gateway.index.object_store import ObjectStore
+from gateway.index.stored_headers import read_headers
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +131,13 @@ def metadata(
 def _json_array(store: ObjectStore, records: list[InstanceRecord]) -> Iterator[bytes]:
     yield b"["
     written = 0
-    for record in records:
-        try:
-            header = dcmread(BytesIO(store.get(record.object_key)), stop_before_pixels=True)
-        except (InvalidDicomError, ValueError, EOFError) as exc:
+    for key, header in read_headers(store, [record.object_key for record in records]):
+        if isinstance(header, Exception):
             # Stored objects were parsed when they came in; one that no longer parses is
             # left out here (and logged), not allowed to end the answer half-way.
             log.error(
                 "stored object unreadable for metadata",
-                extra={"object_key": record.object_key, "error": str(exc)[:200]},
+                extra={"object_key": key, "error": str(header)[:200]},
             )
             continue
         for element in list(header):

@@ -16,7 +16,6 @@ recorded as the job's findings, and delivered through the outbox like our own re
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from gateway.external import pseudonyms
 from gateway.external.pseudonyms import Link, Sent
 from gateway.external.tid1500 import read_findings
 from gateway.index.instances import current_instance_keys
+from gateway.index.stored_headers import read_header
 from gateway.index.study_state import record_event
 from gateway.index.tables import FindingRow, JobRow, ResultRow, SourceRow, StudyRow, utcnow
 from gateway.inference.findings import Finding
@@ -229,7 +229,7 @@ class ResultReceiver:
             keys = current_instance_keys(session, job.series_uids or [job.series_uid])
         if not keys:
             raise Refused(Status.CANNOT_UNDERSTAND, "the analysed series is gone")
-        return dcmread(io.BytesIO(self.store.get(keys[0])), stop_before_pixels=True)
+        return read_header(self.store, keys[0])
 
     def _record(
         self,

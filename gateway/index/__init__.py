@@ -10,10 +10,15 @@ prepared
 tables
     The SQLAlchemy tables (Alembic migrations in ``migrations/`` create exactly these).
 object_store
-    Where instances and results are kept byte for byte: a folder or S3.
+    Where instances and results are kept byte for byte: the interface, the folder backend.
+s3_store
+    :class:`S3Store`: the S3 backend (MinIO or any S3 server); a task's requests side by side.
 side_by_side
     :class:`SideBySide`: the items of one call (an S3 store's PUTs or GETs) on a few threads,
     results in order, a failure raised once none of them is running.
+stored_headers
+    Stored objects' headers (up to the Pixel Data) read from their first 64 KiB, the whole
+    object only where that does not reach the pixels: WADO-RS metadata, results' attributes.
 durable_files
     A staged file made durable (linked or copied, fsynced); data and directory fsyncs.
 free_space

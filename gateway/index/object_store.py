@@ -1,33 +1,27 @@
 """Object store: where received instances and results are kept, byte for byte.
 
-Two backends behind one interface: a local folder (temp file, fsync, rename — a reader never
-sees half an object) and S3/MinIO through the ``minio`` SDK. Keys are built by the gateway
-from validated UIDs only; the store refuses any key that could leave its root.
+Two backends behind one interface (:class:`ObjectStore`): a local folder, here (temp file,
+fsync, rename — a reader never sees half an object), and S3/MinIO through the ``minio`` SDK
+(:mod:`gateway.index.s3_store`). Keys are built by the gateway from validated UIDs only; the
+store refuses any key that could leave its root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import mmap
 import os
 import re
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
-
-import urllib3
-from minio import Minio
-from minio.error import MinioException, S3Error
+from typing import BinaryIO, Protocol
 
 from gateway.errors import StorageError
 from gateway.index.durable_files import copy_synced, fsync_dir, stage_durably, temp_name
 from gateway.index.free_space import FreeSpace
-from gateway.index.side_by_side import SideBySide
 from gateway.settings import Settings
 from gateway.uids import is_valid_uid
 
@@ -101,6 +95,9 @@ class ObjectStore(Protocol):
 
     def get_many(self, keys: Sequence[str]) -> list[bytes]:
         """The objects of ``keys``, in their order (S3: fetched side by side)."""
+
+    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
+        """The first ``size`` bytes of each object (all of a shorter one), in their order."""
 
     def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         """The object a chunk at a time (an answer streamed out need not hold it whole);
@@ -275,6 +272,16 @@ class FolderStore:
     def get_many(self, keys: Sequence[str]) -> list[bytes]:
         return [self.get(key) for key in keys]
 
+    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
+        return [self._head(key, size) for key in keys]
+
+    def _head(self, key: str, size: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as handle:
+                return handle.read(size)
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -363,211 +370,11 @@ def _chunks_of(handle: BinaryIO, key: str, chunk: int) -> Iterator[bytes]:
             raise StorageError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
 
-class S3Store:
-    """Objects in an S3 bucket (MinIO or any S3-compatible server); bucket created if missing."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        access_key: str,
-        secret_key: str,
-        bucket: str,
-        *,
-        secure: bool = False,
-        region: str | None = None,
-        pool_size: int = 32,
-        parallel: int = 8,
-    ) -> None:
-        self.bucket = bucket
-        self.endpoint = endpoint
-        # Few, quick retries: a C-STORE waits on this, and the sender retries anyway.
-        http = urllib3.PoolManager(
-            maxsize=pool_size,
-            timeout=urllib3.Timeout(connect=3.0, read=30.0),
-            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
-        )
-        self.client = Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=http,
-        )
-        self._http = http
-        self._bucket_ready = False
-        # PUTs and GETs apart: a job's many GETs never delay an ingest group's PUTs. No
-        # more side by side than the connection pool keeps (more would open and drop one
-        # connection a request).
-        parallel = max(1, min(parallel, pool_size))
-        self._puts = SideBySide(parallel, "s3-put")
-        self._gets = SideBySide(parallel, "s3-get")
-        _S3_STORES.add(self)
-
-    def _ensure_bucket(self) -> None:
-        if self._bucket_ready:
-            return
-        try:
-            if not self.client.bucket_exists(self.bucket):
-                self.client.make_bucket(self.bucket)
-        except S3Error as exc:
-            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise StorageError(f"S3 bucket {self.bucket}: {exc.code}") from exc
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"S3 server {self.endpoint} unreachable: {exc}") from exc
-        self._bucket_ready = True
-
-    def put(self, key: str, data: bytes) -> None:
-        self._put_stream(key, io.BytesIO(data), len(data))
-
-    def _put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
-        check_key(key)
-        start = stream.tell()
-        for attempt in range(2):
-            self._ensure_bucket()
-            stream.seek(start)
-            try:
-                self.client.put_object(
-                    self.bucket, key, stream, size, content_type="application/dicom"
-                )
-                return
-            except S3Error as exc:
-                if exc.code == "NoSuchBucket" and attempt == 0:
-                    # The server lost the bucket (a fresh volume, a cleanup): create it again.
-                    self._bucket_ready = False
-                    continue
-                raise StorageError(f"cannot write {key} to S3: {exc}") from exc
-            except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                raise StorageError(f"cannot write {key} to S3: {exc}") from exc
-
-    def stage(self, data: bytes) -> StagedObject:
-        return StagedObject(data)  # an S3 PUT is atomic: nothing to do ahead of it
-
-    def stage_file(
-        self, path: Path, size: int | None = None, sync: Callable[[], None] | None = None
-    ) -> StagedObject:
-        try:
-            return StagedObject(
-                b"", source=path, size=path.stat().st_size if size is None else size
-            )
-        except OSError as exc:
-            raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
-
-    def publish(self, staged: StagedObject, key: str) -> None:
-        if staged.source is None:
-            self.put(key, staged.data)
-            return
-        try:
-            with open(staged.source, "rb") as stream:
-                self._put_stream(key, stream, staged.size)
-        except OSError as exc:
-            raise StorageError(f"cannot read spooled instance: {exc.strerror or exc}") from exc
-
-    def publish_group(self, group: Sequence[tuple[StagedObject, str]]) -> None:
-        # Each PUT is durable when it returns; they run side by side, and none is still
-        # under way when this returns or raises (the caller then deletes the group's keys).
-        for _staged, key in group:
-            check_key(key)  # all before any PUT: a bad key publishes nothing
-        if len(group) > 1:
-            self._ensure_bucket()  # once, before the PUTs
-        self._puts.run(lambda item: self.publish(*item), group)
-
-    def discard(self, staged: StagedObject) -> None:
-        pass
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes]:
-        return self._gets.run(self.get, keys)
-
-    def get(self, key: str) -> bytes:
-        check_key(key)
-        try:
-            response = self.client.get_object(self.bucket, key)
-            try:
-                return bytes(response.read())
-            finally:
-                response.close()
-                response.release_conn()
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
-
-    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-        check_key(key)
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
-        return self._streamed(response, key, chunk)
-
-    @staticmethod
-    def _streamed(response: Any, key: str, chunk: int) -> Iterator[bytes]:
-        try:
-            yield from response.stream(chunk)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
-        finally:
-            response.close()
-            response.release_conn()
-
-    def exists(self, key: str) -> bool:
-        check_key(key)
-        try:
-            self.client.stat_object(self.bucket, key)
-            return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
-                return False
-            raise StorageError(f"cannot stat {key} in S3: {exc.code}") from exc
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot stat {key} in S3: {exc}") from exc
-
-    def delete(self, key: str) -> None:
-        check_key(key)
-        try:
-            self.client.remove_object(self.bucket, key)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot delete {key} from S3: {exc}") from exc
-
-    def keys(self, prefix: str = "") -> Iterator[str]:
-        self._ensure_bucket()
-        try:
-            for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
-                if item.object_name:
-                    yield item.object_name
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot list S3 bucket {self.bucket}: {exc}") from exc
-
-    def has_room(self) -> bool:
-        return True  # capacity is the S3 server's business; it answers errors when full
-
-    def spool_folder(self) -> Path | None:
-        return None  # an object is uploaded from wherever its file is
-
-    def check(self) -> None:
-        self._ensure_bucket()
-        try:
-            self.client.bucket_exists(self.bucket)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"S3 server {self.endpoint} unreachable: {exc}") from exc
-
-    def describe(self) -> str:
-        return f"s3 {self.endpoint}/{self.bucket}"
-
-
-_S3_STORES: weakref.WeakSet[S3Store] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    # A forked child's copy of a store must not send on the parent's connections: both
-    # would write to the same sockets. The child opens its own.
-    for store in list(_S3_STORES):
-        store._http.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
 def create_store(settings: Settings) -> ObjectStore:
     if settings.object_store == "s3":
+        # Imported here: the S3 backend builds on this module's types.
+        from gateway.index.s3_store import S3Store
+
         return S3Store(
             settings.s3_endpoint,
             settings.s3_access_key,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -25,6 +24,7 @@ from gateway.dimse_status import Status
 from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import KEEP_IDLE_S, Database, KeptConnection
 from gateway.index.object_store import ObjectStore, StagedObject
+from gateway.index.stored_headers import at_pixel_data
 from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.header import Header, read_header
 from gateway.ingest.indexing import Member, write_group
@@ -43,7 +43,6 @@ Admit = Callable[[InstanceTags], None]
 
 # A header longer than this (rare: large sequences before the pixels) is parsed from the file.
 _HEADER_BYTES = HEAD_BYTES  # the spool keeps as many in memory
-_PIXEL_ELEMENTS = frozenset({0x0008, 0x0009, 0x0010})  # (7FE0,0008/0009/0010): pydicom's stop
 _WANTED = READ_TAGS | GEOMETRY_TAGS  # what _parse's callers read of a header
 
 
@@ -290,7 +289,7 @@ def _read_header(handle: BinaryIO) -> tuple[Header, int]:
         head = BytesIO(prefix)
         dataset = dcmread(head, stop_before_pixels=True)
         position = head.tell()
-        if whole or _at_pixel_data(prefix, position):
+        if whole or at_pixel_data(prefix, position):
             return dataset, position
     except Exception:
         if whole:
@@ -299,18 +298,6 @@ def _read_header(handle: BinaryIO) -> tuple[Header, int]:
     handle.seek(0)
     dataset = dcmread(handle, stop_before_pixels=True)
     return dataset, handle.tell()
-
-
-def _at_pixel_data(prefix: bytes, position: int) -> bool:
-    # The element pydicom stopped before, whole inside the prefix (tag, VR, length), in
-    # either byte order: anything else (the end of the prefix reached) is parsed again.
-    if position + 12 > len(prefix):
-        return False
-    little, big = (
-        struct.unpack_from("<HH", prefix, position),
-        struct.unpack_from(">HH", prefix, position),
-    )
-    return any(group == 0x7FE0 and element in _PIXEL_ELEMENTS for group, element in (little, big))
 
 
 def _check_matches_request(

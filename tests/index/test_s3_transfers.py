@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StorageError
-from gateway.index.object_store import S3Store, StagedObject
+from gateway.index.object_store import StagedObject
+from gateway.index.s3_store import S3Store
 from gateway.settings import Settings
 from tests.services import S3_CREDENTIALS, S3Server, s3_server
 

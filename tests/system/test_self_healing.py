@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.index.object_store import S3Store
+from gateway.index.s3_store import S3Store
 from tests.services import (
     ROOT,
     S3_CREDENTIALS,
