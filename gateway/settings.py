@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     s3_bucket: str = "aigw"
     s3_secure: bool = False
     s3_region: str | None = None
-    s3_parallel_requests: int = Field(default=8, ge=1, le=64, description="S3 requests at once.")
+    s3_parallel_requests: int = Field(default=8, ge=1, le=64, description="S3 PUTs, GETs at once.")
     min_free_bytes: int = Field(
         default=2 * 1024**3,
         ge=0,

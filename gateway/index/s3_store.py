@@ -5,6 +5,7 @@ the network."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import weakref
@@ -38,21 +39,10 @@ class S3Store:
     ) -> None:
         self.bucket = bucket
         self.endpoint = endpoint
-        # Few, quick retries: a C-STORE waits on this, and the sender retries anyway.
-        http = urllib3.PoolManager(
-            maxsize=pool_size,
-            timeout=urllib3.Timeout(connect=3.0, read=30.0),
-            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
+        self._connect = functools.partial(
+            _client, endpoint, access_key, secret_key, secure, region, pool_size
         )
-        self.client = Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=http,
-        )
-        self._http = http
+        self.client = self._connect()
         self._bucket_ready = False
         # PUTs and GETs apart: a job's many GETs never delay an ingest group's PUTs. No
         # more side by side than the connection pool keeps (more would open and drop one
@@ -230,14 +220,40 @@ class S3Store:
         return f"s3 {self.endpoint}/{self.bucket}"
 
 
+def _client(
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    secure: bool,
+    region: str | None,
+    pool_size: int,
+) -> Minio:
+    # Few, quick retries: a C-STORE waits on this, and the sender retries anyway.
+    http = urllib3.PoolManager(
+        maxsize=pool_size,
+        timeout=urllib3.Timeout(connect=3.0, read=30.0),
+        retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
+    )
+    return Minio(
+        endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
+        secure=secure,
+        region=region,
+        http_client=http,
+    )
+
+
 _S3_STORES: weakref.WeakSet[S3Store] = weakref.WeakSet()
 
 
 def _after_fork() -> None:
     # A forked child's copy of a store must not send on the parent's connections: both
-    # would write to the same sockets. The child opens its own.
+    # would write to the same sockets. It gets a client of its own, with a pool of its own;
+    # the old pool is left untouched (clearing it would take locks another thread of the
+    # parent may have held at the fork).
     for store in list(_S3_STORES):
-        store._http.clear()
+        store.client = store._connect()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -10,9 +10,11 @@ What it promises a caller that deletes what a failed call wrote: **when** :meth:
 first failure the items not yet started are skipped; the exception is raised once every
 item has ended or been skipped.
 
-The threads are daemons (a process exiting does not wait for requests queued behind a
-server that stopped answering), started on first use, and made anew in a process forked
-after they started (its copy of the queue has none of them). An item's call that itself
+The threads are daemons (a process exiting does not wait for them: a daemon thread that
+called :meth:`run`, as the SCP's and the worker's are, is not held by requests queued
+behind a server that stopped answering), started on first use, and made anew in a process
+forked after they started (its copy of the queue has none of them). They never end; a
+process keeps one store, and so one set of them. An item's call that itself
 runs items on the same threads (nested) runs them in turn, rather than waiting for threads
 that are busy with its own callers.
 """
@@ -51,13 +53,13 @@ class _Call(Generic[Item, Result]):
             skip = self.error is not None
         if not skip:
             try:
-                result = self.call(self.items[index])
+                # No local of it left in this frame: the caller holds the only reference
+                # once the call has returned.
+                self.results[index] = self.call(self.items[index])
             except BaseException as exc:
                 with self.changed:
                     if self.error is None:
                         self.error = exc
-            else:
-                self.results[index] = result
         with self.changed:
             self.left -= 1
             self.changed.notify_all()
@@ -66,9 +68,13 @@ class _Call(Generic[Item, Result]):
         with self.changed:
             while self.left:
                 self.changed.wait()
-        if self.error is not None:
-            raise self.error
-        return self.results  # type: ignore[return-value]  # every item ended, none failed
+        # Nothing kept once the caller has them: not the items, not the results (an
+        # exception's traceback would otherwise hold them through this object).
+        results, error = self.results, self.error
+        self.items, self.results, self.error = (), [], None
+        if error is not None:
+            raise error
+        return results  # type: ignore[return-value]  # every item ended, none failed
 
 
 class SideBySide:
@@ -121,6 +127,9 @@ class SideBySide:
         while True:
             work, index = self._queue.get()
             work.work(index)
+            # Not held while this thread waits for the next call: the last call's items
+            # and results (a job's whole series) would stay alive until then.
+            del work
 
 
 _ALL: weakref.WeakSet[SideBySide] = weakref.WeakSet()

@@ -24,7 +24,7 @@ from gateway.dimse_status import Status
 from gateway.errors import DatabaseError, InvalidInstance, StorageError
 from gateway.index.database import KEEP_IDLE_S, Database, KeptConnection
 from gateway.index.object_store import ObjectStore, StagedObject
-from gateway.index.stored_headers import at_pixel_data
+from gateway.index.stored_headers import parse_head
 from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.header import Header, read_header
 from gateway.ingest.indexing import Member, write_group
@@ -285,16 +285,9 @@ def _read_header(handle: BinaryIO) -> tuple[Header, int]:
     plain = read_header(prefix, whole, _WANTED)
     if plain is not None:
         return plain
-    try:
-        head = BytesIO(prefix)
-        dataset = dcmread(head, stop_before_pixels=True)
-        position = head.tell()
-        if whole or at_pixel_data(prefix, position):
-            return dataset, position
-    except Exception:
-        if whole:
-            raise
-        # Cut inside an element, maybe: the whole file says whether it is damaged.
+    parsed = parse_head(prefix, whole)
+    if parsed is not None:
+        return parsed
     handle.seek(0)
     dataset = dcmread(handle, stop_before_pixels=True)
     return dataset, handle.tell()

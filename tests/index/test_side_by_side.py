@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -89,6 +90,19 @@ def test_items_not_started_when_one_failed_are_skipped(release: threading.Event)
         released.cancel()
     assert sorted(tracked.ran) == [-1, 1]  # the failed item's thread took none after it
     assert tracked.running == 0
+
+
+class _Payload:
+    """A result that can be watched for its release (bytes cannot)."""
+
+
+def test_nothing_of_a_call_is_kept_once_it_has_returned() -> None:
+    """A decode child's next job must not find the last job's whole series still held."""
+    side_by_side = SideBySide(4, "test")
+    results = side_by_side.run(lambda _: _Payload(), range(8))
+    watched = [weakref.ref(result) for result in results]
+    del results
+    assert [ref() for ref in watched] == [None] * 8
 
 
 def test_a_call_made_from_an_items_thread_runs_its_items_in_turn() -> None:

@@ -14,7 +14,13 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from gateway.errors import StorageError
 from gateway.index.object_store import FolderStore, ObjectStore
@@ -63,11 +69,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Counted:
     )
 
 
-def _ct_slice(blob: int = 0, comments: str = "after the blob", pixels: bool = True) -> bytes:
-    """A CT slice: a private OB value of ``blob`` bytes before Image Comments, then pixels."""
+def _ct_slice(
+    blob: int = 0,
+    comments: str = "after the blob",
+    pixels: bool = True,
+    size: int = 64,
+    syntax: UID = ExplicitVRLittleEndian,
+) -> bytes:
+    """A CT slice of ``size``²: a private OB value of ``blob`` bytes before Image Comments,
+    then pixels."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = syntax
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     ds.SOPClassUID = CTImageStorage
@@ -78,11 +91,11 @@ def _ct_slice(blob: int = 0, comments: str = "after the blob", pixels: bool = Tr
         ds.add_new(0x00091011, "OB", b"\x01" * blob)
     ds.ImageComments = comments
     if pixels:
-        ds.Rows = ds.Columns = 64
+        ds.Rows = ds.Columns = size
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.SamplesPerPixel, ds.PixelRepresentation = 1, 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.PixelData = np.arange(64 * 64, dtype=np.int16).tobytes()
+        ds.PixelData = (np.arange(size * size) % 2000).astype(np.int16).tobytes()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -98,6 +111,20 @@ def _ending_at_the_head(comments: str) -> bytes:
     return data
 
 
+def _undefined_length_blob(comments: str) -> bytes:
+    """A slice whose private OB has an undefined length (delimited), its value beginning with
+    Pixel Data's tag bytes and its delimiter beyond the head: a parse of the head alone ends
+    quietly at the value's start, as if at the pixels."""
+    data = _ct_slice(blob=70_000, comments=comments)
+    header = b"\x09\x00\x11\x10OB\x00\x00" + (70_000).to_bytes(4, "little")
+    start = data.index(header) + len(header)
+    value = b"\xe0\x7f\x10\x00" + data[start + 4 : start + 70_000]
+    delimited = (
+        b"\x09\x00\x11\x10OB\x00\x00\xff\xff\xff\xff" + value + b"\xfe\xff\xdd\xe0" + bytes(4)
+    )
+    return data[: start - len(header)] + delimited + data[start + 70_000 :]
+
+
 def _parsed_whole(data: bytes) -> dict[str, object]:
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).to_json_dict()
 
@@ -108,8 +135,15 @@ def _put(store: ObjectStore, objects: dict[str, bytes]) -> None:
 
 
 def test_a_plain_header_is_read_from_the_head_alone(store: Counted) -> None:
-    objects = {f"studies/1/{i}.dcm": _ct_slice(comments=f"slice {i}") for i in range(3)}
-    objects["studies/1/sr.dcm"] = _ct_slice(comments="no pixels", pixels=False)
+    objects = {
+        "studies/1/explicit.dcm": _ct_slice(comments="explicit", size=512),
+        "studies/1/implicit.dcm": _ct_slice(
+            comments="implicit", size=512, syntax=ImplicitVRLittleEndian
+        ),
+        "studies/1/small.dcm": _ct_slice(comments="shorter than the head"),
+        "studies/1/sr.dcm": _ct_slice(comments="no pixels", pixels=False),
+    }
+    assert len(objects["studies/1/explicit.dcm"]) > HEAD_BYTES
     _put(store, objects)
     found = dict(read_headers(store, list(objects)))
     for key, data in objects.items():
@@ -126,6 +160,7 @@ def test_a_plain_header_is_read_from_the_head_alone(store: Counted) -> None:
         pytest.param(lambda: _ct_slice(blob=3 * HEAD_BYTES), id="header-longer-than-the-head"),
         pytest.param(lambda: _ending_at_the_head("beyond the head"), id="cut-between-elements"),
         pytest.param(lambda: _ct_slice(blob=HEAD_BYTES - 30), id="cut-inside-an-element"),
+        pytest.param(lambda: _undefined_length_blob("beyond the head"), id="undefined-length"),
     ],
 )
 def test_a_head_that_does_not_reach_the_pixels_is_read_whole(
@@ -143,11 +178,13 @@ def test_an_unreadable_object_is_reported_and_the_others_go_on(store: Counted) -
     objects = {
         "studies/3/a.dcm": _ct_slice(comments="a"),
         "studies/3/damaged.dcm": b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\xff\xff",
+        "studies/3/empty.dcm": b"",
         "studies/3/b.dcm": _ct_slice(comments="b"),
     }
     _put(store, objects)
     found = dict(read_headers(store, list(objects)))
     assert isinstance(found["studies/3/damaged.dcm"], Exception)
+    assert isinstance(found["studies/3/empty.dcm"], Exception)
     for key, comments in (("studies/3/a.dcm", "a"), ("studies/3/b.dcm", "b")):
         header = found[key]
         assert isinstance(header, Dataset) and header.ImageComments == comments
