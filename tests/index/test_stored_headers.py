@@ -5,6 +5,7 @@ whole object read only where the head does not reach the pixels."""
 from __future__ import annotations
 
 import io
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,6 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    generate_uid,
 )
 
 from gateway.errors import StorageError
@@ -28,7 +28,12 @@ from gateway.index.s3_store import S3Store
 from gateway.index.stored_headers import HEAD_BYTES, read_header, read_headers
 from tests.services import S3_CREDENTIALS, S3Server, require_shared_data, s3_server
 
-IMAGE_COMMENTS = 0x00204000
+_UIDS = itertools.count(1)
+
+
+def _uid() -> str:
+    # One length for every UID: two encodings of a slice differ only where a test says.
+    return f"1.2.826.0.1.3680043.10.1299.{next(_UIDS):012d}"
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +87,9 @@ def _ct_slice(
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = _uid()
     ds.SOPClassUID = CTImageStorage
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = _uid(), _uid()
     ds.Modality, ds.PatientName = "CT", "Test^Header"
     if blob:
         ds.add_new(0x00091010, "LO", "AIGW TEST")
