@@ -31,9 +31,9 @@ from tests.services import S3_CREDENTIALS, S3Server, require_shared_data, s3_ser
 _UIDS = itertools.count(1)
 
 
-def _uid() -> str:
+def _uid() -> UID:
     # One length for every UID: two encodings of a slice differ only where a test says.
-    return f"1.2.826.0.1.3680043.10.1299.{next(_UIDS):012d}"
+    return UID(f"1.2.826.0.1.3680043.10.1299.{10**11 + next(_UIDS)}")
 
 
 @pytest.fixture(scope="module")
