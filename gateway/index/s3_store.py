@@ -127,33 +127,25 @@ class S3Store:
         return self._gets.run(self.get, keys)
 
     def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
-        return self._gets.run(lambda key: self._head(key, size), keys)
+        return self._gets.run(lambda key: self._read(key, size), keys)
 
-    def _head(self, key: str, size: int) -> bytes:
+    def get(self, key: str) -> bytes:
+        return self._read(key)
+
+    def _read(self, key: str, length: int = 0) -> bytes:
+        """The object, or its first ``length`` bytes (all of a shorter one)."""
         check_key(key)
         try:
-            response = self.client.get_object(self.bucket, key, offset=0, length=size)
+            response = self.client.get_object(self.bucket, key, offset=0, length=length)
             try:
                 return bytes(response.read())
             finally:
                 response.close()
                 response.release_conn()
         except S3Error as exc:
-            if exc.code == "InvalidRange":  # an empty object: no byte 0 to start from
+            if length and exc.code == "InvalidRange":  # an empty object: no byte 0 to start
                 return b""
             raise StorageError(f"cannot read {key} from S3: {exc}") from exc
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot read {key} from S3: {exc}") from exc
-
-    def get(self, key: str) -> bytes:
-        check_key(key)
-        try:
-            response = self.client.get_object(self.bucket, key)
-            try:
-                return bytes(response.read())
-            finally:
-                response.close()
-                response.release_conn()
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise StorageError(f"cannot read {key} from S3: {exc}") from exc
 
