@@ -23,9 +23,8 @@ from gateway.index.object_store import ObjectStore
 
 HEAD_BYTES = 64 * 1024
 BATCH = 64  # objects whose heads are read together: 4 MiB held at most
-_PIXEL_TAGS = frozenset(
-    {0x7FE00008, 0x7FE00009, 0x7FE00010}
-)  # where pydicom's stop_before_pixels stops
+# (7FE0,0008/0009/0010): where pydicom's stop_before_pixels stops
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
 def read_headers(
