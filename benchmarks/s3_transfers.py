@@ -42,6 +42,7 @@ from typing import Any
 from pydicom import Dataset, dcmread
 
 from benchmarks.environment import RESULTS, machine_description, machine_name, write_results
+from benchmarks.measure import process_cpu_seconds, tree_cpu_seconds
 from gateway.index.object_store import StagedObject
 from gateway.index.s3_store import S3Store
 from gateway.index.stored_headers import read_headers
@@ -63,12 +64,6 @@ class Case:
     unit: str  # what one timed call moves: "group", "volume", "study"
     calls: int  # per round
     run: Callable[[S3Store, bool], None]  # (store, one at a time?) → the round's calls
-
-
-def _ticks(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cases(spooled: Sequence[Path]) -> list[Case]:
@@ -159,15 +154,15 @@ def _measure(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str
         for round_ in range(args.rounds):
             order = list(stores) if round_ % 2 == 0 else list(reversed(stores))
             for name in order:
-                cpu, server_cpu = time.process_time(), _ticks(server.process.pid)
+                cpu, server_cpu = process_cpu_seconds(), tree_cpu_seconds([server.process.pid])
                 began = time.perf_counter()
                 case.run(stores[name], name == "one at a time")
                 wall = time.perf_counter() - began
                 samples[name].append(
                     {
                         "ms_per_call": 1000 * wall / case.calls,
-                        "client_cpu_s": time.process_time() - cpu,
-                        "server_cpu_s": _ticks(server.process.pid) - server_cpu,
+                        "client_cpu_s": process_cpu_seconds() - cpu,
+                        "server_cpu_s": tree_cpu_seconds([server.process.pid]) - server_cpu,
                     }
                 )
         report[case.name] = _summary(case, samples)
