@@ -70,6 +70,10 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` durably under ``key``; when this returns, the object survives a crash."""
 
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """:meth:`put` for several objects (a job's results; S3: side by side). On failure
+        some may be stored: their keys are derived, so a retry writes the same ones."""
+
     def stage(self, data: bytes) -> StagedObject:
         """Do the slow part of a write (data + fsync) before the key is known."""
 
@@ -154,6 +158,10 @@ class FolderStore:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for key, data in items:
+            self.put(key, data)
 
     def _staging(self) -> Path:
         """The staging folder, made again if it went away; what a crash leaves in it ends

@@ -1,7 +1,7 @@
 """The S3 backend of the object store: MinIO or any S3-compatible server, through the
-``minio`` SDK. A task's requests — an ingest group's PUTs, a job's GETs, metadata's ranged
-GETs — are made side by side (:mod:`gateway.index.side_by_side`), each mostly waiting on
-the network."""
+``minio`` SDK. A task's requests — an ingest group's PUTs, a job's GETs and its results'
+PUTs, metadata's ranged GETs — are made side by side (:mod:`gateway.index.side_by_side`),
+each mostly waiting on the network."""
 
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         self._put_stream(key, io.BytesIO(data), len(data))
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for key, _data in items:
+            check_key(key)  # all before any PUT
+        if len(items) > 1:
+            self._ensure_bucket()
+        self._puts.run(lambda item: self.put(*item), items)
 
     def _put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
         check_key(key)

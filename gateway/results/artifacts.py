@@ -86,19 +86,27 @@ class Artifact:
     sha256: str | None = None
     size: int | None = None
 
-    def store(self, store: ObjectStore, study_uid: str, job_id: int) -> None:
-        """Put the bytes under the job's key for this object (derived, so a second run of
-        the job writes the same key) and keep only what the index records of them."""
-        if self.data is None:
-            return
-        key = result_key(study_uid, job_id, self.name)
-        store.put(key, self.data)
+    def stored_as(self, key: str) -> None:
+        """Its bytes are stored under ``key``: keep only what the index records of them."""
+        assert self.data is not None
         self.object_key, self.sha256 = key, hashlib.sha256(self.data).hexdigest()
         self.size, self.data = len(self.data), None
 
 
 def result_key(study_uid: str, job_id: int, name: str) -> str:
     return f"results/{study_uid}/job-{job_id}/{name}"
+
+
+def store_artifacts(
+    artifacts: list[Artifact], store: ObjectStore, study_uid: str, job_id: int
+) -> None:
+    """Every built object under the job's key for it (derived, so a second run of the job
+    writes the same keys), side by side where the store gains by it (S3: ~5 PUTs a job)."""
+    built = [artifact for artifact in artifacts if artifact.data is not None]
+    keys = [result_key(study_uid, job_id, artifact.name) for artifact in built]
+    store.put_many([(key, artifact.data or b"") for key, artifact in zip(keys, built, strict=True)])
+    for key, artifact in zip(keys, built, strict=True):
+        artifact.stored_as(key)
 
 
 def build_job(request: BuildRequest, store: ObjectStore, options: BuildOptions) -> list[Artifact]:
@@ -111,8 +119,7 @@ def build_job(request: BuildRequest, store: ObjectStore, options: BuildOptions) 
     except Exception as exc:
         raise InputsUnreadable(f"inputs unreadable: {exc.__class__.__name__}: {exc}") from None
     artifacts = build_artifacts(report, options)
-    for artifact in artifacts:
-        artifact.store(store, request.study_uid, request.job_id)
+    store_artifacts(artifacts, store, request.study_uid, request.job_id)
     return artifacts
 
 
@@ -130,7 +137,7 @@ def load_input(request: BuildRequest, store: ObjectStore) -> ReportInput:
         study_type=request.study_type,
         service_code=request.service_code,
         sources=sources,
-        findings=[_with_mask(finding, store) for finding in request.findings],
+        findings=_with_masks(request.findings, store),
         organisation=request.organisation,
         started_at=request.started_at,
         completed_at=request.completed_at,
@@ -138,9 +145,13 @@ def load_input(request: BuildRequest, store: ObjectStore) -> ReportInput:
     )
 
 
-def _with_mask(finding: Finding, store: ObjectStore) -> ReportFinding:
-    key = finding.location.mask_key
-    return ReportFinding.of(finding, decode_mask(store.get(key)) if key else None)
+def _with_masks(findings: list[Finding], store: ObjectStore) -> list[ReportFinding]:
+    keys = [finding.location.mask_key for finding in findings]
+    masks = iter(store.get_many([key for key in keys if key]))
+    return [
+        ReportFinding.of(finding, decode_mask(next(masks)) if key else None)
+        for finding, key in zip(findings, keys, strict=True)
+    ]
 
 
 def build_artifacts(report: ReportInput, options: BuildOptions) -> list[Artifact]:

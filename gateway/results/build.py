@@ -45,6 +45,7 @@ from gateway.results.artifacts import (
     build_job,
     build_semd,
     load_input,
+    store_artifacts,
 )
 from gateway.results.build_pool import BuildPool
 from gateway.results.input import Organisation
@@ -112,7 +113,7 @@ def build_semd_of_findings(context: ReportContext, job_id: int) -> bool:
             return False
     request = gather_request(context, job_id)
     artifact = build_semd(load_input(request, context.store), context.options, None)
-    artifact.store(context.store, request.study_uid, job_id)
+    store_artifacts([artifact], context.store, request.study_uid, job_id)
     try:
         _record(context, job_id, request.organisation.name, [artifact], adding=True)
     except IntegrityError:  # a concurrent SR of the same job recorded it first

@@ -47,8 +47,14 @@ class _Observed(S3Store):
         self.gate: threading.Barrier | None = None
         self.hold: threading.Event | None = None
         self._count = threading.Lock()
+        self._inside = threading.local()
 
-    def _enter(self, key: str) -> None:
+    def _enter(self, key: str) -> bool:
+        """Counts the request, once: False when this thread's request is counted already
+        (``publish`` of bytes in memory calls ``put``)."""
+        if getattr(self._inside, "key", None) is not None:
+            return False
+        self._inside.key = key
         with self._count:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
@@ -56,24 +62,34 @@ class _Observed(S3Store):
             self.gate.wait(timeout=30)
         if self.hold is not None and not key.endswith(FAILS):
             self.hold.wait(timeout=30)
+        return True
 
-    def _leave(self) -> None:
-        with self._count:
-            self.running -= 1
+    def _leave(self, entered: bool) -> None:
+        if entered:
+            self._inside.key = None
+            with self._count:
+                self.running -= 1
 
     def publish(self, staged: StagedObject, key: str) -> None:
-        self._enter(key)
+        entered = self._enter(key)
         try:
             super().publish(staged, key)
         finally:
-            self._leave()
+            self._leave(entered)
+
+    def put(self, key: str, data: bytes) -> None:
+        entered = self._enter(key)
+        try:
+            super().put(key, data)
+        finally:
+            self._leave(entered)
 
     def get(self, key: str) -> bytes:
-        self._enter(key)
+        entered = self._enter(key)
         try:
             return super().get(key)
         finally:
-            self._leave()
+            self._leave(entered)
 
 
 def _payloads(count: int, size: int = 64 * 1024) -> list[bytes]:
@@ -103,6 +119,27 @@ def test_a_groups_puts_and_a_jobs_gets_run_side_by_side_and_keep_their_order(
     assert store.most_running == PARALLEL
     assert store.running == 0
     assert sorted(store.keys("studies/1/")) == sorted(keys)
+
+
+def test_a_jobs_results_are_put_side_by_side(s3: S3Server) -> None:
+    store = _Observed(s3)
+    payloads = _payloads(PARALLEL)
+    keys = [f"results/1/job-1/{name}" for name in ("sr", "sc", "gsps", "semd.xml")]
+    store.gate = threading.Barrier(PARALLEL)  # one PUT at a time would break it
+    store.put_many(list(zip(keys, payloads, strict=True)))
+    store.gate = None
+    assert store.most_running == PARALLEL
+    assert store.running == 0
+    assert store.get_many(keys) == payloads
+
+
+def test_results_with_a_bad_key_put_nothing(s3: S3Server) -> None:
+    store = _Observed(s3)
+    items = [("results/2/job-1/sr.dcm", b"sr"), ("results/../escape", b"x")]
+    with pytest.raises(ValueError, match="unsafe object key"):
+        store.put_many(items)
+    assert store.most_running == 0
+    assert list(store.keys("results/2/")) == []
 
 
 def test_one_request_at_a_time_when_told(s3: S3Server) -> None:
