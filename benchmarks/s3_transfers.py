@@ -13,7 +13,12 @@ the same run, alternating the order by round:
 - **mammography**: a study's 4 views of 8 MiB read as a job's inputs, 8 a round;
 - **series metadata**: a 96-slice CT series' headers as WADO-RS metadata reads them, 3 a
   round: before, each whole object one GET after another and parsed; now each object's
-  first 64 KiB (``gateway.index.stored_headers``), side by side.
+  first 64 KiB (``gateway.index.stored_headers``), side by side;
+- **series retrieve**: the same series as a WADO-RS retrieve sends it (``multipart_body``
+  over ``ReadAhead``), 3 a round: one object streamed after another, against the next
+  ones fetched together within the answer's byte budget (``gateway.index.read_ahead``);
+- **a job's results**: a chest X-ray job's SR, flag image (12 MiB), GSPS and SEMD stored
+  as the results stage stores them (``put_many``), 8 a round.
 
 Figures: wall milliseconds per group or per study (median over rounds), the ratio
 (one at a time ÷ side by side), and the CPU seconds of this process and of the S3 server
@@ -43,7 +48,9 @@ from pydicom import Dataset, dcmread
 
 from benchmarks.environment import RESULTS, machine_description, machine_name, write_results
 from benchmarks.measure import process_cpu_seconds, tree_cpu_seconds
+from gateway.dicomweb.multipart import multipart_body
 from gateway.index.object_store import StagedObject
+from gateway.index.read_ahead import ReadAhead, Wanted
 from gateway.index.s3_store import S3Store
 from gateway.index.stored_headers import read_headers
 from tests.services import S3_CREDENTIALS, S3Server, write_ct_series
@@ -56,6 +63,14 @@ VOLUME = 96
 VOLUMES_PER_ROUND = 3
 STUDIES_PER_ROUND = 8
 VIEWS = 4
+JOBS_PER_ROUND = 8
+# A chest X-ray job's results: SR, flag image (secondary capture), GSPS, SEMD with its key image.
+RESULTS_SIZES = {
+    "sr.dcm": 24 * 1024,
+    "sc.dcm": 12 << 20,
+    "gsps.dcm": 8 * 1024,
+    "semd.xml": 200 * 1024,
+}
 
 
 @dataclass
@@ -66,7 +81,7 @@ class Case:
     run: Callable[[S3Store, bool], None]  # (store, one at a time?) → the round's calls
 
 
-def _cases(spooled: Sequence[Path]) -> list[Case]:
+def _cases(spooled: Sequence[Path], series_sizes: Sequence[int]) -> list[Case]:
     def ingest(store: S3Store, before: bool) -> None:
         tag = uuid.uuid4().hex[:8]  # fresh keys each round, as new instances are
         for group in range(SLICES_PER_ROUND // GROUP):
@@ -97,11 +112,28 @@ def _cases(spooled: Sequence[Path]) -> list[Case]:
             )
             assert all(isinstance(header, Dataset) for header in headers)
 
+    def retrieve(store: S3Store, before: bool) -> None:
+        # Before: the store reads one at a time, so ReadAhead streams each object in turn,
+        # exactly as the retrieve did.
+        wanted = [Wanted(f"series/{i}.dcm", size) for i, size in enumerate(series_sizes)]
+        for _ in range(VOLUMES_PER_ROUND):
+            sent = sum(len(piece) for piece in multipart_body("b", "d", ReadAhead(store, wanted)))
+            assert sent > sum(series_sizes)
+
+    results = {name: os.urandom(size) for name, size in RESULTS_SIZES.items()}
+
+    def job_results(store: S3Store, before: bool) -> None:
+        tag = uuid.uuid4().hex[:8]
+        for job in range(JOBS_PER_ROUND):
+            store.put_many([(f"results/{tag}/job-{job}/{n}", data) for n, data in results.items()])
+
     return [
         Case("ingest group of 4 CT slices (PUT)", "group", SLICES_PER_ROUND // GROUP, ingest),
         Case("CT volume of 96 slices (GET)", "volume", VOLUMES_PER_ROUND, volumes),
         Case("mammography study of 4 views (GET)", "study", STUDIES_PER_ROUND, views),
         Case("CT series metadata, 96 slices (GET)", "series", VOLUMES_PER_ROUND, metadata),
+        Case("CT series retrieve, 96 slices (GET)", "series", VOLUMES_PER_ROUND, retrieve),
+        Case("a chest X-ray job's 4 results (PUT)", "job", JOBS_PER_ROUND, job_results),
     ]
 
 
@@ -142,12 +174,12 @@ def _measure(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str
         seed.put(f"volume/{i}.dcm", os.urandom(SLICE))
     for i in range(VIEWS):
         seed.put(f"views/{i}.dcm", os.urandom(VIEW))
-    series = write_ct_series(work / "series", VOLUME, size=512)
-    for i, path in enumerate(series):
-        seed.put(f"series/{i}.dcm", path.read_bytes())
+    series = [path.read_bytes() for path in write_ct_series(work / "series", VOLUME, size=512)]
+    for i, data in enumerate(series):
+        seed.put(f"series/{i}.dcm", data)
     assert server.process is not None
     report: dict[str, Any] = {}
-    for case in _cases(spooled):
+    for case in _cases(spooled, [len(data) for data in series]):
         for name, store in stores.items():  # warm: connections open, threads started
             case.run(store, name == "one at a time")
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in stores}

@@ -75,6 +75,7 @@ class InstanceRecord:
     sop_instance_uid: str
     object_key: str
     is_result: bool
+    size_bytes: int | None = None  # as the index recorded it
     sop_class_uid: str | None = None
     transfer_syntax_uid: str | None = None
     instance_number: int | None = None
@@ -216,6 +217,7 @@ def study_instances(
                 sop_instance_uid=result.sop_instance_uid or "",
                 object_key=result.object_key or "",
                 is_result=True,
+                size_bytes=result.size,
             )
         )
     return found
@@ -257,6 +259,7 @@ def _original(row: InstanceRow, series: SeriesRow, study_uid: str) -> InstanceRe
         sop_instance_uid=row.sop_instance_uid,
         object_key=row.object_key,
         is_result=False,
+        size_bytes=row.size_bytes,
         sop_class_uid=row.sop_class_uid,
         transfer_syntax_uid=row.transfer_syntax_uid,
         instance_number=row.instance_number,

@@ -7,7 +7,8 @@ large binary values are inline).
 Originals and the gateway's own results alike; a study outside the caller's region is
 answered exactly like an unknown one (404). Each answer is audited before its first byte
 leaves, and generated object by object: an instance is read from the store when its part
-is sent, and passed on a chunk at a time, so memory holds a chunk, never an instance.
+is sent, and passed on a chunk at a time; from S3 the next few are fetched together
+(:mod:`gateway.index.read_ahead`), within a budget of bytes per answer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from functools import partial
 
 from fastapi import HTTPException, Request, status
 from fastapi.responses import StreamingResponse
@@ -33,6 +33,7 @@ from gateway.dicomweb.media import (
 from gateway.dicomweb.multipart import multipart_body, new_boundary
 from gateway.dicomweb.qido import Headers
 from gateway.index.object_store import ObjectStore
+from gateway.index.read_ahead import ReadAhead, Wanted
 from gateway.index.stored_headers import read_headers
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,9 @@ def retrieve(
         detail={"objects": len(records), "series_uid": series_uid, "sop_instance_uid": sop_uid},
     )
     boundary = new_boundary()
-    reads = [partial(context.store.read_chunks, r.object_key) for r in records]
+    wanted = [Wanted(r.object_key, r.size_bytes) for r in records]
     return StreamingResponse(
-        multipart_body(boundary, DICOM, reads),
+        multipart_body(boundary, DICOM, ReadAhead(context.store, wanted)),
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
     )
 

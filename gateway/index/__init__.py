@@ -16,6 +16,9 @@ s3_store
 side_by_side
     :class:`SideBySide`: the items of one call (an S3 store's PUTs or GETs) on a few threads,
     results in order, a failure raised once none of them is running.
+read_ahead
+    :class:`ReadAhead`: an answer's objects in order, the next few fetched together from S3
+    within a byte budget (WADO-RS retrieve).
 stored_headers
     Stored objects' headers (up to the Pixel Data) read from their first 64 KiB, the whole
     object only where that does not reach the pixels: WADO-RS metadata, results' attributes.

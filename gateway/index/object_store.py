@@ -67,6 +67,9 @@ class StagedObject:
 class ObjectStore(Protocol):
     """What the gateway needs of an object store."""
 
+    # GETs it makes side by side; 1 where reading ahead gains nothing (a local folder).
+    parallel_reads: int
+
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` durably under ``key``; when this returns, the object survives a crash."""
 
@@ -130,6 +133,8 @@ class ObjectStore(Protocol):
 
 class FolderStore:
     """Objects as files under ``root``; writes are atomic and fsynced."""
+
+    parallel_reads = 1
 
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()

@@ -50,6 +50,7 @@ class S3Store:
         parallel = max(1, min(parallel, pool_size))
         self._puts = SideBySide(parallel, "s3-put")
         self._gets = SideBySide(parallel, "s3-get")
+        self.parallel_reads = parallel
         _S3_STORES.add(self)
 
     def _ensure_bucket(self) -> None:
