@@ -26,7 +26,7 @@ from pydicom.tag import Tag
 
 from gateway.dicomweb.catalog import InstanceRecord, StudyMatch, StudyRecord
 from gateway.index.object_store import ObjectStore
-from gateway.index.stored_headers import read_header
+from gateway.index.stored_headers import read_headers
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,27 @@ class Headers:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self._read: dict[str, Dataset] = {}
+        self._read: dict[str, Dataset | Exception] = {}
 
     def of(self, key: str) -> Dataset:
+        """The object's header; pydicom's error when it does not parse."""
         if key not in self._read:
-            self._read[key] = read_header(self.store, key)
-        return self._read[key]
+            self.read_together([key])
+        found = self._read[key]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def read_together(self, keys: list[str]) -> None:
+        """The headers of ``keys`` not read yet, read in batches (S3: side by side) rather
+        than one round trip after another as each is asked for."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._read]
+        self._read.update(read_headers(self.store, wanted))
+
+    def complete_all(self, records: list[InstanceRecord]) -> list[InstanceRecord]:
+        """:meth:`complete` of each record, the results' headers read together."""
+        self.read_together([record.object_key for record in records if record.is_result])
+        return [self.complete(record) for record in records]
 
     def complete(self, record: InstanceRecord) -> InstanceRecord:
         """A result's record with its series and SOP class from its header."""
@@ -266,10 +281,23 @@ def instance_datasets(
         )
     ]
     page = matched[query.offset : query.offset + query.limit]
-    return [_instance_dataset(r, query, base, headers) for r in page]
+    datasets = [_instance_dataset(r, base) for r in page]
+    extras = [
+        [k for k in query.include if k not in ds and dictionary_VR(k) not in BULK_VRS]
+        for ds in datasets
+    ]
+    # Attributes the index does not keep come from the objects' headers, read together.
+    headers.read_together([r.object_key for r, extra in zip(page, extras, strict=True) if extra])
+    for record, ds, extra in zip(page, datasets, extras, strict=True):
+        if extra:
+            header = headers.of(record.object_key)
+            for keyword in extra:
+                if keyword in header:
+                    ds[keyword] = header[keyword]
+    return datasets
 
 
-def _instance_dataset(record: InstanceRecord, query: Query, base: str, headers: Headers) -> Dataset:
+def _instance_dataset(record: InstanceRecord, base: str) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = record.sop_class_uid or ""
     ds.SOPInstanceUID = record.sop_instance_uid
@@ -289,10 +317,4 @@ def _instance_dataset(record: InstanceRecord, query: Query, base: str, headers: 
         f"{base}/dicom-web/studies/{record.study_uid}/series/{record.series_uid}"
         f"/instances/{record.sop_instance_uid}"
     )
-    extra = [k for k in query.include if k not in ds and dictionary_VR(k) not in BULK_VRS]
-    if extra:
-        header = headers.of(record.object_key)
-        for keyword in extra:
-            if keyword in header:
-                ds[keyword] = header[keyword]
     return ds

@@ -85,7 +85,7 @@ def _matches(
 ) -> list[Dataset]:
     with db.session() as session:
         records = study_instances(session, study.study_uid)
-    records = [headers.complete(r) for r in records]
+    records = headers.complete_all(records)
     if level == "series":
         datasets = series_datasets(records, query, base)
     else:

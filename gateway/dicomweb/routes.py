@@ -367,7 +367,7 @@ def _records(
             raise not_found(f"study {study}")
         records = study_instances(session, study, series)
     headers = Headers(context.store)
-    return [headers.complete(r) for r in records], region
+    return headers.complete_all(records), region
 
 
 def _instances(

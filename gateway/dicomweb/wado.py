@@ -77,7 +77,7 @@ def retrieve(
 ) -> StreamingResponse:
     records, region = _found(context, caller, study_uid, series_uid, sop_uid)
     headers = Headers(context.store)
-    records = [headers.complete(r) for r in records]
+    records = headers.complete_all(records)
     try:
         check_multipart_dicom(
             request.headers.get("accept"), {r.transfer_syntax_uid or "" for r in records}
