@@ -193,5 +193,6 @@ def multipart_body(
         chunks = open_part()  # opened before its head is sent: a failure ends between parts
         yield head
         yield from chunks
+        del chunks  # an object read ahead is not held while the next part is opened
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode("ascii")

@@ -21,6 +21,16 @@ from gateway.errors import StorageError
 from gateway.index.object_store import READ_CHUNK, StagedObject, check_key
 from gateway.index.side_by_side import SideBySide
 
+# One PUT for an object up to this size; a larger one in parts of it, one at a time. minio's
+# default, 5 MiB parts three at a time, made a 12 MiB flag image five requests (and three
+# threads) and held as much as this does; side by side is already across objects.
+PUT_PART_BYTES = 16 * 1024 * 1024
+_CONTENT_TYPES = {".dcm": "application/dicom", ".xml": "application/xml"}
+
+
+def _content_type(key: str) -> str:
+    return _CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream")
+
 
 class S3Store:
     """Objects in an S3 bucket (MinIO or any S3-compatible server); bucket created if missing."""
@@ -84,7 +94,13 @@ class S3Store:
             stream.seek(start)
             try:
                 self.client.put_object(
-                    self.bucket, key, stream, size, content_type="application/dicom"
+                    self.bucket,
+                    key,
+                    stream,
+                    size,
+                    content_type=_content_type(key),
+                    part_size=PUT_PART_BYTES,
+                    num_parallel_uploads=1,
                 )
                 return
             except S3Error as exc:

@@ -42,11 +42,13 @@ class _Watched(S3Store):
             parallel=PARALLEL,
         )
         self.batches: list[list[str]] = []
+        self.largest: list[int] = []  # per batch: the largest recorded size it was read to
         self.streamed: list[str] = []
 
-    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
         self.batches.append(list(keys))
-        return super().get_many(keys)
+        self.largest.append(size - 1)
+        return super().get_heads(keys, size)
 
     def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         self.streamed.append(key)
@@ -57,11 +59,13 @@ class _WatchedFolder(FolderStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.batches: list[list[str]] = []
+        self.largest: list[int] = []  # per batch: the largest recorded size it was read to
         self.streamed: list[str] = []
 
-    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
         self.batches.append(list(keys))
-        return super().get_many(keys)
+        self.largest.append(size - 1)
+        return super().get_heads(keys, size)
 
     def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         self.streamed.append(key)
@@ -77,8 +81,10 @@ def _stored(store: ObjectStore, sizes: list[int], series: str) -> tuple[list[str
 
 
 def _answer(reads: ReadAhead) -> list[bytes]:
-    """Each object's bytes as the answer sends them, opened in turn."""
-    return [b"".join(open_part()) for open_part in reads]
+    """Each object's bytes as the answer sends them, opened in turn; nothing is left held."""
+    sent = [b"".join(open_part()) for open_part in reads]
+    assert reads._fetched == {}
+    return sent
 
 
 def test_a_series_is_fetched_a_batch_at_a_time_and_sent_unchanged(s3: S3Server) -> None:
@@ -101,12 +107,14 @@ def test_a_batch_holds_no_more_than_the_budget(s3: S3Server) -> None:
     reads = ReadAhead(store, wanted, budget=250 * KIB)
 
     assert _answer(reads) == payloads
-    # 100+100 (a third would pass 250); 100+50+50; 300 alone is over the budget: streamed;
-    # 10 alone is one object: streamed, as without reading ahead.
-    assert store.batches == [keys[0:2], keys[2:5]]
-    assert store.streamed == [keys[5], keys[6]]
-    for batch in store.batches:
-        assert sum(sizes[keys.index(key)] for key in batch) <= 250 * KIB
+    # As many of the batch's largest as fit 250 KiB: 2 × 100; 2 × 100 (100, 50); then
+    # 50 and 300 (2 × 300 would pass it): 50 alone, streamed, as without reading ahead;
+    # 300 alone is over the budget: streamed; the last, 10, alone: streamed.
+    assert store.batches == [keys[0:2], keys[2:4]]
+    assert store.streamed == keys[4:7]
+    for batch, largest in zip(store.batches, store.largest, strict=True):
+        assert largest == max(sizes[keys.index(key)] for key in batch)
+        assert len(batch) * (largest + 1) <= 250 * KIB + len(batch)  # what it may hold
 
 
 def test_an_object_of_unknown_size_is_streamed_and_ends_a_batch(s3: S3Server) -> None:
@@ -161,6 +169,19 @@ def test_the_objects_after_a_failed_batch_are_read_ahead_again(s3: S3Server) -> 
     assert store.streamed == keys[1:5]
 
 
+def test_an_object_longer_than_the_index_says_is_streamed_whole(s3: S3Server) -> None:
+    """A result written again under its key by a job's second run: its row keeps the first
+    size. It is read no further than the batch's largest recorded size, then streamed."""
+    store = _Watched(s3)
+    keys, payloads = _stored(store, [16 * KIB, 40 * KIB, 16 * KIB, 16 * KIB, 16 * KIB], "9")
+    wanted = [Wanted(key, 16 * KIB) for key in keys]  # the second one recorded too small
+
+    assert _answer(ReadAhead(store, wanted)) == payloads
+    assert store.batches == [keys[0:4]]
+    assert store.largest == [16 * KIB]
+    assert store.streamed == [keys[1], keys[4]]  # cut, so streamed; the last one alone
+
+
 def test_nothing_is_read_ahead_from_a_folder(tmp_path: Path) -> None:
     store = _WatchedFolder(tmp_path / "objects")
     keys, payloads = _stored(store, [16 * KIB] * 5, "7")
@@ -180,5 +201,5 @@ def test_one_request_at_a_time_reads_nothing_ahead(s3: S3Server) -> None:
     assert store.parallel_reads == 1
     keys, payloads = _stored(store, [16 * KIB] * 3, "8")
     reads = ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys])
-    assert reads._batch_end(0) == 0
+    assert reads._batch(0) == (0, 0)
     assert _answer(reads) == payloads

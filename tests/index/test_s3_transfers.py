@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,6 +141,26 @@ def test_results_with_a_bad_key_put_nothing(s3: S3Server) -> None:
         store.put_many(items)
     assert store.most_running == 0
     assert list(store.keys("results/2/")) == []
+
+
+def test_an_object_up_to_16_mib_is_one_put_and_a_larger_one_goes_in_16_mib_parts(
+    s3: S3Server,
+) -> None:
+    """S3 gives an object uploaded in parts an ETag ending ``-<parts>``: a 12 MiB flag image
+    was three 5 MiB parts (minio's default), each object one request now up to 16 MiB."""
+    store = _Observed(s3)
+    flag, mammogram = os.urandom(12 << 20), os.urandom(40 << 20)
+    store.put_many([("results/5/job-1/sc-1.dcm", flag), ("studies/5/mg.dcm", mammogram)])
+    store.put("results/5/job-1/semd.xml", b"<ClinicalDocument/>")
+
+    def stat(key: str) -> Any:
+        return store.client.stat_object(store.bucket, key)
+
+    assert "-" not in str(stat("results/5/job-1/sc-1.dcm").etag)
+    assert str(stat("studies/5/mg.dcm").etag).endswith("-3")  # 16 + 16 + 8 MiB
+    assert store.get_many(["results/5/job-1/sc-1.dcm", "studies/5/mg.dcm"]) == [flag, mammogram]
+    assert stat("studies/5/mg.dcm").content_type == "application/dicom"
+    assert stat("results/5/job-1/semd.xml").content_type == "application/xml"
 
 
 def test_one_request_at_a_time_when_told(s3: S3Server) -> None:

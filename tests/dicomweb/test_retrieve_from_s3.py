@@ -1,0 +1,101 @@
+"""A WADO-RS retrieve from an S3 store (SeaweedFS), through the real API under uvicorn with
+dicomweb-client: a series stored by STOW-RS and one of the gateway's results come back byte
+for byte, the objects read ahead in batches by the sizes the index recorded (originals and
+results alike), and the metadata of the study is each object's own."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from gateway.devices.registry import DeviceRegistry
+from gateway.index.database import Database
+from gateway.index.object_store import READ_CHUNK
+from gateway.index.s3_store import S3Store
+from gateway.index.stored_headers import HEAD_BYTES
+from gateway.settings import Settings
+from tests.control_plane_data import Running, flag_image, prepare_index, serve_api
+from tests.dicomweb.test_dicomweb import _add_result, _client, _multipart_parts, _store_raw, _token
+from tests.services import S3_CREDENTIALS, S3Server, s3_server, write_ct_series
+
+SLICES = 10
+PARALLEL = 4
+
+
+class _Watched(S3Store):
+    """The store, with its read-ahead batches and its streamed objects noted."""
+
+    def __init__(self, server: S3Server) -> None:
+        super().__init__(
+            server.endpoint,
+            S3_CREDENTIALS["s3_access_key"],
+            S3_CREDENTIALS["s3_secret_key"],
+            f"aigw-{uuid.uuid4().hex[:12]}",
+            parallel=PARALLEL,
+        )
+        self.batches: list[list[str]] = []  # read ahead
+        self.headers: list[list[str]] = []  # heads read for their attributes
+        self.streamed: list[str] = []
+
+    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
+        (self.headers if size == HEAD_BYTES else self.batches).append(list(keys))
+        return super().get_heads(keys, size)
+
+    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        self.streamed.append(key)
+        return super().read_chunks(key, chunk)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def server(s3: S3Server, tmp_path: Path) -> Iterator[Running]:
+    db = Database(f"sqlite:///{tmp_path / 'dicomweb.db'}")
+    prepare_index(db)
+    store = _Watched(s3)
+    try:
+        with serve_api(db, store, Settings(data_dir=tmp_path), DeviceRegistry(db, store)) as api:
+            yield api
+    finally:
+        db.dispose()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_study_comes_back_whole_read_ahead_from_s3(server: Running, tmp_path: Path) -> None:
+    series = [path.read_bytes() for path in write_ct_series(tmp_path / "ct", SLICES, size=64)]
+    _store_raw(_client(server, _token(server, "service", None, "irk-cami")), series)
+    study_uid = str(pydicom.dcmread(io.BytesIO(series[0])).StudyInstanceUID)
+    flag = flag_image(study_uid, "s3")
+    _add_result(server, study_uid, flag)
+    store = server.store
+    assert isinstance(store, _Watched)
+    store.batches.clear()
+    store.headers.clear()
+
+    reader = _client(server, _token(server, "viewer", "38", None))
+    parts = _multipart_parts(reader, f"{server.url}/dicom-web/studies/{study_uid}")
+
+    assert sorted(_sha(part) for part in parts) == sorted(_sha(d) for d in [*series, flag])
+    # The result's series and SOP class from its header; then every object in batches of
+    # the store's parallel reads, the sizes known, the result too: 11 are 4 + 4 + 3.
+    assert store.headers == [[f"results/{pydicom.dcmread(io.BytesIO(flag)).SOPInstanceUID}.dcm"]]
+    assert [len(batch) for batch in store.batches] == [4, 4, 3]
+    assert store.headers[0][0] in store.batches[-1]
+    assert store.streamed == []
+
+    metadata = reader.retrieve_study_metadata(study_uid)
+    expected = {str(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID) for d in [*series, flag]}
+    assert {m["00080018"]["Value"][0] for m in metadata} == expected
