@@ -184,7 +184,7 @@ def _qido(router: APIRouter, errors: ErrorDocs) -> None:
     ) -> Response:
         """The study's series, its results' series among them."""
         query = _query(context, request, "series")
-        records, region = _records(context, caller, study, None)
+        records, region = _records(context, caller, study, None, Headers(context.store))
         audit_read(context, request, caller, study_uid=study, region=region)
         return _answer(series_datasets(records, query, _base(request)), query)
 
@@ -359,14 +359,13 @@ def _query(context: ApiContext, request: Request, level: str) -> Qido:
 
 
 def _records(
-    context: ApiContext, caller: Principal, study: str, series: str | None
+    context: ApiContext, caller: Principal, study: str, series: str | None, headers: Headers
 ) -> tuple[list[InstanceRecord], str]:
     with context.db.session() as session:
         region = study_region(session, study)
         if region is None or not caller.sees_region(region):
             raise not_found(f"study {study}")
         records = study_instances(session, study, series)
-    headers = Headers(context.store)
     return headers.complete_all(records), region
 
 
@@ -374,8 +373,9 @@ def _instances(
     context: ApiContext, caller: Principal, request: Request, study: str, series: str | None
 ) -> Response:
     query = _query(context, request, "instances")
-    records, region = _records(context, caller, study, series)
-    found = instance_datasets(records, query, _base(request), Headers(context.store))
+    headers = Headers(context.store)  # the results' headers read once for both steps
+    records, region = _records(context, caller, study, series, headers)
+    found = instance_datasets(records, query, _base(request), headers)
     audit_read(context, request, caller, study_uid=study, region=region)
     return _answer(found, query)
 
