@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from gateway.dicomweb.catalog import InstanceRecord, StudyMatch, StudyRecord
@@ -171,27 +170,35 @@ def study_dataset(record: StudyRecord, base: str) -> Dataset:
 
 
 class Headers:
-    """Result objects' headers, read once per answer (the index keeps no attributes of
-    results)."""
+    """Stored objects' headers, each read once per answer: results' attributes (the index
+    keeps none of them) and the attributes an ``includefield`` asks for beyond the index."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self._read: dict[str, Dataset | Exception] = {}
+        self._read: dict[str, Dataset | None] = {}  # None: it does not parse (logged)
 
-    def of(self, key: str) -> Dataset:
-        """The object's header; pydicom's error when it does not parse."""
+    def of(self, key: str) -> Dataset | None:
+        """The object's header; None where it does not parse (one damaged object leaves
+        its attributes out, never the answer); :class:`StorageError` when the store fails."""
         if key not in self._read:
             self.read_together([key])
-        found = self._read[key]
-        if isinstance(found, Exception):
-            raise found
-        return found
+        return self._read[key]
 
     def read_together(self, keys: list[str]) -> None:
         """The headers of ``keys`` not read yet, read in batches (S3: side by side) rather
         than one round trip after another as each is asked for."""
         wanted = [key for key in dict.fromkeys(keys) if key not in self._read]
-        self._read.update(read_headers(self.store, wanted))
+        for key, header in read_headers(self.store, wanted):
+            if isinstance(header, Exception):
+                # Only the message is kept: the exception's traceback would hold the
+                # object's bytes (read whole) for as long as the answer is built.
+                log.error(
+                    "stored object unreadable",
+                    extra={"object_key": key, "error": str(header)[:200]},
+                )
+                self._read[key] = None
+            else:
+                self._read[key] = header
 
     def complete_all(self, records: list[InstanceRecord]) -> list[InstanceRecord]:
         """:meth:`complete` of each record, the results' headers read together."""
@@ -199,16 +206,10 @@ class Headers:
         return [self.complete(record) for record in records]
 
     def complete(self, record: InstanceRecord) -> InstanceRecord:
-        """A result's record with its series and SOP class from its header."""
-        if not record.is_result:
-            return record
-        try:
-            header = self.of(record.object_key)
-        except (InvalidDicomError, ValueError, EOFError) as exc:
-            log.error(
-                "stored result unreadable",
-                extra={"object_key": record.object_key, "error": str(exc)[:200]},
-            )
+        """A result's record with its series and SOP class from its header (as it is where
+        the header does not parse)."""
+        header = self.of(record.object_key) if record.is_result else None
+        if header is None:
             return record
         return InstanceRecord(
             **{
@@ -289,11 +290,12 @@ def instance_datasets(
     # Attributes the index does not keep come from the objects' headers, read together.
     headers.read_together([r.object_key for r, extra in zip(page, extras, strict=True) if extra])
     for record, ds, extra in zip(page, datasets, extras, strict=True):
-        if extra:
-            header = headers.of(record.object_key)
-            for keyword in extra:
-                if keyword in header:
-                    ds[keyword] = header[keyword]
+        header = headers.of(record.object_key) if extra else None
+        if header is None:
+            continue  # nothing beyond the index asked for, or the object does not parse
+        for keyword in extra:
+            if keyword in header:
+                ds[keyword] = header[keyword]
     return datasets
 
 

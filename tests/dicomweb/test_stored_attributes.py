@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.errors import InvalidDicomError
 
 from gateway.dicomweb.catalog import InstanceRecord
 from gateway.dicomweb.qido import Headers, instance_datasets, parse_query
@@ -80,8 +79,8 @@ def test_only_the_page_is_read_and_nothing_when_the_index_answers(tmp_path: Path
     assert store.head_calls == []
 
 
-def test_a_header_read_once_is_not_read_again_and_a_damaged_one_says_why(
-    tmp_path: Path,
+def test_a_header_read_once_is_not_read_again_and_a_damaged_one_is_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store, records = _stored(tmp_path, 3)
     store.put("results/r/sr.dcm", b"not a DICOM object at all")
@@ -89,7 +88,23 @@ def test_a_header_read_once_is_not_read_again_and_a_damaged_one_says_why(
     headers.read_together([records[0].object_key, "results/r/sr.dcm", records[0].object_key])
     assert store.head_calls == [[records[0].object_key, "results/r/sr.dcm"]]
 
-    assert headers.of(records[0].object_key).SOPInstanceUID == records[0].sop_instance_uid
-    with pytest.raises(InvalidDicomError, match="File Meta Information"):
-        headers.of("results/r/sr.dcm")
+    header = headers.of(records[0].object_key)
+    assert header is not None and header.SOPInstanceUID == records[0].sop_instance_uid
+    assert headers.of("results/r/sr.dcm") is None
     assert len(store.head_calls) == 1  # both answered from what was read
+    (logged,) = [r for r in caplog.records if r.getMessage() == "stored object unreadable"]
+    assert "File Meta Information" in logged.__dict__["error"]
+
+
+def test_a_damaged_object_leaves_out_its_attributes_not_the_answer(tmp_path: Path) -> None:
+    store, records = _stored(tmp_path, 3)
+    store.put(records[1].object_key, b"\0" * 200)  # an original damaged since it came in
+    store.put("results/r/sr.dcm", b"DICM but nothing more")
+    result = InstanceRecord("1.2", "1.3", "1.4", "results/r/sr.dcm", is_result=True)
+    headers = Headers(store)
+
+    assert headers.complete_all([*records, result])[-1] == result  # as the index has it
+    query = parse_query({"includefield": ["ImagePositionPatient"]}, "instances", 100)
+    found = instance_datasets(records, query, "http://gw", headers)
+    assert [ds.SOPInstanceUID for ds in found] == [r.sop_instance_uid for r in records]
+    assert ["ImagePositionPatient" in ds for ds in found] == [True, False, True]
