@@ -15,7 +15,7 @@ import pytest
 from gateway.dicomweb.multipart import multipart_body
 from gateway.errors import StorageError
 from gateway.index.object_store import READ_CHUNK, FolderStore, ObjectStore
-from gateway.index.read_ahead import ReadAhead, Wanted
+from gateway.index.read_ahead import ByteBudget, ReadAhead, Wanted
 from gateway.index.s3_store import S3Store
 from tests.services import S3_CREDENTIALS, S3Server, s3_server
 
@@ -182,6 +182,34 @@ def test_an_object_longer_than_the_index_says_is_streamed_whole(s3: S3Server) ->
     assert store.streamed == [keys[1], keys[4]]  # cut, so streamed; the last one alone
 
 
+def test_the_answers_of_a_process_hold_no_more_than_its_budget_together(s3: S3Server) -> None:
+    """Two answers at once under a process budget of one batch: the second streams while
+    the first holds its batch, reads ahead again once it has been handed out, and what an
+    answer dropped half-way held comes back."""
+    store = _Watched(s3)
+    keys, payloads = _stored(store, [16 * KIB] * 8, "10")
+    batch = 4 * (16 * KIB + 1)  # four objects, each read to one byte past its size
+    shared = ByteBudget(batch + 100)
+    first = list(ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys[:4]], shared=shared))
+    second = ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys[4:]], shared=shared)
+    second_parts = list(second)
+
+    assert b"".join(first[0]()) == payloads[0]  # the first answer's batch: taken
+    assert shared.left() == 100 + (16 * KIB + 1)  # one handed out, three still held
+    assert b"".join(second_parts[0]()) == payloads[4]  # too little left: streamed
+    assert store.streamed == [keys[4]]
+    assert [b"".join(part()) for part in first[1:]] == payloads[1:4]
+    assert shared.left() == shared.total  # every object handed out: all given back
+    assert [b"".join(part()) for part in second_parts[1:]] == payloads[5:8]
+    assert store.batches == [keys[0:4], keys[5:8]]  # the second reads ahead again
+
+    dropped = ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys], shared=shared)
+    b"".join(next(iter(dropped))())  # a viewer that went away after the first object
+    assert shared.left() < shared.total
+    del dropped
+    assert shared.left() == shared.total
+
+
 def test_nothing_is_read_ahead_from_a_folder(tmp_path: Path) -> None:
     store = _WatchedFolder(tmp_path / "objects")
     keys, payloads = _stored(store, [16 * KIB] * 5, "7")
@@ -201,5 +229,5 @@ def test_one_request_at_a_time_reads_nothing_ahead(s3: S3Server) -> None:
     assert store.parallel_reads == 1
     keys, payloads = _stored(store, [16 * KIB] * 3, "8")
     reads = ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys])
-    assert reads._batch(0) == (0, 0)
+    assert reads._batch(0, reads.budget) == (0, 0)
     assert _answer(reads) == payloads
