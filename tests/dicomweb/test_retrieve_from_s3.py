@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -16,40 +15,13 @@ import pytest
 
 from gateway.devices.registry import DeviceRegistry
 from gateway.index.database import Database
-from gateway.index.object_store import READ_CHUNK
-from gateway.index.s3_store import S3Store
-from gateway.index.stored_headers import HEAD_BYTES
 from gateway.settings import Settings
 from tests.control_plane_data import Running, flag_image, prepare_index, serve_api
 from tests.dicomweb.test_dicomweb import _add_result, _client, _multipart_parts, _store_raw, _token
-from tests.services import S3_CREDENTIALS, S3Server, s3_server, write_ct_series
+from tests.index.test_read_ahead import WatchedS3
+from tests.services import S3Server, s3_server, write_ct_series
 
 SLICES = 10
-PARALLEL = 4
-
-
-class _Watched(S3Store):
-    """The store, with its read-ahead batches and its streamed objects noted."""
-
-    def __init__(self, server: S3Server) -> None:
-        super().__init__(
-            server.endpoint,
-            S3_CREDENTIALS["s3_access_key"],
-            S3_CREDENTIALS["s3_secret_key"],
-            f"aigw-{uuid.uuid4().hex[:12]}",
-            parallel=PARALLEL,
-        )
-        self.batches: list[list[str]] = []  # read ahead
-        self.headers: list[list[str]] = []  # heads read for their attributes
-        self.streamed: list[str] = []
-
-    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
-        (self.headers if size == HEAD_BYTES else self.batches).append(list(keys))
-        return super().get_heads(keys, size)
-
-    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-        self.streamed.append(key)
-        return super().read_chunks(key, chunk)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +34,7 @@ def s3() -> Iterator[S3Server]:
 def server(s3: S3Server, tmp_path: Path) -> Iterator[Running]:
     db = Database(f"sqlite:///{tmp_path / 'dicomweb.db'}")
     prepare_index(db)
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     try:
         with serve_api(db, store, Settings(data_dir=tmp_path), DeviceRegistry(db, store)) as api:
             yield api
@@ -81,7 +53,7 @@ def test_a_study_comes_back_whole_read_ahead_from_s3(server: Running, tmp_path: 
     flag = flag_image(study_uid, "s3")
     _add_result(server, study_uid, flag)
     store = server.store
-    assert isinstance(store, _Watched)
+    assert isinstance(store, WatchedS3)
     store.batches.clear()
     store.headers.clear()
 

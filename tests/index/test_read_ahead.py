@@ -17,6 +17,7 @@ from gateway.errors import StorageError
 from gateway.index.object_store import READ_CHUNK, FolderStore, ObjectStore
 from gateway.index.read_ahead import ByteBudget, ReadAhead, Wanted
 from gateway.index.s3_store import S3Store
+from gateway.index.stored_headers import HEAD_BYTES
 from tests.services import S3_CREDENTIALS, S3Server, s3_server
 
 PARALLEL = 4
@@ -29,8 +30,9 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-class _Watched(S3Store):
-    """The store, with what each read asked for: the batches fetched together and the
+class WatchedS3(S3Store):
+    """The store, with what each read asked for: the batches fetched together (and the
+    largest recorded size each was read to), the heads read for their attributes, and the
     objects streamed."""
 
     def __init__(self, server: S3Server) -> None:
@@ -42,29 +44,16 @@ class _Watched(S3Store):
             parallel=PARALLEL,
         )
         self.batches: list[list[str]] = []
-        self.largest: list[int] = []  # per batch: the largest recorded size it was read to
+        self.largest: list[int] = []
+        self.headers: list[list[str]] = []
         self.streamed: list[str] = []
 
     def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
-        self.batches.append(list(keys))
-        self.largest.append(size - 1)
-        return super().get_heads(keys, size)
-
-    def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-        self.streamed.append(key)
-        return super().read_chunks(key, chunk)
-
-
-class _WatchedFolder(FolderStore):
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.batches: list[list[str]] = []
-        self.largest: list[int] = []  # per batch: the largest recorded size it was read to
-        self.streamed: list[str] = []
-
-    def get_heads(self, keys: Sequence[str], size: int) -> list[bytes]:
-        self.batches.append(list(keys))
-        self.largest.append(size - 1)
+        if size == HEAD_BYTES:
+            self.headers.append(list(keys))
+        else:
+            self.batches.append(list(keys))
+            self.largest.append(size - 1)
         return super().get_heads(keys, size)
 
     def read_chunks(self, key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
@@ -88,7 +77,7 @@ def _answer(reads: ReadAhead) -> list[bytes]:
 
 
 def test_a_series_is_fetched_a_batch_at_a_time_and_sent_unchanged(s3: S3Server) -> None:
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [64 * KIB] * 10, "1")
     reads = ReadAhead(
         store, [Wanted(key, len(data)) for key, data in zip(keys, payloads, strict=True)]
@@ -100,7 +89,7 @@ def test_a_series_is_fetched_a_batch_at_a_time_and_sent_unchanged(s3: S3Server) 
 
 
 def test_a_batch_holds_no_more_than_the_budget(s3: S3Server) -> None:
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     sizes = [100 * KIB, 100 * KIB, 100 * KIB, 50 * KIB, 50 * KIB, 300 * KIB, 10 * KIB]
     keys, payloads = _stored(store, sizes, "2")
     wanted = [Wanted(key, size) for key, size in zip(keys, sizes, strict=True)]
@@ -118,7 +107,7 @@ def test_a_batch_holds_no_more_than_the_budget(s3: S3Server) -> None:
 
 
 def test_an_object_of_unknown_size_is_streamed_and_ends_a_batch(s3: S3Server) -> None:
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [32 * KIB] * 6, "3")
     wanted = [Wanted(key, None if index == 2 else 32 * KIB) for index, key in enumerate(keys)]
 
@@ -128,7 +117,7 @@ def test_an_object_of_unknown_size_is_streamed_and_ends_a_batch(s3: S3Server) ->
 
 
 def test_a_large_object_streams_a_chunk_at_a_time(s3: S3Server) -> None:
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [300 * KIB, 300 * KIB], "4")
     reads = ReadAhead(store, [Wanted(k, 300 * KIB) for k in keys], budget=200 * KIB, chunk=KIB * 64)
     chunks = [list(open_part()) for open_part in reads]
@@ -139,7 +128,7 @@ def test_a_large_object_streams_a_chunk_at_a_time(s3: S3Server) -> None:
 
 def test_a_missing_object_ends_the_answer_just_before_it(s3: S3Server) -> None:
     """Its batch cannot be fetched whole: the objects before it still go out."""
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [16 * KIB] * 6, "5")
     store.delete(keys[2])
     reads = ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys])
@@ -156,7 +145,7 @@ def test_a_missing_object_ends_the_answer_just_before_it(s3: S3Server) -> None:
 
 
 def test_the_objects_after_a_failed_batch_are_read_ahead_again(s3: S3Server) -> None:
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [16 * KIB] * 9, "6")
     reads = list(ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys]))
     store.delete(keys[1])
@@ -172,7 +161,7 @@ def test_the_objects_after_a_failed_batch_are_read_ahead_again(s3: S3Server) -> 
 def test_an_object_longer_than_the_index_says_is_streamed_whole(s3: S3Server) -> None:
     """A result written again under its key by a job's second run: its row keeps the first
     size. It is read no further than the batch's largest recorded size, then streamed."""
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [16 * KIB, 40 * KIB, 16 * KIB, 16 * KIB, 16 * KIB], "9")
     wanted = [Wanted(key, 16 * KIB) for key in keys]  # the second one recorded too small
 
@@ -186,7 +175,7 @@ def test_the_answers_of_a_process_hold_no_more_than_its_budget_together(s3: S3Se
     """Two answers at once under a process budget of one batch: the second streams while
     the first holds its batch, reads ahead again once it has been handed out, and what an
     answer dropped half-way held comes back."""
-    store = _Watched(s3)
+    store = WatchedS3(s3)
     keys, payloads = _stored(store, [16 * KIB] * 8, "10")
     batch = 4 * (16 * KIB + 1)  # four objects, each read to one byte past its size
     shared = ByteBudget(batch + 100)
@@ -210,12 +199,17 @@ def test_the_answers_of_a_process_hold_no_more_than_its_budget_together(s3: S3Se
     assert shared.left() == shared.total
 
 
-def test_nothing_is_read_ahead_from_a_folder(tmp_path: Path) -> None:
-    store = _WatchedFolder(tmp_path / "objects")
+def test_nothing_is_read_ahead_from_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FolderStore(tmp_path / "objects")
     keys, payloads = _stored(store, [16 * KIB] * 5, "7")
+
+    def never(keys: Sequence[str], size: int) -> list[bytes]:
+        raise AssertionError("read ahead from a folder")
+
+    monkeypatch.setattr(store, "get_heads", never)
     assert _answer(ReadAhead(store, [Wanted(key, 16 * KIB) for key in keys])) == payloads
-    assert store.batches == []
-    assert store.streamed == keys
 
 
 def test_one_request_at_a_time_reads_nothing_ahead(s3: S3Server) -> None:
