@@ -9,7 +9,7 @@ ground truth (``tests/report_fixtures.py``, as the builder tests use). The build
 this process as :func:`gateway.results.artifacts.build_artifacts` runs them, after a warm-up
 round; each round reads its sources afresh from part-10 bytes, as the worker does from the
 object store, so nothing decoded by one round helps the next. Storing is timed as far as
-it is ours: the SHA-256 of every object's bytes that ``Artifact.store`` records ("store
+it is ours: the SHA-256 of every object's bytes that ``store_artifacts`` records ("store
 digest"; a radiograph's flag image is ~13 MB of it), not the object store's ``put``. The
 SEMD's schematron check is, when the official files are present (``--semd-reference``),
 as ``semd_reference_dir`` does — in production only where that setting is given (unset by
@@ -105,7 +105,7 @@ def one_round(
     )
     document = timed("SEMD document", lambda: semd.build_semd(report, config, image))
     stored.append(document.xml)
-    # What Artifact.store computes of each object before the put.
+    # What store_artifacts computes of each object before the put.
     timed("store digest", lambda: [hashlib.sha256(data).hexdigest() for data in stored])
     if reference is not None:
         problems = timed("SEMD validation", lambda: validate_semd(document.xml, reference))
