@@ -18,7 +18,9 @@ from gateway.results.header import (
     add_ai_device,
     derived_uid,
     lo,
+    reference_header,
     series_description,
+    source_header,
     source_headers,
     stamp_times,
     tracking_uid,
@@ -36,8 +38,7 @@ def build_seg(report: ReportInput) -> Dataset | None:
     masked = [(i, f) for i, f in enumerate(report.findings, start=1) if f.mask is not None]
     if not masked:
         return None
-    headers = source_headers(report.sources)
-    sources, pixels = _frames(report, headers, [f for _, f in masked])
+    sources, pixels = _frames(report, [f for _, f in masked])
     device = report.device
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -84,28 +85,27 @@ def _patient_orientation(sources: list[Dataset]) -> list[str] | None:
     return None
 
 
-def _frames(
-    report: ReportInput, headers: list[Dataset], findings: list[ReportFinding]
-) -> tuple[list[Dataset], np.ndarray]:
-    """The source images the masks lie on and the masks stacked as (frames, rows, columns,
-    segments): every source for a 3D device (masks are in volume order), else the images
-    the 2D masks were drawn on."""
+def _frames(report: ReportInput, findings: list[ReportFinding]) -> tuple[list[Dataset], np.ndarray]:
+    """The headers of the source images the masks lie on and the masks stacked as (frames,
+    rows, columns, segments): every source for a 3D device (masks are in volume order),
+    else the images the 2D masks were drawn on."""
     if report.device.input.dims == 3:
         for finding in findings:
             assert finding.mask is not None
-            if finding.mask.ndim != 3 or finding.mask.shape[0] != len(headers):
+            if finding.mask.ndim != 3 or finding.mask.shape[0] != len(report.sources):
                 raise ValueError(
                     f"{finding.label_en}: 3D mask {finding.mask.shape} does not match "
-                    f"{len(headers)} source slices"
+                    f"{len(report.sources)} source slices"
                 )
+        headers = _volume_headers(report.sources)
         return headers, np.stack([np.asarray(f.mask, dtype=bool) for f in findings], axis=-1)
-    by_uid = {str(h.SOPInstanceUID): h for h in headers}
+    by_uid = {str(s.SOPInstanceUID): s for s in report.sources}
     wanted = {f.location.sop_instance_uid for f in findings}
     if not wanted <= by_uid.keys():
         raise ValueError(
             f"masks drawn on images outside the job's sources: {wanted - by_uid.keys()}"
         )
-    images = [h for h in headers if str(h.SOPInstanceUID) in wanted]
+    images = source_headers(s for s in report.sources if str(s.SOPInstanceUID) in wanted)
     if len(images) > 1 and any("FrameOfReferenceUID" not in h for h in images):
         # A SEG relates frames through the frame of reference; projection images have none.
         raise ValueError(
@@ -125,6 +125,32 @@ def _frames(
                 layers.append(np.asarray(finding.mask, dtype=bool))
         planes.append(np.stack(layers, axis=-1))
     return images, np.stack(planes)
+
+
+# What highdicom reads of every source but the first (which gives the patient, study and
+# equipment): the grid each frame lies on and the UIDs it references.
+_GEOMETRY = (
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "FrameOfReferenceUID",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PatientOrientation",
+)
+
+
+def _volume_headers(sources: list[Dataset]) -> list[Dataset]:
+    """The whole header of the first slice, the geometry of the others: a full copy of
+    every slice's header was two thirds of a CT SEG's CPU."""
+    first, *others = sources
+    return [source_header(first), *(reference_header(s, _GEOMETRY) for s in others)]
 
 
 def _segment(

@@ -14,7 +14,9 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from gateway.results.header import lo, tracking_uid
+from gateway.results import seg as seg_module
+from gateway.results.encoding import part10
+from gateway.results.header import lo, source_headers, tracking_uid
 from gateway.results.input import ReportInput
 from gateway.results.notices import AI_NOTICE_RU
 from gateway.results.seg import build_seg
@@ -96,6 +98,19 @@ def test_seg_and_sr_share_the_finding_tracking_uid() -> None:
         if item.ConceptNameCodeSequence[0].CodeValue == "112040"
     ]
     assert sr_uids == [seg.SegmentSequence[0].TrackingUID]
+
+
+def test_the_other_slices_geometry_alone_gives_the_same_seg(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the first slice's whole header is copied; the others give their geometry and
+    UIDs. The SEG is the same, byte for byte, as one built from every whole header."""
+    report = report_fixtures.ct_chest_input(positive=True)
+    lean = build_seg(report)
+    monkeypatch.setattr(seg_module, "_volume_headers", source_headers)
+    whole = build_seg(report)
+    assert lean is not None and whole is not None
+    assert part10(lean) == part10(whole)
 
 
 def test_no_mask_no_seg() -> None:
