@@ -170,6 +170,24 @@ def source_header(source: Dataset) -> Dataset:
     return header
 
 
+# The grid an image lies on and the UIDs that place it: what a result object listing or
+# referencing many images (the SR's image library, the SEG's frames) copies of all but the
+# first, whose whole header gives the patient, study and equipment.
+IMAGE_GRID_KEYWORDS = (
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "FrameOfReferenceUID",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "SliceThickness",
+    "ImageOrientationPatient",
+    "PatientOrientation",
+)
+
+
 def reference_header(source: Dataset, keywords: Iterable[str]) -> Dataset:
     """Only ``keywords`` of the source's header (its UIDs always), mended as
     :func:`source_header` mends: for the instances a result object lists but copies nothing

@@ -14,6 +14,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from gateway.results.header import (
+    IMAGE_GRID_KEYWORDS,
     UTF8,
     add_ai_device,
     derived_uid,
@@ -129,21 +130,7 @@ def _frames(report: ReportInput, findings: list[ReportFinding]) -> tuple[list[Da
 
 # What highdicom reads of every source but the first (which gives the patient, study and
 # equipment): the grid each frame lies on and the UIDs it references.
-_GEOMETRY = (
-    "SeriesInstanceUID",
-    "SOPClassUID",
-    "Modality",
-    "FrameOfReferenceUID",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "PixelSpacing",
-    "SliceThickness",
-    "SpacingBetweenSlices",
-    "ImageOrientationPatient",
-    "ImagePositionPatient",
-    "PatientOrientation",
-)
+_GEOMETRY = (*IMAGE_GRID_KEYWORDS, "ImagePositionPatient", "NumberOfFrames", "SpacingBetweenSlices")
 
 
 def _volume_headers(sources: list[Dataset]) -> list[Dataset]:

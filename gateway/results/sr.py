@@ -17,6 +17,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from gateway.results.header import (
+    IMAGE_GRID_KEYWORDS,
     UTF8,
     add_ai_device,
     derived_uid,
@@ -160,19 +161,8 @@ def _image_library(headers: list[Dataset]) -> hd.sr.ContainerContentItem:
     return library
 
 
-_SHARED_KEYWORDS = (
-    "SeriesInstanceUID",
-    "SOPClassUID",
-    "Modality",
-    "FrameOfReferenceUID",
-    "Rows",
-    "Columns",
-    "PixelSpacing",
-    "ImagerPixelSpacing",
-    "SliceThickness",
-    "ImageOrientationPatient",
-    "PatientOrientation",
-)
+# What the slices of a group share: its descriptors are stated once.
+_SHARED_KEYWORDS = IMAGE_GRID_KEYWORDS
 # Made once, not per slice: converting a Code was a tenth of a CT chest SR's CPU.
 _POSITION_CONCEPTS = tuple(
     hd.sr.CodedConcept.from_code(code)
