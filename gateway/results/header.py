@@ -206,14 +206,12 @@ def _copy(element: DataElement) -> DataElement:
     """A copy the caller's dataset does not share anything mutable with. A single value
     (text, number, bytes) is immutable, so a shallow copy does: a deep copy of every
     element was half of what copying a CT slice's header cost."""
-    if element.VR == "SQ":
+    # A multi-valued element is deep-copied too: setting a new list would run pydicom's
+    # conversion again, and with it a validation the reader never made (a lowercase CS
+    # value warned, or raised under RAISE, before _mend could drop it).
+    if element.VR == "SQ" or isinstance(element.value, (MultiValue, list)):
         return copy.deepcopy(element)
-    duplicate = copy.copy(element)
-    if isinstance(element.value, (MultiValue, list)):
-        # A list of its own holding the same immutable values: what a deep copy gave, at
-        # a fraction of its cost (the positions and orientations of every slice).
-        duplicate.value = list(element.value)
-    return duplicate
+    return copy.copy(element)
 
 
 def _mend(header: Dataset) -> None:

@@ -6,7 +6,10 @@ objects as written, most through dciodvfy."""
 from __future__ import annotations
 
 import ast
+import copy
+import io
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +22,10 @@ from pydicom.uid import PYDICOM_ROOT_UID, UID
 
 import gateway.results
 from gateway.inference.findings import Location
+from gateway.results.encoding import part10
 from gateway.results.flags import build_flag_images
 from gateway.results.gsps import build_gsps
-from gateway.results.header import device_uid, mint_uid
+from gateway.results.header import device_uid, mint_uid, reference_header, source_header
 from gateway.results.input import ReportInput
 from gateway.results.seg import build_seg
 from gateway.results.sr import build_sr
@@ -262,3 +266,26 @@ def test_no_builder_imports_another() -> None:
                 imported.add(node.module.split(".")[2])
         borrowed[name] = sorted(imported & (set(BUILDERS) - {name}))
     assert borrowed == {name: [] for name in BUILDERS}
+
+
+@pytest.mark.parametrize("mode", ["warn", "raise"])
+def test_a_bad_multi_valued_value_is_dropped_without_a_new_check(
+    mode: str, ct: ReportInput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader does not check a CS value; copying the header must not check it either
+    (a warning per copy, or under RAISE a failed result) before the mending drops it."""
+    ds = copy.deepcopy(ct.sources[0])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    data = part10(ds).replace(b"ORIGINAL\\PRIMARY\\AXIAL", b"ORIGINAL\\primary\\AXIAL")
+    read = pydicom.dcmread(io.BytesIO(data))
+    monkeypatch.setattr(
+        pydicom.config.settings,
+        "reading_validation_mode",
+        pydicom.config.RAISE if mode == "raise" else pydicom.config.WARN,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        header = source_header(read)
+        reference = reference_header(read, ("ImageType",))
+    assert "ImageType" not in header and "ImageType" not in reference
+    assert header.SOPInstanceUID == ds.SOPInstanceUID
