@@ -80,11 +80,7 @@ class S3Store:
         self._put_stream(key, io.BytesIO(data), len(data))
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        for key, _data in items:
-            check_key(key)  # all before any PUT
-        if len(items) > 1:
-            self._ensure_bucket()
-        self._puts.run(lambda item: self.put(*item), items)
+        self.publish_group([(StagedObject(data), key) for key, data in items])
 
     def _put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
         check_key(key)

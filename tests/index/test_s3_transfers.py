@@ -48,14 +48,8 @@ class _Observed(S3Store):
         self.gate: threading.Barrier | None = None
         self.hold: threading.Event | None = None
         self._count = threading.Lock()
-        self._inside = threading.local()
 
-    def _enter(self, key: str) -> bool:
-        """Counts the request, once: False when this thread's request is counted already
-        (``publish`` of bytes in memory calls ``put``)."""
-        if getattr(self._inside, "key", None) is not None:
-            return False
-        self._inside.key = key
+    def _enter(self, key: str) -> None:
         with self._count:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
@@ -63,34 +57,24 @@ class _Observed(S3Store):
             self.gate.wait(timeout=30)
         if self.hold is not None and not key.endswith(FAILS):
             self.hold.wait(timeout=30)
-        return True
 
-    def _leave(self, entered: bool) -> None:
-        if entered:
-            self._inside.key = None
-            with self._count:
-                self.running -= 1
+    def _leave(self) -> None:
+        with self._count:
+            self.running -= 1
 
     def publish(self, staged: StagedObject, key: str) -> None:
-        entered = self._enter(key)
+        self._enter(key)
         try:
             super().publish(staged, key)
         finally:
-            self._leave(entered)
-
-    def put(self, key: str, data: bytes) -> None:
-        entered = self._enter(key)
-        try:
-            super().put(key, data)
-        finally:
-            self._leave(entered)
+            self._leave()
 
     def get(self, key: str) -> bytes:
-        entered = self._enter(key)
+        self._enter(key)
         try:
             return super().get(key)
         finally:
-            self._leave(entered)
+            self._leave()
 
 
 def _payloads(count: int, size: int = 64 * 1024) -> list[bytes]:
